@@ -1,0 +1,1 @@
+//! Twin control plane (filled by the control-plane issue).

@@ -1,0 +1,1 @@
+//! Twin ID generation (filled by the idgen issue).

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what Twin's build, tests and demo need on Debian, when missing. Sourced by
+# scripts/test and scripts/demo. As root it uses apt-get; otherwise it prints the one line
+# to run and stops.
+set -euo pipefail
+
+twin_need_packages() {
+  local missing=()
+  command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
+  command -v etcd >/dev/null 2>&1 || [ -n "${TWIN_ETCD_BIN:-}" ] || missing+=(etcd-server)
+  command -v etcdctl >/dev/null 2>&1 || missing+=(etcd-client)
+  command -v faketime >/dev/null 2>&1 || missing+=(faketime)
+  for extra in "$@"; do
+    case "$extra" in
+      curl) command -v curl >/dev/null 2>&1 || missing+=(curl) ;;
+      *) command -v "$extra" >/dev/null 2>&1 || missing+=("$extra") ;;
+    esac
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    return 0
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "twin: installing ${missing[*]} with apt-get" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "twin: missing ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "twin: cargo not found; install the Rust toolchain (https://rustup.rs) and re-run" >&2
+    exit 1
+  fi
+}

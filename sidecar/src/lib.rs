@@ -1,0 +1,1 @@
+//! Twin sidecar (filled by the sidecar issue).

@@ -1,0 +1,140 @@
+//! The etcd key schema, version 1. Every key Twin reads or writes is built here, so the
+//! layout is defined in one place: `{prefix}/v1/{kind}/...`.
+
+/// Builds and parses keys under one prefix (default `/twin`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keys {
+    root: String,
+}
+
+/// What a key under the prefix names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyKind<'a> {
+    Datacenter(&'a str),
+    Route(&'a str),
+    Endpoint {
+        service: &'a str,
+        dc: &'a str,
+        instance: &'a str,
+    },
+    Freeze,
+    /// A key Twin knows but the topology view does not hold (idgen, audit, leader).
+    Other,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Keys::new("/twin")
+    }
+}
+
+impl Keys {
+    /// Keys under `prefix` (trailing slashes are ignored, so `/twin` and `/twin/` agree).
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            root: format!("{}/v1/", prefix.trim_end_matches('/')),
+        }
+    }
+
+    /// `{prefix}/v1/`: everything of schema v1; the topology view watches this.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+    pub fn datacenters(&self) -> String {
+        format!("{}datacenters/", self.root)
+    }
+    pub fn datacenter(&self, dc: &str) -> String {
+        format!("{}datacenters/{dc}", self.root)
+    }
+    pub fn routes(&self) -> String {
+        format!("{}routes/", self.root)
+    }
+    pub fn route(&self, service: &str) -> String {
+        format!("{}routes/{service}", self.root)
+    }
+    pub fn endpoints(&self) -> String {
+        format!("{}endpoints/", self.root)
+    }
+    pub fn endpoint(&self, service: &str, dc: &str, instance: &str) -> String {
+        format!("{}endpoints/{service}/{dc}/{instance}", self.root)
+    }
+    pub fn idgen_workers(&self, dc: &str) -> String {
+        format!("{}idgen/workers/{dc}/", self.root)
+    }
+    pub fn idgen_worker(&self, dc: &str, worker: u32) -> String {
+        format!("{}idgen/workers/{dc}/{worker}", self.root)
+    }
+    pub fn idgen_hwm(&self, dc: &str, worker: u32) -> String {
+        format!("{}idgen/hwm/{dc}/{worker}", self.root)
+    }
+    pub fn idgen_segment(&self, biz: &str) -> String {
+        format!("{}idgen/segments/{biz}", self.root)
+    }
+    pub fn audit(&self) -> String {
+        format!("{}audit/", self.root)
+    }
+    pub fn audit_record(&self, change_id: &str, n: usize) -> String {
+        format!("{}audit/{change_id}/{n:03}", self.root)
+    }
+    pub fn freeze(&self) -> String {
+        format!("{}control/freeze", self.root)
+    }
+    pub fn leader(&self) -> String {
+        format!("{}control/leader", self.root)
+    }
+    pub fn health(&self, dc: &str) -> String {
+        format!("{}control/health/{dc}", self.root)
+    }
+
+    /// Classifies a key; `None` when it is not under this prefix or is malformed.
+    pub fn parse<'a>(&self, key: &'a str) -> Option<KeyKind<'a>> {
+        let rest = key.strip_prefix(self.root.as_str())?;
+        let (kind, rest) = rest.split_once('/').unwrap_or((rest, ""));
+        let parts: Vec<&str> = rest.split('/').collect();
+        match (kind, parts.as_slice()) {
+            ("datacenters", [dc]) if !dc.is_empty() => Some(KeyKind::Datacenter(dc)),
+            ("routes", [svc]) if !svc.is_empty() => Some(KeyKind::Route(svc)),
+            ("endpoints", [service, dc, instance])
+                if !service.is_empty() && !dc.is_empty() && !instance.is_empty() =>
+            {
+                Some(KeyKind::Endpoint {
+                    service,
+                    dc,
+                    instance,
+                })
+            }
+            ("control", ["freeze"]) => Some(KeyKind::Freeze),
+            ("datacenters" | "routes" | "endpoints", _) => None,
+            _ => Some(KeyKind::Other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_and_parses_every_topology_key() {
+        let k = Keys::new("/twin/");
+        assert_eq!(k.route("pay"), "/twin/v1/routes/pay");
+        assert_eq!(k.parse(&k.route("pay")), Some(KeyKind::Route("pay")));
+        assert_eq!(
+            k.parse(&k.datacenter("m6v")),
+            Some(KeyKind::Datacenter("m6v"))
+        );
+        assert_eq!(
+            k.parse(&k.endpoint("pay", "m6v", "n1")),
+            Some(KeyKind::Endpoint {
+                service: "pay",
+                dc: "m6v",
+                instance: "n1"
+            })
+        );
+        assert_eq!(k.parse(&k.freeze()), Some(KeyKind::Freeze));
+        assert_eq!(k.parse(&k.idgen_hwm("m6v", 3)), Some(KeyKind::Other));
+        assert_eq!(k.parse("/other/v1/routes/pay"), None);
+        assert_eq!(k.parse("/twin/v1/endpoints/pay/m6v"), None);
+        assert_eq!(k.parse("/twin/v1/routes/"), None);
+    }
+}

@@ -1,0 +1,30 @@
+//! Twin's shared model, used by the sidecar, the control plane and `twinctl`: the etcd key
+//! schema v1 ([`Keys`]), the values stored there ([`Route`], [`Endpoint`], [`Datacenter`],
+//! [`AuditRecord`], [`Freeze`]) and their validation, the bucket ring that turns a sticky key
+//! into a datacenter, route files in YAML, the audited compare-and-swap [`Store`], and the
+//! watched [`TopologyView`] (one prefix watch into an `ArcSwap`, with a snapshot file for cold
+//! starts). Pure types and math sit apart from the modules that do I/O (`store`, `view`,
+//! `connect`). It knows nothing of HTTP proxying, ID generation or the control plane.
+
+pub mod connect;
+pub mod keys;
+pub mod model;
+pub mod ring;
+pub mod routes_file;
+pub mod snapshot;
+pub mod store;
+pub mod validate;
+pub mod view;
+
+pub use connect::{ConnectError, EtcdSettings};
+pub use keys::{KeyKind, Keys};
+pub use model::{
+    AuditRecord, Datacenter, Endpoint, Freeze, OnDcDown, RetryPolicy, Route, Timeouts, Versioned,
+    Weights, DEFAULT_STICKY_HEADER, MAX_DC_CODE, TOTAL_BASIS_POINTS,
+};
+pub use ring::{bucket_of, BucketRing, Pick, BUCKETS};
+pub use routes_file::{RoutesFile, RoutesFileError};
+pub use snapshot::{ApplyError, SnapshotError, Source, Topology};
+pub use store::{now_ms, AuditMeta, Change, Committed, Store, StoreError};
+pub use validate::ValidationError;
+pub use view::{TopologyView, ViewOptions, ViewStats};

@@ -1,0 +1,325 @@
+//! [`Store`]: reads and audited compare-and-swap writes of topology values in etcd.
+//!
+//! Every write that changes routing is one etcd transaction that compares the `mod_revision`
+//! of each key it changes with the revision the caller read (so two SREs cannot overwrite
+//! each other) and writes one [`AuditRecord`] per changed key in the same transaction.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use serde::Serialize;
+
+use crate::keys::{KeyKind, Keys};
+use crate::model::{AuditRecord, Datacenter, Route, Versioned};
+use crate::snapshot::{ApplyError, Topology};
+use crate::validate::{self, ValidationError};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} changed since you read it (rev {expected} → {current}); re-run")]
+    Conflict {
+        what: String,
+        expected: i64,
+        current: i64,
+    },
+    #[error("{0}")]
+    Invalid(#[from] ValidationError),
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("{key}: stored value is not valid JSON: {source}")]
+    Decode {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("encoding a value: {0}")]
+    Encode(serde_json::Error),
+}
+
+/// Who makes a change and why; stamped on every audit record of the transaction.
+#[derive(Clone, Debug)]
+pub struct AuditMeta {
+    pub who: String,
+    pub action: String,
+    pub reason: String,
+}
+
+/// One key to change in a transaction.
+#[derive(Clone, Debug)]
+pub struct Change {
+    /// The full etcd key.
+    pub key: String,
+    /// The `mod_revision` the caller read; 0 means "must not exist yet".
+    pub expected_revision: i64,
+    /// New value (JSON), or `None` to delete.
+    pub value: Option<serde_json::Value>,
+    /// The value the caller read, recorded in the audit record.
+    pub before: Option<serde_json::Value>,
+}
+
+/// What a committed transaction did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The etcd revision of the transaction.
+    pub revision: i64,
+    /// The id shared by its audit records.
+    pub change_id: String,
+}
+
+/// Audited compare-and-swap access to topology values.
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    keys: Keys,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A new change id: sortable by time, unique by a random suffix.
+pub fn new_change_id() -> String {
+    format!("{:013}-{:08x}", now_ms(), rand::random::<u32>())
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value, StoreError> {
+    serde_json::to_value(v).map_err(StoreError::Encode)
+}
+
+/// A human name for a key in conflict messages: `route payments`.
+fn describe(keys: &Keys, key: &str) -> String {
+    match keys.parse(key) {
+        Some(KeyKind::Route(s)) => format!("route {s}"),
+        Some(KeyKind::Datacenter(d)) => format!("datacenter {d}"),
+        Some(KeyKind::Freeze) => "freeze".to_string(),
+        _ => key.to_string(),
+    }
+}
+
+impl Store {
+    pub fn new(client: Client, keys: Keys) -> Store {
+        Store { client, keys }
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// A clone of the underlying client.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Lists the whole prefix and builds a validated topology at the listing's revision.
+    /// Invalid values are skipped and handed to `on_invalid`.
+    pub async fn load(&self, on_invalid: impl FnMut(ApplyError)) -> Result<Topology, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(self.keys.root(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        let kvs = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| Some((kv.key_str().ok()?, kv.value(), kv.mod_revision())));
+        Ok(Topology::from_listing(
+            &self.keys, revision, kvs, None, on_invalid,
+        ))
+    }
+
+    /// One value and its `mod_revision`, or `None` when the key does not exist.
+    pub async fn get_json<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<T>>, StoreError> {
+        let resp = self.client.kv_client().get(key, None).await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => {
+                let value =
+                    serde_json::from_slice(kv.value()).map_err(|source| StoreError::Decode {
+                        key: key.to_string(),
+                        source,
+                    })?;
+                Ok(Some(Versioned {
+                    value,
+                    mod_revision: kv.mod_revision(),
+                }))
+            }
+        }
+    }
+
+    /// The route of `service` with its revision.
+    pub async fn get_route(&self, service: &str) -> Result<Option<Versioned<Route>>, StoreError> {
+        self.get_json(&self.keys.route(service)).await
+    }
+
+    /// All datacenters (validated as a set).
+    pub async fn datacenters(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, Datacenter>, StoreError> {
+        let resp = self
+            .client
+            .kv_client()
+            .get(
+                self.keys.datacenters(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        let mut out = std::collections::BTreeMap::new();
+        for kv in resp.kvs() {
+            let key = kv.key_str()?;
+            if let Some(KeyKind::Datacenter(name)) = self.keys.parse(key) {
+                let dc: Datacenter =
+                    serde_json::from_slice(kv.value()).map_err(|source| StoreError::Decode {
+                        key: key.to_string(),
+                        source,
+                    })?;
+                out.insert(name.to_string(), dc);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `route` for `service` if its revision is still `expected_revision` (0: must not
+    /// exist), after validating it against the current datacenters.
+    pub async fn put_route(
+        &self,
+        service: &str,
+        route: &Route,
+        expected_revision: i64,
+        before: Option<&Route>,
+        audit: &AuditMeta,
+    ) -> Result<Committed, StoreError> {
+        validate::service_name(service)?;
+        route.validate(&self.datacenters().await?)?;
+        let change = Change {
+            key: self.keys.route(service),
+            expected_revision,
+            value: Some(to_json(route)?),
+            before: before.map(to_json).transpose()?,
+        };
+        self.commit(vec![change], audit).await
+    }
+
+    /// Adds or updates a datacenter (code range and uniqueness checked).
+    pub async fn put_datacenter(
+        &self,
+        name: &str,
+        dc: &Datacenter,
+        expected_revision: i64,
+        audit: &AuditMeta,
+    ) -> Result<Committed, StoreError> {
+        let mut all = self.datacenters().await?;
+        let before = all.insert(name.to_string(), dc.clone());
+        validate::datacenters(&all)?;
+        let change = Change {
+            key: self.keys.datacenter(name),
+            expected_revision,
+            value: Some(to_json(dc)?),
+            before: before.as_ref().map(to_json).transpose()?,
+        };
+        self.commit(vec![change], audit).await
+    }
+
+    /// Applies every change in one transaction, each guarded by its expected revision, with one
+    /// audit record per change. Nothing is written unless every compare holds; on a conflict
+    /// the error names the first key that moved and its current revision.
+    pub async fn commit(
+        &self,
+        changes: Vec<Change>,
+        audit: &AuditMeta,
+    ) -> Result<Committed, StoreError> {
+        let change_id = new_change_id();
+        let at_ms = now_ms();
+        let mut compares = Vec::with_capacity(changes.len());
+        let mut ops = Vec::with_capacity(changes.len() * 2);
+        let mut on_fail = Vec::with_capacity(changes.len());
+        for (n, c) in changes.iter().enumerate() {
+            compares.push(Compare::mod_revision(
+                c.key.as_str(),
+                CompareOp::Equal,
+                c.expected_revision,
+            ));
+            ops.push(match &c.value {
+                Some(v) => TxnOp::put(c.key.as_str(), v.to_string(), None),
+                None => TxnOp::delete(c.key.as_str(), None),
+            });
+            let record = AuditRecord {
+                change_id: change_id.clone(),
+                who: audit.who.clone(),
+                at_ms,
+                action: audit.action.clone(),
+                reason: audit.reason.clone(),
+                key: c.key.clone(),
+                before: c.before.clone(),
+                after: c.value.clone(),
+            };
+            ops.push(TxnOp::put(
+                self.keys.audit_record(&change_id, n),
+                to_json(&record)?.to_string(),
+                None,
+            ));
+            on_fail.push(TxnOp::get(c.key.as_str(), None));
+        }
+        let txn = Txn::new().when(compares).and_then(ops).or_else(on_fail);
+        let resp = self.client.kv_client().txn(txn).await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        if resp.succeeded() {
+            return Ok(Committed {
+                revision,
+                change_id,
+            });
+        }
+        for (c, op) in changes.iter().zip(resp.op_responses()) {
+            let current = match op {
+                etcd_client::TxnOpResponse::Get(g) => {
+                    g.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0)
+                }
+                _ => continue,
+            };
+            if current != c.expected_revision {
+                return Err(StoreError::Conflict {
+                    what: describe(&self.keys, &c.key),
+                    expected: c.expected_revision,
+                    current,
+                });
+            }
+        }
+        // Every key matched when re-read: it moved and moved back between our txn and the get.
+        Err(StoreError::Conflict {
+            what: "topology".to_string(),
+            expected: 0,
+            current: revision,
+        })
+    }
+
+    /// Audit records, newest first, with the revision each was written at.
+    pub async fn audit_log(&self, limit: i64) -> Result<Vec<(i64, AuditRecord)>, StoreError> {
+        let opts = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(limit);
+        let resp = self
+            .client
+            .kv_client()
+            .get(self.keys.audit(), Some(opts))
+            .await?;
+        let mut out = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            let key = kv.key_str()?;
+            let rec: AuditRecord =
+                serde_json::from_slice(kv.value()).map_err(|source| StoreError::Decode {
+                    key: key.to_string(),
+                    source,
+                })?;
+            out.push((kv.create_revision(), rec));
+        }
+        Ok(out)
+    }
+}

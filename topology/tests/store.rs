@@ -1,0 +1,203 @@
+//! The audited compare-and-swap store against a real etcd.
+
+use twin_testkit::Etcd;
+use twin_topology::{AuditMeta, Datacenter, Keys, Route, Store, StoreError, Weights};
+
+fn audit(reason: &str) -> AuditMeta {
+    AuditMeta {
+        who: "test@host".into(),
+        action: "route set".into(),
+        reason: reason.into(),
+    }
+}
+
+async fn seeded(etcd: &Etcd) -> Store {
+    let store = Store::new(etcd.client().await.expect("client"), Keys::default());
+    for (name, code) in [("m6v", 0), ("wanguo", 1)] {
+        let dc = Datacenter {
+            code,
+            display_name: String::new(),
+        };
+        store
+            .put_datacenter(name, &dc, 0, &audit("seed"))
+            .await
+            .expect("seed dc");
+    }
+    store
+}
+
+fn route(m6v: u32) -> Route {
+    Route::with_weights(Weights(
+        [
+            ("m6v".to_string(), m6v),
+            ("wanguo".to_string(), 10_000 - m6v),
+        ]
+        .into(),
+    ))
+}
+
+#[tokio::test]
+async fn racing_writers_exactly_one_wins_and_only_it_is_audited() {
+    let etcd = Etcd::start().await.expect("etcd");
+    let store = seeded(&etcd).await;
+    let first = store
+        .put_route("payments", &route(5000), 0, None, &audit("create"))
+        .await
+        .expect("create");
+    let base = store
+        .get_route("payments")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(base.mod_revision, first.revision);
+
+    let a = store.clone();
+    let b = Store::new(etcd.client().await.expect("client"), Keys::default());
+    let before = base.value.clone();
+    let (r3, r7, aa, ab) = (
+        route(3000),
+        route(7000),
+        audit("writer a"),
+        audit("writer b"),
+    );
+    let (ra, rb) = tokio::join!(
+        a.put_route("payments", &r3, base.mod_revision, Some(&before), &aa),
+        b.put_route("payments", &r7, base.mod_revision, Some(&before), &ab),
+    );
+    let (winner, loser, win_reason) = match (ra, rb) {
+        (Ok(w), Err(l)) => (w, l, "writer a"),
+        (Err(l), Ok(w)) => (w, l, "writer b"),
+        other => panic!("exactly one writer must win: {other:?}"),
+    };
+    match &loser {
+        StoreError::Conflict {
+            what,
+            expected,
+            current,
+        } => {
+            assert_eq!(what, "route payments");
+            assert_eq!(*expected, base.mod_revision);
+            assert_eq!(*current, winner.revision);
+        }
+        e => panic!("want a conflict, got {e}"),
+    }
+    assert_eq!(
+        loser.to_string(),
+        format!(
+            "route payments changed since you read it (rev {} → {}); re-run",
+            base.mod_revision, winner.revision
+        )
+    );
+
+    let log = store.audit_log(100).await.expect("audit");
+    let races: Vec<_> = log
+        .iter()
+        .filter(|(_, r)| r.reason.starts_with("writer"))
+        .collect();
+    assert_eq!(races.len(), 1, "only the winner is audited: {races:?}");
+    let (rev, rec) = races[0];
+    assert_eq!(
+        *rev, winner.revision,
+        "audit is written in the change's own transaction"
+    );
+    assert_eq!(rec.reason, win_reason);
+    assert_eq!(rec.change_id, winner.change_id);
+    assert_eq!(rec.who, "test@host");
+    assert_eq!(
+        rec.before,
+        Some(serde_json::to_value(&before).expect("json"))
+    );
+    assert!(rec.after.is_some());
+}
+
+#[tokio::test]
+async fn invalid_writes_are_refused_and_change_nothing() {
+    let etcd = Etcd::start().await.expect("etcd");
+    let store = seeded(&etcd).await;
+    let mut client = etcd.client().await.expect("client");
+    let rev_before = client
+        .get("x", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("h")
+        .revision();
+
+    let mut bad = route(5000);
+    bad.weights.0.insert("m6v".into(), 2000);
+    let err = store
+        .put_route("payments", &bad, 0, None, &audit("bad"))
+        .await
+        .expect_err("sum");
+    assert_eq!(
+        err.to_string(),
+        "weights must sum to 10000 basis points, got 7000"
+    );
+
+    let mut unknown = route(5000);
+    unknown.weights.0.insert("m7v".into(), 0);
+    let err = store
+        .put_route("payments", &unknown, 0, None, &audit("bad"))
+        .await
+        .expect_err("dc");
+    assert_eq!(err.to_string(), "unknown datacenter \"m7v\"");
+
+    let dc = Datacenter {
+        code: 9,
+        display_name: String::new(),
+    };
+    let err = store
+        .put_datacenter("hk", &dc, 0, &audit("bad"))
+        .await
+        .expect_err("code");
+    assert_eq!(err.to_string(), "datacenter code 9 out of range 0..=7");
+
+    let rev_after = client
+        .get("x", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("h")
+        .revision();
+    assert_eq!(rev_before, rev_after, "a refused write must not touch etcd");
+}
+
+#[tokio::test]
+async fn multi_key_commit_is_all_or_nothing() {
+    let etcd = Etcd::start().await.expect("etcd");
+    let store = seeded(&etcd).await;
+    let a = store
+        .put_route("a", &route(5000), 0, None, &audit("c"))
+        .await
+        .expect("a");
+    store
+        .put_route("b", &route(5000), 0, None, &audit("c"))
+        .await
+        .expect("b");
+    let keys = Keys::default();
+    let changes = vec![
+        twin_topology::Change {
+            key: keys.route("a"),
+            expected_revision: a.revision,
+            value: Some(serde_json::to_value(route(0)).expect("json")),
+            before: None,
+        },
+        twin_topology::Change {
+            key: keys.route("b"),
+            expected_revision: 1, // stale
+            value: Some(serde_json::to_value(route(0)).expect("json")),
+            before: None,
+        },
+    ];
+    let err = store
+        .commit(changes, &audit("both"))
+        .await
+        .expect_err("stale b");
+    assert!(
+        err.to_string()
+            .starts_with("route b changed since you read it"),
+        "{err}"
+    );
+    let a_now = store.get_route("a").await.expect("get").expect("a");
+    assert_eq!(a_now.mod_revision, a.revision, "route a must be untouched");
+}
