@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use etcd_client::{Client, CompactionOptions, ConnectOptions};
+use etcd_client::{Certificate, Client, CompactionOptions, ConnectOptions, Identity, TlsOptions};
 
 use crate::net::free_ports;
+use crate::tls::TestCerts;
 
 /// Why a test etcd could not be started or driven.
 #[derive(Debug, thiserror::Error)]
@@ -47,12 +48,15 @@ pub struct Member {
     data_dir: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    /// Client TLS files when the member serves https.
+    tls: Option<TestCerts>,
 }
 
 impl Member {
     /// The client URL, `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     fn peer_url(&self) -> String {
@@ -69,7 +73,17 @@ impl Member {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name")
             .arg(&self.name)
             .arg("--data-dir")
@@ -145,6 +159,7 @@ pub struct Etcd {
     members: Vec<Member>,
     bin: PathBuf,
     initial_cluster: String,
+    tls: Option<TestCerts>,
     // Held for its Drop: removes every member's data directory.
     _dir: tempfile::TempDir,
 }
@@ -181,8 +196,23 @@ impl Etcd {
 
     /// Starts an `n`-member cluster on loopback and waits until it has a leader.
     pub async fn cluster(n: usize) -> Result<Etcd, EtcdError> {
+        Self::launch(n, None).await
+    }
+
+    /// Starts a single-member etcd that serves clients over TLS and requires a client
+    /// certificate signed by its CA (`--client-cert-auth`). The certificates are fresh; the
+    /// client certificate's common name is `client_cn`. See [`Etcd::certs`].
+    pub async fn start_tls(client_cn: &str) -> Result<Etcd, EtcdError> {
+        Self::launch(1, Some(client_cn)).await
+    }
+
+    async fn launch(n: usize, tls_cn: Option<&str>) -> Result<Etcd, EtcdError> {
         let bin = etcd_bin()?;
         let dir = temp_root()?;
+        let tls = match tls_cn {
+            Some(cn) => Some(TestCerts::generate(dir.path(), cn)?),
+            None => None,
+        };
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -192,6 +222,7 @@ impl Etcd {
                 data_dir: dir.path().join(format!("m{i}.etcd")),
                 log: dir.path().join(format!("m{i}.log")),
                 child: None,
+                tls: tls.clone(),
             })
             .collect();
         let initial_cluster = members
@@ -203,6 +234,7 @@ impl Etcd {
             members,
             bin,
             initial_cluster,
+            tls,
             _dir: dir,
         };
         for i in 0..n {
@@ -230,11 +262,32 @@ impl Etcd {
         &self.members
     }
 
-    /// A fresh client connected to every member.
+    /// The certificates of a TLS etcd ([`Etcd::start_tls`]).
+    pub fn certs(&self) -> Option<&TestCerts> {
+        self.tls.as_ref()
+    }
+
+    /// Connect options with the client certificate of a TLS etcd, and the given timeouts.
+    fn options(&self, connect: Duration, request: Duration) -> Result<ConnectOptions, EtcdError> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(connect)
+            .with_timeout(request);
+        if let Some(t) = &self.tls {
+            let tls = TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(std::fs::read(&t.ca)?))
+                .identity(Identity::from_pem(
+                    std::fs::read(&t.client_cert)?,
+                    std::fs::read(&t.client_key)?,
+                ));
+            opts = opts.with_tls(tls);
+        }
+        Ok(opts)
+    }
+
+    /// A fresh client connected to every member (over TLS with the client certificate when
+    /// the server uses TLS).
     pub async fn client(&self) -> Result<Client, EtcdError> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(2))
-            .with_timeout(Duration::from_secs(5));
+        let opts = self.options(Duration::from_secs(2), Duration::from_secs(5))?;
         Ok(Client::connect(self.endpoints(), Some(opts)).await?)
     }
 
@@ -243,13 +296,15 @@ impl Etcd {
         let endpoint = self.members[i].endpoint();
         loop {
             self.members[i].check_alive()?;
-            let opts = ConnectOptions::new()
-                .with_connect_timeout(Duration::from_millis(500))
-                .with_timeout(Duration::from_millis(1000));
+            let opts = self.options(Duration::from_millis(500), Duration::from_millis(1000))?;
             if let Ok(mut c) = Client::connect([endpoint.as_str()], Some(opts)).await {
-                // A linearizable read proves the member is part of a cluster with a leader.
-                if c.get("twin-testkit-ready", None).await.is_ok() {
-                    return Ok(());
+                // A linearizable read proves the member is part of a cluster with a leader;
+                // with auth enabled the server answers "user name is empty" instead, which
+                // proves the same.
+                match c.get("twin-testkit-ready", None).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) if e.to_string().contains("user name is empty") => return Ok(()),
+                    Err(_) => {}
                 }
             }
             if tokio::time::Instant::now() >= end {

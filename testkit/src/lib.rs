@@ -7,9 +7,11 @@
 
 mod etcd;
 mod net;
+mod tls;
 
 pub use etcd::{Etcd, EtcdError, Member};
 pub use net::{free_port, free_ports};
+pub use tls::TestCerts;
 
 /// Polls `cond` every few milliseconds until it returns true or `deadline` passes; returns
 /// whether it became true. Tests use it instead of sleeping for a condition.

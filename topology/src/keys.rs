@@ -85,6 +85,10 @@ impl Keys {
     pub fn health(&self, dc: &str) -> String {
         format!("{}control/health/{dc}", self.root)
     }
+    /// Where `twinctl drain NODE` keeps the registrations it removed, for `undrain`.
+    pub fn drain(&self, node: &str) -> String {
+        format!("{}control/drain/{node}", self.root)
+    }
 
     /// Classifies a key; `None` when it is not under this prefix or is malformed.
     pub fn parse<'a>(&self, key: &'a str) -> Option<KeyKind<'a>> {

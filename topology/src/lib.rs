@@ -6,17 +6,21 @@
 //! starts). Pure types and math sit apart from the modules that do I/O (`store`, `view`,
 //! `connect`). It knows nothing of HTTP proxying, ID generation or the control plane.
 
+pub mod auth;
 pub mod connect;
+pub mod etcd_args;
 pub mod keys;
 pub mod model;
 pub mod ring;
 pub mod routes_file;
 pub mod snapshot;
 pub mod store;
+pub mod tls_check;
 pub mod validate;
 pub mod view;
 
 pub use connect::{ConnectError, EtcdSettings};
+pub use etcd_args::EtcdArgs;
 pub use keys::{KeyKind, Keys};
 pub use model::{
     AuditRecord, Datacenter, Endpoint, Freeze, OnDcDown, RetryPolicy, Route, Timeouts, Versioned,
@@ -25,6 +29,6 @@ pub use model::{
 pub use ring::{bucket_of, BucketRing, Pick, BUCKETS};
 pub use routes_file::{RoutesFile, RoutesFileError};
 pub use snapshot::{ApplyError, SnapshotError, Source, Topology};
-pub use store::{now_ms, AuditMeta, Change, Committed, Store, StoreError};
+pub use store::{now_ms, AuditMeta, Change, CommitOptions, Committed, Store, StoreError};
 pub use validate::ValidationError;
 pub use view::{TopologyView, ViewOptions, ViewStats};

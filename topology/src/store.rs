@@ -6,7 +6,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
 use serde::Serialize;
 
 use crate::keys::{KeyKind, Keys};
@@ -55,6 +57,15 @@ pub struct Change {
     pub value: Option<serde_json::Value>,
     /// The value the caller read, recorded in the audit record.
     pub before: Option<serde_json::Value>,
+}
+
+/// Extra conditions for [`Store::commit_with`].
+#[derive(Clone, Debug, Default)]
+pub struct CommitOptions {
+    /// `(leader key, its create revision)`: commit only while that leadership stands.
+    pub fence: Option<(String, i64)>,
+    /// Full key → lease id, for puts that must live under a lease.
+    pub leases: std::collections::BTreeMap<String, i64>,
 }
 
 /// What a committed transaction did.
@@ -235,6 +246,20 @@ impl Store {
         changes: Vec<Change>,
         audit: &AuditMeta,
     ) -> Result<Committed, StoreError> {
+        self.commit_with(changes, audit, &CommitOptions::default())
+            .await
+    }
+
+    /// [`Store::commit`] with extra conditions: a fence (the transaction also requires a
+    /// leader key to still exist at its create revision, so a deposed leader's write fails)
+    /// and leases for some of the keys it puts (an endpoint restored under its sidecar's
+    /// lease). A failed fence is reported as a conflict on `leadership`.
+    pub async fn commit_with(
+        &self,
+        changes: Vec<Change>,
+        audit: &AuditMeta,
+        options: &CommitOptions,
+    ) -> Result<Committed, StoreError> {
         let change_id = new_change_id();
         let at_ms = now_ms();
         let mut compares = Vec::with_capacity(changes.len());
@@ -246,8 +271,12 @@ impl Store {
                 CompareOp::Equal,
                 c.expected_revision,
             ));
+            let lease = options
+                .leases
+                .get(&c.key)
+                .map(|&id| PutOptions::new().with_lease(id));
             ops.push(match &c.value {
-                Some(v) => TxnOp::put(c.key.as_str(), v.to_string(), None),
+                Some(v) => TxnOp::put(c.key.as_str(), v.to_string(), lease),
                 None => TxnOp::delete(c.key.as_str(), None),
             });
             let record = AuditRecord {
@@ -266,6 +295,14 @@ impl Store {
                 None,
             ));
             on_fail.push(TxnOp::get(c.key.as_str(), None));
+        }
+        if let Some((key, create_revision)) = &options.fence {
+            compares.push(Compare::create_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                *create_revision,
+            ));
+            on_fail.push(TxnOp::get(key.as_str(), None));
         }
         let txn = Txn::new().when(compares).and_then(ops).or_else(on_fail);
         let resp = self.client.kv_client().txn(txn).await?;
@@ -287,6 +324,21 @@ impl Store {
                 return Err(StoreError::Conflict {
                     what: describe(&self.keys, &c.key),
                     expected: c.expected_revision,
+                    current,
+                });
+            }
+        }
+        if let Some((_, create_revision)) = &options.fence {
+            let current = match resp.op_responses().get(changes.len()) {
+                Some(etcd_client::TxnOpResponse::Get(g)) => {
+                    g.kvs().first().map(|kv| kv.create_revision()).unwrap_or(0)
+                }
+                _ => 0,
+            };
+            if current != *create_revision {
+                return Err(StoreError::Conflict {
+                    what: "leadership".to_string(),
+                    expected: *create_revision,
                     current,
                 });
             }

@@ -1,0 +1,80 @@
+//! Certificates for tests of etcd over TLS, made fresh in each test with rcgen: a CA, a
+//! server certificate for 127.0.0.1/localhost, a client certificate, and an unrelated CA
+//! (for the "wrong CA" case).
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+
+/// Paths of the PEM files written by [`TestCerts::generate`].
+#[derive(Clone, Debug)]
+pub struct TestCerts {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A CA that signed nothing here: trusting it must fail the handshake.
+    pub other_ca: PathBuf,
+}
+
+fn ca(name: &str) -> Result<CertifiedIssuer<'static, KeyPair>, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    CertifiedIssuer::self_signed(params, KeyPair::generate()?)
+}
+
+fn leaf(
+    issuer: &CertifiedIssuer<'static, KeyPair>,
+    cn: &str,
+    sans: Vec<String>,
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<(String, String), rcgen::Error> {
+    let mut params = CertificateParams::new(sans)?;
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.extended_key_usages = vec![usage];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+impl TestCerts {
+    /// Writes a fresh CA, server and client certificates into `dir`. The client
+    /// certificate's common name is `client_cn` (etcd can map it to a user).
+    pub fn generate(dir: &Path, client_cn: &str) -> std::io::Result<TestCerts> {
+        let err = |e: rcgen::Error| std::io::Error::other(e.to_string());
+        let ca = ca("twin test CA").map_err(err)?;
+        let other = ca_pem("unrelated CA").map_err(err)?;
+        let (server_cert, server_key) = leaf(
+            &ca,
+            "etcd",
+            vec!["127.0.0.1".into(), "localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+        .map_err(err)?;
+        let (client_cert, client_key) =
+            leaf(&ca, client_cn, vec![], ExtendedKeyUsagePurpose::ClientAuth).map_err(err)?;
+        let write = |name: &str, pem: &str| -> std::io::Result<PathBuf> {
+            let p = dir.join(name);
+            std::fs::write(&p, pem)?;
+            Ok(p)
+        };
+        Ok(TestCerts {
+            ca: write("ca.pem", &ca.pem())?,
+            server_cert: write("server.pem", &server_cert)?,
+            server_key: write("server-key.pem", &server_key)?,
+            client_cert: write("client.pem", &client_cert)?,
+            client_key: write("client-key.pem", &client_key)?,
+            other_ca: write("other-ca.pem", &other)?,
+        })
+    }
+}
+
+fn ca_pem(name: &str) -> Result<String, rcgen::Error> {
+    Ok(ca(name)?.pem())
+}
