@@ -1,1 +1,33 @@
-//! Twin control plane (filled by the control-plane issue).
+//! Twin's control plane and the SRE's command-line tool, `twinctl`. This crate owns the
+//! decisions that move traffic between datacenters: failover and shift plans (pure, in
+//! [`plan`] and [`balance`]), the guard rails that refuse unsafe changes ([`guard`]), the
+//! `twinctl` commands that carry them out as audited compare-and-swap transactions
+//! ([`cli`]), and the `twin-control-plane` daemon: leader election ([`election`]), HTTP
+//! health probes of every registered endpoint ([`probe`]) published per datacenter
+//! ([`health`]), the optional automatic failover policy ([`autofail`]), and the status API
+//! ([`status_api`]); and Kubernetes sidecar injection ([`inject`]: one mutation, served as an
+//! admission webhook by the daemon and run offline by `twinctl inject`). The etcd schema,
+//! validation and the audited `Store` belong to `twin-topology`; this crate must not know
+//! how the sidecar proxies requests or how IDs are generated (it only calls `twin-idgen`'s
+//! decoder for `twinctl id decode`).
+
+pub mod autofail;
+pub mod balance;
+pub mod cli;
+pub mod daemon;
+pub mod drain;
+pub mod election;
+pub mod error;
+pub mod failover;
+pub mod guard;
+pub mod health;
+pub mod inject;
+pub mod output;
+pub mod plan;
+pub mod probe;
+pub mod prometheus;
+pub mod state;
+pub mod status;
+pub mod status_api;
+
+pub use error::CtlError;

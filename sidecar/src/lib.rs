@@ -1,1 +1,42 @@
-//! Twin sidecar (filled by the sidecar issue).
+//! Twin's sidecar: the per-node data plane. It owns the outbound HTTP proxy that splits an
+//! application's calls between datacenters by the weights in etcd (sticky by bucket ring,
+//! spilling away from a datacenter that goes bad, retrying only what cannot pay twice), the
+//! ID API in front of `twin-idgen`, the registration of the local application as an endpoint,
+//! and the admin endpoints (`/metrics`, `/readyz`, `/config`, `POST /drain`). It reads the
+//! topology through `twin-topology`'s watched view and keeps serving from its last table or
+//! snapshot while etcd is down. It must not know about the control plane or `twinctl`: it
+//! only reads what they write to etcd, so the data plane keeps working when they are gone.
+
+pub mod admin;
+pub mod config;
+pub mod ids;
+pub mod outbound;
+pub mod register;
+pub mod serve;
+pub mod shutdown;
+pub mod sidecar;
+pub mod source;
+pub mod table;
+
+use std::net::SocketAddr;
+
+pub use config::{Config, ConfigError, Flags, TableSource};
+pub use shutdown::Shutdown;
+pub use sidecar::Sidecar;
+
+/// Why a sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{what} {addr}: cannot listen: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Routes(String),
+    #[error("{0}")]
+    Etcd(twin_topology::ConnectError),
+    #[error("ID service: {0}")]
+    Ids(String),
+}

@@ -2,10 +2,12 @@
 //! (Debian's `etcd-server`, found on `PATH` or at `TWIN_ETCD_BIN`) on free loopback ports with
 //! a temporary data directory, waits until they answer, and kills them when dropped. Fault
 //! tests use its handles to stop, pause (SIGSTOP), resume, restart on the same data directory
-//! and compact the keyspace. It owns nothing of Twin's logic and must never be a normal
+//! and compact the keyspace. Its [`http`] module runs real HTTP upstreams whose behaviour a
+//! test controls, and a client. It owns nothing of Twin's logic and must never be a normal
 //! dependency of a shipped crate.
 
 mod etcd;
+pub mod http;
 mod net;
 mod tls;
 

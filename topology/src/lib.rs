@@ -29,6 +29,8 @@ pub use model::{
 pub use ring::{bucket_of, BucketRing, Pick, BUCKETS};
 pub use routes_file::{RoutesFile, RoutesFileError};
 pub use snapshot::{ApplyError, SnapshotError, Source, Topology};
-pub use store::{now_ms, AuditMeta, Change, CommitOptions, Committed, Store, StoreError};
+pub use store::{
+    list_topology, now_ms, AuditMeta, Change, CommitOptions, Committed, Listing, Store, StoreError,
+};
 pub use validate::ValidationError;
 pub use view::{TopologyView, ViewOptions, ViewStats};

@@ -77,6 +77,48 @@ pub struct Committed {
     pub change_id: String,
 }
 
+/// The raw key/values of the topology's own prefixes at one etcd revision.
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    pub revision: i64,
+    /// `(key, value, mod_revision)`.
+    pub kvs: Vec<(String, Vec<u8>, i64)>,
+}
+
+impl Listing {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8], i64)> {
+        self.kvs
+            .iter()
+            .map(|(k, v, r)| (k.as_str(), v.as_slice(), *r))
+    }
+}
+
+/// Reads datacenters, routes, endpoints and the freeze in one transaction (one revision).
+/// Only the topology's own prefixes: the audit trail and idgen keys under the same root
+/// grow without bound and must not ride along (etcd answers at most 4 MiB).
+pub async fn list_topology(client: &Client, keys: &Keys) -> Result<Listing, etcd_client::Error> {
+    let prefix = || Some(GetOptions::new().with_prefix());
+    let ops = vec![
+        TxnOp::get(keys.datacenters(), prefix()),
+        TxnOp::get(keys.routes(), prefix()),
+        TxnOp::get(keys.endpoints(), prefix()),
+        TxnOp::get(keys.freeze(), None),
+    ];
+    let resp = client.kv_client().txn(Txn::new().and_then(ops)).await?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let mut kvs = Vec::new();
+    for op in resp.op_responses() {
+        if let etcd_client::TxnOpResponse::Get(g) = op {
+            for kv in g.kvs() {
+                if let Ok(k) = kv.key_str() {
+                    kvs.push((k.to_string(), kv.value().to_vec(), kv.mod_revision()));
+                }
+            }
+        }
+    }
+    Ok(Listing { revision, kvs })
+}
+
 /// Audited compare-and-swap access to topology values.
 #[derive(Clone)]
 pub struct Store {
@@ -128,18 +170,13 @@ impl Store {
     /// Lists the whole prefix and builds a validated topology at the listing's revision.
     /// Invalid values are skipped and handed to `on_invalid`.
     pub async fn load(&self, on_invalid: impl FnMut(ApplyError)) -> Result<Topology, StoreError> {
-        let resp = self
-            .client
-            .kv_client()
-            .get(self.keys.root(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-        let kvs = resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| Some((kv.key_str().ok()?, kv.value(), kv.mod_revision())));
+        let listing = list_topology(&self.client, &self.keys).await?;
         Ok(Topology::from_listing(
-            &self.keys, revision, kvs, None, on_invalid,
+            &self.keys,
+            listing.revision,
+            listing.iter(),
+            None,
+            on_invalid,
         ))
     }
 

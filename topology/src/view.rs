@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
+use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -169,20 +169,17 @@ async fn list(
     previous: &Topology,
     stats: &ViewStats,
 ) -> Result<Topology, etcd_client::Error> {
-    let resp = client
-        .get(keys.root(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let kvs = resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| Some((kv.key_str().ok()?, kv.value(), kv.mod_revision())));
+    let listing = crate::store::list_topology(client, keys).await?;
     stats.lists.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("twin_topology_lists_total").increment(1);
     let prev = (previous.source != Source::Empty).then_some(previous);
-    Ok(Topology::from_listing(keys, revision, kvs, prev, |e| {
-        count_invalid(stats, &e)
-    }))
+    Ok(Topology::from_listing(
+        keys,
+        listing.revision,
+        listing.iter(),
+        prev,
+        |e| count_invalid(stats, &e),
+    ))
 }
 
 /// The watch loop: list, watch from the next revision, apply, reconnect, re-list on

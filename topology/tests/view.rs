@@ -266,3 +266,30 @@ async fn starts_from_the_snapshot_while_etcd_is_down_and_saves_new_ones() {
         .await
         .is_some());
 }
+
+#[tokio::test]
+async fn a_huge_audit_trail_does_not_break_listing() {
+    let etcd = Etcd::start().await.expect("etcd");
+    let mut client = etcd.client().await.expect("client");
+    seed(&mut client).await;
+    let keys = Keys::default();
+    // ~6 MiB of audit records: more than etcd answers in one range (4 MiB).
+    let big = "x".repeat(60 * 1024);
+    for i in 0..100 {
+        client
+            .put(format!("{}{i:04}/000", keys.audit()), big.clone(), None)
+            .await
+            .expect("audit");
+    }
+    let store = twin_topology::Store::new(client.clone(), keys.clone());
+    let t = store
+        .load(|e| panic!("{e}"))
+        .await
+        .expect("load lists only topology prefixes");
+    assert_eq!(weight(&t), Some(5000));
+    let view = TopologyView::start(client, keys, fast());
+    assert!(view
+        .wait_for(WAIT, |t| weight(t) == Some(5000))
+        .await
+        .is_some());
+}

@@ -1,0 +1,519 @@
+//! The local topology a drill runs on, brought up for real on loopback from the drill file:
+//! etcd members, recording upstream servers (each behind a fault proxy), one fault proxy per
+//! datacenter in front of every etcd member, the control-plane replicas and the sidecars.
+//! Everything is torn down when the [`Lab`] is dropped (and by the [`Registry`] on Ctrl-C).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use twin_topology::{AuditMeta, Keys, Store};
+
+use crate::clock::RunClock;
+use crate::drill::Drill;
+use crate::etcd::{free_ports, EtcdCluster};
+use crate::faultproxy::FaultProxy;
+use crate::http::{self, HttpClient};
+use crate::procs::{self, Proc, ProcError, ProcSpec, Registry};
+use crate::record::UpstreamHit;
+use crate::units::ClockOffset;
+use crate::upstream::{HitLog, Upstream};
+use crate::validate::datacenter_map;
+
+/// Why the topology could not start (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("{0}")]
+    Missing(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    #[error("seeding etcd: {0}")]
+    Seed(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+    let what = what.into();
+    move |source| LabError::Io { what, source }
+}
+
+/// A running sidecar and the ports it keeps across restarts.
+pub struct Sidecar {
+    pub dc: usize,
+    pub index: usize,
+    pub name: String,
+    pub outbound: SocketAddr,
+    pub ids: SocketAddr,
+    pub admin: SocketAddr,
+    pub proc: Proc,
+    /// The load generator sends only to sidecars that are up (as a Kubernetes Service sends
+    /// only to ready pods); a kill takes it out first.
+    pub up: AtomicBool,
+}
+
+/// A control-plane replica.
+pub struct ControlPlane {
+    pub index: usize,
+    pub dc: usize,
+    pub status: SocketAddr,
+    pub proc: Proc,
+}
+
+/// Paths of the Twin binaries a drill runs.
+pub struct Bins {
+    pub sidecar: PathBuf,
+    pub control_plane: PathBuf,
+    pub twinctl: PathBuf,
+}
+
+impl Bins {
+    pub fn find(needs_control_plane: bool) -> Result<Bins, LabError> {
+        let sidecar = procs::twin_binary("twin-sidecar").map_err(LabError::Missing)?;
+        let twinctl = procs::twin_binary("twinctl").map_err(LabError::Missing)?;
+        let control_plane = match procs::twin_binary("twin-control-plane") {
+            Ok(p) => p,
+            Err(e) if needs_control_plane => return Err(LabError::Missing(e)),
+            Err(_) => PathBuf::new(),
+        };
+        Ok(Bins {
+            sidecar,
+            control_plane,
+            twinctl,
+        })
+    }
+}
+
+/// Everything a drill runs on.
+pub struct Lab {
+    pub dir: PathBuf,
+    pub prefix: String,
+    pub dc_names: Vec<String>,
+    pub clock: Arc<RunClock>,
+    pub registry: Arc<Registry>,
+    pub bins: Bins,
+    pub etcd: EtcdCluster,
+    /// `[dc][member]`: the datacenter's link to each etcd member.
+    pub etcd_links: Vec<Vec<FaultProxy>>,
+    /// `[dc][i]`: the upstream servers and the proxies in front of them.
+    pub upstreams: Vec<Vec<(Upstream, FaultProxy)>>,
+    pub hits: HitLog,
+    pub sidecars: Vec<Sidecar>,
+    pub control_planes: Vec<ControlPlane>,
+    pub probe: HttpClient,
+    /// Keeps tasks spawned by steps (fault timers) so they end with the lab.
+    pub timers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// How long a process may take to become ready.
+pub const READY_WITHIN: Duration = Duration::from_secs(30);
+
+impl Lab {
+    /// Starts the drill's topology; `dir` receives logs and data directories.
+    pub async fn start(
+        drill: &Drill,
+        dir: &Path,
+        seed: u64,
+        registry: Arc<Registry>,
+        clock: Arc<RunClock>,
+    ) -> Result<Lab, LabError> {
+        let t = &drill.topology;
+        let bins = Bins::find(t.control_planes > 0)?;
+        let etcd_bin = procs::etcd_binary().map_err(LabError::Missing)?;
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
+        let etcd = EtcdCluster::new(t.etcd.members, &etcd_bin, &data, &registry)
+            .map_err(io("choosing etcd ports"))?;
+        etcd.start_all().await?;
+
+        let hits: HitLog = Arc::new(Mutex::new(Vec::<UpstreamHit>::new()));
+        let mut upstreams = Vec::new();
+        for (d, dc) in t.datacenters.iter().enumerate() {
+            let mut v = Vec::new();
+            for i in 0..t.upstreams_per_dc {
+                let u = Upstream::start(d, dc, i, clock.clone(), hits.clone())
+                    .await
+                    .map_err(io("starting an upstream server"))?;
+                let p = FaultProxy::start(
+                    &format!("upstream/{dc}/{i}"),
+                    u.addr,
+                    seed ^ (d * 100 + i) as u64,
+                )
+                .await
+                .map_err(io("starting a fault proxy"))?;
+                v.push((u, p));
+            }
+            upstreams.push(v);
+        }
+        let mut etcd_links = Vec::new();
+        for (d, dc) in t.datacenters.iter().enumerate() {
+            let mut v = Vec::new();
+            for (m, member) in etcd.members.iter().enumerate() {
+                let addr: SocketAddr = ([127, 0, 0, 1], member.client_port).into();
+                let p = FaultProxy::start(
+                    &format!("etcd-link/{dc}/{m}"),
+                    addr,
+                    seed ^ (1000 + d * 10 + m) as u64,
+                )
+                .await
+                .map_err(io("starting a fault proxy"))?;
+                v.push(p);
+            }
+            etcd_links.push(v);
+        }
+        let prefix = format!("/twin-drill-{}", std::process::id());
+        seed_etcd(drill, &etcd.endpoints(), &prefix, &upstreams).await?;
+
+        let mut lab = Lab {
+            dir: dir.to_path_buf(),
+            prefix,
+            dc_names: t.datacenters.clone(),
+            clock,
+            registry,
+            bins,
+            etcd,
+            etcd_links,
+            upstreams,
+            hits,
+            sidecars: Vec::new(),
+            control_planes: Vec::new(),
+            probe: http::client(4),
+            timers: Mutex::new(Vec::new()),
+        };
+        lab.make_processes(drill)?;
+        for cp in &lab.control_planes {
+            cp.proc.start(None)?;
+        }
+        for i in 0..lab.sidecars.len() {
+            lab.start_sidecar(i, None).await?;
+        }
+        for i in 0..lab.control_planes.len() {
+            lab.wait_control_plane(i).await?;
+        }
+        if t.register {
+            lab.wait_registered(drill).await?;
+        }
+        Ok(lab)
+    }
+
+    /// etcd URLs as datacenter `dc` reaches them: through its fault proxies.
+    pub fn etcd_urls_from(&self, dc: usize) -> String {
+        self.etcd_links[dc]
+            .iter()
+            .map(|p| format!("http://{}", p.addr()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn make_processes(&mut self, drill: &Drill) -> Result<(), LabError> {
+        let t = &drill.topology;
+        let ports = free_ports(3 * t.datacenters.len() * t.sidecars_per_dc + t.control_planes)
+            .map_err(io("choosing ports"))?;
+        // The sidecars' config file: the serial template of the load's business tag.
+        let config = self.dir.join("sidecar.yaml");
+        let yaml = serde_yaml::to_string(&serde_json::json!({
+            "idgen": {"serial_templates": {drill.load.ids.biz.clone(): t.serial_template.clone()}}
+        }))
+        .unwrap_or_default();
+        std::fs::write(&config, yaml).map_err(io(format!("writing {}", config.display())))?;
+        let mut next = ports.into_iter();
+        let mut port = || -> SocketAddr { ([127, 0, 0, 1], next.next().unwrap_or(0)).into() };
+        for (d, dc) in t.datacenters.iter().enumerate() {
+            for i in 0..t.sidecars_per_dc {
+                let name = format!("sidecar-{dc}-{i}");
+                let (outbound, ids, admin) = (port(), port(), port());
+                let mut args = vec![
+                    "--config".to_string(),
+                    config.display().to_string(),
+                    "--dc".into(),
+                    dc.clone(),
+                    "--node-id".into(),
+                    format!("{dc}-{i}"),
+                    "--etcd".into(),
+                    self.etcd_urls_from(d),
+                    "--prefix".into(),
+                    self.prefix.clone(),
+                    "--outbound".into(),
+                    outbound.to_string(),
+                    "--ids".into(),
+                    ids.to_string(),
+                    "--admin".into(),
+                    admin.to_string(),
+                    "--snapshot".into(),
+                    self.dir
+                        .join(format!("{name}.snapshot"))
+                        .display()
+                        .to_string(),
+                ];
+                if t.register {
+                    let (_, proxy) = &self.upstreams[d][i % self.upstreams[d].len()];
+                    for service in t.routes.keys() {
+                        args.push("--register".into());
+                        args.push(format!("{service}={},capacity=1", proxy.addr()));
+                    }
+                }
+                args.extend(t.sidecar_args.iter().cloned());
+                let proc = Proc::new(
+                    ProcSpec {
+                        name: name.clone(),
+                        program: self.bins.sidecar.clone(),
+                        args,
+                        env: vec![("RUST_LOG".into(), "warn".into())],
+                        log: self.dir.join(format!("{name}.log")),
+                    },
+                    self.registry.clone(),
+                );
+                self.sidecars.push(Sidecar {
+                    dc: d,
+                    index: i,
+                    name,
+                    outbound,
+                    ids,
+                    admin,
+                    proc,
+                    up: AtomicBool::new(false),
+                });
+            }
+        }
+        for i in 0..t.control_planes {
+            let dc = i % t.datacenters.len();
+            let status = port();
+            let name = format!("control-plane-{i}");
+            let mut args = control_plane_args(self, dc, i, status);
+            args.extend(t.control_plane_args.iter().cloned());
+            let proc = Proc::new(
+                ProcSpec {
+                    name: name.clone(),
+                    program: self.bins.control_plane.clone(),
+                    args,
+                    env: vec![("RUST_LOG".into(), "warn".into())],
+                    log: self.dir.join(format!("{name}.log")),
+                },
+                self.registry.clone(),
+            );
+            self.control_planes.push(ControlPlane {
+                index: i,
+                dc,
+                status,
+                proc,
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts (or restarts) sidecar `i` and waits until `/readyz` answers 200.
+    pub async fn start_sidecar(
+        &self,
+        i: usize,
+        clock: Option<ClockOffset>,
+    ) -> Result<(), LabError> {
+        let sc = &self.sidecars[i];
+        sc.up.store(false, Ordering::SeqCst);
+        sc.proc.start(clock)?;
+        let end = tokio::time::Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(status) = sc.proc.exited() {
+                return Err(sc.proc.exited_error(status).into());
+            }
+            if let Ok((200, _)) = http::get(&self.probe, sc.admin, "/readyz").await {
+                sc.up.store(true, Ordering::SeqCst);
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= end {
+                return Err(sc.proc.not_ready_error(READY_WITHIN.as_secs()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// With `register`: waits until every sidecar's routing table (`/config`) holds every
+    /// registered upstream of every route, so the load starts on the whole topology.
+    async fn wait_registered(&self, drill: &Drill) -> Result<(), LabError> {
+        let t = &drill.topology;
+        let want: Vec<usize> = self
+            .upstreams
+            .iter()
+            .map(|u| u.len().min(t.sidecars_per_dc))
+            .collect();
+        let end = tokio::time::Instant::now() + READY_WITHIN;
+        for sc in &self.sidecars {
+            loop {
+                if let Some(status) = sc.proc.exited() {
+                    return Err(sc.proc.exited_error(status).into());
+                }
+                if let Ok((200, body)) = http::get(&self.probe, sc.admin, "/config").await {
+                    if registered_in(&body, t.routes.keys(), &self.dc_names, &want) {
+                        break;
+                    }
+                }
+                if tokio::time::Instant::now() >= end {
+                    return Err(LabError::Missing(format!(
+                        "{}: the registered endpoints did not all reach its routing table within {}s (see {}.log)",
+                        sc.name,
+                        READY_WITHIN.as_secs(),
+                        sc.name
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until control-plane replica `i` answers on its status address.
+    pub async fn wait_control_plane(&self, i: usize) -> Result<(), LabError> {
+        let cp = &self.control_planes[i];
+        let end = tokio::time::Instant::now() + READY_WITHIN;
+        loop {
+            if let Some(status) = cp.proc.exited() {
+                return Err(cp.proc.exited_error(status).into());
+            }
+            if let Ok((code, _)) = http::get(&self.probe, cp.status, "/healthz").await {
+                if code < 500 {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() >= end {
+                return Err(cp.proc.not_ready_error(READY_WITHIN.as_secs()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Kills every process now (also done on drop).
+    pub fn teardown(&self) {
+        for sc in &self.sidecars {
+            sc.up.store(false, Ordering::SeqCst);
+            sc.proc.kill();
+        }
+        for cp in &self.control_planes {
+            cp.proc.kill();
+        }
+        for m in &self.etcd.members {
+            m.proc.kill();
+        }
+        for t in self
+            .timers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            t.abort();
+        }
+    }
+
+    /// Sidecar index by datacenter and number.
+    pub fn sidecar_index(&self, dc: usize, index: usize) -> Option<usize> {
+        self.sidecars
+            .iter()
+            .position(|s| s.dc == dc && s.index == index)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// True when a sidecar's `/config` shows, for each route, `want[d]` endpoints in datacenter d.
+fn registered_in<'a>(
+    config: &str,
+    services: impl Iterator<Item = &'a String>,
+    dc_names: &[String],
+    want: &[usize],
+) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(config) else {
+        return false;
+    };
+    services.into_iter().all(|svc| {
+        dc_names.iter().zip(want).all(|(dc, n)| {
+            v["services"][svc]["datacenters"]
+                .as_array()
+                .and_then(|a| a.iter().find(|x| x["name"] == dc.as_str()))
+                .and_then(|x| x["endpoints"].as_array())
+                .is_some_and(|e| e.len() >= *n)
+        })
+    })
+}
+
+/// Flags of a control-plane replica: its etcd (through its datacenter's links), the prefix
+/// and a status listener.
+fn control_plane_args(lab: &Lab, dc: usize, i: usize, status: SocketAddr) -> Vec<String> {
+    vec![
+        "--etcd".into(),
+        lab.etcd_urls_from(dc),
+        "--prefix".into(),
+        lab.prefix.clone(),
+        "--listen".into(),
+        status.to_string(),
+        "--id".into(),
+        format!("cp-{i}"),
+    ]
+}
+
+/// Writes the drill's datacenters and routes (endpoints = the upstreams' proxies).
+async fn seed_etcd(
+    drill: &Drill,
+    endpoints: &[String],
+    prefix: &str,
+    upstreams: &[Vec<(Upstream, FaultProxy)>],
+) -> Result<(), LabError> {
+    let settings = twin_topology::EtcdSettings {
+        endpoints: endpoints.to_vec(),
+        prefix: prefix.to_string(),
+        ..twin_topology::EtcdSettings::default()
+    };
+    let client = settings
+        .connect()
+        .await
+        .map_err(|e| LabError::Seed(e.to_string()))?;
+    let store = Store::new(client, Keys::new(prefix));
+    let audit = AuditMeta {
+        who: "twin-chaos".into(),
+        action: "drill setup".into(),
+        reason: format!("drill {}", drill.name),
+    };
+    let t = &drill.topology;
+    for (name, dc) in datacenter_map(&t.datacenters) {
+        store
+            .put_datacenter(&name, &dc, 0, &audit)
+            .await
+            .map_err(|e| LabError::Seed(e.to_string()))?;
+    }
+    for (service, route) in &t.routes {
+        let mut r = route.clone();
+        if t.register {
+            store
+                .put_route(service, &r, 0, None, &audit)
+                .await
+                .map_err(|e| LabError::Seed(e.to_string()))?;
+            continue;
+        }
+        r.endpoints = t
+            .datacenters
+            .iter()
+            .enumerate()
+            .map(|(d, dc)| {
+                (
+                    dc.clone(),
+                    upstreams[d]
+                        .iter()
+                        .map(|(_, p)| p.addr().to_string())
+                        .collect(),
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
+        store
+            .put_route(service, &r, 0, None, &audit)
+            .await
+            .map_err(|e| LabError::Seed(e.to_string()))?;
+    }
+    Ok(())
+}

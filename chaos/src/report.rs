@@ -1,0 +1,261 @@
+//! What a run leaves in its output directory: `journal.json` (every step and event with its
+//! time, the phases, per-second traffic, every check), `report.md` (hypothesis, steps, each
+//! check with its figure and bound, the verdict), `traffic.svg`, `samples.csv` (one line per
+//! request) and `hits.csv` (one line per request an upstream served), so a figure can be
+//! traced back to the requests behind it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::chart;
+use crate::drill::Drill;
+use crate::record::{Phase, Recording, StepRun};
+use crate::runner::Event;
+use crate::verdict::CheckResult;
+
+/// The journal, as written to `journal.json`.
+#[derive(Serialize)]
+pub struct Journal<'a> {
+    pub drill: &'a Drill,
+    pub quick: bool,
+    pub seed: u64,
+    pub started_at_unix_ms: u64,
+    pub steps: &'a [StepRun],
+    pub events: &'a [Event],
+    pub phases: &'a [Phase],
+    pub checks: &'a [CheckResult],
+    pub totals: Totals,
+    pub per_second: PerSecond<'a>,
+    pub passed: bool,
+}
+
+#[derive(Serialize)]
+pub struct Totals {
+    pub requests: usize,
+    pub ids: usize,
+    pub upstream_hits: usize,
+}
+
+#[derive(Serialize)]
+pub struct PerSecond<'a> {
+    pub datacenters: &'a [String],
+    pub served: &'a [Vec<u64>],
+    pub errors: &'a [u64],
+}
+
+/// Everything needed to write the outputs.
+pub struct Outputs<'a> {
+    pub drill: &'a Drill,
+    pub quick: bool,
+    pub seed: u64,
+    pub started_at_unix_ms: u64,
+    pub dc_names: &'a [String],
+    pub steps: &'a [StepRun],
+    pub events: &'a [Event],
+    pub phases: &'a [Phase],
+    pub checks: &'a [CheckResult],
+    pub recording: &'a Recording,
+}
+
+/// Writes the three files into `dir`.
+pub fn write(dir: &Path, o: &Outputs) -> Result<(), String> {
+    let seconds = (o.drill.load.duration.ms() / 1e3).ceil() as usize;
+    let series = chart::series(&o.recording.samples, o.dc_names.len(), seconds);
+    let passed = o.checks.iter().all(|c| c.pass);
+    let journal = Journal {
+        drill: o.drill,
+        quick: o.quick,
+        seed: o.seed,
+        started_at_unix_ms: o.started_at_unix_ms,
+        steps: o.steps,
+        events: o.events,
+        phases: o.phases,
+        checks: o.checks,
+        totals: Totals {
+            requests: o.recording.samples.len(),
+            ids: o.recording.ids.len(),
+            upstream_hits: o.recording.hits.len(),
+        },
+        per_second: PerSecond {
+            datacenters: o.dc_names,
+            served: &series.served,
+            errors: &series.errors,
+        },
+        passed,
+    };
+    let json = serde_json::to_vec_pretty(&journal).map_err(|e| e.to_string())?;
+    let w = |name: &str, bytes: &[u8]| {
+        std::fs::write(dir.join(name), bytes)
+            .map_err(|e| format!("writing {}: {e}", dir.join(name).display()))
+    };
+    w("journal.json", &json)?;
+    w("report.md", markdown(o, passed).as_bytes())?;
+    w(
+        "samples.csv",
+        samples_csv(&o.recording.samples, o.dc_names).as_bytes(),
+    )?;
+    w(
+        "hits.csv",
+        hits_csv(&o.recording.hits, o.dc_names).as_bytes(),
+    )?;
+    chart::draw(
+        &dir.join("traffic.svg"),
+        &format!("{}{}", o.drill.name, if o.quick { " (quick)" } else { "" }),
+        o.dc_names,
+        &series,
+        o.steps,
+    )
+}
+
+/// One line per request: when it was due, how long it took, what it was, where it went and
+/// how it ended.
+pub fn samples_csv(samples: &[crate::record::Sample], dc_names: &[String]) -> String {
+    use crate::record::{Kind, Outcome};
+    let mut s = String::from(
+        "id,sent_ms,latency_ms,kind,sidecar,key,outcome,status,dc,route_rev,twin_error\n",
+    );
+    let clean = |t: &str| t.replace([',', '\n', '\r'], " ");
+    for x in samples {
+        let kind = match x.kind {
+            Kind::Get => "get",
+            Kind::PostIdempotent => "post_idempotent",
+            Kind::Post => "post",
+            Kind::Ids(f) => f.as_str(),
+        };
+        let (outcome, status) = match &x.outcome {
+            Outcome::Answered { status } => ("answered".to_string(), status.to_string()),
+            Outcome::NotSent { reason } => (format!("not_sent: {}", clean(reason)), String::new()),
+            Outcome::Lost { reason } => (format!("lost: {}", clean(reason)), String::new()),
+        };
+        let _ = writeln!(
+            s,
+            "{},{:.1},{:.1},{kind},{},{},{outcome},{status},{},{},{}",
+            x.id,
+            x.sent_ms,
+            x.latency_ms,
+            x.sidecar,
+            x.key,
+            x.dc.and_then(|d| dc_names.get(d))
+                .map_or("", String::as_str),
+            x.route_rev.map_or(String::new(), |r| r.to_string()),
+            x.twin_error.as_deref().map(clean).unwrap_or_default(),
+        );
+    }
+    s
+}
+
+/// One line per request an upstream served (health probes have no request id).
+pub fn hits_csv(hits: &[crate::record::UpstreamHit], dc_names: &[String]) -> String {
+    let mut s = String::from("t_ms,upstream,method,path,request_id,idempotency_key\n");
+    for h in hits {
+        let _ = writeln!(
+            s,
+            "{:.1},{}/{},{},{},{},{}",
+            h.t_ms,
+            dc_names.get(h.dc).map_or("?", String::as_str),
+            h.upstream,
+            h.method,
+            h.path.replace(',', "%2C"),
+            h.request_id.map_or(String::new(), |r| r.to_string()),
+            h.idempotency_key
+                .as_deref()
+                .unwrap_or("")
+                .replace([',', '\n'], " "),
+        );
+    }
+    s
+}
+
+fn markdown(o: &Outputs, passed: bool) -> String {
+    let d = o.drill;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# Drill {}{}\n",
+        d.name,
+        if o.quick { " (quick)" } else { "" }
+    );
+    let _ = writeln!(s, "{}\n", d.description);
+    let _ = writeln!(
+        s,
+        "**Verdict: {}** — {} of {} checks passed. Seed {}.\n",
+        if passed { "PASS" } else { "FAIL" },
+        o.checks.iter().filter(|c| c.pass).count(),
+        o.checks.len(),
+        o.seed
+    );
+    let _ = writeln!(s, "## Steady-state hypothesis\n");
+    let _ = writeln!(
+        s,
+        "Error rate ≤ {} and p99 latency ≤ {}, over the {} before the first step and the last {} of the load.\n",
+        d.steady_state.max_error_rate, d.steady_state.max_p99, d.steady_state.window, d.steady_state.window
+    );
+    let t = &d.topology;
+    let _ = writeln!(s, "## Topology and load\n");
+    let _ = writeln!(
+        s,
+        "{} etcd member(s); datacenters {}; {} upstream(s) and {} sidecar(s) per datacenter; {} control-plane replica(s). \
+         Open-loop load of {} for {} ({} of it ID calls, {} IDs per call), timeout {}.\n",
+        t.etcd.members,
+        t.datacenters.join(", "),
+        t.upstreams_per_dc,
+        t.sidecars_per_dc,
+        t.control_planes,
+        d.load.rate,
+        d.load.duration,
+        d.load.ids.share,
+        d.load.ids.count,
+        d.load.timeout
+    );
+    let _ = writeln!(
+        s,
+        "Recorded {} requests, {} IDs, {} upstream hits.\n",
+        o.recording.samples.len(),
+        o.recording.ids.len(),
+        o.recording.hits.len()
+    );
+    let _ = writeln!(
+        s,
+        "## Steps\n\n| step | started | ended | result | detail |\n|---|---|---|---|---|"
+    );
+    for st in o.steps {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2}s | {:.2}s | {} | {} |",
+            st.label,
+            st.started_ms / 1e3,
+            st.ended_ms / 1e3,
+            if st.ok { "done" } else { "**failed**" },
+            st.detail.replace('|', "\\|")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n## Checks\n\n| check | figure | bound | result | detail |\n|---|---|---|---|---|"
+    );
+    for c in o.checks {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            c.name,
+            c.figure,
+            c.bound,
+            if c.pass { "pass" } else { "**FAIL**" },
+            c.detail.replace('|', "\\|")
+        );
+    }
+    let _ = writeln!(s, "\n## Phases\n\n| phase | from | to |\n|---|---|---|");
+    for p in o.phases {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2}s | {:.2}s |",
+            p.name,
+            p.start_ms / 1e3,
+            p.end_ms / 1e3
+        );
+    }
+    let _ = writeln!(s, "\n![traffic](traffic.svg)");
+    s
+}

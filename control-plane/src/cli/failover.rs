@@ -1,0 +1,210 @@
+//! `twinctl failover` and `twinctl failback`.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use clap::Args;
+use serde::Serialize;
+use twin_topology::{now_ms, Route};
+
+use super::{parse_percent, ChangeArgs, Global};
+use crate::error::CtlError;
+use crate::failover::{self, FailoverReport, FailoverRequest, Restore};
+use crate::guard;
+use crate::output::{emit, render, Report, Table};
+use crate::plan::Selection;
+
+/// `failover`.
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("selection").required(true).args(["services", "all"]))]
+pub struct FailoverArgs {
+    /// Datacenter to move traffic off
+    #[arg(long)]
+    pub from: String,
+    /// Datacenter to move it to (default: the others, in proportion to their weights)
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only these services, comma-separated
+    #[arg(long, value_delimiter = ',')]
+    pub services: Vec<String>,
+    /// Every route
+    #[arg(long)]
+    pub all: bool,
+    /// Do not ask for confirmation (needed when stdin is not a terminal)
+    #[arg(long)]
+    pub yes: bool,
+    /// Override the guard rails: freeze, target capacity, on_dc_down=fail homes
+    #[arg(long)]
+    pub force: bool,
+    /// Capacity guard: share of a service's registered capacity assumed used at peak
+    #[arg(long, default_value = "50", value_parser = parse_percent)]
+    pub peak_utilization: u32,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+/// `failback`.
+#[derive(Debug, Args)]
+pub struct FailbackArgs {
+    /// The audit id a failover printed (see twinctl audit)
+    #[arg(long)]
+    pub audit_id: String,
+    /// Override the change freeze
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+/// Runs `failover`.
+pub async fn run_failover(g: &Global, a: FailoverArgs) -> Result<(), CtlError> {
+    let reason = a.change.reason()?;
+    let selection = if a.all {
+        Selection::All
+    } else {
+        Selection::Services(a.services.clone())
+    };
+    let cluster = g.connect().await?;
+    let req = FailoverRequest {
+        from: a.from.clone(),
+        to: a.to.clone(),
+        selection,
+        peak_utilization: f64::from(a.peak_utilization) / 100.0,
+    };
+    let prepared = failover::prepare(&cluster, &req).await?;
+    if a.change.dry_run || prepared.plan.moves.is_empty() {
+        // A dry run shows the plan and the objections, then exits as the real run would.
+        emit(
+            g.output,
+            &FailoverReport::new(&prepared, None, a.change.dry_run, a.force),
+        )?;
+        return guard::enforce(prepared.objections.clone(), a.force).map(drop);
+    }
+    guard::enforce(prepared.objections.clone(), a.force)?;
+    if !a.yes {
+        confirm(
+            &render(
+                g.output,
+                &FailoverReport::new(&prepared, None, true, a.force),
+            )?,
+            &format!(
+                "move {} route(s) off {}?",
+                prepared.plan.moves.len(),
+                a.from
+            ),
+        )?;
+    }
+    let committed =
+        failover::commit(&cluster, &prepared, "failover", reason, a.force, None).await?;
+    emit(
+        g.output,
+        &FailoverReport::new(&prepared, committed.as_ref(), false, a.force),
+    )
+}
+
+/// Asks on the terminal; refuses to guess when there is none.
+fn confirm(plan: &str, question: &str) -> Result<(), CtlError> {
+    if !std::io::stdin().is_terminal() {
+        return Err(CtlError::usage(
+            "stdin is not a terminal: add --yes to confirm (or --dry-run to preview)",
+        ));
+    }
+    eprintln!("{plan}");
+    eprint!("{question} type yes to proceed: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut answer)
+        .map_err(|e| CtlError::failed(format!("reading the answer: {e}")))?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(CtlError::failed("not confirmed; nothing changed"))
+    }
+}
+
+/// The `failback` report.
+#[derive(Serialize)]
+struct FailbackReport {
+    audit_id: String,
+    dry_run: bool,
+    restores: Vec<Restore>,
+    overridden: Vec<String>,
+    revision: Option<i64>,
+    new_audit_id: Option<String>,
+}
+
+fn summary(v: &Option<serde_json::Value>) -> String {
+    match v {
+        None => "(absent)".to_string(),
+        Some(j) => match serde_json::from_value::<Route>(j.clone()) {
+            Ok(r) => r.weights.to_string(),
+            Err(_) => j.to_string(),
+        },
+    }
+}
+
+impl Report for FailbackReport {
+    fn text(&self) -> String {
+        let mut t = Table::new(["KEY", "NOW", "RESTORED"]);
+        for r in &self.restores {
+            t.row([r.key.clone(), summary(&r.now), summary(&r.restored)]);
+        }
+        let mut out = vec![t.render()];
+        out.extend(self.overridden.iter().map(|o| format!("forced past: {o}")));
+        out.push(match (&self.new_audit_id, self.dry_run) {
+            (_, true) => format!(
+                "dry run: would restore what {} changed; nothing written",
+                self.audit_id
+            ),
+            (Some(id), false) => format!(
+                "restored what {} changed at revision {}; audit id {id}",
+                self.audit_id,
+                self.revision.unwrap_or(0)
+            ),
+            (None, false) => "nothing written".to_string(),
+        });
+        out.join("\n")
+    }
+}
+
+/// Runs `failback`.
+pub async fn run_failback(g: &Global, a: FailbackArgs) -> Result<(), CtlError> {
+    let reason = a.change.reason()?;
+    let cluster = g.connect().await?;
+    let loaded = cluster.load().await?;
+    let restores = failover::plan_failback(&cluster, &a.audit_id).await?;
+    for r in &restores {
+        if let (Some(twin_topology::KeyKind::Route(s)), Some(v)) =
+            (cluster.keys.parse(&r.key), &r.restored)
+        {
+            let route: Route = serde_json::from_value(v.clone())
+                .map_err(|e| CtlError::failed(format!("audit record of route {s}: {e}")))?;
+            route
+                .validate(&loaded.topo.datacenters)
+                .map_err(|e| CtlError::failed(format!("restoring route {s}: {e}")))?;
+        }
+    }
+    let overridden = guard::enforce(
+        guard::freeze(&loaded.topo, now_ms()).into_iter().collect(),
+        a.force,
+    )?;
+    let mut report = FailbackReport {
+        audit_id: a.audit_id.clone(),
+        dry_run: a.change.dry_run,
+        restores,
+        overridden,
+        revision: None,
+        new_audit_id: None,
+    };
+    if !a.change.dry_run {
+        let reason = guard::forced_reason(
+            &format!("{reason} (failback of {})", a.audit_id),
+            &report.overridden,
+        );
+        let c = failover::commit_failback(&cluster, &report.restores, &reason).await?;
+        report.revision = Some(c.revision);
+        report.new_audit_id = Some(c.change_id);
+    }
+    emit(g.output, &report)
+}

@@ -1,0 +1,311 @@
+//! `twinctl shift`: raise one datacenter's weight step by step. Before the first step and
+//! after every step (once the interval has passed) a health gate must pass: the control
+//! plane's probes of the target datacenter, and optionally a PromQL error rate. A failed gate
+//! puts the weights back to where the shift started and exits 3; Ctrl-C stops at the current
+//! step and exits 1. Every step is a compare-and-swap on the revision the previous step
+//! wrote, so a concurrent change stops the shift instead of being overwritten.
+
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use twin_topology::{now_ms, Route, Weights};
+
+use super::{parse_duration, parse_percent, ChangeArgs, Global};
+use crate::error::CtlError;
+use crate::guard;
+use crate::health::HealthGate;
+use crate::output::{emit, Report};
+use crate::plan::shift_steps;
+use crate::prometheus::{PromGate, DEFAULT_QUERY};
+use crate::state::Cluster;
+
+/// `shift`.
+#[derive(Debug, Args)]
+pub struct ShiftArgs {
+    /// The service
+    pub service: String,
+    /// Datacenter that gains weight
+    #[arg(long)]
+    pub to: String,
+    /// Percent of traffic moved per step (above 50 needs --force)
+    #[arg(long, default_value = "10", value_parser = parse_percent)]
+    pub step: u32,
+    /// Time between steps; the gate is checked at the end of each interval
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// Stop when the target datacenter has this percent
+    #[arg(long, default_value = "100", value_parser = parse_percent)]
+    pub until: u32,
+    /// Gate: lowest share of the service's endpoints in the target datacenter that must be up
+    #[arg(long, default_value = "90", value_parser = parse_percent)]
+    pub min_healthy: u32,
+    /// Gate: oldest acceptable health record from the control plane
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub max_health_age: Duration,
+    /// Skip the control plane's health gate (you are the gate; the PromQL gate still applies)
+    #[arg(long)]
+    pub no_health_gate: bool,
+    /// Prometheus base URL for the error-rate gate, e.g. http://prometheus:9090
+    #[arg(long, value_name = "URL")]
+    pub prometheus: Option<String>,
+    /// Gate: highest acceptable error rate from --prometheus
+    #[arg(long, default_value = "1%", value_parser = parse_percent)]
+    pub max_error_rate: u32,
+    /// PromQL giving the error ratio ($SERVICE and $DC are replaced)
+    #[arg(long, default_value = DEFAULT_QUERY)]
+    pub error_rate_query: String,
+    /// Override the change freeze and the step limit
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+/// The outcome of a shift.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShiftReport {
+    pub service: String,
+    pub to: String,
+    pub dry_run: bool,
+    pub start: Weights,
+    /// Weights of each planned step.
+    pub planned: Vec<Weights>,
+    /// Steps written, with their revision and audit id.
+    pub applied: Vec<AppliedStep>,
+    /// Guard-rail objections: overridden by --force, or (dry run) what would refuse it.
+    pub overridden: Vec<String>,
+    pub forced: bool,
+}
+
+/// One written step.
+#[derive(Clone, Debug, Serialize)]
+pub struct AppliedStep {
+    pub weights: Weights,
+    pub revision: i64,
+    pub audit_id: String,
+    /// What the gate said after it.
+    pub gate: Vec<String>,
+}
+
+impl Report for ShiftReport {
+    fn text(&self) -> String {
+        let mut out = Vec::new();
+        out.push(format!("{} start: {}", self.service, self.start));
+        if self.dry_run {
+            for (i, w) in self.planned.iter().enumerate() {
+                out.push(format!("step {}/{}: {w}", i + 1, self.planned.len()));
+            }
+            out.push("dry run: nothing written".to_string());
+        } else {
+            let last = self
+                .applied
+                .last()
+                .map_or(self.start.to_string(), |s| s.weights.to_string());
+            out.push(format!(
+                "done: {} now {last} after {} step(s)",
+                self.service,
+                self.applied.len()
+            ));
+        }
+        let label = if self.forced {
+            "forced past"
+        } else {
+            "guard rail"
+        };
+        out.extend(self.overridden.iter().map(|o| format!("{label}: {o}")));
+        out.join("\n")
+    }
+}
+
+struct Gates {
+    health: Option<HealthGate>,
+    prom: Option<PromGate>,
+}
+
+impl Gates {
+    /// Every gate's verdict; `Err` with the first failure.
+    async fn check(
+        &self,
+        cluster: &Cluster,
+        service: &str,
+        dc: &str,
+    ) -> Result<Vec<String>, String> {
+        let mut ok = Vec::new();
+        if let Some(h) = &self.health {
+            let rec = cluster
+                .health(dc)
+                .await
+                .map_err(|e| format!("reading health: {e}"))?;
+            ok.push(h.check(dc, service, rec.as_ref(), now_ms())?);
+        }
+        if let Some(p) = &self.prom {
+            ok.push(p.check(service, dc).await?);
+        }
+        Ok(ok)
+    }
+}
+
+/// Runs `shift`.
+pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
+    let reason = a.change.reason()?.to_string();
+    if a.step == 0 {
+        return Err(CtlError::usage("--step must be above 0%"));
+    }
+    let cluster = g.connect().await?;
+    let loaded = cluster.load().await?;
+    let topo = &loaded.topo;
+    if !topo.datacenters.contains_key(&a.to) {
+        return Err(CtlError::failed(format!("unknown datacenter \"{}\"", a.to)));
+    }
+    let Some(start) = topo.routes.get(&a.service).cloned() else {
+        return Err(CtlError::failed(
+            match loaded.invalid_for(&cluster.keys.route(&a.service)) {
+                Some(why) => format!("{why}; fix it with route set first"),
+                None => format!("no route for service \"{}\"", a.service),
+            },
+        ));
+    };
+    let have = start.value.weights.get(&a.to);
+    if have > a.until {
+        return Err(CtlError::usage(format!(
+            "{} already has {} in {}, above --until {}: shift --to another datacenter instead",
+            a.service,
+            twin_topology::model::bp_to_percent(have),
+            a.to,
+            twin_topology::model::bp_to_percent(a.until)
+        )));
+    }
+    let planned = shift_steps(&start.value.weights, &a.to, a.step, a.until);
+    let mut objections: Vec<String> = guard::freeze(topo, now_ms()).into_iter().collect();
+    objections.extend(guard::shift_step(a.step));
+    let overridden = if a.change.dry_run {
+        objections.clone()
+    } else {
+        guard::enforce(objections.clone(), a.force)?
+    };
+    let gates = Gates {
+        health: (!a.no_health_gate).then(|| HealthGate {
+            min_healthy_percent: f64::from(a.min_healthy) / 100.0,
+            max_age_ms: a.max_health_age.as_millis() as u64,
+        }),
+        prom: a.prometheus.clone().map(|url| PromGate {
+            url,
+            query: a.error_rate_query.clone(),
+            max_error_rate: f64::from(a.max_error_rate) / 10_000.0,
+            timeout: Duration::from_secs(5),
+        }),
+    };
+    let mut report = ShiftReport {
+        service: a.service.clone(),
+        to: a.to.clone(),
+        dry_run: a.change.dry_run,
+        start: start.value.weights.clone(),
+        planned: planned.clone(),
+        applied: Vec::new(),
+        overridden: overridden.clone(),
+        forced: a.force,
+    };
+    if planned.is_empty() || a.change.dry_run {
+        emit(g.output, &report)?;
+        return guard::enforce(objections, a.force).map(drop);
+    }
+    if let Err(why) = gates.check(&cluster, &a.service, &a.to).await {
+        return Err(CtlError::Refused(format!(
+            "health gate before the first step: {why}; nothing changed"
+        )));
+    }
+    let reason = guard::forced_reason(&reason, &overridden);
+    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let (mut current, mut rev) = (start.value.clone(), start.mod_revision);
+    let n = planned.len();
+    for (i, weights) in planned.iter().enumerate() {
+        let mut next = current.clone();
+        next.weights = weights.clone();
+        let c = cluster
+            .store
+            .put_route(
+                &a.service,
+                &next,
+                rev,
+                Some(&current),
+                &cluster.audit("shift", &reason),
+            )
+            .await?;
+        eprintln!(
+            "step {}/{n}: {} {weights} (rev {}, audit id {})",
+            i + 1,
+            a.service,
+            c.revision,
+            c.change_id
+        );
+        (current, rev) = (next, c.revision);
+        tokio::select! {
+            _ = tokio::time::sleep(a.interval) => {}
+            _ = &mut ctrl_c => {
+                return Err(CtlError::failed(format!(
+                    "interrupted: stopped at step {}/{n}; {} stays at {weights} (rev {rev})",
+                    i + 1, a.service
+                )));
+            }
+        }
+        match gates.check(&cluster, &a.service, &a.to).await {
+            Ok(verdicts) => report.applied.push(AppliedStep {
+                weights: weights.clone(),
+                revision: rev,
+                audit_id: c.change_id,
+                gate: verdicts,
+            }),
+            Err(why) => {
+                let at = Position {
+                    service: &a.service,
+                    current: &current,
+                    revision: rev,
+                    step: i + 1,
+                    steps: n,
+                };
+                return Err(rollback(&cluster, &at, &start.value, &reason, &why).await);
+            }
+        }
+    }
+    emit(g.output, &report)
+}
+
+/// Where a shift stands when its gate fails.
+struct Position<'a> {
+    service: &'a str,
+    /// The route as the last step wrote it.
+    current: &'a Route,
+    /// The revision that step wrote (the rollback is compare-and-swap on it).
+    revision: i64,
+    step: usize,
+    steps: usize,
+}
+
+/// Puts the starting weights back after a failed gate; the error to exit with.
+async fn rollback(
+    cluster: &Cluster,
+    at: &Position<'_>,
+    start: &Route,
+    reason: &str,
+    why: &str,
+) -> CtlError {
+    let (step, steps) = (at.step, at.steps);
+    let mut back = at.current.clone();
+    back.weights = start.weights.clone();
+    let audit = cluster.audit("shift rollback", &format!("{reason} [gate failed: {why}]"));
+    match cluster
+        .store
+        .put_route(at.service, &back, at.revision, Some(at.current), &audit)
+        .await
+    {
+        Ok(c) => CtlError::Refused(format!(
+            "health gate failed after step {step}/{steps}: {why}; rolled back to {} (rev {}, audit id {})",
+            start.weights, c.revision, c.change_id
+        )),
+        Err(e) => CtlError::failed(format!(
+            "health gate failed after step {step}/{steps}: {why}; the rollback failed too: {e}; {} is at {}",
+            at.service, at.current.weights
+        )),
+    }
+}

@@ -1,0 +1,306 @@
+//! Failover and failback as operations on etcd, shared by `twinctl failover|failback` and
+//! the daemon's automatic policy: read, plan ([`crate::plan`]), check the guard rails
+//! ([`crate::guard`]), then commit every route change in one audited transaction,
+//! compare-and-swap on the revisions read.
+
+use serde::Serialize;
+use twin_topology::{
+    now_ms, Change, CommitOptions, Committed, KeyKind, Route, StoreError, Weights,
+};
+
+use crate::error::CtlError;
+use crate::guard;
+use crate::output::{Report, Table};
+use crate::plan::{FailoverPlan, Selection};
+use crate::state::Cluster;
+
+/// What an SRE (or the automatic policy) asks for.
+#[derive(Clone, Debug)]
+pub struct FailoverRequest {
+    pub from: String,
+    pub to: Option<String>,
+    pub selection: Selection,
+    /// Share of a service's registered capacity assumed used at peak, in percent.
+    pub peak_utilization: f64,
+}
+
+/// A checked failover, ready to commit.
+#[derive(Clone, Debug, Serialize)]
+pub struct PreparedFailover {
+    pub plan: FailoverPlan,
+    /// What the guard rails object to (refused unless forced).
+    pub objections: Vec<String>,
+    /// Routes whose capacity could not be judged (no registered endpoints).
+    pub unchecked: Vec<String>,
+    /// The full new route of each move, in plan order.
+    #[serde(skip)]
+    routes: Vec<(Route, Route)>,
+}
+
+/// Reads etcd, plans the failover and lists the guard rails' objections (the caller refuses
+/// or, when forced, records them).
+pub async fn prepare(
+    cluster: &Cluster,
+    req: &FailoverRequest,
+) -> Result<PreparedFailover, CtlError> {
+    let loaded = cluster.load().await?;
+    let invalid_routes: Vec<&String> = loaded
+        .invalid
+        .iter()
+        .filter(|l| {
+            let key = l.split(": ").next().unwrap_or("");
+            match cluster.keys.parse(key) {
+                Some(KeyKind::Route(s)) => match &req.selection {
+                    Selection::All => true,
+                    Selection::Services(list) => list.iter().any(|x| x == s),
+                },
+                _ => false,
+            }
+        })
+        .collect();
+    if let Some(first) = invalid_routes.first() {
+        return Err(CtlError::failed(format!(
+            "{first}; nothing changed: fix that route or leave it out with --services"
+        )));
+    }
+    let topo = &loaded.topo;
+    let plan = FailoverPlan::build(topo, &req.from, req.to.as_deref(), &req.selection)
+        .map_err(|e| CtlError::failed(e.to_string()))?;
+    let mut objections: Vec<String> = guard::freeze(topo, now_ms()).into_iter().collect();
+    objections.extend(guard::fail_routes(&plan));
+    objections.extend(guard::capacity(topo, &plan, req.peak_utilization));
+    let unchecked = plan
+        .moves
+        .iter()
+        .filter(|m| topo.endpoints.get(&m.service).is_none_or(|e| e.is_empty()))
+        .map(|m| m.service.clone())
+        .collect();
+    let mut routes = Vec::with_capacity(plan.moves.len());
+    for m in &plan.moves {
+        let Some(read) = topo.routes.get(&m.service) else {
+            return Err(CtlError::failed(format!(
+                "route {} is not in the topology read",
+                m.service
+            )));
+        };
+        let before = read.value.clone();
+        let mut after = before.clone();
+        after.weights = m.after.clone();
+        after
+            .validate(&topo.datacenters)
+            .map_err(|e| CtlError::failed(format!("route {}: {e}", m.service)))?;
+        routes.push((before, after));
+    }
+    Ok(PreparedFailover {
+        plan,
+        objections,
+        unchecked,
+        routes,
+    })
+}
+
+fn json<T: Serialize>(v: &T) -> Result<serde_json::Value, CtlError> {
+    serde_json::to_value(v).map_err(|e| CtlError::failed(format!("encoding a route: {e}")))
+}
+
+/// Commits a prepared failover in one transaction (fenced by a leader key when given).
+/// Refuses when the guard rails object, unless `force`; then the objections go into the
+/// audit reason.
+pub async fn commit(
+    cluster: &Cluster,
+    prepared: &PreparedFailover,
+    action: &str,
+    reason: &str,
+    force: bool,
+    fence: Option<(String, i64)>,
+) -> Result<Option<Committed>, CtlError> {
+    let overridden = guard::enforce(prepared.objections.clone(), force)?;
+    if prepared.plan.moves.is_empty() {
+        return Ok(None);
+    }
+    let mut changes = Vec::with_capacity(prepared.routes.len());
+    for (m, (before, after)) in prepared.plan.moves.iter().zip(&prepared.routes) {
+        changes.push(Change {
+            key: cluster.keys.route(&m.service),
+            expected_revision: m.mod_revision,
+            value: Some(json(after)?),
+            before: Some(json(before)?),
+        });
+    }
+    let audit = cluster.audit(action, &guard::forced_reason(reason, &overridden));
+    let options = CommitOptions {
+        fence,
+        ..CommitOptions::default()
+    };
+    Ok(Some(
+        cluster.store.commit_with(changes, &audit, &options).await?,
+    ))
+}
+
+/// The `failover` report: before and after per service.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailoverReport {
+    pub dry_run: bool,
+    pub from: String,
+    pub services: Vec<ServiceWeights>,
+    pub unchanged: Vec<String>,
+    /// Guard-rail objections: refused, or (with --force) overridden.
+    pub objections: Vec<String>,
+    pub forced: bool,
+    pub capacity_unchecked: Vec<String>,
+    /// The audit id to pass to `twinctl failback`.
+    pub audit_id: Option<String>,
+    pub revision: Option<i64>,
+}
+
+/// One service's weights before and after.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceWeights {
+    pub service: String,
+    pub before: Weights,
+    pub after: Weights,
+}
+
+impl FailoverReport {
+    /// The report of `prepared`, committed as `committed` (or a dry run).
+    pub fn new(
+        prepared: &PreparedFailover,
+        committed: Option<&Committed>,
+        dry_run: bool,
+        forced: bool,
+    ) -> Self {
+        FailoverReport {
+            dry_run,
+            from: prepared.plan.from.clone(),
+            services: prepared
+                .plan
+                .moves
+                .iter()
+                .map(|m| ServiceWeights {
+                    service: m.service.clone(),
+                    before: m.before.clone(),
+                    after: m.after.clone(),
+                })
+                .collect(),
+            unchanged: prepared.plan.unchanged.clone(),
+            objections: prepared.objections.clone(),
+            forced,
+            capacity_unchecked: prepared.unchecked.clone(),
+            audit_id: committed.map(|c| c.change_id.clone()),
+            revision: committed.map(|c| c.revision),
+        }
+    }
+}
+
+impl Report for FailoverReport {
+    fn text(&self) -> String {
+        let mut t = Table::new(["SERVICE", "BEFORE", "AFTER"]);
+        for s in &self.services {
+            t.row([s.service.clone(), s.before.to_string(), s.after.to_string()]);
+        }
+        let mut out = Vec::new();
+        if !t.is_empty() {
+            out.push(t.render());
+        }
+        if !self.unchanged.is_empty() {
+            out.push(format!(
+                "no weight in {}: {}",
+                self.from,
+                self.unchanged.join(", ")
+            ));
+        }
+        for o in &self.objections {
+            out.push(if self.forced {
+                format!("forced past: {o}")
+            } else {
+                format!("guard rail: {o}")
+            });
+        }
+        if !self.capacity_unchecked.is_empty() {
+            out.push(format!(
+                "capacity not checked (no registered endpoints): {}",
+                self.capacity_unchecked.join(", ")
+            ));
+        }
+        out.push(match (&self.audit_id, self.dry_run) {
+            (_, true) if !self.objections.is_empty() && !self.forced => format!(
+                "dry run: {} route(s) would move off {}, but the guard rails refuse it without --force; nothing written",
+                self.services.len(),
+                self.from
+            ),
+            (_, true) => format!(
+                "dry run: {} route(s) would move off {}; nothing written",
+                self.services.len(),
+                self.from
+            ),
+            (Some(id), false) => format!(
+                "moved {} route(s) off {} at revision {}; audit id {id} (undo: twinctl failback --audit-id {id} --reason ...)",
+                self.services.len(),
+                self.from,
+                self.revision.unwrap_or(0)
+            ),
+            (None, false) => format!("nothing to move: no selected route has weight in {}", self.from),
+        });
+        out.join("\n")
+    }
+}
+
+/// One key a failback restores.
+#[derive(Clone, Debug, Serialize)]
+pub struct Restore {
+    pub key: String,
+    /// The value now (what the change wrote).
+    pub now: Option<serde_json::Value>,
+    /// The value restored (what the change replaced).
+    pub restored: Option<serde_json::Value>,
+    /// The revision the change was committed at; the restore is compare-and-swap on it.
+    pub revision: i64,
+}
+
+/// Reads the audit records of `change_id` and plans restoring every key it changed.
+pub async fn plan_failback(cluster: &Cluster, change_id: &str) -> Result<Vec<Restore>, CtlError> {
+    let records = cluster.audit_change(change_id).await?;
+    if records.is_empty() {
+        return Err(CtlError::failed(format!(
+            "no audit records with id {change_id} (see twinctl audit)"
+        )));
+    }
+    Ok(records
+        .into_iter()
+        .map(|(rev, r)| Restore {
+            key: r.key,
+            now: r.after,
+            restored: r.before,
+            revision: rev,
+        })
+        .collect())
+}
+
+/// Restores the planned keys in one transaction; each must still be exactly as the change
+/// left it (its `mod_revision` is the change's revision), else nothing is written.
+pub async fn commit_failback(
+    cluster: &Cluster,
+    restores: &[Restore],
+    reason: &str,
+) -> Result<Committed, CtlError> {
+    let changes = restores
+        .iter()
+        .map(|r| Change {
+            key: r.key.clone(),
+            expected_revision: r.revision,
+            value: r.restored.clone(),
+            before: r.now.clone(),
+        })
+        .collect();
+    let audit = cluster.audit("failback", reason);
+    cluster.store.commit(changes, &audit).await.map_err(|e| match e {
+        StoreError::Conflict {
+            what,
+            expected,
+            current,
+        } => CtlError::failed(format!(
+            "{what} changed since that change (rev {expected} → {current}); nothing restored: look at twinctl audit and decide by hand"
+        )),
+        other => other.into(),
+    })
+}

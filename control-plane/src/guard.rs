@@ -1,0 +1,127 @@
+//! Guard rails: the checks that refuse an unsafe change (exit code 3) unless the SRE says
+//! `--force`. Each check returns the one-line reason it objects, or nothing; [`enforce`]
+//! turns the objections into a refusal or, when forced, into a note for the audit trail.
+
+use twin_topology::{OnDcDown, Topology};
+
+use crate::error::CtlError;
+use crate::output::time_ms;
+use crate::plan::{capacity_by_dc, shortfalls, FailoverPlan};
+
+/// The largest step `twinctl shift` takes without `--force`, in basis points (50%).
+pub const MAX_SHIFT_STEP: u32 = 5_000;
+
+/// Objects while a change freeze is in force at `now_ms`.
+pub fn freeze(topo: &Topology, now_ms: u64) -> Option<String> {
+    let f = topo.freeze.as_ref()?;
+    (f.until_ms > now_ms).then(|| {
+        let by = if f.who.is_empty() {
+            String::new()
+        } else {
+            format!(" by {}", f.who)
+        };
+        format!(
+            "change freeze until {}{by} ({})",
+            time_ms(f.until_ms),
+            f.reason
+        )
+    })
+}
+
+/// Objects when a target datacenter of the failover would carry more than its registered
+/// capacity under the assumed peak load (`utilization` percent of the service's capacity).
+pub fn capacity(topo: &Topology, plan: &FailoverPlan, utilization: f64) -> Vec<String> {
+    plan.moves
+        .iter()
+        .flat_map(|m| {
+            let cap = capacity_by_dc(topo, &m.service);
+            shortfalls(&m.service, &cap, &m.before, &m.after, utilization)
+        })
+        .map(|s| {
+            format!(
+                "{} in {} would carry {:.1} but has capacity {}",
+                s.service, s.dc, s.load, s.capacity
+            )
+        })
+        .collect()
+}
+
+/// Objects for each `on_dc_down: fail` route that the failover would move out of `from`
+/// (its writes must stay in their home datacenter).
+pub fn fail_routes(plan: &FailoverPlan) -> Vec<String> {
+    plan.moves
+        .iter()
+        .filter(|m| m.on_dc_down == OnDcDown::Fail)
+        .map(|m| {
+            format!(
+                "{} is on_dc_down: fail and would lose its home {}",
+                m.service, plan.from
+            )
+        })
+        .collect()
+}
+
+/// Objects to a shift step above [`MAX_SHIFT_STEP`].
+pub fn shift_step(step_bp: u32) -> Option<String> {
+    (step_bp > MAX_SHIFT_STEP).then(|| {
+        format!(
+            "step {}% is above the {}% limit",
+            f64::from(step_bp) / 100.0,
+            MAX_SHIFT_STEP / 100
+        )
+    })
+}
+
+/// No objections: `Ok(empty)`. Objections without `force`: a refusal naming them all.
+/// With `force`: `Ok(objections)`, to be printed and written into the audit reason.
+pub fn enforce(objections: Vec<String>, force: bool) -> Result<Vec<String>, CtlError> {
+    if objections.is_empty() || force {
+        return Ok(objections);
+    }
+    Err(CtlError::Refused(format!(
+        "{}; add --force to override",
+        objections.join("; ")
+    )))
+}
+
+/// The audit reason of a change made past `overridden` objections.
+pub fn forced_reason(reason: &str, overridden: &[String]) -> String {
+    if overridden.is_empty() {
+        reason.to_string()
+    } else {
+        format!("{reason} [forced past: {}]", overridden.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twin_topology::Freeze;
+
+    #[test]
+    fn freeze_objects_only_while_in_force() {
+        let mut t = Topology::default();
+        assert_eq!(freeze(&t, 5), None);
+        t.freeze = Some(Freeze {
+            until_ms: 1000,
+            reason: "holiday".into(),
+            who: "sre@host".into(),
+        });
+        assert_eq!(
+            freeze(&t, 999).as_deref(),
+            Some("change freeze until 1970-01-01T00:00:01Z by sre@host (holiday)")
+        );
+        assert_eq!(freeze(&t, 1000), None);
+    }
+
+    #[test]
+    fn enforce_refuses_unless_forced() {
+        let e = enforce(vec!["a".into(), "b".into()], false).expect_err("refused");
+        assert_eq!(e.to_string(), "refused: a; b; add --force to override");
+        assert_eq!(e.exit_code(), 3);
+        let ok = enforce(vec!["a".into()], true).expect("forced");
+        assert_eq!(forced_reason("drill", &ok), "drill [forced past: a]");
+        assert_eq!(shift_step(5000), None);
+        assert!(shift_step(6000).is_some());
+    }
+}

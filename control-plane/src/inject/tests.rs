@@ -1,0 +1,359 @@
+//! Golden tests of the injection: AdmissionReview in → JSONPatch out, applied back to the
+//! input pod and checked on the result (not on the patch text).
+
+use serde_json::{json, Value};
+
+use super::manifests::inject_stream;
+use super::mutate::{decide, Decision, InjectConfig, SIDECAR_NAME};
+use super::webhook::review;
+
+fn cfg() -> InjectConfig {
+    InjectConfig {
+        datacenter: Some("m6v".into()),
+        datacenters: vec!["m6v".into(), "wanguo".into()],
+        etcd_endpoints: "https://etcd-0:2379".into(),
+        ..InjectConfig::default()
+    }
+}
+
+fn pod(annotations: Value, extra_spec: Value) -> Value {
+    let mut spec = json!({
+        "containers": [{
+            "name": "app",
+            "image": "shop:1",
+            "ports": [{"containerPort": 8080, "name": "http"}]
+        }]
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        s.extend(e.clone());
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "shop-1", "namespace": "shop", "annotations": annotations},
+        "spec": spec
+    })
+}
+
+/// An AdmissionReview exactly as the API server sends one for a pod CREATE.
+fn admission(pod: &Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "kind": "AdmissionReview",
+        "apiVersion": "admission.k8s.io/v1",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+        }
+    }))
+    .expect("json")
+}
+
+/// Runs the webhook on `pod`; returns (allowed, reason, pod after applying the patch).
+fn run(pod: &Value) -> (bool, String, Value) {
+    let out = review(&admission(pod), &cfg()).expect("valid review");
+    let out = serde_json::to_value(out).expect("json");
+    let resp = &out["response"];
+    assert_eq!(resp["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
+    let allowed = resp["allowed"].as_bool().expect("allowed");
+    let reason = resp["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let mut after = pod.clone();
+    // The API server (Go) reads `patch` as []byte: a base64 string or an array of bytes.
+    let bytes = match &resp["patch"] {
+        Value::String(b64) => Some(base64_decode(b64)),
+        Value::Array(nums) => Some(
+            nums.iter()
+                .map(|n| n.as_u64().expect("byte") as u8)
+                .collect(),
+        ),
+        _ => None,
+    };
+    if let Some(bytes) = bytes {
+        assert_eq!(resp["patchType"], "JSONPatch");
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("patch json");
+        json_patch::patch(&mut after, &patch).expect("patch applies to the input pod");
+    }
+    (allowed, reason, after)
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut buf = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|&c| c != b'=') {
+        let v = T.iter().position(|&t| t == c).expect("base64") as u32;
+        buf = (buf << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buf >> bits) as u8);
+        }
+    }
+    out
+}
+
+fn sidecar_of(pod: &Value, list: &str) -> Option<Value> {
+    pod["spec"][list]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == SIDECAR_NAME)
+        .cloned()
+}
+
+#[test]
+fn opt_in_pod_gets_a_native_sidecar_and_keeps_its_own_containers() {
+    let input = pod(json!({"twin.io/register": "shop=8080"}), json!({}));
+    let (allowed, _, after) = run(&input);
+    assert!(allowed);
+    let sc = sidecar_of(&after, "initContainers").expect("native sidecar in initContainers");
+    assert_eq!(
+        after["spec"]["initContainers"][0]["name"], SIDECAR_NAME,
+        "first init container"
+    );
+    assert_eq!(sc["restartPolicy"], "Always");
+    let args: Vec<&str> = sc["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let dc_at = args.iter().position(|a| *a == "--dc").expect("--dc");
+    assert_eq!(args[dc_at + 1], "m6v");
+    assert!(args.contains(&"shop=$(POD_IP):8080"), "{args:?}");
+    assert_eq!(sc["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(sc["startupProbe"]["httpGet"]["path"], "/readyz");
+    assert!(sc["lifecycle"]["preStop"]["exec"]["command"][1] == "drain");
+    assert_eq!(sc["resources"]["limits"]["memory"], "128Mi");
+    let envs: Vec<&str> = sc["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|e| e["name"].as_str())
+        .collect();
+    assert_eq!(envs, ["POD_NAME", "POD_NAMESPACE", "NODE_NAME", "POD_IP"]);
+    assert_eq!(
+        after["spec"]["containers"], input["spec"]["containers"],
+        "app untouched"
+    );
+    assert_eq!(after["metadata"]["labels"]["twin.io/injected"], "true");
+
+    // Idempotent: the injected pod, sent again (reinvocationPolicy: IfNeeded), is left alone.
+    let (allowed, _, again) = run(&after);
+    assert!(allowed);
+    assert_eq!(again, after);
+}
+
+#[test]
+fn plain_container_mode_and_resource_overrides() {
+    let input = pod(
+        json!({"twin.io/sidecar-mode": "container", "twin.io/proxy-memory-limit": "256Mi", "twin.io/datacenter": "wanguo"}),
+        json!({}),
+    );
+    let (allowed, _, after) = run(&input);
+    assert!(allowed);
+    assert!(sidecar_of(&after, "initContainers").is_none());
+    let sc = sidecar_of(&after, "containers").expect("plain sidecar container");
+    assert!(sc.get("restartPolicy").is_none());
+    assert_eq!(sc["resources"]["limits"]["memory"], "256Mi");
+    assert!(sc["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .any(|a| a == "wanguo"));
+}
+
+#[test]
+fn opt_out_host_network_and_non_pods_are_left_alone() {
+    for input in [
+        pod(json!({"twin.io/inject": "false"}), json!({})),
+        pod(json!({}), json!({"hostNetwork": true})),
+    ] {
+        let (allowed, _, after) = run(&input);
+        assert!(allowed);
+        assert_eq!(after, input);
+    }
+}
+
+#[test]
+fn unsafe_or_wrong_pods_are_refused_with_a_reason() {
+    let cases = [
+        (
+            pod(json!({}), json!({"containers": [{"name": "app", "image": "x", "ports": [{"containerPort": 15001}]}]})),
+            "twin sidecar injection: container \"app\" already uses port 15001, which the Twin sidecar needs (15000-15002)",
+        ),
+        (
+            pod(json!({"twin.io/datacenter": "hk"}), json!({})),
+            "twin sidecar injection: unknown datacenter \"hk\" in twin.io/datacenter",
+        ),
+        (
+            pod(json!({"twin.io/register": "shop:8080"}), json!({})),
+            "twin sidecar injection: twin.io/register: \"shop:8080\" is not SERVICE=PORT (e.g. payments=8080)",
+        ),
+        (
+            pod(json!({"twin.io/sidecar-mode": "sidecar"}), json!({})),
+            "twin sidecar injection: twin.io/sidecar-mode: \"sidecar\" is not \"native\" or \"container\"",
+        ),
+        (
+            pod(json!({"twin.io/proxy-cpu-limit": "lots"}), json!({})),
+            "twin sidecar injection: twin.io/proxy-cpu-limit: \"lots\" is not a Kubernetes quantity (e.g. 100m, 64Mi)",
+        ),
+    ];
+    for (input, want) in cases {
+        let (allowed, reason, after) = run(&input);
+        assert!(!allowed, "{want}");
+        assert_eq!(reason, want);
+        assert_eq!(after, input, "a refusal carries no patch");
+    }
+}
+
+#[test]
+fn malformed_bodies_are_400_reasons_not_panics() {
+    let c = cfg();
+    for (body, want) in [
+        (&b"{"[..], "body is not an AdmissionReview"),
+        (&b"[]"[..], "body is not an AdmissionReview"),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":null}"#,
+            "expected apiVersion admission.k8s.io/v1",
+        ),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#,
+            "AdmissionReview has no request",
+        ),
+    ] {
+        let err = review(body, &c).expect_err("malformed");
+        assert!(err.starts_with(want), "{err}");
+    }
+    let mut bad_pod =
+        serde_json::from_slice::<Value>(&admission(&pod(json!({}), json!({})))).expect("json");
+    bad_pod["request"]["object"]["spec"]["containers"] = json!("not a list");
+    let err = review(&serde_json::to_vec(&bad_pod).expect("json"), &c).expect_err("bad pod");
+    assert!(
+        err.starts_with("request object is not a valid Pod"),
+        "{err}"
+    );
+}
+
+#[test]
+fn decide_without_datacenter_refuses() {
+    let p: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(pod(json!({}), json!({}))).expect("pod");
+    let c = InjectConfig {
+        datacenter: None,
+        ..cfg()
+    };
+    assert!(matches!(decide(&p, &c), Decision::Refuse(r) if r.starts_with("no datacenter")));
+}
+
+const STREAM: &str = "\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings   # a comment that must survive
+data:
+  a: \"1\"
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+spec:
+  selector: {matchLabels: {app: shop}}
+  template:
+    metadata:
+      labels: {app: shop}
+    spec:
+      containers:
+        - name: app
+          image: shop:1
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: nightly
+spec:
+  schedule: \"0 3 * * *\"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers:
+            - name: job
+              image: job:1
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: shop
+spec:
+  ports: [{port: 80}]
+";
+
+#[test]
+fn offline_inject_keeps_other_documents_unchanged_and_in_order() {
+    let (out, outcomes) = inject_stream(STREAM, &cfg()).expect("inject");
+    let kinds: Vec<(&str, &str)> = outcomes
+        .iter()
+        .map(|o| (o.kind.as_str(), o.result.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("ConfigMap", "unchanged"),
+            ("Deployment", "injected"),
+            ("CronJob", "injected"),
+            ("Service", "unchanged")
+        ]
+    );
+    let docs: Vec<&str> = out.split("---\n").collect();
+    assert_eq!(docs.len(), 4);
+    let original: Vec<&str> = STREAM.split("---\n").collect();
+    assert_eq!(
+        docs[0], original[0],
+        "ConfigMap byte for byte, comment included"
+    );
+    assert_eq!(docs[3], original[3], "Service byte for byte");
+    let dep: Value = serde_yaml::from_str(docs[1]).expect("yaml");
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["initContainers"][0]["name"],
+        SIDECAR_NAME
+    );
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["containers"][0]["name"],
+        "app"
+    );
+    let cron: Value = serde_yaml::from_str(docs[2]).expect("yaml");
+    assert_eq!(
+        cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["initContainers"][0]["name"],
+        SIDECAR_NAME
+    );
+    // Injecting the output again changes nothing.
+    let (again, _) = inject_stream(&out, &cfg()).expect("again");
+    assert_eq!(again, out);
+
+    let err = inject_stream("kind: Pod\nmetadata: {name: p, annotations: {twin.io/datacenter: hk}}\nspec: {containers: []}\n", &cfg())
+        .expect_err("refused");
+    assert_eq!(
+        err.to_string(),
+        "document 1 (Pod p): unknown datacenter \"hk\" in twin.io/datacenter"
+    );
+    let err = inject_stream("a: [\n", &cfg()).expect_err("yaml");
+    assert!(
+        err.to_string().starts_with("document 1: malformed YAML"),
+        "{err}"
+    );
+}

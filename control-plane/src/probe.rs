@@ -1,0 +1,109 @@
+//! HTTP health probes of registered endpoints. A probe is `GET http://{addr}{path}` on a
+//! fresh connection with a deadline. An endpoint is **up** when it answers 2xx or 3xx in
+//! time; 4xx counts as down too (the application answered but not as healthy: a wrong
+//! `--probe-path` shows up as a whole datacenter down, which is loud rather than silent),
+//! as do 5xx, refused connections and timeouts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use twin_topology::{now_ms, Topology};
+
+use crate::health::{DcHealth, ServiceHealth};
+
+/// Probes endpoints over HTTP/1.1.
+#[derive(Clone)]
+pub struct Prober {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    path: String,
+    timeout: Duration,
+}
+
+impl Prober {
+    /// Probes `path` (e.g. `/healthz`) with a `timeout` per probe (connect included).
+    pub fn new(path: &str, timeout: Duration) -> Prober {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            // A fresh connection per probe: a pooled one could hide a listener that stopped
+            // accepting.
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        };
+        Prober {
+            client,
+            path,
+            timeout,
+        }
+    }
+
+    /// `Ok(())` when `addr` is up, else why not (one short phrase).
+    pub async fn probe(&self, addr: &str) -> Result<(), String> {
+        let uri: http::Uri = format!("http://{addr}{}", self.path)
+            .parse()
+            .map_err(|e| format!("bad address: {e}"))?;
+        match tokio::time::timeout(self.timeout, self.client.get(uri)).await {
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            Ok(Err(e)) => {
+                let text = format!("{e:?}");
+                Err(if text.contains("ConnectionRefused") {
+                    "connection refused".to_string()
+                } else {
+                    format!("request failed: {e}")
+                })
+            }
+            Ok(Ok(resp)) if resp.status().as_u16() < 400 => Ok(()),
+            Ok(Ok(resp)) => Err(format!("HTTP {}", resp.status().as_u16())),
+        }
+    }
+
+    /// Probes every endpoint registered in `dc` (all at once) and summarizes per service.
+    pub async fn probe_dc(&self, topo: &Topology, dc: &str, publisher: &str) -> DcHealth {
+        let targets: Vec<(String, String, String, u32)> = topo
+            .endpoints
+            .iter()
+            .flat_map(|(svc, by_dc)| {
+                by_dc.get(dc).into_iter().flatten().map(move |(inst, ep)| {
+                    (svc.clone(), inst.clone(), ep.addr.clone(), ep.capacity)
+                })
+            })
+            .collect();
+        let results = futures::future::join_all(
+            targets
+                .iter()
+                .map(|(_, _, addr, _)| async move { self.probe(addr).await }),
+        )
+        .await;
+        let mut services: BTreeMap<String, ServiceHealth> = BTreeMap::new();
+        for ((svc, inst, _, cap), result) in targets.into_iter().zip(results) {
+            let s = services.entry(svc).or_default();
+            s.total += 1;
+            s.capacity_total += u64::from(cap);
+            match result {
+                Ok(()) => {
+                    s.up += 1;
+                    s.capacity_up += u64::from(cap);
+                }
+                Err(why) => {
+                    s.down.insert(inst, why);
+                }
+            }
+        }
+        DcHealth {
+            dc: dc.to_string(),
+            at_ms: now_ms(),
+            publisher: publisher.to_string(),
+            services,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The optional PromQL health gate of `twinctl shift --prometheus URL`: one instant query
+//! (`/api/v1/query`) whose value is an error ratio (0.01 = 1%); the gate fails when it is above
+//! the limit, when the query returns no data, or when Prometheus cannot be asked. Plain
+//! `http://` only.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use serde::Deserialize;
+
+/// The query used when `--error-rate-query` is not given: the share of the sidecars'
+/// requests to `$SERVICE` in `$DC` answered 5xx over the last minute.
+pub const DEFAULT_QUERY: &str = "sum(rate(twin_sidecar_requests_total{service=\"$SERVICE\",dc=\"$DC\",class=\"5xx\"}[1m])) / sum(rate(twin_sidecar_requests_total{service=\"$SERVICE\",dc=\"$DC\"}[1m]))";
+
+/// An error-rate gate backed by Prometheus.
+#[derive(Clone, Debug)]
+pub struct PromGate {
+    /// Base URL, e.g. `http://prometheus:9090`.
+    pub url: String,
+    /// PromQL with `$SERVICE` and `$DC` placeholders.
+    pub query: String,
+    /// Highest acceptable error ratio (0.01 = 1%).
+    pub max_error_rate: f64,
+    pub timeout: Duration,
+}
+
+#[derive(Deserialize)]
+struct QueryResponse {
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    data: Option<QueryData>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "resultType", content = "result", rename_all = "lowercase")]
+enum QueryData {
+    Vector(Vec<Sample>),
+    Scalar((f64, String)),
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+struct Sample {
+    value: (f64, String),
+}
+
+impl PromGate {
+    /// The query with the placeholders filled in.
+    pub fn query_for(&self, service: &str, dc: &str) -> String {
+        self.query.replace("$SERVICE", service).replace("$DC", dc)
+    }
+
+    /// `Ok(summary)` when the error rate of `service` in `dc` is within the limit, else the
+    /// one-line reason the gate fails.
+    pub async fn check(&self, service: &str, dc: &str) -> Result<String, String> {
+        let query = self.query_for(service, dc);
+        let url = format!(
+            "{}/api/v1/query?query={}",
+            self.url.trim_end_matches('/'),
+            utf8_percent_encode(&query, NON_ALPHANUMERIC)
+        );
+        let rate = tokio::time::timeout(self.timeout, fetch(&url))
+            .await
+            .map_err(|_| {
+                format!(
+                    "prometheus at {} gave no answer within {:?}",
+                    self.url, self.timeout
+                )
+            })??;
+        let Some(rate) = rate else {
+            return Err(format!("prometheus returned no data for {service} in {dc}"));
+        };
+        if rate.is_nan() || rate > self.max_error_rate {
+            return Err(format!(
+                "{service} in {dc}: error rate {:.2}% is above {:.2}%",
+                rate * 100.0,
+                self.max_error_rate * 100.0
+            ));
+        }
+        Ok(format!(
+            "{service} in {dc}: error rate {:.2}%",
+            rate * 100.0
+        ))
+    }
+}
+
+/// The largest value the query returned (`None`: no samples).
+async fn fetch(url: &str) -> Result<Option<f64>, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("prometheus URL {url:?}: {e}"))?;
+    let client: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let resp = client
+        .get(uri)
+        .await
+        .map_err(|e| format!("asking prometheus: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("reading prometheus' answer: {e}"))?
+        .to_bytes();
+    let parsed: QueryResponse = serde_json::from_slice(&body).map_err(|e| {
+        format!("prometheus answered HTTP {status} with something that is not a query result: {e}")
+    })?;
+    if parsed.status != "success" {
+        return Err(format!(
+            "prometheus query failed: {}",
+            parsed.error.unwrap_or(parsed.status)
+        ));
+    }
+    let values: Vec<String> = match parsed.data {
+        Some(QueryData::Vector(samples)) => samples.into_iter().map(|s| s.value.1).collect(),
+        Some(QueryData::Scalar((_, v))) => vec![v],
+        _ => Vec::new(),
+    };
+    let mut max: Option<f64> = None;
+    for v in values {
+        let x: f64 = v
+            .parse()
+            .map_err(|_| format!("prometheus returned {v:?}, not a number"))?;
+        max = Some(max.map_or(x, |m: f64| if x.is_nan() { x } else { m.max(x) }));
+    }
+    Ok(max)
+}

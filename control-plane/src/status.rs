@@ -1,0 +1,218 @@
+//! [`StatusReport`]: the one-screen picture `twinctl status` prints and the daemon serves at
+//! `/v1/status`: datacenters with their health, per-service weights and nodes, the freeze,
+//! the last change and the control-plane leader.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use twin_topology::{AuditRecord, Freeze, OnDcDown, Topology, Weights};
+
+use crate::election::Leader;
+use crate::health::DcHealth;
+use crate::output::{time_ms, Report, Table};
+
+/// One datacenter.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DcStatus {
+    pub name: String,
+    pub code: u8,
+    /// Endpoints up / probed, from the leader's last health record.
+    pub nodes_up: Option<u32>,
+    pub nodes_total: Option<u32>,
+    /// Age of that record in milliseconds.
+    pub health_age_ms: Option<u64>,
+}
+
+/// One service.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub weights: Weights,
+    pub on_dc_down: OnDcDown,
+    pub revision: i64,
+    /// Per datacenter: (healthy, registered) nodes; healthy is `None` without health data.
+    pub nodes: BTreeMap<String, (Option<u32>, u32)>,
+}
+
+/// The last audited change.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LastChange {
+    pub revision: i64,
+    pub change_id: String,
+    pub at_ms: u64,
+    pub who: String,
+    pub action: String,
+    pub reason: String,
+    pub key: String,
+}
+
+/// Everything `twinctl status` shows.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StatusReport {
+    pub revision: i64,
+    pub datacenters: Vec<DcStatus>,
+    pub services: Vec<ServiceStatus>,
+    /// The freeze in force (or set for the future).
+    pub freeze: Option<Freeze>,
+    pub frozen: bool,
+    pub last_change: Option<LastChange>,
+    pub leader: Option<Leader>,
+    /// Values in etcd that failed validation and are ignored.
+    pub invalid: Vec<String>,
+}
+
+impl StatusReport {
+    /// Assembles the report; pure.
+    pub fn build(
+        topo: &Topology,
+        health: &BTreeMap<String, DcHealth>,
+        leader: Option<Leader>,
+        last: Option<(i64, AuditRecord)>,
+        invalid: Vec<String>,
+        now_ms: u64,
+    ) -> StatusReport {
+        let mut dcs: Vec<DcStatus> = topo
+            .datacenters
+            .iter()
+            .map(|(name, dc)| {
+                let h = health.get(name);
+                DcStatus {
+                    name: name.clone(),
+                    code: dc.code,
+                    nodes_up: h.map(|h| h.totals().0),
+                    nodes_total: h.map(|h| h.totals().1),
+                    health_age_ms: h.map(|h| h.age_ms(now_ms)),
+                }
+            })
+            .collect();
+        dcs.sort_by_key(|d| d.code);
+        let services = topo
+            .routes
+            .iter()
+            .map(|(name, r)| ServiceStatus {
+                name: name.clone(),
+                weights: r.value.weights.clone(),
+                on_dc_down: r.value.on_dc_down,
+                revision: r.mod_revision,
+                nodes: topo
+                    .datacenters
+                    .keys()
+                    .map(|dc| {
+                        let registered = topo.endpoints_in(name, dc).count() as u32;
+                        let up = health
+                            .get(dc)
+                            .map(|h| h.services.get(name).map(|s| s.up).unwrap_or(0));
+                        (dc.clone(), (up, registered))
+                    })
+                    .collect(),
+            })
+            .collect();
+        StatusReport {
+            revision: topo.revision,
+            datacenters: dcs,
+            services,
+            frozen: topo.freeze.as_ref().is_some_and(|f| f.until_ms > now_ms),
+            freeze: topo.freeze.clone(),
+            last_change: last.map(|(rev, r)| LastChange {
+                revision: rev,
+                change_id: r.change_id,
+                at_ms: r.at_ms,
+                who: r.who,
+                action: r.action,
+                reason: r.reason,
+                key: r.key,
+            }),
+            leader,
+            invalid,
+        }
+    }
+}
+
+impl Report for StatusReport {
+    fn text(&self) -> String {
+        let mut out = Vec::new();
+        let mut t = Table::new(["DATACENTER", "CODE", "NODES UP", "HEALTH AGE"]);
+        for d in &self.datacenters {
+            t.row([
+                d.name.clone(),
+                d.code.to_string(),
+                match (d.nodes_up, d.nodes_total) {
+                    (Some(u), Some(t)) => format!("{u}/{t}"),
+                    _ => "?".to_string(),
+                },
+                d.health_age_ms
+                    .map_or("no health published".to_string(), |a| {
+                        format!("{:.1}s", a as f64 / 1000.0)
+                    }),
+            ]);
+        }
+        out.push(t.render());
+        let dcs: Vec<&String> = self.datacenters.iter().map(|d| &d.name).collect();
+        let mut headers = vec![
+            "SERVICE".to_string(),
+            "WEIGHTS".to_string(),
+            "ON DC DOWN".to_string(),
+        ];
+        headers.extend(dcs.iter().map(|d| format!("{d} UP/NODES")));
+        headers.push("REV".to_string());
+        let mut s = Table::new(headers);
+        for svc in &self.services {
+            let mut row = vec![
+                svc.name.clone(),
+                svc.weights.to_string(),
+                format!("{:?}", svc.on_dc_down).to_lowercase(),
+            ];
+            for dc in &dcs {
+                row.push(match svc.nodes.get(*dc) {
+                    Some((Some(up), n)) => format!("{up}/{n}"),
+                    Some((None, n)) => format!("?/{n}"),
+                    None => "-".to_string(),
+                });
+            }
+            row.push(svc.revision.to_string());
+            s.row(row);
+        }
+        out.push(if s.is_empty() {
+            "no routes".to_string()
+        } else {
+            s.render()
+        });
+        out.push(match (&self.freeze, self.frozen) {
+            (Some(f), true) => format!(
+                "freeze: FROZEN until {} by {} ({})",
+                time_ms(f.until_ms),
+                if f.who.is_empty() { "?" } else { &f.who },
+                f.reason
+            ),
+            _ => "freeze: none".to_string(),
+        });
+        out.push(match &self.last_change {
+            Some(c) => format!(
+                "last change: {} {} by {} at {} rev {} ({}) audit id {}",
+                c.action,
+                c.key,
+                c.who,
+                time_ms(c.at_ms),
+                c.revision,
+                c.reason,
+                c.change_id
+            ),
+            None => "last change: none".to_string(),
+        });
+        out.push(match &self.leader {
+            Some(l) => format!(
+                "control-plane leader: {}{}",
+                l.id,
+                l.status_addr
+                    .as_ref()
+                    .map_or(String::new(), |a| format!(" (status http://{a}/v1/status)"))
+            ),
+            None => "control-plane leader: NONE (no twin-control-plane is running)".to_string(),
+        });
+        for i in &self.invalid {
+            out.push(format!("ignored invalid value: {i}"));
+        }
+        out.push(format!("etcd revision {}", self.revision));
+        out.join("\n")
+    }
+}

@@ -1,0 +1,143 @@
+//! The daemon's HTTP endpoints: `/v1/status` (the [`StatusReport`] as JSON), `/metrics`
+//! (Prometheus text) and `/healthz` (`ok` while the process serves; it says whether this
+//! replica leads but never fails for being a follower).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use twin_topology::{now_ms, Topology};
+
+use crate::election::current_leader;
+use crate::error::CtlError;
+use crate::state::Cluster;
+use crate::status::StatusReport;
+
+/// What the endpoints read.
+pub struct StatusState {
+    pub cluster: Cluster,
+    /// The watched topology.
+    pub topology: Arc<ArcSwap<Topology>>,
+    /// Renders `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
+    /// True while this replica leads.
+    pub leading: Arc<AtomicBool>,
+    /// This replica's `--id`.
+    pub id: String,
+}
+
+impl StatusState {
+    /// The status report as the API serves it.
+    pub async fn report(&self) -> Result<StatusReport, CtlError> {
+        let topo = self.topology.load_full();
+        let health = self.cluster.health_all().await?;
+        let leader = current_leader(&self.cluster.client(), &self.cluster.keys).await?;
+        let last = self.cluster.store.audit_log(1).await?.into_iter().next();
+        Ok(StatusReport::build(
+            &topo,
+            &health,
+            leader,
+            last,
+            Vec::new(),
+            now_ms(),
+        ))
+    }
+}
+
+fn text(status: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = http::HeaderValue::from_str(ctype) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+async fn handle(
+    state: Arc<StatusState>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let resp = match (req.method(), req.uri().path()) {
+        (&http::Method::GET, "/v1/status") => match state.report().await {
+            Ok(r) => match serde_json::to_string_pretty(&r) {
+                Ok(j) => text(StatusCode::OK, "application/json", j),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
+            },
+            Err(e) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{e}\n"),
+            ),
+        },
+        (&http::Method::GET, "/metrics") => match &state.metrics {
+            Some(h) => text(StatusCode::OK, "text/plain; version=0.0.4", h.render()),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "metrics are not recorded\n".into(),
+            ),
+        },
+        (&http::Method::GET, "/healthz") => {
+            let role = if state.leading.load(Ordering::Relaxed) {
+                "leader"
+            } else {
+                "follower"
+            };
+            text(
+                StatusCode::OK,
+                "text/plain",
+                format!("ok {} {role}\n", state.id),
+            )
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /v1/status, /metrics, /healthz\n".into(),
+        ),
+    };
+    Ok(resp)
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<StatusState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "status API accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(state.clone(), req));
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "status API connection ended");
+            }
+        });
+    }
+}

@@ -1,0 +1,481 @@
+//! `twinctl failover` and `failback` as processes against a real etcd: one transaction for
+//! every route, audit records, guard rails, exact restore.
+
+mod cp_support;
+
+use cp_support::{ok, register, revision, twinctl, two_dcs, weights};
+use twin_control_plane::failover::{self, FailoverRequest};
+use twin_control_plane::plan::Selection;
+use twin_control_plane::state::Cluster;
+use twin_topology::Keys;
+
+async fn twenty_routes(etcd: &twin_testkit::Etcd) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("routes.yaml");
+    let mut yaml = String::from("routes:\n");
+    for i in 0..20 {
+        yaml.push_str(&format!(
+            "  svc{i:02}:\n    weights: {{m6v: 50%, wanguo: 50%}}\n"
+        ));
+    }
+    std::fs::write(&file, yaml).expect("write");
+    ok(
+        etcd,
+        &[
+            "route",
+            "apply",
+            "-f",
+            &file.display().to_string(),
+            "--reason",
+            "seed",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn failover_over_20_routes_is_all_or_nothing_with_one_audit_record_each() {
+    let etcd = two_dcs().await;
+    twenty_routes(&etcd).await;
+    let mut c = etcd.client().await.expect("client");
+    // Route svc10 is broken by hand in etcd: the failover must not half-apply around it.
+    c.put(
+        Keys::default().route("svc10"),
+        r#"{"weights":{"m6v":5000,"wanguo":4000}}"#,
+        None,
+    )
+    .await
+    .expect("put");
+    let before = revision(&mut c).await;
+    let out = twinctl(
+        &etcd,
+        &[
+            "failover", "--from", "m6v", "--all", "--yes", "--reason", "drill",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:#?}");
+    out.one_line_error(
+        "routes/svc10: weights must sum to 10000 basis points, got 9000; nothing changed",
+    );
+    assert_eq!(
+        revision(&mut c).await,
+        before,
+        "a refused failover wrote something"
+    );
+    for i in [0, 9, 11, 19] {
+        assert_eq!(weights(&mut c, &format!("svc{i:02}")).await["m6v"], 5000);
+    }
+
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "svc10",
+            "--weights",
+            "m6v=50,wanguo=50",
+            "--reason",
+            "fix by hand",
+        ],
+    )
+    .await;
+    let out = ok(
+        &etcd,
+        &[
+            "failover", "--from", "m6v", "--all", "--yes", "--reason", "drill 7", "-o", "json",
+        ],
+    )
+    .await;
+    let report = out.json();
+    let rev = report["revision"].as_i64().expect("revision");
+    let audit_id = report["audit_id"].as_str().expect("audit id").to_string();
+    assert_eq!(
+        report["services"].as_array().map(Vec::len),
+        Some(20),
+        "{report}"
+    );
+    let list = ok(&etcd, &["route", "list", "-o", "json"]).await.json();
+    for r in list["routes"].as_array().expect("routes") {
+        assert_eq!(r["route"]["weights"]["m6v"], 0, "{r}");
+        assert_eq!(r["route"]["weights"]["wanguo"], 10000, "{r}");
+        assert_eq!(
+            r["revision"], rev,
+            "every route moved in the one transaction: {r}"
+        );
+    }
+    let audit = ok(&etcd, &["audit", "--limit", "20", "-o", "json"])
+        .await
+        .json();
+    let records = audit["records"].as_array().expect("records");
+    assert_eq!(records.len(), 20);
+    let mut keys: Vec<&str> = records.iter().filter_map(|r| r["key"].as_str()).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), 20, "one record per route");
+    for r in records {
+        assert_eq!(r["change_id"], audit_id.as_str());
+        assert_eq!(r["revision"], rev);
+        assert_eq!(r["action"], "failover");
+        assert_eq!(r["reason"], "drill 7");
+        assert!(
+            r["who"]
+                .as_str()
+                .is_some_and(|w| w.starts_with("sre-test@")),
+            "{r}"
+        );
+        assert_eq!(r["before"]["weights"]["m6v"], 5000, "{r}");
+        assert_eq!(r["after"]["weights"]["m6v"], 0, "{r}");
+    }
+}
+
+#[tokio::test]
+async fn a_write_between_read_and_commit_fails_the_whole_failover() {
+    let etcd = two_dcs().await;
+    twenty_routes(&etcd).await;
+    let cluster = Cluster::new(
+        etcd.client().await.expect("client"),
+        Keys::default(),
+        "test".into(),
+    );
+    let req = FailoverRequest {
+        from: "m6v".into(),
+        to: None,
+        selection: Selection::All,
+        peak_utilization: 50.0,
+    };
+    let prepared = failover::prepare(&cluster, &req).await.expect("prepare");
+    assert_eq!(prepared.plan.moves.len(), 20);
+    // Another SRE changes one route mid-way, after the failover read it.
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "svc13",
+            "--weights",
+            "m6v=40,wanguo=60",
+            "--reason",
+            "other sre",
+        ],
+    )
+    .await;
+    let mut c = etcd.client().await.expect("client");
+    let before = revision(&mut c).await;
+    let err = failover::commit(&cluster, &prepared, "failover", "drill", false, None)
+        .await
+        .expect_err("conflict");
+    assert!(
+        err.to_string()
+            .starts_with("route svc13 changed since you read it (rev "),
+        "{err}"
+    );
+    assert!(err.to_string().ends_with("; re-run"), "{err}");
+    assert_eq!(revision(&mut c).await, before, "nothing written");
+    assert_eq!(weights(&mut c, "svc00").await["m6v"], 5000);
+    assert_eq!(weights(&mut c, "svc13").await["m6v"], 4000);
+}
+
+#[tokio::test]
+async fn capacity_guard_refuses_and_force_with_reason_overrides() {
+    let etcd = two_dcs().await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=50,wanguo=50",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    let mut c = etcd.client().await.expect("client");
+    for i in 0..6 {
+        register(
+            &mut c,
+            "payments",
+            "m6v",
+            &format!("m{i}"),
+            &format!("127.0.0.1:{}", 9000 + i),
+            1,
+        )
+        .await;
+    }
+    for i in 0..2 {
+        register(
+            &mut c,
+            "payments",
+            "wanguo",
+            &format!("w{i}"),
+            &format!("127.0.0.1:{}", 9100 + i),
+            1,
+        )
+        .await;
+    }
+    let before = revision(&mut c).await;
+    let dry = twinctl(
+        &etcd,
+        &[
+            "failover",
+            "--from",
+            "m6v",
+            "--all",
+            "--dry-run",
+            "--reason",
+            "drill",
+        ],
+    )
+    .await;
+    assert_eq!(dry.code, 3, "{dry:#?}");
+    assert!(
+        dry.stdout
+            .contains("payments  m6v=50%,wanguo=50%  m6v=0%,wanguo=100%"),
+        "the plan is shown: {dry:#?}"
+    );
+    let out = twinctl(
+        &etcd,
+        &[
+            "failover", "--from", "m6v", "--all", "--yes", "--reason", "drill",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 3, "{out:#?}");
+    out.one_line_error(
+        "refused: payments in wanguo would carry 4.0 but has capacity 2; add --force to override",
+    );
+    assert_eq!(revision(&mut c).await, before);
+    // The other way round fits: m6v's 6 carry the assumed peak of 4.
+    let other = ok(
+        &etcd,
+        &[
+            "failover",
+            "--from",
+            "wanguo",
+            "--all",
+            "--yes",
+            "--reason",
+            "drill",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(other.stdout.contains("m6v=100%,wanguo=0%"), "{other:#?}");
+    let forced = ok(
+        &etcd,
+        &[
+            "failover",
+            "--from",
+            "m6v",
+            "--all",
+            "--yes",
+            "--force",
+            "--reason",
+            "wanguo is enough at night",
+        ],
+    )
+    .await;
+    assert!(
+        forced
+            .stdout
+            .contains("forced past: payments in wanguo would carry 4.0"),
+        "{forced:#?}"
+    );
+    assert_eq!(weights(&mut c, "payments").await["wanguo"], 10000);
+    let audit = ok(&etcd, &["audit", "--limit", "1", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(
+        audit["records"][0]["reason"],
+        "wanguo is enough at night [forced past: payments in wanguo would carry 4.0 but has capacity 2]"
+    );
+}
+
+#[tokio::test]
+async fn a_fail_route_keeps_its_home_unless_forced() {
+    let etcd = two_dcs().await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "ledger",
+            "--weights",
+            "m6v=100",
+            "--on-dc-down",
+            "fail",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=50,wanguo=50",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    let out = twinctl(
+        &etcd,
+        &[
+            "failover", "--from", "m6v", "--all", "--yes", "--reason", "drill",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 3, "{out:#?}");
+    out.one_line_error("ledger is on_dc_down: fail and would lose its home m6v");
+    // Leaving it out of the selection is fine.
+    ok(
+        &etcd,
+        &[
+            "failover",
+            "--from",
+            "m6v",
+            "--services",
+            "payments",
+            "--yes",
+            "--reason",
+            "drill",
+        ],
+    )
+    .await;
+    let mut c = etcd.client().await.expect("client");
+    assert_eq!(weights(&mut c, "ledger").await["m6v"], 10000);
+    assert_eq!(weights(&mut c, "payments").await["m6v"], 0);
+    ok(
+        &etcd,
+        &[
+            "failover",
+            "--from",
+            "m6v",
+            "--all",
+            "--yes",
+            "--force",
+            "--reason",
+            "m6v is gone",
+        ],
+    )
+    .await;
+    assert_eq!(weights(&mut c, "ledger").await["wanguo"], 10000);
+}
+
+#[tokio::test]
+async fn failback_restores_exactly_and_only_what_is_unchanged_since() {
+    let etcd = two_dcs().await;
+    ok(
+        &etcd,
+        &["dc", "add", "hk", "--code", "2", "--reason", "seed"],
+    )
+    .await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "a",
+            "--weights",
+            "m6v=50,wanguo=25,hk=25",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "b",
+            "--weights",
+            "m6v=33.33,wanguo=66.67",
+            "--sticky-header",
+            "x-user",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "c",
+            "--weights",
+            "wanguo=100",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    let get = |s: &'static str| {
+        let etcd = &etcd;
+        async move { ok(etcd, &["route", "get", s, "-o", "json"]).await.json()["route"].clone() }
+    };
+    let (a0, b0, c0) = (get("a").await, get("b").await, get("c").await);
+    let out = ok(
+        &etcd,
+        &[
+            "failover", "--from", "m6v", "--all", "--yes", "--reason", "drill", "-o", "json",
+        ],
+    )
+    .await
+    .json();
+    let id = out["audit_id"].as_str().expect("audit id").to_string();
+    assert_eq!(out["unchanged"], serde_json::json!(["c"]));
+    assert_eq!(
+        get("a").await["weights"],
+        serde_json::json!({"m6v": 0, "wanguo": 5000, "hk": 5000})
+    );
+    let mut c = etcd.client().await.expect("client");
+    let before = revision(&mut c).await;
+    let dry = ok(
+        &etcd,
+        &[
+            "failback",
+            "--audit-id",
+            &id,
+            "--reason",
+            "m6v back",
+            "--dry-run",
+        ],
+    )
+    .await;
+    assert!(
+        dry.stdout.contains("hk=50%,m6v=0%,wanguo=50%") && dry.stdout.contains("dry run"),
+        "{dry:#?}"
+    );
+    assert_eq!(revision(&mut c).await, before);
+    let back = ok(
+        &etcd,
+        &[
+            "failback",
+            "--audit-id",
+            &id,
+            "--reason",
+            "m6v back",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    assert!(back["new_audit_id"].is_string(), "{back}");
+    assert_eq!(get("a").await, a0);
+    assert_eq!(get("b").await, b0);
+    assert_eq!(get("c").await, c0);
+    // Failing back the same change again: the routes moved since, so nothing is written.
+    let again = twinctl(&etcd, &["failback", "--audit-id", &id, "--reason", "twice"]).await;
+    assert_eq!(again.code, 1, "{again:#?}");
+    again.one_line_error("changed since that change");
+    assert_eq!(get("a").await, a0);
+}

@@ -1,0 +1,667 @@
+//! `twinctl dc|route|freeze|audit|status` as a process against a real etcd: races, dry runs,
+//! bad input, output formats.
+
+mod cp_support;
+
+use cp_support::{ok, revision, twinctl, two_dcs, weights};
+use twin_testkit::Etcd;
+
+#[tokio::test]
+async fn racing_route_sets_one_wins_and_the_loser_gets_the_conflict_line() {
+    let etcd = two_dcs().await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=50,wanguo=50",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    let rev = ok(&etcd, &["route", "get", "payments", "-o", "json"])
+        .await
+        .json()["revision"]
+        .as_i64()
+        .expect("revision");
+    let rev_s = rev.to_string();
+    // Both read revision `rev` (from `route get`) and race to write on it.
+    let args_a = [
+        "route",
+        "set",
+        "payments",
+        "--weights",
+        "m6v=30,wanguo=70",
+        "--if-revision",
+        &rev_s,
+        "--reason",
+        "sre a",
+    ];
+    let args_b = [
+        "route",
+        "set",
+        "payments",
+        "--weights",
+        "m6v=70,wanguo=30",
+        "--if-revision",
+        &rev_s,
+        "--reason",
+        "sre b",
+    ];
+    let (a, b) = tokio::join!(twinctl(&etcd, &args_a), twinctl(&etcd, &args_b));
+    let (winner, loser) = match (a.code, b.code) {
+        (0, 1) => (a, b),
+        (1, 0) => (b, a),
+        _ => panic!("exactly one must win: {a:#?} {b:#?}"),
+    };
+    loser.one_line_error(&format!(
+        "route payments changed since you read it (rev {rev} → "
+    ));
+    assert!(loser.stderr.trim_end().ends_with("; re-run"), "{loser:?}");
+    let mut c = etcd.client().await.expect("client");
+    let w = weights(&mut c, "payments").await;
+    let want_m6v = if winner.stdout.contains("m6v=30%") {
+        3000
+    } else {
+        7000
+    };
+    assert_eq!(w["m6v"], want_m6v, "the winner's weights stand: {winner:?}");
+    // Only the winner is in the audit trail.
+    let audit = ok(&etcd, &["audit", "--service", "payments", "-o", "json"])
+        .await
+        .json();
+    let records = audit["records"].as_array().expect("records");
+    assert_eq!(records.len(), 2, "{audit}");
+    let reasons: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"create"));
+    assert!(
+        reasons.contains(&"sre a") ^ reasons.contains(&"sre b"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn dry_runs_leave_the_etcd_revision_unchanged() {
+    let etcd = two_dcs().await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=50,wanguo=50",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    let mut c = etcd.client().await.expect("client");
+    let before = revision(&mut c).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(&file, "routes:\n  ledger:\n    weights: {m6v: 100%}\n  payments:\n    weights: {m6v: 10%, wanguo: 90%}\n").expect("write");
+    let file = file.display().to_string();
+    let runs: Vec<Vec<&str>> = vec![
+        vec![
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=0,wanguo=100",
+            "--reason",
+            "r",
+            "--dry-run",
+        ],
+        vec![
+            "route",
+            "set",
+            "newsvc",
+            "--weights",
+            "m6v=100",
+            "--reason",
+            "r",
+            "--dry-run",
+        ],
+        vec!["route", "apply", "-f", &file, "--reason", "r", "--dry-run"],
+        vec![
+            "failover",
+            "--from",
+            "m6v",
+            "--all",
+            "--reason",
+            "r",
+            "--dry-run",
+            "--force",
+        ],
+        vec![
+            "shift",
+            "payments",
+            "--to",
+            "wanguo",
+            "--reason",
+            "r",
+            "--dry-run",
+        ],
+        vec!["freeze", "--until", "2h", "--reason", "r", "--dry-run"],
+        vec![
+            "dc",
+            "add",
+            "hk",
+            "--code",
+            "2",
+            "--reason",
+            "r",
+            "--dry-run",
+        ],
+    ];
+    for args in &runs {
+        let out = twinctl(&etcd, args).await.expect(0);
+        assert!(out.stdout.contains("dry run"), "{args:?}: {out:#?}");
+    }
+    // The diff is exact: it names the field and both values.
+    let out = ok(&etcd, &runs[0]).await;
+    assert!(
+        out.stdout
+            .contains("weights: m6v=50%,wanguo=50% → m6v=0%,wanguo=100%"),
+        "{out:#?}"
+    );
+    let out = ok(&etcd, &runs[2]).await;
+    assert!(
+        out.stdout.contains("routes/ledger")
+            && out
+                .stdout
+                .contains("m6v=50%,wanguo=50% → m6v=10%,wanguo=90%"),
+        "{out:#?}"
+    );
+    assert_eq!(revision(&mut c).await, before, "a dry run wrote something");
+}
+
+#[tokio::test]
+async fn bad_input_is_one_clear_line_and_writes_nothing() {
+    let etcd = two_dcs().await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=50,wanguo=50",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    let mut c = etcd.client().await.expect("client");
+    let before = revision(&mut c).await;
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec![
+                "route",
+                "set",
+                "payments",
+                "--weights",
+                "m6v=30,wanguo=60",
+                "--reason",
+                "x",
+            ],
+            2,
+            "weights must sum to 100%, got 90%",
+        ),
+        (
+            vec![
+                "route",
+                "set",
+                "payments",
+                "--weights",
+                "m6v=thirty",
+                "--reason",
+                "x",
+            ],
+            2,
+            "is not a percentage",
+        ),
+        (
+            vec![
+                "route",
+                "set",
+                "payments",
+                "--weights",
+                "m6v=30,m7v=70",
+                "--reason",
+                "x",
+            ],
+            1,
+            "unknown datacenter \"m7v\"",
+        ),
+        (
+            vec!["dc", "add", "hk", "--code", "9", "--reason", "x"],
+            2,
+            "9 is not in 0..=7",
+        ),
+        (
+            vec!["dc", "add", "hk", "--code", "1", "--reason", "x"],
+            1,
+            "datacenter code 1 is used by both",
+        ),
+        (
+            vec!["dc", "add", "HK!", "--code", "2", "--reason", "x"],
+            2,
+            "datacenter name \"HK!\" is invalid",
+        ),
+        (
+            vec!["route", "set", "payments", "--weights", "m6v=100"],
+            2,
+            "--reason",
+        ),
+        (
+            vec![
+                "route",
+                "set",
+                "payments",
+                "--weights",
+                "m6v=100",
+                "--reason",
+                "  ",
+            ],
+            2,
+            "--reason must say why",
+        ),
+        (
+            vec![
+                "failover", "--from", "m7v", "--all", "--reason", "x", "--yes",
+            ],
+            1,
+            "unknown datacenter \"m7v\"",
+        ),
+        (
+            vec!["failover", "--from", "m6v", "--reason", "x"],
+            2,
+            "--services",
+        ),
+        (
+            vec![
+                "shift",
+                "payments",
+                "--to",
+                "wanguo",
+                "--interval",
+                "soon",
+                "--reason",
+                "x",
+            ],
+            2,
+            "not a duration",
+        ),
+        (
+            vec!["shift", "payments", "--to", "m7v", "--reason", "x"],
+            1,
+            "unknown datacenter \"m7v\"",
+        ),
+        (
+            vec!["freeze", "--until", "yesterday", "--reason", "x"],
+            2,
+            "neither a time",
+        ),
+        (
+            vec!["failback", "--audit-id", "nope", "--reason", "x"],
+            1,
+            "no audit records with id nope",
+        ),
+        (
+            vec!["route", "get", "nosuch"],
+            1,
+            "no route for service \"nosuch\"",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let out = twinctl(&etcd, &args).await;
+        assert_eq!(out.code, code, "{args:?}: {out:#?}");
+        out.one_line_error(needle);
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} printed to stdout: {out:#?}"
+        );
+    }
+    // failover without --yes and without a terminal refuses rather than guessing.
+    let out = twinctl(
+        &etcd,
+        &[
+            "failover", "--from", "m6v", "--all", "--reason", "x", "--force",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 2, "{out:#?}");
+    out.one_line_error("add --yes to confirm");
+    assert_eq!(revision(&mut c).await, before, "bad input wrote something");
+    // Unreachable etcd is one line and exit 1 too.
+    let dead = Etcd::start().await.expect("etcd");
+    let endpoint = dead.endpoint();
+    drop(dead);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_twinctl"))
+        .args(["--etcd", &endpoint, "--timeout", "1s", "status"])
+        .output()
+        .await
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(&endpoint), "{stderr}");
+}
+
+#[tokio::test]
+async fn route_apply_writes_every_route_in_one_transaction() {
+    let etcd = two_dcs().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("routes.yaml");
+    let mut yaml =
+        String::from("datacenters:\n  hk: {code: 2, display_name: Hong Kong}\nroutes:\n");
+    for i in 0..5 {
+        yaml.push_str(&format!(
+            "  svc{i}:\n    weights: {{m6v: 30%, wanguo: 60%, hk: 10%}}\n    on_dc_down: fail\n"
+        ));
+    }
+    std::fs::write(&file, &yaml).expect("write");
+    let out = ok(
+        &etcd,
+        &[
+            "route",
+            "apply",
+            "-f",
+            &file.display().to_string(),
+            "--reason",
+            "bulk",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let j = out.json();
+    let rev = j["revision"].as_i64().expect("revision");
+    assert_eq!(j["diffs"].as_array().map(Vec::len), Some(6), "{j}");
+    let list = ok(&etcd, &["route", "list", "-o", "json"]).await.json();
+    let routes = list["routes"].as_array().expect("routes");
+    assert_eq!(routes.len(), 5);
+    assert!(
+        routes.iter().all(|r| r["revision"] == rev),
+        "one transaction, one revision: {list}"
+    );
+    assert!(routes.iter().all(|r| r["route"]["on_dc_down"] == "fail"));
+    // Applying the same file again changes nothing.
+    let again = ok(
+        &etcd,
+        &[
+            "route",
+            "apply",
+            "-f",
+            &file.display().to_string(),
+            "--reason",
+            "bulk",
+        ],
+    )
+    .await;
+    assert!(again.stdout.contains("no change"), "{again:#?}");
+    // A broken file is one line, exit 1, nothing written.
+    std::fs::write(
+        &file,
+        "routes:\n  svc0:\n    weights: {m6v: 30%, wanguo: 60%}\n",
+    )
+    .expect("write");
+    let out = twinctl(
+        &etcd,
+        &[
+            "route",
+            "apply",
+            "-f",
+            &file.display().to_string(),
+            "--reason",
+            "bulk",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{out:#?}");
+    out.one_line_error("route svc0: weights must sum to 10000 basis points, got 9000");
+}
+
+#[tokio::test]
+async fn freeze_blocks_route_changes_and_force_with_reason_passes() {
+    let etcd = two_dcs().await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=50,wanguo=50",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    ok(
+        &etcd,
+        &["freeze", "--until", "2h", "--reason", "holiday freeze"],
+    )
+    .await;
+    let out = twinctl(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=0,wanguo=100",
+            "--reason",
+            "try",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 3, "{out:#?}");
+    out.one_line_error("refused: change freeze until");
+    assert!(
+        out.stderr.contains("holiday freeze") && out.stderr.contains("add --force"),
+        "{out:#?}"
+    );
+    let out = twinctl(
+        &etcd,
+        &[
+            "failover", "--from", "m6v", "--all", "--yes", "--reason", "try",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 3, "{out:#?}");
+    let mut c = etcd.client().await.expect("client");
+    assert_eq!(weights(&mut c, "payments").await["m6v"], 5000);
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=0,wanguo=100",
+            "--reason",
+            "incident 42",
+            "--force",
+        ],
+    )
+    .await;
+    assert_eq!(weights(&mut c, "payments").await["m6v"], 0);
+    let audit = ok(&etcd, &["audit", "--limit", "1", "-o", "json"])
+        .await
+        .json();
+    let reason = audit["records"][0]["reason"].as_str().expect("reason");
+    assert!(
+        reason.starts_with("incident 42 [forced past: change freeze"),
+        "{reason}"
+    );
+    let status = ok(&etcd, &["status", "-o", "json"]).await.json();
+    assert_eq!(status["frozen"], true);
+    ok(&etcd, &["unfreeze", "--reason", "over"]).await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=50,wanguo=50",
+            "--reason",
+            "normal",
+        ],
+    )
+    .await;
+    assert_eq!(
+        ok(&etcd, &["status", "-o", "json"]).await.json()["frozen"],
+        false
+    );
+}
+
+#[tokio::test]
+async fn json_and_yaml_output_parse_for_every_reading_command() {
+    let etcd = two_dcs().await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=30,wanguo=70",
+            "--sticky-header",
+            "x-user",
+            "--on-dc-down",
+            "fail",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    for args in [
+        vec!["status"],
+        vec!["dc", "list"],
+        vec!["route", "list"],
+        vec!["route", "get", "payments"],
+        vec!["audit"],
+        vec!["balance"],
+    ] {
+        let mut json_args = args.clone();
+        json_args.extend(["-o", "json"]);
+        let j = ok(&etcd, &json_args).await.json();
+        assert!(j.is_object(), "{args:?}: {j}");
+        let mut yaml_args = args.clone();
+        yaml_args.extend(["-o", "yaml"]);
+        let y = ok(&etcd, &yaml_args).await;
+        let parsed: serde_yaml::Value =
+            serde_yaml::from_str(&y.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {y:#?}"));
+        assert!(parsed.is_mapping(), "{args:?}");
+        let table = ok(&etcd, &args).await;
+        assert!(!table.stdout.trim().is_empty());
+    }
+    let get = ok(&etcd, &["route", "get", "payments", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(get["route"]["weights"]["wanguo"], 7000);
+    assert_eq!(get["route"]["sticky_header"], "x-user");
+    let dcs = ok(&etcd, &["dc", "list", "-o", "json"]).await.json();
+    assert_eq!(dcs["datacenters"][1]["name"], "wanguo");
+    let status = ok(&etcd, &["status"]).await;
+    assert!(status.stdout.contains("m6v=30%,wanguo=70%"), "{status:#?}");
+    assert!(
+        status.stdout.contains("control-plane leader: NONE"),
+        "{status:#?}"
+    );
+}
+
+#[tokio::test]
+async fn commands_work_when_the_audit_trail_outgrows_one_etcd_answer() {
+    let etcd = two_dcs().await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=50,wanguo=50",
+            "--reason",
+            "first",
+        ],
+    )
+    .await;
+    // 4,500 records of ~1 KiB: more than the 4 MiB etcd returns in one response.
+    let c = etcd.client().await.expect("client");
+    let keys = twin_topology::Keys::default();
+    let filler = "x".repeat(1000);
+    for chunk in 0..45 {
+        let puts = (0..100).map(|i| {
+            let mut c = c.clone();
+            let rec = serde_json::json!({
+                "change_id": format!("0000000000001-{chunk:04}{i:04}"), "who": "load", "at_ms": 1,
+                "action": "route set", "reason": filler, "key": keys.route("other"),
+                "before": null, "after": null,
+            });
+            let key = keys.audit_record(&format!("0000000000001-{chunk:04}{i:04}"), 0);
+            async move { c.put(key, rec.to_string(), None).await.expect("put") }
+        });
+        futures::future::join_all(puts).await;
+    }
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=40,wanguo=60",
+            "--reason",
+            "after the flood",
+        ],
+    )
+    .await;
+    ok(&etcd, &["route", "list"]).await;
+    ok(
+        &etcd,
+        &[
+            "failover",
+            "--from",
+            "m6v",
+            "--all",
+            "--yes",
+            "--reason",
+            "still works",
+        ],
+    )
+    .await;
+    let audit = ok(
+        &etcd,
+        &[
+            "audit",
+            "--service",
+            "payments",
+            "--limit",
+            "5",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    let reasons: Vec<&str> = audit["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r["reason"].as_str())
+        .collect();
+    assert_eq!(reasons, vec!["still works", "after the flood", "first"]);
+    let status = ok(&etcd, &["status", "-o", "json"]).await.json();
+    assert_eq!(status["last_change"]["reason"], "still works");
+}

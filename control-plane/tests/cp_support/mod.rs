@@ -1,0 +1,191 @@
+//! Shared by the control-plane tests: run `twinctl` and `twin-control-plane` as processes
+//! against a real etcd, and seed topologies through etcd directly.
+
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions};
+use tokio::process::{Child, Command};
+use twin_testkit::Etcd;
+use twin_topology::{Endpoint, Keys};
+
+/// What a `twinctl` run printed and how it ended.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// The stdout as JSON (panics with the output when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// Asserts the exit code, showing the output when it differs.
+    pub fn expect(self, code: i32) -> Out {
+        assert_eq!(self.code, code, "unexpected exit code: {self:#?}");
+        self
+    }
+
+    /// Asserts stderr is exactly one line that contains `needle`.
+    pub fn one_line_error(&self, needle: &str) {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "stderr must be one line: {self:#?}");
+        assert!(
+            lines[0].contains(needle),
+            "stderr lacks {needle:?}: {self:#?}"
+        );
+    }
+}
+
+/// Runs `twinctl` against `etcd` with `args`.
+pub async fn twinctl(etcd: &Etcd, args: &[&str]) -> Out {
+    let out = Command::new(env!("CARGO_BIN_EXE_twinctl"))
+        .args(args)
+        .env("TWIN_ETCD", etcd.endpoint())
+        .env_remove("TWIN_PREFIX")
+        .env("USER", "sre-test")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run twinctl");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `twinctl` and requires exit 0.
+pub async fn ok(etcd: &Etcd, args: &[&str]) -> Out {
+    twinctl(etcd, args).await.expect(0)
+}
+
+/// An etcd with datacenters m6v (0) and wanguo (1), added through `twinctl dc add`.
+pub async fn two_dcs() -> Etcd {
+    let etcd = Etcd::start().await.expect("etcd");
+    ok(
+        &etcd,
+        &["dc", "add", "m6v", "--code", "0", "--reason", "seed"],
+    )
+    .await;
+    ok(
+        &etcd,
+        &["dc", "add", "wanguo", "--code", "1", "--reason", "seed"],
+    )
+    .await;
+    etcd
+}
+
+/// The current etcd revision.
+pub async fn revision(client: &mut Client) -> i64 {
+    client
+        .get("/", Some(GetOptions::new().with_count_only()))
+        .await
+        .expect("get")
+        .header()
+        .expect("header")
+        .revision()
+}
+
+/// Registers an endpoint the way a sidecar does (no lease: it stays).
+pub async fn register(
+    client: &mut Client,
+    service: &str,
+    dc: &str,
+    instance: &str,
+    addr: &str,
+    capacity: u32,
+) {
+    let ep = Endpoint {
+        addr: addr.to_string(),
+        capacity,
+        zone: None,
+    };
+    client
+        .put(
+            Keys::default().endpoint(service, dc, instance),
+            serde_json::to_string(&ep).expect("json"),
+            None,
+        )
+        .await
+        .expect("register");
+}
+
+/// The weights of a route as `{dc: basis points}` JSON.
+pub async fn weights(client: &mut Client, service: &str) -> serde_json::Value {
+    let resp = client
+        .get(Keys::default().route(service), None)
+        .await
+        .expect("get");
+    let kv = resp.kvs().first().expect("route exists");
+    let v: serde_json::Value = serde_json::from_slice(kv.value()).expect("json");
+    v["weights"].clone()
+}
+
+/// A running `twin-control-plane` replica, killed when dropped.
+pub struct Replica {
+    pub id: String,
+    pub status_addr: String,
+    pub child: Child,
+}
+
+/// Starts a replica with fast timers.
+pub async fn replica(etcd: &Etcd, id: &str, extra: &[&str]) -> Replica {
+    let port = twin_testkit::free_port();
+    let status_addr = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_twin-control-plane"))
+        .args([
+            "--etcd",
+            &etcd.endpoint(),
+            "--id",
+            id,
+            "--listen",
+            &status_addr,
+            "--lease-ttl",
+            "2s",
+            "--probe-interval",
+            "100ms",
+            "--probe-timeout",
+            "500ms",
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start twin-control-plane");
+    Replica {
+        id: id.to_string(),
+        status_addr,
+        child,
+    }
+}
+
+/// The id of the current leader, from `twinctl status -o json`.
+pub async fn leader_id(etcd: &Etcd) -> Option<String> {
+    let out = twinctl(etcd, &["status", "-o", "json"]).await;
+    if out.code != 0 {
+        return None;
+    }
+    out.json()["leader"]["id"].as_str().map(String::from)
+}
+
+/// Polls `cond` until it holds or `within` passes.
+pub async fn wait_until<F, Fut>(within: Duration, what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    assert!(
+        twin_testkit::eventually(within, cond).await,
+        "timed out waiting for {what}"
+    );
+}

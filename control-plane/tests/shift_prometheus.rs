@@ -1,0 +1,141 @@
+//! `twinctl shift --prometheus`: the PromQL error-rate gate, against a small HTTP server that
+//! answers Prometheus' query API (first healthy, then failing).
+
+mod cp_support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use cp_support::{ok, twinctl, two_dcs, weights};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Answers `/api/v1/query` with `good` for the first `healthy_answers` queries, then `bad`;
+/// keeps every request line.
+async fn fake_prometheus(
+    healthy_answers: usize,
+    good: &'static str,
+    bad: &'static str,
+) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let line = String::from_utf8_lossy(&buf)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if let Ok(mut l) = log.lock() {
+                l.push(line);
+            }
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            let value = if n < healthy_answers { good } else { bad };
+            let body = format!(
+                r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1764086400.0,"{value}"]}}]}}}}"#
+            );
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn a_rising_error_rate_fails_the_gate_and_rolls_the_shift_back() {
+    let etcd = two_dcs().await;
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=100",
+            "--reason",
+            "create",
+        ],
+    )
+    .await;
+    // Healthy before the first step and after it, failing after the second.
+    let (url, seen) = fake_prometheus(2, "0.001", "0.05").await;
+    let out = twinctl(
+        &etcd,
+        &[
+            "shift",
+            "payments",
+            "--to",
+            "wanguo",
+            "--step",
+            "25",
+            "--interval",
+            "50ms",
+            "--no-health-gate",
+            "--prometheus",
+            &url,
+            "--max-error-rate",
+            "1%",
+            "--reason",
+            "move",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 3, "{out:#?}");
+    assert!(out.stderr.contains("step 2/4"), "{out:#?}");
+    let last = out.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: refused: health gate failed after step 2/4: payments in wanguo: error rate 5.00% is above 1.00%; rolled back to m6v=100%"),
+        "{out:#?}"
+    );
+    let mut c = etcd.client().await.expect("client");
+    assert_eq!(
+        weights(&mut c, "payments").await,
+        serde_json::json!({"m6v": 10000})
+    );
+    let lines = seen.lock().expect("lock").clone();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    // $SERVICE and $DC were filled into the query.
+    assert!(
+        lines[0].starts_with("GET /api/v1/query?query=")
+            && lines[0].contains("payments")
+            && lines[0].contains("wanguo"),
+        "{lines:?}"
+    );
+
+    // An unreachable Prometheus refuses before anything moves.
+    let out = twinctl(
+        &etcd,
+        &[
+            "shift",
+            "payments",
+            "--to",
+            "wanguo",
+            "--no-health-gate",
+            "--prometheus",
+            "http://127.0.0.1:1",
+            "--reason",
+            "move",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 3, "{out:#?}");
+    out.one_line_error("health gate before the first step: asking prometheus");
+    assert_eq!(
+        weights(&mut c, "payments").await,
+        serde_json::json!({"m6v": 10000})
+    );
+}

@@ -1,0 +1,135 @@
+//! Steady load through the sidecar, and what it saw per datacenter.
+//!
+//! Workers send `GET /` for the `payments` service at a fixed total rate, each request with a
+//! random `x-twin-unit`, so traffic follows the route's weights. The datacenter of each answer
+//! comes from its `x-twin-dc` header; answers the sidecar made itself (and transport errors)
+//! count under `sidecar`. Every second the screen takes the window and starts a new one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinSet;
+
+/// Row name for errors no datacenter answered.
+pub const SIDECAR_ROW: &str = "sidecar";
+
+#[derive(Default)]
+struct DcWindow {
+    ok: u64,
+    errors: u64,
+    latencies_us: Vec<u64>,
+    total: u64,
+}
+
+/// Counts shared by the load workers and the screen.
+#[derive(Default)]
+pub struct Stats {
+    by_dc: Mutex<BTreeMap<String, DcWindow>>,
+}
+
+/// One datacenter's line of the table for the last window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    pub dc: String,
+    pub rps: f64,
+    pub errors: u64,
+    pub p99_ms: f64,
+    pub total: u64,
+}
+
+impl Stats {
+    fn record(&self, dc: &str, ok: bool, latency: Duration) {
+        let Ok(mut m) = self.by_dc.lock() else { return };
+        let w = m.entry(dc.to_string()).or_default();
+        if ok {
+            w.ok += 1;
+        } else {
+            w.errors += 1;
+        }
+        w.total += 1;
+        w.latencies_us.push(latency.as_micros() as u64);
+    }
+
+    /// The rows for a window of `elapsed`, and a fresh window.
+    pub fn take(&self, elapsed: Duration) -> Vec<Row> {
+        let Ok(mut m) = self.by_dc.lock() else {
+            return Vec::new();
+        };
+        let secs = elapsed.as_secs_f64().max(0.001);
+        m.iter_mut()
+            .map(|(dc, w)| {
+                w.latencies_us.sort_unstable();
+                let p99 = w
+                    .latencies_us
+                    .get(
+                        (w.latencies_us.len() * 99 / 100)
+                            .min(w.latencies_us.len().saturating_sub(1)),
+                    )
+                    .copied()
+                    .unwrap_or(0);
+                let row = Row {
+                    dc: dc.clone(),
+                    rps: w.ok as f64 / secs,
+                    errors: w.errors,
+                    p99_ms: p99 as f64 / 1000.0,
+                    total: w.total,
+                };
+                w.ok = 0;
+                w.errors = 0;
+                w.latencies_us.clear();
+                row
+            })
+            .collect()
+    }
+}
+
+/// Starts `workers` tasks that together send `rate` requests per second to `outbound`.
+pub fn start(
+    outbound: SocketAddr,
+    rate: u32,
+    workers: u32,
+    stats: Arc<Stats>,
+    tasks: &mut JoinSet<()>,
+) {
+    let per_worker = Duration::from_secs_f64(f64::from(workers) / f64::from(rate.max(1)));
+    for _ in 0..workers {
+        let stats = stats.clone();
+        tasks.spawn(async move {
+            let client: Client<_, Empty<Bytes>> =
+                Client::builder(TokioExecutor::new()).build_http();
+            let mut tick = tokio::time::interval(per_worker);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let unit = format!("user-{}", rand::random::<u32>());
+                let req = Request::get(format!("http://{outbound}/pay"))
+                    .header("host", "payments")
+                    .header("x-twin-unit", unit)
+                    .body(Empty::new());
+                let Ok(req) = req else { continue };
+                let started = Instant::now();
+                match client.request(req).await {
+                    Ok(resp) => {
+                        let dc = resp
+                            .headers()
+                            .get("x-twin-dc")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or(SIDECAR_ROW)
+                            .to_string();
+                        let ok = resp.status().is_success();
+                        let body_ok = resp.into_body().collect().await.is_ok();
+                        stats.record(&dc, ok && body_ok, started.elapsed());
+                    }
+                    Err(_) => stats.record(SIDECAR_ROW, false, started.elapsed()),
+                }
+            }
+        });
+    }
+}

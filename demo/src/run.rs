@@ -1,0 +1,287 @@
+//! The demo from start to finish: etcd, datacenters and a 50/50 route, upstream pools, the
+//! real `twin-sidecar` binary, load, the live table, and a clean stop.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinSet;
+use twin_topology::{AuditMeta, Datacenter, Keys, Route, Store, Weights};
+
+use crate::etcd::{free_ports, LocalEtcd};
+use crate::ids::{self, IdStats};
+use crate::load::{self, Stats};
+use crate::procs::Proc;
+use crate::screen::{self, Frame, RouteView};
+use crate::{upstreams, DemoError};
+
+/// The service the demo routes.
+pub const SERVICE: &str = "payments";
+/// Serial template the demo's sidecar uses for `payments`.
+const SERIAL: &str = "PAY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}";
+
+/// How the demo runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Stop after this long (default: until Ctrl-C or SIGTERM).
+    pub duration: Option<Duration>,
+    /// Total requests per second of the load.
+    pub rate: u32,
+    /// The `twin-sidecar` binary.
+    pub sidecar: PathBuf,
+    /// Print each frame below the last instead of redrawing (for logs and CI).
+    pub plain: bool,
+}
+
+/// The etcdctl command that moves 30% of the traffic to wanguo.
+pub fn shift_command(etcd: &str) -> String {
+    format!(
+        "ETCDCTL_API=3 etcdctl --endpoints {etcd} put {} '{{\"weights\":{{\"m6v\":2000,\"wanguo\":8000}}}}'",
+        Keys::default().route(SERVICE)
+    )
+}
+
+async fn seed(client: &etcd_client::Client) -> Result<(), DemoError> {
+    let store = Store::new(client.clone(), Keys::default());
+    let audit = AuditMeta {
+        who: "twin-demo".into(),
+        action: "demo seed".into(),
+        reason: "local demo".into(),
+    };
+    let err = |e: twin_topology::StoreError| DemoError::Etcd(e.to_string());
+    for (name, code, display) in [("m6v", 0, "M6 Beijing"), ("wanguo", 1, "Wanguo Beijing")] {
+        let dc = Datacenter {
+            code,
+            display_name: display.into(),
+        };
+        store
+            .put_datacenter(name, &dc, 0, &audit)
+            .await
+            .map_err(err)?;
+    }
+    let route = Route::with_weights(Weights(
+        [("m6v".to_string(), 5000), ("wanguo".to_string(), 5000)].into(),
+    ));
+    store
+        .put_route(SERVICE, &route, 0, None, &audit)
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+async fn get_json(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
+    url: String,
+) -> Option<serde_json::Value> {
+    let req = hyper::Request::get(url).body(Empty::new()).ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(1), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let ok = resp.status().is_success();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    if !ok {
+        return None;
+    }
+    serde_json::from_slice(&body).ok()
+}
+
+/// Starts the sidecar binary and waits until `/readyz` answers.
+async fn start_sidecar(
+    opts: &Options,
+    etcd: &str,
+    dir: &Path,
+) -> Result<(Proc, [SocketAddr; 3]), DemoError> {
+    let config = dir.join("twin.yaml");
+    std::fs::write(
+        &config,
+        format!("idgen:\n  serial_templates: {{payments: \"{SERIAL}\"}}\n"),
+    )
+    .map_err(|e| DemoError::Io(format!("{}: {e}", config.display())))?;
+    let (a, b) = free_ports()?;
+    let (c, _) = free_ports()?;
+    let addrs: [SocketAddr; 3] = [
+        ([127, 0, 0, 1], a).into(),
+        ([127, 0, 0, 1], b).into(),
+        ([127, 0, 0, 1], c).into(),
+    ];
+    let mut cmd = Command::new(&opts.sidecar);
+    cmd.arg("--config").arg(&config);
+    cmd.args(["--dc", "m6v", "--node-id", "demo-sidecar", "--etcd", etcd]);
+    cmd.args([
+        "--outbound",
+        &addrs[0].to_string(),
+        "--ids",
+        &addrs[1].to_string(),
+        "--admin",
+        &addrs[2].to_string(),
+    ]);
+    cmd.arg("--snapshot").arg(dir.join("snapshot.json"));
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    let log = dir.join("sidecar.log");
+    let mut proc = Proc::spawn("twin-sidecar", cmd, &log)?;
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = proc.exited() {
+            return Err(DemoError::Exited(
+                "twin-sidecar",
+                status.to_string(),
+                log_tail(&log),
+            ));
+        }
+        let ready = hyper::Request::get(format!("http://{}/readyz", addrs[2]))
+            .body(Empty::new())
+            .ok()
+            .map(|r| client.request(r));
+        if let Some(fut) = ready {
+            if matches!(fut.await, Ok(r) if r.status().is_success()) {
+                return Ok((proc, addrs));
+            }
+        }
+        if Instant::now() >= end {
+            return Err(DemoError::NotReady("twin-sidecar"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the demo until the duration passes or a signal arrives, then stops everything.
+pub async fn run(opts: Options) -> Result<(), DemoError> {
+    if !opts.sidecar.is_file() {
+        return Err(DemoError::Missing(
+            "twin-sidecar",
+            "cargo build --release -p twin-sidecar, or pass --sidecar PATH",
+        ));
+    }
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| DemoError::Io(e.to_string()))?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| DemoError::Io(e.to_string()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix("twin-demo-")
+        .tempdir()
+        .map_err(|e| DemoError::Io(format!("temp dir: {e}")))?;
+    let dir = tmp.path().to_path_buf();
+    let mut tasks = JoinSet::new();
+
+    let (mut etcd, mut client) = LocalEtcd::start(&dir).await?;
+    seed(&client).await?;
+    let ups = upstreams::start(
+        &[
+            ("m6v", Duration::from_millis(2)),
+            ("wanguo", Duration::from_millis(4)),
+        ],
+        2,
+        &mut tasks,
+    )
+    .await?;
+    upstreams::register(&mut client, &Keys::default(), SERVICE, &ups, &mut tasks).await?;
+    let (mut sidecar, [outbound, ids_addr, admin]) =
+        start_sidecar(&opts, &etcd.endpoint, &dir).await?;
+
+    let shift = shift_command(&etcd.endpoint);
+    println!(
+        "Twin demo: etcd {} (pid {}), twin-sidecar {} (pid {}), temp dir {}",
+        etcd.endpoint,
+        etcd.proc.pid(),
+        outbound,
+        sidecar.pid(),
+        dir.display()
+    );
+    println!("Shift traffic while it runs:\n  {shift}\n");
+
+    let stats = Arc::new(Stats::default());
+    load::start(outbound, opts.rate, 8, stats.clone(), &mut tasks);
+    let id_stats = Arc::new(Mutex::new(IdStats::default()));
+    ids::start(ids_addr, id_stats.clone(), &mut tasks);
+
+    let http: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let started = Instant::now();
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last = Instant::now();
+    let mut route = RouteView::default();
+    let outcome = loop {
+        let timeout = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = sigint.recv() => break Ok("interrupted"),
+            _ = sigterm.recv() => break Ok("terminated"),
+            () = timeout => break Ok("duration reached"),
+        }
+        if let Some(status) = sidecar.exited() {
+            break Err(DemoError::Exited(
+                "twin-sidecar",
+                status.to_string(),
+                log_tail(&dir.join("sidecar.log")),
+            ));
+        }
+        if let Some(status) = etcd.proc.exited() {
+            break Err(DemoError::Exited(
+                "etcd",
+                status.to_string(),
+                log_tail(&dir.join("etcd.log")),
+            ));
+        }
+        if let Some(cfg) = get_json(&http, format!("http://{admin}/config")).await {
+            route = RouteView::from_config(&cfg);
+        }
+        let rows = stats.take(last.elapsed());
+        last = Instant::now();
+        let ids = id_stats.lock().map(|s| s.clone()).unwrap_or_default();
+        let frame = screen::render(&Frame {
+            elapsed: started.elapsed(),
+            etcd: &etcd.endpoint,
+            outbound: &outbound.to_string(),
+            route: &route,
+            rows: &rows,
+            ids: &ids,
+            shift_command: &shift,
+            temp_dir: &dir.display().to_string(),
+        });
+        if opts.plain {
+            println!("{frame}");
+        } else {
+            // Clear the screen and draw from the top.
+            print!("\x1b[2J\x1b[H{frame}");
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    };
+
+    tasks.abort_all();
+    let code = sidecar.stop(Duration::from_secs(15));
+    etcd.proc.stop(Duration::from_secs(5));
+    let shown = dir.display().to_string();
+    drop(tmp);
+    match outcome {
+        Ok(why) => {
+            println!(
+                "Stopped ({why}): twin-sidecar exited with {code:?}, etcd stopped, removed {shown}"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}

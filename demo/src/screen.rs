@@ -1,0 +1,170 @@
+//! The live table: one line per datacenter (weight the sidecar applies, req/s, errors, p99),
+//! the IDs being issued, and the command that shifts traffic. Pure formatting, no I/O.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::ids::IdStats;
+use crate::load::{Row, SIDECAR_ROW};
+
+/// What the sidecar's `/config` says about the route.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteView {
+    pub revision: i64,
+    /// Datacenter → (weight in basis points, up).
+    pub dcs: BTreeMap<String, (u64, bool)>,
+}
+
+impl RouteView {
+    /// Reads the `payments` route out of a `/config` document.
+    pub fn from_config(v: &serde_json::Value) -> RouteView {
+        let svc = &v["services"]["payments"];
+        let dcs = svc["datacenters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|d| {
+                Some((
+                    d["name"].as_str()?.to_string(),
+                    (d["weight"].as_u64()?, d["up"].as_bool().unwrap_or(false)),
+                ))
+            })
+            .collect();
+        RouteView {
+            revision: svc["route_revision"].as_i64().unwrap_or(0),
+            dcs,
+        }
+    }
+}
+
+/// Everything one frame shows.
+pub struct Frame<'a> {
+    pub elapsed: Duration,
+    pub etcd: &'a str,
+    pub outbound: &'a str,
+    pub route: &'a RouteView,
+    pub rows: &'a [Row],
+    pub ids: &'a IdStats,
+    pub shift_command: &'a str,
+    pub temp_dir: &'a str,
+}
+
+fn pct(bp: u64) -> String {
+    format!("{:.2}%", bp as f64 / 100.0)
+}
+
+/// The frame as text (no escape codes; the caller clears the screen on a terminal).
+pub fn render(f: &Frame<'_>) -> String {
+    let mut s = String::new();
+    let secs = f.elapsed.as_secs();
+    let _ = writeln!(
+        s,
+        "Twin demo · {:02}:{:02} · etcd {} · sidecar {} · route payments rev {}",
+        secs / 60,
+        secs % 60,
+        f.etcd,
+        f.outbound,
+        f.route.revision
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<11} {:>8} {:>6} {:>8} {:>8} {:>9}",
+        "datacenter", "weight", "state", "req/s", "errors", "p99 ms"
+    );
+    let rows: BTreeMap<&str, &Row> = f.rows.iter().map(|r| (r.dc.as_str(), r)).collect();
+    for (dc, (weight, up)) in &f.route.dcs {
+        let r = rows.get(dc.as_str());
+        let _ = writeln!(
+            s,
+            "{:<11} {:>8} {:>6} {:>8.0} {:>8} {:>9.2}",
+            dc,
+            pct(*weight),
+            if *up { "up" } else { "DOWN" },
+            r.map_or(0.0, |r| r.rps),
+            r.map_or(0, |r| r.errors),
+            r.map_or(0.0, |r| r.p99_ms)
+        );
+    }
+    if let Some(r) = rows.get(SIDECAR_ROW) {
+        let _ = writeln!(
+            s,
+            "{:<11} {:>8} {:>6} {:>8.0} {:>8} {:>9.2}",
+            SIDECAR_ROW, "-", "-", r.rps, r.errors, r.p99_ms
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "IDs ({}): {} issued, {} errors · last snowflake {} · last serial {}",
+        if f.ids.dc.is_empty() { "-" } else { &f.ids.dc },
+        f.ids.issued,
+        f.ids.errors,
+        if f.ids.last_snowflake.is_empty() {
+            "-"
+        } else {
+            &f.ids.last_snowflake
+        },
+        if f.ids.last_serial.is_empty() {
+            "-"
+        } else {
+            &f.ids.last_serial
+        },
+    );
+    if !f.ids.last_error.is_empty() {
+        let _ = writeln!(s, "  last ID error: {}", f.ids.last_error);
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "Shift traffic while this runs (from another terminal):");
+    let _ = writeln!(s, "  {}", f.shift_command);
+    let _ = writeln!(s, "Ctrl-C stops every process and removes {}", f.temp_dir);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_shows_weights_rates_and_ids() {
+        let cfg = serde_json::json!({"services": {"payments": {"route_revision": 9, "datacenters": [
+            {"name": "m6v", "weight": 2000, "up": true},
+            {"name": "wanguo", "weight": 8000, "up": false}
+        ]}}});
+        let route = RouteView::from_config(&cfg);
+        assert_eq!(route.revision, 9);
+        let rows = vec![Row {
+            dc: "m6v".into(),
+            rps: 40.0,
+            errors: 1,
+            p99_ms: 3.25,
+            total: 100,
+        }];
+        let ids = IdStats {
+            issued: 30,
+            dc: "m6v".into(),
+            ..IdStats::default()
+        };
+        let text = render(&Frame {
+            elapsed: Duration::from_secs(65),
+            etcd: "http://127.0.0.1:1",
+            outbound: "127.0.0.1:2",
+            route: &route,
+            rows: &rows,
+            ids: &ids,
+            shift_command: "etcdctl put",
+            temp_dir: "/tmp/x",
+        });
+        assert!(text.contains("01:05"), "{text}");
+        assert!(
+            text.contains("m6v           20.00%     up       40        1      3.25"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wanguo        80.00%   DOWN        0        0      0.00"),
+            "{text}"
+        );
+        assert!(text.contains("IDs (m6v): 30 issued"), "{text}");
+    }
+}

@@ -1,0 +1,382 @@
+//! The real thing: eight `twin-idgen-load` processes in two datacenters against a real etcd
+//! issue over a million IDs while some are SIGKILLed and restarted, one is restarted under
+//! `faketime` with its wall clock 10 s behind, and etcd is paused (SIGSTOP) past the lease
+//! TTL. No ID may repeat, every ID must decode to its issuer's datacenter and worker, and
+//! while fenced the generators must answer errors, not IDs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use twin_idgen::{Codec, Format, Layout};
+use twin_testkit::{eventually, Etcd};
+use twin_topology::{AuditMeta, Datacenter, Keys, Store};
+
+const BIN: &str = env!("CARGO_BIN_EXE_twin-idgen-load");
+const TEMPLATE: &str = "PAY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}";
+const TTL: Duration = Duration::from_secs(2);
+const TARGET: u64 = 1_000_000;
+const DCS: [(&str, u8); 2] = [("m6v", 1), ("wanguo", 2)];
+
+/// One generator slot: the node identity it runs as and its incarnations' output files.
+struct Gen {
+    dc: &'static str,
+    node: String,
+    child: Option<Child>,
+    outs: Vec<Tail>,
+}
+
+/// Reads the complete lines a generator appended since the last poll.
+struct Tail {
+    path: PathBuf,
+    offset: u64,
+    partial: Vec<u8>,
+    ids: u64,
+    errors: u64,
+    lease_lost: u64,
+    workers: Vec<u32>,
+    wall_at_start: Option<u64>,
+}
+
+impl Tail {
+    fn new(path: PathBuf) -> Tail {
+        Tail {
+            path,
+            offset: 0,
+            partial: Vec::new(),
+            ids: 0,
+            errors: 0,
+            lease_lost: 0,
+            workers: Vec::new(),
+            wall_at_start: None,
+        }
+    }
+
+    fn poll(&mut self) {
+        let Ok(mut f) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        if f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return;
+        }
+        let mut buf = Vec::new();
+        let Ok(n) = f.read_to_end(&mut buf) else {
+            return;
+        };
+        self.offset += n as u64;
+        self.partial.extend_from_slice(&buf);
+        let Some(end) = self.partial.iter().rposition(|b| *b == b'\n') else {
+            return;
+        };
+        let complete: Vec<u8> = self.partial.drain(..=end).collect();
+        for line in complete.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            match line[0] {
+                b's' | b'r' => self.ids += 1,
+                b'e' => {
+                    self.errors += 1;
+                    if line.starts_with(b"e lease_lost") {
+                        self.lease_lost += 1;
+                    }
+                }
+                b'w' => {
+                    let text = String::from_utf8_lossy(line);
+                    if let Some(w) = text.split(' ').nth(1).and_then(|w| w.parse().ok()) {
+                        self.workers.push(w);
+                    }
+                }
+                b't' => {
+                    self.wall_at_start = String::from_utf8_lossy(&line[2..]).trim().parse().ok()
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Gen {
+    fn spawn(&mut self, endpoint: &str, dir: &Path, faketime: bool) {
+        let out = dir.join(format!("{}-{}.out", self.node, self.outs.len()));
+        let log = std::fs::File::create(out.with_extension("log")).expect("log file");
+        let mut cmd = if faketime {
+            let mut c = Command::new("faketime");
+            c.args(["-f", "-10s", BIN]);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        cmd.args(["--etcd", endpoint, "--dc", self.dc, "--node-id", &self.node])
+            .arg("--out")
+            .arg(&out)
+            .args(["--batch", "100", "--interval-ms", "8", "--serial", TEMPLATE])
+            .args([
+                "--ttl-ms",
+                "2000",
+                "--margin-ms",
+                "500",
+                "--window-ms",
+                "6000",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            // Its own process group, so signals reach the program behind `faketime` too.
+            .process_group(0);
+        self.child = Some(cmd.spawn().expect("spawn twin-idgen-load"));
+        self.outs.push(Tail::new(out));
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on the process group of a child we spawned and have not reaped.
+            unsafe {
+                libc::kill(-(c.id() as libc::pid_t), sig);
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    fn current(&mut self) -> &mut Tail {
+        self.outs.last_mut().expect("spawned")
+    }
+}
+
+fn poll_all(gens: &mut [Gen]) -> u64 {
+    gens.iter_mut()
+        .flat_map(|g| g.outs.iter_mut())
+        .map(|t| {
+            t.poll();
+            t.ids
+        })
+        .sum()
+}
+
+async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let ok = eventually(deadline, || {
+        let r = cond();
+        async move { r }
+    })
+    .await;
+    assert!(ok, "timed out after {deadline:?} waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_generators_two_datacenters_kills_faketime_and_paused_etcd_issue_no_duplicate() {
+    let etcd = Etcd::start().await.expect("etcd");
+    let keys = Keys::default();
+    let store = Store::new(etcd.client().await.expect("client"), keys.clone());
+    let audit = AuditMeta {
+        who: "test".to_string(),
+        action: "setup".to_string(),
+        reason: "idgen process test".to_string(),
+    };
+    for (name, code) in DCS {
+        let dc = Datacenter {
+            code,
+            display_name: String::new(),
+        };
+        store
+            .put_datacenter(name, &dc, 0, &audit)
+            .await
+            .expect("dc");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let endpoint = etcd.endpoint();
+    let mut gens: Vec<Gen> = (0..8)
+        .map(|i| Gen {
+            dc: DCS[i / 4].0,
+            node: format!("node-{i}"),
+            child: None,
+            outs: Vec::new(),
+        })
+        .collect();
+    let started = Instant::now();
+    for g in gens.iter_mut() {
+        g.spawn(&endpoint, dir.path(), false);
+    }
+    let long = Duration::from_secs(90);
+    wait_for("150k IDs", long, || poll_all(&mut gens) >= 150_000).await;
+
+    // SIGKILL two generators (one per datacenter) and restart them at once.
+    for i in [1, 5] {
+        gens[i].kill();
+        gens[i].spawn(&endpoint, dir.path(), false);
+    }
+    wait_for("restarted generators to issue", long, || {
+        poll_all(&mut gens);
+        gens[1].current().ids > 0 && gens[5].current().ids > 0
+    })
+    .await;
+
+    // SIGKILL one more, wait until its lease expired, and restart it with its wall clock
+    // 10 s in the past: it takes back its worker id and must start above that worker's hwm.
+    // It has run for more than 10 s first, so the faked clock falls inside the time it
+    // already issued from (a generator that trusted its wall clock would repeat IDs).
+    wait_for("generator 2 to run past the clock skew", long, || {
+        poll_all(&mut gens);
+        started.elapsed() > Duration::from_secs(13)
+    })
+    .await;
+    gens[2].current().poll();
+    let old_worker = *gens[2].current().workers.last().expect("worker line");
+    gens[2].kill();
+    let client = etcd.client().await.expect("client");
+    let worker_key = keys.idgen_worker("m6v", old_worker);
+    let expired = eventually(Duration::from_secs(10), || {
+        let (mut c, k) = (client.clone(), worker_key.clone());
+        async move {
+            c.get(k, None)
+                .await
+                .map(|r| r.kvs().is_empty())
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    assert!(expired, "the killed generator's lease never expired");
+    gens[2].spawn(&endpoint, dir.path(), true);
+    wait_for("the faketime generator to issue", long, || {
+        poll_all(&mut gens);
+        gens[2].current().ids >= 1000
+    })
+    .await;
+    let fake = gens[2].current();
+    let skew = twin_idgen::clock::wall_ms() as i64 - fake.wall_at_start.expect("t line") as i64;
+    assert!(
+        skew >= 8_000,
+        "faketime did not set the clock back (skew {skew} ms)"
+    );
+    assert_eq!(
+        fake.workers.first(),
+        Some(&old_worker),
+        "same worker id reclaimed"
+    );
+
+    // Pause etcd past the lease TTL: every generator must switch to errors, and stay there.
+    etcd.pause();
+    let paused = Instant::now();
+    // The reservation (6 s window) outlasts the fence (TTL - margin after the last
+    // acknowledged keepalive), so what stops them must be the fence: `lease_lost`.
+    let base: Vec<u64> = gens.iter_mut().map(|g| g.current().lease_lost).collect();
+    wait_for(
+        "every generator to be fenced",
+        Duration::from_secs(10),
+        || {
+            poll_all(&mut gens);
+            gens.iter_mut()
+                .zip(&base)
+                .all(|(g, b)| g.current().lease_lost > *b)
+        },
+    )
+    .await;
+    let fenced_ids: Vec<u64> = gens.iter_mut().map(|g| g.current().ids).collect();
+    let fenced_errors: Vec<u64> = gens.iter_mut().map(|g| g.current().errors).collect();
+    wait_for(
+        "the pause to outlast the lease TTL",
+        Duration::from_secs(10),
+        || {
+            poll_all(&mut gens);
+            paused.elapsed() > TTL + Duration::from_millis(700)
+                && gens
+                    .iter_mut()
+                    .zip(&fenced_errors)
+                    .all(|(g, e)| g.current().errors >= e + 10)
+        },
+    )
+    .await;
+    for (g, before) in gens.iter_mut().zip(&fenced_ids) {
+        let ids = g.current().ids;
+        assert_eq!(ids, *before, "{} issued IDs while fenced", g.node);
+    }
+    etcd.resume();
+    let resumed_ids: Vec<u64> = gens.iter_mut().map(|g| g.current().ids).collect();
+    wait_for(
+        "every generator to resume by itself",
+        Duration::from_secs(30),
+        || {
+            poll_all(&mut gens);
+            gens.iter_mut()
+                .zip(&resumed_ids)
+                .all(|(g, b)| g.current().ids > *b)
+        },
+    )
+    .await;
+
+    wait_for("one million IDs", Duration::from_secs(120), || {
+        poll_all(&mut gens) >= TARGET + 20_000
+    })
+    .await;
+    for g in gens.iter() {
+        g.signal(libc::SIGTERM);
+    }
+    for g in gens.iter_mut() {
+        let mut c = g.child.take().expect("running");
+        let end = Instant::now() + Duration::from_secs(10);
+        while c.try_wait().expect("wait").is_none() && Instant::now() < end {
+            std::thread::yield_now();
+        }
+        if c.try_wait().expect("wait").is_none() {
+            g.signal(libc::SIGKILL);
+            let _ = c.wait();
+            panic!("{} did not shut down on SIGTERM", g.node);
+        }
+    }
+
+    verify(&gens);
+}
+
+/// Reads every output file whole: counts IDs, checks each decodes to its issuer's
+/// datacenter and current worker, and that no ID appears twice anywhere.
+fn verify(gens: &[Gen]) {
+    let mut templates = BTreeMap::new();
+    templates.insert("pay".to_string(), TEMPLATE.to_string());
+    let codec = Codec::new(Layout::default(), &templates).expect("codec");
+    let mut snowflakes: HashSet<u64> = HashSet::with_capacity(TARGET as usize);
+    let mut serials: HashSet<String> = HashSet::with_capacity(TARGET as usize);
+    let mut total = 0u64;
+    for g in gens {
+        let code = DCS.iter().find(|(n, _)| *n == g.dc).expect("dc").1;
+        for out in &g.outs {
+            let text = std::fs::read_to_string(&out.path).expect("output");
+            // A SIGKILLed writer may leave a torn last line: only complete lines count.
+            let complete = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+            let mut worker = None;
+            for line in complete.lines() {
+                let (kind, value) = line.split_at(1);
+                let value = value.trim();
+                match kind {
+                    "w" => worker = value.split(' ').next().and_then(|w| w.parse::<u32>().ok()),
+                    "s" | "r" => {
+                        let format = if kind == "s" {
+                            Format::Snowflake
+                        } else {
+                            Format::Serial
+                        };
+                        let d = codec
+                            .decode(value, Some(format))
+                            .unwrap_or_else(|e| panic!("{}: {e}", out.path.display()));
+                        assert_eq!(d.dc_code, Some(code), "{value} from {}", g.node);
+                        assert_eq!(d.worker, worker, "{value} from {}", g.node);
+                        let fresh = if kind == "s" {
+                            snowflakes.insert(value.parse().expect("decimal"))
+                        } else {
+                            serials.insert(value.to_string())
+                        };
+                        assert!(fresh, "DUPLICATE {value} (from {})", out.path.display());
+                        total += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(total >= TARGET, "only {total} IDs were issued");
+    assert!(snowflakes.len() > 100_000 && serials.len() > 100_000);
+}

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Proxy benchmark: the same wrk client against the same nginx upstream, three ways, one run:
+#   direct        wrk -> nginx
+#   twin-sidecar  wrk -> twin-sidecar (1 worker thread, 30/70 split by bucket ring) -> nginx x2
+#   haproxy       wrk -> HAProxy 2.6 (nbthread 1, roundrobin weights 3/7)         -> nginx x2
+# Every request carries a random x-twin-unit (the same Lua script for all three), so the
+# sidecar really splits per request as HAProxy does. The proxy under test runs on CPU 1,
+# wrk and nginx on CPU 0. Then the ID API with count=1 and count=1000.
+#
+# Usage: sidecar/benches/proxy.sh [SECONDS] [CONNECTIONS]   (defaults 10 and 50)
+# Prints a Markdown section for BENCHMARKS.md on stdout; logs go to stderr.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION="${1:-10}"
+CONNS="${2:-50}"
+
+for tool in wrk haproxy nginx taskset; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "missing $tool: apt-get install -y wrk haproxy nginx util-linux" >&2; exit 1; }
+done
+cargo build --release --quiet -p twin-sidecar
+SIDECAR="$(pwd)/target/release/twin-sidecar"
+
+WORK="$(mktemp -d /tmp/twin-bench-XXXXXX)"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+
+A=$(free_port); B=$(free_port); H=$(free_port); S=$(free_port); I=$(free_port); M=$(free_port)
+
+# --- upstream: nginx, one worker, two ports (the two "datacenters") ---------------------
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<EOF
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+daemon off;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $WORK/nginx;
+  proxy_temp_path $WORK/nginx;
+  fastcgi_temp_path $WORK/nginx;
+  uwsgi_temp_path $WORK/nginx;
+  scgi_temp_path $WORK/nginx;
+  server { listen 127.0.0.1:$A; location / { return 200 "m6v\n"; } }
+  server { listen 127.0.0.1:$B; location / { return 200 "wanguo\n"; } }
+}
+EOF
+taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
+PIDS+=($!)
+
+# --- HAProxy: one thread, 30/70 ---------------------------------------------------------
+cat > "$WORK/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$H
+  default_backend be
+backend be
+  balance roundrobin
+  server m6v 127.0.0.1:$A weight 3
+  server wanguo 127.0.0.1:$B weight 7
+EOF
+taskset -c 1 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
+PIDS+=($!)
+
+# --- twin-sidecar: one worker thread, 30/70 from a routes file --------------------------
+cat > "$WORK/routes.yaml" <<EOF
+datacenters:
+  m6v: {code: 0}
+  wanguo: {code: 1}
+routes:
+  payments:
+    weights: {m6v: 30%, wanguo: 70%}
+    endpoints: {m6v: ['127.0.0.1:$A'], wanguo: ['127.0.0.1:$B']}
+EOF
+RUST_LOG=warn taskset -c 1 "$SIDECAR" --dc m6v --routes-file "$WORK/routes.yaml" --threads 1 \
+  --outbound "127.0.0.1:$S" --ids "127.0.0.1:$I" --admin "127.0.0.1:$M" --hwm-file "$WORK/hwm" \
+  >"$WORK/sidecar.log" 2>&1 &
+SIDECAR_PID=$!
+PIDS+=($SIDECAR_PID)
+
+wait_port "$A"; wait_port "$B"; wait_port "$H"; wait_port "$S"; wait_port "$I"
+
+cat > "$WORK/unit.lua" <<'EOF'
+-- Same request for every target: Host names the service, a random sticky key per request.
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", "/", { ["Host"] = "payments", ["x-twin-unit"] = tostring(math.random(1, 2000000000)) })
+end
+EOF
+
+# run NAME URL [script] -> prints "req/s p50_ms p99_ms"
+to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } }'; }
+run() {
+  local url="$1" script="${2:-$WORK/unit.lua}"
+  taskset -c 0 wrk -t1 -c"$CONNS" -d2s -s "$script" "$url" >/dev/null 2>&1   # warm-up
+  local out; out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$script" "$url")
+  echo "$out" >&2
+  local rps p50 p99
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)
+  p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
+  echo "$rps $p50 $p99"
+}
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
+
+echo "== direct ==" >&2;       read -r D_RPS D_P50 D_P99 < <(run "http://127.0.0.1:$A/")
+echo "== twin-sidecar ==" >&2; read -r T_RPS T_P50 T_P99 < <(run "http://127.0.0.1:$S/")
+T_RSS=$(rss_kib $SIDECAR_PID); T_HWM=$(hwm_kib $SIDECAR_PID)
+echo "== haproxy ==" >&2;      read -r H_RPS H_P50 H_P99 < <(run "http://127.0.0.1:$H/")
+
+# Did the sidecar split 30/70? Its own counters say.
+SPLIT=$(curl -s "http://127.0.0.1:$M/metrics" | awk -F'[ }]' '/^twin_sidecar_requests_total\{service="payments",dc="m6v",class="2xx"/ {m=$NF} /^twin_sidecar_requests_total\{service="payments",dc="wanguo",class="2xx"/ {w=$NF} END { if (m+w>0) printf "%.1f%% / %.1f%%", 100*m/(m+w), 100*w/(m+w) }')
+
+# ID API
+echo 'request = function() return wrk.format("GET", "/v1/ids/bench?count=1") end' > "$WORK/id1.lua"
+echo 'request = function() return wrk.format("GET", "/v1/ids/bench?count=1000") end' > "$WORK/id1000.lua"
+echo "== ids count=1 ==" >&2;    read -r I1_RPS I1_P50 I1_P99 < <(run "http://127.0.0.1:$I/" "$WORK/id1.lua")
+echo "== ids count=1000 ==" >&2; read -r IK_RPS IK_P50 IK_P99 < <(run "http://127.0.0.1:$I/" "$WORK/id1000.lua")
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
+CPU=$(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2; exit}')
+cat <<EOF
+## Proxy: twin-sidecar vs HAProxy vs direct
+
+Command: \`sidecar/benches/proxy.sh $DURATION $CONNS\` — wrk 1 thread, $CONNS connections, ${DURATION}s after a 2s warm-up,
+random \`x-twin-unit\` per request (same Lua script for all targets); upstream nginx $(nginx -v 2>&1 | sed 's/.*\///'), 1 worker, two ports;
+the proxy under test pinned to CPU 1 with one worker thread (twin-sidecar \`--threads 1\`, HAProxy \`nbthread 1\`),
+wrk and nginx pinned to CPU 0. Machine: \`nproc\` = $(nproc), $CPU. One run, $(date -u +%Y-%m-%d).
+
+| target | req/s | p50 ms | p99 ms |
+|---|---:|---:|---:|
+| direct (nginx) | $D_RPS | $D_P50 | $D_P99 |
+| twin-sidecar (30/70 bucket ring) | $T_RPS | $T_P50 | $T_P99 |
+| HAProxy $(haproxy -v | head -1 | awk '{print $3}') (roundrobin 3/7) | $H_RPS | $H_P50 | $H_P99 |
+
+- twin-sidecar / HAProxy: req/s **$(ratio "$T_RPS" "$H_RPS")×**, p50 $(ratio "$T_P50" "$H_P50")×, p99 $(ratio "$T_P99" "$H_P99")× (lower is better for latency).
+- twin-sidecar / direct: req/s $(ratio "$T_RPS" "$D_RPS")×; HAProxy / direct: $(ratio "$H_RPS" "$D_RPS")×.
+- twin-sidecar split measured from its own counters: m6v / wanguo = $SPLIT (target 30% / 70%).
+- twin-sidecar memory after the run: RSS $((T_RSS / 1024)) MiB, peak (VmHWM) $((T_HWM / 1024)) MiB (target ≤ 30 MB).
+
+## ID API (twin-sidecar, no etcd: fixed worker, local high-water-mark file)
+
+| request | req/s | IDs/s | p99 ms |
+|---|---:|---:|---:|
+| \`GET /v1/ids/bench?count=1\` | $I1_RPS | $(awk -v r="$I1_RPS" 'BEGIN{printf "%.0f", r}') | $I1_P99 |
+| \`GET /v1/ids/bench?count=1000\` | $IK_RPS | $(awk -v r="$IK_RPS" 'BEGIN{printf "%.0f", r*1000}') | $IK_P99 |
+EOF

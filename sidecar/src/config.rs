@@ -1,0 +1,529 @@
+//! The sidecar's configuration: one YAML file (`--config twin.yaml`) with flags and
+//! environment variables that override it, merged and checked once at start into [`Config`].
+//! Every bad value is reported as one line that names the flag or field and what is expected.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use twin_topology::validate;
+use twin_topology::{EtcdArgs, EtcdSettings};
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Yaml {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+    #[error("{what} {value:?} is not an address like 127.0.0.1:15001")]
+    Addr { what: &'static str, value: String },
+    #[error("--dc is required: the datacenter this node runs in (e.g. --dc m6v)")]
+    NoDc,
+    #[error("--dc {0:?}: {1}")]
+    BadDc(String, validate::ValidationError),
+    #[error("--node-id {0:?}: {1}")]
+    BadNodeId(String, validate::ValidationError),
+    #[error("--register {value:?}: {reason}")]
+    Register { value: String, reason: String },
+    #[error("--register needs etcd (--etcd URL): endpoints are registered under an etcd lease")]
+    RegisterWithoutEtcd,
+    #[error("--threads must be between 1 and 64, got {0}")]
+    Threads(usize),
+    #[error("{what} {value:?}: {reason}")]
+    Duration {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("outlier.consecutive_failures must be at least 1")]
+    Outlier,
+}
+
+/// Command line of `twin-sidecar`. Every flag can also come from the environment variable
+/// named in its help, and overrides the same field of the `--config` file.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "twin-sidecar",
+    version,
+    about = "Twin's per-node data plane: weighted, sticky cross-datacenter HTTP proxy, ID API and admin",
+    after_help = "Exit codes: 0 after a clean drain (SIGTERM/SIGINT), 2 for a bad configuration, 1 for any other failure to start."
+)]
+pub struct Flags {
+    /// YAML file with any of the settings below (flags and environment override it).
+    #[arg(long, env = "TWIN_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Datacenter this node runs in (e.g. m6v).
+    #[arg(long, env = "TWIN_DC")]
+    pub dc: Option<String>,
+    /// Name of this node: the instance name of registered endpoints and the idgen lease holder
+    /// (default: the host name).
+    #[arg(long, env = "TWIN_NODE_ID")]
+    pub node_id: Option<String>,
+    /// etcd connection (`--etcd URL[,URL]`, `--prefix`, TLS and auth). Without `--etcd` the
+    /// sidecar runs from a routes file.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// Where the application sends its outbound HTTP (default 127.0.0.1:15001).
+    #[arg(long, env = "TWIN_OUTBOUND", value_name = "ADDR")]
+    pub outbound: Option<String>,
+    /// ID API listener (default 127.0.0.1:15002).
+    #[arg(long, env = "TWIN_IDS", value_name = "ADDR")]
+    pub ids: Option<String>,
+    /// Admin listener: /metrics, /healthz, /readyz, /config, POST /drain (default 127.0.0.1:15000).
+    #[arg(long, env = "TWIN_ADMIN", value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// Local snapshot of the last good routing table; used to start while etcd is unreachable.
+    #[arg(long, env = "TWIN_SNAPSHOT", value_name = "PATH")]
+    pub snapshot: Option<PathBuf>,
+    /// Routes from this YAML file instead of etcd, reloaded when it changes.
+    #[arg(long, env = "TWIN_ROUTES_FILE", value_name = "PATH")]
+    pub routes_file: Option<PathBuf>,
+    /// Register the local application as an endpoint of SERVICE under this node's lease
+    /// (repeatable), e.g. payments=10.0.0.5:8080,capacity=4.
+    #[arg(long, value_name = "SERVICE=ADDR[,capacity=N]")]
+    pub register: Vec<String>,
+    /// Worker threads of the proxy runtime (default 2).
+    #[arg(long, env = "TWIN_THREADS")]
+    pub threads: Option<usize>,
+    /// How long SIGTERM waits for in-flight requests before exiting (default 10s).
+    #[arg(long, env = "TWIN_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Option<String>,
+    /// Without etcd: this node's idgen worker id (default 0).
+    #[arg(long, env = "TWIN_WORKER")]
+    pub worker: Option<u32>,
+    /// Without etcd: file that keeps idgen's high-water mark across restarts
+    /// (default: next to the snapshot, else in the temp dir — set it where it must survive a
+    /// reboot).
+    #[arg(long, env = "TWIN_HWM_FILE", value_name = "PATH")]
+    pub hwm_file: Option<PathBuf>,
+}
+
+/// The YAML config file: the same settings as the flags, by the same names with `_`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub dc: Option<String>,
+    pub node_id: Option<String>,
+    /// The etcd section shared by every Twin binary: endpoints, prefix, TLS, auth.
+    pub etcd: Option<EtcdArgs>,
+    pub outbound: Option<String>,
+    pub ids: Option<String>,
+    pub admin: Option<String>,
+    pub snapshot: Option<PathBuf>,
+    pub routes_file: Option<PathBuf>,
+    #[serde(default)]
+    pub register: Vec<String>,
+    pub threads: Option<usize>,
+    pub drain_timeout: Option<String>,
+    pub worker: Option<u32>,
+    pub hwm_file: Option<PathBuf>,
+    #[serde(default)]
+    pub outlier: Option<OutlierSettings>,
+    #[serde(default)]
+    pub limits: Option<Limits>,
+    #[serde(default)]
+    pub idgen: Option<IdgenSettings>,
+}
+
+/// Outlier ejection: when an endpoint stops taking traffic, and for how long.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierSettings {
+    /// Consecutive connect errors, timeouts or 5xx answers that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// First ejection lasts this long; each ejection in a row doubles it.
+    pub base_ejection_ms: u64,
+    /// Longest ejection.
+    pub max_ejection_ms: u64,
+}
+
+impl Default for OutlierSettings {
+    fn default() -> Self {
+        OutlierSettings {
+            consecutive_failures: 3,
+            base_ejection_ms: 1_000,
+            max_ejection_ms: 30_000,
+        }
+    }
+}
+
+/// What a client may send before it is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Request head larger than this gets 431 (HTTP/1.1).
+    pub max_header_bytes: usize,
+    /// A client that has not sent a full request head after this long is disconnected.
+    pub header_read_timeout_ms: u64,
+    /// Retryable request bodies up to this size are kept so they can be sent again.
+    pub max_replay_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout_ms: 10_000,
+            max_replay_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// ID generation settings (the `idgen:` section).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdgenSettings {
+    /// Serial template per business tag, e.g. `{pay: "PAY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}"}`.
+    pub serial_templates: BTreeMap<String, String>,
+    /// Segment values allocated from etcd per compare-and-swap.
+    pub segment_step: u64,
+    /// TTL of the etcd lease on this node's worker id; issuing stops a fifth of it before
+    /// the lease could expire.
+    pub lease_ttl_secs: u64,
+}
+
+impl Default for IdgenSettings {
+    fn default() -> Self {
+        IdgenSettings {
+            serial_templates: BTreeMap::new(),
+            segment_step: 1000,
+            lease_ttl_secs: 10,
+        }
+    }
+}
+
+/// An application endpoint this sidecar registers in etcd under its lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegisterSpec {
+    pub service: String,
+    pub addr: String,
+    pub capacity: u32,
+}
+
+impl RegisterSpec {
+    /// Parses `SERVICE=ADDR[,capacity=N]`.
+    pub fn parse(value: &str) -> Result<RegisterSpec, ConfigError> {
+        let err = |reason: String| ConfigError::Register {
+            value: value.to_string(),
+            reason,
+        };
+        let mut parts = value.split(',');
+        let head = parts.next().unwrap_or_default();
+        let (service, addr) = head
+            .split_once('=')
+            .ok_or_else(|| err("expected SERVICE=ADDR[,capacity=N]".into()))?;
+        validate::service_name(service).map_err(|e| err(e.to_string()))?;
+        validate::address(addr).map_err(|e| err(e.to_string()))?;
+        let mut capacity = 1;
+        for opt in parts {
+            match opt.split_once('=') {
+                Some(("capacity", n)) => {
+                    capacity =
+                        n.parse().ok().filter(|&c: &u32| c >= 1).ok_or_else(|| {
+                            err(format!("capacity {n:?} is not a whole number ≥ 1"))
+                        })?;
+                }
+                _ => return Err(err(format!("unknown option {opt:?} (only capacity=N)"))),
+            }
+        }
+        Ok(RegisterSpec {
+            service: service.to_string(),
+            addr: addr.to_string(),
+            capacity,
+        })
+    }
+}
+
+/// Where the routing table comes from.
+#[derive(Clone, Debug)]
+pub enum TableSource {
+    /// etcd (watched), with an optional snapshot file for cold starts.
+    Etcd(EtcdSettings),
+    /// A routes file, reloaded when it changes.
+    File(PathBuf),
+    /// The embedded default routes file (no etcd, no file): local use.
+    Embedded,
+}
+
+/// The checked configuration a [`crate::Sidecar`] runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub dc: String,
+    pub node_id: String,
+    pub source: TableSource,
+    pub outbound: SocketAddr,
+    pub ids: SocketAddr,
+    pub admin: SocketAddr,
+    pub snapshot: Option<PathBuf>,
+    pub register: Vec<RegisterSpec>,
+    pub threads: usize,
+    pub drain_timeout: Duration,
+    pub worker: u32,
+    pub hwm_file: PathBuf,
+    pub outlier: OutlierSettings,
+    pub limits: Limits,
+    pub idgen: IdgenSettings,
+    /// How often a routes file is checked for changes.
+    pub routes_poll: Duration,
+    /// etcd lease TTL of registered endpoints.
+    pub lease_ttl: Duration,
+}
+
+impl Config {
+    /// A configuration for `dc` with every other setting at its default (listeners on
+    /// ephemeral loopback ports are set by the caller). Used by tests and embedders.
+    pub fn new(dc: &str, source: TableSource) -> Config {
+        Config {
+            dc: dc.to_string(),
+            node_id: default_node_id(),
+            source,
+            outbound: ([127, 0, 0, 1], 15001).into(),
+            ids: ([127, 0, 0, 1], 15002).into(),
+            admin: ([127, 0, 0, 1], 15000).into(),
+            snapshot: None,
+            register: Vec::new(),
+            threads: 2,
+            drain_timeout: Duration::from_secs(10),
+            worker: 0,
+            hwm_file: std::env::temp_dir().join(format!("twin-idgen-{dc}-0.hwm")),
+            outlier: OutlierSettings::default(),
+            limits: Limits::default(),
+            idgen: IdgenSettings::default(),
+            routes_poll: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(10),
+        }
+    }
+
+    /// Merges flags over the file named by `--config` (if any) and checks the result.
+    pub fn from_flags(flags: Flags) -> Result<Config, ConfigError> {
+        let file = match &flags.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(flags, file)
+    }
+
+    fn merge(flags: Flags, file: FileConfig) -> Result<Config, ConfigError> {
+        let dc = flags.dc.or(file.dc).ok_or(ConfigError::NoDc)?;
+        validate::datacenter_name(&dc).map_err(|e| ConfigError::BadDc(dc.clone(), e))?;
+        let node_id = flags
+            .node_id
+            .or(file.node_id)
+            .unwrap_or_else(default_node_id);
+        validate::instance_name(&node_id)
+            .map_err(|e| ConfigError::BadNodeId(node_id.clone(), e))?;
+        let etcd = flags.etcd.or(&file.etcd.unwrap_or_default());
+        let routes_file = flags.routes_file.or(file.routes_file);
+        let source = if etcd.is_configured() {
+            TableSource::Etcd(etcd.settings())
+        } else if let Some(path) = routes_file {
+            TableSource::File(path)
+        } else {
+            TableSource::Embedded
+        };
+        let mut cfg = Config::new(&dc, source);
+        cfg.node_id = node_id;
+        cfg.outbound = addr("--outbound", flags.outbound.or(file.outbound), cfg.outbound)?;
+        cfg.ids = addr("--ids", flags.ids.or(file.ids), cfg.ids)?;
+        cfg.admin = addr("--admin", flags.admin.or(file.admin), cfg.admin)?;
+        cfg.snapshot = flags.snapshot.or(file.snapshot);
+        let register = if flags.register.is_empty() {
+            file.register
+        } else {
+            flags.register
+        };
+        cfg.register = register
+            .iter()
+            .map(|r| RegisterSpec::parse(r))
+            .collect::<Result<_, _>>()?;
+        if !cfg.register.is_empty() && !matches!(cfg.source, TableSource::Etcd(_)) {
+            return Err(ConfigError::RegisterWithoutEtcd);
+        }
+        cfg.threads = flags.threads.or(file.threads).unwrap_or(cfg.threads);
+        if !(1..=64).contains(&cfg.threads) {
+            return Err(ConfigError::Threads(cfg.threads));
+        }
+        if let Some(d) = flags.drain_timeout.or(file.drain_timeout) {
+            cfg.drain_timeout = duration("--drain-timeout", &d)?;
+        }
+        cfg.worker = flags.worker.or(file.worker).unwrap_or(0);
+        cfg.hwm_file = match flags.hwm_file.or(file.hwm_file) {
+            Some(p) => p,
+            None => match &cfg.snapshot {
+                Some(s) => s.with_file_name("twin-idgen-hwm"),
+                // Local use only: set --hwm-file where it must survive a reboot.
+                None => {
+                    std::env::temp_dir().join(format!("twin-idgen-{}-{}.hwm", cfg.dc, cfg.worker))
+                }
+            },
+        };
+        cfg.outlier = file.outlier.unwrap_or_default();
+        if cfg.outlier.consecutive_failures == 0 {
+            return Err(ConfigError::Outlier);
+        }
+        cfg.limits = file.limits.unwrap_or_default();
+        cfg.idgen = file.idgen.unwrap_or_default();
+        Ok(cfg)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn addr(
+    what: &'static str,
+    value: Option<String>,
+    default: SocketAddr,
+) -> Result<SocketAddr, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| ConfigError::Addr { what, value: v }),
+    }
+}
+
+fn duration(what: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value).map_err(|e| ConfigError::Duration {
+        what,
+        value: value.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// The host name, made into a valid instance name (`node` when there is none).
+fn default_node_id() -> String {
+    let raw = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default();
+    let cleaned: String = raw
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if validate::instance_name(&cleaned).is_ok() {
+        cleaned
+    } else {
+        "node".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        let mut all = vec!["twin-sidecar"];
+        all.extend_from_slice(args);
+        Flags::try_parse_from(all).expect("flags parse")
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("twin.yaml");
+        std::fs::write(
+            &path,
+            "dc: wanguo\nnode_id: n1\netcd: {endpoints: 'http://127.0.0.1:1,http://127.0.0.1:2', prefix: /pay}\noutbound: 127.0.0.1:9001\nregister: ['pay=127.0.0.1:80']\noutlier: {consecutive_failures: 5}\n",
+        )
+        .expect("write");
+        let f = flags(&["--config", path.to_str().expect("utf8"), "--dc", "m6v"]);
+        let cfg = Config::from_flags(f).expect("valid");
+        assert_eq!(cfg.dc, "m6v");
+        assert_eq!(cfg.node_id, "n1");
+        assert_eq!(cfg.outbound.port(), 9001);
+        assert_eq!(cfg.outlier.consecutive_failures, 5);
+        match &cfg.source {
+            TableSource::Etcd(s) => {
+                assert_eq!(s.endpoints.len(), 2);
+                assert_eq!(s.prefix, "/pay");
+            }
+            other => panic!("expected etcd, got {other:?}"),
+        }
+        assert_eq!(cfg.register[0].service, "pay");
+    }
+
+    #[test]
+    fn each_bad_value_is_one_clear_line() {
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (vec![], "--dc is required"),
+            (
+                vec!["--dc", "M6V"],
+                "--dc \"M6V\": datacenter name \"M6V\" is invalid",
+            ),
+            (
+                vec!["--dc", "m6v", "--outbound", "localhost"],
+                "--outbound \"localhost\" is not an address",
+            ),
+            (
+                vec!["--dc", "m6v", "--register", "pay=127.0.0.1:80"],
+                "--register needs etcd",
+            ),
+            (
+                vec!["--dc", "m6v", "--etcd", "http://x:1", "--register", "pay"],
+                "--register \"pay\": expected SERVICE=ADDR",
+            ),
+            (
+                vec![
+                    "--dc",
+                    "m6v",
+                    "--etcd",
+                    "http://x:1",
+                    "--register",
+                    "pay=127.0.0.1:80,capacity=0",
+                ],
+                "capacity \"0\" is not a whole number",
+            ),
+            (
+                vec!["--dc", "m6v", "--drain-timeout", "soon"],
+                "--drain-timeout \"soon\":",
+            ),
+            (
+                vec!["--dc", "m6v", "--threads", "0"],
+                "--threads must be between 1 and 64, got 0",
+            ),
+            (
+                vec!["--dc", "m6v", "--config", "/nonexistent/twin.yaml"],
+                "config file /nonexistent/twin.yaml:",
+            ),
+        ];
+        for (args, want) in cases {
+            let err = Config::from_flags(flags(&args)).expect_err(want);
+            let msg = err.to_string();
+            assert!(msg.contains(want), "{msg:?} should contain {want:?}");
+            assert!(!msg.contains('\n'), "{msg:?} is more than one line");
+        }
+    }
+
+    #[test]
+    fn register_spec_parses_capacity() {
+        let r = RegisterSpec::parse("payments=10.0.0.5:8080,capacity=4").expect("valid");
+        assert_eq!(r.capacity, 4);
+        assert_eq!(r.addr, "10.0.0.5:8080");
+        assert!(RegisterSpec::parse("payments=10.0.0.5:8080,weight=4").is_err());
+    }
+}

@@ -1,0 +1,341 @@
+//! The ID API on `--ids`: `GET /v1/ids/{biz}?count=N&format=snowflake|serial|segment`.
+//!
+//! It answers `{"ids":[...],"dc":"m6v"}` (or one ID per line when the client asks for
+//! `text/plain`), 400 with the reason for bad parameters, and 503 with the reason whenever
+//! `twin-idgen` refuses because uniqueness cannot be guaranteed right now (no worker lease,
+//! reservation exhausted, etcd unreachable for a segment). The generator starts in the
+//! background so the proxy never waits for it: until it is up the API answers 503.
+//!
+//! With etcd the worker id is claimed there under this node's lease; without etcd the worker
+//! id is `--worker` and its high-water mark lives in `--hwm-file`, and the datacenter code
+//! comes from the routes file.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use twin_idgen::{Format, IdConfig, IdError, IdService, MAX_COUNT};
+
+use crate::admin::BeforeRender;
+use crate::config::{Config, TableSource};
+use crate::outbound::error::X_TWIN_ERROR;
+use crate::source::Tables;
+use crate::StartError;
+
+/// 1 while the generator holds a worker id and may issue.
+pub const IDGEN_READY: &str = "twin_sidecar_idgen_ready";
+/// The worker id held (absent until one is).
+pub const IDGEN_WORKER: &str = "twin_sidecar_idgen_worker";
+
+type Resp = Response<Full<Bytes>>;
+
+/// The ID API: a handle on the generator once it has started.
+#[derive(Clone)]
+pub struct IdApi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    service: ArcSwapOption<IdService>,
+    /// Why the generator is not running (while starting, or when it failed to start).
+    not_running: ArcSwapOption<String>,
+    /// The task starting the generator.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn abort_start(&self) {
+        if let Some(t) = self.task.lock().ok().and_then(|mut t| t.take()) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.abort_start();
+    }
+}
+
+/// The generator's configuration for this sidecar.
+fn id_config(cfg: &Config, tables: &Tables) -> Result<IdConfig, String> {
+    let base = match &cfg.source {
+        TableSource::Etcd(_) => IdConfig::etcd(&cfg.dc, &cfg.node_id),
+        TableSource::File(_) | TableSource::Embedded => {
+            let table = tables.cell.load();
+            let code = table
+                .topology
+                .datacenters
+                .get(&cfg.dc)
+                .map(|d| d.code)
+                .ok_or_else(|| {
+                    format!(
+                        "datacenter {:?} is not in the routes file, so its code is unknown",
+                        cfg.dc
+                    )
+                })?;
+            IdConfig::fixed(&cfg.dc, code, cfg.worker, cfg.hwm_file.clone())
+        }
+    };
+    let ttl = std::time::Duration::from_secs(cfg.idgen.lease_ttl_secs.max(2));
+    Ok(base
+        .serial_templates(cfg.idgen.serial_templates.clone())
+        .segment_step(cfg.idgen.segment_step)
+        .lease_ttl(ttl)
+        .fence_margin(ttl / 5))
+}
+
+impl IdApi {
+    /// Starts the generator in the background and returns at once.
+    pub async fn start(
+        cfg: &Config,
+        client: Option<etcd_client::Client>,
+        tables: &Tables,
+    ) -> Result<IdApi, StartError> {
+        let id_cfg = id_config(cfg, tables);
+        let etcd = match (&cfg.source, client) {
+            (TableSource::Etcd(settings), Some(c)) => Some((c, settings.keys())),
+            _ => None,
+        };
+        let inner = Arc::new(Inner {
+            service: ArcSwapOption::empty(),
+            not_running: ArcSwapOption::from_pointee("ID service starting".to_string()),
+            task: Mutex::new(None),
+        });
+        // The task holds a weak handle, so dropping the API stops it from publishing.
+        let weak = Arc::downgrade(&inner);
+        let task = tokio::spawn(async move {
+            let started = match id_cfg {
+                Ok(c) => IdService::start(c, etcd).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            let Some(inner) = weak.upgrade() else { return };
+            match started {
+                Ok(s) => {
+                    tracing::info!(dc = s.dc(), "ID service started");
+                    inner.service.store(Some(Arc::new(s)));
+                    inner.not_running.store(None);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "ID service did not start; the ID API answers 503");
+                    inner
+                        .not_running
+                        .store(Some(Arc::new(format!("ID service not running: {e}"))));
+                }
+            }
+        });
+        if let Ok(mut t) = inner.task.lock() {
+            *t = Some(task);
+        }
+        Ok(IdApi { inner })
+    }
+
+    /// Refreshes the generator gauges before `/metrics` renders.
+    pub fn gauges(&self) -> BeforeRender {
+        let inner = Arc::downgrade(&self.inner);
+        Arc::new(move || {
+            let Some(inner) = inner.upgrade() else { return };
+            let status = inner.service.load().as_ref().map(|s| s.status());
+            let worker = status.as_ref().and_then(|s| s.worker);
+            metrics::gauge!(IDGEN_READY).set(if worker.is_some() { 1.0 } else { 0.0 });
+            if let Some(w) = worker {
+                metrics::gauge!(IDGEN_WORKER).set(f64::from(w));
+            }
+        })
+    }
+
+    /// Releases the worker lease and the unused reservation.
+    pub async fn shutdown(&self) {
+        self.inner.abort_start();
+        let service = self.inner.service.swap(None);
+        if let Some(s) = service {
+            s.shutdown().await;
+        }
+    }
+
+    /// The hyper service of one ID API connection.
+    pub fn service(
+        &self,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Resp,
+        Error = Infallible,
+        Future = impl std::future::Future<Output = Result<Resp, Infallible>> + Send,
+    > + Send
+           + 'static {
+        let this = self.clone();
+        hyper::service::service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok(this.handle(&req).await) }
+        })
+    }
+
+    async fn handle<B>(&self, req: &Request<B>) -> Resp {
+        let Some(biz) = req.uri().path().strip_prefix("/v1/ids/") else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not found: GET /v1/ids/{biz}?count=N&format=snowflake|serial|segment",
+            );
+        };
+        if biz.is_empty() || biz.contains('/') {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not found: GET /v1/ids/{biz}?count=N&format=snowflake|serial|segment",
+            );
+        }
+        if req.method() != Method::GET {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed: use GET",
+            );
+        }
+        let query = match IdQuery::parse(req.uri().query().unwrap_or("")) {
+            Ok(q) => q,
+            Err(reason) => return error(StatusCode::BAD_REQUEST, &reason),
+        };
+        let Some(service) = self.inner.service.load_full() else {
+            let reason = self
+                .inner
+                .not_running
+                .load_full()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "ID service not running".to_string());
+            return unavailable(&reason);
+        };
+        match service.issue(biz, query.format, query.count).await {
+            Ok(ids) => respond(&ids, service.dc(), wants_text(req)),
+            Err(e) => issue_error(&e),
+        }
+    }
+}
+
+/// The query parameters of an ID request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IdQuery {
+    pub count: usize,
+    pub format: Format,
+}
+
+impl IdQuery {
+    /// Parses `count=N&format=F` (both optional: 1 and snowflake); anything else is refused
+    /// with one line that says what was expected.
+    pub fn parse(query: &str) -> Result<IdQuery, String> {
+        let mut q = IdQuery {
+            count: 1,
+            format: Format::Snowflake,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "count" => {
+                    q.count = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_COUNT).contains(n))
+                        .ok_or_else(|| {
+                            format!("count {v:?} must be a whole number from 1 to {MAX_COUNT}")
+                        })?;
+                }
+                "format" => {
+                    q.format = v
+                        .parse()
+                        .map_err(|e: twin_idgen::UnknownFormat| e.to_string())?
+                }
+                other => return Err(format!("unknown parameter {other:?}: use count and format")),
+            }
+        }
+        Ok(q)
+    }
+}
+
+fn wants_text<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/plain") && !a.contains("application/json"))
+}
+
+fn respond(ids: &[String], dc: &str, text: bool) -> Resp {
+    let (body, kind) = if text {
+        let mut s = ids.join("\n");
+        s.push('\n');
+        (Bytes::from(s), "text/plain; charset=utf-8")
+    } else {
+        let v = json!({"ids": ids, "dc": dc});
+        (Bytes::from(v.to_string()), "application/json")
+    };
+    let mut r = Response::new(Full::new(body));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    r
+}
+
+fn error(status: StatusCode, reason: &str) -> Resp {
+    let body = json!({ "error": reason }).to_string();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let header = HeaderValue::from_str(reason)
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid request"));
+    r.headers_mut().insert(X_TWIN_ERROR, header);
+    r
+}
+
+fn unavailable(reason: &str) -> Resp {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, reason);
+    r.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
+fn issue_error(e: &IdError) -> Resp {
+    if e.is_unavailable() {
+        unavailable(&e.to_string())
+    } else {
+        error(StatusCode::BAD_REQUEST, &e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_defaults_and_each_bad_parameter_is_named() {
+        assert_eq!(
+            IdQuery::parse(""),
+            Ok(IdQuery {
+                count: 1,
+                format: Format::Snowflake
+            })
+        );
+        assert_eq!(
+            IdQuery::parse("count=10000&format=segment"),
+            Ok(IdQuery {
+                count: 10_000,
+                format: Format::Segment
+            })
+        );
+        for (q, want) in [
+            (
+                "count=0",
+                "count \"0\" must be a whole number from 1 to 10000",
+            ),
+            ("count=10001", "count \"10001\" must be a whole number"),
+            ("count=abc", "count \"abc\""),
+            ("count=", "count \"\""),
+            ("format=uuid", "unknown ID format \"uuid\""),
+            ("size=3", "unknown parameter \"size\""),
+        ] {
+            let err = IdQuery::parse(q).expect_err(q);
+            assert!(err.contains(want), "{q}: {err}");
+        }
+    }
+}

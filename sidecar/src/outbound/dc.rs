@@ -1,0 +1,63 @@
+//! Step 2 of the outbound path: which datacenter serves a request.
+//!
+//! The sticky key (the route's sticky header, else a random key drawn once per client
+//! connection) hashes into one of 10,000 buckets; the route's [`twin_topology::BucketRing`]
+//! says which datacenter owns that bucket. A datacenter is *up* while the available share of
+//! its endpoints' capacity is at least the route's `min_healthy_percent` (and above zero).
+//! When the owner is down, the bucket spills to the others (`on_dc_down: spill`) or the
+//! request fails fast (`fail`).
+
+use hyper::HeaderMap;
+use twin_topology::{bucket_of, OnDcDown};
+
+use crate::outbound::endpoint::healthy_percent;
+use crate::outbound::error::ProxyError;
+use crate::table::ServiceRoute;
+
+/// Most datacenters a route can span (codes are 3 bits).
+const MAX_DCS: usize = 8;
+
+/// The bucket of a request: from its sticky header, else from its connection's key.
+pub fn bucket(route: &ServiceRoute, headers: &HeaderMap, connection_bucket: u32) -> u32 {
+    match headers.get(&route.sticky_header) {
+        Some(v) => bucket_of(v.as_bytes()),
+        None => connection_bucket,
+    }
+}
+
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DcChoice {
+    /// Index into `route.dcs`.
+    pub dc: usize,
+    /// The owner of the bucket, when it was down and the request spilled.
+    pub spilled_from: Option<usize>,
+}
+
+/// True when datacenter `i` of `route` has enough healthy endpoints.
+pub fn is_up(route: &ServiceRoute, i: usize) -> bool {
+    let pct = healthy_percent(&route.dcs[i].members);
+    pct > 0 && pct >= u32::from(route.route.min_healthy_percent)
+}
+
+/// Picks the datacenter for `bucket`. `down` lists datacenters this request already found
+/// unusable (every endpoint refused it), on top of the health the endpoints report.
+pub fn pick(route: &ServiceRoute, bucket: u32, down: &[usize]) -> Result<DcChoice, ProxyError> {
+    let n = route.dcs.len().min(MAX_DCS);
+    let mut up = [false; MAX_DCS];
+    for (i, slot) in up.iter_mut().enumerate().take(n) {
+        *slot = !down.contains(&i) && is_up(route, i);
+    }
+    let spill = route.route.on_dc_down == OnDcDown::Spill;
+    let owner = route.ring.owner(bucket);
+    match route.ring.pick(bucket, &up[..n], spill) {
+        Some(p) => Ok(DcChoice {
+            dc: p.dc,
+            spilled_from: if p.spilled { owner } else { None },
+        }),
+        None => match owner {
+            Some(o) if !spill => Err(ProxyError::DcDown(route.dcs[o].name.clone())),
+            _ => Err(ProxyError::NoHealthyDc),
+        },
+    }
+}

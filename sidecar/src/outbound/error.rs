@@ -1,0 +1,96 @@
+//! Errors the sidecar answers itself. Each becomes one response whose `x-twin-error` header
+//! says in a few words what went wrong, so an application (or an SRE reading its logs) can
+//! tell a sidecar refusal from an upstream's own answer.
+
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+
+use crate::outbound::body::ResponseBody;
+
+/// Header carried by every response the sidecar makes itself.
+pub const X_TWIN_ERROR: &str = "x-twin-error";
+
+/// Why the sidecar answered instead of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no routing table loaded yet")]
+    NoTable,
+    #[error("request names no service: send a Host header or an absolute URI")]
+    MissingHost,
+    #[error("no route for host \"{0}\"")]
+    NoRoute(String),
+    #[error("datacenter {0} down")]
+    DcDown(String),
+    #[error("no datacenter has healthy endpoints")]
+    NoHealthyDc,
+    #[error("upstream timeout")]
+    UpstreamTimeout,
+    #[error("upstream connect failed")]
+    UpstreamConnect,
+    #[error("upstream connection dropped")]
+    UpstreamDropped,
+    #[error("request body: {0}")]
+    BadBody(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::MissingHost | ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoTable | ProxyError::DcDown(_) | ProxyError::NoHealthyDc => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamConnect | ProxyError::UpstreamDropped => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The `reason` label of `twin_sidecar_errors_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProxyError::NoTable => "no_table",
+            ProxyError::MissingHost => "missing_host",
+            ProxyError::NoRoute(_) => "no_route",
+            ProxyError::DcDown(_) => "dc_down",
+            ProxyError::NoHealthyDc => "no_healthy_dc",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamConnect => "upstream_connect",
+            ProxyError::UpstreamDropped => "upstream_dropped",
+            ProxyError::BadBody(_) => "bad_body",
+        }
+    }
+
+    /// The response: status, `x-twin-error: <reason>` and the reason as a text body.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let reason = self.to_string();
+        let header = HeaderValue::from_str(&reason)
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid request"));
+        let mut resp = Response::new(ResponseBody::text(format!("{reason}\n")));
+        *resp.status_mut() = self.status();
+        resp.headers_mut().insert(X_TWIN_ERROR, header);
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_the_documented_ones() {
+        let r = ProxyError::NoRoute("x".into()).into_response();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        assert_eq!(r.headers()[X_TWIN_ERROR], "no route for host \"x\"");
+        let r = ProxyError::DcDown("wanguo".into()).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[X_TWIN_ERROR], "datacenter wanguo down");
+        let r = ProxyError::UpstreamTimeout.into_response();
+        assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(r.headers()[X_TWIN_ERROR], "upstream timeout");
+    }
+}

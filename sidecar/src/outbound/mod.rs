@@ -1,0 +1,254 @@
+//! The outbound proxy: what happens to a request the application sends to the sidecar.
+//!
+//! The path reads as a stack, one file per step:
+//! 1. [`route`]: the Host names the service; the routing table in use gives its route.
+//! 2. [`dc`]: the sticky key's bucket on the route's ring gives the datacenter (spill or fail
+//!    when it is down).
+//! 3. [`endpoint`]: power of two choices among the datacenter's available endpoints; outlier
+//!    ejection keeps failing ones out.
+//! 4. [`retry`]: whether a failed attempt may be sent again.
+//! 5. [`timeout`]: connect and response-head limits of each attempt, over [`upstream`]'s
+//!    pooled connections.
+//! 6. [`metrics`]: what each answer leaves in `/metrics`.
+
+pub mod body;
+pub mod dc;
+pub mod endpoint;
+pub mod error;
+pub mod headers;
+pub mod metrics;
+pub mod retry;
+pub mod route;
+pub mod timeout;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::header::HeaderMap;
+use hyper::{Method, Request, Response, Uri};
+use tokio::time::Instant;
+
+use crate::outbound::body::{ResponseBody, UpstreamBody};
+use crate::outbound::endpoint::{Ejection, Outcome};
+use crate::outbound::error::ProxyError;
+use crate::outbound::retry::{Attempts, Next};
+use crate::outbound::timeout::AttemptTimeouts;
+use crate::outbound::upstream::AttemptError;
+use crate::table::{RoutingTable, ServiceRoute};
+
+/// The outbound proxy's shared state: the current routing table and a few limits.
+pub struct Outbound {
+    table: Arc<ArcSwap<RoutingTable>>,
+    max_replay: usize,
+    in_flight: ::metrics::Gauge,
+}
+
+/// Keeps the in-flight gauge up while a request is served, even if the client goes away.
+struct InFlight(::metrics::Gauge);
+
+impl InFlight {
+    fn start(g: &::metrics::Gauge) -> InFlight {
+        g.increment(1.0);
+        InFlight(g.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// What a retry needs to send a request again after the first copy was consumed.
+struct Template {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: UpstreamBody,
+}
+
+impl Template {
+    fn request(&self) -> Request<UpstreamBody> {
+        let mut r = Request::new(self.body.replay().unwrap_or(UpstreamBody::Empty));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+impl Outbound {
+    pub fn new(table: Arc<ArcSwap<RoutingTable>>, max_replay: usize) -> Outbound {
+        Outbound {
+            table,
+            max_replay,
+            in_flight: metrics::in_flight_gauge(),
+        }
+    }
+
+    /// The hyper service of one client connection. Requests without a sticky header share a
+    /// key drawn once for the connection, so they stay in one datacenter.
+    pub fn connection_service(
+        self: &Arc<Self>,
+        _peer: SocketAddr,
+    ) -> impl hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<ResponseBody>,
+        Error = Infallible,
+        Future = impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
+    > + Clone
+           + Send
+           + 'static {
+        let bucket = twin_topology::bucket_of(&rand::random::<u64>().to_le_bytes());
+        let this = self.clone();
+        hyper::service::service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok(this.handle(req, bucket).await) }
+        })
+    }
+
+    /// Serves one request: an upstream's answer, or the sidecar's own error response.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        connection_bucket: u32,
+    ) -> Response<ResponseBody> {
+        let _in_flight = InFlight::start(&self.in_flight);
+        // The whole request, retries included, uses the table it started with.
+        let table = self.table.load_full();
+        let resp = match route::lookup(&table, &req) {
+            Ok(route) => match self.forward(&route, req, connection_bucket).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    metrics::error(&route.name, e.label());
+                    e.into_response()
+                }
+            },
+            Err(e) => {
+                metrics::error("", e.label());
+                e.into_response()
+            }
+        };
+        resp
+    }
+
+    async fn forward(
+        &self,
+        route: &ServiceRoute,
+        req: Request<Incoming>,
+        connection_bucket: u32,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let bucket = dc::bucket(route, req.headers(), connection_bucket);
+        let (mut parts, body) = req.into_parts();
+        let repeatable = retry::may_repeat(&parts.method, &parts.headers);
+        let body = retry::prepare_body(&parts, body, repeatable, self.max_replay).await?;
+        headers::to_upstream(&mut parts);
+        let template = match (repeatable, body.replay()) {
+            (true, Some(copy)) => Some(Template {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+                body: copy,
+            }),
+            _ => None,
+        };
+        let mut pending = Some(Request::from_parts(parts, body));
+        let limits = AttemptTimeouts::from(&route.route.timeouts);
+        let mut attempts = Attempts::new(repeatable, route.route.retry.max_attempts);
+        route.budget.deposit();
+        // Datacenters this request found unusable, and endpoints it already tried.
+        let mut down: Vec<usize> = Vec::new();
+        let mut tried: Vec<(usize, usize)> = Vec::new();
+        let mut last_not_sent = false;
+        loop {
+            let choice = dc::pick(route, bucket, &down)?;
+            let pool = &route.dcs[choice.dc];
+            let exclude: Vec<usize> = tried
+                .iter()
+                .filter(|(d, _)| *d == choice.dc)
+                .map(|(_, m)| *m)
+                .collect();
+            let picked = match endpoint::pick(&pool.members, &exclude) {
+                Some(i) => Some(i),
+                // A retry after the request may have arrived may use a tried endpoint again.
+                None if !exclude.is_empty() && !last_not_sent => endpoint::pick(&pool.members, &[]),
+                None => None,
+            };
+            let Some(idx) = picked else {
+                down.push(choice.dc);
+                continue;
+            };
+            let member = &pool.members[idx];
+            let Some(req) = pending
+                .take()
+                .or_else(|| template.as_ref().map(Template::request))
+            else {
+                return Err(ProxyError::UpstreamDropped);
+            };
+            let started = Instant::now();
+            match upstream::send(&member.state, req, &limits).await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status.is_server_error() {
+                        self.failed(route, choice.dc, idx);
+                        if let Next::Retry(why) =
+                            attempts.after_status(status, template.is_some(), &route.budget)
+                        {
+                            metrics::retry(&route.name, why);
+                            tried.push((choice.dc, idx));
+                            last_not_sent = false;
+                            continue;
+                        }
+                    } else {
+                        member.state.record(Outcome::Success);
+                    }
+                    pool.metrics.answered(status, started.elapsed());
+                    if let Some(from) = choice.spilled_from {
+                        metrics::spill(&route.name, &route.dcs[from].name, &pool.name);
+                    }
+                    let mut resp = resp.map(ResponseBody::Upstream);
+                    headers::from_upstream(&mut resp, &pool.header, &route.revision_header);
+                    return Ok(resp);
+                }
+                Err(failed) => {
+                    self.failed(route, choice.dc, idx);
+                    tried.push((choice.dc, idx));
+                    last_not_sent = failed.error.not_sent();
+                    pending = failed.request;
+                    let can_resend = pending.is_some() || template.is_some();
+                    match attempts.after_error(&failed.error, can_resend, &route.budget) {
+                        Next::Retry(why) => {
+                            tracing::debug!(service = %route.name, error = %failed.error, "retrying");
+                            metrics::retry(&route.name, why);
+                        }
+                        Next::Stop => {
+                            tracing::debug!(service = %route.name, error = %failed.error, "giving up");
+                            if !failed.error.not_sent() && attempts.budget_refused(can_resend) {
+                                metrics::budget_exhausted(&route.name);
+                            }
+                            return Err(match failed.error {
+                                AttemptError::Connect { .. } => ProxyError::UpstreamConnect,
+                                AttemptError::Dropped { .. } => ProxyError::UpstreamDropped,
+                                AttemptError::Timeout { .. } => ProxyError::UpstreamTimeout,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a failure against an endpoint, ejecting it when it has failed too often.
+    fn failed(&self, route: &ServiceRoute, dc: usize, idx: usize) {
+        let pool = &route.dcs[dc];
+        let state = &pool.members[idx].state;
+        if let Ejection::Ejected(backoff) = state.record(Outcome::Failure) {
+            tracing::warn!(service = %route.name, dc = %pool.name, endpoint = %state.addr, ?backoff, "endpoint ejected");
+            metrics::ejection(&route.name, &pool.name, &state.addr);
+        }
+    }
+}

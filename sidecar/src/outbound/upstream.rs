@@ -1,0 +1,217 @@
+//! One attempt on one upstream endpoint over a pooled HTTP/1.1 connection.
+//!
+//! The pool is a stack of idle connections per endpoint. An attempt first gets a connection
+//! (idle, or a new one within the connect timeout) and only then hands the request over, so
+//! a connect failure returns the request untouched: it never reached an upstream and may go
+//! to another endpoint whatever its method. A pooled connection that turns out to be closed
+//! before the request was written also gives the request back, and the next connection is
+//! tried. Anything after that "may have reached the upstream".
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::client::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::outbound::body::{UpstreamBody, UpstreamResponseBody};
+use crate::outbound::endpoint::EndpointState;
+use crate::outbound::timeout::AttemptTimeouts;
+
+/// The client half of one upstream connection.
+pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
+
+/// Idle connections kept per endpoint.
+const MAX_IDLE: usize = 512;
+/// An idle connection older than this is closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pooled connections tried before opening a new one.
+const MAX_STALE: usize = 8;
+
+/// Idle connections to one endpoint.
+#[derive(Default)]
+pub(crate) struct Pool {
+    idle: Mutex<Vec<(Sender, Instant)>>,
+}
+
+impl Pool {
+    /// The most recently used idle connection that is still open.
+    fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some((s, since)) = idle.pop() {
+            if !s.is_closed() && s.is_ready() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: Sender) {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < MAX_IDLE {
+                idle.push((sender, Instant::now()));
+            }
+        }
+    }
+
+    /// Closes every idle connection (the endpoint was ejected).
+    pub(crate) fn clear(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+    }
+
+    /// Number of idle connections (for `/config`).
+    pub(crate) fn idle(&self) -> usize {
+        self.idle.lock().map(|i| i.len()).unwrap_or(0)
+    }
+}
+
+/// Returns a connection whose response was read to the end to its endpoint's pool.
+pub(crate) fn release(endpoint: Arc<EndpointState>, mut sender: Sender) {
+    if sender.is_closed() {
+        return;
+    }
+    if sender.is_ready() {
+        endpoint.pool.put(sender);
+        return;
+    }
+    // The connection task has not yet seen the end of the response; wait for it off the
+    // request path.
+    tokio::spawn(async move {
+        if sender.ready().await.is_ok() {
+            endpoint.pool.put(sender);
+        }
+    });
+}
+
+/// Why an attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// No connection: nothing was sent.
+    #[error("connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    /// The connection broke after the request was handed to it.
+    #[error("upstream {addr} dropped the connection: {source}")]
+    Dropped { addr: String, source: hyper::Error },
+    /// No response head in time.
+    #[error("upstream {addr} did not answer within {limit:?}")]
+    Timeout { addr: String, limit: Duration },
+}
+
+impl AttemptError {
+    /// True when the request certainly did not reach the upstream.
+    pub fn not_sent(&self) -> bool {
+        matches!(self, AttemptError::Connect { .. })
+    }
+}
+
+/// A failed attempt, with the request back when it was never sent.
+pub struct Failed {
+    pub error: AttemptError,
+    pub request: Option<Request<UpstreamBody>>,
+}
+
+async fn connect(endpoint: &EndpointState, limits: &AttemptTimeouts) -> Result<Sender, String> {
+    let tcp = async {
+        match endpoint.socket {
+            Some(sa) => TcpStream::connect(sa).await,
+            None => TcpStream::connect(endpoint.addr.as_str()).await,
+        }
+    };
+    let stream = limits
+        .connect(tcp)
+        .await
+        .map_err(|e| format!("timed out after {:?}", e.0))?
+        .map_err(|e| e.to_string())?;
+    // Small requests and answers must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends `req` to `endpoint` and waits for the response head.
+pub async fn send(
+    endpoint: &Arc<EndpointState>,
+    mut req: Request<UpstreamBody>,
+    limits: &AttemptTimeouts,
+) -> Result<Response<UpstreamResponseBody>, Failed> {
+    let in_flight = endpoint.start_request();
+    let addr = || endpoint.addr.clone();
+    let mut stale = 0;
+    loop {
+        let pooled = if stale < MAX_STALE {
+            endpoint.pool.take()
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let mut sender = match pooled {
+            Some(s) => s,
+            None => match connect(endpoint, limits).await {
+                Ok(s) => s,
+                Err(reason) => {
+                    return Err(Failed {
+                        error: AttemptError::Connect {
+                            addr: addr(),
+                            reason,
+                        },
+                        request: Some(req),
+                    })
+                }
+            },
+        };
+        let started = Instant::now();
+        match limits.response_head(sender.try_send_request(req)).await {
+            Ok(Ok(resp)) => {
+                endpoint.observe_latency(started.elapsed());
+                let (parts, body) = resp.into_parts();
+                let body = UpstreamResponseBody::new(body, sender, endpoint.clone(), in_flight);
+                return Ok(Response::from_parts(parts, body));
+            }
+            Ok(Err(mut e)) => match e.take_message() {
+                // Closed before our request was written: it did not reach the upstream.
+                Some(back) if reused => {
+                    req = back;
+                    stale += 1;
+                }
+                Some(back) => {
+                    return Err(Failed {
+                        error: AttemptError::Connect {
+                            addr: addr(),
+                            reason: e.into_error().to_string(),
+                        },
+                        request: Some(back),
+                    })
+                }
+                None => {
+                    return Err(Failed {
+                        error: AttemptError::Dropped {
+                            addr: addr(),
+                            source: e.into_error(),
+                        },
+                        request: None,
+                    })
+                }
+            },
+            Err(elapsed) => {
+                return Err(Failed {
+                    error: AttemptError::Timeout {
+                        addr: addr(),
+                        limit: elapsed.0,
+                    },
+                    request: None,
+                })
+            }
+        }
+    }
+}

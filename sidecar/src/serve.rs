@@ -1,0 +1,112 @@
+//! The accept loop shared by the three listeners (outbound, ID API, admin): HTTP/1.1 and
+//! h2c on one port, request-head limits, and a graceful stop that lets in-flight requests
+//! finish within the drain deadline.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::Limits;
+use crate::shutdown::Shutdown;
+
+/// The smallest read buffer hyper accepts.
+const MIN_BUF: usize = 8 * 1024;
+
+/// Binds a listener, naming the flag in the error.
+pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, crate::StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::StartError::Bind { what, addr, source })
+}
+
+/// The connection builder: HTTP/1.1 or HTTP/2 prior knowledge (h2c), chosen per connection
+/// from its first bytes. A request head over `max_header_bytes` gets 431; a client that does
+/// not finish its head within the header timeout is disconnected.
+pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    b
+}
+
+/// Accepts connections on `listener` until `shutdown` stops, then waits up to `drain` for the
+/// open connections to finish their requests. The task ends when they have.
+pub fn serve<F, S, B>(
+    what: &'static str,
+    listener: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    mut new_service: F,
+    shutdown: Shutdown,
+    drain: Duration,
+) -> JoinHandle<()>
+where
+    F: FnMut(SocketAddr) -> S + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        let graceful = GracefulShutdown::new();
+        let stopped = shutdown.stopped();
+        tokio::pin!(stopped);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stopped => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let conn = builder
+                            .serve_connection(TokioIo::new(stream), new_service(peer))
+                            .into_owned();
+                        let conn = graceful.watch(conn);
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, "connection ended with an error");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(listener = what, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+        drop(listener);
+        tracing::info!(
+            listener = what,
+            open = graceful.count(),
+            "listener closed; draining"
+        );
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                listener = what,
+                ?drain,
+                "drain deadline passed with requests still open"
+            );
+        }
+    })
+}

@@ -1,0 +1,171 @@
+//! [`Sidecar`]: one running sidecar — its table source, its three listeners, its
+//! registration and its ID service — started from a [`Config`] and stopped with a drain.
+//! The binary and the tests both run it through this type.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Admin};
+use crate::config::{Config, TableSource};
+use crate::ids::IdApi;
+use crate::outbound::Outbound;
+use crate::register::Registrar;
+use crate::serve;
+use crate::shutdown::Shutdown;
+use crate::source::{self, Tables};
+use crate::table::RoutingTable;
+use crate::StartError;
+
+/// How often the Prometheus recorder drains its histogram samples.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// A running sidecar.
+pub struct Sidecar {
+    /// Where each listener is bound (useful with port 0).
+    pub outbound_addr: SocketAddr,
+    pub ids_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: Shutdown,
+    tables: Tables,
+    servers: Vec<JoinHandle<()>>,
+    registrar: Option<Registrar>,
+    ids: IdApi,
+    upkeep: JoinHandle<()>,
+}
+
+impl Sidecar {
+    /// Starts everything `cfg` asks for. Returns once the listeners are bound; the routing
+    /// table may still be loading (then requests get 503 and `/readyz` fails). With etcd
+    /// unreachable it serves from the snapshot file, if there is one.
+    pub async fn start(cfg: Config) -> Result<Sidecar, StartError> {
+        let shutdown = Shutdown::new();
+        let prometheus = admin::prometheus();
+        let client = match &cfg.source {
+            TableSource::Etcd(settings) => {
+                Some(settings.connect().await.map_err(StartError::Etcd)?)
+            }
+            _ => None,
+        };
+        let tables = source::start(&cfg, client.clone(), &shutdown).await?;
+
+        let outbound_listener = serve::bind("--outbound", cfg.outbound).await?;
+        let ids_listener = serve::bind("--ids", cfg.ids).await?;
+        let admin_listener = serve::bind("--admin", cfg.admin).await?;
+        let local = |l: &tokio::net::TcpListener, what| {
+            l.local_addr().map_err(|source| StartError::Bind {
+                what,
+                addr: cfg.outbound,
+                source,
+            })
+        };
+        let outbound_addr = local(&outbound_listener, "--outbound")?;
+        let ids_addr = local(&ids_listener, "--ids")?;
+        let admin_addr = local(&admin_listener, "--admin")?;
+
+        let ids = IdApi::start(&cfg, client.clone(), &tables).await?;
+
+        let builder = serve::builder(&cfg.limits);
+        let outbound = Arc::new(Outbound::new(
+            tables.cell.clone(),
+            cfg.limits.max_replay_body_bytes,
+        ));
+        let admin = Arc::new(Admin {
+            table: tables.cell.clone(),
+            shutdown: shutdown.clone(),
+            prometheus: prometheus.clone(),
+            before_render: Some(ids.gauges()),
+        });
+        let servers = vec![
+            serve::serve(
+                "outbound",
+                outbound_listener,
+                builder.clone(),
+                move |peer| outbound.connection_service(peer),
+                shutdown.clone(),
+                cfg.drain_timeout,
+            ),
+            serve::serve(
+                "ids",
+                ids_listener,
+                builder.clone(),
+                {
+                    let ids = ids.clone();
+                    move |_| ids.service()
+                },
+                shutdown.clone(),
+                cfg.drain_timeout,
+            ),
+            serve::serve(
+                "admin",
+                admin_listener,
+                builder,
+                move |_| admin.service(),
+                shutdown.clone(),
+                cfg.drain_timeout,
+            ),
+        ];
+
+        let registrar = match (&cfg.source, client) {
+            (TableSource::Etcd(settings), Some(client)) if !cfg.register.is_empty() => {
+                Some(Registrar::start(
+                    client,
+                    settings.keys(),
+                    cfg.dc.clone(),
+                    cfg.node_id.clone(),
+                    cfg.register.clone(),
+                    cfg.lease_ttl,
+                    shutdown.clone(),
+                ))
+            }
+            _ => None,
+        };
+        let upkeep = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                tick.tick().await;
+                prometheus.run_upkeep();
+            }
+        });
+        tracing::info!(%outbound_addr, %ids_addr, %admin_addr, dc = %cfg.dc, node = %cfg.node_id, "twin-sidecar started");
+        Ok(Sidecar {
+            outbound_addr,
+            ids_addr,
+            admin_addr,
+            shutdown,
+            tables,
+            servers,
+            registrar,
+            ids,
+            upkeep,
+        })
+    }
+
+    /// The drain/stop signal (the admin endpoint and signal handlers use it).
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+
+    /// The routing table in use.
+    pub fn table(&self) -> Arc<RoutingTable> {
+        self.tables.cell.load_full()
+    }
+
+    /// Stops: withdraws the node, closes the listeners, lets in-flight requests finish
+    /// (each listener waits up to the drain timeout), revokes the registration and idgen
+    /// leases. Returns when all of that is done.
+    pub async fn stop(self) {
+        self.shutdown.stop();
+        for s in self.servers {
+            let _ = s.await;
+        }
+        if let Some(r) = self.registrar {
+            r.finished(Duration::from_secs(3)).await;
+        }
+        self.ids.shutdown().await;
+        self.upkeep.abort();
+        tracing::info!("twin-sidecar stopped");
+    }
+}

@@ -1,0 +1,183 @@
+//! Where the routing table comes from, and the one task that rebuilds it.
+//!
+//! With etcd, the [`TopologyView`] watches the prefix (starting from the snapshot file while
+//! etcd is unreachable, and saving each new topology to it). Without etcd, a routes file is
+//! read at start and read again whenever its modification time or size changes; a file that
+//! no longer parses is reported and the last good table stays. Either way every new topology
+//! becomes a new [`RoutingTable`] swapped into the shared cell.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use twin_topology::{RoutesFile, Topology, TopologyView, ViewOptions};
+
+use crate::config::{Config, TableSource};
+use crate::shutdown::Shutdown;
+use crate::table::{RoutingTable, TableBuilder};
+use crate::StartError;
+
+/// The routes used when neither etcd nor a routes file is configured: the two datacenters
+/// and no route, so every request is answered `no route` until one is configured.
+pub const EMBEDDED_ROUTES: &str = include_str!("default-routes.yaml");
+
+/// Counts routes-file reloads that failed.
+pub const ROUTES_FILE_ERRORS: &str = "twin_sidecar_routes_file_errors_total";
+
+/// The live routing table and what feeds it.
+pub struct Tables {
+    /// Read by every request.
+    pub cell: Arc<ArcSwap<RoutingTable>>,
+    /// Kept alive for the etcd watch (dropping it stops the watch).
+    _view: Option<TopologyView>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Tables {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the table source `cfg` names. `client` is the etcd client for an etcd source.
+pub async fn start(
+    cfg: &Config,
+    client: Option<etcd_client::Client>,
+    shutdown: &Shutdown,
+) -> Result<Tables, StartError> {
+    let cell = Arc::new(ArcSwap::from_pointee(RoutingTable::empty()));
+    let mut builder = TableBuilder::new(cfg.outlier.clone());
+    let (view, mut changes, poller) = match (&cfg.source, client) {
+        (TableSource::Etcd(settings), Some(client)) => {
+            let view = TopologyView::start(
+                client,
+                settings.keys(),
+                ViewOptions {
+                    snapshot_path: cfg.snapshot.clone(),
+                    ..ViewOptions::default()
+                },
+            );
+            let rx = view.subscribe();
+            (Some(view), rx, None)
+        }
+        (TableSource::File(path), _) => {
+            let first = Arc::new(read_routes(path, 1)?);
+            let (tx, rx) = watch::channel(first);
+            let poller = tokio::spawn(poll_file(
+                path.clone(),
+                cfg.routes_poll,
+                tx,
+                shutdown.clone(),
+            ));
+            (None, rx, Some(poller))
+        }
+        (TableSource::Etcd(_), None) => {
+            return Err(StartError::Routes(
+                "an etcd table source needs an etcd client".into(),
+            ))
+        }
+        (TableSource::Embedded, _) => {
+            let parsed = RoutesFile::parse(
+                "embedded default routes",
+                EMBEDDED_ROUTES,
+                &Default::default(),
+            )
+            .map_err(|e| StartError::Routes(e.to_string()))?;
+            let topo = Arc::new(parsed.to_topology(1));
+            cell.store(Arc::new(builder.build(topo)));
+            return Ok(Tables {
+                cell,
+                _view: None,
+                tasks: Vec::new(),
+            });
+        }
+    };
+    // Build the first table now, so a snapshot or routes file serves before `start` returns.
+    let first = changes.borrow_and_update().clone();
+    if first.source != twin_topology::Source::Empty {
+        cell.store(Arc::new(builder.build(first)));
+    }
+    let mut tasks = vec![tokio::spawn(rebuild(
+        changes,
+        cell.clone(),
+        builder,
+        shutdown.clone(),
+    ))];
+    tasks.extend(poller);
+    Ok(Tables {
+        cell,
+        _view: view,
+        tasks,
+    })
+}
+
+/// Rebuilds the table on every topology published after the first.
+async fn rebuild(
+    mut changes: watch::Receiver<Arc<Topology>>,
+    cell: Arc<ArcSwap<RoutingTable>>,
+    mut builder: TableBuilder,
+    shutdown: Shutdown,
+) {
+    loop {
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = shutdown.stopped() => return,
+        }
+        let topo = changes.borrow_and_update().clone();
+        if topo.source != twin_topology::Source::Empty {
+            let table = builder.build(topo);
+            tracing::info!(revision = table.revision(), source = ?table.topology.source, "routing table updated");
+            cell.store(Arc::new(table));
+        }
+    }
+}
+
+fn read_routes(path: &Path, revision: i64) -> Result<Topology, StartError> {
+    RoutesFile::read(path)
+        .map(|f| f.to_topology(revision))
+        .map_err(|e| StartError::Routes(e.to_string()))
+}
+
+/// What identifies a version of the file without reading it.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+async fn poll_file(
+    path: PathBuf,
+    every: Duration,
+    tx: watch::Sender<Arc<Topology>>,
+    shutdown: Shutdown,
+) {
+    let mut last = stamp(&path);
+    let mut revision = 1;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.stopped() => return,
+        }
+        let now = stamp(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match read_routes(&path, revision + 1) {
+            Ok(t) => {
+                revision += 1;
+                tx.send_replace(Arc::new(t));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "routes file rejected; keeping the last good routes");
+                metrics::counter!(ROUTES_FILE_ERRORS).increment(1);
+            }
+        }
+    }
+}

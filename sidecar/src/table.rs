@@ -1,0 +1,260 @@
+//! [`RoutingTable`]: the immutable, ready-to-route form of a [`Topology`].
+//!
+//! Each published topology is turned into one table (bucket ring per route, endpoints per
+//! datacenter, metric handles) and swapped in whole. A request loads the table once and keeps
+//! that `Arc` to the end, retries included, so it finishes on the table it started with.
+//! Endpoint health and retry budgets are not part of a table: they live in the
+//! [`TableBuilder`] and are handed to every table that names the same address or service, so a
+//! weight change does not forget that an endpoint is ejected.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hyper::header::{HeaderName, HeaderValue};
+use twin_topology::{BucketRing, Route, Source, Topology};
+
+use crate::config::OutlierSettings;
+use crate::outbound::endpoint::{EndpointState, Member};
+use crate::outbound::metrics::{self, DcMetrics};
+use crate::outbound::retry::RetryBudget;
+
+/// Everything the outbound path needs for one service.
+pub struct ServiceRoute {
+    pub name: String,
+    pub route: Route,
+    /// The route's etcd `mod_revision` (what `x-twin-route-rev` says).
+    pub revision: i64,
+    pub revision_header: HeaderValue,
+    pub sticky_header: HeaderName,
+    pub ring: BucketRing,
+    /// One pool per datacenter, in ring order (`ring.datacenters()`).
+    pub dcs: Vec<DcPool>,
+    pub budget: Arc<RetryBudget>,
+}
+
+/// The endpoints of one service in one datacenter.
+pub struct DcPool {
+    pub name: String,
+    pub header: HeaderValue,
+    pub members: Vec<Member>,
+    pub metrics: DcMetrics,
+}
+
+/// The routing table: every service at one topology revision.
+pub struct RoutingTable {
+    pub topology: Arc<Topology>,
+    services: HashMap<String, Arc<ServiceRoute>>,
+}
+
+impl RoutingTable {
+    /// The table before anything was loaded: every request gets 503.
+    pub fn empty() -> RoutingTable {
+        RoutingTable {
+            topology: Arc::new(Topology::default()),
+            services: HashMap::new(),
+        }
+    }
+
+    /// True once a topology came from etcd, a snapshot or a routes file.
+    pub fn is_loaded(&self) -> bool {
+        self.topology.source != Source::Empty
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.topology.revision
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Arc<ServiceRoute>> {
+        self.services.get(name)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceRoute>> {
+        self.services.values()
+    }
+}
+
+/// Builds tables, keeping per-endpoint and per-service state from one table to the next.
+pub struct TableBuilder {
+    outlier: OutlierSettings,
+    endpoints: HashMap<String, Arc<EndpointState>>,
+    budgets: HashMap<String, Arc<RetryBudget>>,
+}
+
+impl TableBuilder {
+    pub fn new(outlier: OutlierSettings) -> TableBuilder {
+        TableBuilder {
+            outlier,
+            endpoints: HashMap::new(),
+            budgets: HashMap::new(),
+        }
+    }
+
+    fn endpoint(
+        &self,
+        next: &mut HashMap<String, Arc<EndpointState>>,
+        addr: &str,
+    ) -> Arc<EndpointState> {
+        next.entry(addr.to_string())
+            .or_insert_with(|| {
+                self.endpoints
+                    .get(addr)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(EndpointState::new(addr, self.outlier.clone())))
+            })
+            .clone()
+    }
+
+    /// The table for `topology`. State of endpoints and services it no longer names is
+    /// dropped (in-flight requests keep theirs alive until they finish).
+    pub fn build(&mut self, topology: Arc<Topology>) -> RoutingTable {
+        let mut next_endpoints = HashMap::new();
+        let mut next_budgets = HashMap::new();
+        let mut services = HashMap::new();
+        for (name, versioned) in &topology.routes {
+            let route = &versioned.value;
+            let ring = BucketRing::new(&route.weights, &topology.datacenters);
+            let dcs = ring
+                .datacenters()
+                .iter()
+                .map(|dc| {
+                    let mut members: Vec<Member> = Vec::new();
+                    let registered = topology
+                        .endpoints_in(name, dc)
+                        .map(|(_, e)| (e.addr.as_str(), e.capacity));
+                    let fixed = route
+                        .endpoints
+                        .get(dc)
+                        .into_iter()
+                        .flatten()
+                        .map(|a| (a.as_str(), 1));
+                    for (addr, capacity) in registered.chain(fixed) {
+                        if members.iter().any(|m| m.state.addr == addr) {
+                            continue;
+                        }
+                        members.push(Member {
+                            state: self.endpoint(&mut next_endpoints, addr),
+                            capacity,
+                        });
+                    }
+                    DcPool {
+                        name: dc.clone(),
+                        header: HeaderValue::from_str(dc)
+                            .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+                        members,
+                        metrics: DcMetrics::new(name, dc),
+                    }
+                })
+                .collect();
+            let budget = match self.budgets.get(name) {
+                Some(b) if b.percent() == route.retry.budget_percent => b.clone(),
+                _ => Arc::new(RetryBudget::new(route.retry.budget_percent)),
+            };
+            next_budgets.insert(name.clone(), budget.clone());
+            metrics::route_revision(name, versioned.mod_revision);
+            services.insert(
+                name.clone(),
+                Arc::new(ServiceRoute {
+                    name: name.clone(),
+                    route: route.clone(),
+                    revision: versioned.mod_revision,
+                    revision_header: HeaderValue::from(versioned.mod_revision),
+                    // Validation guarantees a token; the fallback only keeps this total.
+                    sticky_header: HeaderName::from_bytes(route.sticky_header.as_bytes())
+                        .unwrap_or(HeaderName::from_static(
+                            twin_topology::DEFAULT_STICKY_HEADER,
+                        )),
+                    ring,
+                    dcs,
+                    budget,
+                }),
+            );
+        }
+        self.endpoints = next_endpoints;
+        self.budgets = next_budgets;
+        metrics::table_revision(topology.revision);
+        RoutingTable { topology, services }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use twin_topology::{Datacenter, Endpoint, Keys, Weights};
+
+    fn topology(weights: &[(&str, u32)], registered: &[(&str, &str)]) -> Topology {
+        let keys = Keys::default();
+        let mut t = Topology {
+            source: Source::Etcd,
+            ..Topology::default()
+        };
+        for (name, code) in [("m6v", 0u8), ("wanguo", 1)] {
+            t.datacenters.insert(
+                name.into(),
+                Datacenter {
+                    code,
+                    display_name: String::new(),
+                },
+            );
+        }
+        let mut route = Route::with_weights(Weights(
+            weights.iter().map(|(d, w)| (d.to_string(), *w)).collect(),
+        ));
+        route
+            .endpoints
+            .insert("m6v".into(), vec!["127.0.0.1:1".into()]);
+        let v = serde_json::to_vec(&route).expect("json");
+        t.apply(&keys, &keys.route("pay"), Some(&v), 7)
+            .expect("route");
+        for (i, (dc, addr)) in registered.iter().enumerate() {
+            let e = serde_json::to_vec(&Endpoint {
+                addr: addr.to_string(),
+                capacity: 2,
+                zone: None,
+            })
+            .expect("json");
+            t.apply(
+                &keys,
+                &keys.endpoint("pay", dc, &format!("n{i}")),
+                Some(&e),
+                8,
+            )
+            .expect("endpoint");
+        }
+        t
+    }
+
+    #[test]
+    fn a_table_joins_static_and_registered_endpoints_per_datacenter() {
+        let mut b = TableBuilder::new(OutlierSettings::default());
+        let t = b.build(Arc::new(topology(
+            &[("m6v", 3000), ("wanguo", 7000)],
+            &[("wanguo", "127.0.0.1:2"), ("m6v", "127.0.0.1:1")],
+        )));
+        assert!(t.is_loaded());
+        let s = t.service("pay").expect("route");
+        assert_eq!(s.revision, 7);
+        assert_eq!(s.revision_header, "7");
+        assert_eq!(s.dcs.len(), 2);
+        assert_eq!(s.dcs[0].name, "m6v");
+        // The registered entry for the static address wins (capacity 2), no duplicate.
+        assert_eq!(s.dcs[0].members.len(), 1);
+        assert_eq!(s.dcs[0].members[0].capacity, 2);
+        assert_eq!(s.dcs[1].members[0].state.addr, "127.0.0.1:2");
+        assert!(t.service("other").is_none());
+        assert!(!RoutingTable::empty().is_loaded());
+    }
+
+    #[test]
+    fn endpoint_state_survives_a_weight_change() {
+        let mut b = TableBuilder::new(OutlierSettings::default());
+        let t1 = b.build(Arc::new(topology(&[("m6v", 5000), ("wanguo", 5000)], &[])));
+        let t2 = b.build(Arc::new(topology(&[("m6v", 4000), ("wanguo", 6000)], &[])));
+        let a = &t1.service("pay").expect("route").dcs[0].members[0].state;
+        let b2 = &t2.service("pay").expect("route").dcs[0].members[0].state;
+        assert!(Arc::ptr_eq(a, b2));
+        assert!(Arc::ptr_eq(
+            &t1.service("pay").expect("route").budget,
+            &t2.service("pay").expect("route").budget
+        ));
+    }
+}

@@ -1,0 +1,220 @@
+//! A datacenter or an upstream going bad: spill, fail fast, ejection, retries, timeouts.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use support::*;
+use twin_testkit::eventually;
+use twin_testkit::http::{self, Behavior, Upstream};
+use twin_topology::{bucket_of, OnDcDown, Route};
+
+/// Keys whose bucket `wanguo` owns on a 50/50 ring (the upper half).
+fn wanguo_keys(n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("w-{i}"))
+        .filter(|k| bucket_of(k.as_bytes()) >= 5000)
+        .take(n)
+        .collect()
+}
+
+fn m6v_keys(n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("m-{i}"))
+        .filter(|k| bucket_of(k.as_bytes()) < 5000)
+        .take(n)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_datacenters_upstreams_spills_without_failing_requests() {
+    let (etcd, mut c) = etcd().await;
+    let m = [
+        Upstream::start("m6v").await.expect("up"),
+        Upstream::start("m6v").await.expect("up"),
+    ];
+    let mut w = [
+        Upstream::start("wanguo").await.expect("up"),
+        Upstream::start("wanguo").await.expect("up"),
+    ];
+    let r = route(
+        &[("m6v", 5000), ("wanguo", 5000)],
+        &[("m6v", &[&m[0], &m[1]]), ("wanguo", &[&w[0], &w[1]])],
+    );
+    let rev = put_route(&mut c, &with_on_dc_down(r, OnDcDown::Spill)).await;
+    let s = sidecar(config(etcd_source(&etcd)), rev).await;
+    let client = http::client();
+    let keys = wanguo_keys(200);
+    for k in keys.iter().take(20) {
+        let r = call(&client, s.outbound_addr, Some(k)).await;
+        assert_eq!(r.header("x-twin-dc"), "wanguo");
+    }
+    for u in &mut w {
+        u.stop();
+    }
+    // Every request keeps succeeding: the ones in flight find refused connections, which
+    // never reached an upstream, and go to m6v.
+    for k in &keys {
+        let r = call(&client, s.outbound_addr, Some(k)).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{k}: {} {}",
+            r.header("x-twin-error"),
+            r.text()
+        );
+        assert_eq!(r.header("x-twin-dc"), "m6v");
+    }
+    let t = s.table();
+    let pay = t.service(SERVICE).expect("route");
+    assert!(
+        !twin_sidecar::outbound::dc::is_up(pay, 1),
+        "wanguo is marked down"
+    );
+    let metrics = http::get(&client, s.admin_addr, "admin", "/metrics", &[])
+        .await
+        .expect("metrics");
+    let text = metrics.text();
+    assert!(
+        text.contains("twin_sidecar_spills_total{service=\"payments\",from=\"wanguo\",to=\"m6v\"}"),
+        "{text}"
+    );
+    assert!(text.contains("twin_sidecar_ejections_total"), "{text}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_on_dc_down_fail_a_dead_datacenter_answers_503_with_the_reason() {
+    let (etcd, mut c) = etcd().await;
+    let m = Upstream::start("m6v").await.expect("up");
+    let mut w = Upstream::start("wanguo").await.expect("up");
+    let r = route(
+        &[("m6v", 5000), ("wanguo", 5000)],
+        &[("m6v", &[&m]), ("wanguo", &[&w])],
+    );
+    let rev = put_route(&mut c, &with_on_dc_down(r, OnDcDown::Fail)).await;
+    let s = sidecar(config(etcd_source(&etcd)), rev).await;
+    let client = http::client();
+    w.stop();
+    for k in wanguo_keys(30) {
+        let r = call(&client, s.outbound_addr, Some(&k)).await;
+        assert_eq!(r.status, 503, "{k}");
+        assert_eq!(r.header("x-twin-error"), "datacenter wanguo down");
+    }
+    for k in m6v_keys(30) {
+        let r = call(&client, s.outbound_addr, Some(&k)).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-twin-dc"), "m6v");
+    }
+    assert_eq!(w.hits(), 0);
+    s.stop().await;
+}
+
+async fn post(
+    client: &http::Client,
+    outbound: std::net::SocketAddr,
+    key: Option<&str>,
+) -> http::Reply {
+    let mut b = Request::post(format!("http://{outbound}/charge"))
+        .header("host", SERVICE)
+        .header("x-twin-unit", "u1");
+    if let Some(k) = key {
+        b = b.header("idempotency-key", k);
+    }
+    http::send(
+        client,
+        b.body(Full::new(Bytes::from_static(b"amount=100")))
+            .expect("request"),
+    )
+    .await
+    .expect("answer")
+}
+
+/// One upstream in each datacenter, so a retry has to reuse the one that dropped.
+async fn single_upstream_sidecar(
+    etcd: &twin_testkit::Etcd,
+    c: &mut etcd_client::Client,
+    up: &Upstream,
+    r: Option<Route>,
+) -> twin_sidecar::Sidecar {
+    let r = r.unwrap_or_else(|| route(&[("m6v", 10_000)], &[("m6v", &[up])]));
+    let rev = put_route(c, &r).await;
+    let mut cfg = config(etcd_source(etcd));
+    // Dropped connections must not eject the only endpoint in these tests.
+    cfg.outlier.consecutive_failures = 5;
+    sidecar(cfg, rev).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_to_a_dropped_connection_is_not_retried_but_a_get_is() {
+    let (etcd, mut c) = etcd().await;
+    let up = Upstream::with("m6v", Behavior::DropConnection(1))
+        .await
+        .expect("up");
+    let s = single_upstream_sidecar(&etcd, &mut c, &up, None).await;
+    let client = http::client();
+
+    let r = post(&client, s.outbound_addr, None).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("x-twin-error"), "upstream connection dropped");
+    assert_eq!(up.hits(), 1, "the POST reached the upstream exactly once");
+
+    up.set(Behavior::DropConnection(1));
+    let r = call(&client, s.outbound_addr, Some("u1")).await;
+    assert_eq!(r.status, 200, "{}", r.header("x-twin-error"));
+    assert_eq!(
+        up.hits(),
+        3,
+        "the GET was sent twice: dropped, then answered"
+    );
+
+    // A POST with an Idempotency-Key is as safe to repeat as a GET.
+    up.set(Behavior::DropConnection(1));
+    let r = post(&client, s.outbound_addr, Some("charge-42")).await;
+    assert_eq!(r.status, 200, "{}", r.header("x-twin-error"));
+    assert_eq!(up.hits(), 5);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_gets_upstream_timeout_and_5xx_ejects_it() {
+    let (etcd, mut c) = etcd().await;
+    let slow = Upstream::with("m6v", Behavior::Delay(Duration::from_secs(3)))
+        .await
+        .expect("up");
+    let mut r = route(&[("m6v", 10_000)], &[("m6v", &[&slow])]);
+    r.timeouts.request_ms = 200;
+    r.retry.max_attempts = 1;
+    let s = single_upstream_sidecar(&etcd, &mut c, &slow, Some(r)).await;
+    let client = http::client();
+    let started = std::time::Instant::now();
+    let resp = post(&client, s.outbound_addr, None).await;
+    assert_eq!(resp.status, 504);
+    assert_eq!(resp.header("x-twin-error"), "upstream timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Five 5xx in a row (the outlier threshold set above) eject the endpoint; with no other
+    // endpoint the datacenter is down.
+    slow.set(Behavior::Status(500));
+    let first = call(&client, s.outbound_addr, Some("u")).await;
+    assert_eq!(first.status, 500, "an upstream's own 5xx is passed through");
+    assert_eq!(first.header("x-twin-error"), "");
+    let ok = eventually(WAIT, || async {
+        call(&client, s.outbound_addr, Some("u")).await.status == 503
+    })
+    .await;
+    assert!(ok, "the endpoint was never ejected");
+    let r = call(&client, s.outbound_addr, Some("u")).await;
+    assert_eq!(
+        r.header("x-twin-error"),
+        "no datacenter has healthy endpoints"
+    );
+    s.stop().await;
+}

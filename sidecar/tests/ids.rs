@@ -1,0 +1,267 @@
+//! The ID API over real HTTP, with the generator claiming its worker in a real etcd.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::Request;
+use support::*;
+use twin_idgen::{Codec, Format, Layout};
+use twin_sidecar::TableSource;
+use twin_testkit::eventually;
+use twin_testkit::http::{self, Reply};
+
+const PAY_SERIAL: &str = "PAY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}";
+
+async fn ids(
+    c: &http::Client,
+    addr: SocketAddr,
+    path_and_query: &str,
+    accept: Option<&str>,
+) -> Reply {
+    let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
+    http::get(c, addr, "ids", path_and_query, &headers)
+        .await
+        .expect("ID API answers")
+}
+
+fn json(r: &Reply) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
+
+fn id_list(r: &Reply) -> Vec<String> {
+    json(r)["ids"]
+        .as_array()
+        .expect("ids array")
+        .iter()
+        .map(|v| v.as_str().expect("string id").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_id_api_issues_every_format_and_refuses_bad_parameters_with_400() {
+    let (etcd, _c) = etcd().await;
+    let mut cfg = config(etcd_source(&etcd));
+    cfg.idgen
+        .serial_templates
+        .insert("pay".into(), PAY_SERIAL.into());
+    let s = twin_sidecar::Sidecar::start(cfg)
+        .await
+        .expect("sidecar starts");
+    let c = http::client();
+    let a = s.ids_addr;
+    assert!(
+        eventually(WAIT, || async {
+            ids(&c, a, "/v1/ids/pay", None).await.status == 200
+        })
+        .await,
+        "the generator never became ready"
+    );
+
+    let one = ids(&c, a, "/v1/ids/pay", None).await;
+    assert_eq!(one.header("content-type"), "application/json");
+    assert_eq!(json(&one)["dc"], "m6v");
+    assert_eq!(id_list(&one).len(), 1);
+
+    let many = id_list(&ids(&c, a, "/v1/ids/pay?count=10000&format=snowflake", None).await);
+    assert_eq!(many.len(), 10_000);
+    assert_eq!(
+        many.iter().collect::<HashSet<_>>().len(),
+        10_000,
+        "duplicate snowflakes"
+    );
+    let codec = Codec::new(
+        Layout::default(),
+        &BTreeMap::from([("pay".to_string(), PAY_SERIAL.to_string())]),
+    )
+    .expect("codec");
+    for id in many.iter().step_by(997) {
+        let d = codec.decode(id, Some(Format::Snowflake)).expect("decodes");
+        assert_eq!(d.dc_code, Some(0), "{id} does not carry m6v's code");
+    }
+
+    let serials = id_list(&ids(&c, a, "/v1/ids/pay?format=serial&count=5", None).await);
+    assert_eq!(serials.len(), 5);
+    assert!(
+        serials
+            .iter()
+            .all(|s| s.starts_with("PAY") && s.len() == serials[0].len()),
+        "{serials:?}"
+    );
+    assert!(codec.decode(&serials[0], Some(Format::Serial)).is_ok());
+
+    let segs: Vec<u64> = id_list(&ids(&c, a, "/v1/ids/orders?format=segment&count=3", None).await)
+        .iter()
+        .map(|s| s.parse().expect("segment is an integer"))
+        .collect();
+    assert_eq!(segs, vec![segs[0], segs[0] + 1, segs[0] + 2]);
+
+    let text = ids(&c, a, "/v1/ids/pay?count=3", Some("text/plain")).await;
+    assert_eq!(text.status, 200);
+    assert!(text.header("content-type").starts_with("text/plain"));
+    assert_eq!(text.text().lines().count(), 3);
+
+    for (q, status, reason) in [
+        (
+            "/v1/ids/pay?count=0",
+            400,
+            "count \"0\" must be a whole number from 1 to 10000",
+        ),
+        ("/v1/ids/pay?count=10001", 400, "count \"10001\""),
+        ("/v1/ids/pay?count=ten", 400, "count \"ten\""),
+        ("/v1/ids/pay?format=uuid", 400, "unknown ID format \"uuid\""),
+        (
+            "/v1/ids/pay?colour=red",
+            400,
+            "unknown parameter \"colour\"",
+        ),
+        ("/v1/ids/b%21d", 400, "business tag"),
+        (
+            "/v1/ids/nosuch?format=serial",
+            400,
+            "no serial template for business tag \"nosuch\"",
+        ),
+        ("/v1/ids/", 404, "not found"),
+        ("/v2/ids/pay", 404, "not found"),
+    ] {
+        let r = ids(&c, a, q, None).await;
+        assert_eq!(r.status.as_u16(), status, "{q}: {}", r.text());
+        assert!(
+            json(&r)["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(reason)),
+            "{q}: {}",
+            r.text()
+        );
+        assert!(r.header("x-twin-error").contains(reason), "{q}");
+    }
+    let post = http::send(
+        &c,
+        Request::post(format!("http://{a}/v1/ids/pay"))
+            .body(Full::new(Bytes::new()))
+            .expect("req"),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(post.status, 405);
+
+    let metrics = http::get(&c, s.admin_addr, "admin", "/metrics", &[])
+        .await
+        .expect("metrics")
+        .text();
+    assert!(metrics.contains("twin_idgen_issued_total"), "{metrics}");
+    assert!(metrics.contains("twin_sidecar_idgen_ready 1"), "{metrics}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_id_api_answers_503_with_the_reason_when_uniqueness_cannot_be_guaranteed() {
+    let (mut etcd, _c) = etcd().await;
+    let mut cfg = config(etcd_source(&etcd));
+    cfg.idgen.lease_ttl_secs = 2;
+    let s = twin_sidecar::Sidecar::start(cfg)
+        .await
+        .expect("sidecar starts");
+    let c = http::client();
+    let a = s.ids_addr;
+    assert!(
+        eventually(WAIT, || async {
+            ids(&c, a, "/v1/ids/pay", None).await.status == 200
+        })
+        .await
+    );
+
+    // etcd gone: the worker lease cannot be renewed, so issuing stops before it could expire.
+    etcd.stop();
+    let refused = eventually(WAIT, || async {
+        ids(&c, a, "/v1/ids/pay?count=5", None).await.status == 503
+    })
+    .await;
+    assert!(refused, "IDs were still issued without a live lease");
+    let r = ids(&c, a, "/v1/ids/pay", None).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), "1");
+    let reason = json(&r)["error"].as_str().expect("reason").to_string();
+    assert!(
+        reason.contains("worker lease lost") || reason.contains("reservation exhausted"),
+        "{reason}"
+    );
+    assert_eq!(r.header("x-twin-error"), reason);
+
+    // The proxy and admin keep working meanwhile.
+    assert_eq!(
+        http::get(&c, s.admin_addr, "admin", "/healthz", &[])
+            .await
+            .expect("healthz")
+            .status,
+        200
+    );
+
+    etcd.restart().await.expect("etcd restarts");
+    assert!(
+        eventually(WAIT, || async {
+            ids(&c, a, "/v1/ids/pay", None).await.status == 200
+        })
+        .await,
+        "issuing did not resume after etcd came back"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_etcd_ids_come_from_the_fixed_worker_and_an_unknown_dc_is_a_503_reason() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        "datacenters:\n  m6v: {code: 0}\n  wanguo: {code: 1}\nroutes: {}\n",
+    )
+    .expect("write");
+    let mut cfg = config(TableSource::File(routes.clone()));
+    cfg.dc = "wanguo".into();
+    cfg.worker = 7;
+    cfg.hwm_file = dir.path().join("hwm");
+    let s = sidecar_without_route(cfg).await;
+    let c = http::client();
+    let a = s.ids_addr;
+    assert!(
+        eventually(WAIT, || async {
+            ids(&c, a, "/v1/ids/pay", None).await.status == 200
+        })
+        .await
+    );
+    let id = id_list(&ids(&c, a, "/v1/ids/pay", None).await).remove(0);
+    let codec = Codec::new(Layout::default(), &BTreeMap::new()).expect("codec");
+    let d = codec.decode(&id, Some(Format::Snowflake)).expect("decodes");
+    assert_eq!((d.dc_code, d.worker), (Some(1), Some(7)));
+    s.stop().await;
+
+    let mut cfg = config(TableSource::File(routes));
+    cfg.dc = "hk".into();
+    cfg.hwm_file = dir.path().join("hwm2");
+    let s = sidecar_without_route(cfg).await;
+    let reason = "ID service not running: datacenter \"hk\" is not in the routes file";
+    // The generator starts in the background; its failure replaces "starting".
+    let failed = eventually(WAIT, || async {
+        let r = ids(&c, s.ids_addr, "/v1/ids/pay", None).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        r.header("x-twin-error").starts_with(reason)
+    })
+    .await;
+    assert!(
+        failed,
+        "the ID API never said why the generator is not running"
+    );
+    s.stop().await;
+}
+
+async fn sidecar_without_route(cfg: twin_sidecar::Config) -> twin_sidecar::Sidecar {
+    let s = twin_sidecar::Sidecar::start(cfg)
+        .await
+        .expect("sidecar starts");
+    assert!(s.table().is_loaded());
+    s
+}

@@ -1,0 +1,368 @@
+//! What clients can send: malformed and oversize requests, h2c, a 50 MB streamed body, the
+//! admin endpoints, and a routes file edited while the sidecar runs.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use twin_sidecar::TableSource;
+use twin_testkit::eventually;
+use twin_testkit::http::{self, Behavior, Upstream};
+
+fn routes_yaml(m6v: &[SocketAddr], wanguo: &[SocketAddr], weights: (u32, u32)) -> String {
+    let list = |a: &[SocketAddr]| {
+        a.iter()
+            .map(|a| format!("'{a}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "datacenters:\n  m6v: {{code: 0}}\n  wanguo: {{code: 1}}\nroutes:\n  payments:\n    weights: {{m6v: {}, wanguo: {}}}\n    endpoints: {{m6v: [{}], wanguo: [{}]}}\n",
+        weights.0,
+        weights.1,
+        list(m6v),
+        list(wanguo)
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write routes file");
+}
+
+/// Sends raw bytes, returns everything the server wrote until it closed (or 5 s passed).
+async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may answer and close before reading everything; that is fine.
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversize_requests_get_400_and_431_and_never_crash_the_process() {
+    let up = Upstream::start("m6v").await.expect("up");
+    let dir = tempfile::tempdir().expect("tmp");
+    let routes = dir.path().join("routes.yaml");
+    write(
+        &routes,
+        &routes_yaml(&[up.addr()], &[up.addr()], (10_000, 0)),
+    );
+    let mut p = Process::spawn(
+        &[
+            "--dc",
+            "m6v",
+            "--routes-file",
+            routes.to_str().expect("utf8"),
+        ],
+        &dir.path().join("log"),
+    );
+    p.ready().await;
+    let o = p.outbound;
+
+    assert!(raw(o, b"GARBAGE\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    assert!(raw(
+        o,
+        b"GET / HTTP/1.1\r\nHost: payments\r\nContent-Length: abc\r\n\r\n"
+    )
+    .await
+    .starts_with("HTTP/1.1 400"));
+    assert!(raw(
+        o,
+        b"GET / HTTP/1.1\r\nHost: payments\r\nBad Header: x\r\n\r\n"
+    )
+    .await
+    .starts_with("HTTP/1.1 400"));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: payments\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    assert!(raw(o, big.as_bytes()).await.starts_with("HTTP/1.1 431"));
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: payments\r\n{many}\r\n");
+    assert!(raw(o, many.as_bytes()).await.starts_with("HTTP/1.1 431"));
+
+    let no_host = raw(o, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(no_host.starts_with("HTTP/1.0 400"), "{no_host}");
+    assert!(
+        no_host.contains("x-twin-error: request names no service"),
+        "{no_host}"
+    );
+    let unknown = raw(
+        o,
+        b"GET / HTTP/1.1\r\nHost: nosuch:80\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(unknown.starts_with("HTTP/1.1 404"), "{unknown}");
+    assert!(
+        unknown.contains("x-twin-error: no route for host \"nosuch\""),
+        "{unknown}"
+    );
+
+    // Noise of every kind, then a client that vanishes mid-body.
+    let junk: Vec<u8> = (0..256 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let _ = raw(o, &junk).await;
+    {
+        let mut s = tokio::net::TcpStream::connect(o).await.expect("connect");
+        let _ = s
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: payments\r\nContent-Length: 1000000\r\n\r\npartial",
+            )
+            .await;
+    }
+    assert!(
+        p.child.try_wait().expect("status").is_none(),
+        "the sidecar died"
+    );
+    let ok = call(&http::client(), o, Some("u")).await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.header("x-twin-dc"), "m6v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_requests_are_proxied() {
+    let up = Upstream::start("wanguo").await.expect("up");
+    let dir = tempfile::tempdir().expect("tmp");
+    let routes = dir.path().join("routes.yaml");
+    write(
+        &routes,
+        &routes_yaml(&[up.addr()], &[up.addr()], (0, 10_000)),
+    );
+    let mut cfg = config(TableSource::File(routes));
+    cfg.hwm_file = dir.path().join("hwm");
+    let s = sidecar(cfg, 1).await;
+    let tcp = tokio::net::TcpStream::connect(s.outbound_addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::get("http://payments/pay")
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let resp = send.send_request(req).await.expect("h2 response");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-twin-dc"], "wanguo");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"wanguo");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_50_mb_body_streams_both_ways_with_bounded_memory() {
+    const TOTAL: usize = 50 * 1024 * 1024;
+    const CHUNK: usize = 64 * 1024;
+    let up = Upstream::with("m6v", Behavior::Echo).await.expect("up");
+    let dir = tempfile::tempdir().expect("tmp");
+    let routes = dir.path().join("routes.yaml");
+    write(
+        &routes,
+        &routes_yaml(&[up.addr()], &[up.addr()], (10_000, 0)),
+    );
+    let mut p = Process::spawn(
+        &[
+            "--dc",
+            "m6v",
+            "--routes-file",
+            routes.to_str().expect("utf8"),
+        ],
+        &dir.path().join("log"),
+    );
+    p.ready().await;
+    assert_eq!(
+        call(&http::client(), p.outbound, Some("warm")).await.status,
+        200
+    );
+    let baseline = p.rss_kib();
+    assert!(baseline > 0);
+
+    let tcp = tokio::net::TcpStream::connect(p.outbound)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let (mut tx, body) =
+        http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
+    let producer = tokio::spawn(async move {
+        let chunk = Bytes::from(vec![7u8; CHUNK]);
+        for _ in 0..TOTAL / CHUNK {
+            if tx.send_data(chunk.clone()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    let req = Request::post("/upload")
+        .header("host", SERVICE)
+        .header("content-length", TOTAL.to_string())
+        .body(body)
+        .expect("request");
+    let resp = send.send_request(req).await.expect("response head");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let (mut received, mut peak) = (0usize, baseline);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("frame");
+        if let Some(d) = frame.data_ref() {
+            received += d.len();
+            assert!(d.iter().all(|&b| b == 7));
+        }
+        peak = peak.max(p.rss_kib());
+    }
+    assert!(producer.await.expect("producer"), "upload was cut");
+    assert_eq!(received, TOTAL);
+    let grew_mib = (peak.saturating_sub(baseline)) / 1024;
+    eprintln!("sidecar RSS: baseline {baseline} KiB, peak while streaming {peak} KiB");
+    assert!(
+        grew_mib < 16,
+        "RSS grew by {grew_mib} MiB while streaming 50 MiB (baseline {baseline} KiB)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_report_health_config_metrics_and_drain() {
+    let (m, w) = (
+        Upstream::start("m6v").await.expect("up"),
+        Upstream::start("wanguo").await.expect("up"),
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let routes = dir.path().join("routes.yaml");
+    write(
+        &routes,
+        &routes_yaml(&[m.addr()], &[w.addr()], (3000, 7000)),
+    );
+    let mut cfg = config(TableSource::File(routes));
+    cfg.hwm_file = dir.path().join("hwm");
+    let s = sidecar(cfg, 1).await;
+    let c = http::client();
+    for i in 0..20 {
+        assert_eq!(
+            call(&c, s.outbound_addr, Some(&format!("u{i}")))
+                .await
+                .status,
+            200
+        );
+    }
+    let get = |path: &'static str| {
+        let c = c.clone();
+        let admin = s.admin_addr;
+        async move {
+            http::get(&c, admin, "admin", path, &[])
+                .await
+                .expect("admin answers")
+        }
+    };
+    assert_eq!(get("/healthz").await.status, 200);
+    assert_eq!(get("/readyz").await.status, 200);
+    let cfg: serde_json::Value = serde_json::from_slice(&get("/config").await.body).expect("json");
+    assert_eq!(cfg["source"], "file");
+    let dcs = &cfg["services"]["payments"]["datacenters"];
+    assert_eq!(dcs[0]["name"], "m6v");
+    assert_eq!(dcs[0]["weight"], 3000);
+    assert_eq!(dcs[1]["weight"], 7000);
+    assert_eq!(dcs[1]["up"], true);
+    assert_eq!(dcs[1]["endpoints"][0]["addr"], w.addr().to_string());
+    let metrics = get("/metrics").await.text();
+    for series in [
+        "twin_sidecar_requests_total{service=\"payments\",dc=\"wanguo\",class=\"2xx\"}",
+        "twin_sidecar_request_duration_seconds_bucket{service=\"payments\",dc=\"m6v\"",
+        "twin_sidecar_route_revision{service=\"payments\"}",
+        "twin_sidecar_table_revision",
+    ] {
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+    assert_eq!(get("/nope").await.status, 404);
+    assert_eq!(get("/drain").await.status, 405);
+    let drained = http::send(
+        &c,
+        Request::post(format!("http://{}/drain", s.admin_addr))
+            .body(http_body_util::Full::new(Bytes::new()))
+            .expect("request"),
+    )
+    .await
+    .expect("drain");
+    assert_eq!(drained.status, 200);
+    let ready = get("/readyz").await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.text()),
+        (503, "draining\n".to_string())
+    );
+    // Draining withdraws the node but keeps serving the application.
+    assert_eq!(call(&c, s.outbound_addr, Some("u1")).await.status, 200);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routes_file_is_reloaded_on_change_and_a_broken_one_keeps_the_last_good_table() {
+    let (m, w) = (
+        Upstream::start("m6v").await.expect("up"),
+        Upstream::start("wanguo").await.expect("up"),
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let routes = dir.path().join("routes.yaml");
+    write(&routes, &routes_yaml(&[m.addr()], &[w.addr()], (10_000, 0)));
+    let mut cfg = config(TableSource::File(routes.clone()));
+    cfg.routes_poll = Duration::from_millis(20);
+    cfg.hwm_file = dir.path().join("hwm");
+    let s = sidecar(cfg, 1).await;
+    let c = http::client();
+    assert_eq!(
+        call(&c, s.outbound_addr, Some("u"))
+            .await
+            .header("x-twin-dc"),
+        "m6v"
+    );
+
+    write(&routes, &routes_yaml(&[m.addr()], &[w.addr()], (0, 10_000)));
+    assert!(
+        eventually(WAIT, || async {
+            call(&c, s.outbound_addr, Some("u"))
+                .await
+                .header("x-twin-dc")
+                == "wanguo"
+        })
+        .await
+    );
+    let rev = s.table().revision();
+
+    write(&routes, "routes: [this is not a routes file\n");
+    let errors = || async {
+        let m = http::get(&c, s.admin_addr, "admin", "/metrics", &[])
+            .await
+            .expect("metrics")
+            .text();
+        m.lines()
+            .any(|l| l.starts_with("twin_sidecar_routes_file_errors_total") && !l.ends_with(" 0"))
+    };
+    assert!(
+        eventually(WAIT, errors).await,
+        "the broken file was not noticed"
+    );
+    assert_eq!(s.table().revision(), rev);
+    assert_eq!(
+        call(&c, s.outbound_addr, Some("u"))
+            .await
+            .header("x-twin-dc"),
+        "wanguo"
+    );
+    s.stop().await;
+}

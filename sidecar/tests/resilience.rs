@@ -1,0 +1,220 @@
+//! etcd outages and process lifecycle: the snapshot cold start, an etcd restart under load,
+//! and the SIGTERM drain of the real binary.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use twin_testkit::eventually;
+use twin_testkit::http::{self, Behavior, Upstream};
+use twin_topology::Keys;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_restart_mid_traffic_loses_no_request() {
+    let (mut etcd, mut c) = etcd().await;
+    let (m6v, wanguo) = (
+        Upstream::start("m6v").await.expect("up"),
+        Upstream::start("wanguo").await.expect("up"),
+    );
+    let eps: [(&str, &[&Upstream]); 2] = [("m6v", &[&m6v]), ("wanguo", &[&wanguo])];
+    let rev = put_route(&mut c, &route(&[("m6v", 5000), ("wanguo", 5000)], &eps)).await;
+    let s = sidecar(config(etcd_source(&etcd)), rev).await;
+
+    let (ok, failed, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let load = {
+        let (ok, failed, stop, outbound) =
+            (ok.clone(), failed.clone(), stop.clone(), s.outbound_addr);
+        tokio::spawn(async move {
+            let client = http::client();
+            let mut i = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                match http::get(
+                    &client,
+                    outbound,
+                    SERVICE,
+                    "/",
+                    &[("x-twin-unit", &format!("k{i}"))],
+                )
+                .await
+                {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::SeqCst),
+                    _ => failed.fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        })
+    };
+    let advanced = |from: u64, by: u64| {
+        let ok = ok.clone();
+        async move { eventually(WAIT, || async { ok.load(Ordering::SeqCst) >= from + by }).await }
+    };
+    assert!(advanced(0, 200).await);
+    etcd.stop();
+    let during = ok.load(Ordering::SeqCst);
+    assert!(
+        advanced(during, 500).await,
+        "traffic stopped while etcd was down"
+    );
+    etcd.restart().await.expect("etcd restarts");
+    let after = ok.load(Ordering::SeqCst);
+    assert!(advanced(after, 300).await);
+    // The watch came back: a change made after the restart is applied.
+    let mut c = etcd.client().await.expect("client");
+    let rev = put_route(&mut c, &route(&[("m6v", 10_000), ("wanguo", 0)], &eps)).await;
+    wait_route(&s, rev).await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.expect("load task");
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "requests failed across the etcd restart"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_starts_from_its_snapshot_while_etcd_is_down() {
+    let (mut etcd, mut c) = etcd().await;
+    let (m6v, wanguo) = (
+        Upstream::start("m6v").await.expect("up"),
+        Upstream::start("wanguo").await.expect("up"),
+    );
+    let rev = put_route(
+        &mut c,
+        &route(
+            &[("m6v", 3000), ("wanguo", 7000)],
+            &[("m6v", &[&m6v]), ("wanguo", &[&wanguo])],
+        ),
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let snapshot = dir.path().join("snapshot.json");
+    let endpoint = etcd.endpoint();
+    let args = [
+        "--dc",
+        "m6v",
+        "--etcd",
+        &endpoint,
+        "--snapshot",
+        snapshot.to_str().expect("utf8"),
+    ];
+
+    let mut first = Process::spawn(&args, &dir.path().join("first.log"));
+    first.ready().await;
+    let client = http::client();
+    assert_eq!(call(&client, first.outbound, Some("u1")).await.status, 200);
+    first.signal(libc::SIGTERM);
+    assert_eq!(first.wait_exit(WAIT).await, Some(0));
+    assert!(snapshot.exists(), "the sidecar saved its table");
+
+    etcd.stop();
+    let mut second = Process::spawn(&args, &dir.path().join("second.log"));
+    second.ready().await;
+    let config = http::get(&client, second.admin, "admin", "/config", &[])
+        .await
+        .expect("config");
+    let config: serde_json::Value = serde_json::from_slice(&config.body).expect("json");
+    assert_eq!(config["source"], "snapshot");
+    let mut by_dc = std::collections::HashMap::new();
+    for i in 0..200 {
+        let r = call(&client, second.outbound, Some(&format!("u{i}"))).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("x-twin-route-rev"), rev.to_string());
+        *by_dc.entry(r.header("x-twin-dc").to_string()).or_insert(0) += 1;
+    }
+    assert!(
+        by_dc.len() == 2,
+        "both datacenters serve from the snapshot: {by_dc:?}"
+    );
+
+    // Without a snapshot, a sidecar that cannot reach etcd is not ready and says why.
+    let mut third = Process::spawn(
+        &["--dc", "m6v", "--etcd", &endpoint],
+        &dir.path().join("third.log"),
+    );
+    let c2 = client.clone();
+    let admin = third.admin;
+    assert!(
+        eventually(WAIT, || {
+            let c2 = c2.clone();
+            async move {
+                http::get(&c2, admin, "admin", "/readyz", &[])
+                    .await
+                    .is_ok_and(|r| r.status == 503)
+            }
+        })
+        .await
+    );
+    let r = call(&client, third.outbound, Some("u1")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-twin-error"), "no routing table loaded yet");
+    third.signal(libc::SIGTERM);
+    assert_eq!(third.wait_exit(WAIT).await, Some(0));
+    second.signal(libc::SIGTERM);
+    assert_eq!(second.wait_exit(WAIT).await, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_revokes_the_lease_and_exits_0() {
+    let (etcd, mut c) = etcd().await;
+    let slow = Upstream::with("m6v", Behavior::Delay(Duration::from_millis(1500)))
+        .await
+        .expect("up");
+    let rev = put_route(&mut c, &route(&[("m6v", 10_000)], &[("m6v", &[&slow])])).await;
+    assert!(rev > 0);
+    let dir = tempfile::tempdir().expect("tmp");
+    let endpoint = etcd.endpoint();
+    let mut p = Process::spawn(
+        &[
+            "--dc",
+            "m6v",
+            "--node-id",
+            "n1",
+            "--etcd",
+            &endpoint,
+            "--register",
+            "payments=127.0.0.1:18080,capacity=3",
+            "--drain-timeout",
+            "10s",
+        ],
+        &dir.path().join("sidecar.log"),
+    );
+    p.ready().await;
+    let key = Keys::default().endpoint(SERVICE, "m6v", "n1");
+    let registered = eventually(WAIT, || {
+        let mut c = c.clone();
+        let key = key.clone();
+        async move { c.get(key, None).await.is_ok_and(|r| r.count() == 1) }
+    })
+    .await;
+    assert!(registered, "the endpoint was not registered");
+    let value = c.get(key.clone(), None).await.expect("get");
+    let value: serde_json::Value = serde_json::from_slice(value.kvs()[0].value()).expect("json");
+    assert_eq!(value["capacity"], 3);
+
+    let outbound = p.outbound;
+    let in_flight = tokio::spawn(async move { call(&http::client(), outbound, Some("u1")).await });
+    assert!(eventually(WAIT, || async { slow.hits() == 1 }).await);
+    p.signal(libc::SIGTERM);
+    // The listener closes at once: new connections are refused while the request finishes.
+    assert!(
+        eventually(WAIT, || async {
+            tokio::net::TcpStream::connect(outbound).await.is_err()
+        })
+        .await
+    );
+    assert!(!in_flight.is_finished(), "the slow request was cut short");
+    let r = in_flight.await.expect("request task");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "m6v");
+    assert_eq!(p.wait_exit(WAIT).await, Some(0));
+    let gone = c.get(key, None).await.expect("get");
+    assert_eq!(gone.count(), 0, "the registration lease was revoked");
+}

@@ -1,0 +1,212 @@
+//! Shared setup of the sidecar's integration tests: a real etcd seeded with the two
+//! datacenters, routes written the way `twinctl` writes them, and sidecars started in-process
+//! (or as the real binary) on free loopback ports.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use etcd_client::Client;
+use twin_sidecar::config::OutlierSettings;
+use twin_sidecar::{Config, Sidecar, TableSource};
+use twin_testkit::http::{self, Reply, Upstream};
+use twin_testkit::{eventually, free_port, Etcd};
+use twin_topology::{Datacenter, EtcdSettings, Keys, OnDcDown, Route, Weights};
+
+pub const SERVICE: &str = "payments";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A real etcd with `m6v` (code 0) and `wanguo` (code 1).
+pub async fn etcd() -> (Etcd, Client) {
+    let etcd = Etcd::start().await.expect("etcd starts");
+    let mut c = etcd.client().await.expect("client");
+    let keys = Keys::default();
+    for (dc, code) in [("m6v", 0u8), ("wanguo", 1)] {
+        let v = serde_json::to_string(&Datacenter {
+            code,
+            display_name: String::new(),
+        })
+        .expect("json");
+        c.put(keys.datacenter(dc), v, None).await.expect("put dc");
+    }
+    (etcd, c)
+}
+
+/// A route with these weights (basis points) and static endpoints per datacenter.
+pub fn route(weights: &[(&str, u32)], endpoints: &[(&str, &[&Upstream])]) -> Route {
+    let mut r = Route::with_weights(Weights(
+        weights.iter().map(|(d, w)| (d.to_string(), *w)).collect(),
+    ));
+    r.endpoints = endpoints
+        .iter()
+        .map(|(dc, ups)| {
+            (
+                dc.to_string(),
+                ups.iter().map(|u| u.addr().to_string()).collect(),
+            )
+        })
+        .collect::<BTreeMap<_, _>>();
+    r
+}
+
+pub fn with_on_dc_down(mut r: Route, mode: OnDcDown) -> Route {
+    r.on_dc_down = mode;
+    r
+}
+
+/// Writes the route of [`SERVICE`]; returns the etcd revision of the write.
+pub async fn put_route(c: &mut Client, r: &Route) -> i64 {
+    let resp = c
+        .put(
+            Keys::default().route(SERVICE),
+            serde_json::to_string(r).expect("json"),
+            None,
+        )
+        .await
+        .expect("put route");
+    resp.header().map(|h| h.revision()).expect("revision")
+}
+
+/// A sidecar configuration for tests: listeners on free loopback ports, fast ejection.
+/// Without etcd, set `hwm_file` inside the test's temporary directory.
+pub fn config(source: TableSource) -> Config {
+    let mut cfg = Config::new("m6v", source);
+    cfg.node_id = "test-node".into();
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    cfg.outbound = any;
+    cfg.ids = any;
+    cfg.admin = any;
+    cfg.outlier = OutlierSettings {
+        consecutive_failures: 2,
+        base_ejection_ms: 30_000,
+        max_ejection_ms: 60_000,
+    };
+    cfg.drain_timeout = Duration::from_secs(5);
+    cfg
+}
+
+pub fn etcd_source(etcd: &Etcd) -> TableSource {
+    TableSource::Etcd(EtcdSettings::new(&etcd.endpoint(), "/twin"))
+}
+
+/// Starts a sidecar and waits until its table holds [`SERVICE`] at `revision` or later.
+pub async fn sidecar(cfg: Config, revision: i64) -> Sidecar {
+    let s = Sidecar::start(cfg).await.expect("sidecar starts");
+    wait_route(&s, revision).await;
+    s
+}
+
+pub async fn wait_route(s: &Sidecar, revision: i64) {
+    let ok = eventually(WAIT, || async {
+        s.table()
+            .service(SERVICE)
+            .is_some_and(|r| r.revision >= revision)
+    })
+    .await;
+    assert!(ok, "the sidecar did not load route revision {revision}");
+}
+
+/// `GET /` for [`SERVICE`] through the sidecar, with an optional sticky key.
+pub async fn call(client: &http::Client, outbound: SocketAddr, unit: Option<&str>) -> Reply {
+    let headers: Vec<(&str, &str)> = unit.map(|u| ("x-twin-unit", u)).into_iter().collect();
+    http::get(client, outbound, SERVICE, "/", &headers)
+        .await
+        .expect("the sidecar answers")
+}
+
+/// The real `twin-sidecar` binary, started with `args`, its listeners on free ports.
+pub struct Process {
+    pub child: Child,
+    pub outbound: SocketAddr,
+    pub ids: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Process {
+    pub fn spawn(args: &[&str], log: &Path) -> Process {
+        let addr = |p: u16| -> SocketAddr { ([127, 0, 0, 1], p).into() };
+        let (outbound, ids, admin) = (addr(free_port()), addr(free_port()), addr(free_port()));
+        let hwm = log.with_extension("hwm");
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_twin-sidecar"))
+            .args(["--outbound", &outbound.to_string()])
+            .args(["--ids", &ids.to_string()])
+            .args(["--admin", &admin.to_string()])
+            .args(["--hwm-file", hwm.to_str().expect("utf8")])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("twin-sidecar starts");
+        Process {
+            child,
+            outbound,
+            ids,
+            admin,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&mut self) {
+        let c = http::client();
+        let admin = self.admin;
+        let ok = eventually(WAIT, || {
+            let c = c.clone();
+            async move {
+                http::get(&c, admin, "admin", "/readyz", &[])
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            }
+        })
+        .await;
+        assert!(ok, "twin-sidecar did not become ready");
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the child this test spawned.
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+
+    /// Resident memory in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let end = tokio::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if tokio::time::Instant::now() >= end {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
