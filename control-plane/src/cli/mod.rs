@@ -13,6 +13,7 @@ use crate::output::Format;
 use crate::state::Cluster;
 
 pub mod audit;
+pub mod auth;
 pub mod balance;
 pub mod dc;
 pub mod failover;
@@ -97,6 +98,9 @@ pub enum Command {
     Id(id::IdCommand),
     /// Add the Twin sidecar to Kubernetes manifests offline (the webhook's mutation)
     Inject(inject::InjectArgs),
+    /// etcd roles and users for Twin: bootstrap, add-user
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
 }
 
 /// The flags of every command that changes something.
@@ -173,6 +177,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Status => status::run(g).await,
         Command::Id(c) => id::run(g, c).await,
         Command::Inject(a) => inject::run(g, a),
+        Command::Auth(c) => auth::run(g, c).await,
     }
 }
 

@@ -1,0 +1,154 @@
+//! `twinctl` against an etcd with auth enabled by `twinctl auth bootstrap`: an operator fails
+//! over; a reader is refused and nothing changes; audit records name the etcd user.
+
+mod cp_support;
+
+use cp_support::{ok, register, revision, twinctl, two_dcs};
+
+fn secret(dir: &std::path::Path, name: &str, value: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, format!("{value}\n")).expect("write secret");
+    p.display().to_string()
+}
+
+#[tokio::test]
+async fn operator_fails_over_reader_is_refused() {
+    let etcd = two_dcs().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    ok(
+        &etcd,
+        &[
+            "route",
+            "set",
+            "pay",
+            "--weights",
+            "m6v=50,wanguo=50",
+            "--reason",
+            "seed",
+        ],
+    )
+    .await;
+    let mut c = etcd.client().await.expect("client");
+    register(&mut c, "pay", "m6v", "a", "127.0.0.1:1", 10).await;
+    register(&mut c, "pay", "wanguo", "b", "127.0.0.1:2", 10).await;
+
+    let root_pw = secret(dir.path(), "root", "r00t");
+    ok(
+        &etcd,
+        &["auth", "bootstrap", "--root-password-file", &root_pw],
+    )
+    .await;
+    let as_root = [
+        "--etcd-user",
+        "root",
+        "--etcd-password-file",
+        root_pw.as_str(),
+    ];
+    for (user, role) in [("ops", "twin-operator"), ("dash", "twin-reader")] {
+        let pw = secret(dir.path(), user, &format!("{user}-pw"));
+        let mut args = vec![
+            "auth",
+            "add-user",
+            user,
+            "--role",
+            role,
+            "--password-file",
+            pw.as_str(),
+        ];
+        args.extend(as_root);
+        ok(&etcd, &args).await;
+    }
+    // Bootstrap again as root: idempotent.
+    let mut again = vec![
+        "auth",
+        "bootstrap",
+        "--root-password-file",
+        root_pw.as_str(),
+    ];
+    again.extend(as_root);
+    ok(&etcd, &again).await;
+
+    // Anonymous access is now refused, with a line that says what to give.
+    twinctl(&etcd, &["status"])
+        .await
+        .expect(1)
+        .one_line_error("authentication required");
+
+    let ops_pw = secret(dir.path(), "ops-file", "ops-pw");
+    let dash_pw = secret(dir.path(), "dash-file", "dash-pw");
+    let failover = |user: &'static str, pw: String| {
+        let etcd = &etcd;
+        async move {
+            twinctl(
+                etcd,
+                &[
+                    "--etcd-user",
+                    user,
+                    "--etcd-password-file",
+                    &pw,
+                    "failover",
+                    "--from",
+                    "m6v",
+                    "--all",
+                    "--yes",
+                    "--reason",
+                    "drill",
+                ],
+            )
+            .await
+        }
+    };
+    let mut root = {
+        let opts = etcd_client::ConnectOptions::new().with_user("root", "r00t");
+        etcd_client::Client::connect([etcd.endpoint()], Some(opts))
+            .await
+            .expect("root")
+    };
+    let before = revision(&mut root).await;
+    let refused = failover("dash", dash_pw).await.expect(1);
+    refused.one_line_error("permission denied");
+    assert_eq!(
+        revision(&mut root).await,
+        before,
+        "the reader changed nothing"
+    );
+
+    ok(
+        &etcd,
+        &[
+            "--etcd-user",
+            "ops",
+            "--etcd-password-file",
+            &ops_pw,
+            "audit",
+            "--limit",
+            "1",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    let done = failover("ops", ops_pw.clone()).await.expect(0);
+    assert!(done.stdout.contains("pay"), "{done:#?}");
+    let audit = ok(
+        &etcd,
+        &[
+            "--etcd-user",
+            "ops",
+            "--etcd-password-file",
+            &ops_pw,
+            "audit",
+            "--limit",
+            "1",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .json();
+    let text = audit.to_string();
+    assert!(
+        text.contains("\"who\":\"ops\""),
+        "audit names the etcd user: {text}"
+    );
+}
