@@ -78,7 +78,8 @@ backend be
   server wanguo 127.0.0.1:$B weight 7
 EOF
 taskset -c 1 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 &
-PIDS+=($!)
+HAPROXY_PID=$!
+PIDS+=($HAPROXY_PID)
 
 # --- twin-sidecar: one worker thread, 30/70 from a routes file --------------------------
 cat > "$WORK/routes.yaml" <<EOF
@@ -96,6 +97,7 @@ RUST_LOG=warn taskset -c 1 "$SIDECAR" --dc m6v --routes-file "$WORK/routes.yaml"
 SIDECAR_PID=$!
 PIDS+=($SIDECAR_PID)
 
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 wait_port "$A"; wait_port "$B"; wait_port "$H"; wait_port "$S"; wait_port "$I"
 
 cat > "$WORK/unit.lua" <<'EOF'
@@ -106,26 +108,31 @@ request = function()
 end
 EOF
 
-# run NAME URL [script] -> prints "req/s p50_ms p99_ms"
+# CPU time (user+system) a process has used, in microseconds.
+cpu_us() { [ -z "$1" ] && { echo 0; return; }; awk -v t="$(getconf CLK_TCK)" '{printf "%.0f", ($14+$15)*1000000/t}' "/proc/$1/stat"; }
+# run URL [script] [pid] -> prints "req/s p50_ms p99_ms cpu_us_per_request_of_pid"
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } }'; }
 run() {
-  local url="$1" script="${2:-$WORK/unit.lua}"
+  local url="$1" script="${2:-$WORK/unit.lua}" pid="${3:-}"
   taskset -c 0 wrk -t1 -c"$CONNS" -d2s -s "$script" "$url" >/dev/null 2>&1   # warm-up
+  local c0; c0=$(cpu_us "$pid")
   local out; out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$script" "$url")
+  local c1; c1=$(cpu_us "$pid")
   echo "$out" >&2
-  local rps p50 p99
+  local rps p50 p99 n
   rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)
   p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
-  echo "$rps $p50 $p99"
+  n=$(echo "$out" | awk '/requests in/ {print $1}')
+  echo "$rps $p50 $p99 $(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { if (n>0) printf "%.1f", (b-a)/n; else print 0 }')"
 }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
-echo "== direct ==" >&2;       read -r D_RPS D_P50 D_P99 < <(run "http://127.0.0.1:$A/")
-echo "== twin-sidecar ==" >&2; read -r T_RPS T_P50 T_P99 < <(run "http://127.0.0.1:$S/")
+echo "== direct ==" >&2;       read -r D_RPS D_P50 D_P99 _ < <(run "http://127.0.0.1:$A/")
+echo "== twin-sidecar ==" >&2; read -r T_RPS T_P50 T_P99 T_CPU < <(run "http://127.0.0.1:$S/" "$WORK/unit.lua" "$SIDECAR_PID")
 T_RSS=$(rss_kib $SIDECAR_PID); T_HWM=$(hwm_kib $SIDECAR_PID)
-echo "== haproxy ==" >&2;      read -r H_RPS H_P50 H_P99 < <(run "http://127.0.0.1:$H/")
+echo "== haproxy ==" >&2;      read -r H_RPS H_P50 H_P99 H_CPU < <(run "http://127.0.0.1:$H/" "$WORK/unit.lua" "$HAPROXY_PID")
 
 # Did the sidecar split 30/70? Its own counters say.
 SPLIT=$(curl -s "http://127.0.0.1:$M/metrics" | awk -F'[ }]' '/^twin_sidecar_requests_total\{service="payments",dc="m6v",class="2xx"/ {m=$NF} /^twin_sidecar_requests_total\{service="payments",dc="wanguo",class="2xx"/ {w=$NF} END { if (m+w>0) printf "%.1f%% / %.1f%%", 100*m/(m+w), 100*w/(m+w) }')
@@ -133,8 +140,8 @@ SPLIT=$(curl -s "http://127.0.0.1:$M/metrics" | awk -F'[ }]' '/^twin_sidecar_req
 # ID API
 echo 'request = function() return wrk.format("GET", "/v1/ids/bench?count=1") end' > "$WORK/id1.lua"
 echo 'request = function() return wrk.format("GET", "/v1/ids/bench?count=1000") end' > "$WORK/id1000.lua"
-echo "== ids count=1 ==" >&2;    read -r I1_RPS I1_P50 I1_P99 < <(run "http://127.0.0.1:$I/" "$WORK/id1.lua")
-echo "== ids count=1000 ==" >&2; read -r IK_RPS IK_P50 IK_P99 < <(run "http://127.0.0.1:$I/" "$WORK/id1000.lua")
+echo "== ids count=1 ==" >&2;    read -r I1_RPS I1_P50 I1_P99 _ < <(run "http://127.0.0.1:$I/" "$WORK/id1.lua")
+echo "== ids count=1000 ==" >&2; read -r IK_RPS IK_P50 IK_P99 _ < <(run "http://127.0.0.1:$I/" "$WORK/id1000.lua")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b>0) printf "%.2f", a/b; else print "n/a" }'; }
 CPU=$(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2; exit}')
@@ -144,15 +151,16 @@ cat <<EOF
 Command: \`sidecar/benches/proxy.sh $DURATION $CONNS\` — wrk 1 thread, $CONNS connections, ${DURATION}s after a 2s warm-up,
 random \`x-twin-unit\` per request (same Lua script for all targets); upstream nginx $(nginx -v 2>&1 | sed 's/.*\///'), 1 worker, two ports;
 the proxy under test pinned to CPU 1 with one worker thread (twin-sidecar \`--threads 1\`, HAProxy \`nbthread 1\`),
-wrk and nginx pinned to CPU 0. Machine: \`nproc\` = $(nproc), $CPU. One run, $(date -u +%Y-%m-%d).
+wrk and nginx pinned to CPU 0. Machine: \`nproc\` = $(nproc), $CPU, load average before the run: $LOAD. One run, $(date -u +%Y-%m-%d).
 
-| target | req/s | p50 ms | p99 ms |
-|---|---:|---:|---:|
-| direct (nginx) | $D_RPS | $D_P50 | $D_P99 |
-| twin-sidecar (30/70 bucket ring) | $T_RPS | $T_P50 | $T_P99 |
-| HAProxy $(haproxy -v | head -1 | awk '{print $3}') (roundrobin 3/7) | $H_RPS | $H_P50 | $H_P99 |
+| target | req/s | p50 ms | p99 ms | proxy CPU µs/request |
+|---|---:|---:|---:|---:|
+| direct (nginx) | $D_RPS | $D_P50 | $D_P99 | – |
+| twin-sidecar (30/70 bucket ring) | $T_RPS | $T_P50 | $T_P99 | $T_CPU |
+| HAProxy $(haproxy -v | head -1 | awk '{print $3}') (roundrobin 3/7) | $H_RPS | $H_P50 | $H_P99 | $H_CPU |
 
 - twin-sidecar / HAProxy: req/s **$(ratio "$T_RPS" "$H_RPS")×**, p50 $(ratio "$T_P50" "$H_P50")×, p99 $(ratio "$T_P99" "$H_P99")× (lower is better for latency).
+- CPU per request (user+system of the proxy process, less sensitive to other load on the machine): twin-sidecar / HAProxy = $(ratio "$T_CPU" "$H_CPU")×.
 - twin-sidecar / direct: req/s $(ratio "$T_RPS" "$D_RPS")×; HAProxy / direct: $(ratio "$H_RPS" "$D_RPS")×.
 - twin-sidecar split measured from its own counters: m6v / wanguo = $SPLIT (target 30% / 70%).
 - twin-sidecar memory after the run: RSS $((T_RSS / 1024)) MiB, peak (VmHWM) $((T_HWM / 1024)) MiB (target ≤ 30 MB).

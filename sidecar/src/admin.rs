@@ -8,19 +8,22 @@
 //! while requests keep being served; SIGTERM then stops it.
 
 use std::convert::Infallible;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 
 use crate::outbound::dc;
 use crate::outbound::endpoint::healthy_percent;
+use crate::outbound::error::X_TWIN_ERROR;
 use crate::outbound::metrics::{DURATION, LATENCY_BUCKETS};
 use crate::shutdown::Shutdown;
 use crate::table::RoutingTable;
@@ -62,6 +65,8 @@ pub struct Admin {
     pub shutdown: Shutdown,
     pub prometheus: PrometheusHandle,
     pub before_render: Option<BeforeRender>,
+    /// When set, POST /drain must carry `Authorization: Bearer <file contents>`.
+    pub token_file: Option<PathBuf>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -120,10 +125,13 @@ impl Admin {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => self.readyz(),
             (&Method::GET, "/config") => json_response(StatusCode::OK, &self.config()),
-            (&Method::POST, "/drain") => {
-                self.shutdown.drain();
-                json_response(StatusCode::OK, &json!({"draining": true}))
-            }
+            (&Method::POST, "/drain") => match self.refusal(req) {
+                None => {
+                    self.shutdown.drain();
+                    json_response(StatusCode::OK, &json!({"draining": true}))
+                }
+                Some(refused) => refused,
+            },
             (_, "/metrics" | "/healthz" | "/readyz" | "/config" | "/drain") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
@@ -132,6 +140,41 @@ impl Admin {
                 "not found: try /metrics, /healthz, /readyz, /config or POST /drain\n",
             ),
         }
+    }
+
+    /// The answer refusing a mutating request without the right bearer token; `None` when it
+    /// may proceed. The file is read on every call, so a rotated (projected) token is picked
+    /// up without a restart.
+    fn refusal<B>(&self, req: &Request<B>) -> Option<Resp> {
+        let path = self.token_file.as_ref()?;
+        let want = match read_token(path) {
+            Ok(t) => t,
+            Err(e) => {
+                let mut r = text(StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+                r.headers_mut().insert(
+                    X_TWIN_ERROR,
+                    HeaderValue::from_static("admin token unreadable"),
+                );
+                return Some(r);
+            }
+        };
+        let given = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given.is_some_and(|g| g.trim() == want) {
+            return None;
+        }
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "POST /drain needs the admin bearer token\n",
+        );
+        r.headers_mut().insert(
+            X_TWIN_ERROR,
+            HeaderValue::from_static("missing or wrong admin bearer token"),
+        );
+        Some(r)
     }
 
     fn readyz(&self) -> Resp {
@@ -206,4 +249,98 @@ impl Admin {
             "services": services,
         })
     }
+}
+
+/// The admin token in `path`, without surrounding whitespace.
+fn read_token(path: &Path) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        Ok(_) => Err(format!("admin token file {} is empty", path.display())),
+        Err(e) => Err(format!("admin token file {}: {e}", path.display())),
+    }
+}
+
+/// Why `twin-sidecar drain` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    #[error("starting a runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("--admin {0:?} is not an address like 127.0.0.1:15000")]
+    Addr(String),
+    #[error("{0}")]
+    Token(String),
+    #[error("sidecar admin at {addr}: {reason}")]
+    Request { addr: String, reason: String },
+    #[error("sidecar admin at {addr} answered {status}: {body}")]
+    Refused {
+        addr: String,
+        status: StatusCode,
+        body: String,
+    },
+}
+
+/// Asks the sidecar whose admin listens on `admin` to drain (`POST /drain`), with the bearer
+/// token from `token_file` if given. This is what `twin-sidecar drain` (the preStop hook) runs.
+pub async fn request_drain(admin: &str, token_file: Option<&Path>) -> Result<(), DrainError> {
+    use http_body_util::BodyExt;
+    let addr: std::net::SocketAddr = admin
+        .parse()
+        .map_err(|_| DrainError::Addr(admin.to_string()))?;
+    let token = token_file
+        .map(read_token)
+        .transpose()
+        .map_err(DrainError::Token)?;
+    let failed = |reason: String| DrainError::Request {
+        addr: admin.to_string(),
+        reason,
+    };
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let (mut send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::post("/drain").header(hyper::header::HOST, admin);
+        if let Some(t) = &token {
+            req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(http_body_util::Empty::<Bytes>::new())
+            .map_err(|e| failed(e.to_string()))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+            .unwrap_or_default();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(DrainError::Refused {
+                addr: admin.to_string(),
+                status,
+                body,
+            })
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| failed("no answer within 5s".to_string()))?
+}
+
+/// [`request_drain`] from synchronous code (the `drain` subcommand).
+pub fn request_drain_blocking(admin: &str, token_file: Option<&Path>) -> Result<(), DrainError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(DrainError::Runtime)?
+        .block_on(request_drain(admin, token_file))
 }

@@ -82,6 +82,10 @@ pub struct Flags {
     /// Admin listener: /metrics, /healthz, /readyz, /config, POST /drain (default 127.0.0.1:15000).
     #[arg(long, env = "TWIN_ADMIN", value_name = "ADDR")]
     pub admin: Option<String>,
+    /// File holding the bearer token that POST /drain must carry (read on every call, so a
+    /// rotated token works); without it POST /drain is open to whoever reaches the admin port.
+    #[arg(long, env = "TWIN_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
     /// Local snapshot of the last good routing table; used to start while etcd is unreachable.
     #[arg(long, env = "TWIN_SNAPSHOT", value_name = "PATH")]
     pub snapshot: Option<PathBuf>,
@@ -106,6 +110,23 @@ pub struct Flags {
     /// reboot).
     #[arg(long, env = "TWIN_HWM_FILE", value_name = "PATH")]
     pub hwm_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What else the binary can do besides running the sidecar.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Asks a running sidecar to drain (POST /drain): it fails /readyz and withdraws its
+    /// registrations but keeps serving; used as the Kubernetes preStop hook.
+    Drain {
+        /// The sidecar's admin address.
+        #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
+        admin: String,
+        /// File holding the admin bearer token.
+        #[arg(long, value_name = "PATH")]
+        admin_token_file: Option<PathBuf>,
+    },
 }
 
 /// The YAML config file: the same settings as the flags, by the same names with `_`.
@@ -119,6 +140,7 @@ pub struct FileConfig {
     pub outbound: Option<String>,
     pub ids: Option<String>,
     pub admin: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
     pub snapshot: Option<PathBuf>,
     pub routes_file: Option<PathBuf>,
     #[serde(default)]
@@ -264,6 +286,8 @@ pub struct Config {
     pub outbound: SocketAddr,
     pub ids: SocketAddr,
     pub admin: SocketAddr,
+    /// Bearer token file for POST /drain.
+    pub admin_token_file: Option<PathBuf>,
     pub snapshot: Option<PathBuf>,
     pub register: Vec<RegisterSpec>,
     pub threads: usize,
@@ -290,6 +314,7 @@ impl Config {
             outbound: ([127, 0, 0, 1], 15001).into(),
             ids: ([127, 0, 0, 1], 15002).into(),
             admin: ([127, 0, 0, 1], 15000).into(),
+            admin_token_file: None,
             snapshot: None,
             register: Vec::new(),
             threads: 2,
@@ -336,6 +361,7 @@ impl Config {
         cfg.outbound = addr("--outbound", flags.outbound.or(file.outbound), cfg.outbound)?;
         cfg.ids = addr("--ids", flags.ids.or(file.ids), cfg.ids)?;
         cfg.admin = addr("--admin", flags.admin.or(file.admin), cfg.admin)?;
+        cfg.admin_token_file = flags.admin_token_file.or(file.admin_token_file);
         cfg.snapshot = flags.snapshot.or(file.snapshot);
         let register = if flags.register.is_empty() {
             file.register

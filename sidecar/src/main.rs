@@ -3,6 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
+use twin_sidecar::config::Command;
 use twin_sidecar::{Config, Flags, Sidecar};
 
 fn main() -> std::process::ExitCode {
@@ -13,7 +14,15 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cfg = match Config::from_flags(Flags::parse()) {
+    let flags = Flags::parse();
+    if let Some(Command::Drain {
+        admin,
+        admin_token_file,
+    }) = &flags.command
+    {
+        return drain(admin, admin_token_file.as_deref());
+    }
+    let cfg = match Config::from_flags(flags) {
         Ok(cfg) => cfg,
         Err(e) => {
             eprintln!("twin-sidecar: {e}");
@@ -24,6 +33,20 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("twin-sidecar: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `twin-sidecar drain`: ask the local sidecar to drain; exit 0 when it agreed.
+fn drain(admin: &str, token_file: Option<&std::path::Path>) -> std::process::ExitCode {
+    match twin_sidecar::admin::request_drain_blocking(admin, token_file) {
+        Ok(()) => {
+            println!("twin-sidecar at {admin} is draining");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("twin-sidecar drain: {e}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -54,16 +54,13 @@ impl Sidecar {
         let outbound_listener = serve::bind("--outbound", cfg.outbound).await?;
         let ids_listener = serve::bind("--ids", cfg.ids).await?;
         let admin_listener = serve::bind("--admin", cfg.admin).await?;
-        let local = |l: &tokio::net::TcpListener, what| {
-            l.local_addr().map_err(|source| StartError::Bind {
-                what,
-                addr: cfg.outbound,
-                source,
-            })
+        let local = |l: &tokio::net::TcpListener, what, addr| {
+            l.local_addr()
+                .map_err(|source| StartError::Bind { what, addr, source })
         };
-        let outbound_addr = local(&outbound_listener, "--outbound")?;
-        let ids_addr = local(&ids_listener, "--ids")?;
-        let admin_addr = local(&admin_listener, "--admin")?;
+        let outbound_addr = local(&outbound_listener, "--outbound", cfg.outbound)?;
+        let ids_addr = local(&ids_listener, "--ids", cfg.ids)?;
+        let admin_addr = local(&admin_listener, "--admin", cfg.admin)?;
 
         let ids = IdApi::start(&cfg, client.clone(), &tables).await?;
 
@@ -77,6 +74,7 @@ impl Sidecar {
             shutdown: shutdown.clone(),
             prometheus: prometheus.clone(),
             before_render: Some(ids.gauges()),
+            token_file: cfg.admin_token_file.clone(),
         });
         let servers = vec![
             serve::serve(

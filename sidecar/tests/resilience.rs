@@ -218,3 +218,91 @@ async fn sigterm_finishes_in_flight_requests_revokes_the_lease_and_exits_0() {
     let gone = c.get(key, None).await.expect("get");
     assert_eq!(gone.count(), 0, "the registration lease was revoked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_subcommand_needs_the_admin_token_and_withdraws_the_node() {
+    let (etcd, mut c) = etcd().await;
+    let up = Upstream::start("m6v").await.expect("up");
+    put_route(&mut c, &route(&[("m6v", 10_000)], &[("m6v", &[&up])])).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret\n").expect("token");
+    let endpoint = etcd.endpoint();
+    let token_arg = token.to_str().expect("utf8");
+    let mut p = Process::spawn(
+        &[
+            "--dc",
+            "m6v",
+            "--node-id",
+            "n2",
+            "--etcd",
+            &endpoint,
+            "--register",
+            "payments=127.0.0.1:18081",
+            "--admin-token-file",
+            token_arg,
+        ],
+        &dir.path().join("sidecar.log"),
+    );
+    p.ready().await;
+    let key = Keys::default().endpoint(SERVICE, "m6v", "n2");
+    let count = |key: String| {
+        let mut c = c.clone();
+        async move { c.get(key, None).await.map(|r| r.count()).unwrap_or(-1) }
+    };
+    assert!(
+        eventually(WAIT, || {
+            let f = count(key.clone());
+            async move { f.await == 1 }
+        })
+        .await
+    );
+
+    let drain = |token: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_twin-sidecar"));
+        cmd.args(["drain", "--admin", &p.admin.to_string()]);
+        if let Some(t) = token {
+            cmd.args(["--admin-token-file", t]);
+        }
+        cmd.output().expect("drain runs")
+    };
+    // Without the token: refused, and the node stays in.
+    let refused = drain(None);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("answered 401 Unauthorized"), "{err}");
+    assert_eq!(count(key.clone()).await, 1);
+
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "guess").expect("token");
+    assert_eq!(drain(wrong.to_str()).status.code(), Some(1));
+
+    let ok = drain(Some(token_arg));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let c2 = http::client();
+    let admin = p.admin;
+    assert_eq!(
+        http::get(&c2, admin, "admin", "/readyz", &[])
+            .await
+            .expect("readyz")
+            .status,
+        503
+    );
+    assert!(
+        eventually(WAIT, || {
+            let f = count(key.clone());
+            async move { f.await == 0 }
+        })
+        .await,
+        "registration not revoked"
+    );
+    // Draining keeps serving the application until SIGTERM.
+    assert_eq!(call(&c2, p.outbound, Some("u")).await.status, 200);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(WAIT).await, Some(0));
+}

@@ -59,28 +59,44 @@ pub struct TopologyView {
     changes: watch::Receiver<Arc<Topology>>,
     stats: Arc<ViewStats>,
     task: JoinHandle<()>,
+    saver: Option<JoinHandle<()>>,
 }
 
 impl Drop for TopologyView {
     fn drop(&mut self) {
         self.task.abort();
+        if let Some(s) = &self.saver {
+            s.abort();
+        }
     }
 }
 
 struct Publisher {
     current: Arc<ArcSwap<Topology>>,
     tx: watch::Sender<Arc<Topology>>,
-    snapshot_path: Option<PathBuf>,
+}
+
+/// Saves every published topology that came from etcd to `path`, off the runtime threads
+/// (the write fsyncs), newest first: changes that arrive during a save are coalesced.
+async fn save_snapshots(mut rx: watch::Receiver<Arc<Topology>>, path: PathBuf) {
+    while rx.changed().await.is_ok() {
+        let t = rx.borrow_and_update().clone();
+        if t.source != Source::Etcd {
+            continue;
+        }
+        let path = path.clone();
+        let saved = tokio::task::spawn_blocking(move || t.save(&path)).await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not save the topology snapshot"),
+            Err(e) => tracing::warn!(error = %e, "the snapshot writer failed"),
+        }
+    }
 }
 
 impl Publisher {
     fn publish(&self, t: Topology) {
         metrics::gauge!("twin_topology_revision").set(t.revision as f64);
-        if let Some(path) = &self.snapshot_path {
-            if let Err(e) = t.save(path) {
-                tracing::warn!(error = %e, "could not save the topology snapshot");
-            }
-        }
         let t = Arc::new(t);
         self.current.store(t.clone());
         self.tx.send_replace(t);
@@ -105,10 +121,13 @@ impl TopologyView {
         let current = Arc::new(ArcSwap::new(initial.clone()));
         let (tx, changes) = watch::channel(initial);
         let stats = Arc::new(ViewStats::default());
+        let saver = opts
+            .snapshot_path
+            .clone()
+            .map(|path| tokio::spawn(save_snapshots(changes.clone(), path)));
         let publisher = Publisher {
             current: current.clone(),
             tx,
-            snapshot_path: opts.snapshot_path.clone(),
         };
         let task = tokio::spawn(run(client, keys, opts, publisher, stats.clone()));
         TopologyView {
@@ -116,6 +135,7 @@ impl TopologyView {
             changes,
             stats,
             task,
+            saver,
         }
     }
 
