@@ -47,6 +47,10 @@ pub enum ConfigError {
     },
     #[error("outlier.consecutive_failures must be at least 1")]
     Outlier,
+    #[error("--admin {0} is not a loopback address: give --admin-token-file so POST /drain needs a bearer token")]
+    AdminWithoutToken(SocketAddr),
+    #[error("limits.max_connections must be at least 1")]
+    MaxConnections,
 }
 
 /// Command line of `twin-sidecar`. Every flag can also come from the environment variable
@@ -189,6 +193,8 @@ pub struct Limits {
     pub header_read_timeout_ms: u64,
     /// Retryable request bodies up to this size are kept so they can be sent again.
     pub max_replay_body_bytes: usize,
+    /// Open connections per listener; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -197,6 +203,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             header_read_timeout_ms: 10_000,
             max_replay_body_bytes: 64 * 1024,
+            max_connections: 4096,
         }
     }
 }
@@ -362,6 +369,9 @@ impl Config {
         cfg.ids = addr("--ids", flags.ids.or(file.ids), cfg.ids)?;
         cfg.admin = addr("--admin", flags.admin.or(file.admin), cfg.admin)?;
         cfg.admin_token_file = flags.admin_token_file.or(file.admin_token_file);
+        if !cfg.admin.ip().is_loopback() && cfg.admin_token_file.is_none() {
+            return Err(ConfigError::AdminWithoutToken(cfg.admin));
+        }
         cfg.snapshot = flags.snapshot.or(file.snapshot);
         let register = if flags.register.is_empty() {
             file.register
@@ -398,6 +408,9 @@ impl Config {
             return Err(ConfigError::Outlier);
         }
         cfg.limits = file.limits.unwrap_or_default();
+        if cfg.limits.max_connections == 0 {
+            return Err(ConfigError::MaxConnections);
+        }
         cfg.idgen = file.idgen.unwrap_or_default();
         Ok(cfg)
     }
@@ -531,6 +544,10 @@ mod tests {
             (
                 vec!["--dc", "m6v", "--threads", "0"],
                 "--threads must be between 1 and 64, got 0",
+            ),
+            (
+                vec!["--dc", "m6v", "--admin", "0.0.0.0:15000"],
+                "--admin 0.0.0.0:15000 is not a loopback address: give --admin-token-file so POST /drain needs a bearer token",
             ),
             (
                 vec!["--dc", "m6v", "--config", "/nonexistent/twin.yaml"],

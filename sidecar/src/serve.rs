@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::Limits;
@@ -53,6 +55,7 @@ pub fn serve<F, S, B>(
     mut new_service: F,
     shutdown: Shutdown,
     drain: Duration,
+    max_connections: usize,
 ) -> JoinHandle<()>
 where
     F: FnMut(SocketAddr) -> S + Send + 'static,
@@ -67,7 +70,17 @@ where
         let graceful = GracefulShutdown::new();
         let stopped = shutdown.stopped();
         tokio::pin!(stopped);
+        // One permit per open connection: at the limit, new clients wait in the backlog.
+        let slots = Arc::new(Semaphore::new(max_connections));
         loop {
+            let permit = tokio::select! {
+                biased;
+                () = &mut stopped => break,
+                p = slots.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
             tokio::select! {
                 biased;
                 () = &mut stopped => break,
@@ -82,6 +95,7 @@ where
                             if let Err(e) = conn.await {
                                 tracing::debug!(error = %e, "connection ended with an error");
                             }
+                            drop(permit);
                         });
                     }
                     Err(e) => {

@@ -84,6 +84,7 @@ impl Sidecar {
                 move |peer| outbound.connection_service(peer),
                 shutdown.clone(),
                 cfg.drain_timeout,
+                cfg.limits.max_connections,
             ),
             serve::serve(
                 "ids",
@@ -95,6 +96,7 @@ impl Sidecar {
                 },
                 shutdown.clone(),
                 cfg.drain_timeout,
+                cfg.limits.max_connections,
             ),
             serve::serve(
                 "admin",
@@ -103,6 +105,7 @@ impl Sidecar {
                 move |_| admin.service(),
                 shutdown.clone(),
                 cfg.drain_timeout,
+                cfg.limits.max_connections,
             ),
         ];
 

@@ -306,3 +306,30 @@ async fn the_drain_subcommand_needs_the_admin_token_and_withdraws_the_node() {
     p.signal(libc::SIGTERM);
     assert_eq!(p.wait_exit(WAIT).await, Some(0));
 }
+
+#[test]
+fn admin_refuses_a_non_loopback_address_without_a_token() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_twin-sidecar"))
+        .args([
+            "--dc",
+            "m6v",
+            "--admin",
+            "0.0.0.0:0",
+            "--outbound",
+            "127.0.0.1:0",
+            "--ids",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("run twin-sidecar");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "refused as a configuration error"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "twin-sidecar: --admin 0.0.0.0:0 is not a loopback address: give --admin-token-file so POST /drain needs a bearer token"
+    );
+}
