@@ -142,7 +142,9 @@ pub fn p99(samples: &[Sample], phase: &Phase) -> Option<f64> {
 /// which every later window has at least `share` of its calls served by the datacenter
 /// `expected(key)` names. The figure is the send time of the first matching call after the
 /// last failing window's last mismatch, so it has the resolution of single requests.
-/// A failed call never matches. `None`: it never converged before `horizon`.
+/// A failed call never matches. A call still in flight at `horizon` is left out: whatever
+/// began then (the next step) may have decided where it went. `None`: it never converged
+/// before `horizon`.
 pub fn converge(
     samples: &[Sample],
     t0: f64,
@@ -153,7 +155,9 @@ pub fn converge(
 ) -> Option<f64> {
     let mut calls: Vec<(f64, bool)> = samples
         .iter()
-        .filter(|s| s.kind.is_routed() && s.sent_ms >= t0 && s.sent_ms < horizon)
+        .filter(|s| {
+            s.kind.is_routed() && s.sent_ms >= t0 && s.sent_ms + s.latency_ms.max(0.0) < horizon
+        })
         .map(|s| {
             let ok = s.served_ok() && s.dc.is_some() && s.dc == expected(s.key);
             (s.sent_ms, ok)

@@ -9,6 +9,12 @@ use hyper_util::rt::TokioExecutor;
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// How long an idle pooled connection may be reused. Servers close idle keep-alive
+/// connections (the sidecar after its 10 s header-read timeout); a client that reuses one
+/// just as the server closes it loses the request ("connection closed before message
+/// completed"), so the pool lets connections go well before any server would.
+pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A client that keeps up to `idle` connections per host and leaves Host to the caller.
 pub fn client(idle: usize) -> HttpClient {
     let mut conn = HttpConnector::new();
@@ -16,6 +22,7 @@ pub fn client(idle: usize) -> HttpClient {
     conn.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(idle)
+        .pool_idle_timeout(POOL_IDLE)
         .set_host(false)
         .build(conn)
 }

@@ -62,9 +62,23 @@ pub fn evaluate(
     let phase = |name: &str| phases.iter().find(|p| p.name == name).cloned();
     let mut out = Vec::new();
     let ss = &drill.steady_state;
+    // Before the first step: only requests that had ended when it started (one still in
+    // flight when a fault begins is the fault's, not the steady state's).
+    let settled_before: Option<Vec<crate::record::Sample>> =
+        phase("before").zip(steps.first()).map(|(p, first)| {
+            rec.samples
+                .iter()
+                .filter(|s| p.contains(s.sent_ms) && s.sent_ms + s.latency_ms <= first.started_ms)
+                .cloned()
+                .collect()
+        });
     for which in ["before", "after"] {
         let Some(p) = phase(which) else { continue };
-        let (e, n) = checks::error_rate(&rec.samples, &p, crate::drill::Traffic::All);
+        let samples: &[crate::record::Sample] = match (which, &settled_before) {
+            ("before", Some(v)) => v,
+            _ => &rec.samples,
+        };
+        let (e, n) = checks::error_rate(samples, &p, crate::drill::Traffic::All);
         let rate = pct(e, n);
         out.push(result(
             format!("hypothesis {which}: error rate"),
@@ -77,7 +91,7 @@ pub fn evaluate(
                 String::new()
             },
         ));
-        let p99 = checks::p99(&rec.samples, &p);
+        let p99 = checks::p99(samples, &p);
         out.push(result(
             format!("hypothesis {which}: p99 latency"),
             p99.map_or("no requests".into(), |v| format!("{v:.1}ms")),

@@ -1,8 +1,7 @@
 //! End-to-end drills in their `--quick` form, against the real `twin-sidecar`, `twinctl`,
 //! `twin-control-plane` and etcd binaries (built by `scripts/test` before the tests run; set
 //! `TWIN_BIN_DIR` to use others). One drill runs at a time: each starts a whole topology.
-//! Each shipped drill has a test; `dc-blackhole-spill` is ignored while the sidecar does not
-//! keep a blackholed datacenter spilled (run it with `cargo test -- --ignored`).
+//! Each shipped drill has a test.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -148,11 +147,9 @@ fn shift_with_rollback_quick_passes() {
     assert!(log.contains("rolled back to m6v=80%,wanguo=20%"), "{log}");
 }
 
-/// Fails today: the sidecar does not keep a blackholed datacenter spilled (its endpoints'
-/// ejections drift apart, so the datacenter stays at 50% healthy and keeps its share, and
-/// each re-admitted endpoint takes its whole share until a request times out).
+/// A blackholed datacenter (connections accepted, never answered) spills within the bound:
+/// this failed until the sidecar limited an endpoint on probation to one trial request.
 #[test]
-#[ignore = "the sidecar does not yet keep a blackholed datacenter spilled"]
 fn dc_blackhole_spill_quick_passes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("run");

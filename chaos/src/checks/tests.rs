@@ -167,6 +167,21 @@ fn converge_tolerates_rare_stragglers_but_not_a_late_relapse() {
 }
 
 #[test]
+fn converge_leaves_out_calls_still_in_flight_at_the_horizon() {
+    // The last call is sent just before the next step and answered after it began: that
+    // step (a fault) sent it elsewhere, which says nothing about this one.
+    let mut s = failover_traffic(0.0, 100.0, 2000.0);
+    let last = s.len() - 1;
+    s[last].dc = Some(0);
+    s[last].latency_ms = 30.0;
+    let c = converge(&s, 0.0, 2000.0, 100.0, 0.99, |_| Some(1)).expect("converged");
+    assert!((c - 100.0).abs() < 0.01, "{c}");
+    // Answered before the horizon, the same mismatch counts.
+    s[last].latency_ms = 0.5;
+    assert_eq!(converge(&s, 0.0, 2000.0, 100.0, 0.99, |_| Some(1)), None);
+}
+
+#[test]
 fn p99_counts_every_request() {
     let mut s: Vec<Sample> = (0..100)
         .map(|i| routed(i as f64, 1, Some(0), 200, 1))

@@ -9,8 +9,11 @@
 //!    any success resets it.
 //! 2. *Ejected*: when the count reaches the threshold the endpoint takes no new requests for a
 //!    backoff of `base × 2^(ejections in a row)`, capped.
-//! 3. *Probation*: after the backoff it is picked again. Its first success makes it healthy and
-//!    forgets the ejection streak; its first failure ejects it again with a longer backoff.
+//! 3. *Probation*: after the backoff it takes **one trial request at a time** (others go to
+//!    other endpoints, or spill when there are none), so an endpoint that is still
+//!    blackholed costs one request per backoff, not a backoff's worth of traffic. Its first
+//!    success makes it healthy and forgets the ejection streak; its first failure ejects it
+//!    again with a longer backoff.
 //!
 //! Time is `tokio::time::Instant`, so tests drive backoffs with paused time.
 
@@ -45,6 +48,8 @@ pub struct EndpointState {
     consecutive: AtomicU32,
     /// True between re-admission and the first result after it.
     probation: AtomicBool,
+    /// True while the one trial request of a probation is in flight.
+    trial: AtomicBool,
     /// Ejections in a row; guarded because ejecting reads and writes several fields.
     streak: Mutex<u32>,
     epoch: Instant,
@@ -78,6 +83,7 @@ impl EndpointState {
             ejected_until: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             probation: AtomicBool::new(false),
+            trial: AtomicBool::new(false),
             streak: Mutex::new(0),
             epoch: Instant::now(),
             outlier,
@@ -99,6 +105,13 @@ impl EndpointState {
         until == 0 || self.now_ns() >= until
     }
 
+    /// True when a new request may be sent: not ejected, and not in probation with its one
+    /// trial request already in flight.
+    pub fn can_take_request(&self) -> bool {
+        self.is_available()
+            && !(self.probation.load(Ordering::Relaxed) && self.trial.load(Ordering::Relaxed))
+    }
+
     /// How much longer it stays ejected.
     pub fn ejected_for(&self) -> Duration {
         let until = self.ejected_until.load(Ordering::Relaxed);
@@ -116,8 +129,16 @@ impl EndpointState {
     /// Counts one more request in flight until the guard is dropped.
     pub fn start_request(self: &std::sync::Arc<Self>) -> InFlight {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
+        // In probation the first request to start is the trial; it ends with its guard, so a
+        // cancelled request cannot leave the endpoint waiting for a result forever.
+        let trial = self.probation.load(Ordering::Relaxed)
+            && self
+                .trial
+                .compare_exchange(false, true, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
         InFlight {
             endpoint: self.clone(),
+            trial,
         }
     }
 
@@ -189,11 +210,16 @@ impl EndpointState {
 /// Keeps an endpoint's outstanding count up while a request is in flight.
 pub struct InFlight {
     endpoint: std::sync::Arc<EndpointState>,
+    /// This request is its endpoint's probation trial.
+    trial: bool,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if self.trial {
+            self.endpoint.trial.store(false, Ordering::Relaxed);
+        }
     }
 }
 
@@ -229,7 +255,7 @@ pub fn healthy_percent(members: &[Member]) -> u32 {
 /// Power of two choices among available members whose index is not in `exclude`.
 /// `None` when no such member exists.
 pub fn pick(members: &[Member], exclude: &[usize]) -> Option<usize> {
-    let eligible = |i: usize| !exclude.contains(&i) && members[i].state.is_available();
+    let eligible = |i: usize| !exclude.contains(&i) && members[i].state.can_take_request();
     let count = (0..members.len()).filter(|&i| eligible(i)).count();
     let nth = |n: usize| (0..members.len()).filter(|&i| eligible(i)).nth(n);
     match count {
@@ -269,6 +295,42 @@ mod tests {
             state: Arc::new(EndpointState::new(addr, settings())),
             capacity,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probation_takes_one_trial_request_at_a_time() {
+        let e = Arc::new(EndpointState::new("127.0.0.1:1", settings()));
+        for _ in 0..3 {
+            e.record(Outcome::Failure);
+        }
+        assert!(!e.can_take_request(), "ejected");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(e.can_take_request(), "re-admitted on probation");
+        let trial = e.start_request();
+        assert!(
+            e.is_available(),
+            "still counts as available for the datacenter's health"
+        );
+        assert!(
+            !e.can_take_request(),
+            "no second request while the trial is in flight"
+        );
+        let ms = [Member {
+            state: e.clone(),
+            capacity: 1,
+        }];
+        assert_eq!(pick(&ms, &[]), None);
+        // A trial that ends without a result (cancelled) frees the slot.
+        drop(trial);
+        assert!(e.can_take_request());
+        let _trial = e.start_request();
+        assert_eq!(e.record(Outcome::Success), Ejection::None);
+        assert!(
+            e.can_take_request(),
+            "healthy after a successful trial: no limit"
+        );
+        let _more: Vec<InFlight> = (0..3).map(|_| e.start_request()).collect();
+        assert!(e.can_take_request());
     }
 
     #[tokio::test(start_paused = true)]
