@@ -194,7 +194,19 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
     let (mut sidecar, [outbound, ids_addr, admin]) =
         start_sidecar(&opts, &etcd.endpoint, &dir).await?;
 
-    let shift = shift_command(&etcd.endpoint);
+    // With twinctl built beside the sidecar (scripts/demo builds it), show the SRE's command
+    // first; the raw etcdctl write works everywhere.
+    let twinctl = opts.sidecar.with_file_name("twinctl");
+    let shift = if twinctl.is_file() {
+        format!(
+            "{} --etcd {} route set {SERVICE} --weights m6v=20,wanguo=80 --reason \"demo shift\"\n  {}",
+            twinctl.display(),
+            etcd.endpoint,
+            shift_command(&etcd.endpoint)
+        )
+    } else {
+        shift_command(&etcd.endpoint)
+    };
     println!(
         "Twin demo: etcd {} (pid {}), twin-sidecar {} (pid {}), temp dir {}",
         etcd.endpoint,
