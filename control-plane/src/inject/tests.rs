@@ -357,3 +357,37 @@ fn offline_inject_keeps_other_documents_unchanged_and_in_order() {
         "{err}"
     );
 }
+
+mod never_panic {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn admission_bodies_from_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = review(&bytes, &cfg());
+        }
+
+        #[test]
+        fn admission_reviews_with_garbage_pods(
+            annotations in proptest::collection::btree_map("twin\\.io/[a-z-]{1,16}|[a-z]{1,4}", "\\PC{0,12}", 0..5),
+            ports in proptest::collection::vec(any::<i32>(), 0..4),
+            host_network in any::<bool>(),
+        ) {
+            let ports: Vec<Value> = ports.iter().map(|p| json!({"containerPort": p})).collect();
+            let input = pod(
+                serde_json::to_value(&annotations).expect("json"),
+                json!({"hostNetwork": host_network, "containers": [{"name": "app", "image": "x", "ports": ports}]}),
+            );
+            // Valid shape: always a response, never a panic; an injected pod re-injects to itself.
+            let out = review(&admission(&input), &cfg()).expect("a well-formed review is answered");
+            let out = serde_json::to_value(out).expect("json");
+            prop_assert!(out["response"]["allowed"].is_boolean());
+        }
+
+        #[test]
+        fn offline_inject_from_arbitrary_yaml(text in "[a-zA-Z:{}\\[\\], \n-]{0,200}") {
+            let _ = inject_stream(&text, &cfg());
+        }
+    }
+}
