@@ -146,10 +146,6 @@ impl Claim {
         self.fence_mono_ms
             .fetch_max(fence_mono_ms, Ordering::AcqRel);
     }
-    /// Closes the fence at once (the lease is known to be gone).
-    pub fn close_fence(&self) {
-        self.fence_mono_ms.store(0, Ordering::Release);
-    }
     /// Milliseconds until the fence closes (0 when closed).
     pub fn fence_left_ms(&self) -> u64 {
         self.fence_mono_ms().saturating_sub(mono_ms())
@@ -229,7 +225,6 @@ impl Claim {
                 used = used.max((second + 1) * 1000 - 1);
             }
         }
-        self.close_fence();
         used
     }
 }

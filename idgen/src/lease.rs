@@ -414,6 +414,8 @@ impl EtcdWorkers {
     /// the next holder starts right above it) and revokes the lease. Best effort.
     pub async fn release(&self, mut lease: WorkerLease, used_ms: u64) {
         lease.keeper = None;
+        // Never below this claim's start: that would reopen time earlier holders used.
+        let used_ms = used_ms.max(lease.anchor_ms - 1);
         if !lease.hwm_unsure && used_ms < lease.reserved_ms {
             let _ = self
                 .write_hwm(

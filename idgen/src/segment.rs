@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,25 +79,33 @@ impl SegmentStore {
                 Err(format!("{key}: too much contention"))
             }
             SegmentStore::Dir(dir) => {
-                let path = dir.join(biz);
-                let next = match std::fs::read_to_string(&path) {
-                    Ok(s) => s
-                        .trim()
-                        .parse::<u64>()
-                        .map_err(|e| format!("{}: {e}", path.display()))?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
-                    Err(e) => return Err(format!("{}: {e}", path.display())),
-                };
-                let end = next
-                    .checked_add(step)
-                    .filter(|e| *e < 1 << 63)
-                    .ok_or_else(|| format!("{}: sequence exhausted", path.display()))?;
-                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                write_durably(&path, end.to_string().as_bytes()).map_err(|e| e.to_string())?;
-                Ok(next..end)
+                let (dir, biz) = (dir.clone(), biz.to_string());
+                tokio::task::spawn_blocking(move || allocate_in_dir(&dir, &biz, step))
+                    .await
+                    .map_err(|e| e.to_string())?
             }
         }
     }
+}
+
+/// Pure mode: the next free value of `biz` in a file of `dir`, written durably before use.
+fn allocate_in_dir(dir: &Path, biz: &str, step: u64) -> Result<Range<u64>, String> {
+    let path = dir.join(biz);
+    let next = match std::fs::read_to_string(&path) {
+        Ok(s) => s
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| format!("{}: {e}", path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let end = next
+        .checked_add(step)
+        .filter(|e| *e < 1 << 63)
+        .ok_or_else(|| format!("{}: sequence exhausted", path.display()))?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    write_durably(&path, end.to_string().as_bytes()).map_err(|e| e.to_string())?;
+    Ok(next..end)
 }
 
 /// The buffered ranges of one tag. At most one allocation is in flight at a time, so ranges

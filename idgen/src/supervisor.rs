@@ -49,27 +49,19 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
-/// Builds and installs a claim, reporting the first success to `start`.
+/// Makes `claim` the one IDs are issued under, reporting the first success to `start`.
 fn install(
     shared: &Shared,
-    claim: Result<Claim, IdError>,
+    claim: Claim,
     started: &mut Option<oneshot::Sender<Started>>,
-) -> Option<Arc<Claim>> {
-    match claim {
-        Ok(c) => {
-            let c = Arc::new(c);
-            shared.claim.install(c.clone());
-            shared.set_error(None);
-            if let Some(tx) = started.take() {
-                let _ = tx.send(Started::Ready);
-            }
-            Some(c)
-        }
-        Err(e) => {
-            shared.set_error(Some(e.to_string()));
-            None
-        }
+) -> Arc<Claim> {
+    let claim = Arc::new(claim);
+    shared.claim.install(claim.clone());
+    shared.set_error(None);
+    if let Some(tx) = started.take() {
+        let _ = tx.send(Started::Ready);
     }
+    claim
 }
 
 pub async fn run_etcd(
@@ -151,13 +143,15 @@ pub async fn run_etcd(
             lease.fence_mono_ms,
             ms(cfg.max_lead),
         );
-        let Some(claim) = install(&shared, claim, &mut started) else {
-            etcd.release(lease, 0).await;
-            if pause(&mut stop, retry).await {
-                break;
+        let claim = match claim {
+            Ok(c) => c,
+            Err(e) => {
+                // The datacenter code or worker does not fit the layout: a configuration error.
+                etcd.release(lease, u64::MAX).await;
+                return fail(&shared, &mut started, e);
             }
-            continue;
         };
+        let claim = install(&shared, claim, &mut started);
         tracing::info!(dc = %cfg.dc, worker = lease.worker, anchor_ms = lease.anchor_ms, "claimed worker id");
         // 3. Maintain.
         let lost = loop {
@@ -260,9 +254,7 @@ pub async fn run_file(
         Ok(c) => c,
         Err(e) => return fail(&shared, &mut started, e),
     };
-    let Some(claim) = install(&shared, Ok(claim), &mut started) else {
-        return;
-    };
+    let claim = install(&shared, claim, &mut started);
     let tick =
         (cfg.reservation_window / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
     while !pause(&mut stop, tick).await {
