@@ -182,7 +182,14 @@ impl EtcdSettings {
         if let Some(u) = &self.user {
             return u.clone();
         }
-        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".to_string());
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata("/proc/self")
+                    .map(|m| format!("uid{}", m.uid()))
+                    .unwrap_or_else(|_| "unknown".to_string())
+            });
         let host = std::fs::read_to_string("/etc/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "localhost".to_string());
