@@ -3,7 +3,7 @@
 
 mod cp_support;
 
-use cp_support::{ok, register, revision, twinctl, two_dcs};
+use cp_support::{ok, register, revision, route_set, twinctl, two_dcs};
 
 fn secret(dir: &std::path::Path, name: &str, value: &str) -> String {
     let p = dir.join(name);
@@ -15,19 +15,7 @@ fn secret(dir: &std::path::Path, name: &str, value: &str) -> String {
 async fn operator_fails_over_reader_is_refused() {
     let etcd = two_dcs().await;
     let dir = tempfile::tempdir().expect("tmp");
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "pay",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "seed",
-        ],
-    )
-    .await;
+    route_set(&etcd, "pay", "m6v=50,wanguo=50", "seed").await;
     let mut c = etcd.client().await.expect("client");
     register(&mut c, "pay", "m6v", "a", "127.0.0.1:1", 10).await;
     register(&mut c, "pay", "wanguo", "b", "127.0.0.1:2", 10).await;

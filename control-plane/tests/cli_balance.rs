@@ -2,52 +2,16 @@
 
 mod cp_support;
 
-use cp_support::{ok, register, revision, twinctl, two_dcs};
+use cp_support::{ok, register, revision, route_set, twinctl, two_dcs};
 use etcd_client::{GetOptions, PutOptions};
 use twin_topology::{Endpoint, Keys};
 
 #[tokio::test]
 async fn balance_on_a_seeded_uneven_topology_reports_the_right_additions() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "pay",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "ledger",
-            "--weights",
-            "m6v=100",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "even",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "pay", "m6v=50,wanguo=50", "create").await;
+    route_set(&etcd, "ledger", "m6v=100", "create").await;
+    route_set(&etcd, "even", "m6v=50,wanguo=50", "create").await;
     let mut c = etcd.client().await.expect("client");
     let mut port = 9000;
     let mut seed = |svc: &'static str, dc: &'static str, n: usize, cap: u32| {

@@ -3,7 +3,7 @@
 
 mod cp_support;
 
-use cp_support::{ok, register, revision, twinctl, two_dcs, weights};
+use cp_support::{ok, register, revision, route_set, twinctl, two_dcs, weights};
 use twin_control_plane::failover::{self, FailoverRequest};
 use twin_control_plane::plan::Selection;
 use twin_control_plane::state::Cluster;
@@ -67,19 +67,7 @@ async fn failover_over_20_routes_is_all_or_nothing_with_one_audit_record_each() 
         assert_eq!(weights(&mut c, &format!("svc{i:02}")).await["m6v"], 5000);
     }
 
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "svc10",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "fix by hand",
-        ],
-    )
-    .await;
+    route_set(&etcd, "svc10", "m6v=50,wanguo=50", "fix by hand").await;
     let out = ok(
         &etcd,
         &[
@@ -147,19 +135,7 @@ async fn a_write_between_read_and_commit_fails_the_whole_failover() {
     let prepared = failover::prepare(&cluster, &req).await.expect("prepare");
     assert_eq!(prepared.plan.moves.len(), 20);
     // Another SRE changes one route mid-way, after the failover read it.
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "svc13",
-            "--weights",
-            "m6v=40,wanguo=60",
-            "--reason",
-            "other sre",
-        ],
-    )
-    .await;
+    route_set(&etcd, "svc13", "m6v=40,wanguo=60", "other sre").await;
     let mut c = etcd.client().await.expect("client");
     let before = revision(&mut c).await;
     let err = failover::commit(&cluster, &prepared, "failover", "drill", false, None)
@@ -179,19 +155,7 @@ async fn a_write_between_read_and_commit_fails_the_whole_failover() {
 #[tokio::test]
 async fn capacity_guard_refuses_and_force_with_reason_overrides() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
     let mut c = etcd.client().await.expect("client");
     for i in 0..6 {
         register(
@@ -311,19 +275,7 @@ async fn a_fail_route_keeps_its_home_unless_forced() {
         ],
     )
     .await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
     let out = twinctl(
         &etcd,
         &[
@@ -376,19 +328,7 @@ async fn failback_restores_exactly_and_only_what_is_unchanged_since() {
         &["dc", "add", "hk", "--code", "2", "--reason", "seed"],
     )
     .await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "a",
-            "--weights",
-            "m6v=50,wanguo=25,hk=25",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "a", "m6v=50,wanguo=25,hk=25", "create").await;
     ok(
         &etcd,
         &[
@@ -404,19 +344,7 @@ async fn failback_restores_exactly_and_only_what_is_unchanged_since() {
         ],
     )
     .await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "c",
-            "--weights",
-            "wanguo=100",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "c", "wanguo=100", "create").await;
     let get = |s: &'static str| {
         let etcd = &etcd;
         async move { ok(etcd, &["route", "get", s, "-o", "json"]).await.json()["route"].clone() }

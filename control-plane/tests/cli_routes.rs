@@ -3,25 +3,13 @@
 
 mod cp_support;
 
-use cp_support::{ok, revision, twinctl, two_dcs, weights};
+use cp_support::{ok, revision, route_set, twinctl, two_dcs, weights};
 use twin_testkit::Etcd;
 
 #[tokio::test]
 async fn racing_route_sets_one_wins_and_the_loser_gets_the_conflict_line() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
     let rev = ok(&etcd, &["route", "get", "payments", "-o", "json"])
         .await
         .json()["revision"]
@@ -89,19 +77,7 @@ async fn racing_route_sets_one_wins_and_the_loser_gets_the_conflict_line() {
 #[tokio::test]
 async fn dry_runs_leave_the_etcd_revision_unchanged() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
     let mut c = etcd.client().await.expect("client");
     let before = revision(&mut c).await;
     let dir = tempfile::tempdir().expect("tmp");
@@ -186,19 +162,7 @@ async fn dry_runs_leave_the_etcd_revision_unchanged() {
 #[tokio::test]
 async fn bad_input_is_one_clear_line_and_writes_nothing() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
     let mut c = etcd.client().await.expect("client");
     let before = revision(&mut c).await;
     let cases: Vec<(Vec<&str>, i32, &str)> = vec![
@@ -433,19 +397,7 @@ async fn route_apply_writes_every_route_in_one_transaction() {
 #[tokio::test]
 async fn freeze_blocks_route_changes_and_force_with_reason_passes() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
     ok(
         &etcd,
         &["freeze", "--until", "2h", "--reason", "holiday freeze"],
@@ -506,19 +458,7 @@ async fn freeze_blocks_route_changes_and_force_with_reason_passes() {
     let status = ok(&etcd, &["status", "-o", "json"]).await.json();
     assert_eq!(status["frozen"], true);
     ok(&etcd, &["unfreeze", "--reason", "over"]).await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "normal",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "normal").await;
     assert_eq!(
         ok(&etcd, &["status", "-o", "json"]).await.json()["frozen"],
         false
@@ -584,19 +524,7 @@ async fn json_and_yaml_output_parse_for_every_reading_command() {
 #[tokio::test]
 async fn commands_work_when_the_audit_trail_outgrows_one_etcd_answer() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "first",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "first").await;
     // 4,500 records of ~1 KiB: more than the 4 MiB etcd returns in one response.
     let c = etcd.client().await.expect("client");
     let keys = twin_topology::Keys::default();
@@ -614,19 +542,7 @@ async fn commands_work_when_the_audit_trail_outgrows_one_etcd_answer() {
         });
         futures::future::join_all(puts).await;
     }
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=40,wanguo=60",
-            "--reason",
-            "after the flood",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=40,wanguo=60", "after the flood").await;
     ok(&etcd, &["route", "list"]).await;
     ok(
         &etcd,

@@ -6,7 +6,9 @@ mod cp_support;
 
 use std::time::{Duration, Instant};
 
-use cp_support::{leader_id, ok, register, replica, twinctl, two_dcs, wait_until, weights};
+use cp_support::{
+    leader_id, ok, register, replica, route_set, twinctl, two_dcs, wait_until, weights,
+};
 use twin_control_plane::election::{Candidacy, Candidate};
 use twin_testkit::http::{self, Behavior, Upstream};
 use twin_testkit::Etcd;
@@ -158,19 +160,7 @@ async fn a_deposed_leaders_writes_are_fenced() {
 #[tokio::test]
 async fn the_leader_probes_endpoints_publishes_health_and_serves_status() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
     let m1 = Upstream::start("m1").await.expect("upstream");
     let m2 = Upstream::start("m2").await.expect("upstream");
     let w1 = Upstream::start("w1").await.expect("upstream");
@@ -234,32 +224,8 @@ async fn the_leader_probes_endpoints_publishes_health_and_serves_status() {
 #[tokio::test]
 async fn shift_moves_in_gated_steps_and_rolls_back_when_the_gate_fails() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "ledger",
-            "--weights",
-            "m6v=100",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=100",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "ledger", "m6v=100", "create").await;
+    route_set(&etcd, "payments", "m6v=100", "create").await;
     let w1 = Upstream::start("w1").await.expect("upstream");
     let w2 = Upstream::start("w2").await.expect("upstream");
     let mut c = etcd.client().await.expect("client");
@@ -384,19 +350,7 @@ async fn shift_moves_in_gated_steps_and_rolls_back_when_the_gate_fails() {
 #[tokio::test]
 async fn automatic_failover_acts_once_and_does_not_flap() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=50,wanguo=50",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
     let ups: Vec<Upstream> =
         futures::future::join_all(["m1", "m2", "w1", "w2"].map(Upstream::start))
             .await

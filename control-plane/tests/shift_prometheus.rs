@@ -6,7 +6,7 @@ mod cp_support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cp_support::{ok, twinctl, two_dcs, weights};
+use cp_support::{route_set, twinctl, two_dcs, weights};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -58,19 +58,7 @@ async fn fake_prometheus(
 #[tokio::test]
 async fn a_rising_error_rate_fails_the_gate_and_rolls_the_shift_back() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=100",
-            "--reason",
-            "create",
-        ],
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=100", "create").await;
     // Healthy before the first step and after it, failing after the second.
     let (url, seen) = fake_prometheus(2, "0.001", "0.05").await;
     let out = twinctl(

@@ -66,6 +66,23 @@ pub async fn ok(etcd: &Etcd, args: &[&str]) -> Out {
     twinctl(etcd, args).await.expect(0)
 }
 
+/// `twinctl route set SERVICE --weights WEIGHTS --reason REASON`, which must succeed.
+pub async fn route_set(etcd: &Etcd, service: &str, weights: &str, reason: &str) -> Out {
+    ok(
+        etcd,
+        &[
+            "route",
+            "set",
+            service,
+            "--weights",
+            weights,
+            "--reason",
+            reason,
+        ],
+    )
+    .await
+}
+
 /// An etcd with datacenters m6v (0) and wanguo (1), added through `twinctl dc add`.
 pub async fn two_dcs() -> Etcd {
     let etcd = Etcd::start().await.expect("etcd");
