@@ -95,11 +95,13 @@ async fn save_snapshots(mut rx: watch::Receiver<Arc<Topology>>, path: PathBuf) {
 }
 
 impl Publisher {
-    fn publish(&self, t: Topology) {
+    /// Swaps `t` in for readers and returns the shared copy.
+    fn publish(&self, t: Topology) -> Arc<Topology> {
         metrics::gauge!("twin_topology_revision").set(t.revision as f64);
         let t = Arc::new(t);
         self.current.store(t.clone());
-        self.tx.send_replace(t);
+        self.tx.send_replace(t.clone());
+        t
     }
 }
 
@@ -215,12 +217,12 @@ async fn run(
     // A snapshot's revision is only a hint: etcd may have been rebuilt since, so always list.
     let mut need_list = true;
     loop {
-        let mut topo: Topology = (**publisher.current.load()).clone();
+        // The last published topology; each change is applied to one copy of it.
+        let mut topo: Arc<Topology> = publisher.current.load_full();
         if need_list {
             match list(&mut client, &keys, &topo, &stats).await {
                 Ok(t) => {
-                    topo = t;
-                    publisher.publish(topo.clone());
+                    topo = publisher.publish(t);
                     need_list = false;
                     backoff = opts.backoff;
                 }
@@ -265,7 +267,7 @@ async fn run(
                     if resp.events().is_empty() {
                         continue;
                     }
-                    let mut next = topo.clone();
+                    let mut next = (*topo).clone();
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         let Ok(key) = kv.key_str() else { continue };
@@ -279,8 +281,7 @@ async fn run(
                         }
                     }
                     next.source = Source::Etcd;
-                    topo = next.clone();
-                    publisher.publish(next);
+                    topo = publisher.publish(next);
                 }
                 Ok(None) => break,
                 Err(e) => {
