@@ -3,8 +3,9 @@
 //! sidecar stops sending it new requests, and keeps what it removed (value and the
 //! registering sidecar's lease) at `{prefix}/v1/control/drain/{NODE}`. Undrain puts the
 //! registrations back under their original leases; one whose lease has expired (its sidecar
-//! went away) is left for the sidecar to register again. A sidecar that re-registers while
-//! drained (for example after a restart) undoes the drain for itself.
+//! went away) is left for the sidecar to register again. The marker keeps a sidecar from
+//! registering while it is there (after a restart or a lost lease, say): its registration
+//! transaction requires the marker to be absent, and it registers once undrain removes it.
 
 use serde::{Deserialize, Serialize};
 use twin_topology::{now_ms, Change, CommitOptions, Committed, KeyKind, Versioned};

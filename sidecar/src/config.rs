@@ -49,6 +49,8 @@ pub enum ConfigError {
     Outlier,
     #[error("--admin {0} is not a loopback address: give --admin-token-file so POST /drain needs a bearer token")]
     AdminWithoutToken(SocketAddr),
+    #[error("limits.{0} must be at least 1 ms")]
+    ZeroTimeout(&'static str),
     #[error("limits.max_connections must be at least 1")]
     MaxConnections,
 }
@@ -189,8 +191,13 @@ impl Default for OutlierSettings {
 pub struct Limits {
     /// Request head larger than this gets 431 (HTTP/1.1).
     pub max_header_bytes: usize,
-    /// A client that has not sent a full request head after this long is disconnected.
+    /// A client that has not finished a request head this long after its first byte (or after
+    /// connecting) is disconnected.
     pub header_read_timeout_ms: u64,
+    /// A keep-alive connection with no request in flight is closed after this long. Longer than
+    /// the idle time of common client pools (hyper and Go 90 s, OkHttp 5 min), so the client
+    /// closes first and never sends a request into a connection the sidecar is closing.
+    pub idle_timeout_ms: u64,
     /// Retryable request bodies up to this size are kept so they can be sent again.
     pub max_replay_body_bytes: usize,
     /// Open connections per listener; further clients wait in the listen backlog.
@@ -202,6 +209,7 @@ impl Default for Limits {
         Limits {
             max_header_bytes: 64 * 1024,
             header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
             max_replay_body_bytes: 64 * 1024,
             max_connections: 4096,
         }
@@ -410,6 +418,12 @@ impl Config {
         cfg.limits = file.limits.unwrap_or_default();
         if cfg.limits.max_connections == 0 {
             return Err(ConfigError::MaxConnections);
+        }
+        if cfg.limits.idle_timeout_ms == 0 {
+            return Err(ConfigError::ZeroTimeout("idle_timeout_ms"));
+        }
+        if cfg.limits.header_read_timeout_ms == 0 {
+            return Err(ConfigError::ZeroTimeout("header_read_timeout_ms"));
         }
         cfg.idgen = file.idgen.unwrap_or_default();
         Ok(cfg)

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod conn_guard;
 pub mod ids;
 pub mod outbound;
 pub mod register;

@@ -4,10 +4,17 @@
 //! `--register`, and keeps the lease alive. If the lease is lost (etcd was unreachable for
 //! longer than its TTL) it grants a new one and writes the keys again. When the sidecar
 //! drains it revokes the lease, so the keys disappear at once rather than after the TTL.
+//!
+//! A node an operator drained (`twinctl drain NODE`, which leaves a marker at
+//! `{prefix}/v1/control/drain/{NODE}`) stays drained across sidecar restarts and lease loss:
+//! the keys are written in one transaction that requires the marker to be absent. While it is
+//! there the registrar watches it and registers as soon as `twinctl undrain` removes it.
 
 use std::time::Duration;
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use tokio::task::JoinHandle;
 use twin_topology::{Endpoint, Keys};
 
@@ -16,6 +23,8 @@ use crate::shutdown::Shutdown;
 
 /// 1 while this node's endpoints are registered.
 pub const REGISTERED: &str = "twin_sidecar_registered";
+/// 1 while an operator's drain marker keeps this node from registering.
+pub const DRAINED: &str = "twin_sidecar_drained";
 
 /// The background task that keeps this node registered.
 pub struct Registrar {
@@ -46,7 +55,8 @@ impl Registrar {
                 )
             })
             .collect();
-        let task = tokio::spawn(run(client, entries, ttl, shutdown));
+        let marker = keys.drain(&node_id);
+        let task = tokio::spawn(run(client, marker, entries, ttl, shutdown));
         Registrar { task }
     }
 
@@ -58,8 +68,107 @@ impl Registrar {
     }
 }
 
+/// What one attempt to write the registration found.
+enum Written {
+    Registered,
+    /// The drain marker is present; the revision to watch it from.
+    Drained {
+        revision: i64,
+    },
+    Failed,
+}
+
+/// Writes every entry under `lease` unless the drain marker exists.
+async fn write_entries(
+    client: &mut Client,
+    marker: &str,
+    entries: &[(String, String)],
+    lease: i64,
+) -> Written {
+    let puts: Vec<TxnOp> = entries
+        .iter()
+        .map(|(k, v)| {
+            TxnOp::put(
+                k.as_str(),
+                v.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            )
+        })
+        .collect();
+    let txn = Txn::new()
+        .when([Compare::version(marker, CompareOp::Equal, 0)])
+        .and_then(puts)
+        .or_else([TxnOp::get(marker, None)]);
+    let resp = match client.txn(txn).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot register endpoints");
+            return Written::Failed;
+        }
+    };
+    if resp.succeeded() {
+        return Written::Registered;
+    }
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let record = resp.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+        _ => None,
+    });
+    let (who, reason) = record
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok())
+        .map(|v| {
+            let field = |f: &str| v.get(f).and_then(|x| x.as_str()).unwrap_or("?").to_string();
+            (field("who"), field("reason"))
+        })
+        .unwrap_or_else(|| ("?".into(), "?".into()));
+    tracing::warn!(
+        marker,
+        who,
+        reason,
+        "this node is drained: not registering until `twinctl undrain` removes the marker"
+    );
+    Written::Drained { revision }
+}
+
+/// Waits until the drain marker is deleted (or the watch fails, or the sidecar drains).
+async fn until_undrained(client: &mut Client, marker: &str, revision: i64, shutdown: &Shutdown) {
+    let opts = WatchOptions::new().with_start_revision(revision + 1);
+    let mut stream = match client.watch(marker, Some(opts)).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the drain marker; checking again shortly");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+                () = shutdown.draining() => {}
+            }
+            return;
+        }
+    };
+    loop {
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            () = shutdown.draining() => return,
+        };
+        match msg {
+            Ok(Some(resp)) => {
+                if resp.canceled()
+                    || resp
+                        .events()
+                        .iter()
+                        .any(|e| e.event_type() == EventType::Delete)
+                {
+                    return;
+                }
+            }
+            // The watch broke: the caller checks the marker again.
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 async fn run(
     mut client: Client,
+    marker: String,
     entries: Vec<(String, String)>,
     ttl: Duration,
     shutdown: Shutdown,
@@ -84,26 +193,22 @@ async fn run(
             }
         };
         backoff = Duration::from_millis(100);
-        let mut written = true;
-        for (key, value) in &entries {
-            if let Err(e) = client
-                .put(
-                    key.as_str(),
-                    value.as_str(),
-                    Some(PutOptions::new().with_lease(id)),
-                )
-                .await
-            {
-                tracing::warn!(error = %e, key, "cannot register endpoint");
-                written = false;
-                break;
+        match write_entries(&mut client, &marker, &entries, id).await {
+            Written::Registered => {
+                tracing::info!(lease = id, endpoints = entries.len(), "registered");
+                metrics::gauge!(DRAINED).set(0.0);
+                metrics::gauge!(REGISTERED).set(1.0);
+                keep_alive(&mut client, id, ttl_secs, &shutdown).await;
+                metrics::gauge!(REGISTERED).set(0.0);
             }
-        }
-        if written {
-            tracing::info!(lease = id, endpoints = entries.len(), "registered");
-            metrics::gauge!(REGISTERED).set(1.0);
-            keep_alive(&mut client, id, ttl_secs, &shutdown).await;
-            metrics::gauge!(REGISTERED).set(0.0);
+            Written::Drained { revision } => {
+                metrics::gauge!(DRAINED).set(1.0);
+                // Nothing is held under this lease while drained; a fresh one is granted later.
+                let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(id)).await;
+                until_undrained(&mut client, &marker, revision, &shutdown).await;
+                continue;
+            }
+            Written::Failed => {}
         }
         if shutdown.is_draining() {
             // Revoking deletes the keys now; other sidecars stop sending here at once.

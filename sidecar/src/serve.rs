@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::Limits;
+use crate::conn_guard;
 use crate::shutdown::Shutdown;
 
 /// The smallest read buffer hyper accepts.
@@ -31,13 +32,14 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, c
 }
 
 /// The connection builder: HTTP/1.1 or HTTP/2 prior knowledge (h2c), chosen per connection
-/// from its first bytes. A request head over `max_header_bytes` gets 431; a client that does
-/// not finish its head within the header timeout is disconnected.
+/// from its first bytes. A request head over `max_header_bytes` gets 431. hyper's own header
+/// timer is off: it also runs while a keep-alive connection is idle, so [`conn_guard`] keeps
+/// the idle and header timeouts instead.
 pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
         .keep_alive(true);
     b.http2()
@@ -55,7 +57,7 @@ pub fn serve<F, S, B>(
     mut new_service: F,
     shutdown: Shutdown,
     drain: Duration,
-    max_connections: usize,
+    limits: &Limits,
 ) -> JoinHandle<()>
 where
     F: FnMut(SocketAddr) -> S + Send + 'static,
@@ -66,6 +68,9 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let max_connections = limits.max_connections;
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    let header = Duration::from_millis(limits.header_read_timeout_ms);
     tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         let stopped = shutdown.stopped();
@@ -87,8 +92,10 @@ where
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let _ = stream.set_nodelay(true);
+                        let (io, service) =
+                            conn_guard::guard(stream, new_service(peer), idle, header);
                         let conn = builder
-                            .serve_connection(TokioIo::new(stream), new_service(peer))
+                            .serve_connection(TokioIo::new(io), service)
                             .into_owned();
                         let conn = graceful.watch(conn);
                         tokio::spawn(async move {

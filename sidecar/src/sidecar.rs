@@ -84,7 +84,7 @@ impl Sidecar {
                 move |peer| outbound.connection_service(peer),
                 shutdown.clone(),
                 cfg.drain_timeout,
-                cfg.limits.max_connections,
+                &cfg.limits,
             ),
             serve::serve(
                 "ids",
@@ -96,7 +96,7 @@ impl Sidecar {
                 },
                 shutdown.clone(),
                 cfg.drain_timeout,
-                cfg.limits.max_connections,
+                &cfg.limits,
             ),
             serve::serve(
                 "admin",
@@ -105,7 +105,7 @@ impl Sidecar {
                 move |_| admin.service(),
                 shutdown.clone(),
                 cfg.drain_timeout,
-                cfg.limits.max_connections,
+                &cfg.limits,
             ),
         ];
 

@@ -1,5 +1,6 @@
 //! What clients can send: malformed and oversize requests, h2c, a 50 MB streamed body, the
-//! admin endpoints, and a routes file edited while the sidecar runs.
+//! admin endpoints, a routes file edited while the sidecar runs, and the idle and header
+//! timeouts of keep-alive connections.
 
 mod support;
 
@@ -363,6 +364,80 @@ async fn a_routes_file_is_reloaded_on_change_and_a_broken_one_keeps_the_last_goo
             .await
             .header("x-twin-dc"),
         "wanguo"
+    );
+    s.stop().await;
+}
+
+/// One keep-alive HTTP/1.1 connection to `addr`; the task ends when the server closes it.
+async fn keep_alive_conn(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("h1 handshake");
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    (send, task)
+}
+
+async fn get_on(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>) -> u16 {
+    let req = Request::get("http://payments/pay")
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = send
+        .send_request(req)
+        .await
+        .expect("response on the kept-alive connection");
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await.expect("body");
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_outlive_the_header_timeout_and_a_stalled_head_does_not() {
+    let up = Upstream::start("m6v").await.expect("up");
+    let dir = tempfile::tempdir().expect("tmp");
+    let routes = dir.path().join("routes.yaml");
+    write(
+        &routes,
+        &routes_yaml(&[up.addr()], &[up.addr()], (10_000, 0)),
+    );
+    let mut cfg = config(TableSource::File(routes));
+    cfg.hwm_file = dir.path().join("hwm");
+    cfg.limits.header_read_timeout_ms = 300;
+    cfg.limits.idle_timeout_ms = 5_000;
+    let s = sidecar(cfg, 1).await;
+    let o = s.outbound_addr;
+
+    // A kept-alive connection that sits idle for several header timeouts still takes requests.
+    let (mut send, closed) = keep_alive_conn(o).await;
+    assert_eq!(get_on(&mut send).await, 200);
+    tokio::time::sleep(Duration::from_millis(1_200)).await; // the idle time under test
+    assert_eq!(get_on(&mut send).await, 200);
+
+    // A connection that never sent a byte and one that stalls mid-head, opened together:
+    // the stalled head is cut off after the header timeout while the silent one stays usable.
+    let (mut silent, _silent_task) = keep_alive_conn(o).await;
+    let mut stalled = tokio::net::TcpStream::connect(o).await.expect("connect");
+    stalled
+        .write_all(b"GET /pay HTTP/1.1\r\nHost: paym")
+        .await
+        .expect("write part of a head");
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(4), stalled.read_to_end(&mut rest)).await;
+    assert!(cut.is_ok(), "a stalled request head was not cut off");
+    assert_eq!(get_on(&mut silent).await, 200);
+
+    // And an idle connection is closed by the sidecar once the idle timeout passes.
+    let ended = tokio::time::timeout(Duration::from_secs(15), closed).await;
+    assert!(
+        ended.is_ok(),
+        "an idle connection outlived the idle timeout"
     );
     s.stop().await;
 }

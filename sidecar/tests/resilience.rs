@@ -333,3 +333,65 @@ fn admin_refuses_a_non_loopback_address_without_a_token() {
         "twin-sidecar: --admin 0.0.0.0:0 is not a loopback address: give --admin-token-file so POST /drain needs a bearer token"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_stays_drained_across_a_restart_until_the_marker_is_removed() {
+    let (etcd, mut c) = etcd().await;
+    let up = Upstream::start("m6v").await.expect("up");
+    put_route(&mut c, &route(&[("m6v", 10_000)], &[("m6v", &[&up])])).await;
+    // What `twinctl drain n1` leaves behind (the registrations it removed are kept in it).
+    let keys = Keys::default();
+    let marker = keys.drain("n1");
+    let record = serde_json::json!({
+        "node": "n1", "at_ms": 1, "who": "sre-on-call", "reason": "kernel patch",
+        "registrations": []
+    });
+    c.put(marker.as_str(), record.to_string(), None)
+        .await
+        .expect("marker");
+    let dir = tempfile::tempdir().expect("tmp");
+    let endpoint = etcd.endpoint();
+    let mut p = Process::spawn(
+        &[
+            "--dc",
+            "m6v",
+            "--node-id",
+            "n1",
+            "--etcd",
+            &endpoint,
+            "--register",
+            "payments=127.0.0.1:18080",
+        ],
+        &dir.path().join("sidecar.log"),
+    );
+    p.ready().await;
+    let admin = p.admin;
+    let metric = |line: &'static str| {
+        let client = http::client();
+        async move {
+            http::get(&client, admin, "admin", "/metrics", &[])
+                .await
+                .is_ok_and(|r| r.text().lines().any(|l| l == line))
+        }
+    };
+    assert!(
+        eventually(WAIT, || metric("twin_sidecar_drained 1")).await,
+        "the sidecar did not see the drain marker"
+    );
+    let key = keys.endpoint(SERVICE, "m6v", "n1");
+    let count = c.get(key.clone(), None).await.expect("get").count();
+    assert_eq!(count, 0, "a drained node registered itself");
+
+    // `twinctl undrain` removes the marker (the old lease is gone): the sidecar registers.
+    c.delete(marker.as_str(), None).await.expect("undrain");
+    let registered = eventually(WAIT, || {
+        let mut c = c.clone();
+        let key = key.clone();
+        async move { c.get(key, None).await.is_ok_and(|r| r.count() == 1) }
+    })
+    .await;
+    assert!(registered, "the sidecar did not register after the undrain");
+    assert!(eventually(WAIT, || metric("twin_sidecar_drained 0")).await);
+    p.signal(libc::SIGTERM);
+    assert_eq!(p.wait_exit(WAIT).await, Some(0));
+}
