@@ -5,7 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,7 +14,7 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use twin_sidecar::TableSource;
+use twin_sidecar::{Config, TableSource};
 use twin_testkit::eventually;
 use twin_testkit::http::{self, Behavior, Upstream};
 
@@ -36,6 +36,21 @@ fn routes_yaml(m6v: &[SocketAddr], wanguo: &[SocketAddr], weights: (u32, u32)) -
 
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write routes file");
+}
+
+/// A temporary directory holding a routes file for `payments`, and a sidecar configuration
+/// that reads it (its high-water-mark file in the same directory).
+fn file_config(
+    m6v: &[SocketAddr],
+    wanguo: &[SocketAddr],
+    weights: (u32, u32),
+) -> (tempfile::TempDir, PathBuf, Config) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let routes = dir.path().join("routes.yaml");
+    write(&routes, &routes_yaml(m6v, wanguo, weights));
+    let mut cfg = config(TableSource::File(routes.clone()));
+    cfg.hwm_file = dir.path().join("hwm");
+    (dir, routes, cfg)
 }
 
 /// Sends raw bytes, returns everything the server wrote until it closed (or 5 s passed).
@@ -133,14 +148,7 @@ async fn malformed_and_oversize_requests_get_400_and_431_and_never_crash_the_pro
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_requests_are_proxied() {
     let up = Upstream::start("wanguo").await.expect("up");
-    let dir = tempfile::tempdir().expect("tmp");
-    let routes = dir.path().join("routes.yaml");
-    write(
-        &routes,
-        &routes_yaml(&[up.addr()], &[up.addr()], (0, 10_000)),
-    );
-    let mut cfg = config(TableSource::File(routes));
-    cfg.hwm_file = dir.path().join("hwm");
+    let (_dir, _, cfg) = file_config(&[up.addr()], &[up.addr()], (0, 10_000));
     let s = sidecar(cfg, 1).await;
     let tcp = tokio::net::TcpStream::connect(s.outbound_addr)
         .await
@@ -242,14 +250,7 @@ async fn admin_endpoints_report_health_config_metrics_and_drain() {
         Upstream::start("m6v").await.expect("up"),
         Upstream::start("wanguo").await.expect("up"),
     );
-    let dir = tempfile::tempdir().expect("tmp");
-    let routes = dir.path().join("routes.yaml");
-    write(
-        &routes,
-        &routes_yaml(&[m.addr()], &[w.addr()], (3000, 7000)),
-    );
-    let mut cfg = config(TableSource::File(routes));
-    cfg.hwm_file = dir.path().join("hwm");
+    let (_dir, _, cfg) = file_config(&[m.addr()], &[w.addr()], (3000, 7000));
     let s = sidecar(cfg, 1).await;
     let c = http::client();
     for i in 0..20 {
@@ -318,12 +319,8 @@ async fn a_routes_file_is_reloaded_on_change_and_a_broken_one_keeps_the_last_goo
         Upstream::start("m6v").await.expect("up"),
         Upstream::start("wanguo").await.expect("up"),
     );
-    let dir = tempfile::tempdir().expect("tmp");
-    let routes = dir.path().join("routes.yaml");
-    write(&routes, &routes_yaml(&[m.addr()], &[w.addr()], (10_000, 0)));
-    let mut cfg = config(TableSource::File(routes.clone()));
+    let (_dir, routes, mut cfg) = file_config(&[m.addr()], &[w.addr()], (10_000, 0));
     cfg.routes_poll = Duration::from_millis(20);
-    cfg.hwm_file = dir.path().join("hwm");
     let s = sidecar(cfg, 1).await;
     let c = http::client();
     assert_eq!(
@@ -401,14 +398,7 @@ async fn get_on(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_outlive_the_header_timeout_and_a_stalled_head_does_not() {
     let up = Upstream::start("m6v").await.expect("up");
-    let dir = tempfile::tempdir().expect("tmp");
-    let routes = dir.path().join("routes.yaml");
-    write(
-        &routes,
-        &routes_yaml(&[up.addr()], &[up.addr()], (10_000, 0)),
-    );
-    let mut cfg = config(TableSource::File(routes));
-    cfg.hwm_file = dir.path().join("hwm");
+    let (_dir, _, mut cfg) = file_config(&[up.addr()], &[up.addr()], (10_000, 0));
     cfg.limits.header_read_timeout_ms = 300;
     cfg.limits.idle_timeout_ms = 5_000;
     let s = sidecar(cfg, 1).await;

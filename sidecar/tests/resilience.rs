@@ -3,14 +3,32 @@
 
 mod support;
 
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
-use twin_testkit::eventually;
 use twin_testkit::http::{self, Behavior, Upstream};
+use twin_testkit::{eventually, Etcd};
 use twin_topology::Keys;
+
+/// The real binary as node `n1` of m6v on `etcd`; `register` is the `--register` value
+/// followed by any further flags. Logs to `dir/sidecar.log`.
+fn spawn_n1(etcd: &Etcd, dir: &Path, register: &[&str]) -> Process {
+    let endpoint = etcd.endpoint();
+    let mut args = vec![
+        "--dc",
+        "m6v",
+        "--node-id",
+        "n1",
+        "--etcd",
+        &endpoint,
+        "--register",
+    ];
+    args.extend_from_slice(register);
+    Process::spawn(&args, &dir.join("sidecar.log"))
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_restart_mid_traffic_loses_no_request() {
@@ -170,21 +188,14 @@ async fn sigterm_finishes_in_flight_requests_revokes_the_lease_and_exits_0() {
     let rev = put_route(&mut c, &route(&[("m6v", 10_000)], &[("m6v", &[&slow])])).await;
     assert!(rev > 0);
     let dir = tempfile::tempdir().expect("tmp");
-    let endpoint = etcd.endpoint();
-    let mut p = Process::spawn(
+    let mut p = spawn_n1(
+        &etcd,
+        dir.path(),
         &[
-            "--dc",
-            "m6v",
-            "--node-id",
-            "n1",
-            "--etcd",
-            &endpoint,
-            "--register",
             "payments=127.0.0.1:18080,capacity=3",
             "--drain-timeout",
             "10s",
         ],
-        &dir.path().join("sidecar.log"),
     );
     p.ready().await;
     let key = Keys::default().endpoint(SERVICE, "m6v", "n1");
@@ -350,20 +361,7 @@ async fn a_drained_node_stays_drained_across_a_restart_until_the_marker_is_remov
         .await
         .expect("marker");
     let dir = tempfile::tempdir().expect("tmp");
-    let endpoint = etcd.endpoint();
-    let mut p = Process::spawn(
-        &[
-            "--dc",
-            "m6v",
-            "--node-id",
-            "n1",
-            "--etcd",
-            &endpoint,
-            "--register",
-            "payments=127.0.0.1:18080",
-        ],
-        &dir.path().join("sidecar.log"),
-    );
+    let mut p = spawn_n1(&etcd, dir.path(), &["payments=127.0.0.1:18080"]);
     p.ready().await;
     let admin = p.admin;
     let metric = |line: &'static str| {
