@@ -5,12 +5,15 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
 use twin_topology::validate;
 use twin_topology::{EtcdArgs, EtcdSettings};
+
+use crate::upstream_tls::UpstreamTlsArgs;
 
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +56,8 @@ pub enum ConfigError {
     ZeroTimeout(&'static str),
     #[error("limits.max_connections must be at least 1")]
     MaxConnections,
+    #[error("{0}")]
+    UpstreamTls(String),
 }
 
 /// Command line of `twin-sidecar`. Every flag can also come from the environment variable
@@ -79,6 +84,9 @@ pub struct Flags {
     /// sidecar runs from a routes file.
     #[command(flatten)]
     pub etcd: EtcdArgs,
+    /// TLS to upstreams of routes with `tls:` (CA, and a client certificate for mutual TLS).
+    #[command(flatten)]
+    pub upstream_tls: UpstreamTlsArgs,
     /// Where the application sends its outbound HTTP (default 127.0.0.1:15001).
     #[arg(long, env = "TWIN_OUTBOUND", value_name = "ADDR")]
     pub outbound: Option<String>,
@@ -143,6 +151,8 @@ pub struct FileConfig {
     pub node_id: Option<String>,
     /// The etcd section shared by every Twin binary: endpoints, prefix, TLS, auth.
     pub etcd: Option<EtcdArgs>,
+    /// `ca`, `cert`, `key`: TLS to upstreams of routes with `tls:`.
+    pub upstream_tls: Option<UpstreamTlsArgs>,
     pub outbound: Option<String>,
     pub ids: Option<String>,
     pub admin: Option<String>,
@@ -316,6 +326,8 @@ pub struct Config {
     pub routes_poll: Duration,
     /// etcd lease TTL of registered endpoints.
     pub lease_ttl: Duration,
+    /// Client settings for routes with `tls:` (`None`: no `--upstream-ca` given).
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Config {
@@ -341,6 +353,7 @@ impl Config {
             idgen: IdgenSettings::default(),
             routes_poll: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(10),
+            upstream_tls: None,
         }
     }
 
@@ -426,6 +439,11 @@ impl Config {
             return Err(ConfigError::ZeroTimeout("header_read_timeout_ms"));
         }
         cfg.idgen = file.idgen.unwrap_or_default();
+        cfg.upstream_tls = flags
+            .upstream_tls
+            .or(file.upstream_tls)
+            .client_config()
+            .map_err(ConfigError::UpstreamTls)?;
         Ok(cfg)
     }
 }

@@ -18,6 +18,7 @@ pub mod shutdown;
 pub mod sidecar;
 pub mod source;
 pub mod table;
+pub mod upstream_tls;
 
 use std::net::SocketAddr;
 

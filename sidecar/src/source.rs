@@ -51,7 +51,7 @@ pub async fn start(
     shutdown: &Shutdown,
 ) -> Result<Tables, StartError> {
     let cell = Arc::new(ArcSwap::from_pointee(RoutingTable::empty()));
-    let mut builder = TableBuilder::new(cfg.outlier.clone());
+    let mut builder = TableBuilder::new(cfg.outlier.clone(), cfg.upstream_tls.clone());
     let (view, mut changes, poller) = match (&cfg.source, client) {
         (TableSource::Etcd(settings), Some(client)) => {
             let view = TopologyView::start(

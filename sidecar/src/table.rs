@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use hyper::header::{HeaderName, HeaderValue};
-use twin_topology::{BucketRing, Route, Source, Topology};
+use twin_topology::{BucketRing, Route, Source, Topology, UpstreamTls};
 
 use crate::config::OutlierSettings;
 use crate::outbound::endpoint::{EndpointState, Member};
 use crate::outbound::metrics::{self, DcMetrics};
 use crate::outbound::retry::RetryBudget;
+use crate::upstream_tls::TlsTarget;
 
 /// Everything the outbound path needs for one service.
 pub struct ServiceRoute {
@@ -76,32 +77,53 @@ impl RoutingTable {
 /// Builds tables, keeping per-endpoint and per-service state from one table to the next.
 pub struct TableBuilder {
     outlier: OutlierSettings,
+    upstream_tls: Option<Arc<rustls::ClientConfig>>,
     endpoints: HashMap<String, Arc<EndpointState>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
 }
 
 impl TableBuilder {
-    pub fn new(outlier: OutlierSettings) -> TableBuilder {
+    /// `upstream_tls`: the client settings routes with `tls:` use (`--upstream-ca`).
+    pub fn new(
+        outlier: OutlierSettings,
+        upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> TableBuilder {
         TableBuilder {
             outlier,
+            upstream_tls,
             endpoints: HashMap::new(),
             budgets: HashMap::new(),
         }
     }
 
+    /// The state of `addr` reached as `tls` says; TLS and plain use of one address are
+    /// separate endpoints (own pool, own health).
     fn endpoint(
         &self,
         next: &mut HashMap<String, Arc<EndpointState>>,
         addr: &str,
+        tls: Option<&UpstreamTls>,
     ) -> Arc<EndpointState> {
-        next.entry(addr.to_string())
-            .or_insert_with(|| {
-                self.endpoints
-                    .get(addr)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(EndpointState::new(addr, self.outlier.clone())))
+        let key = match tls {
+            Some(t) => TlsTarget::pool_key(t, addr),
+            None => addr.to_string(),
+        };
+        if let Some(e) = next.get(&key) {
+            return e.clone();
+        }
+        let state = self.endpoints.get(&key).cloned().unwrap_or_else(|| {
+            let outlier = self.outlier.clone();
+            Arc::new(match tls {
+                Some(t) => EndpointState::with_tls(
+                    addr,
+                    outlier,
+                    TlsTarget::new(t, addr, self.upstream_tls.as_ref()),
+                ),
+                None => EndpointState::new(addr, outlier),
             })
-            .clone()
+        });
+        next.insert(key, state.clone());
+        state
     }
 
     /// The table for `topology`. State of endpoints and services it no longer names is
@@ -132,7 +154,7 @@ impl TableBuilder {
                             continue;
                         }
                         members.push(Member {
-                            state: self.endpoint(&mut next_endpoints, addr),
+                            state: self.endpoint(&mut next_endpoints, addr, route.tls.as_ref()),
                             capacity,
                         });
                     }
@@ -225,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_table_joins_static_and_registered_endpoints_per_datacenter() {
-        let mut b = TableBuilder::new(OutlierSettings::default());
+        let mut b = TableBuilder::new(OutlierSettings::default(), None);
         let t = b.build(Arc::new(topology(
             &[("m6v", 3000), ("wanguo", 7000)],
             &[("wanguo", "127.0.0.1:2"), ("m6v", "127.0.0.1:1")],
@@ -246,7 +268,7 @@ mod tests {
 
     #[test]
     fn endpoint_state_survives_a_weight_change() {
-        let mut b = TableBuilder::new(OutlierSettings::default());
+        let mut b = TableBuilder::new(OutlierSettings::default(), None);
         let t1 = b.build(Arc::new(topology(&[("m6v", 5000), ("wanguo", 5000)], &[])));
         let t2 = b.build(Arc::new(topology(&[("m6v", 4000), ("wanguo", 6000)], &[])));
         let a = &t1.service("pay").expect("route").dcs[0].members[0].state;

@@ -159,7 +159,11 @@ async fn a_post_to_a_dropped_connection_is_not_retried_but_a_get_is() {
 
     let r = post(&client, s.outbound_addr, None).await;
     assert_eq!(r.status, 502);
-    assert_eq!(r.header("x-twin-error"), "upstream connection dropped");
+    let why = r.header("x-twin-error");
+    assert!(
+        why.starts_with("upstream connection dropped: upstream 127.0.0.1:"),
+        "{why}"
+    );
     assert_eq!(up.hits(), 1, "the POST reached the upstream exactly once");
 
     up.set(Behavior::DropConnection(1));

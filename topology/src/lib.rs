@@ -23,8 +23,8 @@ pub use connect::{ConnectError, EtcdSettings};
 pub use etcd_args::EtcdArgs;
 pub use keys::{KeyKind, Keys};
 pub use model::{
-    AuditRecord, Datacenter, Endpoint, Freeze, OnDcDown, RetryPolicy, Route, Timeouts, Versioned,
-    Weights, DEFAULT_STICKY_HEADER, MAX_DC_CODE, TOTAL_BASIS_POINTS,
+    AuditRecord, Datacenter, Endpoint, Freeze, OnDcDown, RetryPolicy, Route, Timeouts, UpstreamTls,
+    Versioned, Weights, DEFAULT_STICKY_HEADER, MAX_DC_CODE, TOTAL_BASIS_POINTS,
 };
 pub use ring::{bucket_of, BucketRing, Pick, BUCKETS};
 pub use routes_file::{RoutesFile, RoutesFileError};

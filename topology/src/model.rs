@@ -192,6 +192,21 @@ pub struct Route {
     /// with endpoints registered in etcd.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, Vec<String>>,
+    /// TLS to this route's upstreams (absent: plain HTTP/1.1). The CA that signs upstream
+    /// certificates, and the sidecar's own client certificate for mutual TLS, are the
+    /// sidecar's settings (`--upstream-ca`, `--upstream-cert`, `--upstream-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
+}
+
+/// How a sidecar speaks TLS to a route's upstreams.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and required in the upstream's certificate. Default: the host of
+    /// each endpoint address (a DNS name or an IP address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 fn default_sticky_header() -> String {
@@ -212,6 +227,7 @@ impl Route {
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),
             endpoints: BTreeMap::new(),
+            tls: None,
         }
     }
 }

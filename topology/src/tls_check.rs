@@ -1,6 +1,9 @@
-//! Diagnoses a failed TLS connection to etcd. The gRPC stack reports every handshake failure
-//! as "connection closed"; this module repeats the handshake with rustls directly, with the
-//! same CA and client identity, and turns rustls' precise reason into one line.
+//! TLS client settings from PEM files, and one-line reasons for failed handshakes.
+//!
+//! etcd: the gRPC stack reports every handshake failure as "connection closed"; [`diagnose`]
+//! repeats the handshake with rustls directly, with the same CA and client identity, and
+//! turns rustls' precise reason into one line. The sidecar's TLS to upstreams builds its
+//! settings with [`client_config`] and explains failures with [`explain`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,6 +43,35 @@ async fn handshake(
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
         .unwrap_or(hostport)
         .to_string();
+    let config = client_config(ca, identity)?;
+    let name = ServerName::try_from(host.clone()).map_err(|_| format!("bad host name {host:?}"))?;
+    let tcp = TcpStream::connect(hostport)
+        .await
+        .map_err(|e| format!("connecting to {hostport}: {e}"))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| explain_io(&e))?;
+    // With TLS 1.3 the server judges our certificate after the handshake; its verdict
+    // arrives as an alert on the first read. A server that accepted us waits for our data.
+    let mut buf = [0u8; 1];
+    match tokio::time::timeout(Duration::from_millis(300), tls.read(&mut buf)).await {
+        Ok(Err(e)) => Err(explain_io(&e)),
+        Ok(Ok(0)) => Err(
+            "the server closed the TLS connection: it refused our client certificate".to_string(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A rustls client configuration that trusts the CA certificates in the PEM file `ca` (none:
+/// an empty trust store) and, with `identity` (certificate chain and key PEM files), presents
+/// a client certificate. Errors name the file.
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, String> {
     let mut roots = RootCertStore::empty();
     if let Some(ca) = ca {
         for cert in
@@ -70,35 +102,39 @@ async fn handshake(
         }
         None => builder.with_no_client_auth(),
     };
-    let name = ServerName::try_from(host.clone()).map_err(|_| format!("bad host name {host:?}"))?;
-    let tcp = TcpStream::connect(hostport)
-        .await
-        .map_err(|e| format!("connecting to {hostport}: {e}"))?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let mut tls = connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| explain_io(&e))?;
-    // With TLS 1.3 the server judges our certificate after the handshake; its verdict
-    // arrives as an alert on the first read. A server that accepted us waits for our data.
-    let mut buf = [0u8; 1];
-    match tokio::time::timeout(Duration::from_millis(300), tls.read(&mut buf)).await {
-        Ok(Err(e)) => Err(explain_io(&e)),
-        Ok(Ok(0)) => Err(
-            "the server closed the TLS connection: it refused our client certificate".to_string(),
-        ),
-        _ => Ok(()),
-    }
+    Ok(config)
 }
 
+/// What [`explain`] names in its advice: the flags of the tool that failed.
+#[derive(Clone, Copy, Debug)]
+pub struct Flags {
+    /// The CA flag, e.g. `--etcd-ca`.
+    pub ca: &'static str,
+    /// The flag whose host the certificate must name, e.g. `--etcd`.
+    pub host: &'static str,
+    /// The client identity flags, e.g. `--etcd-cert/--etcd-key`.
+    pub identity: &'static str,
+}
+
+const ETCD_FLAGS: Flags = Flags {
+    ca: "--etcd-ca",
+    host: "--etcd",
+    identity: "--etcd-cert/--etcd-key",
+};
+
 fn explain_io(e: &std::io::Error) -> String {
+    explain(e, ETCD_FLAGS)
+}
+
+/// One line saying why a TLS handshake failed, naming the flags that fix it.
+pub fn explain(e: &std::io::Error, flags: Flags) -> String {
     let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
         return format!("TLS: {e}");
     };
     match err {
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
         | rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
-            "TLS: the server's certificate is not signed by the CA given in --etcd-ca".to_string()
+            format!("TLS: the server's certificate is not signed by the CA given in {}", flags.ca)
         }
         rustls::Error::InvalidCertificate(CertificateError::Expired)
         | rustls::Error::InvalidCertificate(CertificateError::ExpiredContext { .. }) => {
@@ -106,7 +142,7 @@ fn explain_io(e: &std::io::Error) -> String {
         }
         rustls::Error::InvalidCertificate(CertificateError::NotValidForName)
         | rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext { .. }) => {
-            "TLS: the server's certificate does not name the host in --etcd".to_string()
+            format!("TLS: the server's certificate does not name the host in {}", flags.host)
         }
         rustls::Error::AlertReceived(
             AlertDescription::BadCertificate
@@ -114,7 +150,7 @@ fn explain_io(e: &std::io::Error) -> String {
             | AlertDescription::UnknownCA
             | AlertDescription::CertificateExpired
             | AlertDescription::CertificateUnknown,
-        ) => "TLS: the server refused our client certificate (give --etcd-cert/--etcd-key signed by its CA, not expired)".to_string(),
+        ) => format!("TLS: the server refused our client certificate (give {} signed by its CA, not expired)", flags.identity),
         rustls::Error::InvalidMessage(_) => {
             "TLS handshake failed: the server does not speak TLS (use http://)".to_string()
         }

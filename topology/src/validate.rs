@@ -40,6 +40,8 @@ pub enum ValidationError {
     RetryBudget(u32),
     #[error("min_healthy_percent must be between 0 and 100, got {0}")]
     MinHealthy(u8),
+    #[error("tls.server_name {0:?} is not a DNS name or IP address")]
+    TlsServerName(String),
     #[error("address \"{0}\" is not host:port")]
     BadAddr(String),
     #[error("capacity must be at least 1, got 0")]
@@ -106,6 +108,13 @@ pub fn address(addr: &str) -> Result<(), ValidationError> {
         return Err(bad());
     }
     Ok(())
+}
+
+/// A name a TLS certificate can be checked against: a DNS name or an IP address.
+pub fn tls_server_name(name: &str) -> Result<(), ValidationError> {
+    rustls_pki_types::ServerName::try_from(name)
+        .map(|_| ())
+        .map_err(|_| ValidationError::TlsServerName(name.to_string()))
 }
 
 impl Datacenter {
@@ -175,6 +184,9 @@ impl Route {
         }
         for addr in self.endpoints.values().flatten() {
             address(addr)?;
+        }
+        if let Some(name) = self.tls.as_ref().and_then(|t| t.server_name.as_ref()) {
+            tls_server_name(name)?;
         }
         Ok(())
     }
@@ -258,6 +270,14 @@ mod tests {
                 "datacenter name \"M6V\" is invalid: use 1-32 characters of a-z, 0-9, '-', '_' or '.', starting with a letter or digit",
             ),
         ];
+        let mut r = ok.clone();
+        r.tls = Some(crate::model::UpstreamTls {
+            server_name: Some("bad name!".into()),
+        });
+        cases.push((
+            r,
+            "tls.server_name \"bad name!\" is not a DNS name or IP address",
+        ));
         let mut r = ok.clone();
         r.sticky_header = "x unit".into();
         cases.push((

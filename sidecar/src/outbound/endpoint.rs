@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::config::OutlierSettings;
 use crate::outbound::upstream::Pool;
+use crate::upstream_tls::TlsTarget;
 
 /// Weight of a new latency sample in the moving average.
 const EWMA_ALPHA: f64 = 0.3;
@@ -56,6 +57,8 @@ pub struct EndpointState {
     outlier: OutlierSettings,
     /// Idle upstream connections to this address.
     pub(crate) pool: Pool,
+    /// Set when the route asks for TLS to its upstreams.
+    pub tls: Option<TlsTarget>,
 }
 
 /// What one attempt on an endpoint came to, for its health.
@@ -88,6 +91,15 @@ impl EndpointState {
             epoch: Instant::now(),
             outlier,
             pool: Pool::default(),
+            tls: None,
+        }
+    }
+
+    /// An endpoint reached over TLS.
+    pub fn with_tls(addr: &str, outlier: OutlierSettings, tls: TlsTarget) -> EndpointState {
+        EndpointState {
+            tls: Some(tls),
+            ..EndpointState::new(addr, outlier)
         }
     }
 

@@ -25,10 +25,11 @@ pub enum ProxyError {
     NoHealthyDc,
     #[error("upstream timeout")]
     UpstreamTimeout,
-    #[error("upstream connect failed")]
-    UpstreamConnect,
-    #[error("upstream connection dropped")]
-    UpstreamDropped,
+    /// With the last attempt's reason (address, and what failed: refused, TLS, timeout).
+    #[error("upstream connect failed: {0}")]
+    UpstreamConnect(String),
+    #[error("upstream connection dropped: {0}")]
+    UpstreamDropped(String),
     #[error("request body: {0}")]
     BadBody(String),
 }
@@ -42,7 +43,9 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::UpstreamConnect | ProxyError::UpstreamDropped => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamConnect(_) | ProxyError::UpstreamDropped(_) => {
+                StatusCode::BAD_GATEWAY
+            }
         }
     }
 
@@ -55,8 +58,8 @@ impl ProxyError {
             ProxyError::DcDown(_) => "dc_down",
             ProxyError::NoHealthyDc => "no_healthy_dc",
             ProxyError::UpstreamTimeout => "upstream_timeout",
-            ProxyError::UpstreamConnect => "upstream_connect",
-            ProxyError::UpstreamDropped => "upstream_dropped",
+            ProxyError::UpstreamConnect(_) => "upstream_connect",
+            ProxyError::UpstreamDropped(_) => "upstream_dropped",
             ProxyError::BadBody(_) => "bad_body",
         }
     }

@@ -164,8 +164,17 @@ impl Outbound {
         let mut down: Vec<usize> = Vec::new();
         let mut tried: Vec<(usize, usize)> = Vec::new();
         let mut last_not_sent = false;
+        // The last failed attempt: when nothing is left to try, it says more than "no
+        // datacenter has healthy endpoints" (a TLS verdict, a refused connection).
+        let mut last_failure: Option<ProxyError> = None;
         loop {
-            let choice = dc::pick(route, bucket, &down)?;
+            let choice = match dc::pick(route, bucket, &down) {
+                Ok(c) => c,
+                Err(ProxyError::NoHealthyDc) if last_failure.is_some() => {
+                    return Err(last_failure.unwrap_or(ProxyError::NoHealthyDc))
+                }
+                Err(e) => return Err(e),
+            };
             let pool = &route.dcs[choice.dc];
             let exclude: Vec<usize> = tried
                 .iter()
@@ -187,7 +196,10 @@ impl Outbound {
                 .take()
                 .or_else(|| template.as_ref().map(Template::request))
             else {
-                return Err(ProxyError::UpstreamDropped);
+                // Not reachable: a retry is only chosen when the request can be sent again.
+                return Err(ProxyError::UpstreamDropped(
+                    "the request body is gone and cannot be sent again".into(),
+                ));
             };
             let started = Instant::now();
             match upstream::send(&member.state, req, &limits).await {
@@ -224,17 +236,14 @@ impl Outbound {
                         Next::Retry(why) => {
                             tracing::debug!(service = %route.name, error = %failed.error, "retrying");
                             metrics::retry(&route.name, why);
+                            last_failure = Some(proxy_error(failed.error));
                         }
                         Next::Stop => {
                             tracing::debug!(service = %route.name, error = %failed.error, "giving up");
                             if !failed.error.not_sent() && attempts.budget_refused(can_resend) {
                                 metrics::budget_exhausted(&route.name);
                             }
-                            return Err(match failed.error {
-                                AttemptError::Connect { .. } => ProxyError::UpstreamConnect,
-                                AttemptError::Dropped { .. } => ProxyError::UpstreamDropped,
-                                AttemptError::Timeout { .. } => ProxyError::UpstreamTimeout,
-                            });
+                            return Err(proxy_error(failed.error));
                         }
                     }
                 }
@@ -250,5 +259,14 @@ impl Outbound {
             tracing::warn!(service = %route.name, dc = %pool.name, endpoint = %state.addr, ?backoff, "endpoint ejected");
             metrics::ejection(&route.name, &pool.name, &state.addr);
         }
+    }
+}
+
+/// What the client is told when `e` was the last attempt.
+fn proxy_error(e: AttemptError) -> ProxyError {
+    match e {
+        e @ AttemptError::Connect { .. } => ProxyError::UpstreamConnect(e.to_string()),
+        e @ AttemptError::Dropped { .. } => ProxyError::UpstreamDropped(e.to_string()),
+        AttemptError::Timeout { .. } => ProxyError::UpstreamTimeout,
     }
 }

@@ -7,7 +7,7 @@
 //! before the request was written also gives the request back, and the next connection is
 //! tried. Anything after that "may have reached the upstream".
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hyper::client::conn::http1;
@@ -20,8 +20,29 @@ use crate::outbound::body::{UpstreamBody, UpstreamResponseBody};
 use crate::outbound::endpoint::EndpointState;
 use crate::outbound::timeout::AttemptTimeouts;
 
-/// The client half of one upstream connection.
-pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
+/// The client half of one upstream connection, with why the connection ended once it has.
+pub(crate) struct Sender {
+    inner: http1::SendRequest<UpstreamBody>,
+    /// Set by the connection task before the connection is dropped, so a request handed back
+    /// as "canceled" can say what really happened (a TLS alert, a reset).
+    ended: Arc<OnceLock<String>>,
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+    fn is_ready(&self) -> bool {
+        self.inner.is_ready()
+    }
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        self.inner.ready().await
+    }
+    /// Why the connection ended, if it has and said so.
+    fn ended(&self) -> Option<&str> {
+        self.ended.get().map(String::as_str)
+    }
+}
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 512;
@@ -94,11 +115,27 @@ pub enum AttemptError {
     #[error("connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
     /// The connection broke after the request was handed to it.
-    #[error("upstream {addr} dropped the connection: {source}")]
+    #[error("upstream {addr} dropped the connection: {}", error_chain(.source))]
     Dropped { addr: String, source: hyper::Error },
     /// No response head in time.
     #[error("upstream {addr} did not answer within {limit:?}")]
     Timeout { addr: String, limit: Duration },
+}
+
+/// An error and its causes on one line: hyper says "connection error", its source says why
+/// (for example the TLS alert an upstream sent).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 impl AttemptError {
@@ -116,27 +153,56 @@ pub struct Failed {
 
 async fn connect(endpoint: &EndpointState, limits: &AttemptTimeouts) -> Result<Sender, String> {
     let tcp = async {
-        match endpoint.socket {
+        let stream = match endpoint.socket {
             Some(sa) => TcpStream::connect(sa).await,
             None => TcpStream::connect(endpoint.addr.as_str()).await,
         }
+        .map_err(|e| e.to_string())?;
+        // Small requests and answers must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        Ok::<_, String>(stream)
     };
-    let stream = limits
-        .connect(tcp)
+    match &endpoint.tls {
+        None => {
+            let stream = limits
+                .connect(tcp)
+                .await
+                .map_err(|e| format!("timed out after {:?}", e.0))??;
+            http1_over(stream).await
+        }
+        Some(tls) => {
+            // The connect timeout covers the TCP connect and the TLS handshake together.
+            let stream = limits
+                .connect(async { tls.connect(tcp.await?).await })
+                .await
+                .map_err(|e| {
+                    format!("timed out after {:?} (TCP connect and TLS handshake)", e.0)
+                })??;
+            http1_over(stream).await
+        }
+    }
+}
+
+/// HTTP/1.1 over a connected (and, for TLS routes, handshaken) stream.
+async fn http1_over<T>(io: T) -> Result<Sender, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (inner, conn) = http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| format!("timed out after {:?}", e.0))?
         .map_err(|e| e.to_string())?;
-    // Small requests and answers must not wait for Nagle.
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
+    let ended = Arc::new(OnceLock::new());
+    let why = ended.clone();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
+        // The connection lives to the end of this task, so requests still queued on it are
+        // handed back as canceled only after `why` is set.
+        let mut conn = std::pin::pin!(conn);
+        if let Err(e) = conn.as_mut().await {
             tracing::debug!(error = %e, "upstream connection ended");
+            let _ = why.set(error_chain(&e));
         }
     });
-    Ok(sender)
+    Ok(Sender { inner, ended })
 }
 
 /// Sends `req` to `endpoint` and waits for the response head.
@@ -171,7 +237,10 @@ pub async fn send(
             },
         };
         let started = Instant::now();
-        match limits.response_head(sender.try_send_request(req)).await {
+        match limits
+            .response_head(sender.inner.try_send_request(req))
+            .await
+        {
             Ok(Ok(resp)) => {
                 endpoint.observe_latency(started.elapsed());
                 let (parts, body) = resp.into_parts();
@@ -185,13 +254,19 @@ pub async fn send(
                     stale += 1;
                 }
                 Some(back) => {
+                    let reason = match sender.ended() {
+                        Some(why) => {
+                            format!("the connection ended before the request was sent: {why}")
+                        }
+                        None => e.into_error().to_string(),
+                    };
                     return Err(Failed {
                         error: AttemptError::Connect {
                             addr: addr(),
-                            reason: e.into_error().to_string(),
+                            reason,
                         },
                         request: Some(back),
-                    })
+                    });
                 }
                 None => {
                     return Err(Failed {
