@@ -92,11 +92,17 @@ impl Default for TopologySpec {
 pub struct EtcdSpec {
     /// 1 or 3 (or 5) members.
     pub members: usize,
+    /// Mutual TLS and authentication, every process with its least-privilege role (see
+    /// [`crate::secure`]).
+    pub secure: bool,
 }
 
 impl Default for EtcdSpec {
     fn default() -> Self {
-        EtcdSpec { members: 1 }
+        EtcdSpec {
+            members: 1,
+            secure: false,
+        }
     }
 }
 

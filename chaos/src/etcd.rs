@@ -4,12 +4,15 @@
 
 use std::net::TcpListener;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::Client;
+use twin_topology::EtcdSettings;
 
 use crate::procs::{Proc, ProcError, ProcSpec, Registry};
+use crate::secure::{Security, Who};
 use crate::target::EtcdSelector;
 
 /// One member.
@@ -18,17 +21,22 @@ pub struct Member {
     pub client_port: u16,
     pub peer_port: u16,
     pub proc: Proc,
+    scheme: &'static str,
 }
 
 impl Member {
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 }
 
 /// The members of the drill's etcd.
 pub struct EtcdCluster {
     pub members: Vec<Member>,
+    /// Set when the drill's etcd is secured (mutual TLS and authentication).
+    pub security: Option<Arc<Security>>,
+    /// True once authentication is on: own queries then log in as root.
+    auth_on: AtomicBool,
 }
 
 /// `n` distinct free loopback ports (all held until every one is chosen).
@@ -46,7 +54,9 @@ impl EtcdCluster {
         etcd: &Path,
         dir: &Path,
         registry: &Arc<Registry>,
+        security: Option<Arc<Security>>,
     ) -> std::io::Result<EtcdCluster> {
+        let scheme = if security.is_some() { "https" } else { "http" };
         let ports = free_ports(2 * n)?;
         let cluster: Vec<String> = (0..n)
             .map(|i| format!("etcd{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
@@ -55,15 +65,15 @@ impl EtcdCluster {
             .map(|i| {
                 let (cp, pp) = (ports[2 * i], ports[2 * i + 1]);
                 let name = format!("etcd{i}");
-                let args = vec![
+                let mut args = vec![
                     "--name".into(),
                     name.clone(),
                     "--data-dir".into(),
                     dir.join(format!("{name}.data")).display().to_string(),
                     "--listen-client-urls".into(),
-                    format!("http://127.0.0.1:{cp}"),
+                    format!("{scheme}://127.0.0.1:{cp}"),
                     "--advertise-client-urls".into(),
-                    format!("http://127.0.0.1:{cp}"),
+                    format!("{scheme}://127.0.0.1:{cp}"),
                     "--listen-peer-urls".into(),
                     format!("http://127.0.0.1:{pp}"),
                     "--initial-advertise-peer-urls".into(),
@@ -83,7 +93,11 @@ impl EtcdCluster {
                     "--log-level".into(),
                     "warn".into(),
                 ];
+                if let Some(sec) = &security {
+                    args.extend(sec.server_args());
+                }
                 Member {
+                    scheme,
                     name: name.clone(),
                     client_port: cp,
                     peer_port: pp,
@@ -100,7 +114,52 @@ impl EtcdCluster {
                 }
             })
             .collect();
-        Ok(EtcdCluster { members })
+        Ok(EtcdCluster {
+            members,
+            security,
+            auth_on: AtomicBool::new(false),
+        })
+    }
+
+    /// Turns authentication on (secured etcd only): roles, root and the drill's users.
+    pub async fn enable_auth(&self, prefix: &str) -> Result<(), String> {
+        let Some(sec) = &self.security else {
+            return Ok(());
+        };
+        sec.enable_auth(&self.endpoints(), prefix).await?;
+        self.auth_on.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The shared etcd flags (after `--etcd`) a Twin process of `who` gets; none when the
+    /// drill's etcd is not secured.
+    pub fn client_args(&self, who: Who) -> Vec<String> {
+        self.security
+            .as_ref()
+            .map(|s| s.client_args(who))
+            .unwrap_or_default()
+    }
+
+    /// Settings for twin-chaos's own connections to `endpoints` (short timeouts; TLS and
+    /// root when secured).
+    pub fn settings(&self, endpoints: &[String], prefix: &str) -> EtcdSettings {
+        match &self.security {
+            Some(sec) => {
+                let root = self.auth_on.load(Ordering::SeqCst).then_some(Who::Root);
+                sec.settings(endpoints, prefix, root)
+            }
+            None => EtcdSettings {
+                endpoints: endpoints.to_vec(),
+                prefix: prefix.to_string(),
+                connect_timeout: Duration::from_millis(500),
+                request_timeout: Duration::from_millis(1000),
+                ..EtcdSettings::default()
+            },
+        }
+    }
+
+    async fn quick_client(&self, endpoint: String) -> Option<Client> {
+        self.settings(&[endpoint], "/").connect().await.ok()
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -128,8 +187,10 @@ impl EtcdCluster {
             if let Some(status) = m.proc.exited() {
                 return Err(m.proc.exited_error(status));
             }
-            if answers(&m.endpoint()).await {
-                return Ok(());
+            if let Some(mut c) = self.quick_client(m.endpoint()).await {
+                if c.get("twin-chaos-ready", None).await.is_ok() {
+                    return Ok(());
+                }
             }
             if tokio::time::Instant::now() >= end {
                 return Err(m.proc.not_ready_error(within.as_secs()));
@@ -144,7 +205,7 @@ impl EtcdCluster {
             if !m.proc.is_running() {
                 continue;
             }
-            let Ok(mut c) = Client::connect([m.endpoint()], Some(quick_opts())).await else {
+            let Some(mut c) = self.quick_client(m.endpoint()).await else {
                 continue;
             };
             if let Ok(s) = c.status().await {
@@ -169,18 +230,5 @@ impl EtcdCluster {
             EtcdSelector::Minority => others().take((n - 1) / 2).collect(),
             EtcdSelector::Majority => leader.into_iter().chain(others()).take(n / 2 + 1).collect(),
         }
-    }
-}
-
-fn quick_opts() -> ConnectOptions {
-    ConnectOptions::new()
-        .with_connect_timeout(Duration::from_millis(500))
-        .with_timeout(Duration::from_millis(1000))
-}
-
-async fn answers(endpoint: &str) -> bool {
-    match Client::connect([endpoint], Some(quick_opts())).await {
-        Ok(mut c) => c.get("twin-chaos-ready", None).await.is_ok(),
-        Err(_) => false,
     }
 }

@@ -19,6 +19,7 @@ use crate::faultproxy::FaultProxy;
 use crate::http::{self, HttpClient};
 use crate::procs::{self, Proc, ProcError, ProcSpec, Registry};
 use crate::record::UpstreamHit;
+use crate::secure::{Security, Who};
 use crate::units::ClockOffset;
 use crate::upstream::{HitLog, Upstream};
 use crate::validate::datacenter_map;
@@ -128,7 +129,13 @@ impl Lab {
         let etcd_bin = procs::etcd_binary().map_err(LabError::Missing)?;
         let data = dir.join("data");
         std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
-        let etcd = EtcdCluster::new(t.etcd.members, &etcd_bin, &data, &registry)
+        let security = match t.etcd.secure {
+            true => Some(Arc::new(
+                Security::generate(&dir.join("tls")).map_err(io("making TLS certificates"))?,
+            )),
+            false => None,
+        };
+        let etcd = EtcdCluster::new(t.etcd.members, &etcd_bin, &data, &registry, security)
             .map_err(io("choosing etcd ports"))?;
         etcd.start_all().await?;
 
@@ -168,7 +175,8 @@ impl Lab {
             etcd_links.push(v);
         }
         let prefix = format!("/twin-drill-{}", std::process::id());
-        seed_etcd(drill, &etcd.endpoints(), &prefix, &upstreams).await?;
+        seed_etcd(drill, &etcd, &prefix, &upstreams).await?;
+        etcd.enable_auth(&prefix).await.map_err(LabError::Seed)?;
 
         let mut lab = Lab {
             dir: dir.to_path_buf(),
@@ -204,9 +212,14 @@ impl Lab {
 
     /// etcd URLs as datacenter `dc` reaches them: through its fault proxies.
     pub fn etcd_urls_from(&self, dc: usize) -> String {
+        let scheme = if self.etcd.security.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         self.etcd_links[dc]
             .iter()
-            .map(|p| format!("http://{}", p.addr()))
+            .map(|p| format!("{scheme}://{}", p.addr()))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -251,6 +264,7 @@ impl Lab {
                         .display()
                         .to_string(),
                 ];
+                args.extend(self.etcd.client_args(Who::Sidecar));
                 if t.register {
                     let (_, proxy) = &self.upstreams[d][i % self.upstreams[d].len()];
                     for service in t.routes.keys() {
@@ -446,7 +460,7 @@ fn registered_in<'a>(
 /// Flags of a control-plane replica: its etcd (through its datacenter's links), the prefix
 /// and a status listener.
 fn control_plane_args(lab: &Lab, dc: usize, i: usize, status: SocketAddr) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "--etcd".into(),
         lab.etcd_urls_from(dc),
         "--prefix".into(),
@@ -455,21 +469,20 @@ fn control_plane_args(lab: &Lab, dc: usize, i: usize, status: SocketAddr) -> Vec
         status.to_string(),
         "--id".into(),
         format!("cp-{i}"),
-    ]
+    ];
+    args.extend(lab.etcd.client_args(Who::Operator));
+    args
 }
 
 /// Writes the drill's datacenters and routes (endpoints = the upstreams' proxies).
 async fn seed_etcd(
     drill: &Drill,
-    endpoints: &[String],
+    etcd: &EtcdCluster,
     prefix: &str,
     upstreams: &[Vec<(Upstream, FaultProxy)>],
 ) -> Result<(), LabError> {
-    let settings = twin_topology::EtcdSettings {
-        endpoints: endpoints.to_vec(),
-        prefix: prefix.to_string(),
-        ..twin_topology::EtcdSettings::default()
-    };
+    let mut settings = etcd.settings(&etcd.endpoints(), prefix);
+    settings.request_timeout = Duration::from_secs(10);
     let client = settings
         .connect()
         .await

@@ -25,6 +25,7 @@ pub mod progress;
 pub mod record;
 pub mod report;
 pub mod runner;
+pub mod secure;
 pub mod session;
 pub mod target;
 pub mod twinctl;

@@ -34,6 +34,10 @@ enum Cmd {
         /// The drill's short form (under 60 s)
         #[arg(long)]
         quick: bool,
+        /// Secure the drill's etcd whatever the file says: mutual TLS and authentication,
+        /// each process with its least-privilege role
+        #[arg(long)]
+        secure: bool,
     },
     /// Check a drill file; nothing starts
     Validate { drill: String },
@@ -99,10 +103,12 @@ fn main() -> ExitCode {
             out,
             seed,
             quick,
+            secure,
         } => {
-            let Ok(d) = drill_of(&drill) else {
+            let Ok(mut d) = drill_of(&drill) else {
                 return ExitCode::from(2);
             };
+            d.topology.etcd.secure |= secure;
             let d = if quick { d.quick() } else { d };
             ExitCode::from(run(d, out, seed, quick) as u8)
         }

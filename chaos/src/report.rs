@@ -196,9 +196,14 @@ fn markdown(o: &Outputs, passed: bool) -> String {
     let _ = writeln!(s, "## Topology and load\n");
     let _ = writeln!(
         s,
-        "{} etcd member(s); datacenters {}; {} upstream(s) and {} sidecar(s) per datacenter; {} control-plane replica(s). \
+        "{} etcd member(s){}; datacenters {}; {} upstream(s) and {} sidecar(s) per datacenter; {} control-plane replica(s). \
          Open-loop load of {} for {} ({} of it ID calls, {} IDs per call), timeout {}.\n",
         t.etcd.members,
+        if t.etcd.secure {
+            " over mutual TLS with authentication (sidecars as twin-sidecar, control plane and twinctl as twin-operator)"
+        } else {
+            ""
+        },
         t.datacenters.join(", "),
         t.upstreams_per_dc,
         t.sidecars_per_dc,

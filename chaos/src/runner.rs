@@ -281,6 +281,7 @@ async fn ready(lab: &Lab, target: &str) -> bool {
         control_planes: lab.control_planes.len(),
         etcd: crate::drill::EtcdSpec {
             members: lab.etcd.members.len(),
+            secure: lab.etcd.security.is_some(),
         },
         ..Default::default()
     };
@@ -346,6 +347,7 @@ fn topology_of(lab: &Lab) -> crate::drill::TopologySpec {
         control_planes: lab.control_planes.len(),
         etcd: crate::drill::EtcdSpec {
             members: lab.etcd.members.len(),
+            secure: lab.etcd.security.is_some(),
         },
         ..Default::default()
     }

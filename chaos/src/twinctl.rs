@@ -62,6 +62,7 @@ pub async fn twinctl(
         "--prefix".into(),
         lab.prefix.clone(),
     ];
+    args.extend(lab.etcd.client_args(crate::secure::Who::Operator));
     for w in words {
         match substitute(w, outputs) {
             Ok(s) => args.push(s),
