@@ -67,6 +67,35 @@ impl Report for DrainReport {
     }
 }
 
+/// Every drain in force (for `twinctl status`). An unreadable marker is listed by its key.
+pub async fn list(cluster: &Cluster) -> Result<Vec<DrainRecord>, CtlError> {
+    let prefix = cluster.keys.drain("");
+    let resp = cluster
+        .client()
+        .get(
+            prefix.as_str(),
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .map(|kv| {
+            serde_json::from_slice::<DrainRecord>(kv.value()).unwrap_or_else(|e| DrainRecord {
+                node: kv
+                    .key_str()
+                    .unwrap_or("?")
+                    .trim_start_matches(prefix.as_str())
+                    .to_string(),
+                at_ms: 0,
+                who: "?".into(),
+                reason: format!("unreadable drain record: {e}"),
+                registrations: Vec::new(),
+            })
+        })
+        .collect())
+}
+
 /// Removes every registration of `node`, remembering them for [`undrain`].
 pub async fn drain(
     cluster: &Cluster,

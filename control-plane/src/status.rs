@@ -7,9 +7,12 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use twin_topology::{AuditRecord, Freeze, OnDcDown, Topology, Weights};
 
-use crate::election::Leader;
+use crate::drain::DrainRecord;
+use crate::election::{current_leader, Leader};
+use crate::error::CtlError;
 use crate::health::DcHealth;
 use crate::output::{time_ms, Report, Table};
+use crate::state::Cluster;
 
 /// One datacenter.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -57,20 +60,56 @@ pub struct StatusReport {
     pub frozen: bool,
     pub last_change: Option<LastChange>,
     pub leader: Option<Leader>,
+    /// Nodes `twinctl drain` took out of service, until `undrain`.
+    pub drained: Vec<Drained>,
     /// Values in etcd that failed validation and are ignored.
     pub invalid: Vec<String>,
+}
+
+/// A drained node.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Drained {
+    pub node: String,
+    pub at_ms: u64,
+    pub who: String,
+    pub reason: String,
+}
+
+/// What a status report is made of besides the topology, read from etcd.
+pub struct Extras {
+    pub health: BTreeMap<String, DcHealth>,
+    pub leader: Option<Leader>,
+    pub last: Option<(i64, AuditRecord)>,
+    pub drains: Vec<DrainRecord>,
+}
+
+impl Extras {
+    /// Reads health, leader, the last change and the drains.
+    pub async fn read(cluster: &Cluster) -> Result<Extras, CtlError> {
+        Ok(Extras {
+            health: cluster.health_all().await?,
+            leader: current_leader(&cluster.client(), &cluster.keys).await?,
+            last: cluster.store.audit_log(1).await?.into_iter().next(),
+            drains: crate::drain::list(cluster).await?,
+        })
+    }
 }
 
 impl StatusReport {
     /// Assembles the report; pure.
     pub fn build(
         topo: &Topology,
-        health: &BTreeMap<String, DcHealth>,
-        leader: Option<Leader>,
-        last: Option<(i64, AuditRecord)>,
+        extras: Extras,
         invalid: Vec<String>,
         now_ms: u64,
     ) -> StatusReport {
+        let Extras {
+            health,
+            leader,
+            last,
+            drains,
+        } = extras;
+        let health = &health;
         let mut dcs: Vec<DcStatus> = topo
             .datacenters
             .iter()
@@ -123,6 +162,15 @@ impl StatusReport {
                 key: r.key,
             }),
             leader,
+            drained: drains
+                .into_iter()
+                .map(|d| Drained {
+                    node: d.node,
+                    at_ms: d.at_ms,
+                    who: d.who,
+                    reason: d.reason,
+                })
+                .collect(),
             invalid,
         }
     }
@@ -209,6 +257,16 @@ impl Report for StatusReport {
             ),
             None => "control-plane leader: NONE (no twin-control-plane is running)".to_string(),
         });
+        for d in &self.drained {
+            out.push(format!(
+                "drained: {} since {} by {} ({}); `twinctl undrain {}` puts it back",
+                d.node,
+                time_ms(d.at_ms),
+                d.who,
+                d.reason,
+                d.node
+            ));
+        }
         for i in &self.invalid {
             out.push(format!("ignored invalid value: {i}"));
         }

@@ -18,10 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use twin_topology::{now_ms, Topology};
 
-use crate::election::current_leader;
 use crate::error::CtlError;
 use crate::state::Cluster;
-use crate::status::StatusReport;
+use crate::status::{Extras, StatusReport};
 
 /// What the endpoints read.
 pub struct StatusState {
@@ -40,17 +39,8 @@ impl StatusState {
     /// The status report as the API serves it.
     pub async fn report(&self) -> Result<StatusReport, CtlError> {
         let topo = self.topology.load_full();
-        let health = self.cluster.health_all().await?;
-        let leader = current_leader(&self.cluster.client(), &self.cluster.keys).await?;
-        let last = self.cluster.store.audit_log(1).await?.into_iter().next();
-        Ok(StatusReport::build(
-            &topo,
-            &health,
-            leader,
-            last,
-            Vec::new(),
-            now_ms(),
-        ))
+        let extras = Extras::read(&self.cluster).await?;
+        Ok(StatusReport::build(&topo, extras, Vec::new(), now_ms()))
     }
 }
 

@@ -155,8 +155,21 @@ async fn drain_removes_a_node_everywhere_and_undrain_puts_it_back_under_its_leas
     let nobody = twinctl(&etcd, &["drain", "node-9", "--reason", "x"]).await;
     assert_eq!(nobody.code, 1);
     nobody.one_line_error("no registered endpoint is named node-9");
+    // The SRE's one screen says which nodes are out, and how to put them back.
+    let status = ok(&etcd, &["status"]).await;
+    assert!(
+        status
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("drained: node-1 since ")
+                && l.contains("(kernel patch); `twinctl undrain node-1` puts it back")),
+        "{}",
+        status.stdout
+    );
 
     ok(&etcd, &["undrain", "node-1", "--reason", "patched"]).await;
+    let status = ok(&etcd, &["status", "-o", "json"]).await.json();
+    assert_eq!(status["drained"], serde_json::json!([]), "{status}");
     let resp = c
         .get(keys.endpoint("pay", "m6v", "node-1"), None)
         .await
