@@ -106,6 +106,8 @@ impl UpstreamTlsArgs {
 pub struct TlsTarget {
     connector: Option<TlsConnector>,
     name: Result<ServerName<'static>, String>,
+    /// True when the sidecar can present a client certificate.
+    has_identity: bool,
 }
 
 impl TlsTarget {
@@ -120,6 +122,7 @@ impl TlsTarget {
         TlsTarget {
             connector: config.map(|c| TlsConnector::from(c.clone())),
             name,
+            has_identity: config.is_some_and(|c| c.client_auth_cert_resolver.has_certs()),
         }
     }
 
@@ -129,6 +132,16 @@ impl TlsTarget {
             "tls:{}@{addr}",
             tls.server_name.as_deref().unwrap_or_default()
         )
+    }
+
+    /// What most likely closed a TLS connection right after its handshake (with TLS 1.3 a
+    /// server judges the client certificate only then, and some just close).
+    pub fn closed_after_handshake_hint(&self) -> &'static str {
+        if self.has_identity {
+            "the upstream may have refused our client certificate (--upstream-cert/--upstream-key)"
+        } else {
+            "if the upstream requires a client certificate, give --upstream-cert/--upstream-key"
+        }
     }
 
     /// The TLS handshake over a connected socket; errors are one line naming the fix.

@@ -1,16 +1,20 @@
-//! A datacenter or an upstream going bad: spill, fail fast, ejection, retries, timeouts.
+//! A datacenter or an upstream going bad: spill, fail fast, ejection, retries, timeouts, and
+//! a middlebox that silently forgets idle connections.
 
 mod support;
 
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use twin_testkit::eventually;
 use twin_testkit::http::{self, Behavior, Upstream};
-use twin_topology::{bucket_of, OnDcDown, Route};
+use twin_topology::{bucket_of, OnDcDown, Route, Weights};
 
 /// Keys whose bucket `wanguo` owns on a 50/50 ring (the upper half).
 fn wanguo_keys(n: usize) -> Vec<String> {
@@ -220,5 +224,95 @@ async fn a_slow_upstream_gets_upstream_timeout_and_5xx_ejects_it() {
         r.header("x-twin-error"),
         "no datacenter has healthy endpoints"
     );
+    s.stop().await;
+}
+
+/// A middlebox that forgets a connection after `forget` of silence, as an SLB VIP or a NAT
+/// does: the next bytes the client sends on it reach nobody and get a reset.
+async fn forgetful_middlebox(upstream: SocketAddr, forget: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let mut forgotten = false;
+                {
+                    let (mut cr, mut cw) = client.split();
+                    let (mut sr, mut sw) = server.split();
+                    let (mut up, mut down) = ([0u8; 16384], [0u8; 16384]);
+                    let mut last = Instant::now();
+                    loop {
+                        tokio::select! {
+                            n = cr.read(&mut up) => match n {
+                                Ok(n) if n > 0 => {
+                                    if last.elapsed() > forget {
+                                        forgotten = true;
+                                        break;
+                                    }
+                                    if sw.write_all(&up[..n]).await.is_err() {
+                                        break;
+                                    }
+                                    last = Instant::now();
+                                }
+                                _ => break,
+                            },
+                            n = sr.read(&mut down) => match n {
+                                Ok(n) if n > 0 => {
+                                    if cw.write_all(&down[..n]).await.is_err() {
+                                        break;
+                                    }
+                                    last = Instant::now();
+                                }
+                                _ => break,
+                            },
+                        }
+                    }
+                }
+                if forgotten {
+                    let _ = client.set_zero_linger();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_idle_past_idle_ms_never_carries_a_post() {
+    let (etcd, mut c) = etcd().await;
+    let up = Upstream::start("m6v").await.expect("up");
+    let vip = forgetful_middlebox(up.addr(), Duration::from_millis(300)).await;
+    let mut r = Route::with_weights(Weights([("m6v".to_string(), 10_000)].into()));
+    r.endpoints = [("m6v".to_string(), vec![vip.to_string()])].into();
+    // The hazard: the sidecar keeps idle connections longer than the middlebox remembers.
+    r.timeouts.idle_ms = 10_000;
+    let rev = put_route(&mut c, &r).await;
+    let mut cfg = config(etcd_source(&etcd));
+    cfg.outlier.consecutive_failures = 5;
+    let s = sidecar(cfg, rev).await;
+    let client = http::client();
+    assert_eq!(post(&client, s.outbound_addr, None).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await; // the idle time under test
+    let lost = post(&client, s.outbound_addr, None).await;
+    assert_eq!(
+        lost.status, 502,
+        "the POST rode a connection the middlebox forgot"
+    );
+    assert!(lost
+        .header("x-twin-error")
+        .starts_with("upstream connection dropped"));
+
+    // With idle_ms below the middlebox's memory a POST after the same silence takes a
+    // fresh connection.
+    r.timeouts.idle_ms = 100;
+    let rev = put_route(&mut c, &r).await;
+    wait_route(&s, rev).await;
+    assert_eq!(post(&client, s.outbound_addr, None).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r2 = post(&client, s.outbound_addr, None).await;
+    assert_eq!(r2.status, 200, "{}", r2.header("x-twin-error"));
     s.stop().await;
 }

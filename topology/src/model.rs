@@ -140,6 +140,11 @@ pub struct Timeouts {
     pub connect_ms: u64,
     /// Until the upstream's response head arrives, per attempt.
     pub request_ms: u64,
+    /// A pooled upstream connection idle this long is not used again. Keep it below the idle
+    /// timeout of everything on the path (an SLB VIP or NAT that silently forgets idle
+    /// connections, the upstream's own keep-alive: Node.js 5 s, gunicorn 2 s), so a request
+    /// never rides a connection that is already dead: a POST on one fails and is not re-sent.
+    pub idle_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -147,6 +152,7 @@ impl Default for Timeouts {
         Timeouts {
             connect_ms: 1_000,
             request_ms: 15_000,
+            idle_ms: 4_000,
         }
     }
 }

@@ -166,6 +166,7 @@ impl Route {
         for (field, got, max) in [
             ("timeouts.connect_ms", t.connect_ms, 60_000),
             ("timeouts.request_ms", t.request_ms, 600_000),
+            ("timeouts.idle_ms", t.idle_ms, 3_600_000),
         ] {
             if got == 0 || got > max {
                 return Err(ValidationError::TimeoutRange {

@@ -186,12 +186,22 @@ impl Report for RouteView {
             format!("sticky_header: {}", r.sticky_header),
             format!("min_healthy:   {}%", r.min_healthy_percent),
             format!(
-                "timeouts:      connect {} ms, request {} ms",
-                r.timeouts.connect_ms, r.timeouts.request_ms
+                "timeouts:      connect {} ms, request {} ms, upstream idle {} ms",
+                r.timeouts.connect_ms, r.timeouts.request_ms, r.timeouts.idle_ms
             ),
             format!(
                 "retry:         {} attempts, budget {}%",
                 r.retry.max_attempts, r.retry.budget_percent
+            ),
+            format!(
+                "tls:           {}",
+                match &r.tls {
+                    None => "off".to_string(),
+                    Some(t) => format!(
+                        "on, server name {}",
+                        t.server_name.as_deref().unwrap_or("of each endpoint")
+                    ),
+                }
             ),
         ];
         for (dc, addrs) in &r.endpoints {

@@ -2,7 +2,8 @@
 //!
 //! Two clocks run per attempt: the TCP connect to one upstream (`timeouts.connect_ms`) and the
 //! wait for the upstream's response head (`timeouts.request_ms`, from the first byte sent).
-//! The response body is not timed: it streams as long as both sides keep it moving.
+//! The response body is not timed: it streams as long as both sides keep it moving. A third
+//! limit, `timeouts.idle_ms`, says how long a pooled connection may sit idle and still be used.
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use twin_topology::Timeouts;
 pub struct AttemptTimeouts {
     pub connect: Duration,
     pub response_head: Duration,
+    /// Pooled connections idle longer than this are not used.
+    pub idle: Duration,
 }
 
 impl From<&Timeouts> for AttemptTimeouts {
@@ -21,6 +24,7 @@ impl From<&Timeouts> for AttemptTimeouts {
         AttemptTimeouts {
             connect: Duration::from_millis(t.connect_ms),
             response_head: Duration::from_millis(t.request_ms),
+            idle: Duration::from_millis(t.idle_ms),
         }
     }
 }
@@ -55,7 +59,9 @@ mod tests {
         let t = AttemptTimeouts::from(&Timeouts {
             connect_ms: 50,
             request_ms: 200,
+            idle_ms: 1_000,
         });
+        assert_eq!(t.idle, Duration::from_secs(1));
         let slow = tokio::time::sleep(Duration::from_millis(100));
         assert_eq!(
             t.connect(slow).await,

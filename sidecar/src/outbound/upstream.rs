@@ -7,13 +7,15 @@
 //! before the request was written also gives the request back, and the next connection is
 //! tried. Anything after that "may have reached the upstream".
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::outbound::body::{UpstreamBody, UpstreamResponseBody};
@@ -23,9 +25,9 @@ use crate::outbound::timeout::AttemptTimeouts;
 /// The client half of one upstream connection, with why the connection ended once it has.
 pub(crate) struct Sender {
     inner: http1::SendRequest<UpstreamBody>,
-    /// Set by the connection task before the connection is dropped, so a request handed back
-    /// as "canceled" can say what really happened (a TLS alert, a reset).
-    ended: Arc<OnceLock<String>>,
+    /// Set by the connection task when the connection ends, so a request handed back as
+    /// "canceled" can say what really happened (a TLS alert, a reset).
+    ended: watch::Receiver<Option<String>>,
 }
 
 impl Sender {
@@ -38,31 +40,42 @@ impl Sender {
     async fn ready(&mut self) -> Result<(), hyper::Error> {
         self.inner.ready().await
     }
-    /// Why the connection ended, if it has and said so.
-    fn ended(&self) -> Option<&str> {
-        self.ended.get().map(String::as_str)
+    /// Why the connection ended, waiting up to `within` for its task to say.
+    async fn ended(&mut self, within: Duration) -> Option<String> {
+        let said = tokio::time::timeout(within, self.ended.wait_for(Option::is_some)).await;
+        match said {
+            Ok(Ok(why)) => why.clone(),
+            _ => None,
+        }
     }
 }
 
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 512;
-/// An idle connection older than this is closed instead of reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a failed fresh connection's task gets to say why it ended.
+const WHY_ENDED_WITHIN: Duration = Duration::from_millis(500);
 /// Pooled connections tried before opening a new one.
 const MAX_STALE: usize = 8;
 
-/// Idle connections to one endpoint.
+/// Idle connections to one endpoint, most recently used at the back.
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<VecDeque<(Sender, Instant)>>,
 }
 
 impl Pool {
-    /// The most recently used idle connection that is still open.
-    fn take(&self) -> Option<Sender> {
+    /// The most recently used idle connection that is still open and has been idle for less
+    /// than `max_idle` (the route's `timeouts.idle_ms`). Older ones are closed.
+    fn take(&self, max_idle: Duration) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some((s, since)) = idle.pop() {
-            if !s.is_closed() && s.is_ready() && since.elapsed() < IDLE_TIMEOUT {
+        while idle
+            .front()
+            .is_some_and(|(_, since)| since.elapsed() >= max_idle)
+        {
+            idle.pop_front();
+        }
+        while let Some((s, _)) = idle.pop_back() {
+            if !s.is_closed() && s.is_ready() {
                 return Some(s);
             }
         }
@@ -72,7 +85,7 @@ impl Pool {
     fn put(&self, sender: Sender) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE {
-                idle.push((sender, Instant::now()));
+                idle.push_back((sender, Instant::now()));
             }
         }
     }
@@ -115,8 +128,13 @@ pub enum AttemptError {
     #[error("connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
     /// The connection broke after the request was handed to it.
-    #[error("upstream {addr} dropped the connection: {}", error_chain(.source))]
-    Dropped { addr: String, source: hyper::Error },
+    #[error("upstream {addr} dropped the connection: {}{}", error_chain(.source), hint.map_or(String::new(), |h| format!(" ({h})")))]
+    Dropped {
+        addr: String,
+        source: hyper::Error,
+        /// What most likely happened, when the connection was a fresh TLS one.
+        hint: Option<&'static str>,
+    },
     /// No response head in time.
     #[error("upstream {addr} did not answer within {limit:?}")]
     Timeout { addr: String, limit: Duration },
@@ -191,16 +209,16 @@ where
     let (inner, conn) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
-    let ended = Arc::new(OnceLock::new());
-    let why = ended.clone();
+    let (why, ended) = watch::channel(None);
     tokio::spawn(async move {
-        // The connection lives to the end of this task, so requests still queued on it are
-        // handed back as canceled only after `why` is set.
-        let mut conn = std::pin::pin!(conn);
-        if let Err(e) = conn.as_mut().await {
-            tracing::debug!(error = %e, "upstream connection ended");
-            let _ = why.set(error_chain(&e));
-        }
+        let reason = match conn.await {
+            Ok(()) => "the upstream closed the connection".to_string(),
+            Err(e) => {
+                tracing::debug!(error = %e, "upstream connection ended");
+                error_chain(&e)
+            }
+        };
+        let _ = why.send(Some(reason));
     });
     Ok(Sender { inner, ended })
 }
@@ -216,7 +234,7 @@ pub async fn send(
     let mut stale = 0;
     loop {
         let pooled = if stale < MAX_STALE {
-            endpoint.pool.take()
+            endpoint.pool.take(limits.idle)
         } else {
             None
         };
@@ -254,12 +272,17 @@ pub async fn send(
                     stale += 1;
                 }
                 Some(back) => {
-                    let reason = match sender.ended() {
+                    // A fresh connection that ended at once: its task knows why.
+                    let canceled = e.into_error().to_string();
+                    let mut reason = match sender.ended(WHY_ENDED_WITHIN).await {
                         Some(why) => {
                             format!("the connection ended before the request was sent: {why}")
                         }
-                        None => e.into_error().to_string(),
+                        None => canceled,
                     };
+                    if let Some(tls) = &endpoint.tls {
+                        reason = format!("{reason} ({})", tls.closed_after_handshake_hint());
+                    }
                     return Err(Failed {
                         error: AttemptError::Connect {
                             addr: addr(),
@@ -273,6 +296,10 @@ pub async fn send(
                         error: AttemptError::Dropped {
                             addr: addr(),
                             source: e.into_error(),
+                            hint: match (&endpoint.tls, reused) {
+                                (Some(tls), false) => Some(tls.closed_after_handshake_hint()),
+                                _ => None,
+                            },
                         },
                         request: None,
                     })
