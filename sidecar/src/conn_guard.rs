@@ -21,8 +21,8 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -33,23 +33,33 @@ use tokio::time::{Instant, Sleep};
 /// The HTTP/2 client connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Requests in flight on one connection, shared by its socket and its service.
+/// Requests in flight on one connection, shared by its socket and its service, and the
+/// connection task to wake when the last one ends (so the idle timer starts even when hyper
+/// is not reading at that moment).
 #[derive(Debug, Default)]
-struct InFlight(AtomicUsize);
+struct InFlight {
+    count: AtomicUsize,
+    idle_waker: Mutex<Option<Waker>>,
+}
 
 /// Counts one request as in flight until dropped.
 struct InFlightGuard(Arc<InFlight>);
 
 impl InFlightGuard {
     fn new(shared: &Arc<InFlight>) -> Self {
-        shared.0.fetch_add(1, Ordering::AcqRel);
+        shared.count.fetch_add(1, Ordering::AcqRel);
         InFlightGuard(shared.clone())
     }
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let waker = self.0.idle_waker.lock().ok().and_then(|mut w| w.take());
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
     }
 }
 
@@ -107,7 +117,7 @@ impl<T> Guarded<T> {
 
     /// Moves between idle and busy from the in-flight count; called before each read.
     fn update_phase(&mut self) {
-        let busy = self.shared.0.load(Ordering::Acquire) > 0;
+        let busy = self.shared.count.load(Ordering::Acquire) > 0;
         match (self.phase, busy) {
             (Phase::Idle | Phase::Head, true) => self.phase = Phase::Busy,
             (Phase::Busy, false) => self.enter(Phase::Idle, self.idle),
@@ -162,6 +172,20 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                         "request head not complete within the header timeout"
                     };
                     Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+                }
+                Phase::Busy => {
+                    // Be polled again when the last request ends, to start the idle timer.
+                    if let Ok(mut w) = this.shared.idle_waker.lock() {
+                        match w.as_ref() {
+                            Some(old) if old.will_wake(cx.waker()) => {}
+                            _ => *w = Some(cx.waker().clone()),
+                        }
+                    }
+                    // It may have ended between the phase check and the registration.
+                    if this.shared.count.load(Ordering::Acquire) == 0 {
+                        cx.waker().wake_by_ref();
+                    }
+                    Poll::Pending
                 }
                 _ => Poll::Pending,
             },

@@ -82,6 +82,9 @@ async fn start_webhook(a: &Args) -> anyhow::Result<()> {
         }
         None => InjectConfig::default(),
     };
+    if let Err(why) = cfg.check() {
+        anyhow::bail!("--inject-config: {why}");
+    }
     let hook = Webhook::bind(addr, cert.clone(), key.clone(), cfg).await?;
     tracing::info!(%addr, "serving the injection webhook");
     tokio::spawn(hook.run());

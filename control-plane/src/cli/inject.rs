@@ -67,6 +67,7 @@ fn config(g: &Global, a: &InjectArgs) -> Result<InjectConfig, CtlError> {
     if a.container {
         cfg.native_sidecar = false;
     }
+    cfg.check().map_err(CtlError::usage)?;
     Ok(cfg)
 }
 

@@ -14,6 +14,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 
+use super::credentials;
+
 /// Name of the injected container (also how an injected pod is recognised).
 pub const SIDECAR_NAME: &str = "twin-sidecar";
 /// Label and annotation keys.
@@ -51,6 +53,23 @@ pub struct InjectConfig {
     /// Native sidecar (init container with `restartPolicy: Always`, Kubernetes ≥ 1.29).
     pub native_sidecar: bool,
     pub resources: Resources,
+    /// Secret in the pod's namespace with the sidecar's etcd client certificate (`ca.crt`,
+    /// `tls.crt`, `tls.key`), mounted at /etc/twin/etcd. Without it the sidecar has no
+    /// client certificate, which an etcd with mutual TLS refuses.
+    pub etcd_client_secret: Option<String>,
+    /// etcd user of the sidecars when etcd checks passwords (the password is the Secret's
+    /// key `password`). Without it etcd takes the user from the certificate's common name.
+    pub etcd_user: Option<String>,
+    /// Secret with `ca.crt`, `tls.crt`, `tls.key` for routes with `tls:` (the upstreams' CA
+    /// and the sidecar's client certificate), mounted at /etc/twin/upstream.
+    pub upstream_tls_secret: Option<String>,
+}
+
+impl InjectConfig {
+    /// Settings that cannot work, named in one line.
+    pub fn check(&self) -> Result<(), String> {
+        credentials::check(self)
+    }
 }
 
 /// CPU/memory requests and limits of the sidecar.
@@ -84,6 +103,9 @@ impl Default for InjectConfig {
             prefix: "/twin".into(),
             native_sidecar: true,
             resources: Resources::default(),
+            etcd_client_secret: None,
+            etcd_user: None,
+            upstream_tls_secret: None,
         }
     }
 }
@@ -284,6 +306,7 @@ fn sidecar(plan: &Plan, cfg: &InjectConfig) -> Container {
         "--admin-token-file".into(),
         format!("{TOKEN_DIR}/token"),
     ];
+    args.extend(credentials::args(cfg));
     if let Some((svc, port)) = &plan.register {
         args.push("--register".into());
         args.push(format!("{svc}=$(POD_IP):{port}"));
@@ -352,12 +375,16 @@ fn sidecar(plan: &Plan, cfg: &InjectConfig) -> Container {
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "twin-token".into(),
-            mount_path: TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: "twin-token".into(),
+                mount_path: TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..Default::default()
+            })
+            .chain(credentials::volume_mounts(cfg))
+            .collect(),
+        ),
         restart_policy: plan.native.then(|| "Always".to_string()),
         ..Default::default()
     }
@@ -380,7 +407,9 @@ fn apply(mut pod: Pod, plan: &Plan, cfg: &InjectConfig) -> Pod {
     } else {
         spec.containers.push(container);
     }
-    spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    volumes.extend(credentials::volumes(cfg));
+    volumes.push(Volume {
         name: "twin-token".into(),
         projected: Some(ProjectedVolumeSource {
             sources: Some(vec![VolumeProjection {

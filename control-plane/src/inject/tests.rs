@@ -105,6 +105,16 @@ fn base64_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// The sidecar container's arguments.
+fn args_of(sc: &Value) -> Vec<&str> {
+    sc["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn sidecar_of(pod: &Value, list: &str) -> Option<Value> {
     pod["spec"][list]
         .as_array()?
@@ -124,12 +134,7 @@ fn opt_in_pod_gets_a_native_sidecar_and_keeps_its_own_containers() {
         "first init container"
     );
     assert_eq!(sc["restartPolicy"], "Always");
-    let args: Vec<&str> = sc["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    let args = args_of(&sc);
     let dc_at = args.iter().position(|a| *a == "--dc").expect("--dc");
     assert_eq!(args[dc_at + 1], "m6v");
     assert!(args.contains(&"shop=$(POD_IP):8080"), "{args:?}");
@@ -256,6 +261,93 @@ fn decide_without_datacenter_refuses() {
         ..cfg()
     };
     assert!(matches!(decide(&p, &c), Decision::Refuse(r) if r.starts_with("no datacenter")));
+}
+
+#[test]
+fn etcd_and_upstream_credentials_come_from_secrets_in_the_pods_namespace() {
+    let p: k8s_openapi::api::core::v1::Pod =
+        serde_json::from_value(pod(json!({}), json!({}))).expect("pod");
+    let c = InjectConfig {
+        etcd_client_secret: Some("twin-etcd-client".into()),
+        etcd_user: Some("sidecar".into()),
+        upstream_tls_secret: Some("twin-upstream-tls".into()),
+        ..cfg()
+    };
+    assert_eq!(c.check(), Ok(()));
+    let Decision::Inject(after) = decide(&p, &c) else {
+        panic!("not injected");
+    };
+    let after = serde_json::to_value(*after).expect("json");
+    let sc = sidecar_of(&after, "initContainers").expect("sidecar");
+    let args = args_of(&sc);
+    let flag = |f: &str| {
+        let at = args
+            .iter()
+            .position(|a| *a == f)
+            .unwrap_or_else(|| panic!("{f} missing: {args:?}"));
+        args[at + 1]
+    };
+    assert_eq!(flag("--etcd-ca"), "/etc/twin/etcd/ca.crt");
+    assert_eq!(flag("--etcd-cert"), "/etc/twin/etcd/tls.crt");
+    assert_eq!(flag("--etcd-key"), "/etc/twin/etcd/tls.key");
+    assert_eq!(flag("--etcd-user"), "sidecar");
+    assert_eq!(flag("--etcd-password-file"), "/etc/twin/etcd/password");
+    assert_eq!(flag("--upstream-ca"), "/etc/twin/upstream/ca.crt");
+    assert_eq!(flag("--upstream-key"), "/etc/twin/upstream/tls.key");
+    let mounts: Vec<(&str, &str, bool)> = sc["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or_default(),
+                m["mountPath"].as_str().unwrap_or_default(),
+                m["readOnly"] == true,
+            )
+        })
+        .collect();
+    assert!(
+        mounts.contains(&("twin-etcd-client", "/etc/twin/etcd", true)),
+        "{mounts:?}"
+    );
+    assert!(
+        mounts.contains(&("twin-upstream-tls", "/etc/twin/upstream", true)),
+        "{mounts:?}"
+    );
+    let secrets: Vec<&str> = after["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v["secret"]["secretName"].as_str())
+        .collect();
+    assert_eq!(secrets, ["twin-etcd-client", "twin-upstream-tls"]);
+    // The application containers do not see the keys.
+    assert!(after["spec"]["containers"][0].get("volumeMounts").is_none());
+
+    // Without secrets: no credential flags, no extra volumes.
+    let Decision::Inject(plain) = decide(&p, &cfg()) else {
+        panic!("not injected");
+    };
+    let plain = serde_json::to_value(*plain).expect("json");
+    let sc = sidecar_of(&plain, "initContainers").expect("sidecar");
+    assert!(!sc["args"].to_string().contains("--etcd-ca"));
+    assert_eq!(plain["spec"]["volumes"].as_array().map(Vec::len), Some(1));
+
+    let bad = InjectConfig {
+        etcd_user: Some("sidecar".into()),
+        ..cfg()
+    };
+    assert_eq!(
+        bad.check(),
+        Err("etcd_user needs etcd_client_secret: the password is its key `password`".into())
+    );
+    let bad = InjectConfig {
+        upstream_tls_secret: Some("Bad_Name".into()),
+        ..cfg()
+    };
+    assert!(bad.check().is_err_and(
+        |e| e.starts_with("upstream_tls_secret \"Bad_Name\" is not a Kubernetes Secret name")
+    ));
 }
 
 const STREAM: &str = "\
