@@ -2,7 +2,6 @@
 //! it can be killed, paused and restarted on its data directory), and the queries steps need
 //! (which member leads, whether a member answers).
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -39,13 +38,7 @@ pub struct EtcdCluster {
     auth_on: AtomicBool,
 }
 
-/// `n` distinct free loopback ports (all held until every one is chosen).
-pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    let ls = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    ls.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
+pub use twin_testkit::try_free_ports as free_ports;
 
 impl EtcdCluster {
     /// Prepares `n` members with data directories under `dir` (nothing runs yet).

@@ -12,7 +12,7 @@ mod net;
 mod tls;
 
 pub use etcd::{Etcd, EtcdError, Member};
-pub use net::{free_port, free_ports};
+pub use net::{free_port, free_ports, try_free_ports};
 pub use tls::TestCerts;
 
 /// Polls `cond` every few milliseconds until it returns true or `deadline` passes; returns

@@ -9,17 +9,20 @@ pub fn free_port() -> u16 {
 }
 
 /// `n` distinct free loopback ports. All listeners are held until every port is chosen, so the
-/// OS cannot hand out the same port twice within one call.
+/// OS cannot hand out the same port twice within one call. Panics if none can be bound (for
+/// tests; see [`try_free_ports`]).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port"))
-        .collect();
+    try_free_ports(n).expect("bind ephemeral loopback ports")
+}
+
+/// [`free_ports`], with the bind error returned instead of a panic (for tools such as
+/// `twin-chaos` that pick ports outside tests).
+pub fn try_free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<TcpListener>>>()?;
     listeners
         .iter()
-        .map(|l| {
-            l.local_addr()
-                .expect("local addr of a bound listener")
-                .port()
-        })
+        .map(|l| Ok(l.local_addr()?.port()))
         .collect()
 }
