@@ -41,6 +41,8 @@ pub struct DaemonConfig {
     pub probe_timeout: Duration,
     /// HTTP path probed on every endpoint.
     pub probe_path: String,
+    /// TLS client settings for probing endpoints of routes with `tls:` (`--upstream-ca` …).
+    pub probe_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// The automatic failover policy; `None` = off.
     pub auto_failover: Option<AutoFailoverPolicy>,
     /// Peak utilization assumed by the capacity guard of automatic failovers, in percent.
@@ -133,7 +135,7 @@ async fn lead(
     mut autofail: Option<&mut AutoFailover>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<Leadership> {
-    let prober = Prober::new(&cfg.probe_path, cfg.probe_timeout);
+    let prober = Prober::new(&cfg.probe_path, cfg.probe_timeout).with_tls(cfg.probe_tls.clone());
     let mut tick = tokio::time::interval(cfg.probe_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

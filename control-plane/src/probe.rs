@@ -3,8 +3,15 @@
 //! time; 4xx counts as down too (the application answered but not as healthy: a wrong
 //! `--probe-path` shows up as a whole datacenter down, which is loud rather than silent),
 //! as do 5xx, refused connections and timeouts.
+//!
+//! Endpoints of a route with `tls:` are probed over TLS with the same settings the sidecars
+//! use (`--upstream-ca`, `--upstream-cert`, `--upstream-key`; the route's server name). A
+//! plain HTTP probe of a TLS port would fail and mark a healthy datacenter down. Without
+//! `--upstream-ca` the control plane cannot check such an endpoint's certificate, so it falls
+//! back to a TCP connect. That is weaker, but never a false alarm.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,7 +19,10 @@ use http_body_util::Empty;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use twin_topology::{now_ms, Topology};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use twin_topology::upstream_tls::TlsTarget;
+use twin_topology::{now_ms, Topology, UpstreamTls};
 
 use crate::health::{DcHealth, ServiceHealth};
 
@@ -22,6 +32,8 @@ pub struct Prober {
     client: Client<HttpConnector, Empty<Bytes>>,
     path: String,
     timeout: Duration,
+    /// TLS client settings for endpoints of routes with `tls:`.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Prober {
@@ -44,6 +56,59 @@ impl Prober {
             client,
             path,
             timeout,
+            tls: None,
+        }
+    }
+
+    /// Probes endpoints of TLS routes over TLS with these settings (`--upstream-ca` …).
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ClientConfig>>) -> Prober {
+        self.tls = tls;
+        self
+    }
+
+    /// Probes `addr` as its route says: plain HTTP, HTTP over TLS, or (TLS without a CA to
+    /// check it with) a TCP connect.
+    pub async fn probe_endpoint(
+        &self,
+        addr: &str,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<(), String> {
+        match (tls, &self.tls) {
+            (None, _) => self.probe(addr).await,
+            (Some(t), Some(cfg)) => {
+                let target = TlsTarget::new(t, addr, Some(cfg));
+                match tokio::time::timeout(self.timeout, self.probe_tls(addr, &target)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+                }
+            }
+            (Some(_), None) => {
+                match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("TCP connect: {e}")),
+                    Err(_) => Err(format!("no TCP connect within {:?}", self.timeout)),
+                }
+            }
+        }
+    }
+
+    async fn probe_tls(&self, addr: &str, target: &TlsTarget) -> Result<(), String> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let tls = target.connect(tcp).await?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP over TLS: {e}"))?;
+        tokio::spawn(conn);
+        let req = http::Request::get(self.path.as_str())
+            .header(http::header::HOST, addr)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("bad request: {e}"))?;
+        match send.send_request(req).await {
+            Ok(resp) if resp.status().as_u16() < 400 => Ok(()),
+            Ok(resp) => Err(format!("HTTP {}", resp.status().as_u16())),
+            Err(e) => Err(format!("request failed: {e}")),
         }
     }
 
@@ -78,11 +143,10 @@ impl Prober {
                 })
             })
             .collect();
-        let results = futures::future::join_all(
-            targets
-                .iter()
-                .map(|(_, _, addr, _)| async move { self.probe(addr).await }),
-        )
+        let results = futures::future::join_all(targets.iter().map(|(svc, _, addr, _)| {
+            let tls = topo.routes.get(svc).and_then(|r| r.value.tls.as_ref());
+            async move { self.probe_endpoint(addr, tls).await }
+        }))
         .await;
         let mut services: BTreeMap<String, ServiceHealth> = BTreeMap::new();
         for ((svc, inst, _, cap), result) in targets.into_iter().zip(results) {

@@ -18,7 +18,8 @@ pub mod shutdown;
 pub mod sidecar;
 pub mod source;
 pub mod table;
-pub mod upstream_tls;
+/// TLS to upstreams (shared with the control plane's probes).
+pub use twin_topology::upstream_tls;
 
 use std::net::SocketAddr;
 

@@ -5,81 +5,17 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
 use support::*;
 use twin_sidecar::upstream_tls::UpstreamTlsArgs;
 use twin_sidecar::TableSource;
 use twin_testkit::http;
-use twin_testkit::TestCerts;
-
-/// A TLS HTTP/1.1 server on loopback answering "tls-ok"; with `client_ca` it requires a client
-/// certificate signed by that CA. Counts the requests it served.
-struct TlsUpstream {
-    addr: SocketAddr,
-    hits: Arc<AtomicU64>,
-}
+use twin_testkit::{TestCerts, TlsUpstream};
 
 async fn tls_upstream(certs: &TestCerts, client_ca: Option<&Path>) -> TlsUpstream {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certs.server_cert)
-        .expect("server cert")
-        .collect::<Result<_, _>>()
-        .expect("server cert");
-    let key = PrivateKeyDer::from_pem_file(&certs.server_key).expect("server key");
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("versions");
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).expect("ca") {
-                roots.add(c.expect("ca")).expect("ca");
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                .build()
-                .expect("verifier");
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let config = builder.with_single_cert(chain, key).expect("server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+    TlsUpstream::start(certs, client_ca)
         .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let hits = Arc::new(AtomicU64::new(0));
-    let counter = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    async { Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from("tls-ok")))) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
-            });
-        }
-    });
-    TlsUpstream { addr, hits }
+        .expect("TLS upstream")
 }
 
 /// A sidecar whose route `payments` goes to `upstream` with `tls:` (and the given server
@@ -124,7 +60,7 @@ async fn a_tls_route_reaches_its_upstream_with_mutual_tls() {
         cert: Some(certs.client_cert.clone()),
         key: Some(certs.client_key.clone()),
     };
-    let s = tls_sidecar(dir.path(), up.addr, None, tls).await;
+    let s = tls_sidecar(dir.path(), up.addr(), None, tls).await;
     let c = http::client();
     for _ in 0..3 {
         let r = call(&c, s.outbound_addr, Some("u1")).await;
@@ -132,7 +68,7 @@ async fn a_tls_route_reaches_its_upstream_with_mutual_tls() {
         assert_eq!(r.text(), "tls-ok");
         assert_eq!(r.header("x-twin-dc"), "m6v");
     }
-    assert_eq!(up.hits.load(Ordering::SeqCst), 3);
+    assert_eq!(up.hits(), 3);
     s.stop().await;
 }
 
@@ -166,7 +102,7 @@ async fn each_tls_mistake_is_answered_with_a_reason_that_names_the_fix() {
     for (what, name, tls, want) in cases {
         let sub = dir.path().join(what.replace(' ', "-"));
         std::fs::create_dir_all(&sub).expect("dir");
-        let s = tls_sidecar(&sub, up.addr, name, tls).await;
+        let s = tls_sidecar(&sub, up.addr(), name, tls).await;
         let r = call(&c, s.outbound_addr, Some("u1")).await;
         if want.is_empty() {
             assert_eq!(r.status, 200, "{what}: {}", r.header("x-twin-error"));
@@ -176,7 +112,7 @@ async fn each_tls_mistake_is_answered_with_a_reason_that_names_the_fix() {
             assert!(
                 why.starts_with(&format!(
                     "upstream connect failed: connect to {}: ",
-                    up.addr
+                    up.addr()
                 )),
                 "{what}: {why}"
             );
@@ -185,7 +121,7 @@ async fn each_tls_mistake_is_answered_with_a_reason_that_names_the_fix() {
         s.stop().await;
     }
     assert_eq!(
-        up.hits.load(Ordering::SeqCst),
+        up.hits(),
         1,
         "only the verified connection carried a request"
     );
@@ -197,7 +133,7 @@ async fn an_upstream_that_wants_a_client_certificate_the_sidecar_lacks_fails_cle
     let certs = TestCerts::generate(dir.path(), "twin-sidecar").expect("certs");
     let up = tls_upstream(&certs, Some(&certs.ca)).await;
     // The server asks for a client certificate the sidecar does not have.
-    let s = tls_sidecar(dir.path(), up.addr, None, trust(&certs.ca)).await;
+    let s = tls_sidecar(dir.path(), up.addr(), None, trust(&certs.ca)).await;
     let r = call(&http::client(), s.outbound_addr, Some("u1")).await;
     assert_eq!(r.status, 502);
     let why = r.header("x-twin-error");
@@ -205,6 +141,6 @@ async fn an_upstream_that_wants_a_client_certificate_the_sidecar_lacks_fails_cle
         why.contains("CertificateRequired") || why.contains("client certificate"),
         "{why}"
     );
-    assert_eq!(up.hits.load(Ordering::SeqCst), 0);
+    assert_eq!(up.hits(), 0);
     s.stop().await;
 }

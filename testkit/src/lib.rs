@@ -10,10 +10,12 @@ mod etcd;
 pub mod http;
 mod net;
 mod tls;
+mod tls_upstream;
 
 pub use etcd::{Etcd, EtcdError, Member};
 pub use net::{free_port, free_ports, try_free_ports};
 pub use tls::TestCerts;
+pub use tls_upstream::TlsUpstream;
 
 /// Polls `cond` every few milliseconds until it returns true or `deadline` passes; returns
 /// whether it became true. Tests use it instead of sleeping for a condition.

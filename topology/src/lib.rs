@@ -3,8 +3,9 @@
 //! [`AuditRecord`], [`Freeze`]) and their validation, the bucket ring that turns a sticky key
 //! into a datacenter, route files in YAML, the audited compare-and-swap [`Store`], and the
 //! watched [`TopologyView`] (one prefix watch into an `ArcSwap`, with a snapshot file for cold
-//! starts). Pure types and math sit apart from the modules that do I/O (`store`, `view`,
-//! `connect`). It knows nothing of HTTP proxying, ID generation or the control plane.
+//! starts), and the TLS client settings every binary shares (etcd's, and upstreams' for
+//! routes with `tls:`). Pure types and math sit apart from the modules that do I/O (`store`,
+//! `view`, `connect`). It knows nothing of HTTP proxying, ID generation or the control plane.
 
 pub mod auth;
 pub mod connect;
@@ -16,6 +17,7 @@ pub mod routes_file;
 pub mod snapshot;
 pub mod store;
 pub mod tls_check;
+pub mod upstream_tls;
 pub mod validate;
 pub mod view;
 

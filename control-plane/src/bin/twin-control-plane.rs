@@ -12,6 +12,7 @@ use twin_control_plane::cli::{parse_duration, parse_percent};
 use twin_control_plane::daemon::{self, DaemonConfig};
 use twin_control_plane::inject::{InjectConfig, Webhook};
 use twin_control_plane::state::Cluster;
+use twin_topology::upstream_tls::UpstreamTlsArgs;
 use twin_topology::EtcdArgs;
 
 /// Twin control plane: leader election, health probes of every registered endpoint, the
@@ -39,6 +40,10 @@ struct Args {
     /// HTTP path probed on every endpoint (2xx/3xx = up)
     #[arg(long, default_value = "/healthz")]
     probe_path: String,
+    /// TLS for probing endpoints of routes with `tls:` (the sidecars' flags; without
+    /// --upstream-ca those endpoints get a TCP connect probe)
+    #[command(flatten)]
+    upstream_tls: UpstreamTlsArgs,
     /// Fail over automatically from a datacenter whose probes fail (off by default)
     #[arg(long)]
     auto_failover: bool,
@@ -119,6 +124,11 @@ async fn main() -> anyhow::Result<()> {
         probe_interval: a.probe_interval,
         probe_timeout: a.probe_timeout,
         probe_path: a.probe_path.clone(),
+        probe_tls: a
+            .upstream_tls
+            .clone()
+            .client_config()
+            .map_err(anyhow::Error::msg)?,
         auto_failover: a.auto_failover.then(|| AutoFailoverPolicy {
             below_percent: f64::from(a.auto_failover_below) / 100.0,
             after: a.auto_failover_after,

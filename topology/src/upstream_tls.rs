@@ -5,20 +5,20 @@
 //! against the CA given by `--upstream-ca`, checks that it names the route's
 //! `tls.server_name` (default: the endpoint's host), and, with `--upstream-cert` and
 //! `--upstream-key`, presents its own certificate for mutual TLS. HTTP/1.1 is offered by ALPN.
-//! The trust settings belong to the sidecar, not to etcd: a route says *that* TLS is used,
-//! never which key.
+//! The trust settings belong to each node, not to etcd: a route says *that* TLS is used,
+//! never which key. The control plane's health probes use the same settings and flags.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::tls_check::{self, Flags};
+use crate::UpstreamTls;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
-use twin_topology::tls_check::{self, Flags};
-use twin_topology::UpstreamTls;
 
 /// The flags named in handshake errors.
 const FLAGS: Flags = Flags {
