@@ -53,6 +53,22 @@ fn file_config(
     (dir, routes, cfg)
 }
 
+/// The real binary, routing `payments` to `up` from a routes file, ready.
+async fn routed_process(up: SocketAddr) -> (tempfile::TempDir, Process) {
+    let (dir, routes, _) = file_config(&[up], &[up], (10_000, 0));
+    let mut p = Process::spawn(
+        &[
+            "--dc",
+            "m6v",
+            "--routes-file",
+            routes.to_str().expect("utf8"),
+        ],
+        &dir.path().join("log"),
+    );
+    p.ready().await;
+    (dir, p)
+}
+
 /// Sends raw bytes, returns everything the server wrote until it closed (or 5 s passed).
 async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -66,22 +82,7 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_oversize_requests_get_400_and_431_and_never_crash_the_process() {
     let up = Upstream::start("m6v").await.expect("up");
-    let dir = tempfile::tempdir().expect("tmp");
-    let routes = dir.path().join("routes.yaml");
-    write(
-        &routes,
-        &routes_yaml(&[up.addr()], &[up.addr()], (10_000, 0)),
-    );
-    let mut p = Process::spawn(
-        &[
-            "--dc",
-            "m6v",
-            "--routes-file",
-            routes.to_str().expect("utf8"),
-        ],
-        &dir.path().join("log"),
-    );
-    p.ready().await;
+    let (_dir, mut p) = routed_process(up.addr()).await;
     let o = p.outbound;
 
     assert!(raw(o, b"GARBAGE\r\n\r\n").await.starts_with("HTTP/1.1 400"));
@@ -176,22 +177,7 @@ async fn a_50_mb_body_streams_both_ways_with_bounded_memory() {
     const TOTAL: usize = 50 * 1024 * 1024;
     const CHUNK: usize = 64 * 1024;
     let up = Upstream::with("m6v", Behavior::Echo).await.expect("up");
-    let dir = tempfile::tempdir().expect("tmp");
-    let routes = dir.path().join("routes.yaml");
-    write(
-        &routes,
-        &routes_yaml(&[up.addr()], &[up.addr()], (10_000, 0)),
-    );
-    let mut p = Process::spawn(
-        &[
-            "--dc",
-            "m6v",
-            "--routes-file",
-            routes.to_str().expect("utf8"),
-        ],
-        &dir.path().join("log"),
-    );
-    p.ready().await;
+    let (_dir, p) = routed_process(up.addr()).await;
     assert_eq!(
         call(&http::client(), p.outbound, Some("warm")).await.status,
         200
