@@ -39,6 +39,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[derive(Debug, Default)]
 struct InFlight {
     count: AtomicUsize,
+    /// Requests started on this connection, ever.
+    started: AtomicUsize,
     idle_waker: Mutex<Option<Waker>>,
 }
 
@@ -47,6 +49,7 @@ struct InFlightGuard(Arc<InFlight>);
 
 impl InFlightGuard {
     fn new(shared: &Arc<InFlight>) -> Self {
+        shared.started.fetch_add(1, Ordering::AcqRel);
         shared.count.fetch_add(1, Ordering::AcqRel);
         InFlightGuard(shared.clone())
     }
@@ -77,6 +80,7 @@ pub fn guard<T, S>(
         idle,
         header,
         phase: Phase::Idle,
+        seen_started: 0,
         sniff: Some(Vec::new()),
         timer: Box::pin(tokio::time::sleep(idle)),
     };
@@ -104,6 +108,8 @@ pub struct Guarded<T> {
     idle: Duration,
     header: Duration,
     phase: Phase,
+    /// `InFlight::started` when this socket last looked.
+    seen_started: usize,
     /// The first bytes of the connection, until it is known whether they are the h2 preface.
     sniff: Option<Vec<u8>>,
     timer: Pin<Box<Sleep>>,
@@ -115,9 +121,21 @@ impl<T> Guarded<T> {
         self.timer.as_mut().reset(Instant::now() + after);
     }
 
-    /// Moves between idle and busy from the in-flight count; called before each read.
+    /// Moves between idle and busy from the in-flight count; called before each read. A
+    /// request that started and finished between two reads (hyper need not read while it
+    /// answers) still ends the head phase: the idle timer starts again.
     fn update_phase(&mut self) {
         let busy = self.shared.count.load(Ordering::Acquire) > 0;
+        let started = self.shared.started.load(Ordering::Acquire);
+        if started != self.seen_started {
+            self.seen_started = started;
+            if busy {
+                self.phase = Phase::Busy;
+            } else {
+                self.enter(Phase::Idle, self.idle);
+            }
+            return;
+        }
         match (self.phase, busy) {
             (Phase::Idle | Phase::Head, true) => self.phase = Phase::Busy,
             (Phase::Busy, false) => self.enter(Phase::Idle, self.idle),

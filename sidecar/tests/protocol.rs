@@ -417,3 +417,20 @@ async fn idle_keep_alive_connections_outlive_the_header_timeout_and_a_stalled_he
     );
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_slower_than_the_header_timeout_keeps_the_connection_usable() {
+    let slow = Upstream::with("m6v", Behavior::Delay(Duration::from_millis(800)))
+        .await
+        .expect("up");
+    let (_dir, _, mut cfg) = file_config(&[slow.addr()], &[slow.addr()], (10_000, 0));
+    cfg.limits.header_read_timeout_ms = 200;
+    cfg.limits.idle_timeout_ms = 60_000;
+    let s = sidecar(cfg, 1).await;
+    let (mut send, _task) = keep_alive_conn(s.outbound_addr).await;
+    // Each answer takes four header timeouts; the head itself arrived at once.
+    for _ in 0..3 {
+        assert_eq!(get_on(&mut send).await, 200);
+    }
+    s.stop().await;
+}
