@@ -139,15 +139,13 @@ async fn refuse_closes_the_port_and_reopens_it() {
     }
     assert!(refused, "connections must be refused");
     p.clear(gen);
-    let mut ok = None;
-    for _ in 0..200 {
-        if let Ok(s) = TcpStream::connect(p.addr()).await {
-            ok = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut c = ok.expect("port listens again");
+    let addr = p.addr();
+    let listens = twin_testkit::eventually(Duration::from_secs(1), || async move {
+        TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+    assert!(listens, "port listens again");
+    let mut c = TcpStream::connect(addr).await.expect("connect");
     assert_eq!(round_trip(&mut c, b"back").await.expect("echo"), b"back");
 }
 

@@ -89,18 +89,19 @@ impl Demo {
         (dir, pids)
     }
 
+    /// Reads the output to its end (the demo closes stdout only by exiting), then reaps the
+    /// process. `None` when the output has not ended within `within`.
     fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let end = Instant::now() + within;
-        while Instant::now() < end {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(line);
-                }
-                return status.code();
+        loop {
+            let left = end.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => return None,
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        None
+        self.child.wait().ok().and_then(|s| s.code())
     }
 
     fn signal(&self, sig: i32) {
