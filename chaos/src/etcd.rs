@@ -38,7 +38,7 @@ pub struct EtcdCluster {
     auth_on: AtomicBool,
 }
 
-pub use twin_testkit::try_free_ports as free_ports;
+pub use twin_lab::try_free_ports as free_ports;
 
 impl EtcdCluster {
     /// Prepares `n` members with data directories under `dir` (nothing runs yet).

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::Rng;
-use twin_testkit::TestCerts;
+use twin_lab::TestCerts;
 use twin_topology::{auth, EtcdSettings};
 
 /// Who connects, and so with which user and role.

@@ -140,7 +140,7 @@ async fn refuse_closes_the_port_and_reopens_it() {
     assert!(refused, "connections must be refused");
     p.clear(gen);
     let addr = p.addr();
-    let listens = twin_testkit::eventually(Duration::from_secs(1), || async move {
+    let listens = twin_lab::eventually(Duration::from_secs(1), || async move {
         TcpStream::connect(addr).await.is_ok()
     })
     .await;

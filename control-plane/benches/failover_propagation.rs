@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use tokio::process::Command;
-use twin_testkit::Etcd;
+use twin_lab::Etcd;
 use twin_topology::{Keys, Topology, TopologyView, ViewOptions};
 
 const ROUTES: usize = 20;

@@ -9,7 +9,7 @@ use twin_control_plane::plan::Selection;
 use twin_control_plane::state::Cluster;
 use twin_topology::Keys;
 
-async fn twenty_routes(etcd: &twin_testkit::Etcd) {
+async fn twenty_routes(etcd: &twin_lab::Etcd) {
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("routes.yaml");
     let mut yaml = String::from("routes:\n");

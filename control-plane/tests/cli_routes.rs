@@ -4,7 +4,7 @@
 mod cp_support;
 
 use cp_support::{ok, revision, route_set, twinctl, two_dcs, weights};
-use twin_testkit::Etcd;
+use twin_lab::Etcd;
 
 #[tokio::test]
 async fn racing_route_sets_one_wins_and_the_loser_gets_the_conflict_line() {

@@ -10,8 +10,8 @@ use cp_support::{
     leader_id, ok, register, replica, route_set, twinctl, two_dcs, wait_until, weights,
 };
 use twin_control_plane::election::{Candidacy, Candidate};
-use twin_testkit::http::{self, Behavior, Upstream};
-use twin_testkit::Etcd;
+use twin_lab::http::{self, Behavior, Upstream};
+use twin_lab::Etcd;
 use twin_topology::{AuditMeta, Change, CommitOptions, Keys, Store};
 
 async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use twin_control_plane::probe::Prober;
-use twin_testkit::{free_port, TestCerts, TlsUpstream};
+use twin_lab::{free_port, TestCerts, TlsUpstream};
 use twin_topology::upstream_tls::UpstreamTlsArgs;
 use twin_topology::UpstreamTls;
 

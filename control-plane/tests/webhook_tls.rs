@@ -11,7 +11,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 use twin_control_plane::inject::{InjectConfig, Webhook};
-use twin_testkit::TestCerts;
+use twin_lab::TestCerts;
 
 async fn post(
     addr: std::net::SocketAddr,

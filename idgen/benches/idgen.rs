@@ -78,7 +78,7 @@ struct EtcdTwin {
     // Runs the generator's supervisor and segment prefetches.
     _rt: tokio::runtime::Runtime,
     svc: IdService,
-    _etcd: twin_testkit::Etcd,
+    _etcd: twin_lab::Etcd,
 }
 
 fn etcd_twin() -> EtcdTwin {
@@ -88,7 +88,7 @@ fn etcd_twin() -> EtcdTwin {
         .build()
         .expect("runtime");
     let (etcd, svc) = rt.block_on(async {
-        let etcd = twin_testkit::Etcd::start().await.expect("etcd");
+        let etcd = twin_lab::Etcd::start().await.expect("etcd");
         let client = etcd.client().await.expect("client");
         let keys = twin_topology::Keys::default();
         let dc = twin_topology::Datacenter {

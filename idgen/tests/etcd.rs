@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use twin_idgen::{Format, IdConfig, IdError, IdService};
-use twin_testkit::{eventually, Etcd};
+use twin_lab::{eventually, Etcd};
 use twin_topology::{AuditMeta, Datacenter, Keys, Store};
 
 async fn etcd_with_dcs() -> (Etcd, Keys) {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use twin_idgen::{Format, IdConfig, IdService};
-use twin_testkit::{eventually, Etcd};
+use twin_lab::{eventually, Etcd};
 use twin_topology::{AuditMeta, Datacenter, Keys, Store};
 
 type Entries = Vec<(

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use twin_idgen::{Codec, Format, Layout};
-use twin_testkit::{eventually, Etcd};
+use twin_lab::{eventually, Etcd};
 use twin_topology::{AuditMeta, Datacenter, Keys, Store};
 
 const BIN: &str = env!("CARGO_BIN_EXE_twin-idgen-load");

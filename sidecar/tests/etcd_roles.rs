@@ -5,8 +5,8 @@
 mod support;
 
 use support::*;
-use twin_testkit::eventually;
-use twin_testkit::http::{self, Upstream};
+use twin_lab::eventually;
+use twin_lab::http::{self, Upstream};
 use twin_topology::{auth, AuditMeta, Keys, Route, Store, Weights};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

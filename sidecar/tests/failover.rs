@@ -12,8 +12,8 @@ use hyper::Request;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use twin_testkit::eventually;
-use twin_testkit::http::{self, Behavior, Upstream};
+use twin_lab::eventually;
+use twin_lab::http::{self, Behavior, Upstream};
 use twin_topology::{bucket_of, OnDcDown, Route, Weights};
 
 /// Keys whose bucket `wanguo` owns on a 50/50 ring (the upper half).
@@ -139,7 +139,7 @@ async fn post(
 
 /// One upstream in each datacenter, so a retry has to reuse the one that dropped.
 async fn single_upstream_sidecar(
-    etcd: &twin_testkit::Etcd,
+    etcd: &twin_lab::Etcd,
     c: &mut etcd_client::Client,
     up: &Upstream,
     r: Option<Route>,

@@ -10,9 +10,9 @@ use http_body_util::Full;
 use hyper::Request;
 use support::*;
 use twin_idgen::{Codec, Format, Layout};
+use twin_lab::eventually;
+use twin_lab::http::{self, Reply};
 use twin_sidecar::TableSource;
-use twin_testkit::eventually;
-use twin_testkit::http::{self, Reply};
 
 const PAY_SERIAL: &str = "PAY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}";
 

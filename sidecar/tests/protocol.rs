@@ -14,9 +14,9 @@ use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use twin_lab::eventually;
+use twin_lab::http::{self, Behavior, Upstream};
 use twin_sidecar::{Config, TableSource};
-use twin_testkit::eventually;
-use twin_testkit::http::{self, Behavior, Upstream};
 
 fn routes_yaml(m6v: &[SocketAddr], wanguo: &[SocketAddr], weights: (u32, u32)) -> String {
     let list = |a: &[SocketAddr]| {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
-use twin_testkit::http::{self, Behavior, Upstream};
-use twin_testkit::{eventually, Etcd};
+use twin_lab::http::{self, Behavior, Upstream};
+use twin_lab::{eventually, Etcd};
 use twin_topology::Keys;
 
 /// The real binary as node `n1` of m6v on `etcd`; `register` is the `--register` value

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use support::*;
-use twin_testkit::http::{self, Upstream};
+use twin_lab::http::{self, Upstream};
 use twin_topology::{bucket_of, BUCKETS};
 
 /// Sends one request per key, 32 at a time; returns key → serving datacenter.

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use support::*;
+use twin_lab::http;
+use twin_lab::{TestCerts, TlsUpstream};
 use twin_sidecar::upstream_tls::UpstreamTlsArgs;
 use twin_sidecar::TableSource;
-use twin_testkit::http;
-use twin_testkit::{TestCerts, TlsUpstream};
 
 async fn tls_upstream(certs: &TestCerts, client_ca: Option<&Path>) -> TlsUpstream {
     TlsUpstream::start(certs, client_ca)

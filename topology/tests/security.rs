@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use twin_testkit::Etcd;
+use twin_lab::Etcd;
 use twin_topology::{auth, AuditMeta, Datacenter, EtcdSettings, Route, Store, Weights};
 
 fn settings(endpoint: &str) -> EtcdSettings {

@@ -1,6 +1,6 @@
 //! The audited compare-and-swap store against a real etcd.
 
-use twin_testkit::Etcd;
+use twin_lab::Etcd;
 use twin_topology::{AuditMeta, Datacenter, Keys, Route, Store, StoreError, Weights};
 
 fn audit(reason: &str) -> AuditMeta {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use twin_testkit::Etcd;
+use twin_lab::Etcd;
 use twin_topology::{Keys, Route, Source, Topology, TopologyView, ViewOptions, Weights};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -156,7 +156,7 @@ async fn watch_that_fell_behind_a_compaction_relists() {
         .is_some());
     etcd.stop();
     let stats = view.stats();
-    let noticed = twin_testkit::eventually(WAIT, || async {
+    let noticed = twin_lab::eventually(WAIT, || async {
         stats
             .watch_restarts
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -253,7 +253,7 @@ async fn starts_from_the_snapshot_while_etcd_is_down_and_saves_new_ones() {
         .await
         .is_some());
     // The snapshot is written off the runtime threads, shortly after the change.
-    let saved = twin_testkit::eventually(WAIT, || async {
+    let saved = twin_lab::eventually(WAIT, || async {
         Topology::load(&snap).is_ok_and(|t| weight(&t) == Some(5000))
     })
     .await;

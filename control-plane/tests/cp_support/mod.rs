@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
 use tokio::process::{Child, Command};
-use twin_testkit::Etcd;
+use twin_lab::Etcd;
 use twin_topology::{Endpoint, Keys};
 
 /// What a `twinctl` run printed and how it ended.
@@ -154,7 +154,7 @@ pub struct Replica {
 
 /// Starts a replica with fast timers.
 pub async fn replica(etcd: &Etcd, id: &str, extra: &[&str]) -> Replica {
-    let port = twin_testkit::free_port();
+    let port = twin_lab::free_port();
     let status_addr = format!("127.0.0.1:{port}");
     let child = Command::new(env!("CARGO_BIN_EXE_twin-control-plane"))
         .args([
@@ -202,7 +202,7 @@ where
     Fut: std::future::Future<Output = bool>,
 {
     assert!(
-        twin_testkit::eventually(within, cond).await,
+        twin_lab::eventually(within, cond).await,
         "timed out waiting for {what}"
     );
 }

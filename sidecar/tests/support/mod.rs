@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use etcd_client::Client;
+use twin_lab::http::{self, Reply, Upstream};
+use twin_lab::{eventually, free_port, Etcd};
 use twin_sidecar::config::OutlierSettings;
 use twin_sidecar::{Config, Sidecar, TableSource};
-use twin_testkit::http::{self, Reply, Upstream};
-use twin_testkit::{eventually, free_port, Etcd};
 use twin_topology::{Datacenter, EtcdSettings, Keys, OnDcDown, Route, Weights};
 
 pub const SERVICE: &str = "payments";

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use twin_testkit::{eventually, Etcd};
+use twin_lab::{eventually, Etcd};
 
 #[tokio::test]
 async fn single_member_stop_pause_restart_keep_data() {

@@ -301,7 +301,7 @@ impl Etcd {
                 // A linearizable read proves the member is part of a cluster with a leader;
                 // with auth enabled the server answers "user name is empty" instead, which
                 // proves the same.
-                match c.get("twin-testkit-ready", None).await {
+                match c.get("twin-lab-ready", None).await {
                     Ok(_) => return Ok(()),
                     Err(e) if e.to_string().contains("user name is empty") => return Ok(()),
                     Err(_) => {}
@@ -400,7 +400,7 @@ impl Etcd {
     pub async fn compact(&self) -> Result<i64, EtcdError> {
         let mut c = self.client().await?;
         // A write makes sure there is a revision to compact at, beyond anything a test read.
-        let resp = c.put("twin-testkit-compact", "x", None).await?;
+        let resp = c.put("twin-lab-compact", "x", None).await?;
         let rev = resp.header().map(|h| h.revision()).unwrap_or(1);
         c.compact(rev, Some(CompactionOptions::new().with_physical()))
             .await?;
