@@ -14,12 +14,12 @@ use twin_topology::{AuditMeta, Keys, Store};
 
 use crate::clock::RunClock;
 use crate::drill::Drill;
-use crate::etcd::{free_ports, EtcdCluster};
+use crate::etcd::EtcdCluster;
 use crate::faultproxy::FaultProxy;
 use crate::http::{self, HttpClient};
-use crate::procs::{self, Proc, ProcError, ProcSpec, Registry};
+use twin_lab::procs::{self, Proc, ProcError, ProcSpec, Registry};
+use twin_lab::{try_free_ports as free_ports, Etcd, EtcdError, Who};
 use crate::record::UpstreamHit;
-use crate::secure::{Security, Who};
 use crate::units::ClockOffset;
 use crate::upstream::{HitLog, Upstream};
 use crate::validate::datacenter_map;
@@ -36,6 +36,8 @@ pub enum LabError {
     },
     #[error(transparent)]
     Proc(#[from] ProcError),
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
     #[error("seeding etcd: {0}")]
     Seed(String),
 }
@@ -126,18 +128,16 @@ impl Lab {
     ) -> Result<Lab, LabError> {
         let t = &drill.topology;
         let bins = Bins::find(t.control_planes > 0)?;
-        let etcd_bin = procs::etcd_binary().map_err(LabError::Missing)?;
         let data = dir.join("data");
-        std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
-        let security = match t.etcd.secure {
-            true => Some(Arc::new(
-                Security::generate(&dir.join("tls")).map_err(io("making TLS certificates"))?,
-            )),
-            false => None,
-        };
-        let etcd = EtcdCluster::new(t.etcd.members, &etcd_bin, &data, &registry, security)
-            .map_err(io("choosing etcd ports"))?;
-        etcd.start_all().await?;
+        let mut builder = Etcd::builder()
+            .members(t.etcd.members)
+            .names("etcd")
+            .dir(&data)
+            .registry(registry.clone());
+        if t.etcd.secure {
+            builder = builder.secure();
+        }
+        let etcd = EtcdCluster(builder.start().await?);
 
         let hits: HitLog = Arc::new(Mutex::new(Vec::<UpstreamHit>::new()));
         let mut upstreams = Vec::new();
@@ -176,7 +176,7 @@ impl Lab {
         }
         let prefix = format!("/twin-drill-{}", std::process::id());
         seed_etcd(drill, &etcd, &prefix, &upstreams).await?;
-        etcd.enable_auth(&prefix).await.map_err(LabError::Seed)?;
+        etcd.enable_auth(&prefix).await?;
 
         let mut lab = Lab {
             dir: dir.to_path_buf(),
@@ -329,7 +329,7 @@ impl Lab {
     ) -> Result<(), LabError> {
         let sc = &self.sidecars[i];
         sc.up.store(false, Ordering::SeqCst);
-        sc.proc.start(clock)?;
+        sc.proc.start(clock.map(|c| c.faketime_spec()))?;
         let end = tokio::time::Instant::now() + READY_WITHIN;
         loop {
             if let Some(status) = sc.proc.exited() {

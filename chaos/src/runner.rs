@@ -481,7 +481,7 @@ fn sidecars_of(lab: &Lab, t: &ProcTarget) -> Vec<usize> {
 async fn for_each_proc(
     lab: &Lab,
     t: &ProcTarget,
-    f: impl Fn(&crate::procs::Proc),
+    f: impl Fn(&twin_lab::Proc),
     take_out: bool,
 ) -> Vec<String> {
     let mut names = Vec::new();
@@ -506,7 +506,7 @@ async fn for_each_proc(
 }
 
 fn paused(lab: &Lab, t: &ProcTarget, members: &[usize], stop: bool) -> Vec<String> {
-    let act = |p: &crate::procs::Proc| if stop { p.pause() } else { p.resume() };
+    let act = |p: &twin_lab::Proc| if stop { p.pause() } else { p.resume() };
     let mut names = Vec::new();
     for i in sidecars_of(lab, t) {
         act(&lab.sidecars[i].proc);
@@ -537,7 +537,7 @@ async fn restart(
     }
     if let ProcTarget::ControlPlane(i) = t {
         let cp = &lab.control_planes[*i];
-        cp.proc.start(clock).map_err(|e| e.to_string())?;
+        cp.proc.start(clock.map(|c| c.faketime_spec())).map_err(|e| e.to_string())?;
         lab.wait_control_plane(*i)
             .await
             .map_err(|e| e.to_string())?;

@@ -5,10 +5,8 @@
 //! Twin only from the outside (etcd keys via `twin-topology`, the sidecar's HTTP interfaces)
 //! and must not be depended on by any other crate.
 
-pub mod etcd;
 pub mod ids;
 pub mod load;
-pub mod procs;
 pub mod run;
 pub mod screen;
 pub mod upstreams;

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,10 +14,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
 use twin_topology::{AuditMeta, Datacenter, Keys, Route, Store, Weights};
 
-use crate::etcd::{free_ports, LocalEtcd};
 use crate::ids::{self, IdStats};
 use crate::load::{self, Stats};
-use crate::procs::Proc;
+use twin_lab::{Etcd, Proc, ProcSpec};
 use crate::screen::{self, Frame, RouteView};
 use crate::{upstreams, DemoError};
 
@@ -76,12 +74,6 @@ async fn seed(client: &etcd_client::Client) -> Result<(), DemoError> {
     Ok(())
 }
 
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(15)..].join("\n")
-}
-
 async fn get_json(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>,
     url: String,
@@ -111,40 +103,31 @@ async fn start_sidecar(
         format!("idgen:\n  serial_templates: {{payments: \"{SERIAL}\"}}\n"),
     )
     .map_err(|e| DemoError::Io(format!("{}: {e}", config.display())))?;
-    let (a, b) = free_ports()?;
-    let (c, _) = free_ports()?;
+    let ports = twin_lab::try_free_ports(3)
+        .map_err(|e| DemoError::Io(format!("finding free ports: {e}")))?;
     let addrs: [SocketAddr; 3] = [
-        ([127, 0, 0, 1], a).into(),
-        ([127, 0, 0, 1], b).into(),
-        ([127, 0, 0, 1], c).into(),
+        ([127, 0, 0, 1], ports[0]).into(),
+        ([127, 0, 0, 1], ports[1]).into(),
+        ([127, 0, 0, 1], ports[2]).into(),
     ];
-    let mut cmd = Command::new(&opts.sidecar);
-    cmd.arg("--config").arg(&config);
-    cmd.args(["--dc", "m6v", "--node-id", "demo-sidecar", "--etcd", etcd]);
-    cmd.args([
-        "--outbound",
-        &addrs[0].to_string(),
-        "--ids",
-        &addrs[1].to_string(),
-        "--admin",
-        &addrs[2].to_string(),
-    ]);
-    cmd.arg("--snapshot").arg(dir.join("snapshot.json"));
-    cmd.env(
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-    );
-    let log = dir.join("sidecar.log");
-    let mut proc = Proc::spawn("twin-sidecar", cmd, &log)?;
+    let path = |p: PathBuf| p.display().to_string();
+    let spec = ProcSpec::new("sidecar", &opts.sidecar, dir)
+        .args(["--config", &path(config)])
+        .args(["--dc", "m6v", "--node-id", "demo-sidecar", "--etcd", etcd])
+        .args(["--outbound", &addrs[0].to_string()])
+        .args(["--ids", &addrs[1].to_string()])
+        .args(["--admin", &addrs[2].to_string()])
+        .args(["--snapshot", &path(dir.join("snapshot.json"))])
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    let proc = Proc::spawn(spec).map_err(|e| DemoError::Spawn("twin-sidecar", e.to_string()))?;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let end = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = proc.exited() {
-            return Err(DemoError::Exited(
-                "twin-sidecar",
-                status.to_string(),
-                log_tail(&log),
-            ));
+            return Err(DemoError::Exited("twin-sidecar", status, proc.log_tail(15)));
         }
         let ready = hyper::Request::get(format!("http://{}/readyz", addrs[2]))
             .body(Empty::new())
@@ -179,7 +162,18 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
     let dir = tmp.path().to_path_buf();
     let mut tasks = JoinSet::new();
 
-    let (mut etcd, mut client) = LocalEtcd::start(&dir).await?;
+    let etcd = Etcd::builder()
+        .names("demo")
+        .dir(&dir.join("etcd"))
+        .start()
+        .await
+        .map_err(|e| DemoError::Etcd(e.to_string()))?;
+    let mut client = etcd
+        .client()
+        .await
+        .map_err(|e| DemoError::Etcd(e.to_string()))?;
+    let etcd_proc = &etcd.members[0].proc;
+    let etcd_endpoint = etcd.endpoint();
     seed(&client).await?;
     let ups = upstreams::start(
         &[
@@ -191,8 +185,8 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
     )
     .await?;
     upstreams::register(&mut client, &Keys::default(), SERVICE, &ups, &mut tasks).await?;
-    let (mut sidecar, [outbound, ids_addr, admin]) =
-        start_sidecar(&opts, &etcd.endpoint, &dir).await?;
+    let (sidecar, [outbound, ids_addr, admin]) =
+        start_sidecar(&opts, &etcd_endpoint, &dir).await?;
 
     // With twinctl built beside the sidecar (scripts/demo builds it), show the SRE's command
     // first; the raw etcdctl write works everywhere.
@@ -201,18 +195,18 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
         format!(
             "{} --etcd {} route set {SERVICE} --weights m6v=20,wanguo=80 --reason \"demo shift\"\n  {}",
             twinctl.display(),
-            etcd.endpoint,
-            shift_command(&etcd.endpoint)
+            etcd_endpoint,
+            shift_command(&etcd_endpoint)
         )
     } else {
-        shift_command(&etcd.endpoint)
+        shift_command(&etcd_endpoint)
     };
     println!(
         "Twin demo: etcd {} (pid {}), twin-sidecar {} (pid {}), temp dir {}",
-        etcd.endpoint,
-        etcd.proc.pid(),
+        etcd_endpoint,
+        etcd_proc.pid().unwrap_or(0),
         outbound,
-        sidecar.pid(),
+        sidecar.pid().unwrap_or(0),
         dir.display()
     );
     println!("Shift traffic while it runs:\n  {shift}\n");
@@ -243,18 +237,10 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
             () = timeout => break Ok("duration reached"),
         }
         if let Some(status) = sidecar.exited() {
-            break Err(DemoError::Exited(
-                "twin-sidecar",
-                status.to_string(),
-                log_tail(&dir.join("sidecar.log")),
-            ));
+            break Err(DemoError::Exited("twin-sidecar", status, sidecar.log_tail(15)));
         }
-        if let Some(status) = etcd.proc.exited() {
-            break Err(DemoError::Exited(
-                "etcd",
-                status.to_string(),
-                log_tail(&dir.join("etcd.log")),
-            ));
+        if let Some(status) = etcd_proc.exited() {
+            break Err(DemoError::Exited("etcd", status, etcd_proc.log_tail(15)));
         }
         if let Some(cfg) = get_json(&http, format!("http://{admin}/config")).await {
             route = RouteView::from_config(&cfg);
@@ -264,7 +250,7 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
         let ids = id_stats.lock().map(|s| s.clone()).unwrap_or_default();
         let frame = screen::render(&Frame {
             elapsed: started.elapsed(),
-            etcd: &etcd.endpoint,
+            etcd: &etcd_endpoint,
             outbound: &outbound.to_string(),
             route: &route,
             rows: &rows,
@@ -283,8 +269,11 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
     };
 
     tasks.abort_all();
-    let code = sidecar.stop(Duration::from_secs(15));
-    etcd.proc.stop(Duration::from_secs(5));
+    let code = sidecar
+        .stop(Duration::from_secs(15))
+        .and_then(|status| status.code());
+    etcd_proc.stop(Duration::from_secs(5));
+    drop(etcd);
     let shown = dir.display().to_string();
     drop(tmp);
     match outcome {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
+use twin_lab::procs::{signal_pid, Signal};
 
 struct Demo {
     child: Child,
@@ -104,11 +105,8 @@ impl Demo {
         self.child.wait().ok().and_then(|s| s.code())
     }
 
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the child this test spawned.
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
+    fn signal(&self, sig: Signal) {
+        signal_pid(self.child.id(), sig);
     }
 }
 
@@ -182,7 +180,7 @@ fn the_printed_etcdctl_command_shifts_the_live_table_and_sigterm_cleans_up() {
         demo.seen.join("\n")
     );
 
-    demo.signal(libc::SIGTERM);
+    demo.signal(Signal::TERM);
     assert_eq!(
         demo.wait_exit(Duration::from_secs(30)),
         Some(0),
@@ -227,7 +225,7 @@ fn ctrl_c_stops_every_process_and_removes_the_temp_dir() {
     let mut demo = Demo::start(&[]);
     let (dir, pids) = demo.header();
     demo.until(Duration::from_secs(30), |l| l.starts_with("datacenter"));
-    demo.signal(libc::SIGINT);
+    demo.signal(Signal::INT);
     assert_eq!(
         demo.wait_exit(Duration::from_secs(30)),
         Some(0),

@@ -1,178 +1,226 @@
-//! A real etcd server (one member or a small cluster) on loopback, for tests.
+//! A real etcd on loopback: one member or an N-member cluster, plain, with mutual TLS, or
+//! secured (mutual TLS and authentication with Twin's roles, see [`crate::secure`]).
 //!
-//! Every member gets its own client and peer port and its own data directory inside one
-//! temporary directory (on `/dev/shm` when it exists: etcd fsyncs every write, and tests do not
-//! need durability beyond the process). Dropping [`Etcd`] kills every member.
+//! Every member is a [`Proc`] with its own client and peer port and its own data directory,
+//! so it can be killed (SIGKILL), paused (SIGSTOP), resumed and started again on the same
+//! data. The data lives in a temporary directory (on `/dev/shm` when it exists: etcd fsyncs
+//! every write, and the lab needs no durability beyond the process) unless the caller names
+//! one, as a drill does to keep the logs for its report. Dropping [`Etcd`] kills every
+//! member.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Certificate, Client, CompactionOptions, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{Client, CompactionOptions};
+use twin_topology::EtcdSettings;
 
-use crate::net::free_ports;
+use crate::net::try_free_ports;
+use crate::procs::{etcd_binary, Proc, ProcError, ProcSpec, Registry};
+use crate::secure::{Security, Who};
 use crate::tls::TestCerts;
 
-/// Why a test etcd could not be started or driven.
+/// Why an etcd could not be started or driven.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
-    #[error("etcd binary not found: install Debian's etcd-server (apt-get install etcd-server) or set TWIN_ETCD_BIN")]
-    NotFound,
-    #[error("starting etcd member {name}: {source}")]
-    Spawn {
-        name: String,
-        source: std::io::Error,
-    },
-    #[error("etcd member {name} exited early with {status}; its log is {log}")]
-    Exited {
-        name: String,
-        status: std::process::ExitStatus,
-        log: PathBuf,
-    },
-    #[error("etcd did not answer within {0:?}")]
-    NotReady(Duration),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Proc(#[from] ProcError),
     #[error("etcd client: {0}")]
     Client(#[from] etcd_client::Error),
-    #[error("temporary directory: {0}")]
+    #[error("etcd connection: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Auth(String),
+    #[error("etcd data directory: {0}")]
     Io(#[from] std::io::Error),
 }
 
 /// How long a member may take to answer after start.
-const READY_WITHIN: Duration = Duration::from_secs(30);
+pub const READY_WITHIN: Duration = Duration::from_secs(30);
 
-/// One etcd member: its ports, data directory and (while running) its process.
+/// One etcd member: its ports and its process.
 pub struct Member {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
-    data_dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    /// Client TLS files when the member serves https.
-    tls: Option<TestCerts>,
+    pub proc: Proc,
+    scheme: &'static str,
 }
 
 impl Member {
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https` with TLS).
     pub fn endpoint(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
-    }
-
-    fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     /// The OS process id while the member runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
-    }
-
-    fn spawn(&mut self, bin: &Path, initial_cluster: &str) -> Result<(), EtcdError> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let mut cmd = Command::new(bin);
-        if let Some(t) = &self.tls {
-            cmd.arg("--cert-file")
-                .arg(&t.server_cert)
-                .arg("--key-file")
-                .arg(&t.server_key)
-                .arg("--trusted-ca-file")
-                .arg(&t.ca)
-                .arg("--client-cert-auth");
-        }
-        let child = cmd
-            .arg("--name")
-            .arg(&self.name)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--listen-client-urls")
-            .arg(self.endpoint())
-            .arg("--advertise-client-urls")
-            .arg(self.endpoint())
-            .arg("--listen-peer-urls")
-            .arg(self.peer_url())
-            .arg("--initial-advertise-peer-urls")
-            .arg(self.peer_url())
-            .arg("--initial-cluster")
-            .arg(initial_cluster)
-            .arg("--initial-cluster-token")
-            .arg("twin-test")
-            .arg("--initial-cluster-state")
-            .arg("new")
-            .arg("--heartbeat-interval")
-            .arg("50")
-            .arg("--election-timeout")
-            .arg("500")
-            .arg("--logger")
-            .arg("zap")
-            .arg("--log-level")
-            .arg("warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|source| EtcdError::Spawn {
-                name: self.name.clone(),
-                source,
-            })?;
-        self.child = Some(child);
-        Ok(())
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        if let Some(pid) = self.pid() {
-            // SAFETY: kill(2) on a child we spawned and have not reaped.
-            unsafe {
-                libc::kill(pid as libc::pid_t, sig);
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // A paused process must be continued to die promptly on some kernels' accounting.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn check_alive(&mut self) -> Result<(), EtcdError> {
-        if let Some(child) = self.child.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Err(EtcdError::Exited {
-                    name: self.name.clone(),
-                    status,
-                    log: self.log.clone(),
-                });
-            }
-        }
-        Ok(())
+        self.proc.pid()
     }
 }
 
-/// A real etcd on loopback: one member ([`Etcd::start`]) or a cluster ([`Etcd::cluster`]).
-pub struct Etcd {
-    members: Vec<Member>,
-    bin: PathBuf,
-    initial_cluster: String,
-    tls: Option<TestCerts>,
-    // Held for its Drop: removes every member's data directory.
-    _dir: tempfile::TempDir,
+/// What to start: see [`Etcd::builder`].
+#[derive(Default)]
+pub struct EtcdBuilder {
+    members: usize,
+    tls_client_cn: Option<String>,
+    secure: bool,
+    dir: Option<PathBuf>,
+    registry: Option<Arc<Registry>>,
+    name_prefix: Option<String>,
 }
 
-fn etcd_bin() -> Result<PathBuf, EtcdError> {
-    if let Some(p) = std::env::var_os("TWIN_ETCD_BIN") {
-        return Ok(PathBuf::from(p));
+impl EtcdBuilder {
+    /// Number of members (default 1).
+    pub fn members(mut self, n: usize) -> Self {
+        self.members = n.max(1);
+        self
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|d| d.join("etcd"))
-        .find(|p| p.is_file())
-        .ok_or(EtcdError::NotFound)
+
+    /// Serve clients over TLS only and require a client certificate signed by a fresh CA;
+    /// the client certificate's common name is `client_cn`. See [`Etcd::certs`].
+    pub fn tls(mut self, client_cn: &str) -> Self {
+        self.tls_client_cn = Some(client_cn.to_string());
+        self
+    }
+
+    /// Mutual TLS plus, after [`Etcd::enable_auth`], authentication with Twin's roles and
+    /// one user per [`Who`]; every process connects with its least-privilege user.
+    pub fn secure(mut self) -> Self {
+        self.secure = true;
+        self
+    }
+
+    /// Keep data directories, logs and certificates under `dir` instead of a temporary
+    /// directory that is removed on drop.
+    pub fn dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Register the members' process groups here (so a Ctrl-C handler can kill them all).
+    pub fn registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Member names are `{prefix}{i}` (default `m`).
+    pub fn names(mut self, prefix: &str) -> Self {
+        self.name_prefix = Some(prefix.to_string());
+        self
+    }
+
+    /// Prepares the members without starting them.
+    pub fn prepare(self) -> Result<Etcd, EtcdError> {
+        let bin = etcd_binary().map_err(EtcdError::NotFound)?;
+        let temp = match &self.dir {
+            Some(_) => None,
+            None => Some(temp_root()?),
+        };
+        let dir = match (&self.dir, &temp) {
+            (Some(d), _) => d.clone(),
+            (None, Some(t)) => t.path().to_path_buf(),
+            (None, None) => std::env::temp_dir(),
+        };
+        std::fs::create_dir_all(&dir)?;
+        let security = if self.secure {
+            Some(Arc::new(Security::generate(&dir.join("secure"))?))
+        } else {
+            None
+        };
+        let tls = match (&security, &self.tls_client_cn) {
+            (Some(sec), _) => Some(sec.certs().clone()),
+            (None, Some(cn)) => Some(TestCerts::generate(&dir, cn)?),
+            (None, None) => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let n = self.members.max(1);
+        let prefix = self.name_prefix.unwrap_or_else(|| "m".into());
+        let ports = try_free_ports(2 * n)?;
+        let cluster: Vec<String> = (0..n)
+            .map(|i| format!("{prefix}{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
+            .collect();
+        let registry = self.registry.unwrap_or_else(Registry::new);
+        let members = (0..n)
+            .map(|i| {
+                let (cp, pp) = (ports[2 * i], ports[2 * i + 1]);
+                let name = format!("{prefix}{i}");
+                let client_url = format!("{scheme}://127.0.0.1:{cp}");
+                let peer_url = format!("http://127.0.0.1:{pp}");
+                let data = dir.join(format!("{name}.data")).display().to_string();
+                let mut spec = ProcSpec::new(name.clone(), bin.clone(), &dir).args([
+                    "--name",
+                    &name,
+                    "--data-dir",
+                    &data,
+                    "--listen-client-urls",
+                    &client_url,
+                    "--advertise-client-urls",
+                    &client_url,
+                    "--listen-peer-urls",
+                    &peer_url,
+                    "--initial-advertise-peer-urls",
+                    &peer_url,
+                    "--initial-cluster",
+                    &cluster.join(","),
+                    "--initial-cluster-token",
+                    "twin-lab",
+                    "--initial-cluster-state",
+                    "new",
+                    "--heartbeat-interval",
+                    "50",
+                    "--election-timeout",
+                    "500",
+                    "--logger",
+                    "zap",
+                    "--log-level",
+                    "warn",
+                ]);
+                if let Some(t) = &tls {
+                    spec = spec.args(server_tls_args(t));
+                }
+                Member {
+                    name,
+                    client_port: cp,
+                    peer_port: pp,
+                    proc: Proc::new(spec, registry.clone()),
+                    scheme,
+                }
+            })
+            .collect();
+        Ok(Etcd {
+            members,
+            tls,
+            security,
+            auth_on: AtomicBool::new(false),
+            dir,
+            _temp: temp,
+        })
+    }
+
+    /// Starts every member and waits until each answers.
+    pub async fn start(self) -> Result<Etcd, EtcdError> {
+        let etcd = self.prepare()?;
+        etcd.start_all().await?;
+        Ok(etcd)
+    }
+}
+
+/// The server's flags for client traffic over mutual TLS only.
+fn server_tls_args(t: &TestCerts) -> Vec<String> {
+    let p = |p: &Path| p.display().to_string();
+    vec![
+        "--cert-file".into(),
+        p(&t.server_cert),
+        "--key-file".into(),
+        p(&t.server_key),
+        "--trusted-ca-file".into(),
+        p(&t.ca),
+        "--client-cert-auth".into(),
+    ]
 }
 
 fn temp_root() -> std::io::Result<tempfile::TempDir> {
@@ -188,63 +236,53 @@ fn temp_root() -> std::io::Result<tempfile::TempDir> {
     tempfile::Builder::new().prefix("twin-etcd-").tempdir()
 }
 
+/// Whether etcd answered a request and refused it for want of (valid) credentials: proof
+/// that the member serves, with authentication on. By gRPC code: etcd answers a request
+/// without a user name with `InvalidArgument` ("user name is empty"), a bad token with
+/// `Unauthenticated`, a user without the permission with `PermissionDenied`.
+fn needs_credentials(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if matches!(s.code(), Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied))
+}
+
+/// A real etcd on loopback.
+pub struct Etcd {
+    /// The members, in name order; a fault test drives their processes directly.
+    pub members: Vec<Member>,
+    tls: Option<TestCerts>,
+    /// Set when secured (mutual TLS and authentication).
+    pub security: Option<Arc<Security>>,
+    /// True once authentication is on: the lab's own queries then log in as root.
+    auth_on: AtomicBool,
+    dir: PathBuf,
+    // Held for its Drop: removes every member's data directory.
+    _temp: Option<tempfile::TempDir>,
+}
+
 impl Etcd {
+    /// What to start: members, TLS, security, directory.
+    pub fn builder() -> EtcdBuilder {
+        EtcdBuilder {
+            members: 1,
+            ..EtcdBuilder::default()
+        }
+    }
+
     /// Starts a single-member etcd and waits until it answers.
     pub async fn start() -> Result<Etcd, EtcdError> {
-        Self::cluster(1).await
+        Self::builder().start().await
     }
 
     /// Starts an `n`-member cluster on loopback and waits until it has a leader.
     pub async fn cluster(n: usize) -> Result<Etcd, EtcdError> {
-        Self::launch(n, None).await
+        Self::builder().members(n).start().await
     }
 
-    /// Starts a single-member etcd that serves clients over TLS and requires a client
-    /// certificate signed by its CA (`--client-cert-auth`). The certificates are fresh; the
-    /// client certificate's common name is `client_cn`. See [`Etcd::certs`].
+    /// Starts a single-member etcd that serves clients over mutual TLS only; see
+    /// [`EtcdBuilder::tls`].
     pub async fn start_tls(client_cn: &str) -> Result<Etcd, EtcdError> {
-        Self::launch(1, Some(client_cn)).await
-    }
-
-    async fn launch(n: usize, tls_cn: Option<&str>) -> Result<Etcd, EtcdError> {
-        let bin = etcd_bin()?;
-        let dir = temp_root()?;
-        let tls = match tls_cn {
-            Some(cn) => Some(TestCerts::generate(dir.path(), cn)?),
-            None => None,
-        };
-        let ports = free_ports(2 * n);
-        let members: Vec<Member> = (0..n)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_port: ports[2 * i],
-                peer_port: ports[2 * i + 1],
-                data_dir: dir.path().join(format!("m{i}.etcd")),
-                log: dir.path().join(format!("m{i}.log")),
-                child: None,
-                tls: tls.clone(),
-            })
-            .collect();
-        let initial_cluster = members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut etcd = Etcd {
-            members,
-            bin,
-            initial_cluster,
-            tls,
-            _dir: dir,
-        };
-        for i in 0..n {
-            let (bin, ic) = (etcd.bin.clone(), etcd.initial_cluster.clone());
-            etcd.members[i].spawn(&bin, &ic)?;
-        }
-        for i in 0..n {
-            etcd.wait_member_ready(i).await?;
-        }
-        Ok(etcd)
+        Self::builder().tls(client_cn).start().await
     }
 
     /// Client URLs of every member.
@@ -257,58 +295,122 @@ impl Etcd {
         self.members[0].endpoint()
     }
 
-    /// The members, for their ports and pids.
+    /// The members, for their ports and processes.
     pub fn members(&self) -> &[Member] {
         &self.members
     }
 
-    /// The certificates of a TLS etcd ([`Etcd::start_tls`]).
+    /// Where data directories and logs are.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The certificates when it serves TLS.
     pub fn certs(&self) -> Option<&TestCerts> {
         self.tls.as_ref()
     }
 
-    /// Connect options with the client certificate of a TLS etcd, and the given timeouts.
-    fn options(&self, connect: Duration, request: Duration) -> Result<ConnectOptions, EtcdError> {
-        let mut opts = ConnectOptions::new()
-            .with_connect_timeout(connect)
-            .with_timeout(request);
-        if let Some(t) = &self.tls {
-            let tls = TlsOptions::new()
-                .ca_certificate(Certificate::from_pem(std::fs::read(&t.ca)?))
-                .identity(Identity::from_pem(
-                    std::fs::read(&t.client_cert)?,
-                    std::fs::read(&t.client_key)?,
-                ));
-            opts = opts.with_tls(tls);
+    /// The users and passwords of a secured etcd.
+    pub fn security(&self) -> Option<&Arc<Security>> {
+        self.security.as_ref()
+    }
+
+    /// Turns authentication on (secured etcd only): roles, root and one user per [`Who`].
+    pub async fn enable_auth(&self, prefix: &str) -> Result<(), EtcdError> {
+        let Some(sec) = &self.security else {
+            return Ok(());
+        };
+        sec.enable_auth(&self.endpoints(), prefix)
+            .await
+            .map_err(EtcdError::Auth)?;
+        self.auth_on.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// The shared etcd flags (after `--etcd URLS`) a Twin process of `who` gets: none
+    /// unless the etcd is secured.
+    pub fn client_args(&self, who: Who) -> Vec<String> {
+        self.security
+            .as_ref()
+            .map(|s| s.client_args(who))
+            .unwrap_or_default()
+    }
+
+    /// Settings for the lab's own connections to `endpoints` under `prefix`: short
+    /// timeouts; the client certificate with TLS; root once authentication is on.
+    pub fn settings(&self, endpoints: &[String], prefix: &str) -> EtcdSettings {
+        let quick = |s: EtcdSettings| EtcdSettings {
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_millis(1000),
+            ..s
+        };
+        match (&self.security, &self.tls) {
+            (Some(sec), _) => {
+                let root = self.auth_on.load(Ordering::SeqCst).then_some(Who::Root);
+                sec.settings(endpoints, prefix, root)
+            }
+            (None, Some(t)) => quick(EtcdSettings {
+                endpoints: endpoints.to_vec(),
+                prefix: prefix.to_string(),
+                ca_file: Some(t.ca.clone()),
+                cert_file: Some(t.client_cert.clone()),
+                key_file: Some(t.client_key.clone()),
+                ..EtcdSettings::default()
+            }),
+            (None, None) => quick(EtcdSettings {
+                endpoints: endpoints.to_vec(),
+                prefix: prefix.to_string(),
+                ..EtcdSettings::default()
+            }),
         }
-        Ok(opts)
     }
 
-    /// A fresh client connected to every member (over TLS with the client certificate when
-    /// the server uses TLS).
+    /// A fresh client connected to every member (with the client certificate and, once
+    /// authentication is on, as root).
     pub async fn client(&self) -> Result<Client, EtcdError> {
-        let opts = self.options(Duration::from_secs(2), Duration::from_secs(5))?;
-        Ok(Client::connect(self.endpoints(), Some(opts)).await?)
+        let mut s = self.settings(&self.endpoints(), "/");
+        s.connect_timeout = Duration::from_secs(2);
+        s.request_timeout = Duration::from_secs(5);
+        s.connect()
+            .await
+            .map_err(|e| EtcdError::Connect(e.to_string()))
     }
 
-    async fn wait_member_ready(&mut self, i: usize) -> Result<(), EtcdError> {
-        let end = tokio::time::Instant::now() + READY_WITHIN;
-        let endpoint = self.members[i].endpoint();
+    async fn quick_client(&self, endpoint: String) -> Option<Client> {
+        self.settings(&[endpoint], "/").connect().await.ok()
+    }
+
+    /// Starts every member that is not running and waits until each answers.
+    pub async fn start_all(&self) -> Result<(), EtcdError> {
+        for m in &self.members {
+            if !m.proc.is_running() {
+                m.proc.start(None)?;
+            }
+        }
+        for i in 0..self.members.len() {
+            self.wait_ready(i, READY_WITHIN).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until member `i` serves a linearizable read (it is in a cluster with a
+    /// leader). A refusal for want of credentials proves the same.
+    pub async fn wait_ready(&self, i: usize, within: Duration) -> Result<(), EtcdError> {
+        let m = &self.members[i];
+        let end = tokio::time::Instant::now() + within;
         loop {
-            self.members[i].check_alive()?;
-            let opts = self.options(Duration::from_millis(500), Duration::from_millis(1000))?;
-            if let Ok(mut c) = Client::connect([endpoint.as_str()], Some(opts)).await {
-                // A linearizable read proves the member is part of a cluster with a leader;
-                // with auth enabled the server answers "user name is empty" instead, which
-                // proves the same.
+            if let Some(status) = m.proc.exited() {
+                return Err(m.proc.exited_error(status).into());
+            }
+            if let Some(mut c) = self.quick_client(m.endpoint()).await {
                 match c.get("twin-lab-ready", None).await {
                     Ok(_) => return Ok(()),
-                    Err(e) if e.to_string().contains("user name is empty") => return Ok(()),
+                    Err(e) if needs_credentials(&e) => return Ok(()),
                     Err(_) => {}
                 }
             }
             if tokio::time::Instant::now() >= end {
-                return Err(EtcdError::NotReady(READY_WITHIN));
+                return Err(m.proc.not_ready_error(within.as_secs()).into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -316,79 +418,68 @@ impl Etcd {
 
     /// Kills every member (SIGKILL). Data directories stay for [`Etcd::restart`].
     pub fn stop(&mut self) {
-        for m in &mut self.members {
-            m.kill();
+        for m in &self.members {
+            m.proc.kill();
         }
     }
 
     /// Kills one member (SIGKILL).
     pub fn stop_member(&mut self, i: usize) {
-        self.members[i].kill();
+        self.members[i].proc.kill();
     }
 
     /// Freezes every member (SIGSTOP): connections stay open but nothing answers, the way a
     /// stalled VM or a full GC pause looks to clients.
     pub fn pause(&self) {
         for m in &self.members {
-            m.signal(libc::SIGSTOP);
+            m.proc.pause();
         }
     }
 
     /// Thaws every member paused by [`Etcd::pause`] (SIGCONT).
     pub fn resume(&self) {
         for m in &self.members {
-            m.signal(libc::SIGCONT);
+            m.proc.resume();
         }
     }
 
     /// Pauses one member.
     pub fn pause_member(&self, i: usize) {
-        self.members[i].signal(libc::SIGSTOP);
+        self.members[i].proc.pause();
     }
 
     /// Resumes one member.
     pub fn resume_member(&self, i: usize) {
-        self.members[i].signal(libc::SIGCONT);
+        self.members[i].proc.resume();
     }
 
     /// Starts every stopped member again on the same ports and data directory and waits
     /// until the cluster answers.
     pub async fn restart(&mut self) -> Result<(), EtcdError> {
-        for i in 0..self.members.len() {
-            if self.members[i].child.is_none() {
-                let (bin, ic) = (self.bin.clone(), self.initial_cluster.clone());
-                self.members[i].spawn(&bin, &ic)?;
-            }
-        }
-        for i in 0..self.members.len() {
-            self.wait_member_ready(i).await?;
-        }
-        Ok(())
+        self.start_all().await
     }
 
     /// Starts one stopped member again on its data directory and waits until it answers.
     pub async fn restart_member(&mut self, i: usize) -> Result<(), EtcdError> {
-        if self.members[i].child.is_none() {
-            let (bin, ic) = (self.bin.clone(), self.initial_cluster.clone());
-            self.members[i].spawn(&bin, &ic)?;
+        if !self.members[i].proc.is_running() {
+            self.members[i].proc.start(None)?;
         }
-        self.wait_member_ready(i).await
+        self.wait_ready(i, READY_WITHIN).await
     }
 
-    /// Index of the member that currently leads, if any answers.
+    /// Index of the member that leads now, if one answers.
     pub async fn leader(&self) -> Option<usize> {
-        for m in &self.members {
-            if m.child.is_none() {
+        for (i, m) in self.members.iter().enumerate() {
+            if !m.proc.is_running() {
                 continue;
             }
-            let Ok(mut c) = Client::connect([m.endpoint()], None).await else {
+            let Some(mut c) = self.quick_client(m.endpoint()).await else {
                 continue;
             };
             if let Ok(s) = c.status().await {
-                let leader = s.leader();
                 let me = s.header().map(|h| h.member_id()).unwrap_or(0);
-                if leader == me {
-                    return self.members.iter().position(|x| x.name == m.name);
+                if s.leader() == me && me != 0 {
+                    return Some(i);
                 }
             }
         }

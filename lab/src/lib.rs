@@ -1,19 +1,23 @@
-//! Test support for Twin, used only as a dev-dependency: it starts **real** etcd servers
-//! (Debian's `etcd-server`, found on `PATH` or at `TWIN_ETCD_BIN`) on free loopback ports with
-//! a temporary data directory, waits until they answer, and kills them when dropped. Fault
-//! tests use its handles to stop, pause (SIGSTOP), resume, restart on the same data directory
-//! and compact the keyspace. Its [`http`] module runs real HTTP upstreams whose behaviour a
-//! test controls, and a client. It owns nothing of Twin's logic and must never be a normal
-//! dependency of a shipped crate.
+//! The Twin lab: every local topology that tests, drills (`twin-chaos`) and the demo run,
+//! built from real parts on loopback. It owns the one process guard ([`procs`]: process
+//! groups, killed on drop, on panic and when the parent dies), real etcd servers ([`Etcd`]:
+//! one member or an N-member cluster, plain, mutual TLS or secured with Twin's roles, with
+//! stop/pause/resume/kill/restart of any member and compaction), recording HTTP upstreams
+//! ([`upstream`]), certificates for TLS tests, free loopback ports and polling helpers. It
+//! owns nothing of Twin's routing or ID logic: it starts Twin's binaries as a user would.
 
 mod etcd;
 pub mod http;
 mod net;
+pub mod procs;
+pub mod secure;
 mod tls;
 mod tls_upstream;
 
-pub use etcd::{Etcd, EtcdError, Member};
+pub use etcd::{Etcd, EtcdBuilder, EtcdError, Member, READY_WITHIN};
 pub use net::{free_port, free_ports, try_free_ports};
+pub use procs::{Proc, ProcError, ProcSpec, Registry, Signal};
+pub use secure::{Security, Who};
 pub use tls::TestCerts;
 pub use tls_upstream::TlsUpstream;
 

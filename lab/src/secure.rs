@@ -1,4 +1,4 @@
-//! A secured drill etcd (`topology.etcd.secure: true`, or `twin-chaos run --secure`): etcd
+//! A secured lab etcd (for drills: `topology.etcd.secure: true`, or `twin-chaos run --secure`): etcd
 //! serves client traffic over mutual TLS only, authentication is on, and every Twin process
 //! connects as production does, with the shared etcd flags (`--etcd https://…`,
 //! `--etcd-ca`, `--etcd-cert`, `--etcd-key`, `--etcd-user`, `--etcd-password-file`) and its
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::Rng;
-use twin_lab::TestCerts;
+use crate::tls::TestCerts;
 use twin_topology::{auth, EtcdSettings};
 
 /// Who connects, and so with which user and role.
@@ -30,7 +30,8 @@ pub enum Who {
 }
 
 impl Who {
-    fn user(self) -> &'static str {
+    /// The etcd user name.
+    pub fn user(self) -> &'static str {
         match self {
             Who::Root => "root",
             Who::Sidecar => "drill-sidecar",
@@ -73,7 +74,13 @@ impl Security {
         })
     }
 
-    fn password_file(&self, who: Who) -> PathBuf {
+    /// The certificates: a CA, the server's, and one client certificate for everyone.
+    pub fn certs(&self) -> &TestCerts {
+        &self.certs
+    }
+
+    /// The file holding `who`'s password.
+    pub fn password_file(&self, who: Who) -> PathBuf {
         self.dir.join(format!("{}.password", who.user()))
     }
 
