@@ -4,6 +4,7 @@
 //! Everything is torn down when the [`Lab`] is dropped (and by the [`Registry`] on Ctrl-C).
 
 use std::collections::BTreeMap;
+use std::ops::Deref;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +18,8 @@ use crate::drill::Drill;
 use crate::etcd::EtcdCluster;
 use crate::faultproxy::FaultProxy;
 use crate::http::{self, HttpClient};
-use twin_lab::procs::{self, Proc, ProcError, ProcSpec, Registry};
-use twin_lab::{try_free_ports as free_ports, Etcd, EtcdError, Who};
+use twin_lab::procs::{self, ProcError, Registry};
+use twin_lab::{ControlPlaneProc, Etcd, EtcdError, SidecarProc, Who};
 use crate::record::UpstreamHit;
 use crate::units::ClockOffset;
 use crate::upstream::{HitLog, Upstream};
@@ -47,26 +48,36 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
     move |source| LabError::Io { what, source }
 }
 
-/// A running sidecar and the ports it keeps across restarts.
+/// A sidecar of the drill: the lab's [`SidecarProc`] (ports kept across restarts) and where
+/// it runs.
 pub struct Sidecar {
     pub dc: usize,
     pub index: usize,
-    pub name: String,
-    pub outbound: SocketAddr,
-    pub ids: SocketAddr,
-    pub admin: SocketAddr,
-    pub proc: Proc,
+    pub run: SidecarProc,
     /// The load generator sends only to sidecars that are up (as a Kubernetes Service sends
     /// only to ready pods); a kill takes it out first.
     pub up: AtomicBool,
+}
+
+impl Deref for Sidecar {
+    type Target = SidecarProc;
+    fn deref(&self) -> &SidecarProc {
+        &self.run
+    }
 }
 
 /// A control-plane replica.
 pub struct ControlPlane {
     pub index: usize,
     pub dc: usize,
-    pub status: SocketAddr,
-    pub proc: Proc,
+    pub run: ControlPlaneProc,
+}
+
+impl Deref for ControlPlane {
+    type Target = ControlPlaneProc;
+    fn deref(&self) -> &ControlPlaneProc {
+        &self.run
+    }
 }
 
 /// Paths of the Twin binaries a drill runs.
@@ -226,8 +237,6 @@ impl Lab {
 
     fn make_processes(&mut self, drill: &Drill) -> Result<(), LabError> {
         let t = &drill.topology;
-        let ports = free_ports(3 * t.datacenters.len() * t.sidecars_per_dc + t.control_planes)
-            .map_err(io("choosing ports"))?;
         // The sidecars' config file: the serial template of the load's business tag.
         let config = self.dir.join("sidecar.yaml");
         let yaml = serde_yaml::to_string(&serde_json::json!({
@@ -235,12 +244,9 @@ impl Lab {
         }))
         .unwrap_or_default();
         std::fs::write(&config, yaml).map_err(io(format!("writing {}", config.display())))?;
-        let mut next = ports.into_iter();
-        let mut port = || -> SocketAddr { ([127, 0, 0, 1], next.next().unwrap_or(0)).into() };
         for (d, dc) in t.datacenters.iter().enumerate() {
             for i in 0..t.sidecars_per_dc {
                 let name = format!("sidecar-{dc}-{i}");
-                let (outbound, ids, admin) = (port(), port(), port());
                 let mut args = vec![
                     "--config".to_string(),
                     config.display().to_string(),
@@ -252,12 +258,6 @@ impl Lab {
                     self.etcd_urls_from(d),
                     "--prefix".into(),
                     self.prefix.clone(),
-                    "--outbound".into(),
-                    outbound.to_string(),
-                    "--ids".into(),
-                    ids.to_string(),
-                    "--admin".into(),
-                    admin.to_string(),
                     "--snapshot".into(),
                     self.dir
                         .join(format!("{name}.snapshot"))
@@ -273,49 +273,23 @@ impl Lab {
                     }
                 }
                 args.extend(t.sidecar_args.iter().cloned());
-                let proc = Proc::new(
-                    ProcSpec {
-                        name: name.clone(),
-                        program: self.bins.sidecar.clone(),
-                        args,
-                        env: vec![("RUST_LOG".into(), "warn".into())],
-                        log: self.dir.join(format!("{name}.log")),
-                    },
-                    self.registry.clone(),
-                );
                 self.sidecars.push(Sidecar {
                     dc: d,
                     index: i,
-                    name,
-                    outbound,
-                    ids,
-                    admin,
-                    proc,
+                    run: SidecarProc::new(&name, &self.dir, args, &self.registry)?,
                     up: AtomicBool::new(false),
                 });
             }
         }
         for i in 0..t.control_planes {
             let dc = i % t.datacenters.len();
-            let status = port();
-            let name = format!("control-plane-{i}");
-            let mut args = control_plane_args(self, dc, i, status);
+            let mut args = control_plane_args(self, dc, i);
             args.extend(t.control_plane_args.iter().cloned());
-            let proc = Proc::new(
-                ProcSpec {
-                    name: name.clone(),
-                    program: self.bins.control_plane.clone(),
-                    args,
-                    env: vec![("RUST_LOG".into(), "warn".into())],
-                    log: self.dir.join(format!("{name}.log")),
-                },
-                self.registry.clone(),
-            );
+            let name = format!("control-plane-{i}");
             self.control_planes.push(ControlPlane {
                 index: i,
                 dc,
-                status,
-                proc,
+                run: ControlPlaneProc::new(&name, &self.dir, args, &self.registry)?,
             });
         }
         Ok(())
@@ -329,21 +303,9 @@ impl Lab {
     ) -> Result<(), LabError> {
         let sc = &self.sidecars[i];
         sc.up.store(false, Ordering::SeqCst);
-        sc.proc.start(clock.map(|c| c.faketime_spec()))?;
-        let end = tokio::time::Instant::now() + READY_WITHIN;
-        loop {
-            if let Some(status) = sc.proc.exited() {
-                return Err(sc.proc.exited_error(status).into());
-            }
-            if let Ok((200, _)) = http::get(&self.probe, sc.admin, "/readyz").await {
-                sc.up.store(true, Ordering::SeqCst);
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= end {
-                return Err(sc.proc.not_ready_error(READY_WITHIN.as_secs()).into());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        sc.run.start(clock.map(|c| c.faketime_spec())).await?;
+        sc.up.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// With `register`: waits until every sidecar's routing table (`/config`) holds every
@@ -382,22 +344,7 @@ impl Lab {
 
     /// Waits until control-plane replica `i` answers on its status address.
     pub async fn wait_control_plane(&self, i: usize) -> Result<(), LabError> {
-        let cp = &self.control_planes[i];
-        let end = tokio::time::Instant::now() + READY_WITHIN;
-        loop {
-            if let Some(status) = cp.proc.exited() {
-                return Err(cp.proc.exited_error(status).into());
-            }
-            if let Ok((code, _)) = http::get(&self.probe, cp.status, "/healthz").await {
-                if code < 500 {
-                    return Ok(());
-                }
-            }
-            if tokio::time::Instant::now() >= end {
-                return Err(cp.proc.not_ready_error(READY_WITHIN.as_secs()).into());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        Ok(self.control_planes[i].run.wait_ready(READY_WITHIN).await?)
     }
 
     /// Kills every process now (also done on drop).
@@ -458,15 +405,13 @@ fn registered_in<'a>(
 }
 
 /// Flags of a control-plane replica: its etcd (through its datacenter's links), the prefix
-/// and a status listener.
-fn control_plane_args(lab: &Lab, dc: usize, i: usize, status: SocketAddr) -> Vec<String> {
+/// and its id (the lab adds the status listener).
+fn control_plane_args(lab: &Lab, dc: usize, i: usize) -> Vec<String> {
     let mut args = vec![
         "--etcd".into(),
         lab.etcd_urls_from(dc),
         "--prefix".into(),
         lab.prefix.clone(),
-        "--listen".into(),
-        status.to_string(),
         "--id".into(),
         format!("cp-{i}"),
     ];

@@ -8,12 +8,14 @@
 
 mod etcd;
 pub mod http;
+pub mod launch;
 mod net;
 pub mod procs;
 pub mod secure;
 mod tls;
 mod tls_upstream;
 
+pub use launch::{ControlPlaneProc, SidecarProc};
 pub use etcd::{Etcd, EtcdBuilder, EtcdError, Member, READY_WITHIN};
 pub use net::{free_port, free_ports, try_free_ports};
 pub use procs::{Proc, ProcError, ProcSpec, Registry, Signal};

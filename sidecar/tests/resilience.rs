@@ -128,7 +128,7 @@ async fn the_binary_starts_from_its_snapshot_while_etcd_is_down() {
     first.ready().await;
     let client = http::client();
     assert_eq!(call(&client, first.outbound, Some("u1")).await.status, 200);
-    first.signal(libc::SIGTERM);
+    first.signal(Signal::TERM);
     assert_eq!(first.wait_exit(WAIT).await, Some(0));
     assert!(snapshot.exists(), "the sidecar saved its table");
 
@@ -173,9 +173,9 @@ async fn the_binary_starts_from_its_snapshot_while_etcd_is_down() {
     let r = call(&client, third.outbound, Some("u1")).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.header("x-twin-error"), "no routing table loaded yet");
-    third.signal(libc::SIGTERM);
+    third.signal(Signal::TERM);
     assert_eq!(third.wait_exit(WAIT).await, Some(0));
-    second.signal(libc::SIGTERM);
+    second.signal(Signal::TERM);
     assert_eq!(second.wait_exit(WAIT).await, Some(0));
 }
 
@@ -213,7 +213,7 @@ async fn sigterm_finishes_in_flight_requests_revokes_the_lease_and_exits_0() {
     let outbound = p.outbound;
     let in_flight = tokio::spawn(async move { call(&http::client(), outbound, Some("u1")).await });
     assert!(eventually(WAIT, || async { slow.hits() == 1 }).await);
-    p.signal(libc::SIGTERM);
+    p.signal(Signal::TERM);
     // The listener closes at once: new connections are refused while the request finishes.
     assert!(
         eventually(WAIT, || async {
@@ -314,7 +314,7 @@ async fn the_drain_subcommand_needs_the_admin_token_and_withdraws_the_node() {
     );
     // Draining keeps serving the application until SIGTERM.
     assert_eq!(call(&c2, p.outbound, Some("u")).await.status, 200);
-    p.signal(libc::SIGTERM);
+    p.signal(Signal::TERM);
     assert_eq!(p.wait_exit(WAIT).await, Some(0));
 }
 
@@ -390,6 +390,6 @@ async fn a_drained_node_stays_drained_across_a_restart_until_the_marker_is_remov
     .await;
     assert!(registered, "the sidecar did not register after the undrain");
     assert!(eventually(WAIT, || metric("twin_sidecar_drained 0")).await);
-    p.signal(libc::SIGTERM);
+    p.signal(Signal::TERM);
     assert_eq!(p.wait_exit(WAIT).await, Some(0));
 }

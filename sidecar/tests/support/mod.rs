@@ -6,12 +6,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::time::Duration;
 
 use etcd_client::Client;
 use twin_lab::http::{self, Reply, Upstream};
-use twin_lab::{eventually, free_port, Etcd};
+pub use twin_lab::Signal;
+use twin_lab::{eventually, Etcd, Registry, SidecarProc};
 use twin_sidecar::config::OutlierSettings;
 use twin_sidecar::{Config, Sidecar, TableSource};
 use twin_topology::{Datacenter, EtcdSettings, Keys, OnDcDown, Route, Weights};
@@ -117,83 +118,51 @@ pub async fn call(client: &http::Client, outbound: SocketAddr, unit: Option<&str
         .expect("the sidecar answers")
 }
 
-/// The real `twin-sidecar` binary, started with `args`, its listeners on free ports.
-pub struct Process {
-    pub child: Child,
-    pub outbound: SocketAddr,
-    pub ids: SocketAddr,
-    pub admin: SocketAddr,
+/// The real `twin-sidecar` binary, started with `args` through the lab's launcher, its
+/// listeners on free ports.
+pub struct Process(pub SidecarProc);
+
+impl std::ops::Deref for Process {
+    type Target = SidecarProc;
+    fn deref(&self) -> &SidecarProc {
+        &self.0
+    }
 }
 
 impl Process {
+    /// Starts it with `args` plus `--hwm-file` beside `log`; its output goes to `log`.
     pub fn spawn(args: &[&str], log: &Path) -> Process {
-        let addr = |p: u16| -> SocketAddr { ([127, 0, 0, 1], p).into() };
-        let (outbound, ids, admin) = (addr(free_port()), addr(free_port()), addr(free_port()));
-        let hwm = log.with_extension("hwm");
-        let log = std::fs::File::create(log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_twin-sidecar"))
-            .args(["--outbound", &outbound.to_string()])
-            .args(["--ids", &ids.to_string()])
-            .args(["--admin", &admin.to_string()])
-            .args(["--hwm-file", hwm.to_str().expect("utf8")])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("twin-sidecar starts");
-        Process {
-            child,
-            outbound,
-            ids,
-            admin,
-        }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+        let dir = log.parent().expect("log in a directory");
+        let name = log.file_stem().and_then(|s| s.to_str()).expect("log name");
+        let hwm = log.with_extension("hwm").display().to_string();
+        let mut argv = vec!["--hwm-file".to_string(), hwm];
+        argv.extend(args.iter().map(|a| a.to_string()));
+        let sc = SidecarProc::new(name, dir, argv, &Registry::new()).expect("twin-sidecar");
+        sc.proc.start(None).expect("twin-sidecar starts");
+        Process(sc)
     }
 
     /// Waits until `/readyz` answers 200.
     pub async fn ready(&mut self) {
-        let c = http::client();
-        let admin = self.admin;
-        let ok = eventually(WAIT, || {
-            let c = c.clone();
-            async move {
-                http::get(&c, admin, "admin", "/readyz", &[])
-                    .await
-                    .is_ok_and(|r| r.status == 200)
-            }
-        })
-        .await;
-        assert!(ok, "twin-sidecar did not become ready");
-    }
-
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on the child this test spawned.
-        unsafe {
-            libc::kill(self.pid(), sig);
+        if let Err(e) = self.0.wait_ready(WAIT).await {
+            panic!("twin-sidecar did not become ready: {e}");
         }
     }
 
-    /// Resident memory in KiB, from /proc.
-    pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+    pub fn signal(&self, sig: Signal) {
+        self.0.proc.signal(sig);
+    }
+
+    /// Whether it still runs.
+    pub fn running(&self) -> bool {
+        self.0.proc.is_running()
     }
 
     /// Waits (bounded) for the process to exit and returns its exit code.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let end = tokio::time::Instant::now() + within;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.0.proc.exit_status() {
                 return status.code();
             }
             if tokio::time::Instant::now() >= end {
@@ -201,12 +170,5 @@ impl Process {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
