@@ -28,6 +28,15 @@ impl RunClock {
         let now = self.base.elapsed().as_micros() as f64;
         (now - self.start_us.load(Ordering::Relaxed) as f64) / 1e3
     }
+    /// `at` on this clock: ms since time zero (negative before).
+    pub fn ms_at(&self, at: Instant) -> f64 {
+        let start = self.base + Duration::from_micros(self.start_us.load(Ordering::Relaxed));
+        match at.checked_duration_since(start) {
+            Some(d) => d.as_secs_f64() * 1e3,
+            None => -(start.duration_since(at).as_secs_f64() * 1e3),
+        }
+    }
+
     /// The instant `ms` after time zero.
     pub fn instant(&self, ms: f64) -> Instant {
         let start = self.base + Duration::from_micros(self.start_us.load(Ordering::Relaxed));

@@ -4,8 +4,8 @@
 //! Everything is torn down when the [`Lab`] is dropped (and by the [`Registry`] on Ctrl-C).
 
 use std::collections::BTreeMap;
-use std::ops::Deref;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,12 +18,12 @@ use crate::drill::Drill;
 use crate::etcd::EtcdCluster;
 use crate::faultproxy::FaultProxy;
 use crate::http::{self, HttpClient};
-use twin_lab::procs::{self, ProcError, Registry};
-use twin_lab::{ControlPlaneProc, Etcd, EtcdError, SidecarProc, Who};
 use crate::record::UpstreamHit;
 use crate::units::ClockOffset;
-use crate::upstream::{HitLog, Upstream};
 use crate::validate::datacenter_map;
+use twin_lab::launch::free_addrs;
+use twin_lab::procs::{self, ProcError, Registry};
+use twin_lab::{ControlPlaneProc, Etcd, EtcdError, Recorder, SidecarProc, Upstream, Who};
 
 /// Why the topology could not start (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +117,8 @@ pub struct Lab {
     pub etcd_links: Vec<Vec<FaultProxy>>,
     /// `[dc][i]`: the upstream servers and the proxies in front of them.
     pub upstreams: Vec<Vec<(Upstream, FaultProxy)>>,
-    pub hits: HitLog,
+    /// What every upstream served.
+    pub hits: Recorder,
     pub sidecars: Vec<Sidecar>,
     pub control_planes: Vec<ControlPlane>,
     pub probe: HttpClient,
@@ -150,17 +151,22 @@ impl Lab {
         }
         let etcd = EtcdCluster(builder.start().await?);
 
-        let hits: HitLog = Arc::new(Mutex::new(Vec::<UpstreamHit>::new()));
+        let hits = Recorder::default();
         let mut upstreams = Vec::new();
         for (d, dc) in t.datacenters.iter().enumerate() {
             let mut v = Vec::new();
             for i in 0..t.upstreams_per_dc {
-                let u = Upstream::start(d, dc, i, clock.clone(), hits.clone())
+                let name = format!("{dc}-{i}");
+                let u = Upstream::builder(&name)
+                    .at(d, i)
+                    .body(format!("{{\"served_by\":\"{name}\"}}"))
+                    .recorder(&hits)
+                    .start()
                     .await
                     .map_err(io("starting an upstream server"))?;
                 let p = FaultProxy::start(
                     &format!("upstream/{dc}/{i}"),
-                    u.addr,
+                    u.addr(),
                     seed ^ (d * 100 + i) as u64,
                 )
                 .await
@@ -221,6 +227,23 @@ impl Lab {
         Ok(lab)
     }
 
+    /// What the upstreams served, stamped on the run's clock.
+    pub fn upstream_hits(&self) -> Vec<UpstreamHit> {
+        self.hits
+            .hits()
+            .into_iter()
+            .map(|h| UpstreamHit {
+                t_ms: self.clock.ms_at(h.at),
+                dc: h.dc,
+                upstream: h.index,
+                request_id: h.header("x-request-id").and_then(|v| v.parse().ok()),
+                idempotency_key: h.header("idempotency-key").map(String::from),
+                method: h.method,
+                path: h.path,
+            })
+            .collect()
+    }
+
     /// etcd URLs as datacenter `dc` reaches them: through its fault proxies.
     pub fn etcd_urls_from(&self, dc: usize) -> String {
         let scheme = if self.etcd.security.is_some() {
@@ -244,6 +267,10 @@ impl Lab {
         }))
         .unwrap_or_default();
         std::fs::write(&config, yaml).map_err(io(format!("writing {}", config.display())))?;
+        // Every port of the drill in one go, so no two processes get the same one.
+        let mut ports =
+            free_addrs(3 * t.datacenters.len() * t.sidecars_per_dc + t.control_planes)?.into_iter();
+        let mut next = || ports.next().unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
         for (d, dc) in t.datacenters.iter().enumerate() {
             for i in 0..t.sidecars_per_dc {
                 let name = format!("sidecar-{dc}-{i}");
@@ -276,7 +303,13 @@ impl Lab {
                 self.sidecars.push(Sidecar {
                     dc: d,
                     index: i,
-                    run: SidecarProc::new(&name, &self.dir, args, &self.registry)?,
+                    run: SidecarProc::with_addrs(
+                        &name,
+                        &self.dir,
+                        args,
+                        &self.registry,
+                        [next(), next(), next()],
+                    )?,
                     up: AtomicBool::new(false),
                 });
             }
@@ -289,7 +322,7 @@ impl Lab {
             self.control_planes.push(ControlPlane {
                 index: i,
                 dc,
-                run: ControlPlaneProc::new(&name, &self.dir, args, &self.registry)?,
+                run: ControlPlaneProc::with_addr(&name, &self.dir, args, &self.registry, next())?,
             });
         }
         Ok(())

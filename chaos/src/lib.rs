@@ -30,6 +30,5 @@ pub mod session;
 pub mod target;
 pub mod twinctl;
 pub mod units;
-pub mod upstream;
 pub mod validate;
 pub mod verdict;

@@ -177,7 +177,7 @@ pub async fn run(drill: &Drill, lab: Arc<Lab>, seed: u64, progress: bool) -> Run
     }
     let recording = std::mem::take(&mut *loadgen::lock(&recording));
     let mut recording = recording;
-    recording.hits = lab.hits.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    recording.hits = lab.upstream_hits();
     let events = std::mem::take(&mut *journal.events.lock().unwrap_or_else(|e| e.into_inner()));
     RunOutput {
         steps,
@@ -537,7 +537,9 @@ async fn restart(
     }
     if let ProcTarget::ControlPlane(i) = t {
         let cp = &lab.control_planes[*i];
-        cp.proc.start(clock.map(|c| c.faketime_spec())).map_err(|e| e.to_string())?;
+        cp.proc
+            .start(clock.map(|c| c.faketime_spec()))
+            .map_err(|e| e.to_string())?;
         lab.wait_control_plane(*i)
             .await
             .map_err(|e| e.to_string())?;

@@ -16,9 +16,9 @@ use twin_topology::{AuditMeta, Datacenter, Keys, Route, Store, Weights};
 
 use crate::ids::{self, IdStats};
 use crate::load::{self, Stats};
-use twin_lab::{Etcd, Proc, ProcSpec};
 use crate::screen::{self, Frame, RouteView};
 use crate::{upstreams, DemoError};
+use twin_lab::{Etcd, Proc, ProcSpec};
 
 /// The service the demo routes.
 pub const SERVICE: &str = "payments";
@@ -181,12 +181,10 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
             ("wanguo", Duration::from_millis(4)),
         ],
         2,
-        &mut tasks,
     )
     .await?;
     upstreams::register(&mut client, &Keys::default(), SERVICE, &ups, &mut tasks).await?;
-    let (sidecar, [outbound, ids_addr, admin]) =
-        start_sidecar(&opts, &etcd_endpoint, &dir).await?;
+    let (sidecar, [outbound, ids_addr, admin]) = start_sidecar(&opts, &etcd_endpoint, &dir).await?;
 
     // With twinctl built beside the sidecar (scripts/demo builds it), show the SRE's command
     // first; the raw etcdctl write works everywhere.
@@ -237,7 +235,11 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
             () = timeout => break Ok("duration reached"),
         }
         if let Some(status) = sidecar.exited() {
-            break Err(DemoError::Exited("twin-sidecar", status, sidecar.log_tail(15)));
+            break Err(DemoError::Exited(
+                "twin-sidecar",
+                status,
+                sidecar.log_tail(15),
+            ));
         }
         if let Some(status) = etcd_proc.exited() {
             break Err(DemoError::Exited("etcd", status, etcd_proc.log_tail(15)));

@@ -2,73 +2,41 @@
 //! datacenter's name after a little simulated work, registered in etcd as endpoints of the
 //! `payments` service under one lease that the demo keeps alive.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
 use etcd_client::{Client, PutOptions};
-use http_body_util::Full;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use twin_lab::Behavior;
 use twin_topology::{Endpoint, Keys};
 
 use crate::DemoError;
 
-/// One upstream server.
+/// One upstream server of a datacenter.
 pub struct Upstream {
     pub dc: String,
-    pub addr: SocketAddr,
+    pub server: twin_lab::Upstream,
 }
 
-/// Starts `per_dc` servers for each datacenter; `work` is each DC's base service time.
-pub async fn start(
-    dcs: &[(&str, Duration)],
-    per_dc: usize,
-    tasks: &mut JoinSet<()>,
-) -> Result<Vec<Upstream>, DemoError> {
+/// Starts `per_dc` servers for each datacenter; `work` is each DC's base service time (each
+/// request takes that plus up to half of it again).
+pub async fn start(dcs: &[(&str, Duration)], per_dc: usize) -> Result<Vec<Upstream>, DemoError> {
     let mut out = Vec::new();
-    for (dc, work) in dcs {
-        for _ in 0..per_dc {
-            let listener = TcpListener::bind("127.0.0.1:0")
+    for (d, (dc, work)) in dcs.iter().enumerate() {
+        for i in 0..per_dc {
+            let server = twin_lab::Upstream::builder(&format!("{dc}-{i}"))
+                .at(d, i)
+                .body(format!("hello from {dc}\n"))
+                .behavior(Behavior::Work(*work))
+                .start()
                 .await
                 .map_err(|e| DemoError::Io(format!("upstream listener: {e}")))?;
-            let addr = listener
-                .local_addr()
-                .map_err(|e| DemoError::Io(format!("upstream listener: {e}")))?;
-            let (name, work) = (dc.to_string(), *work);
-            tasks.spawn(serve(listener, name.clone(), work));
-            out.push(Upstream { dc: name, addr });
+            out.push(Upstream {
+                dc: dc.to_string(),
+                server,
+            });
         }
     }
     Ok(out)
-}
-
-async fn serve(listener: TcpListener, dc: String, work: Duration) {
-    let body = Bytes::from(format!("hello from {dc}\n"));
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let body = body.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
-                let body = body.clone();
-                async move {
-                    // Simulated work: the base time plus up to half of it again.
-                    let jitter = work.mul_f64(rand::random::<f64>() * 0.5);
-                    tokio::time::sleep(work + jitter).await;
-                    Ok::<_, Infallible>(Response::new(Full::new(body)))
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
 }
 
 /// Registers every upstream as an endpoint of `service` under one lease kept alive by a task
@@ -84,7 +52,7 @@ pub async fn register(
     let lease = client.lease_grant(10, None).await.map_err(etcd)?.id();
     for (i, u) in ups.iter().enumerate() {
         let value = Endpoint {
-            addr: u.addr.to_string(),
+            addr: u.server.addr().to_string(),
             capacity: 1,
             zone: None,
         };

@@ -6,13 +6,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use twin_idgen::{Codec, Format, Layout};
-use twin_lab::{eventually, Etcd};
+use twin_lab::{eventually, Etcd, Proc, ProcSpec, Registry};
 use twin_topology::{AuditMeta, Datacenter, Keys, Store};
 
 const BIN: &str = env!("CARGO_BIN_EXE_twin-idgen-load");
@@ -25,7 +23,7 @@ const DCS: [(&str, u8); 2] = [("m6v", 1), ("wanguo", 2)];
 struct Gen {
     dc: &'static str,
     node: String,
-    child: Option<Child>,
+    proc: Option<Proc>,
     outs: Vec<Tail>,
 }
 
@@ -99,17 +97,9 @@ impl Tail {
 impl Gen {
     fn spawn(&mut self, endpoint: &str, dir: &Path, faketime: bool) {
         let out = dir.join(format!("{}-{}.out", self.node, self.outs.len()));
-        let log = std::fs::File::create(out.with_extension("log")).expect("log file");
-        let mut cmd = if faketime {
-            let mut c = Command::new("faketime");
-            c.args(["-f", "-10s", BIN]);
-            c
-        } else {
-            Command::new(BIN)
-        };
-        cmd.args(["--etcd", endpoint, "--dc", self.dc, "--node-id", &self.node])
-            .arg("--out")
-            .arg(&out)
+        let spec = ProcSpec::new(format!("{}-{}", self.node, self.outs.len()), BIN, dir)
+            .args(["--etcd", endpoint, "--dc", self.dc, "--node-id", &self.node])
+            .args(["--out", out.to_str().expect("utf8 path")])
             .args(["--batch", "100", "--interval-ms", "8", "--serial", TEMPLATE])
             .args([
                 "--ttl-ms",
@@ -118,29 +108,17 @@ impl Gen {
                 "500",
                 "--window-ms",
                 "6000",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            // Its own process group, so signals reach the program behind `faketime` too.
-            .process_group(0);
-        self.child = Some(cmd.spawn().expect("spawn twin-idgen-load"));
+            ]);
+        let proc = Proc::new(spec, Registry::new());
+        proc.start(faketime.then(|| "-10s".to_string()))
+            .expect("spawn twin-idgen-load");
+        self.proc = Some(proc);
         self.outs.push(Tail::new(out));
     }
 
-    fn signal(&self, sig: libc::c_int) {
-        if let Some(c) = &self.child {
-            // SAFETY: kill(2) on the process group of a child we spawned and have not reaped.
-            unsafe {
-                libc::kill(-(c.id() as libc::pid_t), sig);
-            }
-        }
-    }
-
     fn kill(&mut self) {
-        self.signal(libc::SIGKILL);
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
+        if let Some(p) = self.proc.take() {
+            p.kill();
         }
     }
 
@@ -194,7 +172,7 @@ async fn eight_generators_two_datacenters_kills_faketime_and_paused_etcd_issue_n
         .map(|i| Gen {
             dc: DCS[i / 4].0,
             node: format!("node-{i}"),
-            child: None,
+            proc: None,
             outs: Vec::new(),
         })
         .collect();
@@ -313,18 +291,10 @@ async fn eight_generators_two_datacenters_kills_faketime_and_paused_etcd_issue_n
         poll_all(&mut gens) >= TARGET + 20_000
     })
     .await;
-    for g in gens.iter() {
-        g.signal(libc::SIGTERM);
-    }
     for g in gens.iter_mut() {
-        let mut c = g.child.take().expect("running");
-        let end = Instant::now() + Duration::from_secs(10);
-        while c.try_wait().expect("wait").is_none() && Instant::now() < end {
-            std::thread::yield_now();
-        }
-        if c.try_wait().expect("wait").is_none() {
-            g.signal(libc::SIGKILL);
-            let _ = c.wait();
+        let p = g.proc.take().expect("running");
+        p.terminate();
+        if p.wait_exit(Duration::from_secs(10)).is_none() {
             panic!("{} did not shut down on SIGTERM", g.node);
         }
     }

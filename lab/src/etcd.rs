@@ -143,7 +143,7 @@ impl EtcdBuilder {
         let cluster: Vec<String> = (0..n)
             .map(|i| format!("{prefix}{i}=http://127.0.0.1:{}", ports[2 * i + 1]))
             .collect();
-        let registry = self.registry.unwrap_or_else(Registry::new);
+        let registry = self.registry.unwrap_or_default();
         let members = (0..n)
             .map(|i| {
                 let (cp, pp) = (ports[2 * i], ports[2 * i + 1]);

@@ -22,14 +22,22 @@ pub struct SidecarProc {
     pub proc: Proc,
 }
 
-/// Three free loopback addresses.
-fn three_addrs() -> Result<[SocketAddr; 3], ProcError> {
-    let ports = crate::try_free_ports(3).map_err(|source| ProcError::Spawn {
+/// `n` distinct free loopback addresses, chosen in one go.
+pub fn free_addrs(n: usize) -> Result<Vec<SocketAddr>, ProcError> {
+    let ports = crate::try_free_ports(n).map_err(|source| ProcError::Spawn {
         name: "free ports".into(),
         program: "bind 127.0.0.1:0".into(),
         source,
     })?;
-    Ok([0, 1, 2].map(|i| SocketAddr::from(([127, 0, 0, 1], ports[i]))))
+    Ok(ports
+        .into_iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+        .collect())
+}
+
+fn three_addrs() -> Result<[SocketAddr; 3], ProcError> {
+    let a = free_addrs(3)?;
+    Ok([a[0], a[1], a[2]])
 }
 
 /// The binary `name` beside the running executable (see [`crate::procs::bin_dir`]).
@@ -51,8 +59,20 @@ impl SidecarProc {
         args: Vec<String>,
         registry: &Arc<Registry>,
     ) -> Result<SidecarProc, ProcError> {
+        Self::with_addrs(name, dir, args, registry, three_addrs()?)
+    }
+
+    /// Like [`SidecarProc::new`] with the listeners given (`[outbound, ids, admin]`): a
+    /// caller that starts many processes picks all their ports in one go, so no two of them
+    /// are handed the same free port.
+    pub fn with_addrs(
+        name: &str,
+        dir: &Path,
+        args: Vec<String>,
+        registry: &Arc<Registry>,
+        [outbound, ids, admin]: [SocketAddr; 3],
+    ) -> Result<SidecarProc, ProcError> {
         let bin = binary("twin-sidecar")?;
-        let [outbound, ids, admin] = three_addrs()?;
         let spec = ProcSpec::new(name, bin, dir)
             .args(["--outbound".into(), outbound.to_string()])
             .args(["--ids".into(), ids.to_string()])
@@ -80,7 +100,10 @@ impl SidecarProc {
 
     /// Waits until `/readyz` answers 200; fails at once if the process exits.
     pub async fn wait_ready(&self, within: Duration) -> Result<(), ProcError> {
-        wait_http(&self.proc, self.admin, "/readyz", within, |code| code == 200).await
+        wait_http(&self.proc, self.admin, "/readyz", within, |code| {
+            code == 200
+        })
+        .await
     }
 
     /// Resident memory in KiB, from /proc (0 when it does not run).
@@ -113,8 +136,19 @@ impl ControlPlaneProc {
         args: Vec<String>,
         registry: &Arc<Registry>,
     ) -> Result<ControlPlaneProc, ProcError> {
-        let bin = binary("twin-control-plane")?;
         let [status, _, _] = three_addrs()?;
+        Self::with_addr(name, dir, args, registry, status)
+    }
+
+    /// Like [`ControlPlaneProc::new`] with the status listener given.
+    pub fn with_addr(
+        name: &str,
+        dir: &Path,
+        args: Vec<String>,
+        registry: &Arc<Registry>,
+        status: SocketAddr,
+    ) -> Result<ControlPlaneProc, ProcError> {
+        let bin = binary("twin-control-plane")?;
         let spec = ProcSpec::new(name, bin, dir)
             .args(["--listen".into(), status.to_string()])
             .args(args)
@@ -137,7 +171,10 @@ impl ControlPlaneProc {
 
     /// Waits until `/healthz` answers with anything but a 5xx.
     pub async fn wait_ready(&self, within: Duration) -> Result<(), ProcError> {
-        wait_http(&self.proc, self.status, "/healthz", within, |code| code < 500).await
+        wait_http(&self.proc, self.status, "/healthz", within, |code| {
+            code < 500
+        })
+        .await
     }
 }
 

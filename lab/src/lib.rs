@@ -14,14 +14,18 @@ pub mod procs;
 pub mod secure;
 mod tls;
 mod tls_upstream;
+pub mod topology;
+pub mod upstream;
 
-pub use launch::{ControlPlaneProc, SidecarProc};
 pub use etcd::{Etcd, EtcdBuilder, EtcdError, Member, READY_WITHIN};
+pub use launch::{ControlPlaneProc, SidecarProc};
 pub use net::{free_port, free_ports, try_free_ports};
 pub use procs::{Proc, ProcError, ProcSpec, Registry, Signal};
 pub use secure::{Security, Who};
 pub use tls::TestCerts;
 pub use tls_upstream::TlsUpstream;
+pub use topology::{Lab, LabBuilder, LabError, LabSidecar};
+pub use upstream::{Behavior, Hit, Recorder, Upstream};
 
 /// Polls `cond` every few milliseconds until it returns true or `deadline` passes; returns
 /// whether it became true. Tests use it instead of sleeping for a condition.

@@ -224,7 +224,8 @@ impl Proc {
         let mut cmd = match setpriv() {
             Some(setpriv) => {
                 let mut c = Command::new(setpriv);
-                c.args(["--pdeathsig", "KILL", "--"]).arg(&self.spec.program);
+                c.args(["--pdeathsig", "KILL", "--"])
+                    .arg(&self.spec.program);
                 c
             }
             None => Command::new(&self.spec.program),

@@ -14,8 +14,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rand::Rng;
 use crate::tls::TestCerts;
+use rand::Rng;
 use twin_topology::{auth, EtcdSettings};
 
 /// Who connects, and so with which user and role.

@@ -137,10 +137,7 @@ async fn malformed_and_oversize_requests_get_400_and_431_and_never_crash_the_pro
             )
             .await;
     }
-    assert!(
-        p.running(),
-        "the sidecar died"
-    );
+    assert!(p.running(), "the sidecar died");
     let ok = call(&http::client(), o, Some("u")).await;
     assert_eq!(ok.status, 200);
     assert_eq!(ok.header("x-twin-dc"), "m6v");
