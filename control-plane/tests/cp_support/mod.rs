@@ -7,8 +7,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions};
-use tokio::process::{Child, Command};
-use twin_lab::Etcd;
+use tokio::process::Command;
+use twin_lab::{ControlPlaneProc, Etcd, Registry};
 use twin_topology::{Endpoint, Keys};
 
 /// What a `twinctl` run printed and how it ended.
@@ -145,44 +145,41 @@ pub async fn weights(client: &mut Client, service: &str) -> serde_json::Value {
     v["weights"].clone()
 }
 
-/// A running `twin-control-plane` replica, killed when dropped.
+/// A running `twin-control-plane` replica (the lab's launcher), killed when dropped.
 pub struct Replica {
     pub id: String,
     pub status_addr: String,
-    pub child: Child,
+    pub run: ControlPlaneProc,
+    _dir: tempfile::TempDir,
 }
 
 /// Starts a replica with fast timers.
 pub async fn replica(etcd: &Etcd, id: &str, extra: &[&str]) -> Replica {
-    let port = twin_lab::free_port();
-    let status_addr = format!("127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_twin-control-plane"))
-        .args([
-            "--etcd",
-            &etcd.endpoint(),
-            "--id",
-            id,
-            "--listen",
-            &status_addr,
-            "--lease-ttl",
-            "2s",
-            "--probe-interval",
-            "100ms",
-            "--probe-timeout",
-            "500ms",
-        ])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start twin-control-plane");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut args: Vec<String> = [
+        "--etcd",
+        &etcd.endpoint(),
+        "--id",
+        id,
+        "--lease-ttl",
+        "2s",
+        "--probe-interval",
+        "100ms",
+        "--probe-timeout",
+        "500ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let run = ControlPlaneProc::new(id, dir.path(), args, &Registry::new())
+        .expect("twin-control-plane");
+    run.proc.start(None).expect("start twin-control-plane");
     Replica {
         id: id.to_string(),
-        status_addr,
-        child,
+        status_addr: run.status.to_string(),
+        run,
+        _dir: dir,
     }
 }
 
