@@ -9,7 +9,8 @@
 //! admission webhook by the daemon and run offline by `twinctl inject`). The etcd schema,
 //! validation and the audited `Store` belong to `twin-topology`; this crate must not know
 //! how the sidecar proxies requests or how IDs are generated (it only calls `twin-idgen`'s
-//! decoder for `twinctl id decode`).
+//! decoder for `twinctl id decode`, and `twin-sidecar`'s flag struct `config::Flags` so the
+//! injector writes exactly the command line the sidecar parses).
 
 pub mod autofail;
 pub mod balance;

@@ -1,6 +1,8 @@
 //! The sidecar's configuration: one YAML file (`--config twin.yaml`) with flags and
 //! environment variables that override it, merged and checked once at start into [`Config`].
 //! Every bad value is reported as one line that names the flag or field and what is expected.
+//! [`Flags`] also goes the other way: [`Flags::to_argv`] writes the command line that parses
+//! back to it, which is how the Kubernetes injector and the test lab launch sidecars.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -8,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
+use twin_topology::argv::{push, push_opt, push_path};
 use twin_topology::validate;
 use twin_topology::{EtcdArgs, EtcdSettings};
 
@@ -62,7 +65,10 @@ pub enum ConfigError {
 
 /// Command line of `twin-sidecar`. Every flag can also come from the environment variable
 /// named in its help, and overrides the same field of the `--config` file.
-#[derive(Debug, Default, Parser)]
+///
+/// To launch a sidecar, fill the fields (`..Flags::default()` for the rest) and pass
+/// [`Flags::to_argv`] as its arguments; [`Flags::parse_argv`] reads them back.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Parser)]
 #[command(
     name = "twin-sidecar",
     version,
@@ -129,7 +135,7 @@ pub struct Flags {
 }
 
 /// What else the binary can do besides running the sidecar.
-#[derive(Debug, clap::Subcommand)]
+#[derive(Clone, Debug, PartialEq, Eq, clap::Subcommand)]
 pub enum Command {
     /// Asks a running sidecar to drain (POST /drain): it fails /readyz and withdraws its
     /// registrations but keeps serving; used as the Kubernetes preStop hook.
@@ -141,6 +147,67 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         admin_token_file: Option<PathBuf>,
     },
+}
+
+impl Flags {
+    /// The arguments (without the program name) that parse back to `self`: long flags in
+    /// declaration order, unset options left out, `--register` once per value, then the
+    /// subcommand with its own flags. A value starting with `-` is written `--flag=VALUE`.
+    /// An empty path, which the parser never produces, is written but refused on the way back.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut argv = Vec::new();
+        push_path(&mut argv, "--config", self.config.as_deref());
+        push_opt(&mut argv, "--dc", self.dc.as_deref());
+        push_opt(&mut argv, "--node-id", self.node_id.as_deref());
+        argv.extend(self.etcd.to_argv());
+        argv.extend(self.upstream_tls.to_argv());
+        push_opt(&mut argv, "--outbound", self.outbound.as_deref());
+        push_opt(&mut argv, "--ids", self.ids.as_deref());
+        push_opt(&mut argv, "--admin", self.admin.as_deref());
+        push_path(
+            &mut argv,
+            "--admin-token-file",
+            self.admin_token_file.as_deref(),
+        );
+        push_path(&mut argv, "--snapshot", self.snapshot.as_deref());
+        push_path(&mut argv, "--routes-file", self.routes_file.as_deref());
+        for r in &self.register {
+            push(&mut argv, "--register", r);
+        }
+        push_opt(&mut argv, "--threads", self.threads);
+        push_opt(&mut argv, "--drain-timeout", self.drain_timeout.as_deref());
+        push_opt(&mut argv, "--worker", self.worker);
+        push_path(&mut argv, "--hwm-file", self.hwm_file.as_deref());
+        match &self.command {
+            None => {}
+            Some(Command::Drain {
+                admin,
+                admin_token_file,
+            }) => {
+                argv.push("drain".to_string());
+                push(&mut argv, "--admin", admin);
+                push_path(&mut argv, "--admin-token-file", admin_token_file.as_deref());
+            }
+        }
+        argv
+    }
+
+    /// Parses `args` (without the program name) as `twin-sidecar` does, except that no
+    /// `TWIN_*` environment variable fills a flag that is not given: the inverse of
+    /// [`Flags::to_argv`] whatever the caller's environment holds.
+    pub fn parse_argv<I, T>(args: I) -> Result<Flags, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Flags::command()
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(
+                std::iter::once(std::ffi::OsString::from("twin-sidecar"))
+                    .chain(args.into_iter().map(Into::into)),
+            )?;
+        Flags::from_arg_matches(&matches)
+    }
 }
 
 /// The YAML config file: the same settings as the flags, by the same names with `_`.
@@ -591,6 +658,110 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains(want), "{msg:?} should contain {want:?}");
             assert!(!msg.contains('\n'), "{msg:?} is more than one line");
+        }
+    }
+
+    mod argv {
+        use super::*;
+        use proptest::option::of;
+        use proptest::prelude::*;
+
+        /// Any value a flag can hold, including empty ones and ones that look like flags.
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof!["\\PC*", "-\\PC*", "--[a-z-]*", Just(String::new())]
+        }
+
+        /// Any path but the empty one, which clap refuses as a path value.
+        fn path() -> impl Strategy<Value = Option<PathBuf>> {
+            of(value()
+                .prop_filter("clap refuses an empty path", |v| !v.is_empty())
+                .prop_map(PathBuf::from))
+        }
+
+        fn etcd() -> impl Strategy<Value = EtcdArgs> {
+            (
+                of(value()),
+                of(value()),
+                path(),
+                path(),
+                path(),
+                of(value()),
+                path(),
+            )
+                .prop_map(|(endpoints, prefix, ca, cert, key, user, password_file)| {
+                    EtcdArgs {
+                        endpoints,
+                        prefix,
+                        ca,
+                        cert,
+                        key,
+                        user,
+                        password_file,
+                    }
+                })
+        }
+
+        fn upstream_tls() -> impl Strategy<Value = UpstreamTlsArgs> {
+            (path(), path(), path()).prop_map(|(ca, cert, key)| UpstreamTlsArgs { ca, cert, key })
+        }
+
+        fn command() -> impl Strategy<Value = Option<Command>> {
+            of(
+                (value(), path()).prop_map(|(admin, admin_token_file)| Command::Drain {
+                    admin,
+                    admin_token_file,
+                }),
+            )
+        }
+
+        prop_compose! {
+            fn any_flags()(
+                (config, dc, node_id, outbound, ids, admin) in
+                    (path(), of(value()), of(value()), of(value()), of(value()), of(value())),
+                (admin_token_file, snapshot, routes_file, hwm_file) in (path(), path(), path(), path()),
+                register in prop::collection::vec(value(), 0..4),
+                (threads, drain_timeout, worker) in (of(any::<usize>()), of(value()), of(any::<u32>())),
+                etcd in etcd(),
+                upstream_tls in upstream_tls(),
+                command in command(),
+            ) -> Flags {
+                Flags {
+                    config, dc, node_id, etcd, upstream_tls, outbound, ids, admin,
+                    admin_token_file, snapshot, routes_file, register, threads, drain_timeout,
+                    worker, hwm_file, command,
+                }
+            }
+        }
+
+        proptest! {
+            /// `to_argv` writes every field, and only what the parser reads back.
+            #[test]
+            fn flags_parse_back_from_their_argv(flags in any_flags()) {
+                let argv = flags.to_argv();
+                let parsed = Flags::parse_argv(&argv);
+                prop_assert_eq!(parsed.as_ref().ok(), Some(&flags), "argv {:?}: {:?}", argv, parsed.as_ref().err().map(ToString::to_string));
+            }
+        }
+
+        #[test]
+        fn unset_options_are_left_out_and_repeatable_ones_repeated() {
+            let flags = Flags {
+                dc: Some("m6v".into()),
+                register: vec!["a=127.0.0.1:1".into(), "b=127.0.0.1:2".into()],
+                ..Flags::default()
+            };
+            assert_eq!(
+                flags.to_argv(),
+                [
+                    "--dc",
+                    "m6v",
+                    "--register",
+                    "a=127.0.0.1:1",
+                    "--register",
+                    "b=127.0.0.1:2"
+                ]
+            );
+            assert_eq!(Flags::default().to_argv(), Vec::<String>::new());
         }
     }
 

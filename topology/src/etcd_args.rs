@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::argv::{push_opt, push_path};
 use crate::connect::EtcdSettings;
 
 /// etcd connection flags. Flatten into a binary's clap arguments with `#[command(flatten)]`.
@@ -47,6 +48,24 @@ impl EtcdArgs {
             user: self.user.or_else(|| file.user.clone()),
             password_file: self.password_file.or_else(|| file.password_file.clone()),
         }
+    }
+
+    /// The flags that parse back to `self`: long forms in declaration order, unset ones left
+    /// out (no program name). `--etcd-password-file` is the only way to pass a password.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut argv = Vec::new();
+        push_opt(&mut argv, "--etcd", self.endpoints.as_deref());
+        push_opt(&mut argv, "--prefix", self.prefix.as_deref());
+        push_path(&mut argv, "--etcd-ca", self.ca.as_deref());
+        push_path(&mut argv, "--etcd-cert", self.cert.as_deref());
+        push_path(&mut argv, "--etcd-key", self.key.as_deref());
+        push_opt(&mut argv, "--etcd-user", self.user.as_deref());
+        push_path(
+            &mut argv,
+            "--etcd-password-file",
+            self.password_file.as_deref(),
+        );
+        argv
     }
 
     /// Whether any endpoint was given (a sidecar without one runs from a routes file).

@@ -4,9 +4,11 @@
 //! into a datacenter, route files in YAML, the audited compare-and-swap [`Store`], and the
 //! watched [`TopologyView`] (one prefix watch into an `ArcSwap`, with a snapshot file for cold
 //! starts), and the TLS client settings every binary shares (etcd's, and upstreams' for
-//! routes with `tls:`). Pure types and math sit apart from the modules that do I/O (`store`,
-//! `view`, `connect`). It knows nothing of HTTP proxying, ID generation or the control plane.
+//! routes with `tls:`), with their flags and the way to write them back as a command line
+//! ([`argv`]). Pure types and math sit apart from the modules that do I/O (`store`, `view`,
+//! `connect`). It knows nothing of HTTP proxying, ID generation or the control plane.
 
+pub mod argv;
 pub mod auth;
 pub mod connect;
 pub mod etcd_args;

@@ -11,6 +11,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::argv::push_path;
 use crate::tls_check::{self, Flags};
 use crate::UpstreamTls;
 use rustls::pki_types::ServerName;
@@ -29,7 +30,7 @@ const FLAGS: Flags = Flags {
 
 /// `--upstream-ca`, `--upstream-cert`, `--upstream-key`; in the config file, the
 /// `upstream_tls:` section with `ca`, `cert`, `key`.
-#[derive(Clone, Debug, Default, clap::Args, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTlsArgs {
     /// PEM file of the CA certificate(s) that sign upstream certificates; needed by routes
@@ -71,6 +72,16 @@ impl UpstreamTlsArgs {
             cert: self.cert.or(file.cert),
             key: self.key.or(file.key),
         }
+    }
+
+    /// The flags that parse back to `self` (`--upstream-ca`, `--upstream-cert`,
+    /// `--upstream-key`), unset ones left out.
+    pub fn to_argv(&self) -> Vec<String> {
+        let mut argv = Vec::new();
+        push_path(&mut argv, "--upstream-ca", self.ca.as_deref());
+        push_path(&mut argv, "--upstream-cert", self.cert.as_deref());
+        push_path(&mut argv, "--upstream-key", self.key.as_deref());
+        argv
     }
 
     /// The client settings, or `None` when no CA is given (routes with `tls:` then fail

@@ -6,7 +6,11 @@
 //! `--etcd-user`, `--etcd-password-file`; `--upstream-ca`, `--upstream-cert`,
 //! `--upstream-key`). The injector names the Secrets; it never reads them.
 
+use std::path::{Path, PathBuf};
+
 use k8s_openapi::api::core::v1::{SecretVolumeSource, Volume, VolumeMount};
+use twin_topology::upstream_tls::UpstreamTlsArgs;
+use twin_topology::EtcdArgs;
 
 use super::mutate::InjectConfig;
 
@@ -41,38 +45,39 @@ fn mounts(cfg: &InjectConfig) -> Vec<Mount<'_>> {
     m
 }
 
-/// The sidecar flags that point at the mounted files.
-pub fn args(cfg: &InjectConfig) -> Vec<String> {
-    let mut args = Vec::new();
-    if cfg.etcd_client_secret.is_some() {
-        for (flag, file) in [
-            ("--etcd-ca", "ca.crt"),
-            ("--etcd-cert", "tls.crt"),
-            ("--etcd-key", "tls.key"),
-        ] {
-            args.push(flag.to_string());
-            args.push(format!("{ETCD_DIR}/{file}"));
-        }
-        if let Some(user) = &cfg.etcd_user {
-            args.extend([
-                "--etcd-user".to_string(),
-                user.clone(),
-                "--etcd-password-file".to_string(),
-                format!("{ETCD_DIR}/password"),
-            ]);
-        }
+/// The files of a Secret in cert-manager's layout mounted at `dir`: CA, certificate, key.
+fn pem_files(dir: &str) -> [Option<PathBuf>; 3] {
+    ["ca.crt", "tls.crt", "tls.key"].map(|file| Some(Path::new(dir).join(file)))
+}
+
+/// The sidecar's etcd credential flags, pointing at the mounted client Secret (`--etcd-ca`,
+/// `--etcd-cert`, `--etcd-key`, and with `etcd_user` `--etcd-user`, `--etcd-password-file`);
+/// endpoints and prefix are left to the caller.
+pub fn etcd_args(cfg: &InjectConfig) -> EtcdArgs {
+    if cfg.etcd_client_secret.is_none() {
+        return EtcdArgs::default();
     }
-    if cfg.upstream_tls_secret.is_some() {
-        for (flag, file) in [
-            ("--upstream-ca", "ca.crt"),
-            ("--upstream-cert", "tls.crt"),
-            ("--upstream-key", "tls.key"),
-        ] {
-            args.push(flag.to_string());
-            args.push(format!("{UPSTREAM_DIR}/{file}"));
-        }
+    let [ca, cert, key] = pem_files(ETCD_DIR);
+    EtcdArgs {
+        ca,
+        cert,
+        key,
+        user: cfg.etcd_user.clone(),
+        password_file: cfg
+            .etcd_user
+            .as_ref()
+            .map(|_| Path::new(ETCD_DIR).join("password")),
+        ..EtcdArgs::default()
     }
-    args
+}
+
+/// The sidecar's upstream TLS flags, pointing at the mounted upstream Secret.
+pub fn upstream_tls_args(cfg: &InjectConfig) -> UpstreamTlsArgs {
+    if cfg.upstream_tls_secret.is_none() {
+        return UpstreamTlsArgs::default();
+    }
+    let [ca, cert, key] = pem_files(UPSTREAM_DIR);
+    UpstreamTlsArgs { ca, cert, key }
 }
 
 /// The sidecar's mounts of those Secrets.

@@ -12,4 +12,6 @@ pub use mutate::{decide, patch, Decision, InjectConfig};
 pub use webhook::{review, Webhook, WebhookError};
 
 #[cfg(test)]
+mod argv_tests;
+#[cfg(test)]
 mod tests;

@@ -1,8 +1,11 @@
 //! The sidecar injection itself: one pure function from a Pod (and the injector's settings)
 //! to a decision — skip, refuse with a reason, or the JSONPatch that adds the sidecar. The
-//! webhook and `twinctl inject` both call [`decide`]; neither has its own copy.
+//! webhook and `twinctl inject` both call [`decide`]; neither has its own copy. The sidecar's
+//! arguments are a `twin_sidecar::config::Flags` written out by `to_argv`, the struct the
+//! sidecar itself parses, so the two cannot drift apart (`argv_tests` checks the round trip).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
@@ -13,6 +16,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
+use twin_sidecar::config::{Command, Flags};
+use twin_topology::EtcdArgs;
 
 use super::credentials;
 
@@ -35,6 +40,8 @@ pub const IDS_PORT: i32 = 15002;
 /// Where the sidecar reads the bearer token for its admin port (a projected service
 /// account token, rotated by the kubelet).
 const TOKEN_DIR: &str = "/var/run/secrets/twin";
+/// The sidecar binary in the image (the preStop hook runs it).
+const SIDECAR_BIN: &str = "/usr/local/bin/twin-sidecar";
 
 /// The injector's settings (the webhook's config file; flags for `twinctl inject`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -171,14 +178,14 @@ pub fn decide(pod: &Pod, cfg: &InjectConfig) -> Decision {
 }
 
 /// The validated per-pod settings taken from annotations.
-struct Plan {
+pub(super) struct Plan {
     dc: String,
     native: bool,
     register: Option<(String, u16)>,
     resources: Resources,
 }
 
-fn plan(ann: &BTreeMap<String, String>, cfg: &InjectConfig) -> Result<Plan, String> {
+pub(super) fn plan(ann: &BTreeMap<String, String>, cfg: &InjectConfig) -> Result<Plan, String> {
     let dc = match (ann.get(DC_ANNOTATION), &cfg.datacenter) {
         (Some(dc), _) => dc.clone(),
         (None, Some(dc)) => dc.clone(),
@@ -285,38 +292,55 @@ fn readyz(failure_threshold: i32, period: i32) -> Probe {
     }
 }
 
-fn sidecar(plan: &Plan, cfg: &InjectConfig) -> Container {
-    let mut args: Vec<String> = vec![
-        "--dc".into(),
-        plan.dc.clone(),
-        "--node-id".into(),
-        "$(POD_NAMESPACE).$(POD_NAME)".into(),
-        "--etcd".into(),
-        cfg.etcd_endpoints.clone(),
-        "--prefix".into(),
-        cfg.prefix.clone(),
-        "--outbound".into(),
-        format!("127.0.0.1:{OUTBOUND_PORT}"),
-        "--ids".into(),
-        format!("127.0.0.1:{IDS_PORT}"),
+fn token_file() -> PathBuf {
+    Path::new(TOKEN_DIR).join("token")
+}
+
+/// The sidecar's command line for this pod. Pod fields reach it through `$(VAR)`, which the
+/// kubelet expands from the container's environment.
+pub(super) fn sidecar_flags(plan: &Plan, cfg: &InjectConfig) -> Flags {
+    Flags {
+        dc: Some(plan.dc.clone()),
+        node_id: Some("$(POD_NAMESPACE).$(POD_NAME)".into()),
+        etcd: EtcdArgs {
+            endpoints: Some(cfg.etcd_endpoints.clone()),
+            prefix: Some(cfg.prefix.clone()),
+            ..credentials::etcd_args(cfg)
+        },
+        upstream_tls: credentials::upstream_tls_args(cfg),
+        outbound: Some(format!("127.0.0.1:{OUTBOUND_PORT}")),
+        ids: Some(format!("127.0.0.1:{IDS_PORT}")),
         // The kubelet probes the pod IP, so admin listens on all interfaces; its mutating
         // endpoint (POST /drain) then needs the projected token.
-        "--admin".into(),
-        format!("0.0.0.0:{ADMIN_PORT}"),
-        "--admin-token-file".into(),
-        format!("{TOKEN_DIR}/token"),
-    ];
-    args.extend(credentials::args(cfg));
-    if let Some((svc, port)) = &plan.register {
-        args.push("--register".into());
-        args.push(format!("{svc}=$(POD_IP):{port}"));
+        admin: Some(format!("0.0.0.0:{ADMIN_PORT}")),
+        admin_token_file: Some(token_file()),
+        register: plan
+            .register
+            .iter()
+            .map(|(svc, port)| format!("{svc}=$(POD_IP):{port}"))
+            .collect(),
+        ..Flags::default()
     }
+}
+
+/// `twin-sidecar drain` against the sidecar's own admin port: the preStop hook.
+pub(super) fn drain_flags() -> Flags {
+    Flags {
+        command: Some(Command::Drain {
+            admin: format!("127.0.0.1:{ADMIN_PORT}"),
+            admin_token_file: Some(token_file()),
+        }),
+        ..Flags::default()
+    }
+}
+
+fn sidecar(plan: &Plan, cfg: &InjectConfig) -> Container {
     let q = |s: &str| Quantity(s.to_string());
     let r = &plan.resources;
     Container {
         name: SIDECAR_NAME.into(),
         image: Some(cfg.image.clone()),
-        args: Some(args),
+        args: Some(sidecar_flags(plan, cfg).to_argv()),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -334,14 +358,11 @@ fn sidecar(plan: &Plan, cfg: &InjectConfig) -> Container {
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 exec: Some(ExecAction {
-                    command: Some(vec![
-                        "/usr/local/bin/twin-sidecar".into(),
-                        "drain".into(),
-                        "--admin".into(),
-                        format!("127.0.0.1:{ADMIN_PORT}"),
-                        "--admin-token-file".into(),
-                        format!("{TOKEN_DIR}/token"),
-                    ]),
+                    command: Some(
+                        std::iter::once(SIDECAR_BIN.to_string())
+                            .chain(drain_flags().to_argv())
+                            .collect(),
+                    ),
                 }),
                 ..Default::default()
             }),
