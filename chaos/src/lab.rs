@@ -24,6 +24,7 @@ use crate::validate::datacenter_map;
 use twin_lab::launch::free_addrs;
 use twin_lab::procs::{self, ProcError, Registry};
 use twin_lab::{ControlPlaneProc, Etcd, EtcdError, Recorder, SidecarProc, Upstream, Who};
+use twin_sidecar::Flags;
 
 /// Why the topology could not start (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -274,39 +275,40 @@ impl Lab {
         for (d, dc) in t.datacenters.iter().enumerate() {
             for i in 0..t.sidecars_per_dc {
                 let name = format!("sidecar-{dc}-{i}");
-                let mut args = vec![
-                    "--config".to_string(),
-                    config.display().to_string(),
-                    "--dc".into(),
-                    dc.clone(),
-                    "--node-id".into(),
-                    format!("{dc}-{i}"),
-                    "--etcd".into(),
-                    self.etcd_urls_from(d),
-                    "--prefix".into(),
-                    self.prefix.clone(),
-                    "--snapshot".into(),
-                    self.dir
-                        .join(format!("{name}.snapshot"))
-                        .display()
-                        .to_string(),
-                ];
-                args.extend(self.etcd.client_args(Who::Sidecar));
-                if t.register {
-                    let (_, proxy) = &self.upstreams[d][i % self.upstreams[d].len()];
-                    for service in t.routes.keys() {
-                        args.push("--register".into());
-                        args.push(format!("{service}={},capacity=1", proxy.addr()));
+                let flags = Flags::parse_argv(&t.sidecar_args).map_err(|e| {
+                    let text = e.to_string();
+                    let first = text.lines().next().unwrap_or_default().to_string();
+                    LabError::Missing(format!("topology.sidecar_args: {first}"))
+                })?;
+                let register = match t.register {
+                    true => {
+                        let (_, proxy) = &self.upstreams[d][i % self.upstreams[d].len()];
+                        let addr = proxy.addr();
+                        t.routes
+                            .keys()
+                            .map(|service| format!("{service}={addr},capacity=1"))
+                            .collect()
                     }
-                }
-                args.extend(t.sidecar_args.iter().cloned());
+                    false => Vec::new(),
+                };
+                let flags = Flags {
+                    config: Some(config.clone()),
+                    dc: Some(dc.clone()),
+                    node_id: Some(format!("{dc}-{i}")),
+                    etcd: self
+                        .etcd
+                        .etcd_args(Who::Sidecar, self.etcd_urls_from(d), &self.prefix),
+                    snapshot: Some(self.dir.join(format!("{name}.snapshot"))),
+                    register: [register, flags.register.clone()].concat(),
+                    ..flags
+                };
                 self.sidecars.push(Sidecar {
                     dc: d,
                     index: i,
                     run: SidecarProc::with_addrs(
                         &name,
                         &self.dir,
-                        args,
+                        flags,
                         &self.registry,
                         [next(), next(), next()],
                     )?,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, CompactionOptions};
-use twin_topology::EtcdSettings;
+use twin_topology::{EtcdArgs, EtcdSettings};
 
 use crate::net::try_free_ports;
 use crate::procs::{etcd_binary, Proc, ProcError, ProcSpec, Registry};
@@ -327,7 +327,27 @@ impl Etcd {
         Ok(())
     }
 
-    /// The shared etcd flags (after `--etcd URLS`) a Twin process of `who` gets: none
+    /// The shared etcd flags of a Twin process of `who` reaching `endpoints` under
+    /// `prefix`: the client certificate with TLS, and `who`'s user when secured.
+    pub fn etcd_args(&self, who: Who, endpoints: String, prefix: &str) -> EtcdArgs {
+        let base = match (&self.security, &self.tls) {
+            (Some(sec), _) => sec.etcd_args(who),
+            (None, Some(t)) => EtcdArgs {
+                ca: Some(t.ca.clone()),
+                cert: Some(t.client_cert.clone()),
+                key: Some(t.client_key.clone()),
+                ..EtcdArgs::default()
+            },
+            (None, None) => EtcdArgs::default(),
+        };
+        EtcdArgs {
+            endpoints: Some(endpoints),
+            prefix: Some(prefix.to_string()),
+            ..base
+        }
+    }
+
+    /// The credential flags (after `--etcd URLS`) a Twin process of `who` gets: none
     /// unless the etcd is secured.
     pub fn client_args(&self, who: Who) -> Vec<String> {
         self.security

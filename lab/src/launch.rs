@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use twin_sidecar::Flags;
+
 use crate::http;
 use crate::procs::{twin_binary, Proc, ProcError, ProcSpec, Registry};
 use crate::READY_WITHIN;
@@ -50,16 +52,16 @@ pub fn binary(name: &str) -> Result<PathBuf, ProcError> {
 }
 
 impl SidecarProc {
-    /// Prepares (does not start) `twin-sidecar` named `name` with `args`, plus its
-    /// listeners on free ports and `RUST_LOG` (default `warn`); logs go to
-    /// `{dir}/{name}.log`.
+    /// Prepares (does not start) `twin-sidecar` named `name` with `flags` (the struct the
+    /// sidecar itself parses and the injector emits), its listeners set to free ports and
+    /// `RUST_LOG` (default `warn`); logs go to `{dir}/{name}.log`.
     pub fn new(
         name: &str,
         dir: &Path,
-        args: Vec<String>,
+        flags: Flags,
         registry: &Arc<Registry>,
     ) -> Result<SidecarProc, ProcError> {
-        Self::with_addrs(name, dir, args, registry, three_addrs()?)
+        Self::with_addrs(name, dir, flags, registry, three_addrs()?)
     }
 
     /// Like [`SidecarProc::new`] with the listeners given (`[outbound, ids, admin]`): a
@@ -68,20 +70,21 @@ impl SidecarProc {
     pub fn with_addrs(
         name: &str,
         dir: &Path,
-        args: Vec<String>,
+        flags: Flags,
         registry: &Arc<Registry>,
         [outbound, ids, admin]: [SocketAddr; 3],
     ) -> Result<SidecarProc, ProcError> {
         let bin = binary("twin-sidecar")?;
-        let spec = ProcSpec::new(name, bin, dir)
-            .args(["--outbound".into(), outbound.to_string()])
-            .args(["--ids".into(), ids.to_string()])
-            .args(["--admin".into(), admin.to_string()])
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+        let flags = Flags {
+            outbound: Some(outbound.to_string()),
+            ids: Some(ids.to_string()),
+            admin: Some(admin.to_string()),
+            ..flags
+        };
+        let spec = ProcSpec::new(name, bin, dir).args(flags.to_argv()).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        );
         Ok(SidecarProc {
             name: name.to_string(),
             outbound,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crate::tls::TestCerts;
 use rand::Rng;
-use twin_topology::{auth, EtcdSettings};
+use twin_topology::{auth, EtcdArgs, EtcdSettings};
 
 /// Who connects, and so with which user and role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,21 +98,22 @@ impl Security {
         ]
     }
 
-    /// The shared etcd flags a Twin process of `who` gets (after `--etcd URLS`).
+    /// The shared etcd flags a Twin process of `who` gets: CA, client certificate, user and
+    /// password file (the caller sets endpoints and prefix).
+    pub fn etcd_args(&self, who: Who) -> EtcdArgs {
+        EtcdArgs {
+            ca: Some(self.certs.ca.clone()),
+            cert: Some(self.certs.client_cert.clone()),
+            key: Some(self.certs.client_key.clone()),
+            user: Some(who.user().to_string()),
+            password_file: Some(self.password_file(who)),
+            ..EtcdArgs::default()
+        }
+    }
+
+    /// [`Security::etcd_args`] as command-line flags (after `--etcd URLS`).
     pub fn client_args(&self, who: Who) -> Vec<String> {
-        let p = |p: &Path| p.display().to_string();
-        vec![
-            "--etcd-ca".into(),
-            p(&self.certs.ca),
-            "--etcd-cert".into(),
-            p(&self.certs.client_cert),
-            "--etcd-key".into(),
-            p(&self.certs.client_key),
-            "--etcd-user".into(),
-            who.user().into(),
-            "--etcd-password-file".into(),
-            p(&self.password_file(who)),
-        ]
+        self.etcd_args(who).to_argv()
     }
 
     /// Connection settings through the shared loader; `user` is `None` before auth is on

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use twin_sidecar::Flags;
 use twin_topology::{AuditMeta, Datacenter, Keys, Route, Store, Weights};
 
 use crate::launch::{binary, free_addrs, SidecarProc};
@@ -27,6 +28,8 @@ pub enum LabError {
     Io(#[from] std::io::Error),
     #[error("seeding etcd: {0}")]
     Seed(String),
+    #[error("sidecar flags: {0}")]
+    Flags(String),
 }
 
 /// What to start; see the module documentation.
@@ -135,22 +138,21 @@ impl LabBuilder {
         let mut next = || addrs.next().unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
         for (d, dc) in lab.dcs.iter().enumerate() {
             for i in 0..self.sidecars_per_dc {
-                let mut args = vec![
-                    "--dc".to_string(),
-                    dc.clone(),
-                    "--node-id".into(),
-                    format!("{dc}-{i}"),
-                    "--etcd".into(),
-                    lab.etcd.endpoints().join(","),
-                    "--prefix".into(),
-                    lab.prefix.clone(),
-                ];
-                args.extend(lab.etcd.client_args(Who::Sidecar));
-                args.extend(self.sidecar_args.iter().cloned());
+                let flags = parse_flags(&self.sidecar_args)?;
+                let flags = Flags {
+                    dc: Some(dc.clone()),
+                    node_id: Some(format!("{dc}-{i}")),
+                    etcd: lab.etcd.etcd_args(
+                        Who::Sidecar,
+                        lab.etcd.endpoints().join(","),
+                        &lab.prefix,
+                    ),
+                    ..flags
+                };
                 let name = format!("sidecar-{dc}-{i}");
                 let addrs = [next(), next(), next()];
                 let sc =
-                    SidecarProc::with_addrs(&name, lab.dir.path(), args, &lab.registry, addrs)?;
+                    SidecarProc::with_addrs(&name, lab.dir.path(), flags, &lab.registry, addrs)?;
                 lab.sidecars.push(LabSidecar { dc: d, sc });
             }
         }
@@ -159,6 +161,14 @@ impl LabBuilder {
         }
         Ok(lab)
     }
+}
+
+/// Extra sidecar flags as the sidecar would read them; a bad one is refused in one line.
+fn parse_flags(args: &[String]) -> Result<Flags, LabError> {
+    Flags::parse_argv(args).map_err(|e| {
+        let text = e.to_string();
+        LabError::Flags(text.lines().next().unwrap_or_default().to_string())
+    })
 }
 
 /// A sidecar of the lab and its datacenter's index.

@@ -172,8 +172,8 @@ pub async fn replica(etcd: &Etcd, id: &str, extra: &[&str]) -> Replica {
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    let run = ControlPlaneProc::new(id, dir.path(), args, &Registry::new())
-        .expect("twin-control-plane");
+    let run =
+        ControlPlaneProc::new(id, dir.path(), args, &Registry::new()).expect("twin-control-plane");
     run.proc.start(None).expect("start twin-control-plane");
     Replica {
         id: id.to_string(),

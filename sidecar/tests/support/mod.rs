@@ -14,7 +14,7 @@ use twin_lab::http::{self, Reply, Upstream};
 pub use twin_lab::Signal;
 use twin_lab::{eventually, Etcd, Registry, SidecarProc};
 use twin_sidecar::config::OutlierSettings;
-use twin_sidecar::{Config, Sidecar, TableSource};
+use twin_sidecar::{Config, Flags, Sidecar, TableSource};
 use twin_topology::{Datacenter, EtcdSettings, Keys, OnDcDown, Route, Weights};
 
 pub const SERVICE: &str = "payments";
@@ -130,14 +130,14 @@ impl std::ops::Deref for Process {
 }
 
 impl Process {
-    /// Starts it with `args` plus `--hwm-file` beside `log`; its output goes to `log`.
+    /// Starts it with `args` (read by the sidecar's own parser) plus `--hwm-file` beside
+    /// `log`; its output goes to `log`.
     pub fn spawn(args: &[&str], log: &Path) -> Process {
         let dir = log.parent().expect("log in a directory");
         let name = log.file_stem().and_then(|s| s.to_str()).expect("log name");
-        let hwm = log.with_extension("hwm").display().to_string();
-        let mut argv = vec!["--hwm-file".to_string(), hwm];
-        argv.extend(args.iter().map(|a| a.to_string()));
-        let sc = SidecarProc::new(name, dir, argv, &Registry::new()).expect("twin-sidecar");
+        let mut flags = Flags::parse_argv(args).expect("test flags parse");
+        flags.hwm_file = Some(log.with_extension("hwm"));
+        let sc = SidecarProc::new(name, dir, flags, &Registry::new()).expect("twin-sidecar");
         sc.proc.start(None).expect("twin-sidecar starts");
         Process(sc)
     }
