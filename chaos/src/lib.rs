@@ -27,6 +27,7 @@ pub mod report;
 pub mod runner;
 pub mod secure;
 pub mod session;
+pub mod step;
 pub mod target;
 pub mod twinctl;
 pub mod units;
