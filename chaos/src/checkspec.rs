@@ -18,10 +18,11 @@ use crate::validate::{bad, datacenter_map, Invalid};
 /// Phase names every drill has, besides its step names.
 pub const FIXED_PHASES: &[&str] = &["before", "during", "after", "all"];
 
-/// One check with its bound.
+/// One check with its bound. `issued` and `served` name targets, which are text in the
+/// file's form ([`CheckFile`]) and resolved in a validated drill (the default parameters).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Check {
+pub enum Check<Issued = IssuedCheck, Served = ServedCheck> {
     /// Most IDs issued twice (across every process and format).
     DuplicateIds(u64),
     /// Most requests sent and never answered.
@@ -32,9 +33,9 @@ pub enum Check {
     StickyMoved(u64),
     ErrorRate(ErrorRateCheck),
     Converge(ConvergeCheck),
-    Issued(IssuedCheck),
+    Issued(Issued),
     Refusals(RefusalCheck),
-    Served(ServedCheck),
+    Served(Served),
 }
 
 /// Which requests a rate counts.
@@ -125,20 +126,9 @@ pub struct ServedCheck {
 
 // === The file's form ===
 
-/// A check as written: the same as [`Check`] but for the targets of `issued` and `served`,
-/// which are text until the topology is known.
-#[derive(Debug)]
-pub(crate) enum CheckFile {
-    DuplicateIds(u64),
-    Lost(u64),
-    DoubleServed(u64),
-    StickyMoved(u64),
-    ErrorRate(ErrorRateCheck),
-    Converge(ConvergeCheck),
-    Issued(CountFile),
-    Refusals(RefusalCheck),
-    Served(CountFile),
-}
+/// A check as written: `issued` and `served` name their targets as text until the topology
+/// is known.
+pub(crate) type CheckFile = Check<CountFile, CountFile>;
 
 /// `issued` and `served` as written: `by` is a target's name.
 #[derive(Debug, Deserialize)]
@@ -163,7 +153,7 @@ const CHECKS: &[&str] = &[
 
 /// serde_yaml reads enums from YAML tags only (`!lost 0`); a check is written as a map with
 /// one key, so it is read by hand, with messages that name the check.
-impl<'de> Deserialize<'de> for CheckFile {
+impl<'de> Deserialize<'de> for Check<CountFile, CountFile> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<CheckFile, D::Error> {
         d.deserialize_map(CheckVisitor)
     }
@@ -223,7 +213,7 @@ impl<'de> Deserialize<'de> for CheckKind {
     }
 }
 
-impl CheckFile {
+impl Check<CountFile, CountFile> {
     /// The check this entry of `checks:` (number `index`) means, given the topology and the
     /// names of the method's steps.
     pub(crate) fn resolve(
@@ -235,19 +225,19 @@ impl CheckFile {
         let at = |field: &str| format!("checks[{index}].{field}");
         let phase = |p: &str, field: &str| known_phase(steps, p, at(field));
         Ok(match self {
-            CheckFile::DuplicateIds(max) => Check::DuplicateIds(max),
-            CheckFile::Lost(max) => Check::Lost(max),
-            CheckFile::DoubleServed(max) => Check::DoubleServed(max),
-            CheckFile::StickyMoved(max) => Check::StickyMoved(max),
-            CheckFile::ErrorRate(e) => {
+            Check::DuplicateIds(max) => Check::DuplicateIds(max),
+            Check::Lost(max) => Check::Lost(max),
+            Check::DoubleServed(max) => Check::DoubleServed(max),
+            Check::StickyMoved(max) => Check::StickyMoved(max),
+            Check::ErrorRate(e) => {
                 phase(&e.phase, "error_rate.phase")?;
                 Check::ErrorRate(e)
             }
-            CheckFile::Converge(c) => {
+            Check::Converge(c) => {
                 converge(t, steps, &c, &at("converge"))?;
                 Check::Converge(c)
             }
-            CheckFile::Issued(c) => {
+            Check::Issued(c) => {
                 phase(&c.phase, "issued.phase")?;
                 Check::Issued(IssuedCheck {
                     by: IssuerTarget::parse(t, &c.by).map_err(|m| bad(at("issued.by"), m))?,
@@ -255,11 +245,11 @@ impl CheckFile {
                     min: c.min,
                 })
             }
-            CheckFile::Refusals(r) => {
+            Check::Refusals(r) => {
                 phase(&r.phase, "refusals.phase")?;
                 Check::Refusals(r)
             }
-            CheckFile::Served(c) => {
+            Check::Served(c) => {
                 phase(&c.phase, "served.phase")?;
                 Check::Served(ServedCheck {
                     by: UpstreamTarget::parse_upstream(t, &c.by)

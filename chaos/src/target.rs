@@ -347,40 +347,41 @@ mod tests {
         assert!(IssuerTarget::parse(&t, "upstreams/m6v").is_err());
     }
 
+    /// Each of `texts` parses, and prints back as itself.
+    fn round_trip<T: fmt::Display>(
+        parse: impl Fn(&TopologySpec, &str) -> Result<T, String>,
+        texts: &[&str],
+    ) {
+        let t = TopologySpec::default();
+        for s in texts {
+            assert_eq!(parse(&t, s).map(|p| p.to_string()), Ok(s.to_string()));
+        }
+    }
+
     #[test]
     fn targets_print_as_they_were_written() {
-        let t = TopologySpec::default();
-        for s in [
-            "sidecar/m6v/1",
-            "sidecar/wanguo",
-            "control-plane/0",
-            "etcd",
-            "etcd/0",
-            "etcd/leader",
-            "etcd/majority",
-        ] {
-            assert_eq!(
-                ProcTarget::parse(&t, s).map(|p| p.to_string()),
-                Ok(s.into())
-            );
-        }
-        for s in [
-            "upstreams/m6v",
-            "upstream/wanguo/1",
-            "etcd-link/m6v",
-            "etcd-link",
-        ] {
-            assert_eq!(
-                LinkTarget::parse(&t, s).map(|p| p.to_string()),
-                Ok(s.into())
-            );
-        }
-        for s in ["all", "m6v", "sidecar/m6v/0"] {
-            assert_eq!(
-                IssuerTarget::parse(&t, s).map(|p| p.to_string()),
-                Ok(s.into())
-            );
-        }
+        round_trip(
+            ProcTarget::parse,
+            &[
+                "sidecar/m6v/1",
+                "sidecar/wanguo",
+                "control-plane/0",
+                "etcd",
+                "etcd/0",
+                "etcd/leader",
+                "etcd/majority",
+            ],
+        );
+        round_trip(
+            LinkTarget::parse,
+            &[
+                "upstreams/m6v",
+                "upstream/wanguo/1",
+                "etcd-link/m6v",
+                "etcd-link",
+            ],
+        );
+        round_trip(IssuerTarget::parse, &["all", "m6v", "sidecar/m6v/0"]);
     }
 
     #[test]
