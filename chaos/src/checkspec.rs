@@ -1,57 +1,41 @@
-//! The `checks:` entries of a drill file: which property, and its bound.
+//! The `checks:` entries of a drill file: which property, and its bound. Each entry is a map
+//! with one key naming the check (`lost: 0`, `converge: {...}`); [`Check`] is one variant per
+//! check with exactly its fields, its targets parsed and its phase and step names known to
+//! exist (see [`CheckFile::resolve`]).
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use twin_topology::Weights;
 
+use crate::drill::TopologySpec;
+use crate::target::{Dc, IssuerTarget, UpstreamTarget};
 use crate::units::{Dur, Percent};
+use crate::validate::{bad, datacenter_map, Invalid};
 
-/// One check with its bound; exactly one kind per entry.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Check {
+/// Phase names every drill has, besides its step names.
+pub const FIXED_PHASES: &[&str] = &["before", "during", "after", "all"];
+
+/// One check with its bound. `issued` and `served` name targets, which are text in the
+/// file's form ([`CheckFile`]) and resolved in a validated drill (the default parameters).
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Check<Issued = IssuedCheck, Served = ServedCheck> {
     /// Most IDs issued twice (across every process and format).
-    #[serde(default)]
-    pub duplicate_ids: Option<u64>,
+    DuplicateIds(u64),
     /// Most requests sent and never answered.
-    #[serde(default)]
-    pub lost: Option<u64>,
+    Lost(u64),
     /// Most non-idempotent requests (POST without `Idempotency-Key`) an upstream served twice.
-    #[serde(default)]
-    pub double_served: Option<u64>,
+    DoubleServed(u64),
     /// Most sticky keys that changed datacenter while the weights stood still.
-    #[serde(default)]
-    pub sticky_moved: Option<u64>,
-    #[serde(default)]
-    pub error_rate: Option<ErrorRateCheck>,
-    #[serde(default)]
-    pub converge: Option<ConvergeCheck>,
-    #[serde(default)]
-    pub issued: Option<IssuedCheck>,
-    #[serde(default)]
-    pub refusals: Option<RefusalCheck>,
-    #[serde(default)]
-    pub served: Option<ServedCheck>,
-}
-
-impl Check {
-    pub fn kinds(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        let mut add = |present: bool, name| {
-            if present {
-                v.push(name)
-            }
-        };
-        add(self.duplicate_ids.is_some(), "duplicate_ids");
-        add(self.lost.is_some(), "lost");
-        add(self.double_served.is_some(), "double_served");
-        add(self.sticky_moved.is_some(), "sticky_moved");
-        add(self.error_rate.is_some(), "error_rate");
-        add(self.converge.is_some(), "converge");
-        add(self.issued.is_some(), "issued");
-        add(self.refusals.is_some(), "refusals");
-        add(self.served.is_some(), "served");
-        v
-    }
+    StickyMoved(u64),
+    ErrorRate(ErrorRateCheck),
+    Converge(ConvergeCheck),
+    Issued(Issued),
+    Refusals(RefusalCheck),
+    Served(Served),
 }
 
 /// Which requests a rate counts.
@@ -64,6 +48,7 @@ pub enum Traffic {
     Ids,
 }
 
+/// Most errors among the requests of a phase.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorRateCheck {
@@ -74,6 +59,7 @@ pub struct ErrorRateCheck {
     pub traffic: Traffic,
 }
 
+/// How long after a step traffic took to follow the given weights.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConvergeCheck {
@@ -114,28 +100,208 @@ fn default_converge_window() -> Dur {
     Dur(std::time::Duration::from_millis(100))
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Fewest IDs issued in a phase by some sidecars.
+#[derive(Clone, Debug, Serialize)]
 pub struct IssuedCheck {
-    /// `sidecar/DC/N`, a datacenter, or `all`.
-    pub by: String,
+    pub by: IssuerTarget,
     pub phase: String,
     pub min: u64,
 }
 
+/// Fewest 503 answers of the ID API in a phase (each must carry a reason).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefusalCheck {
     pub phase: String,
-    /// Fewest 503 answers of the ID API (each must carry a reason).
     pub min: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Fewest of the load's requests some upstreams served in a phase.
+#[derive(Clone, Debug, Serialize)]
 pub struct ServedCheck {
-    /// `upstream/DC/N` or `upstreams/DC`.
-    pub by: String,
+    pub by: UpstreamTarget,
     pub phase: String,
     pub min: u64,
+}
+
+// === The file's form ===
+
+/// A check as written: `issued` and `served` name their targets as text until the topology
+/// is known.
+pub(crate) type CheckFile = Check<CountFile, CountFile>;
+
+/// `issued` and `served` as written: `by` is a target's name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CountFile {
+    by: String,
+    phase: String,
+    min: u64,
+}
+
+const CHECKS: &[&str] = &[
+    "duplicate_ids",
+    "lost",
+    "double_served",
+    "sticky_moved",
+    "error_rate",
+    "converge",
+    "issued",
+    "refusals",
+    "served",
+];
+
+/// serde_yaml reads enums from YAML tags only (`!lost 0`); a check is written as a map with
+/// one key, so it is read by hand, with messages that name the check.
+impl<'de> Deserialize<'de> for Check<CountFile, CountFile> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<CheckFile, D::Error> {
+        d.deserialize_map(CheckVisitor)
+    }
+}
+
+struct CheckVisitor;
+
+impl<'de> Visitor<'de> for CheckVisitor {
+    type Value = CheckFile;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a check with its bound, like `lost: 0`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CheckFile, A::Error> {
+        let Some(kind) = map.next_key::<CheckKind>()? else {
+            return Err(de::Error::custom(format!(
+                "a check needs its kind: expected one of {}",
+                CHECKS.join(", ")
+            )));
+        };
+        let check = match kind.0 {
+            "duplicate_ids" => CheckFile::DuplicateIds(map.next_value()?),
+            "lost" => CheckFile::Lost(map.next_value()?),
+            "double_served" => CheckFile::DoubleServed(map.next_value()?),
+            "sticky_moved" => CheckFile::StickyMoved(map.next_value()?),
+            "error_rate" => CheckFile::ErrorRate(map.next_value()?),
+            "converge" => CheckFile::Converge(map.next_value()?),
+            "issued" => CheckFile::Issued(map.next_value()?),
+            "refusals" => CheckFile::Refusals(map.next_value()?),
+            "served" => CheckFile::Served(map.next_value()?),
+            other => return Err(de::Error::unknown_variant(other, CHECKS)),
+        };
+        if let Some(other) = map.next_key::<CheckKind>()? {
+            return Err(de::Error::custom(format!(
+                "one check per entry: start a new `- {}:` entry after `{}`",
+                other.0, kind.0
+            )));
+        }
+        Ok(check)
+    }
+}
+
+/// A check's name, refused at its own line when unknown.
+struct CheckKind(&'static str);
+
+impl<'de> Deserialize<'de> for CheckKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<CheckKind, D::Error> {
+        let name = String::deserialize(d)?;
+        match CHECKS.iter().find(|c| **c == name) {
+            Some(c) => Ok(CheckKind(c)),
+            None => Err(de::Error::custom(format!(
+                "unknown check {name:?}: expected one of {}",
+                CHECKS.join(", ")
+            ))),
+        }
+    }
+}
+
+impl Check<CountFile, CountFile> {
+    /// The check this entry of `checks:` (number `index`) means, given the topology and the
+    /// names of the method's steps.
+    pub(crate) fn resolve(
+        self,
+        t: &TopologySpec,
+        steps: &BTreeSet<String>,
+        index: usize,
+    ) -> Result<Check, Invalid> {
+        let at = |field: &str| format!("checks[{index}].{field}");
+        let phase = |p: &str, field: &str| known_phase(steps, p, at(field));
+        Ok(match self {
+            Check::DuplicateIds(max) => Check::DuplicateIds(max),
+            Check::Lost(max) => Check::Lost(max),
+            Check::DoubleServed(max) => Check::DoubleServed(max),
+            Check::StickyMoved(max) => Check::StickyMoved(max),
+            Check::ErrorRate(e) => {
+                phase(&e.phase, "error_rate.phase")?;
+                Check::ErrorRate(e)
+            }
+            Check::Converge(c) => {
+                converge(t, steps, &c, &at("converge"))?;
+                Check::Converge(c)
+            }
+            Check::Issued(c) => {
+                phase(&c.phase, "issued.phase")?;
+                Check::Issued(IssuedCheck {
+                    by: IssuerTarget::parse(t, &c.by).map_err(|m| bad(at("issued.by"), m))?,
+                    phase: c.phase,
+                    min: c.min,
+                })
+            }
+            Check::Refusals(r) => {
+                phase(&r.phase, "refusals.phase")?;
+                Check::Refusals(r)
+            }
+            Check::Served(c) => {
+                phase(&c.phase, "served.phase")?;
+                Check::Served(ServedCheck {
+                    by: UpstreamTarget::parse_upstream(t, &c.by)
+                        .map_err(|m| bad(at("served.by"), m))?,
+                    phase: c.phase,
+                    min: c.min,
+                })
+            }
+        })
+    }
+}
+
+fn known_phase(steps: &BTreeSet<String>, p: &str, path: String) -> Result<(), Invalid> {
+    if FIXED_PHASES.contains(&p) || steps.contains(p) {
+        return Ok(());
+    }
+    Err(bad(
+        path,
+        format!(
+            "unknown phase {p:?}: expected before, during, after, all or a step name ({})",
+            steps.iter().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    ))
+}
+
+fn converge(
+    t: &TopologySpec,
+    steps: &BTreeSet<String>,
+    c: &ConvergeCheck,
+    path: &str,
+) -> Result<(), Invalid> {
+    let at = |field: &str| format!("{path}.{field}");
+    if !steps.contains(&c.after) {
+        return Err(bad(
+            at("after"),
+            format!(
+                "unknown step {:?}: converge is measured after a step of the method",
+                c.after
+            ),
+        ));
+    }
+    if !t.routes.contains_key(&c.route) {
+        return Err(bad(at("route"), format!("unknown route {:?}", c.route)));
+    }
+    twin_topology::Route::with_weights(c.to.clone())
+        .validate(&datacenter_map(&t.datacenters))
+        .map_err(|e| bad(at("to"), e.to_string()))?;
+    for dc in &c.down {
+        Dc::parse(t, dc).map_err(|m| bad(at("down"), m))?;
+    }
+    if c.window.0.is_zero() {
+        return Err(bad(at("window"), "the window must be above 0"));
+    }
+    Ok(())
 }

@@ -1,7 +1,8 @@
 //! The drill file: a steady-state hypothesis, a topology, a load, a method (a timeline of
 //! faults, process actions and `twinctl` commands) and the checks with their bounds.
-//! This module holds the types and parsing; [`crate::validate`] holds the rules that need the
-//! whole document (names that must exist, order of steps).
+//! This module holds the types and parsing: serde reads the file's form ([`DrillFile`]), then
+//! [`crate::validate`] checks the rules that need the whole document (names that must exist,
+//! order of steps) and resolves every step and check into its typed form, once.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -11,28 +12,44 @@ use twin_topology::{Route, Weights};
 
 pub use crate::checkspec::*;
 use crate::locate::Locations;
-use crate::units::{Bandwidth, ClockOffset, Dur, Percent, Rate};
+pub use crate::step::*;
+use crate::units::{Dur, Percent, Rate};
 use crate::validate;
 
-/// A drill, parsed and validated.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A drill, parsed and validated: every step and check typed, every target resolved.
+#[derive(Clone, Debug, Serialize)]
 pub struct Drill {
     /// Short name, used for the output directory.
     pub name: String,
     /// One line for `twin-chaos list`.
     pub description: String,
-    #[serde(default)]
     pub topology: TopologySpec,
     pub load: LoadSpec,
     /// How `--quick` shrinks the drill.
+    pub quick: Option<QuickSpec>,
+    pub steady_state: SteadyState,
+    /// In time order.
+    pub method: Vec<Step>,
+    pub checks: Vec<Check>,
+}
+
+/// A drill file as written: the same as [`Drill`] but for the steps and checks, whose
+/// targets and names mean something only against the whole document.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DrillFile {
+    pub name: String,
+    pub description: String,
+    #[serde(default)]
+    pub topology: TopologySpec,
+    pub load: LoadSpec,
     #[serde(default)]
     pub quick: Option<QuickSpec>,
     pub steady_state: SteadyState,
     #[serde(default)]
-    pub method: Vec<Step>,
+    pub method: Vec<StepFile>,
     #[serde(default)]
-    pub checks: Vec<Check>,
+    pub checks: Vec<CheckFile>,
 }
 
 /// What runs on loopback.
@@ -244,192 +261,6 @@ fn default_settle() -> Dur {
     Dur(std::time::Duration::from_secs(2))
 }
 
-/// One step of the method: when (`at` an offset from the start of the load, or `wait_until`
-/// a condition after the previous step) and exactly one action.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Step {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub at: Option<Dur>,
-    #[serde(default)]
-    pub wait_until: Option<Condition>,
-    #[serde(default)]
-    pub network: Option<NetworkFault>,
-    /// SIGKILL a process (it stays down until a `restart`).
-    #[serde(default)]
-    pub kill: Option<String>,
-    #[serde(default)]
-    pub pause: Option<Pause>,
-    #[serde(default)]
-    pub restart: Option<Restart>,
-    /// A `twinctl` command line (words, or one string split on spaces); `--etcd` and
-    /// `--prefix` are added. `{step.field}` is replaced by a field of an earlier step's JSON
-    /// output, e.g. `{failover.change_id}`.
-    #[serde(default)]
-    pub twinctl: Option<Words>,
-    /// Exit code `twinctl` must return (default 0).
-    #[serde(default)]
-    pub expect_exit: Option<i32>,
-    /// A `twinctl` step that runs while the next steps go on (a stepwise `shift` whose
-    /// target starts failing midway); its exit code is checked when it exits, and the run
-    /// waits for it at the end of the method.
-    #[serde(default)]
-    pub background: bool,
-}
-
-/// A command line: `[a, b]` or `"a b"`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Words {
-    List(Vec<String>),
-    Line(String),
-}
-
-impl Words {
-    pub fn words(&self) -> Vec<String> {
-        match self {
-            Words::List(v) => v.clone(),
-            Words::Line(s) => s.split_whitespace().map(String::from).collect(),
-        }
-    }
-}
-
-/// The kind of action a step performs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActionKind {
-    Network,
-    Kill,
-    Pause,
-    Restart,
-    Twinctl,
-}
-
-impl Step {
-    /// The actions present (validation requires exactly one).
-    pub fn actions(&self) -> Vec<ActionKind> {
-        let mut v = Vec::new();
-        if self.network.is_some() {
-            v.push(ActionKind::Network);
-        }
-        if self.kill.is_some() {
-            v.push(ActionKind::Kill);
-        }
-        if self.pause.is_some() {
-            v.push(ActionKind::Pause);
-        }
-        if self.restart.is_some() {
-            v.push(ActionKind::Restart);
-        }
-        if self.twinctl.is_some() {
-            v.push(ActionKind::Twinctl);
-        }
-        v
-    }
-
-    /// How long the action's effect is scheduled to last (faults and pauses).
-    pub fn lasts(&self) -> Option<Dur> {
-        self.network
-            .as_ref()
-            .map(|n| n.duration)
-            .or(self.pause.as_ref().map(|p| p.duration))
-    }
-
-    /// The step's name, or `step-N` (1-based).
-    pub fn label(&self, index: usize) -> String {
-        self.name
-            .clone()
-            .unwrap_or_else(|| format!("step-{}", index + 1))
-    }
-}
-
-/// A network fault in the fault proxies of a target.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkFault {
-    /// `upstreams/DC`, `upstream/DC/N`, `etcd-link/DC` or `etcd-link` (every datacenter).
-    pub target: String,
-    pub fault: FaultKind,
-    #[serde(default)]
-    pub direction: Direction,
-    #[serde(default)]
-    pub latency: Option<Dur>,
-    #[serde(default)]
-    pub jitter: Option<Dur>,
-    #[serde(default)]
-    pub bandwidth: Option<Bandwidth>,
-    #[serde(rename = "for")]
-    pub duration: Dur,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FaultKind {
-    /// Delay every chunk by `latency` ± `jitter`.
-    Latency,
-    /// Reset every connection (RST), new and open.
-    Reset,
-    /// Accept and hold: nothing flows until the fault ends.
-    Blackhole,
-    /// Stop listening: new connections are refused, open ones reset.
-    Refuse,
-    /// Limit throughput to `bandwidth`.
-    Bandwidth,
-}
-
-/// Which way the bytes flow: `request` is client to server.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    #[default]
-    Both,
-    Request,
-    Response,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pause {
-    /// `sidecar/DC/N`, `control-plane/N`, `etcd/N`, `etcd/leader`, `etcd/minority`,
-    /// `etcd/majority` or `etcd`.
-    pub target: String,
-    #[serde(rename = "for")]
-    pub duration: Dur,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Restart {
-    pub target: String,
-    /// Start with the wall clock moved by this offset (libfaketime).
-    #[serde(default)]
-    pub clock: Option<ClockOffset>,
-}
-
-/// What `wait_until` waits for; exactly one condition, and a timeout.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Condition {
-    /// An ID call answered 503 after this step began waiting.
-    #[serde(default)]
-    pub ids_refused: Option<bool>,
-    /// This datacenter served at least `share` of the routed calls of the last second.
-    #[serde(default)]
-    pub served_by: Option<ServedBy>,
-    /// A process answers its readiness probe.
-    #[serde(default)]
-    pub ready: Option<String>,
-    pub timeout: Dur,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServedBy {
-    pub dc: String,
-    pub share: Percent,
-}
-
 /// Why a drill file was refused: always the file, the line and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum DrillError {
@@ -462,21 +293,23 @@ impl Drill {
 
     /// Parses and validates drill text; `file` names it in errors.
     pub fn parse(file: &str, text: &str) -> Result<Drill, DrillError> {
-        let drill: Drill = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
-        let locations = Locations::index(text);
-        validate::drill(&drill).map_err(|v| match locations.find(&v.path) {
-            Some(pos) => DrillError::At {
-                file: file.to_string(),
-                line: pos.line,
-                col: pos.col,
-                message: v.message,
-            },
-            None => DrillError::Whole {
-                file: file.to_string(),
-                message: v.message,
-            },
-        })?;
-        Ok(drill)
+        let raw: DrillFile = serde_yaml::from_str(text).map_err(|e| yaml_error(file, &e))?;
+        validate::drill(raw).map_err(|v| {
+            // Like serde_yaml's own messages, ours start with the path of the value.
+            let message = format!("{}: {}", v.path, v.message);
+            match Locations::index(text).find(&v.path) {
+                Some(pos) => DrillError::At {
+                    file: file.to_string(),
+                    line: pos.line,
+                    col: pos.col,
+                    message,
+                },
+                None => DrillError::Whole {
+                    file: file.to_string(),
+                    message,
+                },
+            }
+        })
     }
 
     /// The drill as `--quick` runs it: the quick rate, every offset and duration scaled.
@@ -488,18 +321,7 @@ impl Drill {
         let mut d = self.clone();
         d.load.rate = q.rate;
         d.load.duration = s(d.load.duration);
-        for step in &mut d.method {
-            step.at = step.at.map(s);
-            if let Some(n) = &mut step.network {
-                n.duration = s(n.duration);
-            }
-            if let Some(p) = &mut step.pause {
-                p.duration = s(p.duration);
-            }
-            if let Some(w) = &mut step.wait_until {
-                w.timeout = s(w.timeout);
-            }
-        }
+        d.method = d.method.iter().map(|step| step.scaled(s)).collect();
         d
     }
 }

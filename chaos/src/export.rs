@@ -7,7 +7,8 @@
 
 use serde_json::{json, Value};
 
-use crate::drill::{Direction, Drill, FaultKind, Step};
+use crate::drill::{Action, Direction, Drill, Fault, Step};
+use crate::target::{EtcdSelector, LinkTarget, ProcTarget};
 use crate::units::format_duration;
 
 /// The workflow and the steps that could not be expressed.
@@ -28,16 +29,17 @@ fn selector(app: &str, dc: Option<&str>) -> Value {
 }
 
 /// A pod selector for a process target (`sidecar/m6v/0` selects one pod of m6v).
-fn pods(target: &str) -> (Value, &'static str) {
-    let parts: Vec<&str> = target.split('/').collect();
-    match parts.as_slice() {
-        ["sidecar", dc, _] => (selector("twin-app", Some(dc)), "one"),
-        ["sidecar", dc] => (selector("twin-app", Some(dc)), "all"),
-        ["control-plane", _] => (selector("twin-control-plane", None), "one"),
-        ["etcd", "majority"] => (selector("etcd", None), "fixed-percent:51"),
-        ["etcd", "minority"] => (selector("etcd", None), "fixed-percent:34"),
-        ["etcd"] => (selector("etcd", None), "all"),
-        _ => (selector("etcd", None), "one"),
+fn pods(target: &ProcTarget) -> (Value, &'static str) {
+    match target {
+        ProcTarget::Sidecar { dc, .. } => (selector("twin-app", Some(&dc.name)), "one"),
+        ProcTarget::Sidecars { dc } => (selector("twin-app", Some(&dc.name)), "all"),
+        ProcTarget::ControlPlane(_) => (selector("twin-control-plane", None), "one"),
+        ProcTarget::Etcd(EtcdSelector::Majority) => (selector("etcd", None), "fixed-percent:51"),
+        ProcTarget::Etcd(EtcdSelector::Minority) => (selector("etcd", None), "fixed-percent:34"),
+        ProcTarget::Etcd(EtcdSelector::All) => (selector("etcd", None), "all"),
+        ProcTarget::Etcd(EtcdSelector::Leader | EtcdSelector::Member(_)) => {
+            (selector("etcd", None), "one")
+        }
     }
 }
 
@@ -48,8 +50,8 @@ fn mode(m: &str) -> (Value, Option<Value>) {
     }
 }
 
-fn name_of(step: &Step, i: usize) -> String {
-    step.label(i)
+fn name_of(step: &Step) -> String {
+    step.name
         .to_lowercase()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
@@ -62,85 +64,98 @@ fn k8s_duration(d: std::time::Duration) -> String {
 
 /// Translates one step; `None` when Chaos Mesh has no equivalent.
 fn template(step: &Step, name: &str) -> Option<Value> {
-    if let Some(n) = &step.network {
-        let parts: Vec<&str> = n.target.split('/').collect();
-        let (dc, target_app) = match parts.as_slice() {
-            ["upstreams", dc] | ["upstream", dc, _] => (Some(*dc), "twin-upstream"),
-            ["etcd-link", dc] => (Some(*dc), "etcd"),
-            _ => (None, "etcd"),
-        };
-        let direction = match n.direction {
-            Direction::Both => "both",
-            Direction::Request => "to",
-            Direction::Response => "from",
-        };
-        let mut spec = json!({
-            "selector": selector("twin-app", dc),
-            "mode": "all",
-            "direction": direction,
-            "target": {"selector": selector(target_app, if target_app == "etcd" { None } else { dc }), "mode": "all"},
-        });
-        let action = match n.fault {
-            FaultKind::Latency => {
-                spec["delay"] = json!({
-                    "latency": k8s_duration(n.latency.map(|d| d.0).unwrap_or_default()),
-                    "jitter": k8s_duration(n.jitter.map(|d| d.0).unwrap_or_default()),
-                });
-                "delay"
-            }
-            FaultKind::Bandwidth => {
-                let bytes = n.bandwidth.map(|b| b.0).unwrap_or(1);
-                spec["bandwidth"] = json!({"rate": format!("{}kbps", (bytes * 8 / 1000).max(1)), "limit": 20971520, "buffer": 10000});
-                "bandwidth"
-            }
-            FaultKind::Blackhole => {
-                spec["loss"] = json!({"loss": "100", "correlation": "100"});
-                "loss"
-            }
-            FaultKind::Refuse => "partition",
-            // Chaos Mesh cannot send RSTs on open connections.
-            FaultKind::Reset => return None,
-        };
-        spec["action"] = json!(action);
-        return Some(json!({
-            "name": name, "templateType": "NetworkChaos",
-            "deadline": k8s_duration(n.duration.0), "networkChaos": spec
-        }));
-    }
-    if let Some(k) = &step.kill {
-        let (sel, m) = pods(k);
-        let (m, v) = mode(m);
-        let mut spec = json!({"action": "pod-kill", "selector": sel, "mode": m, "gracePeriod": 0});
-        if let Some(v) = v {
-            spec["value"] = v;
+    match &step.action {
+        Action::Network(n) => {
+            let (dc, target_app) = match &n.target {
+                LinkTarget::Upstream(u) => (Some(u.dc().name.as_str()), "twin-upstream"),
+                LinkTarget::EtcdLink { dc } => (dc.as_ref().map(|d| d.name.as_str()), "etcd"),
+            };
+            network_chaos(&n.fault, dc, target_app, n.duration.0, name)
         }
-        return Some(
-            json!({"name": name, "templateType": "PodChaos", "deadline": "1s", "podChaos": spec}),
-        );
-    }
-    if let Some(r) = &step.restart {
-        let (sel, m) = pods(&r.target);
-        let (m, v) = mode(m);
-        // A restart with the clock moved is a TimeChaos on the pod that comes back.
-        let c = r.clock?;
-        let mut spec = json!({"selector": sel, "mode": m, "timeOffset": c.faketime_spec()});
-        if let Some(v) = v {
-            spec["value"] = v;
+        Action::Kill(target) => {
+            let (sel, m) = pods(target);
+            let (m, v) = mode(m);
+            let mut spec =
+                json!({"action": "pod-kill", "selector": sel, "mode": m, "gracePeriod": 0});
+            if let Some(v) = v {
+                spec["value"] = v;
+            }
+            Some(
+                json!({"name": name, "templateType": "PodChaos", "deadline": "1s", "podChaos": spec}),
+            )
         }
-        return Some(
-            json!({"name": name, "templateType": "TimeChaos", "deadline": "60s", "timeChaos": spec}),
-        );
+        Action::Restart(r) => {
+            let (sel, m) = pods(&r.target);
+            let (m, v) = mode(m);
+            // A restart with the clock moved is a TimeChaos on the pod that comes back.
+            let c = r.clock?;
+            let mut spec = json!({"selector": sel, "mode": m, "timeOffset": c.faketime_spec()});
+            if let Some(v) = v {
+                spec["value"] = v;
+            }
+            Some(
+                json!({"name": name, "templateType": "TimeChaos", "deadline": "60s", "timeChaos": spec}),
+            )
+        }
+        Action::Twinctl(t) => {
+            let mut args = vec!["twinctl".to_string()];
+            args.extend(t.words.iter().cloned());
+            Some(json!({
+                "name": name, "templateType": "Task",
+                "task": {"container": {"name": name, "image": "twin/twinctl:latest", "command": args}}
+            }))
+        }
+        // SIGSTOP has no Chaos Mesh equivalent.
+        Action::Pause(_) => None,
     }
-    if let Some(w) = &step.twinctl {
-        let mut args = vec!["twinctl".to_string()];
-        args.extend(w.words());
-        return Some(json!({
-            "name": name, "templateType": "Task",
-            "task": {"container": {"name": name, "image": "twin/twinctl:latest", "command": args}}
-        }));
-    }
-    // pause (SIGSTOP) and wait_until have no Chaos Mesh equivalent.
-    None
+}
+
+/// A NetworkChaos from the sidecars of `dc` to `target_app`; `None` for a reset.
+fn network_chaos(
+    fault: &Fault,
+    dc: Option<&str>,
+    target_app: &str,
+    lasts: std::time::Duration,
+    name: &str,
+) -> Option<Value> {
+    let direction = match fault.direction() {
+        Direction::Both => "both",
+        Direction::Request => "to",
+        Direction::Response => "from",
+    };
+    let mut spec = json!({
+        "selector": selector("twin-app", dc),
+        "mode": "all",
+        "direction": direction,
+        "target": {"selector": selector(target_app, if target_app == "etcd" { None } else { dc }), "mode": "all"},
+    });
+    let action = match fault {
+        Fault::Latency {
+            latency, jitter, ..
+        } => {
+            spec["delay"] = json!({
+                "latency": k8s_duration(latency.0),
+                "jitter": k8s_duration(jitter.map(|d| d.0).unwrap_or_default()),
+            });
+            "delay"
+        }
+        Fault::Bandwidth { bandwidth, .. } => {
+            spec["bandwidth"] = json!({"rate": format!("{}kbps", (bandwidth.0 * 8 / 1000).max(1)), "limit": 20971520, "buffer": 10000});
+            "bandwidth"
+        }
+        Fault::Blackhole => {
+            spec["loss"] = json!({"loss": "100", "correlation": "100"});
+            "loss"
+        }
+        Fault::Refuse => "partition",
+        // Chaos Mesh cannot send RSTs on open connections.
+        Fault::Reset => return None,
+    };
+    spec["action"] = json!(action);
+    Some(json!({
+        "name": name, "templateType": "NetworkChaos",
+        "deadline": k8s_duration(lasts), "networkChaos": spec
+    }))
 }
 
 /// Builds the workflow for a drill.
@@ -149,16 +164,16 @@ pub fn chaos_mesh(d: &Drill) -> Export {
     let mut branches = Vec::new();
     let mut unsupported = Vec::new();
     let mut prev_at = std::time::Duration::ZERO;
-    for (i, step) in d.method.iter().enumerate() {
-        let name = name_of(step, i);
-        let at = step.at.map(|a| a.0).unwrap_or(prev_at);
+    for step in &d.method {
+        let name = name_of(step);
+        let at = step.at().map(|a| a.0).unwrap_or(prev_at);
         prev_at = at;
         let wait = format!("{name}-wait");
         templates.push(json!({"name": wait, "templateType": "Suspend", "deadline": k8s_duration(at.max(std::time::Duration::from_millis(1)))}));
         let body = match template(step, &name) {
             Some(t) => t,
             None => {
-                unsupported.push(format!("{} ({})", step.label(i), why_unsupported(step)));
+                unsupported.push(format!("{} ({})", step.name, why_unsupported(step)));
                 json!({"name": name, "templateType": "Suspend", "deadline": k8s_duration(step.lasts().map(|l| l.0).unwrap_or(std::time::Duration::from_secs(1)))})
             }
         };
@@ -192,18 +207,13 @@ pub fn chaos_mesh(d: &Drill) -> Export {
 }
 
 fn why_unsupported(step: &Step) -> &'static str {
-    if step.pause.is_some() {
-        "SIGSTOP pause"
-    } else if step.restart.is_some() {
-        "restart without a clock offset: the pod restarts after a kill by itself"
-    } else if step
-        .network
-        .as_ref()
-        .is_some_and(|n| n.fault == FaultKind::Reset)
-    {
-        "TCP reset of open connections"
-    } else {
-        "unknown"
+    match &step.action {
+        Action::Pause(_) => "SIGSTOP pause",
+        Action::Restart(_) => {
+            "restart without a clock offset: the pod restarts after a kill by itself"
+        }
+        Action::Network(_) => "TCP reset of open connections",
+        Action::Kill(_) | Action::Twinctl(_) => "unknown",
     }
 }
 

@@ -27,6 +27,7 @@ pub mod report;
 pub mod runner;
 pub use twin_lab::secure;
 pub mod session;
+pub mod step;
 pub mod target;
 pub mod twinctl;
 pub mod units;

@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::drill::{Condition, Drill, NetworkFault, Step};
+use crate::drill::{
+    Action, Condition, Direction, Drill, Fault as FaultSpec, Twinctl, WaitUntil, When,
+};
 use crate::faultproxy::{Fault, Mode, Shaping};
 use crate::lab::Lab;
 use crate::loadgen::{self, LiveCounters, SharedRecording};
 use crate::record::{Recording, StepRun};
-use crate::target::{LinkTarget, ProcTarget};
+use crate::target::{LinkTarget, ProcTarget, UpstreamTarget};
 
 /// One line of the journal.
 #[derive(Clone, Debug, Serialize)]
@@ -85,41 +87,46 @@ pub async fn run(drill: &Drill, lab: Arc<Lab>, seed: u64, progress: bool) -> Run
     let mut steps = Vec::new();
     let mut outputs: HashMap<String, serde_json::Value> = HashMap::new();
     let mut background = Vec::new();
-    for (i, step) in drill.method.iter().enumerate() {
-        let label = step.label(i);
-        if let Some(at) = step.at {
-            tokio::time::sleep_until(lab.clock.instant(at.ms()).into()).await;
-        }
-        if let Some(cond) = &step.wait_until {
-            journal.log("wait", format!("{label}: waiting for {}", describe(cond)));
-            if let Err(why) = wait_until(&lab, &recording, cond).await {
-                let now = lab.clock.ms();
-                journal.log("step failed", format!("{label}: {why}"));
-                steps.push(StepRun {
-                    label,
-                    started_ms: now,
-                    ended_ms: now,
-                    ok: false,
-                    detail: why,
-                });
-                continue;
+    for step in &drill.method {
+        let label = step.name.clone();
+        match &step.when {
+            When::At(at) => {
+                tokio::time::sleep_until(lab.clock.instant(at.ms()).into()).await;
+            }
+            When::WaitUntil(cond) => {
+                journal.log("wait", format!("{label}: waiting for {cond}"));
+                if let Err(why) = wait_until(&lab, &recording, cond).await {
+                    let now = lab.clock.ms();
+                    journal.log("step failed", format!("{label}: {why}"));
+                    steps.push(StepRun {
+                        label,
+                        started_ms: now,
+                        ended_ms: now,
+                        ok: false,
+                        detail: why,
+                    });
+                    continue;
+                }
             }
         }
         *phase.lock().unwrap_or_else(|e| e.into_inner()) = label.clone();
         let started_ms = lab.clock.ms();
-        journal.log("step", format!("{label}: {}", summary(step)));
-        if let (true, Some(w)) = (step.background, &step.twinctl) {
-            let (lab2, journal2, words, expect, label2, mut outs) = (
+        journal.log("step", format!("{label}: {}", step.action));
+        if let Action::Twinctl(
+            t @ Twinctl {
+                background: true, ..
+            },
+        ) = &step.action
+        {
+            let (lab2, journal2, t, label2, mut outs) = (
                 lab.clone(),
                 journal.clone(),
-                w.words(),
-                step.expect_exit.unwrap_or(0),
+                t.clone(),
                 label.clone(),
                 outputs.clone(),
             );
             let task = tokio::spawn(async move {
-                let (ok, detail, _) =
-                    crate::twinctl::twinctl(&lab2, &words, expect, &label2, &mut outs).await;
+                let (ok, detail, _) = twinctl(&lab2, &t, &label2, &mut outs).await;
                 let ended_ms = lab2.clock.ms();
                 journal2.log(
                     if ok { "step done" } else { "step failed" },
@@ -137,7 +144,8 @@ pub async fn run(drill: &Drill, lab: Arc<Lab>, seed: u64, progress: bool) -> Run
             });
             continue;
         }
-        let (ok, detail, ended_ms) = perform(&lab, &journal, step, &label, &mut outputs).await;
+        let (ok, detail, ended_ms) =
+            perform(&lab, &journal, &step.action, &label, &mut outputs).await;
         journal.log(
             if ok { "step done" } else { "step failed" },
             format!("{label}: {detail}"),
@@ -186,119 +194,69 @@ pub async fn run(drill: &Drill, lab: Arc<Lab>, seed: u64, progress: bool) -> Run
     }
 }
 
-fn summary(step: &Step) -> String {
-    if let Some(n) = &step.network {
-        return format!("network {:?} on {} for {}", n.fault, n.target, n.duration).to_lowercase();
-    }
-    if let Some(k) = &step.kill {
-        return format!("kill -9 {k}");
-    }
-    if let Some(p) = &step.pause {
-        return format!("pause {} for {}", p.target, p.duration);
-    }
-    if let Some(r) = &step.restart {
-        return match r.clock {
-            Some(c) => format!("restart {} with the clock at {c}", r.target),
-            None => format!("restart {}", r.target),
-        };
-    }
-    if let Some(w) = &step.twinctl {
-        return format!("twinctl {}", w.words().join(" "));
-    }
-    String::new()
-}
-
-fn describe(c: &Condition) -> String {
-    if c.ids_refused.is_some() {
-        format!("an ID call refused with 503 (up to {})", c.timeout)
-    } else if let Some(s) = &c.served_by {
-        format!(
-            "{} serving {} of routed calls (up to {})",
-            s.dc, s.share, c.timeout
-        )
-    } else if let Some(r) = &c.ready {
-        format!("{r} ready (up to {})", c.timeout)
-    } else {
-        "nothing".into()
-    }
-}
-
 /// Polls the condition every 20 ms until it holds or its timeout passes.
-async fn wait_until(lab: &Lab, rec: &SharedRecording, c: &Condition) -> Result<(), String> {
+async fn wait_until(lab: &Lab, rec: &SharedRecording, w: &WaitUntil) -> Result<(), String> {
     let since = lab.clock.ms();
-    let end = tokio::time::Instant::now() + c.timeout.0;
+    let end = tokio::time::Instant::now() + w.timeout.0;
     loop {
         let now = lab.clock.ms();
-        let holds = if c.ids_refused == Some(true) {
-            let r = loadgen::lock(rec);
-            r.samples
-                .iter()
-                .rev()
-                .take_while(|s| s.sent_ms >= since - 5000.0)
-                .any(|s| {
-                    !s.kind.is_routed()
-                        && s.sent_ms >= since
-                        && s.outcome == (crate::record::Outcome::Answered { status: 503 })
-                })
-        } else if let Some(sb) = &c.served_by {
-            let dc = lab.dc_names.iter().position(|d| *d == sb.dc);
-            let r = loadgen::lock(rec);
-            let recent: Vec<_> = r
-                .samples
-                .iter()
-                .rev()
-                .take_while(|s| s.sent_ms >= now - 3000.0)
-                .filter(|s| s.kind.is_routed() && s.sent_ms >= now - 1000.0 && s.sent_ms >= since)
-                .collect();
-            let hit = recent
-                .iter()
-                .filter(|s| s.served_ok() && s.dc == dc)
-                .count();
-            recent.len() >= 10 && hit as f64 >= sb.share.0 * recent.len() as f64
-        } else if let Some(t) = &c.ready {
-            ready(lab, t).await
-        } else {
-            false
+        let holds = match &w.condition {
+            Condition::IdsRefused => {
+                let r = loadgen::lock(rec);
+                r.samples
+                    .iter()
+                    .rev()
+                    .take_while(|s| s.sent_ms >= since - 5000.0)
+                    .any(|s| {
+                        !s.kind.is_routed()
+                            && s.sent_ms >= since
+                            && s.outcome == (crate::record::Outcome::Answered { status: 503 })
+                    })
+            }
+            Condition::ServedBy { dc, share } => {
+                let r = loadgen::lock(rec);
+                let recent: Vec<_> = r
+                    .samples
+                    .iter()
+                    .rev()
+                    .take_while(|s| s.sent_ms >= now - 3000.0)
+                    .filter(|s| {
+                        s.kind.is_routed() && s.sent_ms >= now - 1000.0 && s.sent_ms >= since
+                    })
+                    .collect();
+                let hit = recent
+                    .iter()
+                    .filter(|s| s.served_ok() && s.dc == Some(dc.code))
+                    .count();
+                recent.len() >= 10 && hit as f64 >= share.0 * recent.len() as f64
+            }
+            Condition::Ready(t) => ready(lab, t).await,
         };
         if holds {
             return Ok(());
         }
         if tokio::time::Instant::now() >= end {
-            return Err(format!(
-                "{} did not happen within {}",
-                describe(c),
-                c.timeout
-            ));
+            return Err(format!("{w} did not happen"));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-async fn ready(lab: &Lab, target: &str) -> bool {
-    let t = crate::drill::TopologySpec {
-        datacenters: lab.dc_names.clone(),
-        sidecars_per_dc: lab.sidecars.iter().filter(|s| s.dc == 0).count(),
-        control_planes: lab.control_planes.len(),
-        etcd: crate::drill::EtcdSpec {
-            members: lab.etcd.members.len(),
-            secure: lab.etcd.security.is_some(),
-        },
-        ..Default::default()
-    };
-    match ProcTarget::parse(&t, target) {
-        Ok(ProcTarget::Sidecar { dc, index }) => match lab.sidecar_index(dc, index) {
+async fn ready(lab: &Lab, target: &ProcTarget) -> bool {
+    match target {
+        ProcTarget::Sidecar { dc, index } => match lab.sidecar_index(dc.code, *index) {
             Some(i) => matches!(
                 crate::http::get(&lab.probe, lab.sidecars[i].admin, "/readyz").await,
                 Ok((200, _))
             ),
             None => false,
         },
-        Ok(ProcTarget::ControlPlane(i)) => matches!(
-            crate::http::get(&lab.probe, lab.control_planes[i].status, "/healthz").await,
+        ProcTarget::ControlPlane(i) => matches!(
+            crate::http::get(&lab.probe, lab.control_planes[*i].status, "/healthz").await,
             Ok((c, _)) if c < 500
         ),
-        Ok(ProcTarget::Etcd(sel)) => {
-            let members = lab.etcd.resolve(sel).await;
+        ProcTarget::Etcd(sel) => {
+            let members = lab.etcd.resolve(*sel).await;
             let mut all = !members.is_empty();
             for m in members {
                 all &= lab
@@ -309,169 +267,184 @@ async fn ready(lab: &Lab, target: &str) -> bool {
             }
             all
         }
-        _ => false,
+        ProcTarget::Sidecars { .. } => false,
     }
 }
 
 /// A network fault for the fault proxies.
-pub fn fault_of(n: &NetworkFault) -> Fault {
-    use crate::drill::{Direction, FaultKind};
-    let shaping = Shaping {
-        latency: n.latency.map(|d| d.0).unwrap_or_default(),
-        jitter: n.jitter.map(|d| d.0).unwrap_or_default(),
-        bandwidth: n.bandwidth.map(|b| b.0),
+pub fn fault_of(fault: &FaultSpec) -> Fault {
+    let shaped = |shaping, direction| {
+        let (request, response) = match direction {
+            Direction::Both => (shaping, shaping),
+            Direction::Request => (shaping, Shaping::default()),
+            Direction::Response => (Shaping::default(), shaping),
+        };
+        Fault {
+            mode: Mode::Pass,
+            request,
+            response,
+        }
     };
-    let mode = match n.fault {
-        FaultKind::Latency | FaultKind::Bandwidth => Mode::Pass,
-        FaultKind::Reset => Mode::Reset,
-        FaultKind::Blackhole => Mode::Blackhole,
-        FaultKind::Refuse => Mode::Refuse,
-    };
-    let (request, response) = match n.direction {
-        Direction::Both => (shaping, shaping),
-        Direction::Request => (shaping, Shaping::default()),
-        Direction::Response => (Shaping::default(), shaping),
-    };
-    Fault {
+    let unshaped = |mode| Fault {
         mode,
-        request,
-        response,
+        request: Shaping::default(),
+        response: Shaping::default(),
+    };
+    match fault {
+        FaultSpec::Latency {
+            latency,
+            jitter,
+            direction,
+        } => shaped(
+            Shaping {
+                latency: latency.0,
+                jitter: jitter.map(|d| d.0).unwrap_or_default(),
+                bandwidth: None,
+            },
+            *direction,
+        ),
+        FaultSpec::Bandwidth {
+            bandwidth,
+            direction,
+        } => shaped(
+            Shaping {
+                bandwidth: Some(bandwidth.0),
+                ..Shaping::default()
+            },
+            *direction,
+        ),
+        FaultSpec::Reset => unshaped(Mode::Reset),
+        FaultSpec::Blackhole => unshaped(Mode::Blackhole),
+        FaultSpec::Refuse => unshaped(Mode::Refuse),
     }
 }
 
-fn topology_of(lab: &Lab) -> crate::drill::TopologySpec {
-    crate::drill::TopologySpec {
-        datacenters: lab.dc_names.clone(),
-        sidecars_per_dc: lab.sidecars.iter().filter(|s| s.dc == 0).count(),
-        upstreams_per_dc: lab.upstreams.first().map_or(0, Vec::len),
-        control_planes: lab.control_planes.len(),
-        etcd: crate::drill::EtcdSpec {
-            members: lab.etcd.members.len(),
-            secure: lab.etcd.security.is_some(),
-        },
-        ..Default::default()
-    }
+/// Runs a `twinctl` step's command and checks its exit code.
+async fn twinctl(
+    lab: &Lab,
+    t: &Twinctl,
+    label: &str,
+    outputs: &mut HashMap<String, serde_json::Value>,
+) -> (bool, String, Option<f64>) {
+    let expect = i32::from(t.expect_exit);
+    crate::twinctl::twinctl(lab, &t.words, expect, label, outputs).await
 }
 
 /// Performs one action: (ok, what happened, when its effect ends if not now).
 async fn perform(
     lab: &Arc<Lab>,
     journal: &Arc<Journal>,
-    step: &Step,
+    action: &Action,
     label: &str,
     outputs: &mut HashMap<String, serde_json::Value>,
 ) -> (bool, String, Option<f64>) {
-    let topo = topology_of(lab);
-    if let Some(n) = &step.network {
-        let Ok(target) = LinkTarget::parse(&topo, &n.target) else {
-            return (false, format!("bad target {}", n.target), None);
-        };
-        let proxies: Vec<(usize, usize, bool)> = match target {
-            LinkTarget::Upstreams { dc } => (0..lab.upstreams[dc].len())
-                .map(|i| (dc, i, true))
-                .collect(),
-            LinkTarget::Upstream { dc, index } => vec![(dc, index, true)],
-            LinkTarget::EtcdLink { dc } => (0..lab.dc_names.len())
-                .filter(|d| dc.is_none_or(|x| x == *d))
-                .flat_map(|d| (0..lab.etcd.members.len()).map(move |m| (d, m, false)))
-                .collect(),
-        };
-        let fault = fault_of(n);
-        let proxy = |(d, i, up): (usize, usize, bool)| {
-            if up {
-                &lab.upstreams[d][i].1
-            } else {
-                &lab.etcd_links[d][i]
-            }
-        };
-        let gens: Vec<((usize, usize, bool), u64)> =
-            proxies.iter().map(|p| (*p, proxy(*p).set(fault))).collect();
-        let (lab2, journal2, dur, what) = (
-            lab.clone(),
-            journal.clone(),
-            n.duration.0,
-            format!("{label}: {} cleared", n.target),
-        );
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(dur).await;
-            for ((d, i, up), g) in gens {
-                if up {
-                    lab2.upstreams[d][i].1.clear(g);
-                } else {
-                    lab2.etcd_links[d][i].clear(g);
-                }
-            }
-            journal2.log("fault cleared", what);
-        });
-        lab.timers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(timer);
-        let end = lab.clock.ms() + n.duration.ms();
-        return (
-            true,
-            format!("{} proxies faulted", proxies.len()),
-            Some(end),
-        );
-    }
-    if let Some(k) = &step.kill {
-        return match ProcTarget::parse(&topo, k) {
-            Ok(t) => {
-                let names = for_each_proc(lab, &t, |p| p.kill(), true).await;
-                (true, format!("killed {}", names.join(", ")), None)
-            }
-            Err(e) => (false, e, None),
-        };
-    }
-    if let Some(p) = &step.pause {
-        let Ok(t) = ProcTarget::parse(&topo, &p.target) else {
-            return (false, format!("bad target {}", p.target), None);
-        };
-        let members = match &t {
-            ProcTarget::Etcd(sel) => lab.etcd.resolve(*sel).await,
-            _ => vec![],
-        };
-        let names = paused(lab, &t, &members, true);
-        let (lab2, journal2, t2, dur) = (lab.clone(), journal.clone(), t.clone(), p.duration.0);
-        let timer = tokio::spawn(async move {
-            tokio::time::sleep(dur).await;
-            let names = paused(&lab2, &t2, &members, false);
-            journal2.log("resumed", names.join(", "));
-        });
-        lab.timers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(timer);
-        let end = lab.clock.ms() + p.duration.ms();
-        return (true, format!("paused {}", names.join(", ")), Some(end));
-    }
-    if let Some(r) = &step.restart {
-        let Ok(t) = ProcTarget::parse(&topo, &r.target) else {
-            return (false, format!("bad target {}", r.target), None);
-        };
-        return match restart(lab, &t, r.clock).await {
+    match action {
+        Action::Network(n) => {
+            let faulted = network(lab, journal, &n.target, &n.fault, n.duration.0, label);
+            let end = lab.clock.ms() + n.duration.ms();
+            (true, format!("{faulted} proxies faulted"), Some(end))
+        }
+        Action::Kill(t) => {
+            let names = for_each_proc(lab, t, |p| p.kill(), true).await;
+            (true, format!("killed {}", names.join(", ")), None)
+        }
+        Action::Pause(p) => {
+            let names = pause(lab, journal, &p.target, p.duration.0).await;
+            let end = lab.clock.ms() + p.duration.ms();
+            (true, format!("paused {}", names.join(", ")), Some(end))
+        }
+        Action::Restart(r) => match restart(lab, &r.target, r.clock).await {
             Ok(names) => (true, format!("{} ready", names.join(", ")), None),
             Err(e) => (false, e, None),
-        };
+        },
+        Action::Twinctl(t) => twinctl(lab, t, label, outputs).await,
     }
-    if let Some(w) = &step.twinctl {
-        return crate::twinctl::twinctl(
-            lab,
-            &w.words(),
-            step.expect_exit.unwrap_or(0),
-            label,
-            outputs,
-        )
-        .await;
-    }
-    (false, "no action".into(), None)
+}
+
+/// Sets the fault on every proxy of the target, and a timer that clears it; how many proxies.
+fn network(
+    lab: &Arc<Lab>,
+    journal: &Arc<Journal>,
+    target: &LinkTarget,
+    fault: &FaultSpec,
+    lasts: Duration,
+    label: &str,
+) -> usize {
+    let proxies: Vec<(usize, usize, bool)> = match target {
+        LinkTarget::Upstream(UpstreamTarget::All { dc }) => (0..lab.upstreams[dc.code].len())
+            .map(|i| (dc.code, i, true))
+            .collect(),
+        LinkTarget::Upstream(UpstreamTarget::One { dc, index }) => vec![(dc.code, *index, true)],
+        LinkTarget::EtcdLink { dc } => (0..lab.dc_names.len())
+            .filter(|d| dc.as_ref().is_none_or(|x| x.code == *d))
+            .flat_map(|d| (0..lab.etcd.members.len()).map(move |m| (d, m, false)))
+            .collect(),
+    };
+    let fault = fault_of(fault);
+    let proxy = |(d, i, up): (usize, usize, bool)| {
+        if up {
+            &lab.upstreams[d][i].1
+        } else {
+            &lab.etcd_links[d][i]
+        }
+    };
+    let gens: Vec<((usize, usize, bool), u64)> =
+        proxies.iter().map(|p| (*p, proxy(*p).set(fault))).collect();
+    let (lab2, journal2, what) = (
+        lab.clone(),
+        journal.clone(),
+        format!("{label}: {target} cleared"),
+    );
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep(lasts).await;
+        for ((d, i, up), g) in gens {
+            if up {
+                lab2.upstreams[d][i].1.clear(g);
+            } else {
+                lab2.etcd_links[d][i].clear(g);
+            }
+        }
+        journal2.log("fault cleared", what);
+    });
+    lab.timers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(timer);
+    proxies.len()
+}
+
+/// SIGSTOPs every process of the target, and a timer that resumes them; their names.
+async fn pause(
+    lab: &Arc<Lab>,
+    journal: &Arc<Journal>,
+    target: &ProcTarget,
+    lasts: Duration,
+) -> Vec<String> {
+    let members = match target {
+        ProcTarget::Etcd(sel) => lab.etcd.resolve(*sel).await,
+        _ => vec![],
+    };
+    let names = paused(lab, target, &members, true);
+    let (lab2, journal2, t2) = (lab.clone(), journal.clone(), target.clone());
+    let timer = tokio::spawn(async move {
+        tokio::time::sleep(lasts).await;
+        let names = paused(&lab2, &t2, &members, false);
+        journal2.log("resumed", names.join(", "));
+    });
+    lab.timers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(timer);
+    names
 }
 
 fn sidecars_of(lab: &Lab, t: &ProcTarget) -> Vec<usize> {
     match t {
-        ProcTarget::Sidecar { dc, index } => lab.sidecar_index(*dc, *index).into_iter().collect(),
+        ProcTarget::Sidecar { dc, index } => {
+            lab.sidecar_index(dc.code, *index).into_iter().collect()
+        }
         ProcTarget::Sidecars { dc } => (0..lab.sidecars.len())
-            .filter(|&i| lab.sidecars[i].dc == *dc)
+            .filter(|&i| lab.sidecars[i].dc == dc.code)
             .collect(),
         _ => vec![],
     }

@@ -1,14 +1,17 @@
-//! The rules a drill obeys beyond its types: names that must exist (datacenters, processes,
-//! steps, routes), one action per step, steps in time order, a timeline that fits the load
-//! and leaves room for the steady-state windows. Each broken rule is one message with the
-//! path of the value it is about, which [`crate::drill`] turns into a line number.
+//! The rules a drill obeys beyond its file's types: a sound topology and load, names that
+//! must exist (datacenters, processes, steps, routes), steps in time order, a timeline that
+//! fits the load and leaves room for the steady-state windows. [`drill`] turns the file's
+//! form into the typed [`Drill`] (each step and check resolving itself: [`crate::step`],
+//! [`crate::checkspec`]). Each broken rule is one message with the path of the value it is
+//! about, which [`crate::drill`] turns into a line number.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use twin_topology::{validate as topo, Datacenter};
 
-use crate::drill::{ActionKind, Direction, Drill, FaultKind, Step};
-use crate::target::{IssuerTarget, LinkTarget, ProcTarget};
+use crate::checkspec::FIXED_PHASES;
+use crate::drill::{Drill, DrillFile, TopologySpec};
+use crate::step::{Step, StepFile};
 use crate::units::format_duration;
 
 /// A broken rule: where (a path like `method[2].network.target`) and what was expected.
@@ -18,21 +21,12 @@ pub struct Invalid {
     pub message: String,
 }
 
-fn bad(path: impl Into<String>, message: impl Into<String>) -> Invalid {
+pub(crate) fn bad(path: impl Into<String>, message: impl Into<String>) -> Invalid {
     Invalid {
         path: path.into(),
         message: message.into(),
     }
 }
-
-/// The `twinctl` commands a step may run.
-pub const TWINCTL_COMMANDS: &[&str] = &[
-    "status", "route", "shift", "failover", "failback", "freeze", "unfreeze", "audit", "balance",
-    "drain", "id",
-];
-
-/// Phase names every drill has, besides its step names.
-pub const FIXED_PHASES: &[&str] = &["before", "during", "after", "all"];
 
 /// The datacenters of a drill as the topology model knows them (code = position).
 pub fn datacenter_map(names: &[String]) -> BTreeMap<String, Datacenter> {
@@ -51,13 +45,35 @@ pub fn datacenter_map(names: &[String]) -> BTreeMap<String, Datacenter> {
         .collect()
 }
 
-/// Checks every rule; the first broken one is returned.
-pub fn drill(d: &Drill) -> Result<(), Invalid> {
-    topology(d)?;
-    load(d)?;
-    let names = steps(d)?;
-    checks(d, &names)?;
-    timeline(d, "")?;
+/// The drill a file describes, or the first rule it breaks.
+pub(crate) fn drill(f: DrillFile) -> Result<Drill, Invalid> {
+    topology(&f.topology)?;
+    load(&f)?;
+    let method = steps(&f.topology, f.method)?;
+    let names: BTreeSet<String> = method.iter().map(|s| s.name.clone()).collect();
+    let checks = f
+        .checks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| c.resolve(&f.topology, &names, i))
+        .collect::<Result<_, _>>()?;
+    let d = Drill {
+        name: f.name,
+        description: f.description,
+        topology: f.topology,
+        load: f.load,
+        quick: f.quick,
+        steady_state: f.steady_state,
+        method,
+        checks,
+    };
+    timeline(&d, "")?;
+    quick(&d)?;
+    Ok(d)
+}
+
+/// The `--quick` form: a sensible scale, under a minute, and its own timeline sound.
+fn quick(d: &Drill) -> Result<(), Invalid> {
     if let Some(q) = &d.quick {
         if !(q.scale > 0.0 && q.scale <= 1.0) {
             return Err(bad(
@@ -80,8 +96,7 @@ pub fn drill(d: &Drill) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn topology(d: &Drill) -> Result<(), Invalid> {
-    let t = &d.topology;
+fn topology(t: &TopologySpec) -> Result<(), Invalid> {
     if t.datacenters.is_empty() || t.datacenters.len() > 8 {
         return Err(bad("topology.datacenters", "expected 1 to 8 datacenters"));
     }
@@ -141,7 +156,7 @@ fn topology(d: &Drill) -> Result<(), Invalid> {
     Ok(())
 }
 
-fn load(d: &Drill) -> Result<(), Invalid> {
+fn load(d: &DrillFile) -> Result<(), Invalid> {
     let l = &d.load;
     if !d.topology.routes.contains_key(&l.routed.service) {
         return Err(bad(
@@ -186,268 +201,28 @@ fn load(d: &Drill) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// Checks each step on its own and returns the step names.
-fn steps(d: &Drill) -> Result<BTreeSet<String>, Invalid> {
-    let t = &d.topology;
+/// Resolves each step against the topology; step names must be unique and not a phase's.
+fn steps(t: &TopologySpec, method: Vec<StepFile>) -> Result<Vec<Step>, Invalid> {
     let mut names = BTreeSet::new();
-    for (i, s) in d.method.iter().enumerate() {
-        let path = format!("method[{i}]");
-        let label = s.label(i);
-        if FIXED_PHASES.contains(&label.as_str()) {
+    let mut steps = Vec::with_capacity(method.len());
+    for (i, raw) in method.into_iter().enumerate() {
+        let step = raw.resolve(t, i)?;
+        let name = &step.name;
+        if FIXED_PHASES.contains(&name.as_str()) {
             return Err(bad(
-                format!("{path}.name"),
-                format!("step name {label:?} is reserved for a phase: choose another"),
+                format!("method[{i}].name"),
+                format!("step name {name:?} is reserved for a phase: choose another"),
             ));
         }
-        if !names.insert(label.clone()) {
+        if !names.insert(name.clone()) {
             return Err(bad(
-                format!("{path}.name"),
-                format!("step name {label:?} is used twice"),
+                format!("method[{i}].name"),
+                format!("step name {name:?} is used twice"),
             ));
         }
-        match (s.at.is_some(), s.wait_until.is_some()) {
-            (true, true) => {
-                return Err(bad(
-                    &path,
-                    "a step has either `at` or `wait_until`, not both",
-                ))
-            }
-            (false, false) => {
-                return Err(bad(
-                    &path,
-                    "a step needs `at` (an offset like 10s) or `wait_until` (a condition)",
-                ))
-            }
-            _ => {}
-        }
-        let actions = s.actions();
-        match actions.len() {
-            1 => {}
-            0 => return Err(bad(
-                &path,
-                "a step needs one action: expected one of network, kill, pause, restart, twinctl",
-            )),
-            _ => {
-                return Err(bad(
-                    &path,
-                    format!("a step has one action, this one has {actions:?}"),
-                ))
-            }
-        }
-        if s.expect_exit.is_some() && actions[0] != ActionKind::Twinctl {
-            return Err(bad(
-                format!("{path}.expect_exit"),
-                "expect_exit belongs to a twinctl step",
-            ));
-        }
-        if s.background && actions[0] != ActionKind::Twinctl {
-            return Err(bad(
-                format!("{path}.background"),
-                "background belongs to a twinctl step",
-            ));
-        }
-        action(t, s, &path)?;
-        if let Some(w) = &s.wait_until {
-            let p = format!("{path}.wait_until");
-            let n = [
-                w.ids_refused.is_some(),
-                w.served_by.is_some(),
-                w.ready.is_some(),
-            ]
-            .iter()
-            .filter(|b| **b)
-            .count();
-            if n != 1 {
-                return Err(bad(
-                    &p,
-                    "wait_until needs exactly one condition: ids_refused, served_by or ready",
-                ));
-            }
-            if let Some(sb) = &w.served_by {
-                if !t.datacenters.contains(&sb.dc) {
-                    return Err(bad(
-                        format!("{p}.served_by.dc"),
-                        format!(
-                            "unknown datacenter {:?}: the drill has {}",
-                            sb.dc,
-                            t.datacenters.join(", ")
-                        ),
-                    ));
-                }
-            }
-            if let Some(r) = &w.ready {
-                ProcTarget::parse(t, r).map_err(|m| bad(format!("{p}.ready"), m))?;
-            }
-        }
+        steps.push(step);
     }
-    Ok(names)
-}
-
-fn action(t: &crate::drill::TopologySpec, s: &Step, path: &str) -> Result<(), Invalid> {
-    if let Some(n) = &s.network {
-        let p = format!("{path}.network");
-        LinkTarget::parse(t, &n.target).map_err(|m| bad(format!("{p}.target"), m))?;
-        match n.fault {
-            FaultKind::Latency if n.latency.is_none() => {
-                return Err(bad(&p, "a latency fault needs `latency` (like 200ms)"))
-            }
-            FaultKind::Bandwidth if n.bandwidth.is_none() => {
-                return Err(bad(&p, "a bandwidth fault needs `bandwidth` (like 64KB/s)"))
-            }
-            FaultKind::Reset | FaultKind::Blackhole | FaultKind::Refuse
-                if n.direction != Direction::Both =>
-            {
-                return Err(bad(
-                    format!("{p}.direction"),
-                    "reset, blackhole and refuse act on both directions: remove `direction`",
-                ))
-            }
-            _ => {}
-        }
-        if n.jitter.is_some() && n.fault != FaultKind::Latency {
-            return Err(bad(
-                format!("{p}.jitter"),
-                "jitter belongs to a latency fault",
-            ));
-        }
-        if n.duration.0.is_zero() {
-            return Err(bad(format!("{p}.for"), "a fault must last more than 0s"));
-        }
-    }
-    if let Some(k) = &s.kill {
-        ProcTarget::parse(t, k).map_err(|m| bad(format!("{path}.kill"), m))?;
-    }
-    if let Some(p) = &s.pause {
-        ProcTarget::parse(t, &p.target).map_err(|m| bad(format!("{path}.pause.target"), m))?;
-    }
-    if let Some(r) = &s.restart {
-        let target = ProcTarget::parse(t, &r.target)
-            .map_err(|m| bad(format!("{path}.restart.target"), m))?;
-        if r.clock.is_some() && target.is_etcd() {
-            return Err(bad(
-                format!("{path}.restart.clock"),
-                "etcd is a static Go binary that libfaketime cannot reach: move the clock of a sidecar or control-plane replica",
-            ));
-        }
-    }
-    if let Some(w) = &s.twinctl {
-        let words = w.words();
-        match words.first() {
-            Some(c) if TWINCTL_COMMANDS.contains(&c.as_str()) => {}
-            other => {
-                return Err(bad(
-                    format!("{path}.twinctl"),
-                    format!(
-                        "unknown twinctl command {:?}: expected one of {}",
-                        other.map(String::as_str).unwrap_or(""),
-                        TWINCTL_COMMANDS.join(", ")
-                    ),
-                ))
-            }
-        }
-        if words.iter().any(|w| w == "--etcd" || w == "--prefix") {
-            return Err(bad(
-                format!("{path}.twinctl"),
-                "leave out --etcd and --prefix: the drill adds its own",
-            ));
-        }
-    }
-    if let Some(code) = s.expect_exit {
-        if !(0..=255).contains(&code) {
-            return Err(bad(
-                format!("{path}.expect_exit"),
-                "an exit code is 0 to 255",
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn phase(names: &BTreeSet<String>, p: &str, path: String) -> Result<(), Invalid> {
-    if FIXED_PHASES.contains(&p) || names.contains(p) {
-        return Ok(());
-    }
-    Err(bad(
-        path,
-        format!(
-            "unknown phase {p:?}: expected before, during, after, all or a step name ({})",
-            names.iter().cloned().collect::<Vec<_>>().join(", ")
-        ),
-    ))
-}
-
-fn checks(d: &Drill, names: &BTreeSet<String>) -> Result<(), Invalid> {
-    let t = &d.topology;
-    let dcs = datacenter_map(&t.datacenters);
-    for (i, c) in d.checks.iter().enumerate() {
-        let path = format!("checks[{i}]");
-        let kinds = c.kinds();
-        if kinds.len() != 1 {
-            return Err(bad(
-                &path,
-                format!(
-                    "a check has exactly one kind, this one has {}: expected one of duplicate_ids, lost, double_served, sticky_moved, error_rate, converge, issued, refusals, served",
-                    kinds.len()
-                ),
-            ));
-        }
-        if let Some(e) = &c.error_rate {
-            phase(names, &e.phase, format!("{path}.error_rate.phase"))?;
-        }
-        if let Some(cv) = &c.converge {
-            let p = format!("{path}.converge");
-            if !names.contains(&cv.after) {
-                return Err(bad(
-                    format!("{p}.after"),
-                    format!(
-                        "unknown step {:?}: converge is measured after a step of the method",
-                        cv.after
-                    ),
-                ));
-            }
-            if !t.routes.contains_key(&cv.route) {
-                return Err(bad(
-                    format!("{p}.route"),
-                    format!("unknown route {:?}", cv.route),
-                ));
-            }
-            let route = twin_topology::Route::with_weights(cv.to.clone());
-            route
-                .validate(&dcs)
-                .map_err(|e| bad(format!("{p}.to"), e.to_string()))?;
-            for dc in &cv.down {
-                if !dcs.contains_key(dc) {
-                    return Err(bad(
-                        format!("{p}.down"),
-                        format!("unknown datacenter {dc:?}"),
-                    ));
-                }
-            }
-            if cv.window.0.is_zero() {
-                return Err(bad(format!("{p}.window"), "the window must be above 0"));
-            }
-        }
-        if let Some(is) = &c.issued {
-            IssuerTarget::parse(t, &is.by).map_err(|m| bad(format!("{path}.issued.by"), m))?;
-            phase(names, &is.phase, format!("{path}.issued.phase"))?;
-        }
-        if let Some(r) = &c.refusals {
-            phase(names, &r.phase, format!("{path}.refusals.phase"))?;
-        }
-        if let Some(s) = &c.served {
-            match LinkTarget::parse(t, &s.by) {
-                Ok(LinkTarget::Upstream { .. } | LinkTarget::Upstreams { .. }) => {}
-                _ => {
-                    return Err(bad(
-                        format!("{path}.served.by"),
-                        format!("{:?}: expected upstream/DC/N or upstreams/DC", s.by),
-                    ))
-                }
-            }
-            phase(names, &s.phase, format!("{path}.served.phase"))?;
-        }
-    }
-    Ok(())
+    Ok(steps)
 }
 
 /// Steps with `at` in time order, inside the load, leaving the steady-state windows free.
@@ -457,7 +232,7 @@ fn timeline(d: &Drill, form: &str) -> Result<(), Invalid> {
     let mut prev: Option<(usize, std::time::Duration)> = None;
     let mut last_end = std::time::Duration::ZERO;
     for (i, s) in d.method.iter().enumerate() {
-        let Some(at) = s.at else { continue };
+        let Some(at) = s.at() else { continue };
         let path = format!("method[{i}].at");
         if let Some((j, p)) = prev {
             if at.0 < p {
@@ -465,9 +240,9 @@ fn timeline(d: &Drill, form: &str) -> Result<(), Invalid> {
                     path,
                     format!(
                         "steps out of order{form}: {} at {} comes after {} at {}; list steps in time order",
-                        s.label(i),
+                        s.name,
                         at,
-                        d.method[j].label(j),
+                        d.method[j].name,
                         format_duration(p)
                     ),
                 ));
@@ -488,7 +263,7 @@ fn timeline(d: &Drill, form: &str) -> Result<(), Invalid> {
                 path,
                 format!(
                     "{} ends at {}{form}, after the load ({})",
-                    s.label(i),
+                    s.name,
                     format_duration(end),
                     d.load.duration
                 ),

@@ -1,14 +1,20 @@
 //! Turns what a run recorded into one result per check: the figure measured, the bound from
 //! the drill file, and pass or fail. Besides the drill's own checks, every run checks the
 //! steady-state hypothesis before and after the method, and that every step did what it said.
+//! [`evaluate`] dispatches; each check is judged by its own function below, from the figures
+//! that [`crate::checks`] computes.
+
+use std::time::Duration;
 
 use serde::Serialize;
 use twin_topology::{bucket_of, BucketRing, OnDcDown};
 
 use crate::checks;
-use crate::drill::{ConvergeFrom, Drill};
-use crate::record::{Phase, Recording, StepRun};
-use crate::target::{IssuerTarget, LinkTarget};
+use crate::drill::{
+    Check, ConvergeCheck, ConvergeFrom, Drill, ErrorRateCheck, IssuedCheck, RefusalCheck,
+    ServedCheck, Traffic,
+};
+use crate::record::{Phase, Recording, Sample, StepRun};
 use crate::units::format_duration;
 use crate::validate::datacenter_map;
 
@@ -22,6 +28,60 @@ pub struct CheckResult {
     /// How far off, or what was looked at.
     pub detail: String,
 }
+
+/// What the checks judge: the drill and what its run recorded.
+struct Run<'a> {
+    drill: &'a Drill,
+    steps: &'a [StepRun],
+    rec: &'a Recording,
+    phases: &'a [Phase],
+    /// The (datacenter, index) of sidecar N of the lab.
+    sidecar_of: &'a dyn Fn(usize) -> (usize, usize),
+}
+
+impl Run<'_> {
+    fn phase(&self, name: &str) -> Option<&Phase> {
+        self.phases.iter().find(|p| p.name == name)
+    }
+}
+
+/// Every check of a run: the hypothesis, each step, then the drill's checks in file order.
+pub fn evaluate(
+    drill: &Drill,
+    steps: &[StepRun],
+    rec: &Recording,
+    phases: &[Phase],
+    sidecar_of: &dyn Fn(usize) -> (usize, usize),
+) -> Vec<CheckResult> {
+    let run = Run {
+        drill,
+        steps,
+        rec,
+        phases,
+        sidecar_of,
+    };
+    let mut out = hypothesis(&run);
+    out.extend(steps.iter().map(step_done));
+    out.extend(drill.checks.iter().map(|c| check(&run, c)));
+    out
+}
+
+/// One check of the drill file.
+fn check(run: &Run, c: &Check) -> CheckResult {
+    match c {
+        Check::DuplicateIds(max) => duplicate_ids(run, *max),
+        Check::Lost(max) => lost(run, *max),
+        Check::DoubleServed(max) => double_served(run, *max),
+        Check::StickyMoved(max) => sticky_moved(run, *max),
+        Check::ErrorRate(e) => error_rate(run, e),
+        Check::Converge(c) => converge(run, c),
+        Check::Issued(c) => issued(run, c),
+        Check::Refusals(c) => refusals(run, c),
+        Check::Served(c) => served(run, c),
+    }
+}
+
+// === Results ===
 
 fn result(
     name: impl Into<String>,
@@ -39,7 +99,44 @@ fn result(
     }
 }
 
-fn pct(n: u64, d: u64) -> f64 {
+/// A count that must not exceed `max`.
+fn at_most(name: &str, figure: String, n: u64, max: u64, detail: String) -> CheckResult {
+    result(name, figure, format!("≤ {max}"), n <= max, detail)
+}
+
+/// A count that must reach `min`.
+fn at_least(name: String, n: u64, min: u64) -> CheckResult {
+    result(
+        name,
+        n.to_string(),
+        format!("≥ {min}"),
+        n >= min,
+        String::new(),
+    )
+}
+
+/// A check about a phase that never happened (a drill without steps has no `during`).
+fn no_phase(name: String, phase: &str) -> CheckResult {
+    result(
+        name,
+        "no such phase".into(),
+        format!("phase {phase}"),
+        false,
+        format!("the run had no phase {phase:?}"),
+    )
+}
+
+/// Up to ten items, for a detail column.
+fn first_ten<T>(items: &[T], show: impl Fn(&T) -> String) -> String {
+    items
+        .iter()
+        .take(10)
+        .map(show)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn ratio(n: u64, d: u64) -> f64 {
     if d == 0 {
         0.0
     } else {
@@ -51,35 +148,34 @@ fn show_pct(x: f64) -> String {
     format!("{:.3}%", x * 100.0)
 }
 
-/// Every check of a run.
-pub fn evaluate(
-    drill: &Drill,
-    steps: &[StepRun],
-    rec: &Recording,
-    phases: &[Phase],
-    sidecar_of: &dyn Fn(usize) -> (usize, usize),
-) -> Vec<CheckResult> {
-    let phase = |name: &str| phases.iter().find(|p| p.name == name).cloned();
+// === What every run checks ===
+
+/// Error rate and p99 latency before the first step and at the end. Before the first step,
+/// only requests that had ended when it started count (one still in flight when a fault
+/// begins is the fault's, not the steady state's).
+fn hypothesis(run: &Run) -> Vec<CheckResult> {
+    let ss = &run.drill.steady_state;
     let mut out = Vec::new();
-    let ss = &drill.steady_state;
-    // Before the first step: only requests that had ended when it started (one still in
-    // flight when a fault begins is the fault's, not the steady state's).
-    let settled_before: Option<Vec<crate::record::Sample>> =
-        phase("before").zip(steps.first()).map(|(p, first)| {
-            rec.samples
-                .iter()
-                .filter(|s| p.contains(s.sent_ms) && s.sent_ms + s.latency_ms <= first.started_ms)
-                .cloned()
-                .collect()
-        });
     for which in ["before", "after"] {
-        let Some(p) = phase(which) else { continue };
-        let samples: &[crate::record::Sample] = match (which, &settled_before) {
-            ("before", Some(v)) => v,
-            _ => &rec.samples,
+        let Some(p) = run.phase(which) else { continue };
+        let settled: Vec<Sample>;
+        let samples = match run.steps.first() {
+            Some(first) if which == "before" => {
+                settled = run
+                    .rec
+                    .samples
+                    .iter()
+                    .filter(|s| {
+                        p.contains(s.sent_ms) && s.sent_ms + s.latency_ms <= first.started_ms
+                    })
+                    .cloned()
+                    .collect();
+                &settled
+            }
+            _ => &run.rec.samples,
         };
-        let (e, n) = checks::error_rate(samples, &p, crate::drill::Traffic::All);
-        let rate = pct(e, n);
+        let (e, n) = checks::error_rate(samples, p, Traffic::All);
+        let rate = ratio(e, n);
         out.push(result(
             format!("hypothesis {which}: error rate"),
             format!("{} ({e} of {n})", show_pct(rate)),
@@ -91,7 +187,7 @@ pub fn evaluate(
                 String::new()
             },
         ));
-        let p99 = checks::p99(samples, &p);
+        let p99 = checks::p99(samples, p);
         out.push(result(
             format!("hypothesis {which}: p99 latency"),
             p99.map_or("no requests".into(), |v| format!("{v:.1}ms")),
@@ -100,241 +196,220 @@ pub fn evaluate(
             String::new(),
         ));
     }
-    for s in steps {
-        out.push(result(
-            format!("step {}", s.label),
-            if s.ok { "done".into() } else { "failed".into() },
-            "done".into(),
-            s.ok,
-            s.detail.clone(),
-        ));
-    }
-    let step_starts: Vec<f64> = steps.iter().map(|s| s.started_ms).collect();
-    let disturbed: Vec<(f64, f64)> = steps
-        .iter()
-        .map(|s| (s.started_ms, s.ended_ms + ss.settle.ms()))
-        .collect();
-    for c in &drill.checks {
-        if let Some(max) = c.duplicate_ids {
-            let d = checks::duplicate_ids(&rec.ids);
-            let ex: Vec<String> = d
-                .examples
-                .iter()
-                .map(|(f, v, n)| format!("{} {:?} ×{n}", f.as_str(), v))
-                .collect();
-            out.push(result(
-                "duplicate IDs",
-                format!("{} among {} IDs checked", d.duplicated, d.checked),
-                format!("≤ {max}"),
-                d.duplicated <= max && d.checked > 0,
-                if d.checked == 0 {
-                    "no IDs were issued".into()
-                } else {
-                    ex.join("; ")
-                },
-            ));
-        }
-        if let Some(max) = c.lost {
-            let n = checks::lost(&rec.samples);
-            out.push(result(
-                "requests lost",
-                format!("{n} of {}", rec.samples.len()),
-                format!("≤ {max}"),
-                n <= max,
-                String::new(),
-            ));
-        }
-        if let Some(max) = c.double_served {
-            let twice = checks::double_served(&rec.hits);
-            let posts = rec
-                .hits
-                .iter()
-                .filter(|h| h.method == "POST" && h.idempotency_key.is_none())
-                .count();
-            out.push(result(
-                "non-idempotent requests served twice",
-                format!("{} (of {posts} served)", twice.len()),
-                format!("≤ {max}"),
-                twice.len() as u64 <= max,
-                twice
-                    .iter()
-                    .take(10)
-                    .map(|i| format!("x-request-id {i}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ));
-        }
-        if let Some(max) = c.sticky_moved {
-            let moved = checks::sticky_moved(&rec.samples, &disturbed, &step_starts);
-            out.push(result(
-                "sticky keys moved while weights stood still",
-                moved.len().to_string(),
-                format!("≤ {max}"),
-                moved.len() as u64 <= max,
-                moved
-                    .iter()
-                    .take(10)
-                    .map(|k| format!("key-{k}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ));
-        }
-        if let Some(e) = &c.error_rate {
-            let Some(p) = phase(&e.phase) else { continue };
-            let (n_err, n) = checks::error_rate(&rec.samples, &p, e.traffic);
-            let rate = pct(n_err, n);
-            out.push(result(
-                format!("error rate in {} ({:?})", e.phase, e.traffic).to_lowercase(),
-                format!("{} ({n_err} of {n})", show_pct(rate)),
-                format!("≤ {}", e.max),
-                rate <= e.max.0,
-                if rate > e.max.0 {
-                    format!("over by {}", show_pct(rate - e.max.0))
-                } else {
-                    String::new()
-                },
-            ));
-        }
-        if let Some(cv) = &c.converge {
-            let name = match cv.from {
-                ConvergeFrom::Start => format!("time to converge after {}", cv.after),
-                ConvergeFrom::End => format!("time to converge after {} ended", cv.after),
-            };
-            let Some(idx) = steps.iter().position(|s| s.label == cv.after) else {
-                out.push(result(
-                    name,
-                    "step did not run".into(),
-                    format!("≤ {}", cv.max),
-                    false,
-                    String::new(),
-                ));
-                continue;
-            };
-            // Until the next step; a fault or pause is judged only while it lasts.
-            let lasting = drill.method.get(idx).is_some_and(|m| m.lasts().is_some());
-            let next = steps
-                .get(idx + 1)
-                .map_or(drill.load.duration.ms(), |s| s.started_ms);
-            let (t0, horizon) = match cv.from {
-                ConvergeFrom::Start if lasting => {
-                    (steps[idx].started_ms, next.min(steps[idx].ended_ms))
-                }
-                ConvergeFrom::Start => (steps[idx].started_ms, next),
-                ConvergeFrom::End => (steps[idx].ended_ms, next),
-            };
-            let dcs = datacenter_map(&drill.topology.datacenters);
-            let ring = BucketRing::new(&cv.to, &dcs);
-            let up: Vec<bool> = ring
-                .datacenters()
-                .iter()
-                .map(|d| !cv.down.contains(d))
-                .collect();
-            let spill = drill
-                .topology
-                .routes
-                .get(&cv.route)
-                .is_none_or(|r| r.on_dc_down == OnDcDown::Spill);
-            let index_of: Vec<usize> = ring
-                .datacenters()
-                .iter()
-                .map(|d| {
-                    drill
-                        .topology
-                        .datacenters
-                        .iter()
-                        .position(|x| x == d)
-                        .unwrap_or(usize::MAX)
-                })
-                .collect();
-            let expected = |key: u32| {
-                ring.pick(bucket_of(format!("key-{key}").as_bytes()), &up, spill)
-                    .map(|p| index_of[p.dc])
-            };
-            let figure = checks::converge(
-                &rec.samples,
-                t0,
-                horizon,
-                cv.window.ms(),
-                cv.share.0,
-                expected,
-            );
-            out.push(match figure {
-                Some(ms) => result(
-                    name,
-                    format!("{ms:.1}ms"),
-                    format!("≤ {} ({} of each {} window)", cv.max, cv.share, cv.window),
-                    ms <= cv.max.ms(),
-                    if ms > cv.max.ms() {
-                        format!(
-                            "over by {}",
-                            format_duration(std::time::Duration::from_secs_f64(
-                                (ms - cv.max.ms()) / 1e3
-                            ))
-                        )
-                    } else {
-                        String::new()
-                    },
-                ),
-                None => result(
-                    name,
-                    "never converged".into(),
-                    format!("≤ {}", cv.max),
-                    false,
-                    format!(
-                        "traffic did not follow {} before {:.1}s",
-                        cv.to,
-                        horizon / 1e3
-                    ),
-                ),
-            });
-        }
-        if let Some(is) = &c.issued {
-            let Some(p) = phase(&is.phase) else { continue };
-            let who = IssuerTarget::parse(&drill.topology, &is.by);
-            let n = checks::issued(&rec.ids, &p, |i| {
-                let (dc, index) = sidecar_of(i);
-                match &who {
-                    Ok(IssuerTarget::All) => true,
-                    Ok(IssuerTarget::Dc(d)) => dc == *d,
-                    Ok(IssuerTarget::Sidecar { dc: d, index: x }) => dc == *d && index == *x,
-                    Err(_) => false,
-                }
-            });
-            out.push(result(
-                format!("IDs issued by {} in {}", is.by, is.phase),
-                n.to_string(),
-                format!("≥ {}", is.min),
-                n >= is.min,
-                String::new(),
-            ));
-        }
-        if let Some(r) = &c.refusals {
-            let Some(p) = phase(&r.phase) else { continue };
-            let (n, bare) = checks::refusals(&rec.samples, &p);
-            out.push(result(
-                format!("ID refusals (503 with a reason) in {}", r.phase),
-                format!("{n}, {bare} without a reason"),
-                format!("≥ {}, 0 without a reason", r.min),
-                n >= r.min && bare == 0,
-                String::new(),
-            ));
-        }
-        if let Some(s) = &c.served {
-            let Some(p) = phase(&s.phase) else { continue };
-            let target = LinkTarget::parse(&drill.topology, &s.by);
-            let n = checks::served(&rec.hits, &p, |dc, i| match &target {
-                Ok(LinkTarget::Upstream { dc: d, index }) => dc == *d && i == *index,
-                Ok(LinkTarget::Upstreams { dc: d }) => dc == *d,
-                _ => false,
-            });
-            out.push(result(
-                format!("requests served by {} in {}", s.by, s.phase),
-                n.to_string(),
-                format!("≥ {}", s.min),
-                n >= s.min,
-                String::new(),
-            ));
-        }
-    }
     out
+}
+
+/// The step did what it said: exit code, readiness, condition met.
+fn step_done(s: &StepRun) -> CheckResult {
+    result(
+        format!("step {}", s.label),
+        if s.ok { "done".into() } else { "failed".into() },
+        "done".into(),
+        s.ok,
+        s.detail.clone(),
+    )
+}
+
+// === The drill's checks, one function each ===
+
+fn duplicate_ids(run: &Run, max: u64) -> CheckResult {
+    let d = checks::duplicate_ids(&run.rec.ids);
+    let mut r = at_most(
+        "duplicate IDs",
+        format!("{} among {} IDs checked", d.duplicated, d.checked),
+        d.duplicated,
+        max,
+        first_ten(&d.examples, |(f, v, n)| {
+            format!("{} {v:?} ×{n}", f.as_str())
+        }),
+    );
+    if d.checked == 0 {
+        r.pass = false;
+        r.detail = "no IDs were issued".into();
+    }
+    r
+}
+
+fn lost(run: &Run, max: u64) -> CheckResult {
+    let n = checks::lost(&run.rec.samples);
+    let figure = format!("{n} of {}", run.rec.samples.len());
+    at_most("requests lost", figure, n, max, String::new())
+}
+
+fn double_served(run: &Run, max: u64) -> CheckResult {
+    let twice = checks::double_served(&run.rec.hits);
+    let posts = run
+        .rec
+        .hits
+        .iter()
+        .filter(|h| h.method == "POST" && h.idempotency_key.is_none())
+        .count();
+    at_most(
+        "non-idempotent requests served twice",
+        format!("{} (of {posts} served)", twice.len()),
+        twice.len() as u64,
+        max,
+        first_ten(&twice, |i| format!("x-request-id {i}")),
+    )
+}
+
+fn sticky_moved(run: &Run, max: u64) -> CheckResult {
+    let settle = run.drill.steady_state.settle.ms();
+    let starts: Vec<f64> = run.steps.iter().map(|s| s.started_ms).collect();
+    let disturbed: Vec<(f64, f64)> = run
+        .steps
+        .iter()
+        .map(|s| (s.started_ms, s.ended_ms + settle))
+        .collect();
+    let moved = checks::sticky_moved(&run.rec.samples, &disturbed, &starts);
+    at_most(
+        "sticky keys moved while weights stood still",
+        moved.len().to_string(),
+        moved.len() as u64,
+        max,
+        first_ten(&moved, |k| format!("key-{k}")),
+    )
+}
+
+fn error_rate(run: &Run, e: &ErrorRateCheck) -> CheckResult {
+    let name = format!("error rate in {} ({:?})", e.phase, e.traffic).to_lowercase();
+    let Some(p) = run.phase(&e.phase) else {
+        return no_phase(name, &e.phase);
+    };
+    let (n_err, n) = checks::error_rate(&run.rec.samples, p, e.traffic);
+    let rate = ratio(n_err, n);
+    result(
+        name,
+        format!("{} ({n_err} of {n})", show_pct(rate)),
+        format!("≤ {}", e.max),
+        rate <= e.max.0,
+        if rate > e.max.0 {
+            format!("over by {}", show_pct(rate - e.max.0))
+        } else {
+            String::new()
+        },
+    )
+}
+
+/// Routed calls after the step, until the next one, cut into windows: how long until every
+/// window's calls went where the bucket ring of `to` sends their keys.
+fn converge(run: &Run, c: &ConvergeCheck) -> CheckResult {
+    let name = match c.from {
+        ConvergeFrom::Start => format!("time to converge after {}", c.after),
+        ConvergeFrom::End => format!("time to converge after {} ended", c.after),
+    };
+    let steps = run.steps;
+    let Some(idx) = steps.iter().position(|s| s.label == c.after) else {
+        let bound = format!("≤ {}", c.max);
+        return result(name, "step did not run".into(), bound, false, String::new());
+    };
+    // Until the next step; a fault or pause is judged only while it lasts.
+    let lasting = run
+        .drill
+        .method
+        .get(idx)
+        .is_some_and(|m| m.lasts().is_some());
+    let next = steps
+        .get(idx + 1)
+        .map_or(run.drill.load.duration.ms(), |s| s.started_ms);
+    let (t0, horizon) = match c.from {
+        ConvergeFrom::Start if lasting => (steps[idx].started_ms, next.min(steps[idx].ended_ms)),
+        ConvergeFrom::Start => (steps[idx].started_ms, next),
+        ConvergeFrom::End => (steps[idx].ended_ms, next),
+    };
+    let expected = expected_dc(run.drill, c);
+    let figure = checks::converge(
+        &run.rec.samples,
+        t0,
+        horizon,
+        c.window.ms(),
+        c.share.0,
+        expected,
+    );
+    match figure {
+        Some(ms) => result(
+            name,
+            format!("{ms:.1}ms"),
+            format!("≤ {} ({} of each {} window)", c.max, c.share, c.window),
+            ms <= c.max.ms(),
+            if ms > c.max.ms() {
+                let over = Duration::from_secs_f64((ms - c.max.ms()) / 1e3);
+                format!("over by {}", format_duration(over))
+            } else {
+                String::new()
+            },
+        ),
+        None => result(
+            name,
+            "never converged".into(),
+            format!("≤ {}", c.max),
+            false,
+            format!(
+                "traffic did not follow {} before {:.1}s",
+                c.to,
+                horizon / 1e3
+            ),
+        ),
+    }
+}
+
+/// The datacenter (code) the weights of `to`, with `down` spilled, send a sticky key to.
+fn expected_dc(drill: &Drill, c: &ConvergeCheck) -> impl Fn(u32) -> Option<usize> {
+    let names = &drill.topology.datacenters;
+    let ring = BucketRing::new(&c.to, &datacenter_map(names));
+    let up: Vec<bool> = ring
+        .datacenters()
+        .iter()
+        .map(|d| !c.down.contains(d))
+        .collect();
+    let spill = drill
+        .topology
+        .routes
+        .get(&c.route)
+        .is_none_or(|r| r.on_dc_down == OnDcDown::Spill);
+    let code: Vec<usize> = ring
+        .datacenters()
+        .iter()
+        .map(|d| names.iter().position(|x| x == d).unwrap_or(usize::MAX))
+        .collect();
+    move |key: u32| {
+        ring.pick(bucket_of(format!("key-{key}").as_bytes()), &up, spill)
+            .map(|p| code[p.dc])
+    }
+}
+
+fn issued(run: &Run, c: &IssuedCheck) -> CheckResult {
+    let name = format!("IDs issued by {} in {}", c.by, c.phase);
+    let Some(p) = run.phase(&c.phase) else {
+        return no_phase(name, &c.phase);
+    };
+    let n = checks::issued(&run.rec.ids, p, |i| {
+        let (dc, index) = (run.sidecar_of)(i);
+        c.by.contains(dc, index)
+    });
+    at_least(name, n, c.min)
+}
+
+fn refusals(run: &Run, c: &RefusalCheck) -> CheckResult {
+    let name = format!("ID refusals (503 with a reason) in {}", c.phase);
+    let Some(p) = run.phase(&c.phase) else {
+        return no_phase(name, &c.phase);
+    };
+    let (n, bare) = checks::refusals(&run.rec.samples, p);
+    result(
+        name,
+        format!("{n}, {bare} without a reason"),
+        format!("≥ {}, 0 without a reason", c.min),
+        n >= c.min && bare == 0,
+        String::new(),
+    )
+}
+
+fn served(run: &Run, c: &ServedCheck) -> CheckResult {
+    let name = format!("requests served by {} in {}", c.by, c.phase);
+    let Some(p) = run.phase(&c.phase) else {
+        return no_phase(name, &c.phase);
+    };
+    let n = checks::served(&run.rec.hits, p, |dc, i| c.by.contains(dc, i));
+    at_least(name, n, c.min)
 }
