@@ -180,7 +180,7 @@ impl EtcdBuilder {
                     "warn",
                 ]);
                 if let Some(t) = &tls {
-                    spec = spec.args(server_tls_args(t));
+                    spec = spec.args(t.server_args());
                 }
                 Member {
                     name,
@@ -207,20 +207,6 @@ impl EtcdBuilder {
         etcd.start_all().await?;
         Ok(etcd)
     }
-}
-
-/// The server's flags for client traffic over mutual TLS only.
-fn server_tls_args(t: &TestCerts) -> Vec<String> {
-    let p = |p: &Path| p.display().to_string();
-    vec![
-        "--cert-file".into(),
-        p(&t.server_cert),
-        "--key-file".into(),
-        p(&t.server_key),
-        "--trusted-ca-file".into(),
-        p(&t.ca),
-        "--client-cert-auth".into(),
-    ]
 }
 
 fn temp_root() -> std::io::Result<tempfile::TempDir> {
@@ -332,12 +318,7 @@ impl Etcd {
     pub fn etcd_args(&self, who: Who, endpoints: String, prefix: &str) -> EtcdArgs {
         let base = match (&self.security, &self.tls) {
             (Some(sec), _) => sec.etcd_args(who),
-            (None, Some(t)) => EtcdArgs {
-                ca: Some(t.ca.clone()),
-                cert: Some(t.client_cert.clone()),
-                key: Some(t.client_key.clone()),
-                ..EtcdArgs::default()
-            },
+            (None, Some(t)) => t.client_etcd_args(),
             (None, None) => EtcdArgs::default(),
         };
         EtcdArgs {

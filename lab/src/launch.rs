@@ -74,17 +74,13 @@ impl SidecarProc {
         registry: &Arc<Registry>,
         [outbound, ids, admin]: [SocketAddr; 3],
     ) -> Result<SidecarProc, ProcError> {
-        let bin = binary("twin-sidecar")?;
         let flags = Flags {
             outbound: Some(outbound.to_string()),
             ids: Some(ids.to_string()),
             admin: Some(admin.to_string()),
             ..flags
         };
-        let spec = ProcSpec::new(name, bin, dir).args(flags.to_argv()).env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        );
+        let spec = twin_spec("twin-sidecar", name, dir, flags.to_argv())?;
         Ok(SidecarProc {
             name: name.to_string(),
             outbound,
@@ -95,7 +91,7 @@ impl SidecarProc {
     }
 
     /// Starts it (with the wall clock moved by a libfaketime spec, if given) and waits
-    /// until it is ready.
+    /// until `/readyz` answers 200.
     pub async fn start(&self, faketime: Option<String>) -> Result<(), ProcError> {
         self.proc.start(faketime)?;
         self.wait_ready(READY_WITHIN).await
@@ -151,14 +147,8 @@ impl ControlPlaneProc {
         registry: &Arc<Registry>,
         status: SocketAddr,
     ) -> Result<ControlPlaneProc, ProcError> {
-        let bin = binary("twin-control-plane")?;
-        let spec = ProcSpec::new(name, bin, dir)
-            .args(["--listen".into(), status.to_string()])
-            .args(args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            );
+        let argv = [vec!["--listen".into(), status.to_string()], args].concat();
+        let spec = twin_spec("twin-control-plane", name, dir, argv)?;
         Ok(ControlPlaneProc {
             name: name.to_string(),
             status,
@@ -166,9 +156,9 @@ impl ControlPlaneProc {
         })
     }
 
-    /// Starts it and waits until it answers.
-    pub async fn start(&self, faketime: Option<String>) -> Result<(), ProcError> {
-        self.proc.start(faketime)?;
+    /// Starts it and waits until `/healthz` answers.
+    pub async fn start(&self) -> Result<(), ProcError> {
+        self.proc.start(None)?;
         self.wait_ready(READY_WITHIN).await
     }
 
@@ -179,6 +169,20 @@ impl ControlPlaneProc {
         })
         .await
     }
+}
+
+/// How to start Twin binary `program` as `name`: with `argv`, `RUST_LOG` from the
+/// environment (default `warn`), and its log in `{dir}/{name}.log`.
+fn twin_spec(
+    program: &str,
+    name: &str,
+    dir: &Path,
+    argv: Vec<String>,
+) -> Result<ProcSpec, ProcError> {
+    let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+    Ok(ProcSpec::new(name, binary(program)?, dir)
+        .args(argv)
+        .env("RUST_LOG", level))
 }
 
 /// Polls `GET http://{addr}{path}` until `ok(status)`; fails when the process exits or

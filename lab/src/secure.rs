@@ -84,30 +84,13 @@ impl Security {
         self.dir.join(format!("{}.password", who.user()))
     }
 
-    /// The etcd server's TLS flags: client traffic over mutual TLS only.
-    pub fn server_args(&self) -> Vec<String> {
-        let p = |p: &Path| p.display().to_string();
-        vec![
-            "--cert-file".into(),
-            p(&self.certs.server_cert),
-            "--key-file".into(),
-            p(&self.certs.server_key),
-            "--trusted-ca-file".into(),
-            p(&self.certs.ca),
-            "--client-cert-auth".into(),
-        ]
-    }
-
     /// The shared etcd flags a Twin process of `who` gets: CA, client certificate, user and
     /// password file (the caller sets endpoints and prefix).
     pub fn etcd_args(&self, who: Who) -> EtcdArgs {
         EtcdArgs {
-            ca: Some(self.certs.ca.clone()),
-            cert: Some(self.certs.client_cert.clone()),
-            key: Some(self.certs.client_key.clone()),
             user: Some(who.user().to_string()),
             password_file: Some(self.password_file(who)),
-            ..EtcdArgs::default()
+            ..self.certs.client_etcd_args()
         }
     }
 

@@ -78,3 +78,29 @@ impl TestCerts {
 fn ca_pem(name: &str) -> Result<String, rcgen::Error> {
     Ok(ca(name)?.pem())
 }
+
+impl TestCerts {
+    /// An etcd server's flags for client traffic over mutual TLS only, with these files.
+    pub fn server_args(&self) -> Vec<String> {
+        let p = |p: &Path| p.display().to_string();
+        vec![
+            "--cert-file".into(),
+            p(&self.server_cert),
+            "--key-file".into(),
+            p(&self.server_key),
+            "--trusted-ca-file".into(),
+            p(&self.ca),
+            "--client-cert-auth".into(),
+        ]
+    }
+
+    /// The shared etcd flags of a client with these files: CA, certificate and key.
+    pub fn client_etcd_args(&self) -> twin_topology::EtcdArgs {
+        twin_topology::EtcdArgs {
+            ca: Some(self.ca.clone()),
+            cert: Some(self.client_cert.clone()),
+            key: Some(self.client_key.clone()),
+            ..twin_topology::EtcdArgs::default()
+        }
+    }
+}
