@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod connect;
 pub mod etcd_args;
+pub mod etcd_error;
 pub mod keys;
 pub mod model;
 pub mod ring;
@@ -23,6 +24,7 @@ pub mod view;
 
 pub use connect::{ConnectError, EtcdSettings};
 pub use etcd_args::EtcdArgs;
+pub use etcd_error::{wants_authentication, EtcdFailure};
 pub use keys::{KeyKind, Keys};
 pub use model::{
     AuditRecord, Datacenter, Endpoint, Freeze, OnDcDown, RetryPolicy, Route, Timeouts, UpstreamTls,
