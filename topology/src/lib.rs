@@ -8,6 +8,7 @@
 //! `view`, `connect`). It knows nothing of HTTP proxying, ID generation or the control plane.
 
 pub mod auth;
+pub mod backoff;
 pub mod connect;
 pub mod etcd_args;
 pub mod etcd_error;
@@ -22,6 +23,7 @@ pub mod upstream_tls;
 pub mod validate;
 pub mod view;
 
+pub use backoff::Backoff;
 pub use connect::{ConnectError, EtcdSettings};
 pub use etcd_args::EtcdArgs;
 pub use etcd_error::{wants_authentication, EtcdFailure};
