@@ -4,8 +4,11 @@
 //! into a datacenter, route files in YAML, the audited compare-and-swap [`Store`], and the
 //! watched [`TopologyView`] (one prefix watch into an `ArcSwap`, with a snapshot file for cold
 //! starts), and the TLS client settings every binary shares (etcd's, and upstreams' for
-//! routes with `tls:`). Pure types and math sit apart from the modules that do I/O (`store`,
-//! `view`, `connect`). It knows nothing of HTTP proxying, ID generation or the control plane.
+//! routes with `tls:`). It also holds what every etcd client in Twin shares: the one
+//! classification of etcd failures by type and gRPC code ([`EtcdFailure`]; no decision reads
+//! an error's text) and the one retry policy with full jitter ([`Backoff`]). Pure types and
+//! math sit apart from the modules that do I/O (`store`, `view`, `connect`). It knows
+//! nothing of HTTP proxying, ID generation or the control plane.
 
 pub mod auth;
 pub mod backoff;
