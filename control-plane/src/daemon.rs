@@ -14,7 +14,7 @@ use std::time::Duration;
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
-use twin_topology::{Source, TopologyView, ViewOptions};
+use twin_topology::{Backoff, Source, TopologyView, ViewOptions};
 
 use crate::autofail::{AutoFailover, AutoFailoverPolicy};
 use crate::election::{Candidacy, Candidate, Leadership};
@@ -83,23 +83,25 @@ pub async fn run(
     };
     let candidate = Candidate::new(cluster.client(), &cluster.keys, &me, cfg.lease_ttl);
     let mut autofail = cfg.auto_failover.clone().map(AutoFailover::new);
-    let mut backoff = Duration::from_millis(200);
+    // Campaign retries spread out (full jitter) so replicas that lost etcd together do
+    // not all come back at once.
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     while !*shutdown.borrow() {
         let leadership = match candidate.campaign(shutdown.clone()).await {
             Ok(Some(l)) => l,
             Ok(None) => break,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "campaign failed");
+                let retry_in = backoff.next_delay();
+                tracing::warn!(error = %e, ?retry_in, "campaign failed");
                 let mut s = shutdown.clone();
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(retry_in) => {}
                     _ = s.wait_for(|s| *s) => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        backoff = Duration::from_millis(200);
+        backoff.reset();
         tracing::info!(id = %cfg.id, "elected leader");
         leading.store(true, Ordering::Relaxed);
         metrics::gauge!("twin_control_plane_is_leader").set(1.0);

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, LeaderKey, ResignOptions};
+use etcd_client::{Client, GetOptions, LeaderKey, ResignOptions, SortOrder, SortTarget};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -36,24 +36,31 @@ pub struct Leader {
     pub revision: i64,
 }
 
-/// Who leads `keys`' election now; `None` when nobody does.
+/// Who leads `keys`' election now; `None` when nobody does. Reads what etcd's election
+/// `Leader` call reads (the campaign key under `{election}/` with the lowest create
+/// revision, one range request), so "no leader" is an empty answer rather than an error
+/// to recognize.
 pub async fn current_leader(client: &Client, keys: &Keys) -> Result<Option<Leader>, CtlError> {
-    match client.election_client().leader(keys.leader()).await {
-        Ok(resp) => Ok(resp.kv().map(|kv| {
-            let c: Candidacy = serde_json::from_slice(kv.value()).unwrap_or(Candidacy {
-                id: String::from_utf8_lossy(kv.value()).into_owned(),
-                status_addr: None,
-            });
-            Leader {
-                id: c.id,
-                status_addr: c.status_addr,
-                key: kv.key_str().unwrap_or_default().to_string(),
-                revision: kv.create_revision(),
-            }
-        })),
-        Err(e) if e.to_string().contains("no leader") => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    let opts = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1);
+    let resp = client
+        .kv_client()
+        .get(format!("{}/", keys.leader()), Some(opts))
+        .await?;
+    Ok(resp.kvs().first().map(|kv| {
+        let c: Candidacy = serde_json::from_slice(kv.value()).unwrap_or(Candidacy {
+            id: String::from_utf8_lossy(kv.value()).into_owned(),
+            status_addr: None,
+        });
+        Leader {
+            id: c.id,
+            status_addr: c.status_addr,
+            key: kv.key_str().unwrap_or_default().to_string(),
+            revision: kv.create_revision(),
+        }
+    }))
 }
 
 /// A replica that can campaign.

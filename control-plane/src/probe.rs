@@ -21,6 +21,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use twin_topology::etcd_error::io_error_in;
 use twin_topology::upstream_tls::TlsTarget;
 use twin_topology::{now_ms, Topology, UpstreamTls};
 
@@ -120,8 +121,9 @@ impl Prober {
         match tokio::time::timeout(self.timeout, self.client.get(uri)).await {
             Err(_) => Err(format!("no answer within {:?}", self.timeout)),
             Ok(Err(e)) => {
-                let text = format!("{e:?}");
-                Err(if text.contains("ConnectionRefused") {
+                let refused = io_error_in(&e)
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused);
+                Err(if refused {
                     "connection refused".to_string()
                 } else {
                     format!("request failed: {e}")
@@ -169,5 +171,25 @@ impl Prober {
             publisher: publisher.to_string(),
             services,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_closed_port_is_connection_refused() {
+        // Bind, learn the port, close: nothing listens there now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind")
+            .port();
+        let prober = Prober::new("/healthz", Duration::from_secs(2));
+        let why = prober
+            .probe(&format!("127.0.0.1:{port}"))
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(why, "connection refused");
     }
 }

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -16,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use twin_topology::{now_ms, Topology};
+use twin_topology::{now_ms, Backoff, Topology};
 
 use crate::error::CtlError;
 use crate::state::Cluster;
@@ -108,17 +109,22 @@ pub async fn serve(
     state: Arc<StatusState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Out of file descriptors and the like: back off instead of spinning on accept.
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "status API accept failed");
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "status API accept failed");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        backoff.reset();
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(state.clone(), req));

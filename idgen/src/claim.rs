@@ -11,8 +11,10 @@
 //! ranges. That is what makes IDs unique; the fence keeps a holder from issuing after its
 //! lease may be gone.
 
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwapOption, Guard};
 
 use crate::clock::{mono_ms, IdClock};
 use crate::codec::Codec;
@@ -229,39 +231,35 @@ impl Claim {
     }
 }
 
-/// The claim IDs are issued under, read with a single atomic load on the hot path. Every
-/// claim ever installed is kept until the slot is dropped (a few hundred bytes per
-/// re-claim, which happens only after a lease loss), so a reference handed out stays valid
-/// without reference counting.
+/// The claim IDs are issued under: an `ArcSwapOption`, so the hot path reads it with one
+/// lock-free load and a re-claim swaps in the new claim whole. A replaced claim is freed as
+/// soon as the last reader holding it (an issue in flight) lets go.
 #[derive(Default)]
 pub struct ClaimSlot {
-    current: AtomicPtr<Claim>,
-    kept: Mutex<Vec<Arc<Claim>>>,
+    current: ArcSwapOption<Claim>,
 }
 
 impl ClaimSlot {
-    /// Makes `claim` the current one.
+    /// Makes `claim` the current one; the previous one is dropped once no reader holds it.
     pub fn install(&self, claim: Arc<Claim>) {
-        let ptr = Arc::as_ptr(&claim).cast_mut();
-        self.kept
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(claim);
-        self.current.store(ptr, Ordering::Release);
+        self.current.store(Some(claim));
     }
 
     /// No current claim (re-claiming or shut down).
     pub fn clear(&self) {
-        self.current.store(std::ptr::null_mut(), Ordering::Release);
+        self.current.store(None);
     }
 
-    /// The current claim.
+    /// The current claim, for a short use on the hot path (no reference count touched in
+    /// the common case). Hold the guard only while issuing, never across an await.
     #[inline]
-    pub fn get(&self) -> Option<&Claim> {
-        let ptr = self.current.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer was taken from an Arc that `kept` holds until the slot
-        // itself is dropped, and `kept` only grows; so the claim outlives `&self`.
-        unsafe { ptr.as_ref() }
+    pub fn load(&self) -> Guard<Option<Arc<Claim>>> {
+        self.current.load()
+    }
+
+    /// The current claim, to keep.
+    pub fn get(&self) -> Option<Arc<Claim>> {
+        self.current.load_full()
     }
 }
 
@@ -330,5 +328,35 @@ mod tests {
         if let Ok(Take::Wait(ms)) = claim.take_serial(0, 100, 1) {
             assert!((1..=1000).contains(&ms));
         }
+    }
+
+    #[test]
+    fn a_replaced_or_cleared_claim_is_freed() {
+        let c = codec();
+        let anchor = wall_ms();
+        let slot = ClaimSlot::default();
+        let first = Arc::new(Claim::new(&c, 1, 7, anchor, anchor, NO_FENCE, 1000).expect("a"));
+        let first_weak = Arc::downgrade(&first);
+        slot.install(first);
+        {
+            let held = slot.load();
+            let second = Arc::new(Claim::new(&c, 1, 8, anchor, anchor, NO_FENCE, 1000).expect("b"));
+            slot.install(second);
+            // A reader that loaded the first claim keeps it alive while it issues...
+            assert_eq!(held.as_ref().map(|c| c.worker), Some(7));
+            assert_eq!(slot.get().map(|c| c.worker), Some(8));
+        }
+        // ...and once it lets go the first claim is gone.
+        assert!(
+            first_weak.upgrade().is_none(),
+            "the replaced claim was freed"
+        );
+        let second_weak = Arc::downgrade(&slot.get().expect("current"));
+        slot.clear();
+        assert!(slot.get().is_none());
+        assert!(
+            second_weak.upgrade().is_none(),
+            "the cleared claim was freed"
+        );
     }
 }

@@ -7,28 +7,15 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use rustix::time::{clock_gettime, ClockId};
+
 /// Milliseconds of the coarse monotonic clock (arbitrary origin, never goes back).
 #[inline]
 pub fn mono_ms() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; CLOCK_MONOTONIC_COARSE exists on
-    // every Linux since 2.6.32.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    if rc != 0 {
-        // Not reachable on Linux; fall back to a precise monotonic reading.
-        return precise_mono_ms();
-    }
+    // CLOCK_MONOTONIC_COARSE exists on every Linux since 2.6.32; rustix reads it through
+    // the vDSO and cannot fail for a valid clock id.
+    let ts = clock_gettime(ClockId::MonotonicCoarse);
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
-}
-
-fn precise_mono_ms() -> u64 {
-    use std::sync::OnceLock;
-    use std::time::Instant;
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// Unix milliseconds of the wall clock (0 if it reads before 1970).

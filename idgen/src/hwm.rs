@@ -8,9 +8,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{flock, FlockOperation};
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 use crate::error::IdError;
@@ -69,13 +70,17 @@ impl HwmFile {
             .write(true)
             .open(&lock_path)
             .map_err(io)?;
-        // SAFETY: flock on a descriptor we own.
-        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            return Err(IdError::WorkerBusy {
-                worker,
-                path: path.to_path_buf(),
-            });
+        // flock(2) belongs to the open file description: it is released when `lock` closes,
+        // also when the process dies, so a crashed holder never blocks its successor.
+        match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => {
+                return Err(IdError::WorkerBusy {
+                    worker,
+                    path: path.to_path_buf(),
+                })
+            }
+            Err(e) => return Err(io(e.into())),
         }
         Ok(HwmFile {
             path: path.to_path_buf(),

@@ -16,7 +16,7 @@ use etcd_client::{
     TxnOp,
 };
 use serde::{Deserialize, Serialize};
-use twin_topology::{Datacenter, Keys};
+use twin_topology::{Datacenter, EtcdFailure, Keys};
 
 use crate::clock::{mono_ms, wall_ms};
 use crate::error::IdError;
@@ -70,23 +70,50 @@ pub enum LeaseTrouble {
     Unreachable(String),
 }
 
-async fn within<T, F>(timeout: Duration, fut: F) -> Result<T, String>
+/// An etcd call that failed, kept typed until [`classify`] decides what it means.
+#[derive(Debug)]
+enum CallError {
+    /// etcd (or the client) reported an error.
+    Etcd(etcd_client::Error),
+    /// No answer within the call's timeout.
+    NoAnswer(Duration),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Etcd(e) => write!(f, "{e}"),
+            CallError::NoAnswer(t) => write!(f, "no answer within {t:?}"),
+        }
+    }
+}
+
+impl From<CallError> for IdError {
+    fn from(e: CallError) -> IdError {
+        IdError::Etcd(e.to_string())
+    }
+}
+
+async fn within<T, F>(timeout: Duration, fut: F) -> Result<T, CallError>
 where
     F: Future<Output = Result<T, etcd_client::Error>>,
 {
     match tokio::time::timeout(timeout, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Ok(Err(e)) => Err(CallError::Etcd(e)),
+        Err(_) => Err(CallError::NoAnswer(timeout)),
     }
 }
 
-/// etcd answers a keepalive for an expired lease with "requested lease not found".
-fn classify(error: String) -> LeaseTrouble {
-    if error.contains("lease not found") {
-        LeaseTrouble::Lost(error)
-    } else {
-        LeaseTrouble::Unreachable(error)
+/// What a failed lease request means: etcd's `ErrGRPCLeaseNotFound` (gRPC `NotFound`) is a
+/// lost lease; anything else may be a network fault, so the caller tries again (the fence
+/// keeps IDs safe meanwhile).
+fn classify(error: CallError) -> LeaseTrouble {
+    match &error {
+        CallError::Etcd(e) if EtcdFailure::of_lease_request(e) == EtcdFailure::LeaseNotFound => {
+            LeaseTrouble::Lost(error.to_string())
+        }
+        _ => LeaseTrouble::Unreachable(error.to_string()),
     }
 }
 
@@ -100,7 +127,7 @@ impl EtcdWorkers {
         let key = self.keys.datacenter(&self.dc);
         let resp = within(self.timeout, self.client.kv_client().get(key.clone(), None))
             .await
-            .map_err(IdError::Etcd)?;
+            .map_err(IdError::from)?;
         let kv = resp
             .kvs()
             .first()
@@ -118,14 +145,13 @@ impl EtcdWorkers {
         margin: Duration,
         window_ms: u64,
     ) -> Result<WorkerLease, IdError> {
-        let etcd = IdError::Etcd;
         let sent = mono_ms();
         let grant = within(
             self.timeout,
             self.client.lease_client().grant(ttl.as_secs() as i64, None),
         )
         .await
-        .map_err(etcd)?;
+        .map_err(IdError::from)?;
         let lease_id = grant.id();
         let fence_mono_ms =
             sent + (grant.ttl().max(0) as u64 * 1000).saturating_sub(margin.as_millis() as u64);
@@ -157,7 +183,6 @@ impl EtcdWorkers {
         workers: u32,
         window_ms: u64,
     ) -> Result<(u32, i64, i64, u64, u64, String), IdError> {
-        let etcd = IdError::Etcd;
         let prefix = GetOptions::new().with_prefix();
         let held = within(
             self.timeout,
@@ -166,7 +191,7 @@ impl EtcdWorkers {
                 .get(self.keys.idgen_workers(&self.dc), Some(prefix.clone())),
         )
         .await
-        .map_err(etcd)?;
+        .map_err(IdError::from)?;
         let taken: BTreeSet<u32> = held
             .kvs()
             .iter()
@@ -179,7 +204,7 @@ impl EtcdWorkers {
             self.client.kv_client().get(hwm_prefix, Some(prefix)),
         )
         .await
-        .map_err(etcd)?;
+        .map_err(IdError::from)?;
         // This node's previous worker ids, most recently written first.
         let mut mine: Vec<(i64, u32)> = hwms
             .kvs()
@@ -213,7 +238,7 @@ impl EtcdWorkers {
                 )]);
             let resp = within(self.timeout, self.client.kv_client().txn(txn))
                 .await
-                .map_err(etcd)?;
+                .map_err(IdError::from)?;
             if !resp.succeeded() {
                 continue;
             }
@@ -246,7 +271,7 @@ impl EtcdWorkers {
         for _ in 0..5 {
             let got = within(self.timeout, self.client.kv_client().get(key.clone(), None))
                 .await
-                .map_err(IdError::Etcd)?;
+                .map_err(IdError::from)?;
             let (prev, rev) = match got.kvs().first() {
                 Some(kv) => {
                     let rec = HwmRecord::from_json(kv.value()).ok_or_else(|| {
@@ -297,7 +322,7 @@ impl EtcdWorkers {
             .and_then([TxnOp::put(key, rec.to_json(), None)]);
         let resp = within(self.timeout, self.client.kv_client().txn(txn))
             .await
-            .map_err(LeaseTrouble::Unreachable)?;
+            .map_err(|e| LeaseTrouble::Unreachable(e.to_string()))?;
         if resp.succeeded() {
             Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
         } else {
@@ -315,7 +340,7 @@ impl EtcdWorkers {
             let key = self.keys.idgen_hwm(&self.dc, lease.worker);
             let got = within(self.timeout, self.client.kv_client().get(key, None))
                 .await
-                .map_err(LeaseTrouble::Unreachable)?;
+                .map_err(|e| LeaseTrouble::Unreachable(e.to_string()))?;
             let kv = got
                 .kvs()
                 .first()
@@ -365,13 +390,15 @@ impl EtcdWorkers {
     ) -> Result<u64, LeaseTrouble> {
         let unreachable = |e: String| LeaseTrouble::Unreachable(e);
         if lease.keeper.is_none() {
-            let pair = within(
+            let opened = within(
                 self.timeout,
                 self.client.lease_client().keep_alive(lease.lease_id),
             )
-            .await
-            .map_err(classify)?;
-            lease.keeper = Some(pair);
+            .await;
+            match opened {
+                Ok(pair) => lease.keeper = Some(pair),
+                Err(e) => return Err(self.opening_failed(lease.lease_id, e).await),
+            }
         }
         let Some((keeper, stream)) = lease.keeper.as_mut() else {
             return Err(unreachable("no keepalive stream".to_string()));
@@ -390,7 +417,7 @@ impl EtcdWorkers {
             }
             Ok(Err(e)) => {
                 lease.keeper = None;
-                return Err(classify(e.to_string()));
+                return Err(classify(CallError::Etcd(e)));
             }
             Err(_) => {
                 // A late answer on this stream could be mistaken for the next one: drop it.
@@ -408,6 +435,33 @@ impl EtcdWorkers {
             )));
         }
         Ok(sent + (resp.ttl() as u64 * 1000).saturating_sub(margin.as_millis() as u64))
+    }
+
+    /// Why the keepalive stream of `lease_id` could not be opened. etcd answers a keepalive
+    /// of a missing lease with TTL 0, which etcd-client reports as a text-only
+    /// `LeaseKeepAliveError`, the variant it also uses when its own channel is closed. So
+    /// unless the failure is typed (lease not found, or etcd unreachable), etcd is asked:
+    /// a time-to-live of -1 (or 0) means the lease is gone.
+    async fn opening_failed(&self, lease_id: i64, error: CallError) -> LeaseTrouble {
+        let CallError::Etcd(e) = &error else {
+            return classify(error);
+        };
+        match EtcdFailure::of_lease_request(e) {
+            EtcdFailure::LeaseNotFound | EtcdFailure::Unavailable => return classify(error),
+            _ => {}
+        }
+        let ttl = within(
+            self.timeout,
+            self.client.lease_client().time_to_live(lease_id, None),
+        )
+        .await;
+        match ttl {
+            Ok(r) if r.ttl() <= 0 => {
+                LeaseTrouble::Lost(format!("lease {lease_id:x} expired or was revoked"))
+            }
+            Ok(_) => LeaseTrouble::Unreachable(format!("opening the keepalive stream: {error}")),
+            Err(e) => classify(e),
+        }
     }
 
     /// Clean release: lowers the hwm to `used_ms` (the highest ID time actually issued, so
@@ -432,5 +486,90 @@ impl EtcdWorkers {
             self.client.lease_client().revoke(lease.lease_id),
         )
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tonic::{Code, Status};
+
+    fn status(code: Code) -> CallError {
+        CallError::Etcd(etcd_client::Error::GRpcStatus(Status::new(
+            code, "any text",
+        )))
+    }
+
+    #[test]
+    fn lease_not_found_is_lost_and_everything_else_is_unreachable() {
+        assert!(matches!(
+            classify(status(Code::NotFound)),
+            LeaseTrouble::Lost(_)
+        ));
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::PermissionDenied,
+        ] {
+            assert!(
+                matches!(classify(status(code)), LeaseTrouble::Unreachable(_)),
+                "{code:?}"
+            );
+        }
+        assert!(matches!(
+            classify(CallError::NoAnswer(Duration::from_secs(1))),
+            LeaseTrouble::Unreachable(_)
+        ));
+    }
+
+    async fn workers(etcd: &twin_lab::Etcd) -> EtcdWorkers {
+        EtcdWorkers {
+            client: etcd.client().await.expect("client"),
+            keys: Keys::default(),
+            dc: "m6v".to_string(),
+            node_id: "n1".to_string(),
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// A revoked lease is Lost on every path that meets it: the keepalive stream opened
+    /// afterwards (etcd-client's text-only error, confirmed by the TTL), one already open
+    /// (TTL 0), and an hwm extension (the worker key went with the lease).
+    #[tokio::test]
+    async fn a_revoked_lease_is_lost_never_unreachable() {
+        let etcd = twin_lab::Etcd::start().await.expect("etcd");
+        let w = workers(&etcd).await;
+        let ttl = Duration::from_secs(30);
+        let margin = Duration::from_secs(1);
+
+        // 1. Revoked before the first keepalive: the stream must be opened.
+        let mut lease = w.claim(16, ttl, margin, 1000).await.expect("claim");
+        w.client
+            .lease_client()
+            .revoke(lease.lease_id)
+            .await
+            .expect("revoke");
+        let got = w.keepalive(&mut lease, margin).await;
+        assert!(matches!(got, Err(LeaseTrouble::Lost(_))), "{got:?}");
+        let got = w.extend(&mut lease, wall_ms() + 5000).await;
+        assert!(matches!(got, Err(LeaseTrouble::Lost(_))), "{got:?}");
+
+        // 2. Revoked while the keepalive stream is open.
+        let mut lease = w.claim(16, ttl, margin, 1000).await.expect("claim");
+        w.keepalive(&mut lease, margin).await.expect("alive");
+        w.client
+            .lease_client()
+            .revoke(lease.lease_id)
+            .await
+            .expect("revoke");
+        let got = w.keepalive(&mut lease, margin).await;
+        assert!(matches!(got, Err(LeaseTrouble::Lost(_))), "{got:?}");
+
+        // 3. A live lease whose stream must be reopened stays alive.
+        let mut lease = w.claim(16, ttl, margin, 1000).await.expect("claim");
+        w.keepalive(&mut lease, margin).await.expect("alive");
+        lease.keeper = None;
+        w.keepalive(&mut lease, margin).await.expect("still alive");
     }
 }

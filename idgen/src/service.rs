@@ -335,11 +335,12 @@ impl IdService {
         F: FnMut(&Claim, u64, &mut Vec<T>) -> Result<Take, IdError>,
     {
         let shared = &self.inner.shared;
-        let mut last: Option<*const Claim> = None;
+        let mut last: Option<Arc<Claim>> = None;
         loop {
-            let claim = match shared.claim.get() {
+            let current = shared.claim.load();
+            let claim = match current.as_ref() {
                 // A closed claim not yet replaced: re-claiming or shutting down.
-                Some(c) if last != Some(c as *const Claim) => c,
+                Some(c) if !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, c)) => c,
                 _ if *self.inner.stop.borrow() => return Err(IdError::ShutDown),
                 _ => return Err(shared.no_claim()),
             };
@@ -358,7 +359,7 @@ impl IdService {
             if out.len() >= count {
                 return Ok(Step::Done);
             }
-            last = Some(claim as *const Claim);
+            last = Some(Arc::clone(claim));
         }
     }
 

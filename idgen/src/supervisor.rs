@@ -6,7 +6,8 @@
 //! 1. learn the datacenter code (once);
 //! 2. claim a worker id and reserve time above its hwm; install the claim;
 //! 3. every `ttl / 4`: send a keepalive (an answer moves the fence to send time + TTL -
-//!    margin) and, when less than half the window is reserved ahead, extend the hwm;
+//!    margin; an unanswered one is retried sooner, with jittered backoff) and, when less
+//!    than half the window is reserved ahead, extend the hwm;
 //! 4. on a definite loss (lease expired, worker key or hwm taken over): close the claim and
 //!    go to 2; on shutdown: close, lower the hwm to what was used, revoke the lease.
 
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
-use twin_topology::Keys;
+use twin_topology::{Backoff, Keys};
 
 use crate::claim::{Claim, NO_FENCE};
 use crate::clock::wall_ms;
@@ -81,7 +82,12 @@ pub async fn run_etcd(
     };
     let mut started = Some(started);
     let tick = (cfg.lease_ttl / 4).max(Duration::from_millis(100));
-    let retry = tick.min(Duration::from_secs(1));
+    // Failed starts and claims are retried with jitter, at most a tick (or 1 s) apart, so
+    // sidecars that lost etcd together do not re-claim in lockstep.
+    let retry_cap = tick.min(Duration::from_secs(1));
+    let mut retry = Backoff::new(Duration::from_millis(50).min(retry_cap), retry_cap);
+    // A keepalive that got no answer is retried sooner than the next tick (never later).
+    let mut keepalive_retry = Backoff::new(Duration::from_millis(100).min(tick), tick);
     let window = ms(cfg.reservation_window);
     let workers = cfg.layout.workers();
     let mut dc_code = cfg.dc_code;
@@ -112,7 +118,7 @@ pub async fn run_etcd(
                 }
                 Err(e) => {
                     shared.set_error(Some(e.to_string()));
-                    if pause(&mut stop, retry).await {
+                    if pause(&mut stop, retry.next_delay()).await {
                         break;
                     }
                     continue;
@@ -128,12 +134,13 @@ pub async fn run_etcd(
             Ok(l) => l,
             Err(e) => {
                 shared.set_error(Some(e.to_string()));
-                if pause(&mut stop, retry).await {
+                if pause(&mut stop, retry.next_delay()).await {
                     break;
                 }
                 continue;
             }
         };
+        retry.reset();
         let claim = Claim::new(
             &shared.codec,
             code,
@@ -154,16 +161,23 @@ pub async fn run_etcd(
         let claim = install(&shared, claim, &mut started);
         tracing::info!(dc = %cfg.dc, worker = lease.worker, anchor_ms = lease.anchor_ms, "claimed worker id");
         // 3. Maintain.
+        keepalive_retry.reset();
+        let mut wait = tick;
         let lost = loop {
             report_gauge(Some(&claim));
-            if pause(&mut stop, tick).await {
+            if pause(&mut stop, wait).await {
                 break None;
             }
             match etcd.keepalive(&mut lease, cfg.fence_margin).await {
-                Ok(fence) => claim.extend_fence(fence),
+                Ok(fence) => {
+                    claim.extend_fence(fence);
+                    keepalive_retry.reset();
+                    wait = tick;
+                }
                 Err(LeaseTrouble::Lost(why)) => break Some(why),
                 Err(LeaseTrouble::Unreachable(why)) => {
                     shared.set_error(Some(format!("keepalive: {why}")));
+                    wait = keepalive_retry.next_delay();
                     continue;
                 }
             }

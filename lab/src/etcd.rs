@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, CompactionOptions};
-use twin_topology::{EtcdArgs, EtcdSettings};
+use twin_topology::{wants_authentication, EtcdArgs, EtcdSettings};
 
 use crate::net::try_free_ports;
 use crate::procs::{etcd_binary, Proc, ProcError, ProcSpec, Registry};
@@ -222,16 +222,6 @@ fn temp_root() -> std::io::Result<tempfile::TempDir> {
     tempfile::Builder::new().prefix("twin-etcd-").tempdir()
 }
 
-/// Whether etcd answered a request and refused it for want of (valid) credentials: proof
-/// that the member serves, with authentication on. By gRPC code: etcd answers a request
-/// without a user name with `InvalidArgument` ("user name is empty"), a bad token with
-/// `Unauthenticated`, a user without the permission with `PermissionDenied`.
-fn needs_credentials(e: &etcd_client::Error) -> bool {
-    use tonic::Code;
-    matches!(e, etcd_client::Error::GRpcStatus(s)
-        if matches!(s.code(), Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied))
-}
-
 /// A real etcd on loopback.
 pub struct Etcd {
     /// The members, in name order; a fault test drives their processes directly.
@@ -406,7 +396,8 @@ impl Etcd {
             if let Some(mut c) = self.quick_client(m.endpoint()).await {
                 match c.get("twin-lab-ready", None).await {
                     Ok(_) => return Ok(()),
-                    Err(e) if needs_credentials(&e) => return Ok(()),
+                    // With authentication on, a refusal for want of credentials proves the same.
+                    Err(e) if wants_authentication(&e) => return Ok(()),
                     Err(_) => {}
                 }
             }

@@ -16,7 +16,7 @@ use etcd_client::{
     Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::task::JoinHandle;
-use twin_topology::{Endpoint, Keys};
+use twin_topology::{Backoff, Endpoint, Keys};
 
 use crate::config::RegisterSpec;
 use crate::shutdown::Shutdown;
@@ -130,39 +130,58 @@ async fn write_entries(
     Written::Drained { revision }
 }
 
-/// Waits until the drain marker is deleted (or the watch fails, or the sidecar drains).
-async fn until_undrained(client: &mut Client, marker: &str, revision: i64, shutdown: &Shutdown) {
+/// Waits until the drain marker is deleted (returns true), or the watch fails or the
+/// sidecar drains (returns false; the caller checks the marker again after a backoff).
+async fn until_undrained(
+    client: &mut Client,
+    marker: &str,
+    revision: i64,
+    shutdown: &Shutdown,
+) -> bool {
     let opts = WatchOptions::new().with_start_revision(revision + 1);
     let mut stream = match client.watch(marker, Some(opts)).await {
         Ok(w) => w,
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the drain marker; checking again shortly");
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
-                () = shutdown.draining() => {}
-            }
-            return;
+            return false;
         }
     };
     loop {
         let msg = tokio::select! {
             m = stream.message() => m,
-            () = shutdown.draining() => return,
+            () = shutdown.draining() => return false,
         };
         match msg {
             Ok(Some(resp)) => {
-                if resp.canceled()
-                    || resp
-                        .events()
-                        .iter()
-                        .any(|e| e.event_type() == EventType::Delete)
+                if resp
+                    .events()
+                    .iter()
+                    .any(|e| e.event_type() == EventType::Delete)
                 {
-                    return;
+                    return true;
+                }
+                if resp.canceled() {
+                    return false;
                 }
             }
             // The watch broke: the caller checks the marker again.
-            Ok(None) | Err(_) => return,
+            Ok(None) | Err(_) => return false,
         }
+    }
+}
+
+/// Bound of the first delay before registering again after a failure; it doubles per
+/// failure in a row up to [`RETRY_CAP`], with full jitter ([`Backoff`]).
+const RETRY_BASE: Duration = Duration::from_millis(100);
+/// The longest wait between two registration attempts.
+const RETRY_CAP: Duration = Duration::from_secs(2);
+
+/// Waits the policy's next delay, or until the sidecar drains.
+async fn pause(backoff: &mut Backoff, shutdown: &Shutdown) {
+    let retry_in = backoff.next_delay();
+    tokio::select! {
+        () = tokio::time::sleep(retry_in) => {}
+        () = shutdown.draining() => {}
     }
 }
 
@@ -174,7 +193,7 @@ async fn run(
     shutdown: Shutdown,
 ) {
     let ttl_secs = ttl.as_secs().max(2) as i64;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
     while !shutdown.is_draining() {
         let lease = tokio::select! {
             r = client.lease_grant(ttl_secs, None) => r,
@@ -183,29 +202,29 @@ async fn run(
         let id = match lease {
             Ok(l) => l.id(),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot register: lease grant failed");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.draining() => break,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tracing::warn!(error = %e, "cannot register: lease grant failed");
+                pause(&mut backoff, &shutdown).await;
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
         match write_entries(&mut client, &marker, &entries, id).await {
             Written::Registered => {
                 tracing::info!(lease = id, endpoints = entries.len(), "registered");
                 metrics::gauge!(DRAINED).set(0.0);
                 metrics::gauge!(REGISTERED).set(1.0);
-                keep_alive(&mut client, id, ttl_secs, &shutdown).await;
+                if keep_alive(&mut client, id, ttl_secs, &shutdown).await {
+                    backoff.reset();
+                }
                 metrics::gauge!(REGISTERED).set(0.0);
             }
             Written::Drained { revision } => {
                 metrics::gauge!(DRAINED).set(1.0);
                 // Nothing is held under this lease while drained; a fresh one is granted later.
                 let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(id)).await;
-                until_undrained(&mut client, &marker, revision, &shutdown).await;
+                if until_undrained(&mut client, &marker, revision, &shutdown).await {
+                    backoff.reset();
+                }
+                pause(&mut backoff, &shutdown).await;
                 continue;
             }
             Written::Failed => {}
@@ -221,34 +240,39 @@ async fn run(
             }
             return;
         }
+        // A lost lease or a failed write: register again after a jittered delay, so a fleet
+        // that lost etcd together does not come back in lockstep.
+        pause(&mut backoff, &shutdown).await;
     }
 }
 
 /// Refreshes the lease every third of its TTL until it is lost or the sidecar drains.
-async fn keep_alive(client: &mut Client, id: i64, ttl_secs: i64, shutdown: &Shutdown) {
+/// Returns whether at least one refresh succeeded (the registration held).
+async fn keep_alive(client: &mut Client, id: i64, ttl_secs: i64, shutdown: &Shutdown) -> bool {
     let every = Duration::from_millis((ttl_secs as u64 * 1000) / 3);
     let (mut keeper, mut stream) = match client.lease_keep_alive(id).await {
         Ok(k) => k,
         Err(e) => {
             tracing::warn!(error = %e, "lease keep-alive could not start");
-            return;
+            return false;
         }
     };
+    let mut held = false;
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = shutdown.draining() => return,
+            () = shutdown.draining() => return held,
         }
         if keeper.keep_alive().await.is_err() {
             tracing::warn!(lease = id, "lease keep-alive failed; registering again");
-            return;
+            return held;
         }
         match tokio::time::timeout(every, stream.message()).await {
-            Ok(Ok(Some(resp))) if resp.ttl() > 0 => {}
+            Ok(Ok(Some(resp))) if resp.ttl() > 0 => held = true,
             Ok(Ok(Some(_))) => {
                 tracing::warn!(lease = id, "lease expired; registering again");
-                return;
+                return held;
             }
             other => {
                 tracing::warn!(
@@ -256,7 +280,7 @@ async fn keep_alive(client: &mut Client, id: i64, ttl_secs: i64, shutdown: &Shut
                     ?other,
                     "lease keep-alive got no answer; registering again"
                 );
-                return;
+                return held;
             }
         }
     }

@@ -16,6 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use twin_topology::Backoff;
 
 use crate::config::Limits;
 use crate::conn_guard;
@@ -77,6 +78,7 @@ where
         tokio::pin!(stopped);
         // One permit per open connection: at the limit, new clients wait in the backlog.
         let slots = Arc::new(Semaphore::new(max_connections));
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         loop {
             let permit = tokio::select! {
                 biased;
@@ -91,6 +93,7 @@ where
                 () = &mut stopped => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
+                        backoff.reset();
                         let _ = stream.set_nodelay(true);
                         let (io, service) =
                             conn_guard::guard(stream, new_service(peer), idle, header);
@@ -108,7 +111,7 @@ where
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(listener = what, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        backoff.wait().await;
                     }
                 }
             }

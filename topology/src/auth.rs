@@ -10,6 +10,7 @@
 use etcd_client::{Client, Permission};
 
 use crate::connect::explain;
+use crate::etcd_error::EtcdFailure;
 use crate::keys::Keys;
 
 /// A Twin role and its permissions.
@@ -61,48 +62,106 @@ pub enum AuthError {
     Etcd { step: String, reason: String },
 }
 
+/// Turns a failed auth-management request into an [`AuthError`]. Every request here names
+/// a non-empty user or role, so `InvalidArgument` can only be etcd's "user name is empty"
+/// (auth is on and no credentials were given): like "permission denied", root is needed.
 fn etcd_err(step: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> AuthError {
     let step = step.into();
-    move |e| {
-        let text = e.to_string();
-        if text.contains("user name is empty") || text.contains("permission denied") {
-            AuthError::NeedRoot
-        } else {
-            AuthError::Etcd {
-                step,
-                reason: explain(&e),
-            }
-        }
+    move |e| match EtcdFailure::of_well_formed_request(&e) {
+        EtcdFailure::AuthRequired | EtcdFailure::PermissionDenied => AuthError::NeedRoot,
+        _ => AuthError::Etcd {
+            step,
+            reason: explain(&e),
+        },
     }
 }
 
-fn exists(e: &etcd_client::Error) -> bool {
-    e.to_string().contains("already exists")
+async fn users(client: &mut Client) -> Result<Vec<String>, AuthError> {
+    let resp = client
+        .user_list()
+        .await
+        .map_err(etcd_err("listing users"))?;
+    Ok(resp.users().to_vec())
+}
+
+async fn role_names(client: &mut Client) -> Result<Vec<String>, AuthError> {
+    let resp = client
+        .role_list()
+        .await
+        .map_err(etcd_err("listing roles"))?;
+    Ok(resp.roles().to_vec())
+}
+
+/// Adds user `name` unless it exists. Returns whether this call created it. A
+/// `FailedPrecondition` answer (etcd's "user name already exists", but the code is shared)
+/// is confirmed by listing again: a concurrent bootstrap may have created it.
+async fn ensure_user(client: &mut Client, name: &str, password: &str) -> Result<bool, AuthError> {
+    if users(client).await?.iter().any(|u| u == name) {
+        return Ok(false);
+    }
+    match client.user_add(name, password, None).await {
+        Ok(_) => Ok(true),
+        Err(e) if EtcdFailure::of(&e) == EtcdFailure::Precondition => {
+            if users(client).await?.iter().any(|u| u == name) {
+                Ok(false)
+            } else {
+                Err(etcd_err(format!("adding user {name}"))(e))
+            }
+        }
+        Err(e) => Err(etcd_err(format!("adding user {name}"))(e)),
+    }
+}
+
+/// Adds role `name` unless it exists, confirming a `FailedPrecondition` answer by listing
+/// again (as [`ensure_user`]).
+async fn ensure_role(client: &mut Client, name: &str) -> Result<(), AuthError> {
+    if role_names(client).await?.iter().any(|r| r == name) {
+        return Ok(());
+    }
+    match client.role_add(name).await {
+        Ok(_) => Ok(()),
+        Err(e) if EtcdFailure::of(&e) == EtcdFailure::Precondition => {
+            if role_names(client).await?.iter().any(|r| r == name) {
+                Ok(())
+            } else {
+                Err(etcd_err(format!("adding role {name}"))(e))
+            }
+        }
+        Err(e) => Err(etcd_err(format!("adding role {name}"))(e)),
+    }
+}
+
+/// Grants `role` to `user` unless the user already has it.
+async fn ensure_user_role(client: &mut Client, user: &str, role: &str) -> Result<(), AuthError> {
+    let has = client
+        .user_get(user)
+        .await
+        .map_err(etcd_err(format!("reading user {user}")))?;
+    if has.roles().iter().any(|r| r == role) {
+        return Ok(());
+    }
+    client
+        .user_grant_role(user, role)
+        .await
+        .map_err(etcd_err(format!("granting role {role} to {user}")))?;
+    Ok(())
 }
 
 /// Creates the root user (if missing) and every Twin role with its permissions, then
-/// enables authentication. Safe to run again: existing users and roles are kept and the
-/// permissions are granted again.
+/// enables authentication. Safe to run again, also once auth is on (connected as root):
+/// users and roles are listed first and only the missing ones are added (an existing root
+/// keeps its password), and the permissions are granted again (etcd keeps one entry per
+/// key range). Without root credentials once auth is on it fails with
+/// [`AuthError::NeedRoot`].
 pub async fn bootstrap(
     client: &mut Client,
     keys: &Keys,
     root_password: &str,
 ) -> Result<(), AuthError> {
-    match client.user_add("root", root_password, None).await {
-        Ok(_) => {}
-        Err(e) if exists(&e) => {}
-        Err(e) => return Err(etcd_err("adding user root")(e)),
-    }
-    client
-        .user_grant_role("root", "root")
-        .await
-        .map_err(etcd_err("granting role root to root"))?;
+    ensure_user(client, "root", root_password).await?;
+    ensure_user_role(client, "root", "root").await?;
     for role in roles(keys) {
-        match client.role_add(role.name).await {
-            Ok(_) => {}
-            Err(e) if exists(&e) => {}
-            Err(e) => return Err(etcd_err(format!("adding role {}", role.name))(e)),
-        }
+        ensure_role(client, role.name).await?;
         for p in &role.read_prefixes {
             let write = role.write_prefixes.contains(p);
             let perm = if write {
@@ -133,7 +192,8 @@ pub async fn bootstrap(
     Ok(())
 }
 
-/// Creates (or updates the password of) `name` and grants it one Twin role.
+/// Creates `name` with `password`, or sets the password of an existing `name`, and grants
+/// it one Twin role (kept if already granted). Unknown roles are refused before any change.
 pub async fn add_user(
     client: &mut Client,
     keys: &Keys,
@@ -144,19 +204,11 @@ pub async fn add_user(
     if !roles(keys).iter().any(|r| r.name == role) {
         return Err(AuthError::UnknownRole(role.to_string()));
     }
-    match client.user_add(name, password, None).await {
-        Ok(_) => {}
-        Err(e) if exists(&e) => {
-            client
-                .user_change_password(name, password)
-                .await
-                .map_err(etcd_err(format!("changing the password of {name}")))?;
-        }
-        Err(e) => return Err(etcd_err(format!("adding user {name}"))(e)),
+    if !ensure_user(client, name, password).await? {
+        client
+            .user_change_password(name, password)
+            .await
+            .map_err(etcd_err(format!("changing the password of {name}")))?;
     }
-    client
-        .user_grant_role(name, role)
-        .await
-        .map_err(etcd_err(format!("granting {role} to {name}")))?;
-    Ok(())
+    ensure_user_role(client, name, role).await
 }

@@ -71,10 +71,16 @@ pub enum ConnectError {
     Etcd { endpoints: String, reason: String },
 }
 
-/// Turns an etcd client error into one line that says what to fix.
+/// Turns an etcd client error into one line that says what to fix. Only a message for
+/// people: no decision may depend on it (use [`crate::EtcdFailure`]). The gRPC code and the
+/// I/O error kind decide where they can; TLS failures (buried in the transport's source
+/// chain as text) and the two `InvalidArgument` errors (etcd's "authentication failed" and
+/// "user name is empty" share the code) are told apart by their text.
 pub fn explain(e: &etcd_client::Error) -> String {
+    use tonic::Code;
     let full = format!("{e:?} {e}");
     let has = |s: &str| full.contains(s);
+    let code = crate::etcd_error::grpc_code(e);
     if has("UnknownIssuer") || has("unknown issuer") || has("BadSignature") {
         "TLS: the server's certificate is not signed by the CA given in --etcd-ca".to_string()
     } else if has("NotValidForName") || has("not valid for name") {
@@ -85,11 +91,14 @@ pub fn explain(e: &etcd_client::Error) -> String {
         "TLS: the server refused our client certificate (give --etcd-cert/--etcd-key signed by its CA)".to_string()
     } else if has("InvalidContentType") || has("CorruptMessage") || has("corrupt message") {
         "TLS handshake failed: the server does not speak TLS (use http://)".to_string()
-    } else if has("authentication failed") || has("invalid user ID or password") {
+    } else if code == Some(Code::InvalidArgument) && has("authentication failed") {
         "authentication failed: wrong user name or password".to_string()
-    } else if has("user name is empty") || has("user name not found") {
+    } else if code == Some(Code::Unauthenticated)
+        || (code == Some(Code::InvalidArgument) && has("user name is empty"))
+        || (code == Some(Code::FailedPrecondition) && has("user name not found"))
+    {
         "authentication required: give --etcd-user and --etcd-password-file".to_string()
-    } else if has("permission denied") {
+    } else if code == Some(Code::PermissionDenied) {
         "permission denied: this etcd user's role may not do that".to_string()
     } else if has("frame with invalid size")
         || has("h2 protocol error")
@@ -98,9 +107,13 @@ pub fn explain(e: &etcd_client::Error) -> String {
         || has("http2 error")
     {
         "the connection was dropped: if the server uses TLS, use https:// and --etcd-ca".to_string()
-    } else if has("Connection refused") || has("connection refused") {
+    } else if crate::etcd_error::is_connection_refused(e) {
         "connection refused: is etcd running at this address?".to_string()
-    } else if has("deadline") || has("timed out") || has("Timeout") {
+    } else if matches!(code, Some(Code::DeadlineExceeded | Code::Cancelled))
+        || has("deadline")
+        || has("timed out")
+        || has("Timeout")
+    {
         "no answer in time: etcd is down, paused or unreachable".to_string()
     } else {
         e.to_string()

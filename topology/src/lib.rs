@@ -5,13 +5,18 @@
 //! watched [`TopologyView`] (one prefix watch into an `ArcSwap`, with a snapshot file for cold
 //! starts), and the TLS client settings every binary shares (etcd's, and upstreams' for
 //! routes with `tls:`), with their flags and the way to write them back as a command line
-//! ([`argv`]). Pure types and math sit apart from the modules that do I/O (`store`, `view`,
-//! `connect`). It knows nothing of HTTP proxying, ID generation or the control plane.
+//! ([`argv`]). It also holds what every etcd client in Twin shares: the one classification of
+//! etcd failures by type and gRPC code ([`EtcdFailure`]; no decision reads an error's text)
+//! and the one retry policy with full jitter ([`Backoff`]). Pure types and math sit apart from
+//! the modules that do I/O (`store`, `view`, `connect`). It knows nothing of HTTP proxying,
+//! ID generation or the control plane.
 
 pub mod argv;
 pub mod auth;
+pub mod backoff;
 pub mod connect;
 pub mod etcd_args;
+pub mod etcd_error;
 pub mod keys;
 pub mod model;
 pub mod ring;
@@ -23,8 +28,10 @@ pub mod upstream_tls;
 pub mod validate;
 pub mod view;
 
+pub use backoff::Backoff;
 pub use connect::{ConnectError, EtcdSettings};
 pub use etcd_args::EtcdArgs;
+pub use etcd_error::{wants_authentication, EtcdFailure};
 pub use keys::{KeyKind, Keys};
 pub use model::{
     AuditRecord, Datacenter, Endpoint, Freeze, OnDcDown, RetryPolicy, Route, Timeouts, UpstreamTls,

@@ -19,6 +19,7 @@ use etcd_client::{Client, EventType, WatchOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::backoff::Backoff;
 use crate::keys::Keys;
 use crate::snapshot::{ApplyError, Source, Topology};
 
@@ -38,8 +39,10 @@ pub struct ViewStats {
 pub struct ViewOptions {
     /// Save every published topology here; start from it when etcd is unreachable.
     pub snapshot_path: Option<PathBuf>,
-    /// First retry delay after an etcd error (doubles up to `max_backoff`).
+    /// Bound of the first retry delay after an etcd error: the bound doubles per failure
+    /// up to `max_backoff`, each delay is random below it ([`crate::Backoff`]).
     pub backoff: Duration,
+    /// No retry waits longer.
     pub max_backoff: Duration,
 }
 
@@ -213,7 +216,7 @@ async fn run(
     publisher: Publisher,
     stats: Arc<ViewStats>,
 ) {
-    let mut backoff = opts.backoff;
+    let mut backoff = Backoff::new(opts.backoff, opts.max_backoff);
     // A snapshot's revision is only a hint: etcd may have been rebuilt since, so always list.
     let mut need_list = true;
     loop {
@@ -224,12 +227,12 @@ async fn run(
                 Ok(t) => {
                     topo = publisher.publish(t);
                     need_list = false;
-                    backoff = opts.backoff;
+                    backoff.reset();
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "listing the topology failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(opts.max_backoff);
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(error = %e, ?retry_in, "listing the topology failed");
+                    tokio::time::sleep(retry_in).await;
                     continue;
                 }
             }
@@ -241,10 +244,10 @@ async fn run(
         let mut stream = match client.watch(keys.root(), Some(wopts)).await {
             Ok(w) => w,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "opening the topology watch failed");
+                let retry_in = backoff.next_delay();
+                tracing::warn!(error = %e, ?retry_in, "opening the topology watch failed");
                 stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(opts.max_backoff);
+                tokio::time::sleep(retry_in).await;
                 continue;
             }
         };
@@ -263,7 +266,7 @@ async fn run(
                         tracing::warn!(reason = resp.cancel_reason(), "watch canceled by etcd");
                         break;
                     }
-                    backoff = opts.backoff;
+                    backoff.reset();
                     if resp.events().is_empty() {
                         continue;
                     }
@@ -292,7 +295,6 @@ async fn run(
         }
         stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("twin_topology_watch_restarts_total").increment(1);
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(opts.max_backoff);
+        backoff.wait().await;
     }
 }

@@ -121,6 +121,12 @@ async fn roles_limit_each_component_to_its_keys() {
     auth::bootstrap(&mut root, &keys, "rootpw")
         .await
         .expect("bootstrap again");
+    // Without credentials once auth is on, it asks for root instead of failing obscurely.
+    let mut anonymous = etcd.client().await.expect("client");
+    let err = auth::bootstrap(&mut anonymous, &keys, "rootpw")
+        .await
+        .expect_err("needs root");
+    assert!(matches!(err, auth::AuthError::NeedRoot), "{err}");
     for (user, role) in [
         ("sc", "twin-sidecar"),
         ("op", "twin-operator"),
@@ -223,5 +229,43 @@ async fn roles_limit_each_component_to_its_keys() {
     assert!(
         line.ends_with("authentication failed: wrong user name or password"),
         "{line}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_add_user_of_the_same_name_both_succeed() {
+    let etcd = Etcd::start().await.expect("etcd");
+    let dir = tempfile::tempdir().expect("tmp");
+    let keys = twin_topology::Keys::default();
+    let mut first = etcd.client().await.expect("client");
+    auth::bootstrap(&mut first, &keys, "rootpw")
+        .await
+        .expect("bootstrap");
+    let root = EtcdSettings {
+        user: Some("root".into()),
+        password_file: Some(write_password(dir.path(), "root", "rootpw")),
+        ..settings(&etcd.endpoint())
+    };
+    let mut a = root.connect_checked().await.expect("root");
+    let mut b = a.clone();
+    // Both usually list the users before either adds: the later add answers
+    // FailedPrecondition, confirmed by listing again, and is then "exists: set the password".
+    let (ra, rb) = tokio::join!(
+        auth::add_user(&mut a, &keys, "op", "pw", "twin-operator"),
+        auth::add_user(&mut b, &keys, "op", "pw", "twin-operator"),
+    );
+    ra.expect("first");
+    rb.expect("second");
+    let op = a.user_get("op").await.expect("op");
+    assert_eq!(op.roles(), ["twin-operator".to_string()]);
+    // A role that does not exist in etcd is one line naming the step.
+    a.role_delete("twin-reader").await.expect("delete role");
+    let e = auth::add_user(&mut a, &keys, "ro", "pw", "twin-reader")
+        .await
+        .expect_err("role missing in etcd");
+    assert!(
+        e.to_string()
+            .starts_with("granting role twin-reader to ro: "),
+        "{e}"
     );
 }

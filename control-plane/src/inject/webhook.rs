@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use kube_core::DynamicObject;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use twin_topology::Backoff;
 
 use super::mutate::{decide, patch, Decision, InjectConfig};
 
@@ -235,14 +236,18 @@ impl Webhook {
 
     /// Accepts connections forever; each TLS handshake uses the newest certificate.
     pub async fn run(self) {
+        // Out of file descriptors and the like: back off instead of spinning on accept.
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
         loop {
             let (tcp, _) = match self.listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook accept failed");
+                    backoff.wait().await;
                     continue;
                 }
             };
+            backoff.reset();
             let acceptor = tokio_rustls::TlsAcceptor::from(self.cert.config());
             let cfg = self.cfg.clone();
             tokio::spawn(async move {
