@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use twin_control_plane::probe::Prober;
-use twin_lab::{free_port, TestCerts, TlsUpstream};
+use twin_lab::{free_port, TestCerts, Upstream};
 use twin_topology::upstream_tls::UpstreamTlsArgs;
 use twin_topology::UpstreamTls;
 
@@ -16,7 +16,7 @@ fn prober() -> Prober {
 async fn tls_endpoints_are_probed_over_tls_with_the_sidecars_settings() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = TestCerts::generate(dir.path(), "twin-control-plane").expect("certs");
-    let up = TlsUpstream::start(&certs, Some(&certs.ca))
+    let up = Upstream::tls(&certs, Some(&certs.ca))
         .await
         .expect("TLS upstream");
     let addr = up.addr().to_string();

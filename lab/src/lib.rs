@@ -13,7 +13,6 @@ mod net;
 pub mod procs;
 pub mod secure;
 mod tls;
-mod tls_upstream;
 pub mod topology;
 pub mod upstream;
 
@@ -23,7 +22,6 @@ pub use net::{free_port, free_ports, try_free_ports};
 pub use procs::{Proc, ProcError, ProcSpec, Registry, Signal};
 pub use secure::{Security, Who};
 pub use tls::TestCerts;
-pub use tls_upstream::TlsUpstream;
 pub use topology::{Lab, LabBuilder, LabError, LabSidecar};
 pub use upstream::{Behavior, Hit, Recorder, Upstream};
 

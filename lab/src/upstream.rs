@@ -2,7 +2,7 @@
 //! request it receives and behaves as a test or drill sets it, changeable while it runs.
 //!
 //! It speaks HTTP/1.1 and h2c on the same port (hyper's auto server), so an h2 or gRPC
-//! upstream is a behaviour away. Every request is counted ([`Upstream::hits`]) and, once
+//! upstream is a behaviour away, optionally behind TLS or mutual TLS. Every request is counted ([`Upstream::hits`]) and, once
 //! its body has been read, recorded in the [`Recorder`] as a [`Hit`]: when, which upstream
 //! of which datacenter, method, path, headers, body length and digest. So a check can count
 //! what really reached an application, whatever the proxy in front claims.
@@ -11,6 +11,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -21,8 +22,14 @@ use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+
+use crate::TestCerts;
 
 /// What an [`Upstream`] does with the next requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +113,7 @@ struct State {
 /// How to start an [`Upstream`]: see [`Upstream::builder`].
 pub struct UpstreamBuilder {
     name: String,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     body: Option<String>,
     dc: usize,
     index: usize,
@@ -132,6 +140,14 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Serve TLS only, with `certs`' server certificate (valid for 127.0.0.1 and
+    /// localhost); with `client_ca`, only clients presenting a certificate signed by it are
+    /// accepted (mutual TLS).
+    pub fn tls(mut self, certs: &TestCerts, client_ca: Option<&Path>) -> std::io::Result<Self> {
+        self.tls = Some(tls_acceptor(certs, client_ca)?);
+        Ok(self)
+    }
+
     /// Record hits here (shared with other upstreams) instead of in its own recorder.
     pub fn recorder(mut self, recorder: &Recorder) -> Self {
         self.recorder = recorder.clone();
@@ -152,19 +168,24 @@ impl UpstreamBuilder {
             recorder: self.recorder,
         });
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
-        let (st, ts) = (state.clone(), tasks.clone());
+        let (st, ts, tls) = (state.clone(), tasks.clone(), self.tls);
         let accept = async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let st = st.clone();
+                let (st, tls) = (st.clone(), tls.clone());
                 let conn = async move {
-                    let svc = hyper::service::service_fn(move |req| answer(st.clone(), req));
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        Some(acceptor) => {
+                            // A failed handshake is the test's subject, not an error here.
+                            if let Ok(tls) = acceptor.accept(stream).await {
+                                serve_conn(tls, st).await;
+                            }
+                        }
+                        None => serve_conn(stream, st).await,
+                    }
                 };
                 if let Ok(mut set) = ts.lock() {
                     // Forget finished connections so a long run does not keep them all.
@@ -182,6 +203,53 @@ impl UpstreamBuilder {
             tasks: Some(tasks),
         })
     }
+}
+
+/// Serves one connection (HTTP/1.1 or h2c) until it closes.
+async fn serve_conn<I>(io: I, st: Arc<State>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| answer(st.clone(), req));
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// A TLS acceptor with `certs`' server certificate; with `client_ca`, a verifier that
+/// requires a client certificate signed by it.
+fn tls_acceptor(
+    certs: &TestCerts,
+    client_ca: Option<&Path>,
+) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certs.server_cert)
+        .map_err(io_err)?
+        .collect::<Result<_, _>>()
+        .map_err(io_err)?;
+    let key = PrivateKeyDer::from_pem_file(&certs.server_key).map_err(io_err)?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(io_err)?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca).map_err(io_err)? {
+                roots.add(c.map_err(io_err)?).map_err(io_err)?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                .build()
+                .map_err(io_err)?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder.with_single_cert(chain, key).map_err(io_err)?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// A recording HTTP server on a free loopback port.
@@ -295,6 +363,7 @@ impl Upstream {
     pub fn builder(name: &str) -> UpstreamBuilder {
         UpstreamBuilder {
             name: name.to_string(),
+            tls: None,
             body: None,
             dc: 0,
             index: 0,
@@ -306,6 +375,11 @@ impl Upstream {
     /// Starts a server that answers 200 with `name`.
     pub async fn start(name: &str) -> std::io::Result<Upstream> {
         Self::builder(name).start().await
+    }
+
+    /// Starts a TLS server that answers `tls-ok`; see [`UpstreamBuilder::tls`].
+    pub async fn tls(certs: &TestCerts, client_ca: Option<&Path>) -> std::io::Result<Upstream> {
+        Self::builder("tls-ok").tls(certs, client_ca)?.start().await
     }
 
     /// Starts a server with the given behaviour.

@@ -8,14 +8,12 @@ use std::path::Path;
 
 use support::*;
 use twin_lab::http;
-use twin_lab::{TestCerts, TlsUpstream};
+use twin_lab::{TestCerts, Upstream};
 use twin_sidecar::upstream_tls::UpstreamTlsArgs;
 use twin_sidecar::TableSource;
 
-async fn tls_upstream(certs: &TestCerts, client_ca: Option<&Path>) -> TlsUpstream {
-    TlsUpstream::start(certs, client_ca)
-        .await
-        .expect("TLS upstream")
+async fn tls_upstream(certs: &TestCerts, client_ca: Option<&Path>) -> Upstream {
+    Upstream::tls(certs, client_ca).await.expect("TLS upstream")
 }
 
 /// A sidecar whose route `payments` goes to `upstream` with `tls:` (and the given server
