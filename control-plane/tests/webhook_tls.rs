@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
@@ -34,10 +33,7 @@ async fn post(
         .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
         .await
         .expect("TLS handshake with the webhook");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .expect("h1");
-    tokio::spawn(conn);
+    let mut send = twin_lab::http::http1_over(tls).await.expect("h1");
     let req = http::Request::post(format!("https://127.0.0.1{path}"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
