@@ -363,6 +363,11 @@ async fn get_on(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>
     let req = Request::get("http://payments/pay")
         .body(Empty::<Bytes>::new())
         .expect("request");
+    // The previous exchange may still be finishing; a request sent before the connection is
+    // ready again is refused by the client itself ("connection was not ready").
+    send.ready()
+        .await
+        .expect("the kept-alive connection is open");
     let resp = send
         .send_request(req)
         .await
