@@ -5,7 +5,7 @@ mod cp_support;
 
 use cp_support::{
     even_routes, ok, ok_line, register, revision, route_set, run_line, strings, text, twinctl,
-    two_dcs, weights,
+    two_dcs, two_dcs_with_payments, weights,
 };
 use twin_control_plane::failover::{self, FailoverRequest};
 use twin_control_plane::plan::Selection;
@@ -26,8 +26,9 @@ async fn failover_over_20_routes_is_all_or_nothing_with_one_audit_record_each() 
     .await
     .expect("put");
     let before = revision(&mut c).await;
-    let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill").await;
-    assert_eq!(out.code, 1, "{out:#?}");
+    let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill")
+        .await
+        .expect(1);
     out.one_line_error(
         "routes/svc10: weights must sum to 10000 basis points, got 9000; nothing changed",
     );
@@ -118,8 +119,7 @@ async fn a_write_between_read_and_commit_fails_the_whole_failover() {
 
 #[tokio::test]
 async fn capacity_guard_refuses_and_force_with_reason_overrides() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let mut c = etcd.client().await.expect("client");
     for (dc, prefix, n, first_port) in [("m6v", "m", 6, 9000), ("wanguo", "w", 2, 9100)] {
         for i in 0..n {
@@ -128,15 +128,17 @@ async fn capacity_guard_refuses_and_force_with_reason_overrides() {
         }
     }
     let before = revision(&mut c).await;
-    let dry = run_line(&etcd, "failover --from m6v --all --dry-run --reason drill").await;
-    assert_eq!(dry.code, 3, "{dry:#?}");
+    let dry = run_line(&etcd, "failover --from m6v --all --dry-run --reason drill")
+        .await
+        .expect(3);
     assert!(
         dry.stdout
             .contains("payments  m6v=50%,wanguo=50%  m6v=0%,wanguo=100%"),
         "the plan is shown: {dry:#?}"
     );
-    let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill").await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill")
+        .await
+        .expect(3);
     out.one_line_error(
         "refused: payments in wanguo would carry 4.0 but has capacity 2; add --force to override",
     );
@@ -176,8 +178,9 @@ async fn a_fail_route_keeps_its_home_unless_forced() {
     )
     .await;
     route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
-    let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill").await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill")
+        .await
+        .expect(3);
     out.one_line_error("ledger is on_dc_down: fail and would lose its home m6v");
     // Leaving it out of the selection is fine.
     ok_line(
@@ -247,8 +250,9 @@ async fn failback_restores_exactly_and_only_what_is_unchanged_since() {
     assert_eq!(get("b").await, b0);
     assert_eq!(get("c").await, c0);
     // Failing back the same change again: the routes moved since, so nothing is written.
-    let again = twinctl(&etcd, &["failback", "--audit-id", &id, "--reason", "twice"]).await;
-    assert_eq!(again.code, 1, "{again:#?}");
+    let again = twinctl(&etcd, &["failback", "--audit-id", &id, "--reason", "twice"])
+        .await
+        .expect(1);
     again.one_line_error("changed since that change");
     assert_eq!(get("a").await, a0);
 }

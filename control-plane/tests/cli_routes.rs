@@ -4,14 +4,14 @@
 mod cp_support;
 
 use cp_support::{
-    ok, ok_line, revision, route_set, run_line, strings, twinctl, two_dcs, weights, words,
+    ok, ok_line, revision, route_set, run_line, strings, twinctl, two_dcs, two_dcs_with_payments,
+    weights, words,
 };
 use twin_lab::Etcd;
 
 #[tokio::test]
 async fn racing_route_sets_one_wins_and_the_loser_gets_the_conflict_line() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let rev = ok(&etcd, &["route", "get", "payments", "-o", "json"])
         .await
         .json()["revision"]
@@ -59,8 +59,7 @@ async fn racing_route_sets_one_wins_and_the_loser_gets_the_conflict_line() {
 
 #[tokio::test]
 async fn dry_runs_leave_the_etcd_revision_unchanged() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let mut c = etcd.client().await.expect("client");
     let before = revision(&mut c).await;
     let dir = tempfile::tempdir().expect("tmp");
@@ -103,8 +102,7 @@ async fn dry_runs_leave_the_etcd_revision_unchanged() {
 
 #[tokio::test]
 async fn bad_input_is_one_clear_line_and_writes_nothing() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let mut c = etcd.client().await.expect("client");
     let before = revision(&mut c).await;
     // exit code | command line | what the one line of stderr contains
@@ -140,8 +138,9 @@ async fn bad_input_is_one_clear_line_and_writes_nothing() {
         );
     }
     // failover without --yes and without a terminal refuses rather than guessing.
-    let out = run_line(&etcd, "failover --from m6v --all --reason x --force").await;
-    assert_eq!(out.code, 2, "{out:#?}");
+    let out = run_line(&etcd, "failover --from m6v --all --reason x --force")
+        .await
+        .expect(2);
     out.one_line_error("add --yes to confirm");
     assert_eq!(revision(&mut c).await, before, "bad input wrote something");
     // Unreachable etcd is one line and exit 1 too.
@@ -193,29 +192,28 @@ async fn route_apply_writes_every_route_in_one_transaction() {
         "routes:\n  svc0:\n    weights: {m6v: 30%, wanguo: 60%}\n",
     )
     .expect("write");
-    let out = run_line(&etcd, &apply).await;
-    assert_eq!(out.code, 1, "{out:#?}");
+    let out = run_line(&etcd, &apply).await.expect(1);
     out.one_line_error("route svc0: weights must sum to 10000 basis points, got 9000");
 }
 
 #[tokio::test]
 async fn freeze_blocks_route_changes_and_force_with_reason_passes() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     ok_line(&etcd, "freeze --until 2h --reason 'holiday freeze'").await;
     let out = run_line(
         &etcd,
         "route set payments --weights m6v=0,wanguo=100 --reason try",
     )
-    .await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    .await
+    .expect(3);
     out.one_line_error("refused: change freeze until");
     assert!(
         out.stderr.contains("holiday freeze") && out.stderr.contains("add --force"),
         "{out:#?}"
     );
-    let out = run_line(&etcd, "failover --from m6v --all --yes --reason try").await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    run_line(&etcd, "failover --from m6v --all --yes --reason try")
+        .await
+        .expect(3);
     let mut c = etcd.client().await.expect("client");
     assert_eq!(weights(&mut c, "payments").await["m6v"], 5000);
     ok_line(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use cp_support::{
     leader_id, ok, ok_line, register, replica, route_set, run_line, text, twinctl, two_dcs,
-    wait_until, weights, words,
+    two_dcs_with_payments, wait_until, weights, words,
 };
 use twin_control_plane::election::{Candidacy, Candidate};
 use twin_lab::http::{self, Behavior, Upstream};
@@ -160,8 +160,7 @@ async fn a_deposed_leaders_writes_are_fenced() {
 
 #[tokio::test]
 async fn the_leader_probes_endpoints_publishes_health_and_serves_status() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let m1 = Upstream::start("m1").await.expect("upstream");
     let m2 = Upstream::start("m2").await.expect("upstream");
     let w1 = Upstream::start("w1").await.expect("upstream");
@@ -239,8 +238,8 @@ async fn shift_moves_in_gated_steps_and_rolls_back_when_the_gate_fails() {
         &etcd,
         "shift ledger --to wanguo --step 50 --interval 100ms --reason move",
     )
-    .await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    .await
+    .expect(3);
     out.one_line_error(
         "health gate before the first step: no health published for datacenter wanguo",
     );
@@ -304,8 +303,7 @@ async fn shift_moves_in_gated_steps_and_rolls_back_when_the_gate_fails() {
 
 #[tokio::test]
 async fn automatic_failover_acts_once_and_does_not_flap() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let ups: Vec<Upstream> =
         futures::future::join_all(["m1", "m2", "w1", "w2"].map(Upstream::start))
             .await

@@ -65,8 +65,8 @@ async fn a_rising_error_rate_fails_the_gate_and_rolls_the_shift_back() {
         &etcd,
         &format!("shift payments --to wanguo --step 25 --interval 50ms --no-health-gate --prometheus {url} --max-error-rate 1% --reason move"),
     )
-    .await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    .await
+    .expect(3);
     assert!(out.stderr.contains("step 2/4"), "{out:#?}");
     let last = out.stderr.lines().last().unwrap_or_default();
     assert!(
@@ -93,8 +93,8 @@ async fn a_rising_error_rate_fails_the_gate_and_rolls_the_shift_back() {
         &etcd,
         "shift payments --to wanguo --no-health-gate --prometheus http://127.0.0.1:1 --reason move",
     )
-    .await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    .await
+    .expect(3);
     out.one_line_error("health gate before the first step: asking prometheus");
     assert_eq!(
         weights(&mut c, "payments").await,

@@ -50,25 +50,17 @@ async fn post(
     (status, body)
 }
 
+/// The AdmissionReview of a pod CREATE as the API server sends it (a shared fixture), for a
+/// one-container pod.
 fn review_body() -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "kind": "AdmissionReview",
-        "apiVersion": "admission.k8s.io/v1",
-        "request": {
-            "uid": "b2a1",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "shop",
-            "operation": "CREATE",
-            "userInfo": {"username": "admin"},
-            "object": {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "p", "namespace": "shop"},
-                "spec": {"containers": [{"name": "app", "image": "shop:1"}]}
-            }
-        }
-    }))
-    .expect("json")
+    let mut review: Value =
+        serde_json::from_str(include_str!("fixtures/pod-create-review.json")).expect("fixture");
+    review["request"]["object"] = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "shop:1"}]}
+    });
+    serde_json::to_vec(&review).expect("json")
 }
 
 #[tokio::test]
@@ -95,7 +87,7 @@ async fn webhook_answers_over_tls_and_reloads_its_certificate() {
     let v: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(v["kind"], "AdmissionReview");
-    assert_eq!(v["response"]["uid"], "b2a1");
+    assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
     assert_eq!(v["response"]["allowed"], true);
     assert_eq!(v["response"]["patchType"], "JSONPatch");
 

@@ -154,6 +154,13 @@ pub async fn two_dcs() -> Etcd {
     etcd
 }
 
+/// [`two_dcs`] with route `payments` split 50/50 between them (reason `create`).
+pub async fn two_dcs_with_payments() -> Etcd {
+    let etcd = two_dcs().await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    etcd
+}
+
 /// The current etcd revision.
 pub async fn revision(client: &mut Client) -> i64 {
     client
