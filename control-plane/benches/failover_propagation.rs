@@ -5,10 +5,12 @@
 //! Run: `cargo bench -p twin-control-plane --bench failover_propagation` (rounds: env
 //! `TWIN_BENCH_ROUNDS`, default 50; views: `TWIN_BENCH_VIEWS`, default 50).
 
+#[path = "../tests/cp_support/mod.rs"]
+mod cp_support;
+
 use std::time::{Duration, Instant};
 
-use tokio::process::Command;
-use twin_lab::Etcd;
+use cp_support::{even_routes, ok, ok_line, two_dcs};
 use twin_topology::{Keys, Topology, TopologyView, ViewOptions};
 
 const ROUTES: usize = 20;
@@ -18,22 +20,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-async fn twinctl(etcd: &Etcd, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_twinctl"))
-        .args(args)
-        .args(["-o", "json"])
-        .env("TWIN_ETCD", etcd.endpoint())
-        .output()
-        .await
-        .expect("run twinctl");
-    assert!(
-        out.status.success(),
-        "twinctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json output")
 }
 
 fn all_off_m6v(t: &Topology) -> bool {
@@ -68,38 +54,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() {
     let rounds = env_usize("TWIN_BENCH_ROUNDS", 50);
     let n_views = env_usize("TWIN_BENCH_VIEWS", 50);
-    let etcd = Etcd::start().await.expect("etcd");
-    twinctl(
-        &etcd,
-        &["dc", "add", "m6v", "--code", "0", "--reason", "bench"],
-    )
-    .await;
-    twinctl(
-        &etcd,
-        &["dc", "add", "wanguo", "--code", "1", "--reason", "bench"],
-    )
-    .await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let file = dir.path().join("routes.yaml");
-    let mut yaml = String::from("routes:\n");
-    for i in 0..ROUTES {
-        yaml.push_str(&format!(
-            "  svc{i:02}:\n    weights: {{m6v: 50%, wanguo: 50%}}\n"
-        ));
-    }
-    std::fs::write(&file, yaml).expect("write routes");
-    twinctl(
-        &etcd,
-        &[
-            "route",
-            "apply",
-            "-f",
-            &file.display().to_string(),
-            "--reason",
-            "bench",
-        ],
-    )
-    .await;
+    let etcd = two_dcs().await;
+    even_routes(&etcd, ROUTES, "bench").await;
     let mut views = Vec::with_capacity(n_views);
     for _ in 0..n_views {
         let client = etcd.client().await.expect("client");
@@ -115,13 +71,12 @@ async fn main() {
         let start = Instant::now();
         let (report, seen) = tokio::join!(
             async {
-                let r = twinctl(
+                let r = ok_line(
                     &etcd,
-                    &[
-                        "failover", "--from", "m6v", "--all", "--yes", "--reason", "bench",
-                    ],
+                    "failover --from m6v --all --yes --reason bench -o json",
                 )
-                .await;
+                .await
+                .json();
                 (r, start.elapsed())
             },
             applied(&views, all_off_m6v),
@@ -134,7 +89,7 @@ async fn main() {
         total.push(last.as_secs_f64() * 1000.0);
         command.push(report.1.as_secs_f64() * 1000.0);
         let id = report.0["audit_id"].as_str().expect("audit id").to_string();
-        twinctl(&etcd, &["failback", "--audit-id", &id, "--reason", "bench"]).await;
+        ok(&etcd, &["failback", "--audit-id", &id, "--reason", "bench"]).await;
         applied(&views, all_back).await;
     }
     total.sort_by(f64::total_cmp);

@@ -103,9 +103,8 @@ pub async fn drain(
     reason: &str,
     dry_run: bool,
 ) -> Result<DrainReport, CtlError> {
-    twin_topology::validate::instance_name(node).map_err(|e| CtlError::usage(e.to_string()))?;
-    let marker = cluster.keys.drain(node);
-    if let Some(existing) = cluster.store.get_json::<DrainRecord>(&marker).await? {
+    let (marker, existing) = marker_of(cluster, node).await?;
+    if let Some(existing) = existing {
         return Err(CtlError::failed(format!(
             "{node} is already drained (since {} by {}: {})",
             time_ms(existing.value.at_ms),
@@ -181,15 +180,13 @@ pub async fn undrain(
     reason: &str,
     dry_run: bool,
 ) -> Result<DrainReport, CtlError> {
-    twin_topology::validate::instance_name(node).map_err(|e| CtlError::usage(e.to_string()))?;
-    let marker = cluster.keys.drain(node);
-    let Some(Versioned {
-        value: record,
-        mod_revision,
-    }) = cluster.store.get_json::<DrainRecord>(&marker).await?
-    else {
+    let (marker, Some(drained)) = marker_of(cluster, node).await? else {
         return Err(CtlError::failed(format!("{node} is not drained")));
     };
+    let Versioned {
+        value: record,
+        mod_revision,
+    } = drained;
     let mut changes = Vec::new();
     let mut options = CommitOptions::default();
     let mut keys = Vec::new();
@@ -234,6 +231,18 @@ pub async fn undrain(
         .commit_with(changes, &cluster.audit("undrain", reason), &options)
         .await?;
     Ok(report(node, "undrain", false, keys, skipped, Some(c)))
+}
+
+/// The drain marker key of `node` (once the name is checked) and the record it holds, if
+/// the node is drained.
+async fn marker_of(
+    cluster: &Cluster,
+    node: &str,
+) -> Result<(String, Option<Versioned<DrainRecord>>), CtlError> {
+    twin_topology::validate::instance_name(node).map_err(|e| CtlError::usage(e.to_string()))?;
+    let marker = cluster.keys.drain(node);
+    let record = cluster.store.get_json::<DrainRecord>(&marker).await?;
+    Ok((marker, record))
 }
 
 fn report(

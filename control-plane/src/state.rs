@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use etcd_client::{Client, GetOptions, SortOrder, SortTarget};
+use etcd_client::{Client, GetOptions, KeyValue, SortOrder, SortTarget};
 use twin_topology::{AuditMeta, AuditRecord, Keys, Store, StoreError, Topology};
 
 use crate::error::CtlError;
@@ -92,11 +92,7 @@ impl Cluster {
                 .with_limit(PAGE);
             let resp = self.client().get(prefix.as_str(), Some(opts)).await?;
             for kv in resp.kvs() {
-                let rec: AuditRecord =
-                    serde_json::from_slice(kv.value()).map_err(|source| StoreError::Decode {
-                        key: kv.key_str().unwrap_or("?").to_string(),
-                        source,
-                    })?;
+                let rec = audit_record(kv)?;
                 if rec.key == key {
                     out.push((kv.create_revision(), rec));
                     if out.len() == limit {
@@ -156,12 +152,7 @@ impl Cluster {
             .await?;
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
-            let rec: AuditRecord =
-                serde_json::from_slice(kv.value()).map_err(|source| StoreError::Decode {
-                    key: kv.key_str().unwrap_or("?").to_string(),
-                    source,
-                })?;
-            out.push((kv.create_revision(), rec));
+            out.push((kv.create_revision(), audit_record(kv)?));
         }
         Ok(out)
     }
@@ -174,6 +165,14 @@ impl Cluster {
             .await?;
         Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
     }
+}
+
+/// An audit record as stored; one that does not parse is an error naming its key.
+fn audit_record(kv: &KeyValue) -> Result<AuditRecord, StoreError> {
+    serde_json::from_slice(kv.value()).map_err(|source| StoreError::Decode {
+        key: kv.key_str().unwrap_or("?").to_string(),
+        source,
+    })
 }
 
 /// The first key after every key that starts with `prefix` (etcd's prefix range end).

@@ -3,7 +3,7 @@
 
 mod cp_support;
 
-use cp_support::{ok, register, revision, route_set, twinctl, two_dcs};
+use cp_support::{ok, register, revision, route_set, twinctl, two_dcs, words};
 
 fn secret(dir: &std::path::Path, name: &str, value: &str) -> String {
     let p = dir.join(name);
@@ -64,28 +64,17 @@ async fn operator_fails_over_reader_is_refused() {
 
     let ops_pw = secret(dir.path(), "ops-file", "ops-pw");
     let dash_pw = secret(dir.path(), "dash-file", "dash-pw");
-    let failover = |user: &'static str, pw: String| {
+    // `twinctl` as an etcd user: the credentials, then the command line.
+    let as_user = |user: &'static str, pw: String, line: &'static str| {
         let etcd = &etcd;
         async move {
-            twinctl(
-                etcd,
-                &[
-                    "--etcd-user",
-                    user,
-                    "--etcd-password-file",
-                    &pw,
-                    "failover",
-                    "--from",
-                    "m6v",
-                    "--all",
-                    "--yes",
-                    "--reason",
-                    "drill",
-                ],
-            )
-            .await
+            let mut args = vec!["--etcd-user", user, "--etcd-password-file", &pw];
+            args.extend(words(line));
+            twinctl(etcd, &args).await
         }
     };
+    let failover = |user, pw| as_user(user, pw, "failover --from m6v --all --yes --reason drill");
+    let audit = || as_user("ops", ops_pw.clone(), "audit --limit 1 -o json");
     let mut root = {
         let opts = etcd_client::ConnectOptions::new().with_user("root", "r00t");
         etcd_client::Client::connect([etcd.endpoint()], Some(opts))
@@ -101,39 +90,10 @@ async fn operator_fails_over_reader_is_refused() {
         "the reader changed nothing"
     );
 
-    ok(
-        &etcd,
-        &[
-            "--etcd-user",
-            "ops",
-            "--etcd-password-file",
-            &ops_pw,
-            "audit",
-            "--limit",
-            "1",
-            "-o",
-            "json",
-        ],
-    )
-    .await;
+    audit().await.expect(0);
     let done = failover("ops", ops_pw.clone()).await.expect(0);
     assert!(done.stdout.contains("pay"), "{done:#?}");
-    let audit = ok(
-        &etcd,
-        &[
-            "--etcd-user",
-            "ops",
-            "--etcd-password-file",
-            &ops_pw,
-            "audit",
-            "--limit",
-            "1",
-            "-o",
-            "json",
-        ],
-    )
-    .await
-    .json();
+    let audit = audit().await.expect(0).json();
     let text = audit.to_string();
     assert!(
         text.contains("\"who\":\"ops\""),

@@ -3,40 +3,19 @@
 
 mod cp_support;
 
-use cp_support::{ok, register, revision, route_set, twinctl, two_dcs, weights};
+use cp_support::{
+    even_routes, ok, ok_line, register, revision, route_set, run_line, strings, text, twinctl,
+    two_dcs, two_dcs_with_payments, weights,
+};
 use twin_control_plane::failover::{self, FailoverRequest};
 use twin_control_plane::plan::Selection;
 use twin_control_plane::state::Cluster;
 use twin_topology::Keys;
 
-async fn twenty_routes(etcd: &twin_lab::Etcd) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let file = dir.path().join("routes.yaml");
-    let mut yaml = String::from("routes:\n");
-    for i in 0..20 {
-        yaml.push_str(&format!(
-            "  svc{i:02}:\n    weights: {{m6v: 50%, wanguo: 50%}}\n"
-        ));
-    }
-    std::fs::write(&file, yaml).expect("write");
-    ok(
-        etcd,
-        &[
-            "route",
-            "apply",
-            "-f",
-            &file.display().to_string(),
-            "--reason",
-            "seed",
-        ],
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn failover_over_20_routes_is_all_or_nothing_with_one_audit_record_each() {
     let etcd = two_dcs().await;
-    twenty_routes(&etcd).await;
+    even_routes(&etcd, 20, "seed").await;
     let mut c = etcd.client().await.expect("client");
     // Route svc10 is broken by hand in etcd: the failover must not half-apply around it.
     c.put(
@@ -47,14 +26,9 @@ async fn failover_over_20_routes_is_all_or_nothing_with_one_audit_record_each() 
     .await
     .expect("put");
     let before = revision(&mut c).await;
-    let out = twinctl(
-        &etcd,
-        &[
-            "failover", "--from", "m6v", "--all", "--yes", "--reason", "drill",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 1, "{out:#?}");
+    let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill")
+        .await
+        .expect(1);
     out.one_line_error(
         "routes/svc10: weights must sum to 10000 basis points, got 9000; nothing changed",
     );
@@ -68,14 +42,12 @@ async fn failover_over_20_routes_is_all_or_nothing_with_one_audit_record_each() 
     }
 
     route_set(&etcd, "svc10", "m6v=50,wanguo=50", "fix by hand").await;
-    let out = ok(
+    let report = ok_line(
         &etcd,
-        &[
-            "failover", "--from", "m6v", "--all", "--yes", "--reason", "drill 7", "-o", "json",
-        ],
+        "failover --from m6v --all --yes --reason 'drill 7' -o json",
     )
-    .await;
-    let report = out.json();
+    .await
+    .json();
     let rev = report["revision"].as_i64().expect("revision");
     let audit_id = report["audit_id"].as_str().expect("audit id").to_string();
     assert_eq!(
@@ -83,7 +55,7 @@ async fn failover_over_20_routes_is_all_or_nothing_with_one_audit_record_each() 
         Some(20),
         "{report}"
     );
-    let list = ok(&etcd, &["route", "list", "-o", "json"]).await.json();
+    let list = ok_line(&etcd, "route list -o json").await.json();
     for r in list["routes"].as_array().expect("routes") {
         assert_eq!(r["route"]["weights"]["m6v"], 0, "{r}");
         assert_eq!(r["route"]["weights"]["wanguo"], 10000, "{r}");
@@ -92,12 +64,10 @@ async fn failover_over_20_routes_is_all_or_nothing_with_one_audit_record_each() 
             "every route moved in the one transaction: {r}"
         );
     }
-    let audit = ok(&etcd, &["audit", "--limit", "20", "-o", "json"])
-        .await
-        .json();
+    let audit = ok_line(&etcd, "audit --limit 20 -o json").await.json();
     let records = audit["records"].as_array().expect("records");
     assert_eq!(records.len(), 20);
-    let mut keys: Vec<&str> = records.iter().filter_map(|r| r["key"].as_str()).collect();
+    let mut keys = strings(&audit["records"], "key");
     keys.sort();
     keys.dedup();
     assert_eq!(keys.len(), 20, "one record per route");
@@ -106,12 +76,7 @@ async fn failover_over_20_routes_is_all_or_nothing_with_one_audit_record_each() 
         assert_eq!(r["revision"], rev);
         assert_eq!(r["action"], "failover");
         assert_eq!(r["reason"], "drill 7");
-        assert!(
-            r["who"]
-                .as_str()
-                .is_some_and(|w| w.starts_with("sre-test@")),
-            "{r}"
-        );
+        assert!(text(&r["who"]).starts_with("sre-test@"), "{r}");
         assert_eq!(r["before"]["weights"]["m6v"], 5000, "{r}");
         assert_eq!(r["after"]["weights"]["m6v"], 0, "{r}");
     }
@@ -120,7 +85,7 @@ async fn failover_over_20_routes_is_all_or_nothing_with_one_audit_record_each() 
 #[tokio::test]
 async fn a_write_between_read_and_commit_fails_the_whole_failover() {
     let etcd = two_dcs().await;
-    twenty_routes(&etcd).await;
+    even_routes(&etcd, 20, "seed").await;
     let cluster = Cluster::new(
         etcd.client().await.expect("client"),
         Keys::default(),
@@ -154,91 +119,40 @@ async fn a_write_between_read_and_commit_fails_the_whole_failover() {
 
 #[tokio::test]
 async fn capacity_guard_refuses_and_force_with_reason_overrides() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let mut c = etcd.client().await.expect("client");
-    for i in 0..6 {
-        register(
-            &mut c,
-            "payments",
-            "m6v",
-            &format!("m{i}"),
-            &format!("127.0.0.1:{}", 9000 + i),
-            1,
-        )
-        .await;
-    }
-    for i in 0..2 {
-        register(
-            &mut c,
-            "payments",
-            "wanguo",
-            &format!("w{i}"),
-            &format!("127.0.0.1:{}", 9100 + i),
-            1,
-        )
-        .await;
+    for (dc, prefix, n, first_port) in [("m6v", "m", 6, 9000), ("wanguo", "w", 2, 9100)] {
+        for i in 0..n {
+            let addr = format!("127.0.0.1:{}", first_port + i);
+            register(&mut c, "payments", dc, &format!("{prefix}{i}"), &addr, 1).await;
+        }
     }
     let before = revision(&mut c).await;
-    let dry = twinctl(
-        &etcd,
-        &[
-            "failover",
-            "--from",
-            "m6v",
-            "--all",
-            "--dry-run",
-            "--reason",
-            "drill",
-        ],
-    )
-    .await;
-    assert_eq!(dry.code, 3, "{dry:#?}");
+    let dry = run_line(&etcd, "failover --from m6v --all --dry-run --reason drill")
+        .await
+        .expect(3);
     assert!(
         dry.stdout
             .contains("payments  m6v=50%,wanguo=50%  m6v=0%,wanguo=100%"),
         "the plan is shown: {dry:#?}"
     );
-    let out = twinctl(
-        &etcd,
-        &[
-            "failover", "--from", "m6v", "--all", "--yes", "--reason", "drill",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill")
+        .await
+        .expect(3);
     out.one_line_error(
         "refused: payments in wanguo would carry 4.0 but has capacity 2; add --force to override",
     );
     assert_eq!(revision(&mut c).await, before);
     // The other way round fits: m6v's 6 carry the assumed peak of 4.
-    let other = ok(
+    let other = ok_line(
         &etcd,
-        &[
-            "failover",
-            "--from",
-            "wanguo",
-            "--all",
-            "--yes",
-            "--reason",
-            "drill",
-            "--dry-run",
-        ],
+        "failover --from wanguo --all --yes --reason drill --dry-run",
     )
     .await;
     assert!(other.stdout.contains("m6v=100%,wanguo=0%"), "{other:#?}");
-    let forced = ok(
+    let forced = ok_line(
         &etcd,
-        &[
-            "failover",
-            "--from",
-            "m6v",
-            "--all",
-            "--yes",
-            "--force",
-            "--reason",
-            "wanguo is enough at night",
-        ],
+        "failover --from m6v --all --yes --force --reason 'wanguo is enough at night'",
     )
     .await;
     assert!(
@@ -248,9 +162,7 @@ async fn capacity_guard_refuses_and_force_with_reason_overrides() {
         "{forced:#?}"
     );
     assert_eq!(weights(&mut c, "payments").await["wanguo"], 10000);
-    let audit = ok(&etcd, &["audit", "--limit", "1", "-o", "json"])
-        .await
-        .json();
+    let audit = ok_line(&etcd, "audit --limit 1 -o json").await.json();
     assert_eq!(
         audit["records"][0]["reason"],
         "wanguo is enough at night [forced past: payments in wanguo would carry 4.0 but has capacity 2]"
@@ -260,61 +172,28 @@ async fn capacity_guard_refuses_and_force_with_reason_overrides() {
 #[tokio::test]
 async fn a_fail_route_keeps_its_home_unless_forced() {
     let etcd = two_dcs().await;
-    ok(
+    ok_line(
         &etcd,
-        &[
-            "route",
-            "set",
-            "ledger",
-            "--weights",
-            "m6v=100",
-            "--on-dc-down",
-            "fail",
-            "--reason",
-            "create",
-        ],
+        "route set ledger --weights m6v=100 --on-dc-down fail --reason create",
     )
     .await;
     route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
-    let out = twinctl(
-        &etcd,
-        &[
-            "failover", "--from", "m6v", "--all", "--yes", "--reason", "drill",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill")
+        .await
+        .expect(3);
     out.one_line_error("ledger is on_dc_down: fail and would lose its home m6v");
     // Leaving it out of the selection is fine.
-    ok(
+    ok_line(
         &etcd,
-        &[
-            "failover",
-            "--from",
-            "m6v",
-            "--services",
-            "payments",
-            "--yes",
-            "--reason",
-            "drill",
-        ],
+        "failover --from m6v --services payments --yes --reason drill",
     )
     .await;
     let mut c = etcd.client().await.expect("client");
     assert_eq!(weights(&mut c, "ledger").await["m6v"], 10000);
     assert_eq!(weights(&mut c, "payments").await["m6v"], 0);
-    ok(
+    ok_line(
         &etcd,
-        &[
-            "failover",
-            "--from",
-            "m6v",
-            "--all",
-            "--yes",
-            "--force",
-            "--reason",
-            "m6v is gone",
-        ],
+        "failover --from m6v --all --yes --force --reason 'm6v is gone'",
     )
     .await;
     assert_eq!(weights(&mut c, "ledger").await["wanguo"], 10000);
@@ -323,25 +202,11 @@ async fn a_fail_route_keeps_its_home_unless_forced() {
 #[tokio::test]
 async fn failback_restores_exactly_and_only_what_is_unchanged_since() {
     let etcd = two_dcs().await;
-    ok(
-        &etcd,
-        &["dc", "add", "hk", "--code", "2", "--reason", "seed"],
-    )
-    .await;
+    ok_line(&etcd, "dc add hk --code 2 --reason seed").await;
     route_set(&etcd, "a", "m6v=50,wanguo=25,hk=25", "create").await;
-    ok(
+    ok_line(
         &etcd,
-        &[
-            "route",
-            "set",
-            "b",
-            "--weights",
-            "m6v=33.33,wanguo=66.67",
-            "--sticky-header",
-            "x-user",
-            "--reason",
-            "create",
-        ],
+        "route set b --weights m6v=33.33,wanguo=66.67 --sticky-header x-user --reason create",
     )
     .await;
     route_set(&etcd, "c", "wanguo=100", "create").await;
@@ -350,11 +215,9 @@ async fn failback_restores_exactly_and_only_what_is_unchanged_since() {
         async move { ok(etcd, &["route", "get", s, "-o", "json"]).await.json()["route"].clone() }
     };
     let (a0, b0, c0) = (get("a").await, get("b").await, get("c").await);
-    let out = ok(
+    let out = ok_line(
         &etcd,
-        &[
-            "failover", "--from", "m6v", "--all", "--yes", "--reason", "drill", "-o", "json",
-        ],
+        "failover --from m6v --all --yes --reason drill -o json",
     )
     .await
     .json();
@@ -366,16 +229,9 @@ async fn failback_restores_exactly_and_only_what_is_unchanged_since() {
     );
     let mut c = etcd.client().await.expect("client");
     let before = revision(&mut c).await;
-    let dry = ok(
+    let dry = ok_line(
         &etcd,
-        &[
-            "failback",
-            "--audit-id",
-            &id,
-            "--reason",
-            "m6v back",
-            "--dry-run",
-        ],
+        &format!("failback --audit-id {id} --reason 'm6v back' --dry-run"),
     )
     .await;
     assert!(
@@ -383,17 +239,9 @@ async fn failback_restores_exactly_and_only_what_is_unchanged_since() {
         "{dry:#?}"
     );
     assert_eq!(revision(&mut c).await, before);
-    let back = ok(
+    let back = ok_line(
         &etcd,
-        &[
-            "failback",
-            "--audit-id",
-            &id,
-            "--reason",
-            "m6v back",
-            "-o",
-            "json",
-        ],
+        &format!("failback --audit-id {id} --reason 'm6v back' -o json"),
     )
     .await
     .json();
@@ -402,8 +250,9 @@ async fn failback_restores_exactly_and_only_what_is_unchanged_since() {
     assert_eq!(get("b").await, b0);
     assert_eq!(get("c").await, c0);
     // Failing back the same change again: the routes moved since, so nothing is written.
-    let again = twinctl(&etcd, &["failback", "--audit-id", &id, "--reason", "twice"]).await;
-    assert_eq!(again.code, 1, "{again:#?}");
+    let again = twinctl(&etcd, &["failback", "--audit-id", &id, "--reason", "twice"])
+        .await
+        .expect(1);
     again.one_line_error("changed since that change");
     assert_eq!(get("a").await, a0);
 }

@@ -3,43 +3,29 @@
 
 mod cp_support;
 
-use cp_support::{ok, revision, route_set, twinctl, two_dcs, weights};
+use cp_support::{
+    ok, ok_line, revision, route_set, run_line, strings, twinctl, two_dcs, two_dcs_with_payments,
+    weights, words,
+};
 use twin_lab::Etcd;
 
 #[tokio::test]
 async fn racing_route_sets_one_wins_and_the_loser_gets_the_conflict_line() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let rev = ok(&etcd, &["route", "get", "payments", "-o", "json"])
         .await
         .json()["revision"]
         .as_i64()
         .expect("revision");
-    let rev_s = rev.to_string();
     // Both read revision `rev` (from `route get`) and race to write on it.
-    let args_a = [
-        "route",
-        "set",
-        "payments",
-        "--weights",
-        "m6v=30,wanguo=70",
-        "--if-revision",
-        &rev_s,
-        "--reason",
-        "sre a",
-    ];
-    let args_b = [
-        "route",
-        "set",
-        "payments",
-        "--weights",
-        "m6v=70,wanguo=30",
-        "--if-revision",
-        &rev_s,
-        "--reason",
-        "sre b",
-    ];
-    let (a, b) = tokio::join!(twinctl(&etcd, &args_a), twinctl(&etcd, &args_b));
+    let set = |weights: &str, reason: &str| {
+        format!("route set payments --weights {weights} --if-revision {rev} --reason '{reason}'")
+    };
+    let (args_a, args_b) = (
+        set("m6v=30,wanguo=70", "sre a"),
+        set("m6v=70,wanguo=30", "sre b"),
+    );
+    let (a, b) = tokio::join!(run_line(&etcd, &args_a), run_line(&etcd, &args_b));
     let (winner, loser) = match (a.code, b.code) {
         (0, 1) => (a, b),
         (1, 0) => (b, a),
@@ -58,15 +44,12 @@ async fn racing_route_sets_one_wins_and_the_loser_gets_the_conflict_line() {
     };
     assert_eq!(w["m6v"], want_m6v, "the winner's weights stand: {winner:?}");
     // Only the winner is in the audit trail.
-    let audit = ok(&etcd, &["audit", "--service", "payments", "-o", "json"])
+    let audit = ok_line(&etcd, "audit --service payments -o json")
         .await
         .json();
     let records = audit["records"].as_array().expect("records");
     assert_eq!(records.len(), 2, "{audit}");
-    let reasons: Vec<&str> = records
-        .iter()
-        .filter_map(|r| r["reason"].as_str())
-        .collect();
+    let reasons = strings(&audit["records"], "reason");
     assert!(reasons.contains(&"create"));
     assert!(
         reasons.contains(&"sre a") ^ reasons.contains(&"sre b"),
@@ -76,67 +59,25 @@ async fn racing_route_sets_one_wins_and_the_loser_gets_the_conflict_line() {
 
 #[tokio::test]
 async fn dry_runs_leave_the_etcd_revision_unchanged() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let mut c = etcd.client().await.expect("client");
     let before = revision(&mut c).await;
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("routes.yaml");
     std::fs::write(&file, "routes:\n  ledger:\n    weights: {m6v: 100%}\n  payments:\n    weights: {m6v: 10%, wanguo: 90%}\n").expect("write");
     let file = file.display().to_string();
-    let runs: Vec<Vec<&str>> = vec![
-        vec![
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=0,wanguo=100",
-            "--reason",
-            "r",
-            "--dry-run",
-        ],
-        vec![
-            "route",
-            "set",
-            "newsvc",
-            "--weights",
-            "m6v=100",
-            "--reason",
-            "r",
-            "--dry-run",
-        ],
-        vec!["route", "apply", "-f", &file, "--reason", "r", "--dry-run"],
-        vec![
-            "failover",
-            "--from",
-            "m6v",
-            "--all",
-            "--reason",
-            "r",
-            "--dry-run",
-            "--force",
-        ],
-        vec![
-            "shift",
-            "payments",
-            "--to",
-            "wanguo",
-            "--reason",
-            "r",
-            "--dry-run",
-        ],
-        vec!["freeze", "--until", "2h", "--reason", "r", "--dry-run"],
-        vec![
-            "dc",
-            "add",
-            "hk",
-            "--code",
-            "2",
-            "--reason",
-            "r",
-            "--dry-run",
-        ],
-    ];
+    let apply = format!("route apply -f '{file}' --reason r --dry-run");
+    let runs: Vec<Vec<&str>> = [
+        "route set payments --weights m6v=0,wanguo=100 --reason r --dry-run",
+        "route set newsvc --weights m6v=100 --reason r --dry-run",
+        apply.as_str(),
+        "failover --from m6v --all --reason r --dry-run --force",
+        "shift payments --to wanguo --reason r --dry-run",
+        "freeze --until 2h --reason r --dry-run",
+        "dc add hk --code 2 --reason r --dry-run",
+    ]
+    .map(words)
+    .into();
     for args in &runs {
         let out = twinctl(&etcd, args).await.expect(0);
         assert!(out.stdout.contains("dry run"), "{args:?}: {out:#?}");
@@ -161,131 +102,33 @@ async fn dry_runs_leave_the_etcd_revision_unchanged() {
 
 #[tokio::test]
 async fn bad_input_is_one_clear_line_and_writes_nothing() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let mut c = etcd.client().await.expect("client");
     let before = revision(&mut c).await;
-    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
-        (
-            vec![
-                "route",
-                "set",
-                "payments",
-                "--weights",
-                "m6v=30,wanguo=60",
-                "--reason",
-                "x",
-            ],
-            2,
-            "weights must sum to 100%, got 90%",
-        ),
-        (
-            vec![
-                "route",
-                "set",
-                "payments",
-                "--weights",
-                "m6v=thirty",
-                "--reason",
-                "x",
-            ],
-            2,
-            "is not a percentage",
-        ),
-        (
-            vec![
-                "route",
-                "set",
-                "payments",
-                "--weights",
-                "m6v=30,m7v=70",
-                "--reason",
-                "x",
-            ],
-            1,
-            "unknown datacenter \"m7v\"",
-        ),
-        (
-            vec!["dc", "add", "hk", "--code", "9", "--reason", "x"],
-            2,
-            "9 is not in 0..=7",
-        ),
-        (
-            vec!["dc", "add", "hk", "--code", "1", "--reason", "x"],
-            1,
-            "datacenter code 1 is used by both",
-        ),
-        (
-            vec!["dc", "add", "HK!", "--code", "2", "--reason", "x"],
-            2,
-            "datacenter name \"HK!\" is invalid",
-        ),
-        (
-            vec!["route", "set", "payments", "--weights", "m6v=100"],
-            2,
-            "--reason",
-        ),
-        (
-            vec![
-                "route",
-                "set",
-                "payments",
-                "--weights",
-                "m6v=100",
-                "--reason",
-                "  ",
-            ],
-            2,
-            "--reason must say why",
-        ),
-        (
-            vec![
-                "failover", "--from", "m7v", "--all", "--reason", "x", "--yes",
-            ],
-            1,
-            "unknown datacenter \"m7v\"",
-        ),
-        (
-            vec!["failover", "--from", "m6v", "--reason", "x"],
-            2,
-            "--services",
-        ),
-        (
-            vec![
-                "shift",
-                "payments",
-                "--to",
-                "wanguo",
-                "--interval",
-                "soon",
-                "--reason",
-                "x",
-            ],
-            2,
-            "not a duration",
-        ),
-        (
-            vec!["shift", "payments", "--to", "m7v", "--reason", "x"],
-            1,
-            "unknown datacenter \"m7v\"",
-        ),
-        (
-            vec!["freeze", "--until", "yesterday", "--reason", "x"],
-            2,
-            "neither a time",
-        ),
-        (
-            vec!["failback", "--audit-id", "nope", "--reason", "x"],
-            1,
-            "no audit records with id nope",
-        ),
-        (
-            vec!["route", "get", "nosuch"],
-            1,
-            "no route for service \"nosuch\"",
-        ),
-    ];
-    for (args, code, needle) in cases {
+    // exit code | command line | what the one line of stderr contains
+    let cases = r#"
+        2 | route set payments --weights m6v=30,wanguo=60 --reason x | weights must sum to 100%, got 90%
+        2 | route set payments --weights m6v=thirty --reason x | is not a percentage
+        1 | route set payments --weights m6v=30,m7v=70 --reason x | unknown datacenter "m7v"
+        2 | dc add hk --code 9 --reason x | 9 is not in 0..=7
+        1 | dc add hk --code 1 --reason x | datacenter code 1 is used by both
+        2 | dc add HK! --code 2 --reason x | datacenter name "HK!" is invalid
+        2 | route set payments --weights m6v=100 | --reason
+        2 | route set payments --weights m6v=100 --reason '  ' | --reason must say why
+        1 | failover --from m7v --all --reason x --yes | unknown datacenter "m7v"
+        2 | failover --from m6v --reason x | --services
+        2 | shift payments --to wanguo --interval soon --reason x | not a duration
+        1 | shift payments --to m7v --reason x | unknown datacenter "m7v"
+        2 | freeze --until yesterday --reason x | neither a time
+        1 | failback --audit-id nope --reason x | no audit records with id nope
+        1 | route get nosuch | no route for service "nosuch"
+    "#;
+    for case in cases.trim().lines() {
+        let [code, line, needle] = case.trim().splitn(3, " | ").collect::<Vec<_>>()[..] else {
+            panic!("a case is CODE | LINE | NEEDLE: {case}");
+        };
+        let code: i32 = code.parse().expect("exit code");
+        let args = words(line);
         let out = twinctl(&etcd, &args).await;
         assert_eq!(out.code, code, "{args:?}: {out:#?}");
         out.one_line_error(needle);
@@ -295,14 +138,9 @@ async fn bad_input_is_one_clear_line_and_writes_nothing() {
         );
     }
     // failover without --yes and without a terminal refuses rather than guessing.
-    let out = twinctl(
-        &etcd,
-        &[
-            "failover", "--from", "m6v", "--all", "--reason", "x", "--force",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 2, "{out:#?}");
+    let out = run_line(&etcd, "failover --from m6v --all --reason x --force")
+        .await
+        .expect(2);
     out.one_line_error("add --yes to confirm");
     assert_eq!(revision(&mut c).await, before, "bad input wrote something");
     // Unreachable etcd is one line and exit 1 too.
@@ -333,24 +171,11 @@ async fn route_apply_writes_every_route_in_one_transaction() {
         ));
     }
     std::fs::write(&file, &yaml).expect("write");
-    let out = ok(
-        &etcd,
-        &[
-            "route",
-            "apply",
-            "-f",
-            &file.display().to_string(),
-            "--reason",
-            "bulk",
-            "-o",
-            "json",
-        ],
-    )
-    .await;
-    let j = out.json();
+    let apply = format!("route apply -f '{}' --reason bulk", file.display());
+    let j = ok_line(&etcd, &format!("{apply} -o json")).await.json();
     let rev = j["revision"].as_i64().expect("revision");
     assert_eq!(j["diffs"].as_array().map(Vec::len), Some(6), "{j}");
-    let list = ok(&etcd, &["route", "list", "-o", "json"]).await.json();
+    let list = ok_line(&etcd, "route list -o json").await.json();
     let routes = list["routes"].as_array().expect("routes");
     assert_eq!(routes.len(), 5);
     assert!(
@@ -359,18 +184,7 @@ async fn route_apply_writes_every_route_in_one_transaction() {
     );
     assert!(routes.iter().all(|r| r["route"]["on_dc_down"] == "fail"));
     // Applying the same file again changes nothing.
-    let again = ok(
-        &etcd,
-        &[
-            "route",
-            "apply",
-            "-f",
-            &file.display().to_string(),
-            "--reason",
-            "bulk",
-        ],
-    )
-    .await;
+    let again = ok_line(&etcd, &apply).await;
     assert!(again.stdout.contains("no change"), "{again:#?}");
     // A broken file is one line, exit 1, nothing written.
     std::fs::write(
@@ -378,78 +192,37 @@ async fn route_apply_writes_every_route_in_one_transaction() {
         "routes:\n  svc0:\n    weights: {m6v: 30%, wanguo: 60%}\n",
     )
     .expect("write");
-    let out = twinctl(
-        &etcd,
-        &[
-            "route",
-            "apply",
-            "-f",
-            &file.display().to_string(),
-            "--reason",
-            "bulk",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 1, "{out:#?}");
+    let out = run_line(&etcd, &apply).await.expect(1);
     out.one_line_error("route svc0: weights must sum to 10000 basis points, got 9000");
 }
 
 #[tokio::test]
 async fn freeze_blocks_route_changes_and_force_with_reason_passes() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
-    ok(
+    let etcd = two_dcs_with_payments().await;
+    ok_line(&etcd, "freeze --until 2h --reason 'holiday freeze'").await;
+    let out = run_line(
         &etcd,
-        &["freeze", "--until", "2h", "--reason", "holiday freeze"],
+        "route set payments --weights m6v=0,wanguo=100 --reason try",
     )
-    .await;
-    let out = twinctl(
-        &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=0,wanguo=100",
-            "--reason",
-            "try",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    .await
+    .expect(3);
     out.one_line_error("refused: change freeze until");
     assert!(
         out.stderr.contains("holiday freeze") && out.stderr.contains("add --force"),
         "{out:#?}"
     );
-    let out = twinctl(
-        &etcd,
-        &[
-            "failover", "--from", "m6v", "--all", "--yes", "--reason", "try",
-        ],
-    )
-    .await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    run_line(&etcd, "failover --from m6v --all --yes --reason try")
+        .await
+        .expect(3);
     let mut c = etcd.client().await.expect("client");
     assert_eq!(weights(&mut c, "payments").await["m6v"], 5000);
-    ok(
+    ok_line(
         &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=0,wanguo=100",
-            "--reason",
-            "incident 42",
-            "--force",
-        ],
+        "route set payments --weights m6v=0,wanguo=100 --reason 'incident 42' --force",
     )
     .await;
     assert_eq!(weights(&mut c, "payments").await["m6v"], 0);
-    let audit = ok(&etcd, &["audit", "--limit", "1", "-o", "json"])
-        .await
-        .json();
+    let audit = ok_line(&etcd, "audit --limit 1 -o json").await.json();
     let reason = audit["records"][0]["reason"].as_str().expect("reason");
     assert!(
         reason.starts_with("incident 42 [forced past: change freeze"),
@@ -468,21 +241,9 @@ async fn freeze_blocks_route_changes_and_force_with_reason_passes() {
 #[tokio::test]
 async fn json_and_yaml_output_parse_for_every_reading_command() {
     let etcd = two_dcs().await;
-    ok(
+    ok_line(
         &etcd,
-        &[
-            "route",
-            "set",
-            "payments",
-            "--weights",
-            "m6v=30,wanguo=70",
-            "--sticky-header",
-            "x-user",
-            "--on-dc-down",
-            "fail",
-            "--reason",
-            "create",
-        ],
+        "route set payments --weights m6v=30,wanguo=70 --sticky-header x-user --on-dc-down fail --reason create",
     )
     .await;
     for args in [
@@ -544,39 +305,15 @@ async fn commands_work_when_the_audit_trail_outgrows_one_etcd_answer() {
     }
     route_set(&etcd, "payments", "m6v=40,wanguo=60", "after the flood").await;
     ok(&etcd, &["route", "list"]).await;
-    ok(
+    ok_line(
         &etcd,
-        &[
-            "failover",
-            "--from",
-            "m6v",
-            "--all",
-            "--yes",
-            "--reason",
-            "still works",
-        ],
+        "failover --from m6v --all --yes --reason 'still works'",
     )
     .await;
-    let audit = ok(
-        &etcd,
-        &[
-            "audit",
-            "--service",
-            "payments",
-            "--limit",
-            "5",
-            "-o",
-            "json",
-        ],
-    )
-    .await
-    .json();
-    let reasons: Vec<&str> = audit["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .filter_map(|r| r["reason"].as_str())
-        .collect();
+    let audit = ok_line(&etcd, "audit --service payments --limit 5 -o json")
+        .await
+        .json();
+    let reasons = strings(&audit["records"], "reason");
     assert_eq!(reasons, vec!["still works", "after the flood", "first"]);
     let status = ok(&etcd, &["status", "-o", "json"]).await.json();
     assert_eq!(status["last_change"]["reason"], "still works");

@@ -7,7 +7,8 @@ mod cp_support;
 use std::time::{Duration, Instant};
 
 use cp_support::{
-    leader_id, ok, register, replica, route_set, twinctl, two_dcs, wait_until, weights,
+    leader_id, ok, ok_line, register, replica, route_set, run_line, text, twinctl, two_dcs,
+    two_dcs_with_payments, wait_until, weights, words,
 };
 use twin_control_plane::election::{Candidacy, Candidate};
 use twin_lab::http::{self, Behavior, Upstream};
@@ -159,8 +160,7 @@ async fn a_deposed_leaders_writes_are_fenced() {
 
 #[tokio::test]
 async fn the_leader_probes_endpoints_publishes_health_and_serves_status() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let m1 = Upstream::start("m1").await.expect("upstream");
     let m2 = Upstream::start("m2").await.expect("upstream");
     let w1 = Upstream::start("w1").await.expect("upstream");
@@ -234,23 +234,12 @@ async fn shift_moves_in_gated_steps_and_rolls_back_when_the_gate_fails() {
         register(&mut c, svc, "wanguo", "w2", &w2.addr().to_string(), 1).await;
     }
     // No control plane yet: no health, so the gate refuses before the first step.
-    let out = twinctl(
+    let out = run_line(
         &etcd,
-        &[
-            "shift",
-            "ledger",
-            "--to",
-            "wanguo",
-            "--step",
-            "50",
-            "--interval",
-            "100ms",
-            "--reason",
-            "move",
-        ],
+        "shift ledger --to wanguo --step 50 --interval 100ms --reason move",
     )
-    .await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    .await
+    .expect(3);
     out.one_line_error(
         "health gate before the first step: no health published for datacenter wanguo",
     );
@@ -258,22 +247,9 @@ async fn shift_moves_in_gated_steps_and_rolls_back_when_the_gate_fails() {
 
     let _cp = replica(&etcd, "cp-1", &[]).await;
     wait_health(&etcd, "wanguo", 4, 4).await;
-    let out = ok(
+    let out = ok_line(
         &etcd,
-        &[
-            "shift",
-            "ledger",
-            "--to",
-            "wanguo",
-            "--step",
-            "50",
-            "--interval",
-            "200ms",
-            "--reason",
-            "move",
-            "-o",
-            "json",
-        ],
+        "shift ledger --to wanguo --step 50 --interval 200ms --reason move -o json",
     )
     .await;
     let j = out.json();
@@ -292,20 +268,9 @@ async fn shift_moves_in_gated_steps_and_rolls_back_when_the_gate_fails() {
     );
 
     // payments: wanguo goes bad right after the first step; the gate catches it.
-    let shift = twinctl(
+    let shift = run_line(
         &etcd,
-        &[
-            "shift",
-            "payments",
-            "--to",
-            "wanguo",
-            "--step",
-            "25",
-            "--interval",
-            "1500ms",
-            "--reason",
-            "move",
-        ],
+        "shift payments --to wanguo --step 25 --interval 1500ms --reason move",
     );
     let breaker = async {
         let mut c = etcd.client().await.expect("client");
@@ -329,28 +294,16 @@ async fn shift_moves_in_gated_steps_and_rolls_back_when_the_gate_fails() {
         weights(&mut c, "payments").await,
         serde_json::json!({"m6v": 10000})
     );
-    let audit = ok(
-        &etcd,
-        &[
-            "audit",
-            "--service",
-            "payments",
-            "--limit",
-            "2",
-            "-o",
-            "json",
-        ],
-    )
-    .await
-    .json();
+    let audit = ok_line(&etcd, "audit --service payments --limit 2 -o json")
+        .await
+        .json();
     assert_eq!(audit["records"][0]["action"], "shift rollback");
     assert_eq!(audit["records"][1]["action"], "shift");
 }
 
 #[tokio::test]
 async fn automatic_failover_acts_once_and_does_not_flap() {
-    let etcd = two_dcs().await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    let etcd = two_dcs_with_payments().await;
     let ups: Vec<Upstream> =
         futures::future::join_all(["m1", "m2", "w1", "w2"].map(Upstream::start))
             .await
@@ -362,18 +315,8 @@ async fn automatic_failover_acts_once_and_does_not_flap() {
         let dc = if i < 2 { "m6v" } else { "wanguo" };
         register(&mut c, "payments", dc, u.name(), &u.addr().to_string(), 1).await;
     }
-    let _cp = replica(
-        &etcd,
-        "cp-1",
-        &[
-            "--auto-failover",
-            "--auto-failover-after",
-            "300ms",
-            "--hold-down",
-            "1h",
-        ],
-    )
-    .await;
+    let auto = words("--auto-failover --auto-failover-after 300ms --hold-down 1h");
+    let _cp = replica(&etcd, "cp-1", &auto).await;
     wait_health(&etcd, "m6v", 2, 2).await;
     ups[0].set(Behavior::Status(503));
     ups[1].set(Behavior::Status(503));
@@ -382,15 +325,11 @@ async fn automatic_failover_acts_once_and_does_not_flap() {
         async move { weights(&mut c, "payments").await["m6v"] == 0 }
     })
     .await;
-    let audit = ok(&etcd, &["audit", "--limit", "1", "-o", "json"])
-        .await
-        .json();
+    let audit = ok_line(&etcd, "audit --limit 1 -o json").await.json();
     let rec = &audit["records"][0];
     assert_eq!(rec["action"], "failover");
     assert!(
-        rec["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("auto: m6v 0% healthy")),
+        text(&rec["reason"]).starts_with("auto: m6v 0% healthy"),
         "{rec}"
     );
     // m6v recovers and wanguo fails: within the hold-down nothing moves back.
@@ -407,9 +346,7 @@ async fn automatic_failover_acts_once_and_does_not_flap() {
     })
     .await;
     assert_eq!(weights(&mut c, "payments").await["m6v"], 0, "flapped back");
-    let after = ok(&etcd, &["audit", "--limit", "1", "-o", "json"])
-        .await
-        .json();
+    let after = ok_line(&etcd, "audit --limit 1 -o json").await.json();
     assert_eq!(
         after["records"][0]["change_id"], rec["change_id"],
         "no second automatic change"

@@ -6,7 +6,7 @@ mod cp_support;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cp_support::{route_set, twinctl, two_dcs, weights};
+use cp_support::{route_set, run_line, two_dcs, weights};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -61,28 +61,12 @@ async fn a_rising_error_rate_fails_the_gate_and_rolls_the_shift_back() {
     route_set(&etcd, "payments", "m6v=100", "create").await;
     // Healthy before the first step and after it, failing after the second.
     let (url, seen) = fake_prometheus(2, "0.001", "0.05").await;
-    let out = twinctl(
+    let out = run_line(
         &etcd,
-        &[
-            "shift",
-            "payments",
-            "--to",
-            "wanguo",
-            "--step",
-            "25",
-            "--interval",
-            "50ms",
-            "--no-health-gate",
-            "--prometheus",
-            &url,
-            "--max-error-rate",
-            "1%",
-            "--reason",
-            "move",
-        ],
+        &format!("shift payments --to wanguo --step 25 --interval 50ms --no-health-gate --prometheus {url} --max-error-rate 1% --reason move"),
     )
-    .await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    .await
+    .expect(3);
     assert!(out.stderr.contains("step 2/4"), "{out:#?}");
     let last = out.stderr.lines().last().unwrap_or_default();
     assert!(
@@ -105,22 +89,12 @@ async fn a_rising_error_rate_fails_the_gate_and_rolls_the_shift_back() {
     );
 
     // An unreachable Prometheus refuses before anything moves.
-    let out = twinctl(
+    let out = run_line(
         &etcd,
-        &[
-            "shift",
-            "payments",
-            "--to",
-            "wanguo",
-            "--no-health-gate",
-            "--prometheus",
-            "http://127.0.0.1:1",
-            "--reason",
-            "move",
-        ],
+        "shift payments --to wanguo --no-health-gate --prometheus http://127.0.0.1:1 --reason move",
     )
-    .await;
-    assert_eq!(out.code, 3, "{out:#?}");
+    .await
+    .expect(3);
     out.one_line_error("health gate before the first step: asking prometheus");
     assert_eq!(
         weights(&mut c, "payments").await,

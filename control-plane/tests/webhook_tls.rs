@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
@@ -34,10 +33,7 @@ async fn post(
         .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
         .await
         .expect("TLS handshake with the webhook");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .expect("h1");
-    tokio::spawn(conn);
+    let mut send = twin_lab::http::http1_over(tls).await.expect("h1");
     let req = http::Request::post(format!("https://127.0.0.1{path}"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body)))
@@ -54,25 +50,17 @@ async fn post(
     (status, body)
 }
 
+/// The AdmissionReview of a pod CREATE as the API server sends it (a shared fixture), for a
+/// one-container pod.
 fn review_body() -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "kind": "AdmissionReview",
-        "apiVersion": "admission.k8s.io/v1",
-        "request": {
-            "uid": "b2a1",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "shop",
-            "operation": "CREATE",
-            "userInfo": {"username": "admin"},
-            "object": {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": "p", "namespace": "shop"},
-                "spec": {"containers": [{"name": "app", "image": "shop:1"}]}
-            }
-        }
-    }))
-    .expect("json")
+    let mut review: Value =
+        serde_json::from_str(include_str!("fixtures/pod-create-review.json")).expect("fixture");
+    review["request"]["object"] = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "shop"},
+        "spec": {"containers": [{"name": "app", "image": "shop:1"}]}
+    });
+    serde_json::to_vec(&review).expect("json")
 }
 
 #[tokio::test]
@@ -99,7 +87,7 @@ async fn webhook_answers_over_tls_and_reloads_its_certificate() {
     let v: Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(v["kind"], "AdmissionReview");
-    assert_eq!(v["response"]["uid"], "b2a1");
+    assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
     assert_eq!(v["response"]["allowed"], true);
     assert_eq!(v["response"]["patchType"], "JSONPatch");
 

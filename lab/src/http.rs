@@ -98,3 +98,34 @@ pub async fn get_text(c: &Client, addr: SocketAddr, path: &str) -> Result<(u16, 
     let reply = get(c, addr, &addr.to_string(), path, &[]).await?;
     Ok((reply.status.as_u16(), reply.text()))
 }
+
+/// One HTTP/1.1 connection over `io` (a TCP or TLS stream), its driver spawned: every request
+/// sent on it rides that one connection, for tests of what a connection keeps.
+pub async fn http1_over<I, B>(io: I) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+    tokio::spawn(conn);
+    Ok(send)
+}
+
+/// [`http1_over`] a new TCP connection to `addr`.
+pub async fn http1_connection<B>(
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    http1_over(tcp).await
+}

@@ -83,9 +83,7 @@ PIDS+=($HAPROXY_PID)
 
 # --- twin-sidecar: one worker thread, 30/70 from a routes file --------------------------
 cat > "$WORK/routes.yaml" <<EOF
-datacenters:
-  m6v: {code: 0}
-  wanguo: {code: 1}
+datacenters: {m6v: {code: 0}, wanguo: {code: 1}}
 routes:
   payments:
     weights: {m6v: 30%, wanguo: 70%}

@@ -7,7 +7,6 @@
 //! health. `POST /drain` withdraws the node (readiness fails, registrations are revoked)
 //! while requests keep being served; SIGTERM then stops it.
 
-use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -15,7 +14,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -92,24 +90,8 @@ fn json_response(status: StatusCode, v: &Value) -> Resp {
 }
 
 impl Admin {
-    /// The hyper service of one admin connection.
-    pub fn service(
-        self: &Arc<Self>,
-    ) -> impl hyper::service::Service<
-        Request<Incoming>,
-        Response = Resp,
-        Error = Infallible,
-        Future = impl std::future::Future<Output = Result<Resp, Infallible>> + Send,
-    > + Send
-           + 'static {
-        let this = self.clone();
-        hyper::service::service_fn(move |req| {
-            let this = this.clone();
-            async move { Ok(this.handle(&req)) }
-        })
-    }
-
-    fn handle<B>(&self, req: &Request<B>) -> Resp {
+    /// The answer to one admin request.
+    pub(crate) fn handle<B>(&self, req: &Request<B>) -> Resp {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 if let Some(f) = &self.before_render {

@@ -10,13 +10,11 @@
 //! id is `--worker` and its high-water mark lives in `--hwm-file`, and the datacenter code
 //! comes from the routes file.
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
@@ -159,24 +157,8 @@ impl IdApi {
         }
     }
 
-    /// The hyper service of one ID API connection.
-    pub fn service(
-        &self,
-    ) -> impl hyper::service::Service<
-        Request<Incoming>,
-        Response = Resp,
-        Error = Infallible,
-        Future = impl std::future::Future<Output = Result<Resp, Infallible>> + Send,
-    > + Send
-           + 'static {
-        let this = self.clone();
-        hyper::service::service_fn(move |req| {
-            let this = this.clone();
-            async move { Ok(this.handle(&req).await) }
-        })
-    }
-
-    async fn handle<B>(&self, req: &Request<B>) -> Resp {
+    /// The answer to one ID API request.
+    pub(crate) async fn handle<B>(&self, req: &Request<B>) -> Resp {
         let Some(biz) = req.uri().path().strip_prefix("/v1/ids/") else {
             return error(
                 StatusCode::NOT_FOUND,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -132,5 +133,28 @@ where
                 "drain deadline passed with requests still open"
             );
         }
+    })
+}
+
+/// A connection's service that answers every request with `answer(state, request)` and never
+/// fails: the ID API and the admin listener turn every error into an answer.
+pub fn answering<T, F, Fut>(
+    state: T,
+    answer: F,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Full<Bytes>>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
+> + Send
+       + 'static
+where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(T, Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    hyper::service::service_fn(move |req| {
+        let reply = answer(state.clone(), req);
+        async move { Ok(reply.await) }
     })
 }

@@ -92,7 +92,12 @@ impl Sidecar {
                 builder.clone(),
                 {
                     let ids = ids.clone();
-                    move |_| ids.service()
+                    move |_| {
+                        serve::answering(
+                            ids.clone(),
+                            |ids, req| async move { ids.handle(&req).await },
+                        )
+                    }
                 },
                 shutdown.clone(),
                 cfg.drain_timeout,
@@ -102,7 +107,12 @@ impl Sidecar {
                 "admin",
                 admin_listener,
                 builder,
-                move |_| admin.service(),
+                move |_| {
+                    serve::answering(
+                        admin.clone(),
+                        |admin, req| async move { admin.handle(&req) },
+                    )
+                },
                 shutdown.clone(),
                 cfg.drain_timeout,
                 &cfg.limits,

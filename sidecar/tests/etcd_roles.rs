@@ -6,14 +6,12 @@ mod support;
 
 use support::*;
 use twin_lab::eventually;
-use twin_lab::http::{self, Upstream};
+use twin_lab::http;
 use twin_topology::{auth, AuditMeta, Keys, Route, Store, Weights};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_with_its_role_registers_and_issues_ids_but_cannot_write_routes() {
-    let (etcd, mut root) = etcd().await;
-    let up = Upstream::start("m6v").await.expect("up");
-    put_route(&mut root, &route(&[("m6v", 10_000)], &[("m6v", &[&up])])).await;
+    let (etcd, mut root, _up) = etcd_with_m6v_route().await;
     let keys = Keys::default();
     auth::bootstrap(&mut root, &keys, "rootpw")
         .await
@@ -35,17 +33,13 @@ async fn a_sidecar_with_its_role_registers_and_issues_ids_but_cannot_write_route
         "idgen:\n  serial_templates: {pay: \"PAY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}\"}\n",
     )
     .expect("config");
-    let endpoint = etcd.endpoint();
-    let mut p = Process::spawn(
+    let mut p = Process::m6v_node(
+        &etcd,
+        "n1",
+        dir.path(),
         &[
             "--config",
             config.to_str().expect("utf8"),
-            "--dc",
-            "m6v",
-            "--node-id",
-            "n1",
-            "--etcd",
-            &endpoint,
             "--etcd-user",
             "sc",
             "--etcd-password-file",
@@ -53,20 +47,13 @@ async fn a_sidecar_with_its_role_registers_and_issues_ids_but_cannot_write_route
             "--register",
             "payments=127.0.0.1:18099",
         ],
-        &dir.path().join("sidecar.log"),
     );
     p.ready().await;
 
     // Registered under its lease.
     let key = keys.endpoint(SERVICE, "m6v", "n1");
-    let registered = eventually(WAIT, || {
-        let mut c = root.clone();
-        let key = key.clone();
-        async move { c.get(key, None).await.map(|r| r.count()).unwrap_or(0) == 1 }
-    })
-    .await;
     assert!(
-        registered,
+        key_count_becomes(&root, &key, 1).await,
         "the sidecar registered its endpoint with its own role"
     );
 

@@ -78,9 +78,7 @@ async fn killing_a_datacenters_upstreams_spills_without_failing_requests() {
         !twin_sidecar::outbound::dc::is_up(pay, 1),
         "wanguo is marked down"
     );
-    let metrics = http::get(&client, s.admin_addr, "admin", "/metrics", &[])
-        .await
-        .expect("metrics");
+    let metrics = admin_get(&client, s.admin_addr, "/metrics").await;
     let text = metrics.text();
     assert!(
         text.contains("twin_sidecar_spills_total{service=\"payments\",from=\"wanguo\",to=\"m6v\"}"),
@@ -92,17 +90,12 @@ async fn killing_a_datacenters_upstreams_spills_without_failing_requests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_on_dc_down_fail_a_dead_datacenter_answers_503_with_the_reason() {
-    let (etcd, mut c) = etcd().await;
-    let m = Upstream::start("m6v").await.expect("up");
-    let mut w = Upstream::start("wanguo").await.expect("up");
-    let r = route(
-        &[("m6v", 5000), ("wanguo", 5000)],
-        &[("m6v", &[&m]), ("wanguo", &[&w])],
-    );
-    let rev = put_route(&mut c, &with_on_dc_down(r, OnDcDown::Fail)).await;
-    let s = sidecar(config(etcd_source(&etcd)), rev).await;
+    let mut t = Payments::start().await;
+    let r = with_on_dc_down(t.route(5000, 5000), OnDcDown::Fail);
+    let rev = put_route(&mut t.c, &r).await;
+    let s = sidecar(config(etcd_source(&t.etcd)), rev).await;
     let client = http::client();
-    w.stop();
+    t.wanguo.stop();
     for k in wanguo_keys(30) {
         let r = call(&client, s.outbound_addr, Some(&k)).await;
         assert_eq!(r.status, 503, "{k}");
@@ -113,7 +106,7 @@ async fn with_on_dc_down_fail_a_dead_datacenter_answers_503_with_the_reason() {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-twin-dc"), "m6v");
     }
-    assert_eq!(w.hits(), 0);
+    assert_eq!(t.wanguo.hits(), 0);
     s.stop().await;
 }
 
@@ -144,7 +137,7 @@ async fn single_upstream_sidecar(
     up: &Upstream,
     r: Option<Route>,
 ) -> twin_sidecar::Sidecar {
-    let r = r.unwrap_or_else(|| route(&[("m6v", 10_000)], &[("m6v", &[up])]));
+    let r = r.unwrap_or_else(|| m6v_route(up));
     let rev = put_route(c, &r).await;
     let mut cfg = config(etcd_source(etcd));
     // Dropped connections must not eject the only endpoint in these tests.
@@ -155,9 +148,7 @@ async fn single_upstream_sidecar(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_to_a_dropped_connection_is_not_retried_but_a_get_is() {
     let (etcd, mut c) = etcd().await;
-    let up = Upstream::with("m6v", Behavior::DropConnection(1))
-        .await
-        .expect("up");
+    let up = m6v_upstream(Behavior::DropConnection(1)).await;
     let s = single_upstream_sidecar(&etcd, &mut c, &up, None).await;
     let client = http::client();
 
@@ -190,10 +181,8 @@ async fn a_post_to_a_dropped_connection_is_not_retried_but_a_get_is() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upstream_gets_upstream_timeout_and_5xx_ejects_it() {
     let (etcd, mut c) = etcd().await;
-    let slow = Upstream::with("m6v", Behavior::Delay(Duration::from_secs(3)))
-        .await
-        .expect("up");
-    let mut r = route(&[("m6v", 10_000)], &[("m6v", &[&slow])]);
+    let slow = m6v_upstream(Behavior::Delay(Duration::from_secs(3))).await;
+    let mut r = m6v_route(&slow);
     r.timeouts.request_ms = 200;
     r.retry.max_attempts = 1;
     let s = single_upstream_sidecar(&etcd, &mut c, &slow, Some(r)).await;
@@ -289,10 +278,7 @@ async fn a_pooled_connection_idle_past_idle_ms_never_carries_a_post() {
     r.endpoints = [("m6v".to_string(), vec![vip.to_string()])].into();
     // The hazard: the sidecar keeps idle connections longer than the middlebox remembers.
     r.timeouts.idle_ms = 10_000;
-    let rev = put_route(&mut c, &r).await;
-    let mut cfg = config(etcd_source(&etcd));
-    cfg.outlier.consecutive_failures = 5;
-    let s = sidecar(cfg, rev).await;
+    let s = single_upstream_sidecar(&etcd, &mut c, &up, Some(r.clone())).await;
     let client = http::client();
     assert_eq!(post(&client, s.outbound_addr, None).await.status, 200);
     tokio::time::sleep(Duration::from_millis(600)).await; // the idle time under test

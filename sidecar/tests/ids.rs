@@ -28,6 +28,14 @@ async fn ids(
         .expect("ID API answers")
 }
 
+/// Waits (up to [`WAIT`]) until `GET /v1/ids/pay` answers 200; whether it did.
+async fn issuing(c: &http::Client, addr: SocketAddr) -> bool {
+    eventually(WAIT, || async {
+        ids(c, addr, "/v1/ids/pay", None).await.status == 200
+    })
+    .await
+}
+
 fn json(r: &Reply) -> serde_json::Value {
     serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
 }
@@ -53,13 +61,7 @@ async fn the_id_api_issues_every_format_and_refuses_bad_parameters_with_400() {
         .expect("sidecar starts");
     let c = http::client();
     let a = s.ids_addr;
-    assert!(
-        eventually(WAIT, || async {
-            ids(&c, a, "/v1/ids/pay", None).await.status == 200
-        })
-        .await,
-        "the generator never became ready"
-    );
+    assert!(issuing(&c, a).await, "the generator never became ready");
 
     let one = ids(&c, a, "/v1/ids/pay", None).await;
     assert_eq!(one.header("content-type"), "application/json");
@@ -148,10 +150,7 @@ async fn the_id_api_issues_every_format_and_refuses_bad_parameters_with_400() {
     .expect("answer");
     assert_eq!(post.status, 405);
 
-    let metrics = http::get(&c, s.admin_addr, "admin", "/metrics", &[])
-        .await
-        .expect("metrics")
-        .text();
+    let metrics = admin_get(&c, s.admin_addr, "/metrics").await.text();
     assert!(metrics.contains("twin_idgen_issued_total"), "{metrics}");
     assert!(metrics.contains("twin_sidecar_idgen_ready 1"), "{metrics}");
     s.stop().await;
@@ -167,12 +166,7 @@ async fn the_id_api_answers_503_with_the_reason_when_uniqueness_cannot_be_guaran
         .expect("sidecar starts");
     let c = http::client();
     let a = s.ids_addr;
-    assert!(
-        eventually(WAIT, || async {
-            ids(&c, a, "/v1/ids/pay", None).await.status == 200
-        })
-        .await
-    );
+    assert!(issuing(&c, a).await);
 
     // etcd gone: the worker lease cannot be renewed, so issuing stops before it could expire.
     etcd.stop();
@@ -192,20 +186,11 @@ async fn the_id_api_answers_503_with_the_reason_when_uniqueness_cannot_be_guaran
     assert_eq!(r.header("x-twin-error"), reason);
 
     // The proxy and admin keep working meanwhile.
-    assert_eq!(
-        http::get(&c, s.admin_addr, "admin", "/healthz", &[])
-            .await
-            .expect("healthz")
-            .status,
-        200
-    );
+    assert_eq!(admin_get(&c, s.admin_addr, "/healthz").await.status, 200);
 
     etcd.restart().await.expect("etcd restarts");
     assert!(
-        eventually(WAIT, || async {
-            ids(&c, a, "/v1/ids/pay", None).await.status == 200
-        })
-        .await,
+        issuing(&c, a).await,
         "issuing did not resume after etcd came back"
     );
     s.stop().await;
@@ -227,12 +212,7 @@ async fn without_etcd_ids_come_from_the_fixed_worker_and_an_unknown_dc_is_a_503_
     let s = sidecar_without_route(cfg).await;
     let c = http::client();
     let a = s.ids_addr;
-    assert!(
-        eventually(WAIT, || async {
-            ids(&c, a, "/v1/ids/pay", None).await.status == 200
-        })
-        .await
-    );
+    assert!(issuing(&c, a).await);
     let id = id_list(&ids(&c, a, "/v1/ids/pay", None).await).remove(0);
     let codec = Codec::new(Layout::default(), &BTreeMap::new()).expect("codec");
     let d = codec.decode(&id, Some(Format::Snowflake)).expect("decodes");
@@ -258,6 +238,7 @@ async fn without_etcd_ids_come_from_the_fixed_worker_and_an_unknown_dc_is_a_503_
     s.stop().await;
 }
 
+/// Starts a sidecar whose table is loaded (from etcd or a routes file) but holds no route.
 async fn sidecar_without_route(cfg: twin_sidecar::Config) -> twin_sidecar::Sidecar {
     let s = twin_sidecar::Sidecar::start(cfg)
         .await

@@ -173,7 +173,7 @@ async fn h2c_requests_are_proxied() {
 async fn a_50_mb_body_streams_both_ways_with_bounded_memory() {
     const TOTAL: usize = 50 * 1024 * 1024;
     const CHUNK: usize = 64 * 1024;
-    let up = Upstream::with("m6v", Behavior::Echo).await.expect("up");
+    let up = m6v_upstream(Behavior::Echo).await;
     let (_dir, p) = routed_process(up.addr()).await;
     assert_eq!(
         call(&http::client(), p.outbound, Some("warm")).await.status,
@@ -182,13 +182,7 @@ async fn a_50_mb_body_streams_both_ways_with_bounded_memory() {
     let baseline = p.rss_kib();
     assert!(baseline > 0);
 
-    let tcp = tokio::net::TcpStream::connect(p.outbound)
-        .await
-        .expect("connect");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
+    let mut send = http::http1_connection(p.outbound).await.expect("connect");
     let (mut tx, body) =
         http_body_util::channel::Channel::<Bytes, std::convert::Infallible>::new(4);
     let producer = tokio::spawn(async move {
@@ -369,6 +363,11 @@ async fn get_on(send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>
     let req = Request::get("http://payments/pay")
         .body(Empty::<Bytes>::new())
         .expect("request");
+    // The previous exchange may still be finishing; a request sent before the connection is
+    // ready again is refused by the client itself ("connection was not ready").
+    send.ready()
+        .await
+        .expect("the kept-alive connection is open");
     let resp = send
         .send_request(req)
         .await
@@ -417,9 +416,7 @@ async fn idle_keep_alive_connections_outlive_the_header_timeout_and_a_stalled_he
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_slower_than_the_header_timeout_keeps_the_connection_usable() {
-    let slow = Upstream::with("m6v", Behavior::Delay(Duration::from_millis(800)))
-        .await
-        .expect("up");
+    let slow = m6v_upstream(Behavior::Delay(Duration::from_millis(800))).await;
     let (_dir, _, mut cfg) = file_config(&[slow.addr()], &[slow.addr()], (10_000, 0));
     cfg.limits.header_read_timeout_ms = 200;
     cfg.limits.idle_timeout_ms = 60_000;

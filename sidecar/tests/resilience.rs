@@ -3,43 +3,18 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
-use twin_lab::http::{self, Behavior, Upstream};
-use twin_lab::{eventually, Etcd};
+use twin_lab::eventually;
+use twin_lab::http::{self, Behavior};
 use twin_topology::Keys;
-
-/// The real binary as node `n1` of m6v on `etcd`; `register` is the `--register` value
-/// followed by any further flags. Logs to `dir/sidecar.log`.
-fn spawn_n1(etcd: &Etcd, dir: &Path, register: &[&str]) -> Process {
-    let endpoint = etcd.endpoint();
-    let mut args = vec![
-        "--dc",
-        "m6v",
-        "--node-id",
-        "n1",
-        "--etcd",
-        &endpoint,
-        "--register",
-    ];
-    args.extend_from_slice(register);
-    Process::spawn(&args, &dir.join("sidecar.log"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etcd_restart_mid_traffic_loses_no_request() {
-    let (mut etcd, mut c) = etcd().await;
-    let (m6v, wanguo) = (
-        Upstream::start("m6v").await.expect("up"),
-        Upstream::start("wanguo").await.expect("up"),
-    );
-    let eps: [(&str, &[&Upstream]); 2] = [("m6v", &[&m6v]), ("wanguo", &[&wanguo])];
-    let rev = put_route(&mut c, &route(&[("m6v", 5000), ("wanguo", 5000)], &eps)).await;
-    let s = sidecar(config(etcd_source(&etcd)), rev).await;
+    let (mut t, s) = Payments::with_sidecar(5000, 5000).await;
 
     let (ok, failed, stop) = (
         Arc::new(AtomicU64::new(0)),
@@ -74,18 +49,18 @@ async fn an_etcd_restart_mid_traffic_loses_no_request() {
         async move { eventually(WAIT, || async { ok.load(Ordering::SeqCst) >= from + by }).await }
     };
     assert!(advanced(0, 200).await);
-    etcd.stop();
+    t.etcd.stop();
     let during = ok.load(Ordering::SeqCst);
     assert!(
         advanced(during, 500).await,
         "traffic stopped while etcd was down"
     );
-    etcd.restart().await.expect("etcd restarts");
+    t.etcd.restart().await.expect("etcd restarts");
     let after = ok.load(Ordering::SeqCst);
     assert!(advanced(after, 300).await);
     // The watch came back: a change made after the restart is applied.
-    let mut c = etcd.client().await.expect("client");
-    let rev = put_route(&mut c, &route(&[("m6v", 10_000), ("wanguo", 0)], &eps)).await;
+    t.c = t.etcd.client().await.expect("client");
+    let rev = t.put(10_000, 0).await;
     wait_route(&s, rev).await;
     stop.store(true, Ordering::SeqCst);
     load.await.expect("load task");
@@ -99,22 +74,11 @@ async fn an_etcd_restart_mid_traffic_loses_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_starts_from_its_snapshot_while_etcd_is_down() {
-    let (mut etcd, mut c) = etcd().await;
-    let (m6v, wanguo) = (
-        Upstream::start("m6v").await.expect("up"),
-        Upstream::start("wanguo").await.expect("up"),
-    );
-    let rev = put_route(
-        &mut c,
-        &route(
-            &[("m6v", 3000), ("wanguo", 7000)],
-            &[("m6v", &[&m6v]), ("wanguo", &[&wanguo])],
-        ),
-    )
-    .await;
+    let mut t = Payments::start().await;
+    let rev = t.put(3000, 7000).await;
     let dir = tempfile::tempdir().expect("tmp");
     let snapshot = dir.path().join("snapshot.json");
-    let endpoint = etcd.endpoint();
+    let endpoint = t.etcd.endpoint();
     let args = [
         "--dc",
         "m6v",
@@ -128,16 +92,13 @@ async fn the_binary_starts_from_its_snapshot_while_etcd_is_down() {
     first.ready().await;
     let client = http::client();
     assert_eq!(call(&client, first.outbound, Some("u1")).await.status, 200);
-    first.signal(Signal::TERM);
-    assert_eq!(first.wait_exit(WAIT).await, Some(0));
+    first.stop_cleanly().await;
     assert!(snapshot.exists(), "the sidecar saved its table");
 
-    etcd.stop();
+    t.etcd.stop();
     let mut second = Process::spawn(&args, &dir.path().join("second.log"));
     second.ready().await;
-    let config = http::get(&client, second.admin, "admin", "/config", &[])
-        .await
-        .expect("config");
+    let config = admin_get(&client, second.admin, "/config").await;
     let config: serde_json::Value = serde_json::from_slice(&config.body).expect("json");
     assert_eq!(config["source"], "snapshot");
     let mut by_dc = std::collections::HashMap::new();
@@ -173,25 +134,23 @@ async fn the_binary_starts_from_its_snapshot_while_etcd_is_down() {
     let r = call(&client, third.outbound, Some("u1")).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.header("x-twin-error"), "no routing table loaded yet");
-    third.signal(Signal::TERM);
-    assert_eq!(third.wait_exit(WAIT).await, Some(0));
-    second.signal(Signal::TERM);
-    assert_eq!(second.wait_exit(WAIT).await, Some(0));
+    third.stop_cleanly().await;
+    second.stop_cleanly().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_revokes_the_lease_and_exits_0() {
     let (etcd, mut c) = etcd().await;
-    let slow = Upstream::with("m6v", Behavior::Delay(Duration::from_millis(1500)))
-        .await
-        .expect("up");
-    let rev = put_route(&mut c, &route(&[("m6v", 10_000)], &[("m6v", &[&slow])])).await;
+    let slow = m6v_upstream(Behavior::Delay(Duration::from_millis(1500))).await;
+    let rev = put_route(&mut c, &m6v_route(&slow)).await;
     assert!(rev > 0);
     let dir = tempfile::tempdir().expect("tmp");
-    let mut p = spawn_n1(
+    let mut p = Process::m6v_node(
         &etcd,
+        "n1",
         dir.path(),
         &[
+            "--register",
             "payments=127.0.0.1:18080,capacity=3",
             "--drain-timeout",
             "10s",
@@ -199,13 +158,10 @@ async fn sigterm_finishes_in_flight_requests_revokes_the_lease_and_exits_0() {
     );
     p.ready().await;
     let key = Keys::default().endpoint(SERVICE, "m6v", "n1");
-    let registered = eventually(WAIT, || {
-        let mut c = c.clone();
-        let key = key.clone();
-        async move { c.get(key, None).await.is_ok_and(|r| r.count() == 1) }
-    })
-    .await;
-    assert!(registered, "the endpoint was not registered");
+    assert!(
+        key_count_becomes(&c, &key, 1).await,
+        "the endpoint was not registered"
+    );
     let value = c.get(key.clone(), None).await.expect("get");
     let value: serde_json::Value = serde_json::from_slice(value.kvs()[0].value()).expect("json");
     assert_eq!(value["capacity"], 3);
@@ -232,42 +188,25 @@ async fn sigterm_finishes_in_flight_requests_revokes_the_lease_and_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_subcommand_needs_the_admin_token_and_withdraws_the_node() {
-    let (etcd, mut c) = etcd().await;
-    let up = Upstream::start("m6v").await.expect("up");
-    put_route(&mut c, &route(&[("m6v", 10_000)], &[("m6v", &[&up])])).await;
+    let (etcd, c, _up) = etcd_with_m6v_route().await;
     let dir = tempfile::tempdir().expect("tmp");
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").expect("token");
-    let endpoint = etcd.endpoint();
     let token_arg = token.to_str().expect("utf8");
-    let mut p = Process::spawn(
+    let mut p = Process::m6v_node(
+        &etcd,
+        "n2",
+        dir.path(),
         &[
-            "--dc",
-            "m6v",
-            "--node-id",
-            "n2",
-            "--etcd",
-            &endpoint,
             "--register",
             "payments=127.0.0.1:18081",
             "--admin-token-file",
             token_arg,
         ],
-        &dir.path().join("sidecar.log"),
     );
     p.ready().await;
     let key = Keys::default().endpoint(SERVICE, "m6v", "n2");
-    let count = |key: String| {
-        let mut c = c.clone();
-        async move { c.get(key, None).await.map(|r| r.count()).unwrap_or(-1) }
-    };
-    assert!(
-        eventually(WAIT, || {
-            let f = count(key.clone());
-            async move { f.await == 1 }
-        })
-        .await
-    );
+    assert!(key_count_becomes(&c, &key, 1).await);
 
     let drain = |token: Option<&str>| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_twin-sidecar"));
@@ -282,7 +221,7 @@ async fn the_drain_subcommand_needs_the_admin_token_and_withdraws_the_node() {
     assert_eq!(refused.status.code(), Some(1));
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("answered 401 Unauthorized"), "{err}");
-    assert_eq!(count(key.clone()).await, 1);
+    assert_eq!(key_count(&c, &key).await, 1);
 
     let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "guess").expect("token");
@@ -297,25 +236,14 @@ async fn the_drain_subcommand_needs_the_admin_token_and_withdraws_the_node() {
     );
     let c2 = http::client();
     let admin = p.admin;
-    assert_eq!(
-        http::get(&c2, admin, "admin", "/readyz", &[])
-            .await
-            .expect("readyz")
-            .status,
-        503
-    );
+    assert_eq!(admin_get(&c2, admin, "/readyz").await.status, 503);
     assert!(
-        eventually(WAIT, || {
-            let f = count(key.clone());
-            async move { f.await == 0 }
-        })
-        .await,
+        key_count_becomes(&c, &key, 0).await,
         "registration not revoked"
     );
     // Draining keeps serving the application until SIGTERM.
     assert_eq!(call(&c2, p.outbound, Some("u")).await.status, 200);
-    p.signal(Signal::TERM);
-    assert_eq!(p.wait_exit(WAIT).await, Some(0));
+    p.stop_cleanly().await;
 }
 
 #[test]
@@ -347,9 +275,7 @@ fn admin_refuses_a_non_loopback_address_without_a_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_node_stays_drained_across_a_restart_until_the_marker_is_removed() {
-    let (etcd, mut c) = etcd().await;
-    let up = Upstream::start("m6v").await.expect("up");
-    put_route(&mut c, &route(&[("m6v", 10_000)], &[("m6v", &[&up])])).await;
+    let (etcd, mut c, _up) = etcd_with_m6v_route().await;
     // What `twinctl drain n1` leaves behind (the registrations it removed are kept in it).
     let keys = Keys::default();
     let marker = keys.drain("n1");
@@ -361,7 +287,12 @@ async fn a_drained_node_stays_drained_across_a_restart_until_the_marker_is_remov
         .await
         .expect("marker");
     let dir = tempfile::tempdir().expect("tmp");
-    let mut p = spawn_n1(&etcd, dir.path(), &["payments=127.0.0.1:18080"]);
+    let mut p = Process::m6v_node(
+        &etcd,
+        "n1",
+        dir.path(),
+        &["--register", "payments=127.0.0.1:18080"],
+    );
     p.ready().await;
     let admin = p.admin;
     let metric = |line: &'static str| {
@@ -382,14 +313,10 @@ async fn a_drained_node_stays_drained_across_a_restart_until_the_marker_is_remov
 
     // `twinctl undrain` removes the marker (the old lease is gone): the sidecar registers.
     c.delete(marker.as_str(), None).await.expect("undrain");
-    let registered = eventually(WAIT, || {
-        let mut c = c.clone();
-        let key = key.clone();
-        async move { c.get(key, None).await.is_ok_and(|r| r.count() == 1) }
-    })
-    .await;
-    assert!(registered, "the sidecar did not register after the undrain");
+    assert!(
+        key_count_becomes(&c, &key, 1).await,
+        "the sidecar did not register after the undrain"
+    );
     assert!(eventually(WAIT, || metric("twin_sidecar_drained 0")).await);
-    p.signal(Signal::TERM);
-    assert_eq!(p.wait_exit(WAIT).await, Some(0));
+    p.stop_cleanly().await;
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use support::*;
-use twin_lab::http::{self, Upstream};
+use twin_lab::{eventually, http};
 use twin_topology::{bucket_of, BUCKETS};
 
 /// Sends one request per key, 32 at a time; returns key → serving datacenter.
@@ -48,20 +48,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_30_70_holds_within_two_points_over_5000_requests() {
-    let (etcd, mut c) = etcd().await;
-    let (m6v, wanguo) = (
-        Upstream::start("m6v").await.expect("up"),
-        Upstream::start("wanguo").await.expect("up"),
-    );
-    let rev = put_route(
-        &mut c,
-        &route(
-            &[("m6v", 3000), ("wanguo", 7000)],
-            &[("m6v", &[&m6v]), ("wanguo", &[&wanguo])],
-        ),
-    )
-    .await;
-    let s = sidecar(config(etcd_source(&etcd)), rev).await;
+    let (t, s) = Payments::with_sidecar(3000, 7000).await;
     let client = http::client();
     let keys: Vec<String> = (0..5000).map(|i| format!("user-{i}")).collect();
     let got = route_keys(&client, s.outbound_addr, &keys).await;
@@ -74,27 +61,14 @@ async fn split_30_70_holds_within_two_points_over_5000_requests() {
         "m6v got {pct:.2}% of 5000 requests"
     );
     // Each upstream really served what the header claims.
-    assert_eq!(m6v.hits() as usize, to_m6v);
-    assert_eq!(wanguo.hits() as usize, to_wanguo);
+    assert_eq!(t.m6v.hits() as usize, to_m6v);
+    assert_eq!(t.wanguo.hits() as usize, to_wanguo);
     s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sticky_key_always_lands_in_the_same_datacenter() {
-    let (etcd, mut c) = etcd().await;
-    let (m6v, wanguo) = (
-        Upstream::start("m6v").await.expect("up"),
-        Upstream::start("wanguo").await.expect("up"),
-    );
-    let rev = put_route(
-        &mut c,
-        &route(
-            &[("m6v", 5000), ("wanguo", 5000)],
-            &[("m6v", &[&m6v]), ("wanguo", &[&wanguo])],
-        ),
-    )
-    .await;
-    let s = sidecar(config(etcd_source(&etcd)), rev).await;
+    let (_t, s) = Payments::with_sidecar(5000, 5000).await;
     let keys: Vec<String> = (0..300).map(|i| format!("unit-{i}")).collect();
     // Five rounds, each on fresh connections: the key alone decides.
     let first = route_keys(&http::client(), s.outbound_addr, &keys).await;
@@ -104,13 +78,9 @@ async fn a_sticky_key_always_lands_in_the_same_datacenter() {
     }
     assert!(first.values().any(|d| d == "m6v") && first.values().any(|d| d == "wanguo"));
     // Without a key, one connection keeps one datacenter.
-    let tcp = tokio::net::TcpStream::connect(s.outbound_addr)
+    let mut send = http::http1_connection(s.outbound_addr)
         .await
         .expect("connect");
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .expect("handshake");
-    tokio::spawn(conn);
     let mut dcs = std::collections::BTreeSet::new();
     for _ in 0..50 {
         let req = hyper::Request::get("/")
@@ -135,19 +105,12 @@ async fn a_sticky_key_always_lands_in_the_same_datacenter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_weight_50_to_40_moves_ten_percent_of_keys_and_no_others() {
-    let (etcd, mut c) = etcd().await;
-    let (m6v, wanguo) = (
-        Upstream::start("m6v").await.expect("up"),
-        Upstream::start("wanguo").await.expect("up"),
-    );
-    let eps: [(&str, &[&Upstream]); 2] = [("m6v", &[&m6v]), ("wanguo", &[&wanguo])];
-    let rev = put_route(&mut c, &route(&[("m6v", 5000), ("wanguo", 5000)], &eps)).await;
-    let s = sidecar(config(etcd_source(&etcd)), rev).await;
+    let (mut t, s) = Payments::with_sidecar(5000, 5000).await;
     let client = http::client();
     let keys: Vec<String> = (0..3000).map(|i| format!("acct-{i}")).collect();
     let before = route_keys(&client, s.outbound_addr, &keys).await;
 
-    let rev = put_route(&mut c, &route(&[("m6v", 4000), ("wanguo", 6000)], &eps)).await;
+    let rev = t.put(4000, 6000).await;
     wait_route(&s, rev).await;
     let after = route_keys(&client, s.outbound_addr, &keys).await;
 
@@ -177,30 +140,18 @@ async fn moving_weight_50_to_40_moves_ten_percent_of_keys_and_no_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weight_change_is_applied_within_a_bounded_wait() {
-    let (etcd, mut c) = etcd().await;
-    let (m6v, wanguo) = (
-        Upstream::start("m6v").await.expect("up"),
-        Upstream::start("wanguo").await.expect("up"),
-    );
-    let eps: [(&str, &[&Upstream]); 2] = [("m6v", &[&m6v]), ("wanguo", &[&wanguo])];
-    let rev = put_route(&mut c, &route(&[("m6v", 5000), ("wanguo", 5000)], &eps)).await;
-    let s = sidecar(config(etcd_source(&etcd)), rev).await;
+    let (mut t, s) = Payments::with_sidecar(5000, 5000).await;
     let client = http::client();
     for (m, w) in [(0, 10_000), (10_000, 0), (2_500, 7_500)] {
         let put_at = Instant::now();
-        let rev = put_route(&mut c, &route(&[("m6v", m), ("wanguo", w)], &eps)).await;
+        let rev = t.put(m, w).await;
         // Poll through the proxy: the first response routed by the new revision.
-        loop {
+        let seen = eventually(Duration::from_secs(2), || async {
             let r = call(&client, s.outbound_addr, Some("probe")).await;
-            if r.header("x-twin-route-rev") == rev.to_string() {
-                break;
-            }
-            assert!(
-                put_at.elapsed() < Duration::from_secs(2),
-                "weights {m}/{w} not applied within 2s"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+            r.header("x-twin-route-rev") == rev.to_string()
+        })
+        .await;
+        assert!(seen, "weights {m}/{w} not applied within 2s");
         let applied = put_at.elapsed();
         assert!(
             applied < Duration::from_secs(2),

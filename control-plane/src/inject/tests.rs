@@ -35,27 +35,14 @@ fn pod(annotations: Value, extra_spec: Value) -> Value {
     })
 }
 
-/// An AdmissionReview exactly as the API server sends one for a pod CREATE.
+/// An AdmissionReview exactly as the API server sends one for a pod CREATE (the fixture the
+/// TLS test of the webhook sends too), carrying `pod`.
 fn admission(pod: &Value) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "kind": "AdmissionReview",
-        "apiVersion": "admission.k8s.io/v1",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "shop",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": pod,
-            "oldObject": null,
-            "dryRun": false,
-            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
-        }
-    }))
-    .expect("json")
+    let mut review: Value =
+        serde_json::from_str(include_str!("../../tests/fixtures/pod-create-review.json"))
+            .expect("fixture is JSON");
+    review["request"]["object"] = pod.clone();
+    serde_json::to_vec(&review).expect("json")
 }
 
 /// Runs the webhook on `pod`; returns (allowed, reason, pod after applying the patch).

@@ -66,6 +66,64 @@ pub async fn ok(etcd: &Etcd, args: &[&str]) -> Out {
     twinctl(etcd, args).await.expect(0)
 }
 
+/// The arguments of a command line written as one string: split on spaces, except that a
+/// part in single quotes (a reason with spaces) is one argument, without its quotes. So a
+/// test reads `twinctl(&etcd, &words("route set payments --reason 'sre a'"))`.
+pub fn words(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = line.trim_start();
+    while !rest.is_empty() {
+        let (word, tail) = match rest.strip_prefix('\'') {
+            Some(quoted) => quoted.split_once('\'').expect("closing quote"),
+            None => rest.split_once(' ').unwrap_or((rest, "")),
+        };
+        out.push(word);
+        rest = tail.trim_start();
+    }
+    out
+}
+
+/// `twinctl` with the command line `line` (see [`words`]), which must exit 0.
+pub async fn ok_line(etcd: &Etcd, line: &str) -> Out {
+    ok(etcd, &words(line)).await
+}
+
+/// `twinctl` with the command line `line` (see [`words`]), whatever its exit code.
+pub async fn run_line(etcd: &Etcd, line: &str) -> Out {
+    twinctl(etcd, &words(line)).await
+}
+
+/// `twinctl route apply -f FILE --reason REASON` of routes `svc00`, `svc01`, … (`n` of
+/// them), each split 50/50 between m6v and wanguo; must succeed.
+pub async fn even_routes(etcd: &Etcd, n: usize, reason: &str) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("routes.yaml");
+    let mut yaml = String::from("routes:\n");
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  svc{i:02}:\n    weights: {{m6v: 50%, wanguo: 50%}}\n"
+        ));
+    }
+    std::fs::write(&file, yaml).expect("write routes");
+    let file = file.display().to_string();
+    ok(etcd, &["route", "apply", "-f", &file, "--reason", reason]).await;
+}
+
+/// A JSON string's text ("" for anything else).
+pub fn text(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or_default()
+}
+
+/// The `field` of every record in `records` (a JSON array) that has it as a string.
+pub fn strings<'a>(records: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    records
+        .as_array()
+        .expect("an array of records")
+        .iter()
+        .filter_map(|r| r[field].as_str())
+        .collect()
+}
+
 /// `twinctl route set SERVICE --weights WEIGHTS --reason REASON`, which must succeed.
 pub async fn route_set(etcd: &Etcd, service: &str, weights: &str, reason: &str) -> Out {
     ok(
@@ -86,16 +144,20 @@ pub async fn route_set(etcd: &Etcd, service: &str, weights: &str, reason: &str) 
 /// An etcd with datacenters m6v (0) and wanguo (1), added through `twinctl dc add`.
 pub async fn two_dcs() -> Etcd {
     let etcd = Etcd::start().await.expect("etcd");
-    ok(
-        &etcd,
-        &["dc", "add", "m6v", "--code", "0", "--reason", "seed"],
-    )
-    .await;
-    ok(
-        &etcd,
-        &["dc", "add", "wanguo", "--code", "1", "--reason", "seed"],
-    )
-    .await;
+    for (dc, code) in [("m6v", "0"), ("wanguo", "1")] {
+        ok(
+            &etcd,
+            &["dc", "add", dc, "--code", code, "--reason", "seed"],
+        )
+        .await;
+    }
+    etcd
+}
+
+/// [`two_dcs`] with route `payments` split 50/50 between them (reason `create`).
+pub async fn two_dcs_with_payments() -> Etcd {
+    let etcd = two_dcs().await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
     etcd
 }
 

@@ -12,54 +12,68 @@ use hyper::body::Incoming;
 use crate::outbound::endpoint::{EndpointState, InFlight};
 use crate::outbound::upstream::{self, Sender};
 
-/// A request body on its way to an upstream.
-pub enum UpstreamBody {
-    Empty,
-    /// A body kept in memory so a retry can send it again.
-    Full(Option<Bytes>),
-    /// The client's body, streamed through (cannot be sent twice).
-    Stream(Incoming),
+/// A body of the proxy: held whole in memory, or streamed frame by frame from `S`.
+pub enum ProxyBody<S> {
+    /// One data frame (none: an empty body), then the end: a short body the sidecar wrote
+    /// itself, or a small request body kept so a retry can send it again.
+    Whole(Option<Bytes>),
+    /// Streamed through as it arrives (a request body streamed cannot be sent twice).
+    Streamed(S),
 }
+
+/// A request body on its way to an upstream: the client's body, kept whole or streamed.
+pub type UpstreamBody = ProxyBody<Incoming>;
+
+/// What the client receives: an upstream's body, or a short body the sidecar wrote itself.
+pub type ResponseBody = ProxyBody<UpstreamResponseBody>;
+
+/// One poll of a body's next frame.
+type Polled = Poll<Option<Result<Frame<Bytes>, hyper::Error>>>;
 
 impl UpstreamBody {
     /// A copy for another attempt, when the body can be sent again.
     pub fn replay(&self) -> Option<UpstreamBody> {
         match self {
-            UpstreamBody::Empty => Some(UpstreamBody::Empty),
-            UpstreamBody::Full(b) => Some(UpstreamBody::Full(b.clone())),
-            UpstreamBody::Stream(_) => None,
+            ProxyBody::Whole(b) => Some(ProxyBody::Whole(b.clone())),
+            ProxyBody::Streamed(_) => None,
         }
     }
 }
 
-impl Body for UpstreamBody {
+impl ResponseBody {
+    pub fn text(s: impl Into<Bytes>) -> ResponseBody {
+        ProxyBody::Whole(Some(s.into()))
+    }
+    pub fn empty() -> ResponseBody {
+        ProxyBody::Whole(None)
+    }
+}
+
+impl<S> Body for ProxyBody<S>
+where
+    S: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         match self.get_mut() {
-            UpstreamBody::Empty => Poll::Ready(None),
-            UpstreamBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpstreamBody::Stream(s) => Pin::new(s).poll_frame(cx),
+            ProxyBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Streamed(s) => Pin::new(s).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Empty => true,
-            UpstreamBody::Full(b) => b.is_none(),
-            UpstreamBody::Stream(s) => s.is_end_stream(),
+            ProxyBody::Whole(b) => b.is_none(),
+            ProxyBody::Streamed(s) => s.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Empty => SizeHint::with_exact(0),
-            UpstreamBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpstreamBody::Stream(s) => s.size_hint(),
+            ProxyBody::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Streamed(s) => s.size_hint(),
         }
     }
 }
@@ -114,10 +128,7 @@ impl Body for UpstreamResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
@@ -137,49 +148,5 @@ impl Body for UpstreamResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// What the client receives: an upstream's body, or a short body the sidecar wrote itself.
-pub enum ResponseBody {
-    Upstream(UpstreamResponseBody),
-    Full(Option<Bytes>),
-}
-
-impl ResponseBody {
-    pub fn text(s: impl Into<Bytes>) -> ResponseBody {
-        ResponseBody::Full(Some(s.into()))
-    }
-    pub fn empty() -> ResponseBody {
-        ResponseBody::Full(None)
-    }
-}
-
-impl Body for ResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ResponseBody::Upstream(b) => Pin::new(b).poll_frame(cx),
-            ResponseBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Upstream(b) => b.is_end_stream(),
-            ResponseBody::Full(b) => b.is_none(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Upstream(b) => b.size_hint(),
-            ResponseBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-        }
     }
 }

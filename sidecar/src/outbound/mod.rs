@@ -32,7 +32,7 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, Uri};
 use tokio::time::Instant;
 
-use crate::outbound::body::{ResponseBody, UpstreamBody};
+use crate::outbound::body::{ProxyBody, ResponseBody, UpstreamBody};
 use crate::outbound::endpoint::{Ejection, Outcome};
 use crate::outbound::error::ProxyError;
 use crate::outbound::retry::{Attempts, Next};
@@ -73,7 +73,7 @@ struct Template {
 
 impl Template {
     fn request(&self) -> Request<UpstreamBody> {
-        let mut r = Request::new(self.body.replay().unwrap_or(UpstreamBody::Empty));
+        let mut r = Request::new(self.body.replay().unwrap_or(ProxyBody::Whole(None)));
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.headers_mut() = self.headers.clone();
@@ -222,7 +222,7 @@ impl Outbound {
                     if let Some(from) = choice.spilled_from {
                         metrics::spill(&route.name, &route.dcs[from].name, &pool.name);
                     }
-                    let mut resp = resp.map(ResponseBody::Upstream);
+                    let mut resp = resp.map(ProxyBody::Streamed);
                     headers::from_upstream(&mut resp, &pool.header, &route.revision_header);
                     return Ok(resp);
                 }

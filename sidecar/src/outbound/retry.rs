@@ -21,7 +21,7 @@ use hyper::http::request::Parts;
 use hyper::{HeaderMap, Method, StatusCode};
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::outbound::body::UpstreamBody;
+use crate::outbound::body::{ProxyBody, UpstreamBody};
 use crate::outbound::error::ProxyError;
 use crate::outbound::upstream::AttemptError;
 
@@ -75,7 +75,7 @@ pub async fn prepare_body(
 ) -> Result<UpstreamBody, ProxyError> {
     use http_body::Body as _;
     if body.is_end_stream() {
-        return Ok(UpstreamBody::Empty);
+        return Ok(ProxyBody::Whole(None));
     }
     let small = parts
         .headers
@@ -84,14 +84,14 @@ pub async fn prepare_body(
         .and_then(|v| v.parse::<usize>().ok())
         .is_some_and(|n| n <= max_replay);
     if !(repeatable && small) {
-        return Ok(UpstreamBody::Stream(body));
+        return Ok(ProxyBody::Streamed(body));
     }
     let collected = Limited::new(body, max_replay)
         .collect()
         .await
         .map_err(|e| ProxyError::BadBody(e.to_string()))?;
     let bytes: Bytes = collected.to_bytes();
-    Ok(UpstreamBody::Full(Some(bytes)))
+    Ok(ProxyBody::Whole(Some(bytes)))
 }
 
 /// What to do after an attempt failed or answered 502/503/504.

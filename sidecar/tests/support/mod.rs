@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use etcd_client::Client;
-use twin_lab::http::{self, Reply, Upstream};
+use twin_lab::http::{self, Behavior, Reply, Upstream};
 pub use twin_lab::Signal;
 use twin_lab::{eventually, Etcd, Registry, SidecarProc};
 use twin_sidecar::config::OutlierSettings;
@@ -53,6 +53,74 @@ pub fn route(weights: &[(&str, u32)], endpoints: &[(&str, &[&Upstream])]) -> Rou
     r
 }
 
+/// `payments` served by `up` alone, all weight in m6v.
+pub fn m6v_route(up: &Upstream) -> Route {
+    route(&[("m6v", 10_000)], &[("m6v", &[up])])
+}
+
+/// An upstream named `m6v` that behaves as `behavior`.
+pub async fn m6v_upstream(behavior: Behavior) -> Upstream {
+    Upstream::with("m6v", behavior).await.expect("up")
+}
+
+/// [`etcd`] with `payments` routed wholly to one upstream in m6v ([`m6v_route`]).
+pub async fn etcd_with_m6v_route() -> (Etcd, Client, Upstream) {
+    let (etcd, mut c) = etcd().await;
+    let up = Upstream::start("m6v").await.expect("up");
+    put_route(&mut c, &m6v_route(&up)).await;
+    (etcd, c, up)
+}
+
+/// The most common setup: [`etcd`] plus one recording upstream per datacenter (answering
+/// with its datacenter's name), ready to write `payments` routes between them.
+pub struct Payments {
+    pub etcd: Etcd,
+    /// A client of `etcd`, for writing routes.
+    pub c: Client,
+    pub m6v: Upstream,
+    pub wanguo: Upstream,
+}
+
+impl Payments {
+    pub async fn start() -> Payments {
+        let (etcd, c) = etcd().await;
+        Payments {
+            etcd,
+            c,
+            m6v: Upstream::start("m6v").await.expect("up"),
+            wanguo: Upstream::start("wanguo").await.expect("up"),
+        }
+    }
+
+    /// The route of `payments` with these weights (basis points) over the two upstreams.
+    pub fn route(&self, m6v: u32, wanguo: u32) -> Route {
+        route(
+            &[("m6v", m6v), ("wanguo", wanguo)],
+            &[("m6v", &[&self.m6v]), ("wanguo", &[&self.wanguo])],
+        )
+    }
+
+    /// Writes [`Payments::route`]; returns the etcd revision of the write.
+    pub async fn put(&mut self, m6v: u32, wanguo: u32) -> i64 {
+        let r = self.route(m6v, wanguo);
+        put_route(&mut self.c, &r).await
+    }
+
+    /// [`Payments::start`], then [`Payments::sidecar`].
+    pub async fn with_sidecar(m6v: u32, wanguo: u32) -> (Payments, Sidecar) {
+        let mut t = Payments::start().await;
+        let s = t.sidecar(m6v, wanguo).await;
+        (t, s)
+    }
+
+    /// Writes the route with these weights and starts an in-process sidecar on `etcd` that
+    /// has loaded it.
+    pub async fn sidecar(&mut self, m6v: u32, wanguo: u32) -> Sidecar {
+        let rev = self.put(m6v, wanguo).await;
+        sidecar(config(etcd_source(&self.etcd)), rev).await
+    }
+}
+
 pub fn with_on_dc_down(mut r: Route, mode: OnDcDown) -> Route {
     r.on_dc_down = mode;
     r
@@ -69,6 +137,24 @@ pub async fn put_route(c: &mut Client, r: &Route) -> i64 {
         .await
         .expect("put route");
     resp.header().map(|h| h.revision()).expect("revision")
+}
+
+/// How many keys `key` names in etcd right now (0 or 1; -1 when etcd does not answer).
+pub async fn key_count(c: &Client, key: &str) -> i64 {
+    let mut c = c.clone();
+    c.get(key, None).await.map(|r| r.count()).unwrap_or(-1)
+}
+
+/// Waits (up to [`WAIT`]) until [`key_count`] of `key` is `n`; whether it did.
+pub async fn key_count_becomes(c: &Client, key: &str, n: i64) -> bool {
+    eventually(WAIT, || async { key_count(c, key).await == n }).await
+}
+
+/// `GET {path}` on a sidecar's admin listener, which must answer.
+pub async fn admin_get(client: &http::Client, admin: SocketAddr, path: &str) -> Reply {
+    http::get(client, admin, "admin", path, &[])
+        .await
+        .expect("the admin listener answers")
 }
 
 /// A sidecar configuration for tests: listeners on free loopback ports, fast ejection.
@@ -130,6 +216,15 @@ impl std::ops::Deref for Process {
 }
 
 impl Process {
+    /// Node `node` of m6v on `etcd`: `--dc m6v --node-id NODE --etcd URL` then `more`; logs
+    /// to `dir/sidecar.log`.
+    pub fn m6v_node(etcd: &Etcd, node: &str, dir: &Path, more: &[&str]) -> Process {
+        let endpoint = etcd.endpoint();
+        let mut args = vec!["--dc", "m6v", "--node-id", node, "--etcd", &endpoint];
+        args.extend_from_slice(more);
+        Process::spawn(&args, &dir.join("sidecar.log"))
+    }
+
     /// Starts it with `args` (read by the sidecar's own parser) plus `--hwm-file` beside
     /// `log`; its output goes to `log`.
     pub fn spawn(args: &[&str], log: &Path) -> Process {
@@ -158,17 +253,21 @@ impl Process {
         self.0.proc.is_running()
     }
 
+    /// Sends SIGTERM and asserts it exits 0 within [`WAIT`].
+    pub async fn stop_cleanly(&mut self) {
+        self.signal(Signal::TERM);
+        assert_eq!(self.wait_exit(WAIT).await, Some(0));
+    }
+
     /// Waits (bounded) for the process to exit and returns its exit code.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let end = tokio::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.0.proc.exit_status() {
-                return status.code();
-            }
-            if tokio::time::Instant::now() >= end {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // `exit_status` reaps the process: keep the status the first time it is seen.
+        let mut exited = None;
+        eventually(within, || {
+            exited = exited.or_else(|| self.0.proc.exit_status());
+            std::future::ready(exited.is_some())
+        })
+        .await;
+        exited.and_then(|status| status.code())
     }
 }
