@@ -134,24 +134,22 @@ async fn invalid_writes_are_refused_and_change_nothing() {
     let mut client = etcd.client().await.expect("client");
     let rev_before = revision(&mut client).await;
 
-    let mut bad = route(5000);
-    bad.weights.0.insert("m6v".into(), 2000);
-    let err = store
-        .put_route("payments", &bad, 0, None, &audit("bad"))
-        .await
-        .expect_err("sum");
+    // Route "payments" at 5000 to m6v with one weight set; the store must refuse it.
+    let refused = |dc: &str, weight: u32| {
+        let mut bad = route(5000);
+        bad.weights.0.insert(dc.into(), weight);
+        let store = store.clone();
+        async move {
+            let why = audit("bad");
+            let put = store.put_route("payments", &bad, 0, None, &why);
+            put.await.expect_err("refused").to_string()
+        }
+    };
     assert_eq!(
-        err.to_string(),
+        refused("m6v", 2000).await,
         "weights must sum to 10000 basis points, got 7000"
     );
-
-    let mut unknown = route(5000);
-    unknown.weights.0.insert("m7v".into(), 0);
-    let err = store
-        .put_route("payments", &unknown, 0, None, &audit("bad"))
-        .await
-        .expect_err("dc");
-    assert_eq!(err.to_string(), "unknown datacenter \"m7v\"");
+    assert_eq!(refused("m7v", 0).await, "unknown datacenter \"m7v\"");
 
     let dc = Datacenter {
         code: 9,
