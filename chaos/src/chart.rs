@@ -82,9 +82,14 @@ pub fn draw(
         .y_desc("requests per second")
         .draw()
         .map_err(|e| err(&e))?;
-    for (d, name) in dc_names.iter().enumerate() {
+    // One line per datacenter for what it served, and one for the errors.
+    let served = dc_names.iter().enumerate().map(|(d, name)| {
         let color = COLORS[d % COLORS.len()];
-        let pts: Vec<(f64, f64)> = s.served[d]
+        (format!("served by {name}"), color, &s.served[d][..])
+    });
+    let errors = std::iter::once(("errors".to_string(), RED, &s.errors[..]));
+    for (label, color, per_second) in served.chain(errors) {
+        let pts: Vec<(f64, f64)> = per_second
             .iter()
             .enumerate()
             .map(|(i, v)| (i as f64 + 0.5, *v as f64))
@@ -92,22 +97,11 @@ pub fn draw(
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(|e| err(&e))?
-            .label(format!("served by {name}"))
+            .label(label)
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
     }
-    let pts: Vec<(f64, f64)> = s
-        .errors
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (i as f64 + 0.5, *v as f64))
-        .collect();
-    chart
-        .draw_series(LineSeries::new(pts, RED.stroke_width(2)))
-        .map_err(|e| err(&e))?
-        .label("errors")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RED.stroke_width(2)));
     for st in steps {
         let x = st.started_ms / 1e3;
         let color = if st.ok { BLACK } else { RED };

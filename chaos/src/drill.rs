@@ -284,11 +284,10 @@ impl Drill {
     /// Reads, parses and validates a drill file.
     pub fn read(path: &Path) -> Result<Drill, DrillError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| DrillError::Read {
-            file: file.clone(),
-            source,
-        })?;
-        Drill::parse(&file, &text)
+        match std::fs::read_to_string(path) {
+            Ok(text) => Drill::parse(&file, &text),
+            Err(source) => Err(DrillError::Read { file, source }),
+        }
     }
 
     /// Parses and validates drill text; `file` names it in errors.

@@ -121,6 +121,15 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// The span `name` from `start_ms` to `end_ms`.
+    pub fn new(name: impl Into<String>, start_ms: f64, end_ms: f64) -> Phase {
+        Phase {
+            name: name.into(),
+            start_ms,
+            end_ms,
+        }
+    }
+
     pub fn contains(&self, t_ms: f64) -> bool {
         t_ms >= self.start_ms && t_ms < self.end_ms
     }
@@ -161,34 +170,17 @@ pub fn phases(
         .map(|s| s.ended_ms + settle_ms)
         .fold(f64::NAN, f64::max);
     let before_end = first.unwrap_or(end_ms - window_ms).max(warmup_ms);
-    out.push(Phase {
-        name: "before".into(),
-        start_ms: (before_end - window_ms).max(warmup_ms),
-        end_ms: before_end,
-    });
+    let before_start = (before_end - window_ms).max(warmup_ms);
+    out.push(Phase::new("before", before_start, before_end));
     if let Some(f) = first {
-        out.push(Phase {
-            name: "during".into(),
-            start_ms: f,
-            end_ms: last_end.min(end_ms),
-        });
+        out.push(Phase::new("during", f, last_end.min(end_ms)));
     }
-    out.push(Phase {
-        name: "after".into(),
-        start_ms: (end_ms - window_ms).max(warmup_ms),
-        end_ms,
-    });
-    out.push(Phase {
-        name: "all".into(),
-        start_ms: warmup_ms,
-        end_ms,
-    });
+    let after_start = (end_ms - window_ms).max(warmup_ms);
+    out.push(Phase::new("after", after_start, end_ms));
+    out.push(Phase::new("all", warmup_ms, end_ms));
     for s in steps {
-        out.push(Phase {
-            name: s.label.clone(),
-            start_ms: s.started_ms,
-            end_ms: (s.ended_ms + settle_ms).min(end_ms),
-        });
+        let end = (s.ended_ms + settle_ms).min(end_ms);
+        out.push(Phase::new(s.label.clone(), s.started_ms, end));
     }
     out
 }

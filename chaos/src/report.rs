@@ -15,9 +15,10 @@ use crate::record::{Phase, Recording, StepRun};
 use crate::runner::Event;
 use crate::verdict::CheckResult;
 
-/// The journal, as written to `journal.json`.
-#[derive(Serialize)]
-pub struct Journal<'a> {
+/// One run of a drill: what was run, how, and what its steps, events, phases and checks
+/// were. The journal and the report both start from it.
+#[derive(Clone, Copy, Serialize)]
+pub struct Run<'a> {
     pub drill: &'a Drill,
     pub quick: bool,
     pub seed: u64,
@@ -26,6 +27,13 @@ pub struct Journal<'a> {
     pub events: &'a [Event],
     pub phases: &'a [Phase],
     pub checks: &'a [CheckResult],
+}
+
+/// The journal, as written to `journal.json`: the run's fields, then the totals.
+#[derive(Serialize)]
+pub struct Journal<'a> {
+    #[serde(flatten)]
+    pub run: Run<'a>,
     pub totals: Totals,
     pub per_second: PerSecond<'a>,
     pub passed: bool,
@@ -47,32 +55,18 @@ pub struct PerSecond<'a> {
 
 /// Everything needed to write the outputs.
 pub struct Outputs<'a> {
-    pub drill: &'a Drill,
-    pub quick: bool,
-    pub seed: u64,
-    pub started_at_unix_ms: u64,
+    pub run: Run<'a>,
     pub dc_names: &'a [String],
-    pub steps: &'a [StepRun],
-    pub events: &'a [Event],
-    pub phases: &'a [Phase],
-    pub checks: &'a [CheckResult],
     pub recording: &'a Recording,
 }
 
 /// Writes the three files into `dir`.
 pub fn write(dir: &Path, o: &Outputs) -> Result<(), String> {
-    let seconds = (o.drill.load.duration.ms() / 1e3).ceil() as usize;
+    let seconds = (o.run.drill.load.duration.ms() / 1e3).ceil() as usize;
     let series = chart::series(&o.recording.samples, o.dc_names.len(), seconds);
-    let passed = o.checks.iter().all(|c| c.pass);
+    let passed = o.run.checks.iter().all(|c| c.pass);
     let journal = Journal {
-        drill: o.drill,
-        quick: o.quick,
-        seed: o.seed,
-        started_at_unix_ms: o.started_at_unix_ms,
-        steps: o.steps,
-        events: o.events,
-        phases: o.phases,
-        checks: o.checks,
+        run: o.run,
         totals: Totals {
             requests: o.recording.samples.len(),
             ids: o.recording.ids.len(),
@@ -102,10 +96,14 @@ pub fn write(dir: &Path, o: &Outputs) -> Result<(), String> {
     )?;
     chart::draw(
         &dir.join("traffic.svg"),
-        &format!("{}{}", o.drill.name, if o.quick { " (quick)" } else { "" }),
+        &format!(
+            "{}{}",
+            o.run.drill.name,
+            if o.run.quick { " (quick)" } else { "" }
+        ),
         o.dc_names,
         &series,
-        o.steps,
+        o.run.steps,
     )
 }
 
@@ -169,22 +167,22 @@ pub fn hits_csv(hits: &[crate::record::UpstreamHit], dc_names: &[String]) -> Str
 }
 
 fn markdown(o: &Outputs, passed: bool) -> String {
-    let d = o.drill;
+    let d = o.run.drill;
     let mut s = String::new();
     let _ = writeln!(
         s,
         "# Drill {}{}\n",
         d.name,
-        if o.quick { " (quick)" } else { "" }
+        if o.run.quick { " (quick)" } else { "" }
     );
     let _ = writeln!(s, "{}\n", d.description);
     let _ = writeln!(
         s,
         "**Verdict: {}** — {} of {} checks passed. Seed {}.\n",
         if passed { "PASS" } else { "FAIL" },
-        o.checks.iter().filter(|c| c.pass).count(),
-        o.checks.len(),
-        o.seed
+        o.run.checks.iter().filter(|c| c.pass).count(),
+        o.run.checks.len(),
+        o.run.seed
     );
     let _ = writeln!(s, "## Steady-state hypothesis\n");
     let _ = writeln!(
@@ -216,51 +214,68 @@ fn markdown(o: &Outputs, passed: bool) -> String {
     );
     let _ = writeln!(
         s,
-        "Recorded {} requests, {} IDs, {} upstream hits.\n",
+        "Recorded {} requests, {} IDs, {} upstream hits.",
         o.recording.samples.len(),
         o.recording.ids.len(),
         o.recording.hits.len()
     );
-    let _ = writeln!(
-        s,
-        "## Steps\n\n| step | started | ended | result | detail |\n|---|---|---|---|---|"
+    let steps = o.run.steps.iter().map(|st| {
+        [
+            st.label.clone(),
+            format!("{:.2}s", st.started_ms / 1e3),
+            format!("{:.2}s", st.ended_ms / 1e3),
+            (if st.ok { "done" } else { "**failed**" }).to_string(),
+            st.detail.replace('|', "\\|"),
+        ]
+    });
+    table(
+        &mut s,
+        "Steps",
+        &["step", "started", "ended", "result", "detail"],
+        steps,
     );
-    for st in o.steps {
-        let _ = writeln!(
-            s,
-            "| {} | {:.2}s | {:.2}s | {} | {} |",
-            st.label,
-            st.started_ms / 1e3,
-            st.ended_ms / 1e3,
-            if st.ok { "done" } else { "**failed**" },
-            st.detail.replace('|', "\\|")
-        );
-    }
-    let _ = writeln!(
-        s,
-        "\n## Checks\n\n| check | figure | bound | result | detail |\n|---|---|---|---|---|"
+    let checks = o.run.checks.iter().map(|c| {
+        [
+            c.name.clone(),
+            c.figure.clone(),
+            c.bound.clone(),
+            (if c.pass { "pass" } else { "**FAIL**" }).to_string(),
+            c.detail.replace('|', "\\|"),
+        ]
+    });
+    table(
+        &mut s,
+        "Checks",
+        &["check", "figure", "bound", "result", "detail"],
+        checks,
     );
-    for c in o.checks {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} |",
-            c.name,
-            c.figure,
-            c.bound,
-            if c.pass { "pass" } else { "**FAIL**" },
-            c.detail.replace('|', "\\|")
-        );
-    }
-    let _ = writeln!(s, "\n## Phases\n\n| phase | from | to |\n|---|---|---|");
-    for p in o.phases {
-        let _ = writeln!(
-            s,
-            "| {} | {:.2}s | {:.2}s |",
-            p.name,
-            p.start_ms / 1e3,
-            p.end_ms / 1e3
-        );
-    }
+    let phases = o.run.phases.iter().map(|p| {
+        [
+            p.name.clone(),
+            format!("{:.2}s", p.start_ms / 1e3),
+            format!("{:.2}s", p.end_ms / 1e3),
+        ]
+    });
+    table(&mut s, "Phases", &["phase", "from", "to"], phases);
     let _ = writeln!(s, "\n![traffic](traffic.svg)");
     s
+}
+
+/// Appends the markdown section `## title` (after a blank line) holding a table with
+/// `columns` as its header and one line per row; cells are written as they are given.
+fn table<const N: usize>(
+    s: &mut String,
+    title: &str,
+    columns: &[&str; N],
+    rows: impl Iterator<Item = [String; N]>,
+) {
+    let _ = writeln!(
+        s,
+        "\n## {title}\n\n| {} |\n|{}",
+        columns.join(" | "),
+        "---|".repeat(N)
+    );
+    for row in rows {
+        let _ = writeln!(s, "| {} |", row.join(" | "));
+    }
 }

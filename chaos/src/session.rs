@@ -9,7 +9,7 @@ use crate::drill::Drill;
 use crate::lab::{Lab, LabError};
 use crate::procs::Registry;
 use crate::record::phases;
-use crate::report::{self, Outputs};
+use crate::report::{self, Outputs, Run};
 use crate::runner;
 use crate::verdict::{self, CheckResult};
 
@@ -85,15 +85,17 @@ pub async fn run(
         &sidecar_of,
     );
     let outputs = Outputs {
-        drill,
-        quick,
-        seed,
-        started_at_unix_ms,
+        run: Run {
+            drill,
+            quick,
+            seed,
+            started_at_unix_ms,
+            steps: &output.steps,
+            events: &output.events,
+            phases: &phases,
+            checks: &checks,
+        },
         dc_names: &dc_names,
-        steps: &output.steps,
-        events: &output.events,
-        phases: &phases,
-        checks: &checks,
         recording: &output.recording,
     };
     if let Err(e) = report::write(out, &outputs) {

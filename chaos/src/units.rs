@@ -12,10 +12,8 @@ use serde::{Deserialize, Serialize, Serializer};
 /// Parses `250ms`, `1s`, `1.5s`, `2m`, `500us` into a duration (non-negative).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{t:?} has no unit: write it like 1s, 250ms or 2m"))?;
-    let (num, unit) = t.split_at(split);
+    let (num, unit) =
+        split_unit(t).ok_or_else(|| format!("{t:?} has no unit: write it like 1s, 250ms or 2m"))?;
     let n: f64 = num
         .parse()
         .map_err(|_| format!("{t:?} is not a duration: write it like 1s, 250ms or 2m"))?;
@@ -56,6 +54,24 @@ fn trim_float(v: f64, decimals: usize) -> String {
     } else {
         s
     }
+}
+
+/// The number in `t` (trimmed) before its unit `suffix`; without the suffix the error says to
+/// write `what` like `example`, and a non-number says that `t` is not `what`.
+fn number_before(t: &str, suffix: &str, what: &str, example: &str) -> Result<f64, String> {
+    let num = t
+        .strip_suffix(suffix)
+        .ok_or_else(|| format!("{t:?} has no unit: write {what} like {example}"))?;
+    num.trim()
+        .parse()
+        .map_err(|_| format!("{t:?} is not {what}"))
+}
+
+/// `t` split where its leading number (digits and dots) ends and its unit begins; `None`
+/// when there is no unit.
+fn split_unit(t: &str) -> Option<(&str, &str)> {
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    Some(t.split_at(split))
 }
 
 /// A YAML value of any scalar kind, as text, for the unit parsers.
@@ -171,13 +187,7 @@ pub struct Percent(pub f64);
 
 fn parse_percent(t: &str) -> Result<Percent, String> {
     let t = t.trim();
-    let num = t
-        .strip_suffix('%')
-        .ok_or_else(|| format!("{t:?} has no unit: write a percentage like 1% or 0.1%"))?;
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{t:?} is not a percentage"))?;
+    let v = number_before(t, "%", "a percentage", "1% or 0.1%")?;
     if !(0.0..=100.0).contains(&v) {
         return Err(format!("{t:?} is not between 0% and 100%"));
     }
@@ -197,13 +207,7 @@ pub struct Rate(pub f64);
 
 fn parse_rate(t: &str) -> Result<Rate, String> {
     let t = t.trim();
-    let num = t
-        .strip_suffix("/s")
-        .ok_or_else(|| format!("{t:?} has no unit: write a rate like 200/s"))?;
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("{t:?} is not a rate"))?;
+    let v = number_before(t, "/s", "a rate", "200/s")?;
     if !(v > 0.0 && v <= 1_000_000.0) {
         return Err(format!("{t:?} must be above 0/s and at most 1000000/s"));
     }
@@ -224,10 +228,8 @@ fn parse_bandwidth(t: &str) -> Result<Bandwidth, String> {
     let body = t
         .strip_suffix("/s")
         .ok_or_else(|| format!("{t:?} has no unit: write a bandwidth like 64KB/s"))?;
-    let split = body
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+    let (num, unit) = split_unit(body)
         .ok_or_else(|| format!("{t:?} has no unit: write a bandwidth like 64KB/s"))?;
-    let (num, unit) = body.split_at(split);
     let n: f64 = num
         .parse()
         .map_err(|_| format!("{t:?} is not a bandwidth"))?;

@@ -34,6 +34,28 @@ async fn round_trip(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     Ok(got)
 }
 
+/// A fault that changes only how connections are treated.
+fn mode(mode: Mode) -> Fault {
+    Fault {
+        mode,
+        ..Fault::default()
+    }
+}
+
+/// Shaping that only delays by `ms`.
+fn latency(ms: u64) -> Shaping {
+    Shaping {
+        latency: Duration::from_millis(ms),
+        ..Shaping::default()
+    }
+}
+
+/// A new client connection through `p`.
+async fn connect(p: &FaultProxy) -> TcpStream {
+    TcpStream::connect(p.addr()).await.expect("connect")
+}
+
+/// A proxy in front of a fresh echo server.
 async fn proxy() -> FaultProxy {
     FaultProxy::start("test", echo_server().await, 7)
         .await
@@ -43,24 +65,18 @@ async fn proxy() -> FaultProxy {
 #[tokio::test]
 async fn passes_bytes_both_ways() {
     let p = proxy().await;
-    let mut c = TcpStream::connect(p.addr()).await.expect("connect");
+    let mut c = connect(&p).await;
     assert_eq!(round_trip(&mut c, b"hello").await.expect("echo"), b"hello");
 }
 
 #[tokio::test]
 async fn latency_delays_each_direction() {
     let p = proxy().await;
-    let mut c = TcpStream::connect(p.addr()).await.expect("connect");
+    let mut c = connect(&p).await;
     round_trip(&mut c, b"warm").await.expect("echo");
     let gen = p.set(Fault {
-        request: Shaping {
-            latency: Duration::from_millis(60),
-            ..Shaping::default()
-        },
-        response: Shaping {
-            latency: Duration::from_millis(40),
-            ..Shaping::default()
-        },
+        request: latency(60),
+        response: latency(40),
         ..Fault::default()
     });
     let t = Instant::now();
@@ -77,12 +93,9 @@ async fn latency_delays_each_direction() {
 #[tokio::test]
 async fn reset_breaks_open_and_new_connections() {
     let p = proxy().await;
-    let mut open = TcpStream::connect(p.addr()).await.expect("connect");
+    let mut open = connect(&p).await;
     round_trip(&mut open, b"x").await.expect("echo");
-    let gen = p.set(Fault {
-        mode: Mode::Reset,
-        ..Fault::default()
-    });
+    let gen = p.set(mode(Mode::Reset));
     let err = round_trip(&mut open, b"y")
         .await
         .expect_err("open connection reset");
@@ -98,17 +111,14 @@ async fn reset_breaks_open_and_new_connections() {
         .expect("accepted, then reset");
     assert!(round_trip(&mut fresh, b"z").await.is_err());
     p.clear(gen);
-    let mut after = TcpStream::connect(p.addr()).await.expect("connect");
+    let mut after = connect(&p).await;
     assert_eq!(round_trip(&mut after, b"ok").await.expect("echo"), b"ok");
 }
 
 #[tokio::test]
 async fn blackhole_holds_until_cleared() {
     let p = proxy().await;
-    let gen = p.set(Fault {
-        mode: Mode::Blackhole,
-        ..Fault::default()
-    });
+    let gen = p.set(mode(Mode::Blackhole));
     let mut c = TcpStream::connect(p.addr()).await.expect("accept and hold");
     c.write_all(b"held").await.expect("write lands in buffers");
     let mut got = [0u8; 4];
@@ -122,10 +132,7 @@ async fn blackhole_holds_until_cleared() {
 #[tokio::test]
 async fn refuse_closes_the_port_and_reopens_it() {
     let p = proxy().await;
-    let gen = p.set(Fault {
-        mode: Mode::Refuse,
-        ..Fault::default()
-    });
+    let gen = p.set(mode(Mode::Refuse));
     // The accept loop closes the listener as soon as it sees the fault.
     let mut refused = false;
     for _ in 0..200 {
@@ -159,7 +166,7 @@ async fn bandwidth_limits_throughput() {
         },
         ..Fault::default()
     });
-    let mut c = TcpStream::connect(p.addr()).await.expect("connect");
+    let mut c = connect(&p).await;
     let data = vec![7u8; 30_000];
     let t = Instant::now();
     let got = round_trip(&mut c, &data).await.expect("echo");
@@ -175,14 +182,8 @@ async fn bandwidth_limits_throughput() {
 #[tokio::test]
 async fn a_later_fault_survives_the_clear_of_an_earlier_one() {
     let p = proxy().await;
-    let first = p.set(Fault {
-        mode: Mode::Reset,
-        ..Fault::default()
-    });
-    let _second = p.set(Fault {
-        mode: Mode::Blackhole,
-        ..Fault::default()
-    });
+    let first = p.set(mode(Mode::Reset));
+    let _second = p.set(mode(Mode::Blackhole));
     p.clear(first);
     assert_eq!(p.fault().mode, Mode::Blackhole);
 }

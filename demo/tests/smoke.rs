@@ -105,6 +105,19 @@ impl Demo {
         self.child.wait().ok().and_then(|s| s.code())
     }
 
+    /// Asserts that the demo exits with code 0 within `within` (the output so far if not).
+    fn exits_0(&mut self, within: Duration) {
+        let code = self.wait_exit(within);
+        assert_eq!(code, Some(0), "{}", self.seen.join("\n"));
+    }
+
+    /// Reads output until datacenter `dc`'s row shows traffic (bounded wait).
+    fn serving(&mut self, dc: &str) {
+        self.until(Duration::from_secs(30), |l| {
+            l.starts_with(dc) && rate(l) > 0.0
+        });
+    }
+
     fn signal(&self, sig: Signal) {
         signal_pid(self.child.id(), sig);
     }
@@ -125,6 +138,16 @@ fn rate(line: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Runs a printed command line as a user pasting it into a shell would; it must succeed.
+fn paste_into_a_shell(command: &str) {
+    let out = Command::new("sh")
+        .args(["-c", command.trim()])
+        .output()
+        .expect("the shell runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+}
+
 fn assert_cleaned_up(dir: &Path, pids: &[u32]) {
     assert!(!dir.exists(), "{} was not removed", dir.display());
     for pid in pids {
@@ -143,23 +166,10 @@ fn the_printed_etcdctl_command_shifts_the_live_table_and_sigterm_cleans_up() {
     let command = demo.until(Duration::from_secs(10), |l| {
         l.trim_start().starts_with("ETCDCTL_API=3 etcdctl")
     });
-    demo.until(Duration::from_secs(30), |l| {
-        l.starts_with("m6v") && rate(l) > 0.0
-    });
-    demo.until(Duration::from_secs(30), |l| {
-        l.starts_with("wanguo") && rate(l) > 0.0
-    });
+    demo.serving("m6v");
+    demo.serving("wanguo");
 
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(command.trim())
-        .output()
-        .expect("etcdctl runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    paste_into_a_shell(&command);
     demo.until(Duration::from_secs(30), |l| {
         l.starts_with("m6v") && l.contains("20.00%")
     });
@@ -181,12 +191,7 @@ fn the_printed_etcdctl_command_shifts_the_live_table_and_sigterm_cleans_up() {
     );
 
     demo.signal(Signal::TERM);
-    assert_eq!(
-        demo.wait_exit(Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        demo.seen.join("\n")
-    );
+    demo.exits_0(Duration::from_secs(30));
     assert_cleaned_up(&dir, &pids);
 }
 
@@ -194,15 +199,8 @@ fn the_printed_etcdctl_command_shifts_the_live_table_and_sigterm_cleans_up() {
 fn with_duration_the_demo_serves_both_datacenters_and_exits_0() {
     let mut demo = Demo::start(&["--duration", "5"]);
     let (dir, pids) = demo.header();
-    demo.until(Duration::from_secs(30), |l| {
-        l.starts_with("wanguo") && rate(l) > 0.0
-    });
-    assert_eq!(
-        demo.wait_exit(Duration::from_secs(40)),
-        Some(0),
-        "{}",
-        demo.seen.join("\n")
-    );
+    demo.serving("wanguo");
+    demo.exits_0(Duration::from_secs(40));
     let all = demo.seen.join("\n");
     assert!(
         all.lines().any(|l| l.starts_with("m6v") && rate(l) > 0.0),
@@ -226,12 +224,7 @@ fn ctrl_c_stops_every_process_and_removes_the_temp_dir() {
     let (dir, pids) = demo.header();
     demo.until(Duration::from_secs(30), |l| l.starts_with("datacenter"));
     demo.signal(Signal::INT);
-    assert_eq!(
-        demo.wait_exit(Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        demo.seen.join("\n")
-    );
+    demo.exits_0(Duration::from_secs(30));
     assert!(demo
         .seen
         .iter()

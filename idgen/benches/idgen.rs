@@ -13,7 +13,8 @@ use std::hint::black_box;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
 use ferroid::define_snowflake_id;
 use ferroid::generator::{AtomicSnowflakeGenerator, BasicSnowflakeGenerator};
 use ferroid::id::SnowflakeTwitterId;
@@ -143,17 +144,37 @@ where
     start.elapsed()
 }
 
+/// Runs `per_thread(iterations)` on the calling thread when `threads` is 1, else on two
+/// threads at once ([`two_threads`]); returns the wall time.
+fn on_threads<F>(threads: u64, iters: u64, per_thread: F) -> Duration
+where
+    F: Fn(u64) + Send + Sync + Clone + 'static,
+{
+    if threads == 1 {
+        let start = Instant::now();
+        per_thread(iters);
+        start.elapsed()
+    } else {
+        two_threads(iters, per_thread)
+    }
+}
+
+/// Benchmarks one call for `count` snowflakes from `svc` per iteration, in group `g`.
+fn bench_twin_snowflakes(g: &mut BenchmarkGroup<'_, WallTime>, svc: &IdService, count: usize) {
+    let mut out = Vec::with_capacity(count);
+    g.bench_function(format!("twin snowflake (count={count})"), |b| {
+        b.iter(|| {
+            take(svc, count, &mut out);
+            black_box(&out);
+        })
+    });
+}
+
 fn ids_one_thread(c: &mut Criterion) {
     let mut g = c.benchmark_group("u64 id, 1 thread");
     g.throughput(Throughput::Elements(1));
     let t = unbounded();
-    let mut out = Vec::with_capacity(1);
-    g.bench_function("twin snowflake (count=1)", |b| {
-        b.iter(|| {
-            take(&t.svc, 1, &mut out);
-            black_box(&out);
-        })
-    });
+    bench_twin_snowflakes(&mut g, &t.svc, 1);
     let basic = BasicSnowflakeGenerator::<BenchSnowflake, _>::new(0, MonotonicClock::default());
     g.bench_function("ferroid basic (not Sync)", |b| {
         b.iter(|| black_box(basic.next_id(|_| std::hint::spin_loop())))
@@ -184,13 +205,7 @@ fn ids_one_thread(c: &mut Criterion) {
     let mut g = c.benchmark_group("u64 id, 1 thread, batch of 64");
     g.throughput(Throughput::Elements(64));
     let t = unbounded();
-    let mut out = Vec::with_capacity(64);
-    g.bench_function("twin snowflake (count=64)", |b| {
-        b.iter(|| {
-            take(&t.svc, 64, &mut out);
-            black_box(&out);
-        })
-    });
+    bench_twin_snowflakes(&mut g, &t.svc, 64);
     g.bench_function("ferroid atomic x64", |b| {
         b.iter(|| {
             for _ in 0..64 {
@@ -272,13 +287,7 @@ fn strings(c: &mut Criterion) {
                                 }
                             })
                         };
-                        if threads == 1 {
-                            let start = Instant::now();
-                            run(iters);
-                            start.elapsed()
-                        } else {
-                            two_threads(iters, run)
-                        }
+                        on_threads(threads, iters, run)
                     })
                 });
             }
@@ -301,13 +310,7 @@ fn strings(c: &mut Criterion) {
                         );
                     }
                 };
-                if threads == 1 {
-                    let start = Instant::now();
-                    run(iters);
-                    start.elapsed()
-                } else {
-                    two_threads(iters, run)
-                }
+                on_threads(threads, iters, run)
             })
         });
         g.finish();

@@ -52,6 +52,20 @@ pub struct IdConfig {
     pub start_wait: Duration,
 }
 
+/// Builder-style setters that replace one field each: `name: Type` writes
+/// `pub fn name(self, value: Type) -> Self`, documented as setting that field.
+macro_rules! replace_fields {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        $(
+            #[doc = concat!("Sets [`IdConfig::", stringify!($field), "`].")]
+            pub fn $field(mut self, value: $ty) -> Self {
+                self.$field = value;
+                self
+            }
+        )*
+    };
+}
+
 impl IdConfig {
     fn base(dc: &str, node_id: &str, worker_source: WorkerSource, dc_code: Option<u8>) -> Self {
         IdConfig {
@@ -91,51 +105,23 @@ impl IdConfig {
         self.dc_code = Some(code);
         self
     }
-    pub fn layout(mut self, layout: Layout) -> Self {
-        self.layout = layout;
-        self
-    }
     /// Adds (or replaces) the serial template of `biz`.
     pub fn serial_template(mut self, biz: &str, template: &str) -> Self {
         self.serial_templates
             .insert(biz.to_string(), template.to_string());
         self
     }
-    pub fn serial_templates(mut self, templates: BTreeMap<String, String>) -> Self {
-        self.serial_templates = templates;
-        self
-    }
-    pub fn segment_step(mut self, step: u64) -> Self {
-        self.segment_step = step;
-        self
-    }
-    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        self.lease_ttl = ttl;
-        self
-    }
-    pub fn fence_margin(mut self, margin: Duration) -> Self {
-        self.fence_margin = margin;
-        self
-    }
-    pub fn reservation_window(mut self, window: Duration) -> Self {
-        self.reservation_window = window;
-        self
-    }
-    pub fn max_lead(mut self, lead: Duration) -> Self {
-        self.max_lead = lead;
-        self
-    }
-    pub fn max_wait(mut self, wait: Duration) -> Self {
-        self.max_wait = wait;
-        self
-    }
-    pub fn etcd_timeout(mut self, timeout: Duration) -> Self {
-        self.etcd_timeout = timeout;
-        self
-    }
-    pub fn start_wait(mut self, wait: Duration) -> Self {
-        self.start_wait = wait;
-        self
+    replace_fields! {
+        layout: Layout,
+        serial_templates: BTreeMap<String, String>,
+        segment_step: u64,
+        lease_ttl: Duration,
+        fence_margin: Duration,
+        reservation_window: Duration,
+        max_lead: Duration,
+        max_wait: Duration,
+        etcd_timeout: Duration,
+        start_wait: Duration,
     }
 
     /// Checks the durations and names; each error is one line naming the field.

@@ -538,6 +538,15 @@ mod tests {
     /// (TTL 0), and an hwm extension (the worker key went with the lease).
     #[tokio::test]
     async fn a_revoked_lease_is_lost_never_unreachable() {
+        /// Revokes `lease` behind its holder's back.
+        async fn revoke(w: &EtcdWorkers, lease: &WorkerLease) {
+            w.client
+                .lease_client()
+                .revoke(lease.lease_id)
+                .await
+                .expect("revoke");
+        }
+
         let etcd = twin_lab::Etcd::start().await.expect("etcd");
         let w = workers(&etcd).await;
         let ttl = Duration::from_secs(30);
@@ -545,11 +554,7 @@ mod tests {
 
         // 1. Revoked before the first keepalive: the stream must be opened.
         let mut lease = w.claim(16, ttl, margin, 1000).await.expect("claim");
-        w.client
-            .lease_client()
-            .revoke(lease.lease_id)
-            .await
-            .expect("revoke");
+        revoke(&w, &lease).await;
         let got = w.keepalive(&mut lease, margin).await;
         assert!(matches!(got, Err(LeaseTrouble::Lost(_))), "{got:?}");
         let got = w.extend(&mut lease, wall_ms() + 5000).await;
@@ -558,11 +563,7 @@ mod tests {
         // 2. Revoked while the keepalive stream is open.
         let mut lease = w.claim(16, ttl, margin, 1000).await.expect("claim");
         w.keepalive(&mut lease, margin).await.expect("alive");
-        w.client
-            .lease_client()
-            .revoke(lease.lease_id)
-            .await
-            .expect("revoke");
+        revoke(&w, &lease).await;
         let got = w.keepalive(&mut lease, margin).await;
         assert!(matches!(got, Err(LeaseTrouble::Lost(_))), "{got:?}");
 

@@ -4,31 +4,12 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use support::etcd_with_dcs;
 use twin_idgen::{Format, IdConfig, IdError, IdService};
 use twin_lab::{eventually, Etcd};
-use twin_topology::{AuditMeta, Datacenter, Keys, Store};
+use twin_topology::Keys;
 
-async fn etcd_with_dcs() -> (Etcd, Keys) {
-    let etcd = Etcd::start().await.expect("etcd");
-    let keys = Keys::default();
-    let store = Store::new(etcd.client().await.expect("client"), keys.clone());
-    let audit = AuditMeta {
-        who: "test".to_string(),
-        action: "setup".to_string(),
-        reason: "test".to_string(),
-    };
-    for (name, code) in [("m6v", 1), ("wanguo", 2)] {
-        let dc = Datacenter {
-            code,
-            display_name: String::new(),
-        };
-        store
-            .put_datacenter(name, &dc, 0, &audit)
-            .await
-            .expect("datacenter");
-    }
-    (etcd, keys)
-}
+mod support;
 
 fn cfg(dc: &str, node: &str) -> IdConfig {
     IdConfig::etcd(dc, node)
@@ -150,6 +131,17 @@ async fn paused_etcd_fences_the_generator_and_it_recovers_by_itself() {
     svc.shutdown().await;
 }
 
+/// 40 rounds in which each generator in turn hands `take` a batch of "orders" segment
+/// values, of sizes cycling from 1 below its modulus.
+async fn take_in_turns(gens: [(&IdService, usize); 2], take: &impl Fn(Vec<String>)) {
+    for i in 0..40 {
+        for (svc, modulus) in gens {
+            let batch = svc.issue("orders", Format::Segment, 1 + i % modulus);
+            take(batch.await.expect("segment values"));
+        }
+    }
+}
+
 #[tokio::test]
 async fn two_segment_allocators_never_overlap_across_an_etcd_restart() {
     let (mut etcd, keys) = etcd_with_dcs().await;
@@ -164,18 +156,7 @@ async fn two_segment_allocators_never_overlap_across_an_etcd_restart() {
             assert!(seen.insert(n), "value {n} handed out twice");
         }
     };
-    for i in 0..40 {
-        take(
-            a.issue("orders", Format::Segment, 1 + i % 17)
-                .await
-                .expect("a"),
-        );
-        take(
-            b.issue("orders", Format::Segment, 1 + i % 13)
-                .await
-                .expect("b"),
-        );
-    }
+    take_in_turns([(&a, 17), (&b, 13)], &take).await;
     etcd.stop();
     // Buffered values are still served; once they run out the answer is a 503, never a guess.
     let mut refused = 0;
@@ -199,18 +180,7 @@ async fn two_segment_allocators_never_overlap_across_an_etcd_restart() {
     })
     .await;
     assert!(recovered);
-    for i in 0..40 {
-        take(
-            a.issue("orders", Format::Segment, 1 + i % 11)
-                .await
-                .expect("a"),
-        );
-        take(
-            b.issue("orders", Format::Segment, 1 + i % 19)
-                .await
-                .expect("b"),
-        );
-    }
+    take_in_turns([(&a, 11), (&b, 19)], &take).await;
     let seen = seen.into_inner().expect("lock");
     let max = *seen.iter().max().expect("values");
     assert!(

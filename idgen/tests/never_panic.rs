@@ -5,24 +5,24 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use twin_idgen::{decode, Codec, Layout, SerialTemplate};
+use twin_lab::fuzz;
 
 fn templateish() -> impl Strategy<Value = String> {
-    let token = prop_oneof![
-        Just("PAY".to_string()),
-        Just("{biz}".to_string()),
-        Just("{yyyyMMddHHmmss}".to_string()),
-        Just("{yyMMddHHmmss}".to_string()),
-        Just("{dc:1}".to_string()),
-        Just("{worker:4}".to_string()),
-        Just("{seq:5}".to_string()),
-        Just("{check}".to_string()),
-        Just("{seq:99999999999}".to_string()),
-        Just("{dc:0}".to_string()),
-        Just("{".to_string()),
-        Just("}".to_string()),
-        "[A-Za-z0-9:{}-]{0,6}",
+    let tokens = [
+        "PAY",
+        "{biz}",
+        "{yyyyMMddHHmmss}",
+        "{yyMMddHHmmss}",
+        "{dc:1}",
+        "{worker:4}",
+        "{seq:5}",
+        "{check}",
+        "{seq:99999999999}",
+        "{dc:0}",
+        "{",
+        "}",
     ];
-    proptest::collection::vec(token, 0..10).prop_map(|v| v.concat())
+    fuzz::tokens_of(&tokens, vec!["[A-Za-z0-9:{}-]{0,6}".boxed()], 0..10)
 }
 
 proptest! {

@@ -9,15 +9,16 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use support::{etcd_with_dcs, DCS};
 use twin_idgen::{Codec, Format, Layout};
-use twin_lab::{eventually, Etcd, Proc, ProcSpec, Registry};
-use twin_topology::{AuditMeta, Datacenter, Keys, Store};
+use twin_lab::{eventually, Proc, ProcSpec, Registry};
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_twin-idgen-load");
 const TEMPLATE: &str = "PAY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}";
 const TTL: Duration = Duration::from_secs(2);
 const TARGET: u64 = 1_000_000;
-const DCS: [(&str, u8); 2] = [("m6v", 1), ("wanguo", 2)];
 
 /// One generator slot: the node identity it runs as and its incarnations' output files.
 struct Gen {
@@ -127,6 +128,18 @@ impl Gen {
     }
 }
 
+/// One counter of every generator's current incarnation, e.g. to compare with later.
+fn counts(gens: &mut [Gen], counter: fn(&Tail) -> u64) -> Vec<u64> {
+    gens.iter_mut().map(|g| counter(g.current())).collect()
+}
+
+/// Whether `holds` of every generator's current incarnation and its entry in `before`.
+fn all_since(gens: &mut [Gen], before: &[u64], holds: impl Fn(&Tail, u64) -> bool) -> bool {
+    gens.iter_mut()
+        .zip(before)
+        .all(|(g, b)| holds(g.current(), *b))
+}
+
 fn poll_all(gens: &mut [Gen]) -> u64 {
     gens.iter_mut()
         .flat_map(|g| g.outs.iter_mut())
@@ -137,9 +150,17 @@ fn poll_all(gens: &mut [Gen]) -> u64 {
         .sum()
 }
 
-async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+/// Polls every generator's output until `cond` holds of the generators and the IDs issued
+/// so far, or fails the test after `deadline`, naming `what` it waited for.
+async fn wait_for(
+    what: &str,
+    deadline: Duration,
+    gens: &mut [Gen],
+    mut cond: impl FnMut(&mut [Gen], u64) -> bool,
+) {
     let ok = eventually(deadline, || {
-        let r = cond();
+        let total = poll_all(gens);
+        let r = cond(gens, total);
         async move { r }
     })
     .await;
@@ -148,24 +169,7 @@ async fn wait_for(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eight_generators_two_datacenters_kills_faketime_and_paused_etcd_issue_no_duplicate() {
-    let etcd = Etcd::start().await.expect("etcd");
-    let keys = Keys::default();
-    let store = Store::new(etcd.client().await.expect("client"), keys.clone());
-    let audit = AuditMeta {
-        who: "test".to_string(),
-        action: "setup".to_string(),
-        reason: "idgen process test".to_string(),
-    };
-    for (name, code) in DCS {
-        let dc = Datacenter {
-            code,
-            display_name: String::new(),
-        };
-        store
-            .put_datacenter(name, &dc, 0, &audit)
-            .await
-            .expect("dc");
-    }
+    let (etcd, keys) = etcd_with_dcs().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let endpoint = etcd.endpoint();
     let mut gens: Vec<Gen> = (0..8)
@@ -181,16 +185,15 @@ async fn eight_generators_two_datacenters_kills_faketime_and_paused_etcd_issue_n
         g.spawn(&endpoint, dir.path(), false);
     }
     let long = Duration::from_secs(90);
-    wait_for("150k IDs", long, || poll_all(&mut gens) >= 150_000).await;
+    wait_for("150k IDs", long, &mut gens, |_, total| total >= 150_000).await;
 
     // SIGKILL two generators (one per datacenter) and restart them at once.
     for i in [1, 5] {
         gens[i].kill();
         gens[i].spawn(&endpoint, dir.path(), false);
     }
-    wait_for("restarted generators to issue", long, || {
-        poll_all(&mut gens);
-        gens[1].current().ids > 0 && gens[5].current().ids > 0
+    wait_for("restarted generators to issue", long, &mut gens, |g, _| {
+        g[1].current().ids > 0 && g[5].current().ids > 0
     })
     .await;
 
@@ -198,10 +201,12 @@ async fn eight_generators_two_datacenters_kills_faketime_and_paused_etcd_issue_n
     // 10 s in the past: it takes back its worker id and must start above that worker's hwm.
     // It has run for more than 10 s first, so the faked clock falls inside the time it
     // already issued from (a generator that trusted its wall clock would repeat IDs).
-    wait_for("generator 2 to run past the clock skew", long, || {
-        poll_all(&mut gens);
-        started.elapsed() > Duration::from_secs(13)
-    })
+    wait_for(
+        "generator 2 to run past the clock skew",
+        long,
+        &mut gens,
+        |_, _| started.elapsed() > Duration::from_secs(13),
+    )
     .await;
     gens[2].current().poll();
     let old_worker = *gens[2].current().workers.last().expect("worker line");
@@ -220,10 +225,12 @@ async fn eight_generators_two_datacenters_kills_faketime_and_paused_etcd_issue_n
     .await;
     assert!(expired, "the killed generator's lease never expired");
     gens[2].spawn(&endpoint, dir.path(), true);
-    wait_for("the faketime generator to issue", long, || {
-        poll_all(&mut gens);
-        gens[2].current().ids >= 1000
-    })
+    wait_for(
+        "the faketime generator to issue",
+        long,
+        &mut gens,
+        |g, _| g[2].current().ids >= 1000,
+    )
     .await;
     let fake = gens[2].current();
     let skew = twin_idgen::clock::wall_ms() as i64 - fake.wall_at_start.expect("t line") as i64;
@@ -242,54 +249,38 @@ async fn eight_generators_two_datacenters_kills_faketime_and_paused_etcd_issue_n
     let paused = Instant::now();
     // The reservation (6 s window) outlasts the fence (TTL - margin after the last
     // acknowledged keepalive), so what stops them must be the fence: `lease_lost`.
-    let base: Vec<u64> = gens.iter_mut().map(|g| g.current().lease_lost).collect();
-    wait_for(
-        "every generator to be fenced",
-        Duration::from_secs(10),
-        || {
-            poll_all(&mut gens);
-            gens.iter_mut()
-                .zip(&base)
-                .all(|(g, b)| g.current().lease_lost > *b)
-        },
-    )
+    let base = counts(&mut gens, |t| t.lease_lost);
+    let fenced = "every generator to be fenced";
+    wait_for(fenced, Duration::from_secs(10), &mut gens, |g, _| {
+        all_since(g, &base, |t, b| t.lease_lost > b)
+    })
     .await;
-    let fenced_ids: Vec<u64> = gens.iter_mut().map(|g| g.current().ids).collect();
-    let fenced_errors: Vec<u64> = gens.iter_mut().map(|g| g.current().errors).collect();
-    wait_for(
-        "the pause to outlast the lease TTL",
-        Duration::from_secs(10),
-        || {
-            poll_all(&mut gens);
-            paused.elapsed() > TTL + Duration::from_millis(700)
-                && gens
-                    .iter_mut()
-                    .zip(&fenced_errors)
-                    .all(|(g, e)| g.current().errors >= e + 10)
-        },
-    )
+    let fenced_ids = counts(&mut gens, |t| t.ids);
+    let fenced_errors = counts(&mut gens, |t| t.errors);
+    let outlast = "the pause to outlast the lease TTL";
+    wait_for(outlast, Duration::from_secs(10), &mut gens, |g, _| {
+        paused.elapsed() > TTL + Duration::from_millis(700)
+            && all_since(g, &fenced_errors, |t, e| t.errors >= e + 10)
+    })
     .await;
     for (g, before) in gens.iter_mut().zip(&fenced_ids) {
         let ids = g.current().ids;
         assert_eq!(ids, *before, "{} issued IDs while fenced", g.node);
     }
     etcd.resume();
-    let resumed_ids: Vec<u64> = gens.iter_mut().map(|g| g.current().ids).collect();
-    wait_for(
-        "every generator to resume by itself",
-        Duration::from_secs(30),
-        || {
-            poll_all(&mut gens);
-            gens.iter_mut()
-                .zip(&resumed_ids)
-                .all(|(g, b)| g.current().ids > *b)
-        },
-    )
+    let resumed_ids = counts(&mut gens, |t| t.ids);
+    let resume = "every generator to resume by itself";
+    wait_for(resume, Duration::from_secs(30), &mut gens, |g, _| {
+        all_since(g, &resumed_ids, |t, b| t.ids > b)
+    })
     .await;
 
-    wait_for("one million IDs", Duration::from_secs(120), || {
-        poll_all(&mut gens) >= TARGET + 20_000
-    })
+    wait_for(
+        "one million IDs",
+        Duration::from_secs(120),
+        &mut gens,
+        |_, total| total >= TARGET + 20_000,
+    )
     .await;
     for g in gens.iter_mut() {
         let p = g.proc.take().expect("running");

@@ -98,18 +98,21 @@ async fn many_threads_on_one_generator_get_unique_ids_increasing_per_thread() {
     ));
 }
 
+/// `count` snowflakes from `svc`, as numbers.
+async fn snowflakes(svc: &IdService, count: usize) -> Vec<u64> {
+    let ids = svc.issue("pay", Format::Snowflake, count).await;
+    ids.expect("issue")
+        .iter()
+        .map(|s| s.parse().expect("decimal"))
+        .collect()
+}
+
 #[tokio::test]
 async fn restart_starts_above_everything_issued_even_with_the_clock_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("w7.hwm");
     let svc = IdService::start(cfg(&path), None).await.expect("start");
-    let before: Vec<u64> = svc
-        .issue("pay", Format::Snowflake, 1000)
-        .await
-        .expect("issue")
-        .iter()
-        .map(|s| s.parse().expect("decimal"))
-        .collect();
+    let before = snowflakes(&svc, 1000).await;
     let serial_before = svc.issue("pay", Format::Serial, 10).await.expect("serial");
     // A second process on the same worker is refused while the first runs.
     assert!(matches!(
@@ -135,13 +138,7 @@ async fn restart_starts_above_everything_issued_even_with_the_clock_behind() {
     let ahead = wall_ms() + 60_000;
     std::fs::write(&path, format!("{{\"ms\":{ahead},\"holder\":\"x\"}}")).expect("write");
     let svc = IdService::start(cfg(&path), None).await.expect("restart");
-    let after: Vec<u64> = svc
-        .issue("pay", Format::Snowflake, 1000)
-        .await
-        .expect("issue after restart")
-        .iter()
-        .map(|s| s.parse().expect("decimal"))
-        .collect();
+    let after = snowflakes(&svc, 1000).await;
     let first = svc
         .codec()
         .decode(&after[0].to_string(), None)

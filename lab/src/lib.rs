@@ -7,6 +7,7 @@
 //! owns nothing of Twin's routing or ID logic: it starts Twin's binaries as a user would.
 
 mod etcd;
+pub mod fuzz;
 pub mod http;
 pub mod launch;
 mod net;

@@ -463,17 +463,20 @@ pub fn alive(pid: u32) -> bool {
 mod tests {
     use super::*;
 
-    fn sleeper(reg: &Arc<Registry>, dir: &Path) -> Proc {
-        // A child of the child: killing the group must reach it too.
-        let spec = ProcSpec::new("sleeper", "/bin/sh", dir).args(["-c", "sleep 300 & sleep 300"]);
-        Proc::new(spec, reg.clone())
+    /// A shell that sleeps with a child of its own (killing the group must reach it too),
+    /// not yet started, under a registry of its own; the directory lives as long as it.
+    fn sleeper() -> (tempfile::TempDir, Arc<Registry>, Proc) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::new();
+        let spec =
+            ProcSpec::new("sleeper", "/bin/sh", dir.path()).args(["-c", "sleep 300 & sleep 300"]);
+        let p = Proc::new(spec, reg.clone());
+        (dir, reg, p)
     }
 
     #[test]
     fn dropping_the_registry_kills_every_group() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let reg = Registry::new();
-        let p = sleeper(&reg, dir.path());
+        let (_dir, reg, p) = sleeper();
         let pid = p.start(None).expect("start");
         assert!(alive(pid));
         assert_eq!(reg.live(), 1);
@@ -486,9 +489,7 @@ mod tests {
 
     #[test]
     fn kill_reaps_and_restart_runs_again() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let reg = Registry::new();
-        let p = sleeper(&reg, dir.path());
+        let (_dir, reg, p) = sleeper();
         let first = p.start(None).expect("start");
         p.kill();
         assert!(!alive(first));

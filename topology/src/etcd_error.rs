@@ -161,13 +161,19 @@ mod tests {
         Error::GRpcStatus(Status::new(code, message))
     }
 
+    /// The class of an error with `code` and `message` in a lease request.
+    fn in_lease_request(code: Code, message: &str) -> EtcdFailure {
+        EtcdFailure::of_lease_request(&etcd(code, message))
+    }
+
     #[test]
     fn lease_not_found_only_in_lease_requests() {
-        let e = etcd(Code::NotFound, "etcdserver: requested lease not found");
+        let lost = "etcdserver: requested lease not found";
         assert_eq!(
-            EtcdFailure::of_lease_request(&e),
+            in_lease_request(Code::NotFound, lost),
             EtcdFailure::LeaseNotFound
         );
+        let e = etcd(Code::NotFound, lost);
         // Outside lease requests NotFound is also ErrGRPCMemberNotFound.
         let member = etcd(Code::NotFound, "etcdserver: member not found");
         assert_eq!(EtcdFailure::of(&member), EtcdFailure::Other);
@@ -178,16 +184,11 @@ mod tests {
     fn the_class_never_depends_on_the_message() {
         // The same code with any text is the same class, and a lease-ish text under another
         // code is not a lost lease.
-        let odd = etcd(Code::NotFound, "something else entirely");
-        assert_eq!(
-            EtcdFailure::of_lease_request(&odd),
-            EtcdFailure::LeaseNotFound
-        );
-        let text_only = etcd(Code::Unavailable, "etcdserver: requested lease not found");
-        assert_eq!(
-            EtcdFailure::of_lease_request(&text_only),
-            EtcdFailure::Unavailable
-        );
+        let odd = in_lease_request(Code::NotFound, "something else entirely");
+        assert_eq!(odd, EtcdFailure::LeaseNotFound);
+        let text_only =
+            in_lease_request(Code::Unavailable, "etcdserver: requested lease not found");
+        assert_eq!(text_only, EtcdFailure::Unavailable);
         let keepalive = Error::LeaseKeepAliveError("lease not found".into());
         assert_eq!(
             EtcdFailure::of_lease_request(&keepalive),

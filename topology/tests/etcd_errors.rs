@@ -4,10 +4,20 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, PutOptions};
+use etcd_client::{Client, ConnectOptions, Error, PutOptions};
 use twin_lab::Etcd;
 use twin_topology::etcd_error::is_connection_refused;
 use twin_topology::{wants_authentication, EtcdFailure};
+
+/// Asserts that `result` failed and that `classify` puts its error in `want`.
+fn assert_fails_as<T: std::fmt::Debug>(
+    result: Result<T, Error>,
+    classify: fn(&Error) -> EtcdFailure,
+    want: EtcdFailure,
+) {
+    let e = result.expect_err("the request fails");
+    assert_eq!(classify(&e), want, "{e:?}");
+}
 
 #[tokio::test]
 async fn a_revoked_lease_is_lease_not_found() {
@@ -16,35 +26,18 @@ async fn a_revoked_lease_is_lease_not_found() {
     let lease = c.lease_grant(30, None).await.expect("grant").id();
     c.lease_revoke(lease).await.expect("revoke");
 
+    let lease_class = EtcdFailure::of_lease_request;
+    // A put bound to a revoked lease fails, and so does revoking twice.
     let put = c
         .put("k", "v", Some(PutOptions::new().with_lease(lease)))
-        .await
-        .expect_err("a put bound to a revoked lease fails");
-    assert_eq!(
-        EtcdFailure::of_lease_request(&put),
-        EtcdFailure::LeaseNotFound,
-        "{put:?}"
-    );
-    let again = c
-        .lease_revoke(lease)
-        .await
-        .expect_err("revoking twice fails");
-    assert_eq!(
-        EtcdFailure::of_lease_request(&again),
-        EtcdFailure::LeaseNotFound,
-        "{again:?}"
-    );
+        .await;
+    assert_fails_as(put, lease_class, EtcdFailure::LeaseNotFound);
+    let again = c.lease_revoke(lease).await;
+    assert_fails_as(again, lease_class, EtcdFailure::LeaseNotFound);
     // etcd answers a keepalive of a missing lease with TTL 0, which etcd-client reports as a
     // text-only error: not a typed class. The typed confirmation is a TTL of -1.
-    let keepalive = c
-        .lease_keep_alive(lease)
-        .await
-        .expect_err("keepalive fails");
-    assert_eq!(
-        EtcdFailure::of_lease_request(&keepalive),
-        EtcdFailure::Other,
-        "{keepalive:?}"
-    );
+    let keepalive = c.lease_keep_alive(lease).await;
+    assert_fails_as(keepalive, lease_class, EtcdFailure::Other);
     let ttl = c
         .lease_time_to_live(lease, None)
         .await
@@ -59,11 +52,9 @@ async fn auth_required_and_permission_denied() {
     root.user_add("root", "rootpw", None).await.expect("root");
     root.user_grant_role("root", "root").await.expect("grant");
     root.user_add("nobody", "pw", None).await.expect("nobody");
-    let dup = root
-        .user_add("nobody", "pw", None)
-        .await
-        .expect_err("adding twice fails");
-    assert_eq!(EtcdFailure::of(&dup), EtcdFailure::Precondition, "{dup:?}");
+    // Adding a user twice fails.
+    let dup = root.user_add("nobody", "pw", None).await;
+    assert_fails_as(dup, EtcdFailure::of, EtcdFailure::Precondition);
     root.auth_enable().await.expect("auth on");
 
     let mut anonymous = etcd.client().await.expect("client");

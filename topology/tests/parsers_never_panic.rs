@@ -8,43 +8,49 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use twin_lab::fuzz;
 use twin_topology::{Keys, RoutesFile, Topology, Weights};
 
 /// YAML-ish text built from the tokens route files are made of, so the parser sees
 /// near-valid input, not only noise.
 fn yamlish() -> impl Strategy<Value = String> {
-    let token = prop_oneof![
-        Just("datacenters:".to_string()),
-        Just("routes:".to_string()),
-        Just("weights:".to_string()),
-        Just("  ".to_string()),
-        Just("\n".to_string()),
-        Just("{".to_string()),
-        Just("}".to_string()),
-        Just("[".to_string()),
-        Just("]".to_string()),
-        Just(": ".to_string()),
-        Just(", ".to_string()),
-        Just("m6v".to_string()),
-        Just("wanguo".to_string()),
-        Just("code: ".to_string()),
-        Just("on_dc_down: ".to_string()),
-        Just("spill".to_string()),
-        Just("endpoints:".to_string()),
-        Just("'127.0.0.1:80'".to_string()),
-        Just("50%".to_string()),
-        Just("-".to_string()),
-        Just("&a *a".to_string()),
-        Just("!!binary".to_string()),
-        (0u64..20_000).prop_map(|n| n.to_string()),
-        "[a-z%.:=-]{0,6}",
+    let tokens = [
+        "datacenters:",
+        "routes:",
+        "weights:",
+        "  ",
+        "\n",
+        "{",
+        "}",
+        "[",
+        "]",
+        ": ",
+        ", ",
+        "m6v",
+        "wanguo",
+        "code: ",
+        "on_dc_down: ",
+        "spill",
+        "endpoints:",
+        "'127.0.0.1:80'",
+        "50%",
+        "-",
+        "&a *a",
+        "!!binary",
     ];
-    proptest::collection::vec(token, 0..40).prop_map(|v| v.concat())
+    fuzz::tokens_of(
+        &tokens,
+        vec![
+            (0u64..20_000).prop_map(|n| n.to_string()).boxed(),
+            "[a-z%.:=-]{0,6}".boxed(),
+        ],
+        0..40,
+    )
 }
 
 proptest! {
     #[test]
-    fn route_files_from_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+    fn route_files_from_arbitrary_bytes(bytes in fuzz::bytes(512)) {
         let text = String::from_utf8_lossy(&bytes);
         let _ = RoutesFile::parse("fuzz.yaml", &text, &BTreeMap::new());
     }
@@ -61,7 +67,7 @@ proptest! {
     fn stored_values_from_arbitrary_bytes(
         kind in 0usize..4,
         name in "[a-z0-9/-]{0,12}",
-        bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        bytes in fuzz::bytes(256),
     ) {
         let keys = Keys::default();
         let key = match kind {
@@ -82,7 +88,7 @@ proptest! {
     }
 
     #[test]
-    fn snapshot_files_from_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+    fn snapshot_files_from_arbitrary_bytes(bytes in fuzz::bytes(512)) {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("snap.json");
         std::fs::write(&path, &bytes).expect("write");

@@ -93,6 +93,16 @@ fn write_password(dir: &std::path::Path, name: &str, pw: &str) -> std::path::Pat
     p
 }
 
+/// Settings for `endpoint` that log in as `user` with password `pw` (written to a file in
+/// `dir`).
+fn login(endpoint: &str, dir: &std::path::Path, user: &str, pw: &str) -> EtcdSettings {
+    EtcdSettings {
+        user: Some(user.into()),
+        password_file: Some(write_password(dir, user, pw)),
+        ..settings(endpoint)
+    }
+}
+
 #[tokio::test]
 async fn roles_limit_each_component_to_its_keys() {
     let etcd = Etcd::start().await.expect("etcd");
@@ -111,11 +121,7 @@ async fn roles_limit_each_component_to_its_keys() {
     auth::bootstrap(&mut root, &keys, "rootpw")
         .await
         .expect("bootstrap");
-    let as_root = EtcdSettings {
-        user: Some("root".into()),
-        password_file: Some(write_password(dir.path(), "root", "rootpw")),
-        ..settings(&etcd.endpoint())
-    };
+    let as_root = login(&etcd.endpoint(), dir.path(), "root", "rootpw");
     let mut root = as_root.connect_checked().await.expect("root connects");
     // Idempotent: a second bootstrap as root succeeds.
     auth::bootstrap(&mut root, &keys, "rootpw")
@@ -144,11 +150,7 @@ async fn roles_limit_each_component_to_its_keys() {
         "unknown role \"admin\": use twin-sidecar, twin-operator or twin-reader"
     );
 
-    let as_user = |u: &str| EtcdSettings {
-        user: Some(u.to_string()),
-        password_file: Some(write_password(dir.path(), u, &format!("{u}pw"))),
-        ..settings(&etcd.endpoint())
-    };
+    let as_user = |u: &str| login(&etcd.endpoint(), dir.path(), u, &format!("{u}pw"));
     let revision = |c: &mut etcd_client::Client| {
         let mut c = c.clone();
         async move {
@@ -241,11 +243,7 @@ async fn concurrent_add_user_of_the_same_name_both_succeed() {
     auth::bootstrap(&mut first, &keys, "rootpw")
         .await
         .expect("bootstrap");
-    let root = EtcdSettings {
-        user: Some("root".into()),
-        password_file: Some(write_password(dir.path(), "root", "rootpw")),
-        ..settings(&etcd.endpoint())
-    };
+    let root = login(&etcd.endpoint(), dir.path(), "root", "rootpw");
     let mut a = root.connect_checked().await.expect("root");
     let mut b = a.clone();
     // Both usually list the users before either adds: the later add answers

@@ -11,7 +11,9 @@ fn audit(reason: &str) -> AuditMeta {
     }
 }
 
-async fn seeded(etcd: &Etcd) -> Store {
+/// Starts etcd and a store on it that knows datacenters m6v (code 0) and wanguo (code 1).
+async fn seeded() -> (Etcd, Store) {
+    let etcd = Etcd::start().await.expect("etcd");
     let store = Store::new(etcd.client().await.expect("client"), Keys::default());
     for (name, code) in [("m6v", 0), ("wanguo", 1)] {
         let dc = Datacenter {
@@ -23,7 +25,27 @@ async fn seeded(etcd: &Etcd) -> Store {
             .await
             .expect("seed dc");
     }
+    (etcd, store)
+}
+
+/// Creates route `name` at 5000 basis points to m6v; returns the revision of the write.
+async fn create(store: &Store, name: &str, reason: &str) -> i64 {
     store
+        .put_route(name, &route(5000), 0, None, &audit(reason))
+        .await
+        .expect(reason)
+        .revision
+}
+
+/// The current revision of the whole store.
+async fn revision(client: &mut etcd_client::Client) -> i64 {
+    client
+        .get("x", None)
+        .await
+        .expect("get")
+        .header()
+        .expect("h")
+        .revision()
 }
 
 fn route(m6v: u32) -> Route {
@@ -38,18 +60,14 @@ fn route(m6v: u32) -> Route {
 
 #[tokio::test]
 async fn racing_writers_exactly_one_wins_and_only_it_is_audited() {
-    let etcd = Etcd::start().await.expect("etcd");
-    let store = seeded(&etcd).await;
-    let first = store
-        .put_route("payments", &route(5000), 0, None, &audit("create"))
-        .await
-        .expect("create");
+    let (etcd, store) = seeded().await;
+    let first = create(&store, "payments", "create").await;
     let base = store
         .get_route("payments")
         .await
         .expect("get")
         .expect("exists");
-    assert_eq!(base.mod_revision, first.revision);
+    assert_eq!(base.mod_revision, first);
 
     let a = store.clone();
     let b = Store::new(etcd.client().await.expect("client"), Keys::default());
@@ -112,35 +130,26 @@ async fn racing_writers_exactly_one_wins_and_only_it_is_audited() {
 
 #[tokio::test]
 async fn invalid_writes_are_refused_and_change_nothing() {
-    let etcd = Etcd::start().await.expect("etcd");
-    let store = seeded(&etcd).await;
+    let (etcd, store) = seeded().await;
     let mut client = etcd.client().await.expect("client");
-    let rev_before = client
-        .get("x", None)
-        .await
-        .expect("get")
-        .header()
-        .expect("h")
-        .revision();
+    let rev_before = revision(&mut client).await;
 
-    let mut bad = route(5000);
-    bad.weights.0.insert("m6v".into(), 2000);
-    let err = store
-        .put_route("payments", &bad, 0, None, &audit("bad"))
-        .await
-        .expect_err("sum");
+    // Route "payments" at 5000 to m6v with one weight set; the store must refuse it.
+    let refused = |dc: &str, weight: u32| {
+        let mut bad = route(5000);
+        bad.weights.0.insert(dc.into(), weight);
+        let store = store.clone();
+        async move {
+            let why = audit("bad");
+            let put = store.put_route("payments", &bad, 0, None, &why);
+            put.await.expect_err("refused").to_string()
+        }
+    };
     assert_eq!(
-        err.to_string(),
+        refused("m6v", 2000).await,
         "weights must sum to 10000 basis points, got 7000"
     );
-
-    let mut unknown = route(5000);
-    unknown.weights.0.insert("m7v".into(), 0);
-    let err = store
-        .put_route("payments", &unknown, 0, None, &audit("bad"))
-        .await
-        .expect_err("dc");
-    assert_eq!(err.to_string(), "unknown datacenter \"m7v\"");
+    assert_eq!(refused("m7v", 0).await, "unknown datacenter \"m7v\"");
 
     let dc = Datacenter {
         code: 9,
@@ -152,33 +161,20 @@ async fn invalid_writes_are_refused_and_change_nothing() {
         .expect_err("code");
     assert_eq!(err.to_string(), "datacenter code 9 out of range 0..=7");
 
-    let rev_after = client
-        .get("x", None)
-        .await
-        .expect("get")
-        .header()
-        .expect("h")
-        .revision();
+    let rev_after = revision(&mut client).await;
     assert_eq!(rev_before, rev_after, "a refused write must not touch etcd");
 }
 
 #[tokio::test]
 async fn multi_key_commit_is_all_or_nothing() {
-    let etcd = Etcd::start().await.expect("etcd");
-    let store = seeded(&etcd).await;
-    let a = store
-        .put_route("a", &route(5000), 0, None, &audit("c"))
-        .await
-        .expect("a");
-    store
-        .put_route("b", &route(5000), 0, None, &audit("c"))
-        .await
-        .expect("b");
+    let (_etcd, store) = seeded().await;
+    let a = create(&store, "a", "c").await;
+    create(&store, "b", "c").await;
     let keys = Keys::default();
     let changes = vec![
         twin_topology::Change {
             key: keys.route("a"),
-            expected_revision: a.revision,
+            expected_revision: a,
             value: Some(serde_json::to_value(route(0)).expect("json")),
             before: None,
         },
@@ -199,5 +195,5 @@ async fn multi_key_commit_is_all_or_nothing() {
         "{err}"
     );
     let a_now = store.get_route("a").await.expect("get").expect("a");
-    assert_eq!(a_now.mod_revision, a.revision, "route a must be untouched");
+    assert_eq!(a_now.mod_revision, a, "route a must be untouched");
 }

@@ -1,8 +1,10 @@
 //! The watched topology view against a real etcd: updates, restarts, compaction, bad values,
 //! snapshots.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use etcd_client::Client;
 use twin_lab::Etcd;
 use twin_topology::{Keys, Route, Source, Topology, TopologyView, ViewOptions, Weights};
 
@@ -19,20 +21,62 @@ fn route_json(m6v: u32) -> String {
     .expect("json")
 }
 
-async fn seed(client: &mut etcd_client::Client) {
-    let k = Keys::default();
+/// A running etcd seeded with two datacenters and route `pay` at 5000 to m6v, a client on
+/// it and the default keys.
+struct Seeded {
+    etcd: Etcd,
+    client: Client,
+    keys: Keys,
+}
+
+impl Seeded {
+    /// Starts etcd and writes the seed.
+    async fn start() -> Seeded {
+        let etcd = Etcd::start().await.expect("etcd");
+        let mut client = etcd.client().await.expect("client");
+        let keys = Keys::default();
+        client
+            .put(keys.datacenter("m6v"), r#"{"code":0}"#, None)
+            .await
+            .expect("dc");
+        client
+            .put(keys.datacenter("wanguo"), r#"{"code":1}"#, None)
+            .await
+            .expect("dc");
+        put_weight(&mut client, &keys, 5000).await;
+        Seeded { etcd, client, keys }
+    }
+
+    /// Starts a view on a fresh client of this etcd.
+    async fn view(&self, opts: ViewOptions) -> TopologyView {
+        let client = self.etcd.client().await.expect("client");
+        TopologyView::start(client, self.keys.clone(), opts)
+    }
+
+    /// Connects again after a restart of etcd.
+    async fn reconnect(&mut self) {
+        self.client = self.etcd.client().await.expect("client");
+    }
+}
+
+/// Writes route `pay` with `m6v` of 10 000 to m6v and the rest to wanguo.
+async fn put_weight(client: &mut Client, keys: &Keys, m6v: u32) {
     client
-        .put(k.datacenter("m6v"), r#"{"code":0}"#, None)
+        .put(keys.route("pay"), route_json(m6v), None)
         .await
-        .expect("dc");
-    client
-        .put(k.datacenter("wanguo"), r#"{"code":1}"#, None)
+        .expect("put");
+}
+
+/// Whether `view` shows route `pay` with `m6v` to m6v within [`WAIT`].
+async fn shows(view: &TopologyView, m6v: u32) -> bool {
+    view.wait_for(WAIT, |t| weight(t) == Some(m6v))
         .await
-        .expect("dc");
-    client
-        .put(k.route("pay"), route_json(5000), None)
-        .await
-        .expect("route");
+        .is_some()
+}
+
+/// The value of one of the view's counters.
+fn count(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
 }
 
 fn weight(t: &Topology) -> Option<u32> {
@@ -49,40 +93,25 @@ fn fast() -> ViewOptions {
 
 #[tokio::test]
 async fn sees_puts_and_survives_an_etcd_restart_without_missing_updates() {
-    let mut etcd = Etcd::start().await.expect("etcd");
-    let mut client = etcd.client().await.expect("client");
-    seed(&mut client).await;
-    let keys = Keys::default();
-    let view = TopologyView::start(etcd.client().await.expect("client"), keys.clone(), fast());
-    assert!(view
-        .wait_for(WAIT, |t| weight(t) == Some(5000))
-        .await
-        .is_some());
+    let mut lab = Seeded::start().await;
+    let view = lab.view(fast()).await;
+    assert!(shows(&view, 5000).await);
     assert_eq!(view.current().source, Source::Etcd);
 
-    client
-        .put(keys.route("pay"), route_json(4000), None)
-        .await
-        .expect("put");
-    assert!(view
-        .wait_for(WAIT, |t| weight(t) == Some(4000))
-        .await
-        .is_some());
+    put_weight(&mut lab.client, &lab.keys, 4000).await;
+    assert!(shows(&view, 4000).await);
 
     // etcd goes away; the view keeps serving what it had.
-    etcd.stop();
+    lab.etcd.stop();
     assert_eq!(weight(&view.current()), Some(4000));
-    etcd.restart().await.expect("restart");
+    lab.etcd.restart().await.expect("restart");
 
     // An update made right after the restart, and one more, are both seen.
-    let mut client = etcd.client().await.expect("client");
-    client
-        .put(keys.route("pay"), route_json(3000), None)
-        .await
-        .expect("put");
-    client
+    lab.reconnect().await;
+    put_weight(&mut lab.client, &lab.keys, 3000).await;
+    lab.client
         .put(
-            keys.endpoint("pay", "m6v", "n1"),
+            lab.keys.endpoint("pay", "m6v", "n1"),
             r#"{"addr":"127.0.0.1:1"}"#,
             None,
         )
@@ -94,54 +123,28 @@ async fn sees_puts_and_survives_an_etcd_restart_without_missing_updates() {
         })
         .await
         .expect("view resumed after restart");
-    assert!(
-        view.stats()
-            .watch_restarts
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
-    assert_eq!(
-        view.stats()
-            .lists
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1,
-        "resumed, not re-listed"
-    );
+    assert!(count(&view.stats().watch_restarts) >= 1);
+    assert_eq!(count(&view.stats().lists), 1, "resumed, not re-listed");
     assert!(t.revision >= t.routes["pay"].mod_revision);
 }
 
 #[tokio::test]
 async fn update_made_while_the_watch_is_down_is_not_missed() {
-    let mut etcd = Etcd::start().await.expect("etcd");
-    let mut client = etcd.client().await.expect("client");
-    seed(&mut client).await;
-    let keys = Keys::default();
-    let view = TopologyView::start(etcd.client().await.expect("client"), keys.clone(), fast());
-    assert!(view
-        .wait_for(WAIT, |t| weight(t) == Some(5000))
-        .await
-        .is_some());
+    let mut lab = Seeded::start().await;
+    let view = lab.view(fast()).await;
+    assert!(shows(&view, 5000).await);
     // Freeze etcd so the view cannot see anything, restart it, and write before the view
     // reconnects: the write lands at a revision the view must resume from.
-    etcd.stop();
-    etcd.restart().await.expect("restart");
-    let mut client = etcd.client().await.expect("client");
-    client
-        .put(keys.route("pay"), route_json(1000), None)
-        .await
-        .expect("put");
-    assert!(view
-        .wait_for(WAIT, |t| weight(t) == Some(1000))
-        .await
-        .is_some());
+    lab.etcd.stop();
+    lab.etcd.restart().await.expect("restart");
+    lab.reconnect().await;
+    put_weight(&mut lab.client, &lab.keys, 1000).await;
+    assert!(shows(&view, 1000).await);
 }
 
 #[tokio::test]
 async fn watch_that_fell_behind_a_compaction_relists() {
-    let mut etcd = Etcd::start().await.expect("etcd");
-    let mut client = etcd.client().await.expect("client");
-    seed(&mut client).await;
-    let keys = Keys::default();
+    let mut lab = Seeded::start().await;
     // A long first backoff gives the test time to write and compact while the view waits
     // to reopen its watch; its resume revision is then gone and it must list again.
     let opts = ViewOptions {
@@ -149,34 +152,19 @@ async fn watch_that_fell_behind_a_compaction_relists() {
         max_backoff: Duration::from_secs(3),
         ..ViewOptions::default()
     };
-    let view = TopologyView::start(etcd.client().await.expect("client"), keys.clone(), opts);
-    assert!(view
-        .wait_for(WAIT, |t| weight(t) == Some(5000))
-        .await
-        .is_some());
-    etcd.stop();
+    let view = lab.view(opts).await;
+    assert!(shows(&view, 5000).await);
+    lab.etcd.stop();
     let stats = view.stats();
-    let noticed = twin_lab::eventually(WAIT, || async {
-        stats
-            .watch_restarts
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    })
-    .await;
+    let noticed = twin_lab::eventually(WAIT, || async { count(&stats.watch_restarts) >= 1 }).await;
     assert!(noticed, "the view noticed etcd going away");
-    etcd.restart().await.expect("restart");
-    let mut client = etcd.client().await.expect("client");
-    client
-        .put(keys.route("pay"), route_json(2500), None)
-        .await
-        .expect("put");
-    etcd.compact().await.expect("compact");
-    assert!(view
-        .wait_for(WAIT, |t| weight(t) == Some(2500))
-        .await
-        .is_some());
+    lab.etcd.restart().await.expect("restart");
+    lab.reconnect().await;
+    put_weight(&mut lab.client, &lab.keys, 2500).await;
+    lab.etcd.compact().await.expect("compact");
+    assert!(shows(&view, 2500).await);
     assert_eq!(
-        stats.lists.load(std::sync::atomic::Ordering::Relaxed),
+        count(&stats.lists),
         2,
         "the view listed again after its revision was compacted"
     );
@@ -189,22 +177,16 @@ async fn hand_written_invalid_value_is_ignored_and_counted() {
     // Only this test in this binary installs a recorder; others just find it installed.
     let _ = metrics::set_global_recorder(recorder);
 
-    let etcd = Etcd::start().await.expect("etcd");
-    let mut client = etcd.client().await.expect("client");
-    seed(&mut client).await;
-    let keys = Keys::default();
-    let view = TopologyView::start(etcd.client().await.expect("client"), keys.clone(), fast());
-    assert!(view
-        .wait_for(WAIT, |t| weight(t) == Some(5000))
-        .await
-        .is_some());
+    let mut lab = Seeded::start().await;
+    let view = lab.view(fast()).await;
+    assert!(shows(&view, 5000).await);
 
-    client
-        .put(keys.route("pay"), r#"{"weights":{"m6v":9000}}"#, None)
+    lab.client
+        .put(lab.keys.route("pay"), r#"{"weights":{"m6v":9000}}"#, None)
         .await
         .expect("put");
-    client
-        .put(keys.route("pay2"), route_json(100), None)
+    lab.client
+        .put(lab.keys.route("pay2"), route_json(100), None)
         .await
         .expect("put");
     let t = view
@@ -212,12 +194,7 @@ async fn hand_written_invalid_value_is_ignored_and_counted() {
         .await
         .expect("later put");
     assert_eq!(weight(&t), Some(5000), "last good value stays");
-    assert_eq!(
-        view.stats()
-            .invalid_values
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(count(&view.stats().invalid_values), 1);
     let counted: u64 = snapshotter
         .snapshot()
         .into_vec()
@@ -233,25 +210,15 @@ async fn hand_written_invalid_value_is_ignored_and_counted() {
 
 #[tokio::test]
 async fn starts_from_the_snapshot_while_etcd_is_down_and_saves_new_ones() {
-    let mut etcd = Etcd::start().await.expect("etcd");
-    let mut client = etcd.client().await.expect("client");
-    seed(&mut client).await;
-    let keys = Keys::default();
+    let mut lab = Seeded::start().await;
     let dir = tempfile::tempdir().expect("tmp");
     let snap = dir.path().join("snap.json");
     let opts = ViewOptions {
         snapshot_path: Some(snap.clone()),
         ..fast()
     };
-    let view = TopologyView::start(
-        etcd.client().await.expect("client"),
-        keys.clone(),
-        opts.clone(),
-    );
-    assert!(view
-        .wait_for(WAIT, |t| weight(t) == Some(5000))
-        .await
-        .is_some());
+    let view = lab.view(opts.clone()).await;
+    assert!(shows(&view, 5000).await);
     // The snapshot is written off the runtime threads, shortly after the change.
     let saved = twin_lab::eventually(WAIT, || async {
         Topology::load(&snap).is_ok_and(|t| weight(&t) == Some(5000))
@@ -260,12 +227,12 @@ async fn starts_from_the_snapshot_while_etcd_is_down_and_saves_new_ones() {
     assert!(saved, "the view saved its topology");
     drop(view);
 
-    etcd.stop();
-    let view = TopologyView::start(etcd.client().await.expect("client"), keys.clone(), opts);
+    lab.etcd.stop();
+    let view = lab.view(opts).await;
     let t = view.current();
     assert_eq!(t.source, Source::Snapshot);
     assert_eq!(weight(&t), Some(5000));
-    etcd.restart().await.expect("restart");
+    lab.etcd.restart().await.expect("restart");
     assert!(view
         .wait_for(WAIT, |t| t.source == Source::Etcd)
         .await
@@ -274,10 +241,11 @@ async fn starts_from_the_snapshot_while_etcd_is_down_and_saves_new_ones() {
 
 #[tokio::test]
 async fn a_huge_audit_trail_does_not_break_listing() {
-    let etcd = Etcd::start().await.expect("etcd");
-    let mut client = etcd.client().await.expect("client");
-    seed(&mut client).await;
-    let keys = Keys::default();
+    let Seeded {
+        etcd: _etcd,
+        mut client,
+        keys,
+    } = Seeded::start().await;
     // ~6 MiB of audit records: more than etcd answers in one range (4 MiB).
     let big = "x".repeat(60 * 1024);
     for i in 0..100 {
@@ -293,8 +261,5 @@ async fn a_huge_audit_trail_does_not_break_listing() {
         .expect("load lists only topology prefixes");
     assert_eq!(weight(&t), Some(5000));
     let view = TopologyView::start(client, keys, fast());
-    assert!(view
-        .wait_for(WAIT, |t| weight(t) == Some(5000))
-        .await
-        .is_some());
+    assert!(shows(&view, 5000).await);
 }
