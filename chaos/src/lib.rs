@@ -15,7 +15,7 @@ pub mod clock;
 pub mod drill;
 pub mod etcd;
 pub mod export;
-pub mod faultproxy;
+pub use twin_lab::faultproxy;
 pub mod http;
 pub mod lab;
 pub mod loadgen;

@@ -3,10 +3,12 @@
 //! groups, killed on drop, on panic and when the parent dies), real etcd servers ([`Etcd`]:
 //! one member or an N-member cluster, plain, mutual TLS or secured with Twin's roles, with
 //! stop/pause/resume/kill/restart of any member and compaction), recording HTTP upstreams
-//! ([`upstream`]), certificates for TLS tests, free loopback ports and polling helpers. It
+//! ([`upstream`]), a TCP fault proxy for any link ([`faultproxy`]: latency, bandwidth, reset,
+//! blackhole, refuse), certificates for TLS tests, free loopback ports and polling helpers. It
 //! owns nothing of Twin's routing or ID logic: it starts Twin's binaries as a user would.
 
 mod etcd;
+pub mod faultproxy;
 pub mod fuzz;
 pub mod http;
 pub mod launch;
@@ -18,6 +20,7 @@ pub mod topology;
 pub mod upstream;
 
 pub use etcd::{Etcd, EtcdBuilder, EtcdError, Member, READY_WITHIN};
+pub use faultproxy::FaultProxy;
 pub use launch::{ControlPlaneProc, SidecarProc};
 pub use net::{free_port, free_ports, try_free_ports};
 pub use procs::{Proc, ProcError, ProcSpec, Registry, Signal};

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use etcd_client::Client;
+use twin_lab::faultproxy::{Fault, FaultProxy, Mode};
 use twin_lab::Etcd;
 use twin_topology::{Keys, Route, Source, Topology, TopologyView, ViewOptions, Weights};
 
@@ -145,23 +146,31 @@ async fn update_made_while_the_watch_is_down_is_not_missed() {
 #[tokio::test]
 async fn watch_that_fell_behind_a_compaction_relists() {
     let mut lab = Seeded::start().await;
-    // A long first backoff gives the test time to write and compact while the view waits
-    // to reopen its watch; its resume revision is then gone and it must list again.
-    let opts = ViewOptions {
-        backoff: Duration::from_secs(3),
-        max_backoff: Duration::from_secs(3),
-        ..ViewOptions::default()
-    };
-    let view = lab.view(opts).await;
+    // The view reaches etcd through a link the test cuts: while it is cut, the test writes
+    // and compacts, so when the link comes back the view's resume revision is gone and it
+    // must list again (whatever its backoff draws).
+    let member = &lab.etcd.members()[0];
+    let link = FaultProxy::start("view-link", ([127, 0, 0, 1], member.client_port).into(), 1)
+        .await
+        .expect("proxy");
+    let client = lab
+        .etcd
+        .settings(&[format!("http://{}", link.addr())], "/")
+        .connect()
+        .await
+        .expect("client through the link");
+    let view = TopologyView::start(client, lab.keys.clone(), fast());
     assert!(shows(&view, 5000).await);
-    lab.etcd.stop();
+    let cut = link.set(Fault {
+        mode: Mode::Refuse,
+        ..Fault::default()
+    });
     let stats = view.stats();
     let noticed = twin_lab::eventually(WAIT, || async { count(&stats.watch_restarts) >= 1 }).await;
-    assert!(noticed, "the view noticed etcd going away");
-    lab.etcd.restart().await.expect("restart");
-    lab.reconnect().await;
+    assert!(noticed, "the view noticed its link going away");
     put_weight(&mut lab.client, &lab.keys, 2500).await;
     lab.etcd.compact().await.expect("compact");
+    link.clear(cut);
     assert!(shows(&view, 2500).await);
     assert_eq!(
         count(&stats.lists),

@@ -1,4 +1,4 @@
-//! A TCP fault proxy: every link a drill can break (sidecar → upstream, component → etcd)
+//! A TCP fault proxy: every link a test or drill can break (sidecar → upstream, component → etcd)
 //! goes through one. It forwards bytes both ways and, when told, delays them (latency ±
 //! jitter, per direction), throttles them (bandwidth, per direction), resets connections
 //! (RST), holds them (blackhole: accepted, nothing flows until the fault ends) or refuses them

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use twin_chaos::faultproxy::{Fault, FaultProxy, Mode, Shaping};
+use twin_lab::faultproxy::{Fault, FaultProxy, Mode, Shaping};
 
 async fn echo_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
