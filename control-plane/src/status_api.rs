@@ -109,22 +109,12 @@ pub async fn serve(
     state: Arc<StatusState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Out of file descriptors and the like: back off instead of spinning on accept.
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
+        let (stream, _) = tokio::select! {
+            accepted = backoff.accept(&listener, "status API") => accepted,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let (stream, _) = match accepted {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "status API accept failed");
-                backoff.wait().await;
-                continue;
-            }
-        };
-        backoff.reset();
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(state.clone(), req));

@@ -92,28 +92,20 @@ where
             tokio::select! {
                 biased;
                 () = &mut stopped => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        backoff.reset();
-                        let _ = stream.set_nodelay(true);
-                        let (io, service) =
-                            conn_guard::guard(stream, new_service(peer), idle, header);
-                        let conn = builder
-                            .serve_connection(TokioIo::new(io), service)
-                            .into_owned();
-                        let conn = graceful.watch(conn);
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(error = %e, "connection ended with an error");
-                            }
-                            drop(permit);
-                        });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(listener = what, error = %e, "accept failed");
-                        backoff.wait().await;
-                    }
+                (stream, peer) = backoff.accept(&listener, what) => {
+                    let _ = stream.set_nodelay(true);
+                    let (io, service) =
+                        conn_guard::guard(stream, new_service(peer), idle, header);
+                    let conn = builder
+                        .serve_connection(TokioIo::new(io), service)
+                        .into_owned();
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        drop(permit);
+                    });
                 }
             }
         }

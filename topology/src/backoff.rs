@@ -75,6 +75,28 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+
+    /// The next connection on `listener`. An accept error (out of file descriptors and the
+    /// like) is logged as `what`'s and retried after this policy's delay instead of spinning;
+    /// a connection resets the policy.
+    pub async fn accept(
+        &mut self,
+        listener: &tokio::net::TcpListener,
+        what: &str,
+    ) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+        loop {
+            match listener.accept().await {
+                Ok(accepted) => {
+                    self.reset();
+                    return accepted;
+                }
+                Err(e) => {
+                    tracing::warn!(listener = what, error = %e, "accept failed");
+                    self.wait().await;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

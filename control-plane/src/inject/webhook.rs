@@ -236,18 +236,9 @@ impl Webhook {
 
     /// Accepts connections forever; each TLS handshake uses the newest certificate.
     pub async fn run(self) {
-        // Out of file descriptors and the like: back off instead of spinning on accept.
         let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
         loop {
-            let (tcp, _) = match self.listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook accept failed");
-                    backoff.wait().await;
-                    continue;
-                }
-            };
-            backoff.reset();
+            let (tcp, _) = backoff.accept(&self.listener, "webhook").await;
             let acceptor = tokio_rustls::TlsAcceptor::from(self.cert.config());
             let cfg = self.cfg.clone();
             tokio::spawn(async move {
