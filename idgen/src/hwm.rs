@@ -164,7 +164,19 @@ mod tests {
             Err(IdError::WorkerBusy { worker: 7, .. })
         ));
         drop(f);
-        HwmFile::open(&path, 7).expect("free again after drop");
+        // Free again once dropped. Another test of this binary may be spawning a process at
+        // this moment: between its fork and exec the child briefly shares every descriptor,
+        // ours included, so the lock may outlive the drop by that long (never longer).
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let reopened = loop {
+            match HwmFile::open(&path, 7) {
+                Err(IdError::WorkerBusy { .. }) if std::time::Instant::now() < end => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other,
+            }
+        };
+        reopened.expect("free again after drop");
         assert_eq!(HwmRecord::from_json(b" 1234 \n").map(|r| r.ms), Some(1234));
     }
 }
