@@ -21,7 +21,7 @@ use crate::http::{self, HttpClient};
 use crate::record::UpstreamHit;
 use crate::units::ClockOffset;
 use crate::validate::datacenter_map;
-use twin_lab::launch::free_addrs;
+use twin_lab::launch::{free_addrs, sidecar_flags};
 use twin_lab::procs::{self, ProcError, Registry};
 use twin_lab::{ControlPlaneProc, Etcd, EtcdError, Recorder, SidecarProc, Upstream, Who};
 use twin_sidecar::Flags;
@@ -272,14 +272,11 @@ impl Lab {
         let mut ports =
             free_addrs(3 * t.datacenters.len() * t.sidecars_per_dc + t.control_planes)?.into_iter();
         let mut next = || ports.next().unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+        let extra = sidecar_flags(&t.sidecar_args)
+            .map_err(|e| LabError::Missing(format!("topology.sidecar_args: {e}")))?;
         for (d, dc) in t.datacenters.iter().enumerate() {
             for i in 0..t.sidecars_per_dc {
                 let name = format!("sidecar-{dc}-{i}");
-                let flags = Flags::parse_argv(&t.sidecar_args).map_err(|e| {
-                    let text = e.to_string();
-                    let first = text.lines().next().unwrap_or_default().to_string();
-                    LabError::Missing(format!("topology.sidecar_args: {first}"))
-                })?;
                 let register = match t.register {
                     true => {
                         let (_, proxy) = &self.upstreams[d][i % self.upstreams[d].len()];
@@ -299,8 +296,8 @@ impl Lab {
                         .etcd
                         .etcd_args(Who::Sidecar, self.etcd_urls_from(d), &self.prefix),
                     snapshot: Some(self.dir.join(format!("{name}.snapshot"))),
-                    register: [register, flags.register.clone()].concat(),
-                    ..flags
+                    register: [register, extra.register.clone()].concat(),
+                    ..extra.clone()
                 };
                 self.sidecars.push(Sidecar {
                     dc: d,

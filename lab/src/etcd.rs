@@ -306,25 +306,27 @@ impl Etcd {
     /// The shared etcd flags of a Twin process of `who` reaching `endpoints` under
     /// `prefix`: the client certificate with TLS, and `who`'s user when secured.
     pub fn etcd_args(&self, who: Who, endpoints: String, prefix: &str) -> EtcdArgs {
-        let base = match (&self.security, &self.tls) {
-            (Some(sec), _) => sec.etcd_args(who),
-            (None, Some(t)) => t.client_etcd_args(),
-            (None, None) => EtcdArgs::default(),
-        };
         EtcdArgs {
             endpoints: Some(endpoints),
             prefix: Some(prefix.to_string()),
-            ..base
+            ..self.credentials(who)
         }
     }
 
-    /// The credential flags (after `--etcd URLS`) a Twin process of `who` gets: none
-    /// unless the etcd is secured.
+    /// [`Etcd::etcd_args`] without endpoints and prefix, as flags (after `--etcd URLS`):
+    /// none for a plain etcd.
     pub fn client_args(&self, who: Who) -> Vec<String> {
-        self.security
-            .as_ref()
-            .map(|s| s.client_args(who))
-            .unwrap_or_default()
+        self.credentials(who).to_argv()
+    }
+
+    /// What `who` needs to reach this etcd: the client certificate with TLS, and `who`'s
+    /// user when secured.
+    fn credentials(&self, who: Who) -> EtcdArgs {
+        match (&self.security, &self.tls) {
+            (Some(sec), _) => sec.etcd_args(who),
+            (None, Some(t)) => t.client_etcd_args(),
+            (None, None) => EtcdArgs::default(),
+        }
     }
 
     /// Settings for the lab's own connections to `endpoints` under `prefix`: short

@@ -119,6 +119,15 @@ impl SidecarProc {
     }
 }
 
+/// Extra sidecar flags (a drill's or a test's) read by the sidecar's own parser; a bad one is
+/// refused with the first line of the parser's message.
+pub fn sidecar_flags(args: &[String]) -> Result<Flags, String> {
+    Flags::parse_argv(args).map_err(|e| {
+        let text = e.to_string();
+        text.lines().next().unwrap_or_default().to_string()
+    })
+}
+
 /// One `twin-control-plane` replica and its status listener.
 pub struct ControlPlaneProc {
     pub name: String,

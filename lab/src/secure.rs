@@ -94,11 +94,6 @@ impl Security {
         }
     }
 
-    /// [`Security::etcd_args`] as command-line flags (after `--etcd URLS`).
-    pub fn client_args(&self, who: Who) -> Vec<String> {
-        self.etcd_args(who).to_argv()
-    }
-
     /// Connection settings through the shared loader; `user` is `None` before auth is on
     /// (etcd refuses credentials while authentication is disabled).
     pub fn settings(&self, endpoints: &[String], prefix: &str, user: Option<Who>) -> EtcdSettings {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use twin_sidecar::Flags;
 use twin_topology::{AuditMeta, Datacenter, Keys, Route, Store, Weights};
 
-use crate::launch::{binary, free_addrs, SidecarProc};
+use crate::launch::{binary, free_addrs, sidecar_flags, SidecarProc};
 use crate::procs::{ProcError, Registry};
 use crate::upstream::{Recorder, Upstream};
 use crate::{Etcd, EtcdError, Who};
@@ -136,9 +136,9 @@ impl LabBuilder {
         lab.etcd.enable_auth(&lab.prefix).await?;
         let mut addrs = free_addrs(3 * lab.dcs.len() * self.sidecars_per_dc)?.into_iter();
         let mut next = || addrs.next().unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+        let extra = sidecar_flags(&self.sidecar_args).map_err(LabError::Flags)?;
         for (d, dc) in lab.dcs.iter().enumerate() {
             for i in 0..self.sidecars_per_dc {
-                let flags = parse_flags(&self.sidecar_args)?;
                 let flags = Flags {
                     dc: Some(dc.clone()),
                     node_id: Some(format!("{dc}-{i}")),
@@ -147,7 +147,7 @@ impl LabBuilder {
                         lab.etcd.endpoints().join(","),
                         &lab.prefix,
                     ),
-                    ..flags
+                    ..extra.clone()
                 };
                 let name = format!("sidecar-{dc}-{i}");
                 let addrs = [next(), next(), next()];
@@ -161,14 +161,6 @@ impl LabBuilder {
         }
         Ok(lab)
     }
-}
-
-/// Extra sidecar flags as the sidecar would read them; a bad one is refused in one line.
-fn parse_flags(args: &[String]) -> Result<Flags, LabError> {
-    Flags::parse_argv(args).map_err(|e| {
-        let text = e.to_string();
-        LabError::Flags(text.lines().next().unwrap_or_default().to_string())
-    })
 }
 
 /// A sidecar of the lab and its datacenter's index.
