@@ -5,9 +5,10 @@
 
 use serde::Serialize;
 use twin_topology::{
-    now_ms, Change, CommitOptions, Committed, KeyKind, Route, StoreError, Weights,
+    now_ms, Change, CommitOptions, Committed, KeyKind, Route, StoreError, Topology, Weights,
 };
 
+use crate::cutover::{self, CutoverReport, FenceArgs};
 use crate::error::CtlError;
 use crate::guard;
 use crate::output::{Report, Table};
@@ -35,6 +36,25 @@ pub struct PreparedFailover {
     /// The full new route of each move, in plan order.
     #[serde(skip)]
     routes: Vec<(Route, Route)>,
+    /// The topology the plan was made from.
+    #[serde(skip)]
+    pub topo: Topology,
+}
+
+impl PreparedFailover {
+    /// One compare-and-swap change per moved route.
+    pub fn changes(&self, keys: &twin_topology::Keys) -> Result<Vec<Change>, CtlError> {
+        let mut changes = Vec::with_capacity(self.routes.len());
+        for (m, (before, after)) in self.plan.moves.iter().zip(&self.routes) {
+            changes.push(Change {
+                key: keys.route(&m.service),
+                expected_revision: m.mod_revision,
+                value: Some(json(after)?),
+                before: Some(json(before)?),
+            });
+        }
+        Ok(changes)
+    }
 }
 
 /// Reads etcd, plans the failover and lists the guard rails' objections (the caller refuses
@@ -96,6 +116,7 @@ pub async fn prepare(
         objections,
         unchecked,
         routes,
+        topo: loaded.topo,
     })
 }
 
@@ -118,15 +139,7 @@ pub async fn commit(
     if prepared.plan.moves.is_empty() {
         return Ok(None);
     }
-    let mut changes = Vec::with_capacity(prepared.routes.len());
-    for (m, (before, after)) in prepared.plan.moves.iter().zip(&prepared.routes) {
-        changes.push(Change {
-            key: cluster.keys.route(&m.service),
-            expected_revision: m.mod_revision,
-            value: Some(json(after)?),
-            before: Some(json(before)?),
-        });
-    }
+    let changes = prepared.changes(&cluster.keys)?;
     let audit = cluster.audit(action, &guard::forced_reason(reason, &overridden));
     let options = CommitOptions {
         fence,
@@ -151,6 +164,9 @@ pub struct FailoverReport {
     /// The audit id to pass to `twinctl failback`.
     pub audit_id: Option<String>,
     pub revision: Option<i64>,
+    /// With --fence: the moving units and each phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cutover: Option<CutoverReport>,
 }
 
 /// One service's weights before and after.
@@ -188,6 +204,7 @@ impl FailoverReport {
             capacity_unchecked: prepared.unchecked.clone(),
             audit_id: committed.map(|c| c.change_id.clone()),
             revision: committed.map(|c| c.revision),
+            cutover: None,
         }
     }
 }
@@ -201,6 +218,9 @@ impl Report for FailoverReport {
         let mut out = Vec::new();
         if !t.is_empty() {
             out.push(t.render());
+        }
+        if let Some(c) = &self.cutover {
+            out.extend(c.lines());
         }
         if !self.unchanged.is_empty() {
             out.push(format!(
@@ -265,8 +285,10 @@ pub async fn plan_failback(cluster: &Cluster, change_id: &str) -> Result<Vec<Res
             "no audit records with id {change_id} (see twinctl audit)"
         )));
     }
+    // A fenced change's fence records are its bookkeeping, lifted with it: not restored.
     Ok(records
         .into_iter()
+        .filter(|(_, r)| !matches!(cluster.keys.parse(&r.key), Some(KeyKind::Fence(_))))
         .map(|(rev, r)| Restore {
             key: r.key,
             now: r.after,
@@ -282,8 +304,28 @@ pub async fn commit_failback(
     cluster: &Cluster,
     restores: &[Restore],
     reason: &str,
-) -> Result<Committed, CtlError> {
-    let changes = restores
+    fence: &FenceArgs,
+    topo: &Topology,
+) -> Result<(Committed, Option<CutoverReport>), CtlError> {
+    let changes = failback_changes(restores);
+    let audit = cluster.audit("failback", reason);
+    cutover::commit(cluster, topo, fence, changes, &audit, CommitOptions::default())
+        .await
+        .map_err(|e| match e {
+            CtlError::Store(StoreError::Conflict {
+                what,
+                expected,
+                current,
+            }) => CtlError::failed(format!(
+                "{what} changed since that change (rev {expected} → {current}); nothing restored: look at twinctl audit and decide by hand"
+            )),
+            other => other,
+        })
+}
+
+/// The compare-and-swap changes that restore `restores`.
+pub fn failback_changes(restores: &[Restore]) -> Vec<Change> {
+    restores
         .iter()
         .map(|r| Change {
             key: r.key.clone(),
@@ -291,16 +333,5 @@ pub async fn commit_failback(
             value: r.restored.clone(),
             before: r.now.clone(),
         })
-        .collect();
-    let audit = cluster.audit("failback", reason);
-    cluster.store.commit(changes, &audit).await.map_err(|e| match e {
-        StoreError::Conflict {
-            what,
-            expected,
-            current,
-        } => CtlError::failed(format!(
-            "{what} changed since that change (rev {expected} → {current}); nothing restored: look at twinctl audit and decide by hand"
-        )),
-        other => other.into(),
-    })
+        .collect()
 }

@@ -2,7 +2,8 @@
 //! decisions that move traffic between datacenters: failover and shift plans (pure, in
 //! [`plan`] and [`balance`]), the guard rails that refuse unsafe changes ([`guard`]), the
 //! `twinctl` commands that carry them out as audited compare-and-swap transactions
-//! ([`cli`]), and the `twin-control-plane` daemon: leader election ([`election`]), HTTP
+//! ([`cli`]), fenced so that no unit writes in two datacenters at once when asked
+//! ([`cutover`]), and the `twin-control-plane` daemon: leader election ([`election`]), HTTP
 //! health probes of every registered endpoint ([`probe`]) published per datacenter
 //! ([`health`]), the optional automatic failover policy ([`autofail`]), and the status API
 //! ([`status_api`]); and Kubernetes sidecar injection ([`inject`]: one mutation, served as an
@@ -15,6 +16,7 @@
 pub mod autofail;
 pub mod balance;
 pub mod cli;
+pub mod cutover;
 pub mod daemon;
 pub mod drain;
 pub mod election;

@@ -1,7 +1,8 @@
 //! The optional PromQL health gate of `twinctl shift --prometheus URL`: one instant query
 //! (`/api/v1/query`) whose value is an error ratio (0.01 = 1%); the gate fails when it is above
 //! the limit, when the query returns no data, or when Prometheus cannot be asked. Plain
-//! `http://` only.
+//! `http://` only. [`query_max`] is the one instant query, shared with the fenced cut-over's
+//! `promql:` sync gate.
 
 use std::time::Duration;
 
@@ -62,19 +63,7 @@ impl PromGate {
     /// one-line reason the gate fails.
     pub async fn check(&self, service: &str, dc: &str) -> Result<String, String> {
         let query = self.query_for(service, dc);
-        let url = format!(
-            "{}/api/v1/query?query={}",
-            self.url.trim_end_matches('/'),
-            utf8_percent_encode(&query, NON_ALPHANUMERIC)
-        );
-        let rate = tokio::time::timeout(self.timeout, fetch(&url))
-            .await
-            .map_err(|_| {
-                format!(
-                    "prometheus at {} gave no answer within {:?}",
-                    self.url, self.timeout
-                )
-            })??;
+        let rate = query_max(&self.url, &query, self.timeout).await?;
         let Some(rate) = rate else {
             return Err(format!("prometheus returned no data for {service} in {dc}"));
         };
@@ -90,6 +79,19 @@ impl PromGate {
             rate * 100.0
         ))
     }
+}
+
+/// One instant query of `query` at Prometheus `base` (`http://host:port`): the largest value
+/// it returned (`None`: no samples), within `timeout`.
+pub async fn query_max(base: &str, query: &str, timeout: Duration) -> Result<Option<f64>, String> {
+    let url = format!(
+        "{}/api/v1/query?query={}",
+        base.trim_end_matches('/'),
+        utf8_percent_encode(query, NON_ALPHANUMERIC)
+    );
+    tokio::time::timeout(timeout, fetch(&url))
+        .await
+        .map_err(|_| format!("prometheus at {base} gave no answer within {timeout:?}"))?
 }
 
 /// The largest value the query returned (`None`: no samples).

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 
 use etcd_client::{Client, GetOptions, KeyValue, SortOrder, SortTarget};
-use twin_topology::{AuditMeta, AuditRecord, Keys, Store, StoreError, Topology};
+use serde::Serialize;
+use twin_topology::{
+    AuditMeta, AuditRecord, FenceAck, Keys, Presence, Store, StoreError, Topology,
+};
 
 use crate::error::CtlError;
 use crate::health::DcHealth;
@@ -16,6 +19,15 @@ pub struct Cluster {
     pub keys: Keys,
     /// Stamped on audit records (`user@host`, or the etcd user).
     pub who: String,
+}
+
+/// A live sidecar, from its presence key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveNode {
+    pub dc: String,
+    pub node: String,
+    #[serde(flatten)]
+    pub presence: Presence,
 }
 
 /// The topology and the values in etcd that failed validation (and were left out).
@@ -153,6 +165,56 @@ impl Cluster {
         let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
             out.push((kv.create_revision(), audit_record(kv)?));
+        }
+        Ok(out)
+    }
+
+    /// Live sidecars: every presence key (`nodes/{dc}/{node}`, under the sidecar's lease),
+    /// sorted by datacenter and node. Keys that do not parse are skipped.
+    pub async fn live_nodes(&self) -> Result<Vec<LiveNode>, CtlError> {
+        let prefix = self.keys.nodes();
+        let resp = self
+            .client()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut out = Vec::with_capacity(resp.kvs().len());
+        for kv in resp.kvs() {
+            let Some((dc, node)) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(prefix.as_str()))
+                .and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            match serde_json::from_slice::<Presence>(kv.value()) {
+                Ok(presence) => out.push(LiveNode {
+                    dc: dc.to_string(),
+                    node: node.to_string(),
+                    presence,
+                }),
+                Err(e) => tracing::warn!(key = ?kv.key_str(), error = %e, "unreadable presence"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The acknowledgements of `service`'s fence: node → acknowledgement.
+    pub async fn fence_acks(&self, service: &str) -> Result<BTreeMap<String, FenceAck>, CtlError> {
+        let prefix = self.keys.fence_acks(service);
+        let resp = self
+            .client()
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut out = BTreeMap::new();
+        for kv in resp.kvs() {
+            let node = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(prefix.as_str()));
+            if let (Some(node), Ok(ack)) = (node, serde_json::from_slice::<FenceAck>(kv.value())) {
+                out.insert(node.to_string(), ack);
+            }
         }
         Ok(out)
     }

@@ -1,18 +1,19 @@
 //! [`StatusReport`]: the one-screen picture `twinctl status` prints and the daemon serves at
 //! `/v1/status`: datacenters with their health, per-service weights and nodes, the freeze,
-//! the last change and the control-plane leader.
+//! the last change, the control-plane leader, fenced cut-overs in progress and the live
+//! sidecars.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use twin_topology::{AuditRecord, Freeze, OnDcDown, Topology, Weights};
+use twin_topology::{AuditRecord, FencePhase, Freeze, OnDcDown, Topology, Weights};
 
 use crate::drain::DrainRecord;
 use crate::election::{current_leader, Leader};
 use crate::error::CtlError;
 use crate::health::DcHealth;
 use crate::output::{time_ms, Report, Table};
-use crate::state::Cluster;
+use crate::state::{Cluster, LiveNode};
 
 /// One datacenter.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -62,8 +63,28 @@ pub struct StatusReport {
     pub leader: Option<Leader>,
     /// Nodes `twinctl drain` took out of service, until `undrain`.
     pub drained: Vec<Drained>,
+    /// Fenced cut-overs in progress.
+    pub fences: Vec<FenceStatus>,
+    /// Live sidecars (presence keys).
+    pub sidecars: Vec<LiveNode>,
     /// Values in etcd that failed validation and are ignored.
     pub invalid: Vec<String>,
+}
+
+/// A fenced cut-over in progress.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FenceStatus {
+    pub service: String,
+    pub change_id: String,
+    pub phase: FencePhase,
+    pub who: String,
+    /// Share of the service's units whose writes are refused (0.3 = 30%).
+    pub share: f64,
+    pub until_ms: u64,
+    /// False once `until_ms` passed: sidecars ignore it (its twinctl died).
+    pub active: bool,
+    /// Sidecars that acknowledged it.
+    pub acks: usize,
 }
 
 /// A drained node.
@@ -81,16 +102,32 @@ pub struct Extras {
     pub leader: Option<Leader>,
     pub last: Option<(i64, AuditRecord)>,
     pub drains: Vec<DrainRecord>,
+    pub nodes: Vec<LiveNode>,
+    /// Per fenced service: acknowledgements of its current fence.
+    pub acks: BTreeMap<String, usize>,
 }
 
 impl Extras {
-    /// Reads health, leader, the last change and the drains.
-    pub async fn read(cluster: &Cluster) -> Result<Extras, CtlError> {
+    /// Reads health, leader, the last change, the drains, live sidecars and the
+    /// acknowledgements of the fences in `topo`.
+    pub async fn read(cluster: &Cluster, topo: &Topology) -> Result<Extras, CtlError> {
+        let mut acks = BTreeMap::new();
+        for (service, f) in &topo.fences {
+            let n = cluster
+                .fence_acks(service)
+                .await?
+                .values()
+                .filter(|a| a.change_id == f.value.change_id)
+                .count();
+            acks.insert(service.clone(), n);
+        }
         Ok(Extras {
             health: cluster.health_all().await?,
             leader: current_leader(&cluster.client(), &cluster.keys).await?,
             last: cluster.store.audit_log(1).await?.into_iter().next(),
             drains: crate::drain::list(cluster).await?,
+            nodes: cluster.live_nodes().await?,
+            acks,
         })
     }
 }
@@ -108,6 +145,8 @@ impl StatusReport {
             leader,
             last,
             drains,
+            nodes,
+            acks,
         } = extras;
         let health = &health;
         let mut dcs: Vec<DcStatus> = topo
@@ -171,6 +210,21 @@ impl StatusReport {
                     reason: d.reason,
                 })
                 .collect(),
+            fences: topo
+                .fences
+                .iter()
+                .map(|(service, f)| FenceStatus {
+                    service: service.clone(),
+                    change_id: f.value.change_id.clone(),
+                    phase: f.value.phase,
+                    who: f.value.who.clone(),
+                    share: f64::from(f.value.buckets()) / f64::from(twin_topology::BUCKETS),
+                    until_ms: f.value.until_ms,
+                    active: f.value.active_at(now_ms),
+                    acks: acks.get(service).copied().unwrap_or(0),
+                })
+                .collect(),
+            sidecars: nodes,
             invalid,
         }
     }
@@ -267,10 +321,56 @@ impl Report for StatusReport {
                 d.node
             ));
         }
+        for f in &self.fences {
+            out.push(format!(
+                "fence: {} change {} by {}: phase {}, {:.2}% of units, {}/{} sidecars acknowledged, {} {}",
+                f.service,
+                f.change_id,
+                if f.who.is_empty() { "?" } else { &f.who },
+                f.phase.as_str(),
+                f.share * 100.0,
+                f.acks,
+                self.sidecars.len(),
+                if f.active { "until" } else { "EXPIRED at" },
+                time_ms(f.until_ms)
+            ));
+        }
+        out.push(sidecar_summary(&self.sidecars));
         for i in &self.invalid {
             out.push(format!("ignored invalid value: {i}"));
         }
         out.push(format!("etcd revision {}", self.revision));
         out.join("\n")
     }
+}
+
+/// `sidecars: m6v 3, wanguo 3 live; routing revision 41 (2 behind: m6v/a at 39, ...)`.
+fn sidecar_summary(nodes: &[LiveNode]) -> String {
+    if nodes.is_empty() {
+        return "sidecars: none live (no presence keys)".to_string();
+    }
+    let mut per_dc: BTreeMap<&str, usize> = BTreeMap::new();
+    for n in nodes {
+        *per_dc.entry(n.dc.as_str()).or_default() += 1;
+    }
+    let counts: Vec<String> = per_dc.iter().map(|(dc, n)| format!("{dc} {n}")).collect();
+    let newest = nodes
+        .iter()
+        .map(|n| n.presence.routes_revision)
+        .max()
+        .unwrap_or(0);
+    let behind: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.presence.routes_revision < newest)
+        .map(|n| format!("{}/{} at {}", n.dc, n.node, n.presence.routes_revision))
+        .collect();
+    let tail = match behind.len() {
+        0 => String::new(),
+        k if k <= 5 => format!(" ({k} behind: {})", behind.join(", ")),
+        k => format!(" ({k} behind: {}, ...)", behind[..5].join(", ")),
+    };
+    format!(
+        "sidecars: {} live; routing revision {newest}{tail}",
+        counts.join(", ")
+    )
 }

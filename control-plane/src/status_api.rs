@@ -40,7 +40,7 @@ impl StatusState {
     /// The status report as the API serves it.
     pub async fn report(&self) -> Result<StatusReport, CtlError> {
         let topo = self.topology.load_full();
-        let extras = Extras::read(&self.cluster).await?;
+        let extras = Extras::read(&self.cluster, &topo).await?;
         Ok(StatusReport::build(&topo, extras, Vec::new(), now_ms()))
     }
 }

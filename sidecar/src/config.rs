@@ -398,6 +398,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The application next to this sidecar, as its presence key names it: the first
+    /// registered service, else the node id.
+    pub fn app(&self) -> String {
+        self.register
+            .first()
+            .map_or_else(|| self.node_id.clone(), |r| r.service.clone())
+    }
+
     /// A configuration for `dc` with every other setting at its default (listeners on
     /// ephemeral loopback ports are set by the caller). Used by tests and embedders.
     pub fn new(dc: &str, source: TableSource) -> Config {

@@ -2,6 +2,7 @@
 //! application's calls between datacenters by the weights in etcd (sticky by bucket ring,
 //! spilling away from a datacenter that goes bad, retrying only what cannot pay twice), the
 //! ID API in front of `twin-idgen`, the registration of the local application as an endpoint,
+//! its presence and fence acknowledgements for fenced cut-overs,
 //! and the admin endpoints (`/metrics`, `/readyz`, `/config`, `POST /drain`). It reads the
 //! topology through `twin-topology`'s watched view and keeps serving from its last table or
 //! snapshot while etcd is down. It must not know about the control plane or `twinctl`: it
@@ -12,6 +13,7 @@ pub mod config;
 pub mod conn_guard;
 pub mod ids;
 pub mod outbound;
+pub mod presence;
 pub mod register;
 pub mod serve;
 pub mod shutdown;

@@ -212,7 +212,7 @@ async fn run(
                 tracing::info!(lease = id, endpoints = entries.len(), "registered");
                 metrics::gauge!(DRAINED).set(0.0);
                 metrics::gauge!(REGISTERED).set(1.0);
-                if keep_alive(&mut client, id, ttl_secs, &shutdown).await {
+                if keep_alive(&mut client, id, ttl_secs, &shutdown, "registration").await {
                     backoff.reset();
                 }
                 metrics::gauge!(REGISTERED).set(0.0);
@@ -247,8 +247,15 @@ async fn run(
 }
 
 /// Refreshes the lease every third of its TTL until it is lost or the sidecar drains.
-/// Returns whether at least one refresh succeeded (the registration held).
-async fn keep_alive(client: &mut Client, id: i64, ttl_secs: i64, shutdown: &Shutdown) -> bool {
+/// Returns whether at least one refresh succeeded (what `what` names held). Shared by the
+/// registration and the presence lease.
+pub(crate) async fn keep_alive(
+    client: &mut Client,
+    id: i64,
+    ttl_secs: i64,
+    shutdown: &Shutdown,
+    what: &'static str,
+) -> bool {
     let every = Duration::from_millis((ttl_secs as u64 * 1000) / 3);
     let (mut keeper, mut stream) = match client.lease_keep_alive(id).await {
         Ok(k) => k,
@@ -265,20 +272,25 @@ async fn keep_alive(client: &mut Client, id: i64, ttl_secs: i64, shutdown: &Shut
             () = shutdown.draining() => return held,
         }
         if keeper.keep_alive().await.is_err() {
-            tracing::warn!(lease = id, "lease keep-alive failed; registering again");
+            tracing::warn!(
+                lease = id,
+                what,
+                "lease keep-alive failed; writing it again"
+            );
             return held;
         }
         match tokio::time::timeout(every, stream.message()).await {
             Ok(Ok(Some(resp))) if resp.ttl() > 0 => held = true,
             Ok(Ok(Some(_))) => {
-                tracing::warn!(lease = id, "lease expired; registering again");
+                tracing::warn!(lease = id, what, "lease expired; writing it again");
                 return held;
             }
             other => {
                 tracing::warn!(
                     lease = id,
+                    what,
                     ?other,
-                    "lease keep-alive got no answer; registering again"
+                    "lease keep-alive got no answer; writing it again"
                 );
                 return held;
             }

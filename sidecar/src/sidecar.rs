@@ -12,6 +12,7 @@ use crate::admin::{self, Admin};
 use crate::config::{Config, TableSource};
 use crate::ids::IdApi;
 use crate::outbound::Outbound;
+use crate::presence::{Identity, PresenceTask};
 use crate::register::Registrar;
 use crate::serve;
 use crate::shutdown::Shutdown;
@@ -32,6 +33,7 @@ pub struct Sidecar {
     tables: Tables,
     servers: Vec<JoinHandle<()>>,
     registrar: Option<Registrar>,
+    presence: Option<PresenceTask>,
     ids: IdApi,
     upkeep: JoinHandle<()>,
 }
@@ -119,6 +121,20 @@ impl Sidecar {
             ),
         ];
 
+        let presence = match (&cfg.source, &client) {
+            (TableSource::Etcd(settings), Some(client)) => Some(PresenceTask::start(
+                client.clone(),
+                Identity {
+                    keys: settings.keys(),
+                    dc: cfg.dc.clone(),
+                    node: cfg.node_id.clone(),
+                    app: cfg.app(),
+                    ttl: cfg.lease_ttl,
+                },
+                tables.published.clone(),
+            )),
+            _ => None,
+        };
         let registrar = match (&cfg.source, client) {
             (TableSource::Etcd(settings), Some(client)) if !cfg.register.is_empty() => {
                 Some(Registrar::start(
@@ -149,6 +165,7 @@ impl Sidecar {
             tables,
             servers,
             registrar,
+            presence,
             ids,
             upkeep,
         })
@@ -174,6 +191,10 @@ impl Sidecar {
         }
         if let Some(r) = self.registrar {
             r.finished(Duration::from_secs(3)).await;
+        }
+        // After the listeners finished their requests: until then fences still count us.
+        if let Some(p) = self.presence {
+            p.finished(Duration::from_secs(3)).await;
         }
         self.ids.shutdown().await;
         self.upkeep.abort();

@@ -31,6 +31,8 @@ pub const ROUTES_FILE_ERRORS: &str = "twin_sidecar_routes_file_errors_total";
 pub struct Tables {
     /// Read by every request.
     pub cell: Arc<ArcSwap<RoutingTable>>,
+    /// Notified after each new table is in the cell (the presence task follows it).
+    pub published: watch::Receiver<Arc<RoutingTable>>,
     /// Kept alive for the etcd watch (dropping it stops the watch).
     _view: Option<TopologyView>,
     tasks: Vec<JoinHandle<()>>,
@@ -90,8 +92,10 @@ pub async fn start(
             .map_err(|e| StartError::Routes(e.to_string()))?;
             let topo = Arc::new(parsed.to_topology(1));
             cell.store(Arc::new(builder.build(topo)));
+            let (_, published) = watch::channel(cell.load_full());
             return Ok(Tables {
                 cell,
+                published,
                 _view: None,
                 tasks: Vec::new(),
             });
@@ -102,15 +106,18 @@ pub async fn start(
     if first.source != twin_topology::Source::Empty {
         cell.store(Arc::new(builder.build(first)));
     }
+    let (publish, published) = watch::channel(cell.load_full());
     let mut tasks = vec![tokio::spawn(rebuild(
         changes,
         cell.clone(),
+        publish,
         builder,
         shutdown.clone(),
     ))];
     tasks.extend(poller);
     Ok(Tables {
         cell,
+        published,
         _view: view,
         tasks,
     })
@@ -120,6 +127,7 @@ pub async fn start(
 async fn rebuild(
     mut changes: watch::Receiver<Arc<Topology>>,
     cell: Arc<ArcSwap<RoutingTable>>,
+    publish: watch::Sender<Arc<RoutingTable>>,
     mut builder: TableBuilder,
     shutdown: Shutdown,
 ) {
@@ -130,9 +138,10 @@ async fn rebuild(
         }
         let topo = changes.borrow_and_update().clone();
         if topo.source != twin_topology::Source::Empty {
-            let table = builder.build(topo);
+            let table = Arc::new(builder.build(topo));
             tracing::info!(revision = table.revision(), source = ?table.topology.source, "routing table updated");
-            cell.store(Arc::new(table));
+            cell.store(table.clone());
+            publish.send_replace(table);
         }
     }
 }

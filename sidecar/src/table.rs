@@ -15,6 +15,7 @@ use twin_topology::{BucketRing, Route, Source, Topology, UpstreamTls};
 
 use crate::config::OutlierSettings;
 use crate::outbound::endpoint::{EndpointState, Member};
+use crate::outbound::fence::WriteGate;
 use crate::outbound::metrics::{self, DcMetrics};
 use crate::outbound::retry::RetryBudget;
 use crate::upstream_tls::TlsTarget;
@@ -31,6 +32,8 @@ pub struct ServiceRoute {
     /// One pool per datacenter, in ring order (`ring.datacenters()`).
     pub dcs: Vec<DcPool>,
     pub budget: Arc<RetryBudget>,
+    /// The write fence of a fenced cut-over and the writes in flight (kept across tables).
+    pub gate: Arc<WriteGate>,
 }
 
 /// The endpoints of one service in one datacenter.
@@ -80,6 +83,7 @@ pub struct TableBuilder {
     upstream_tls: Option<Arc<rustls::ClientConfig>>,
     endpoints: HashMap<String, Arc<EndpointState>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
+    gates: HashMap<String, Arc<WriteGate>>,
 }
 
 impl TableBuilder {
@@ -93,6 +97,7 @@ impl TableBuilder {
             upstream_tls,
             endpoints: HashMap::new(),
             budgets: HashMap::new(),
+            gates: HashMap::new(),
         }
     }
 
@@ -131,6 +136,7 @@ impl TableBuilder {
     pub fn build(&mut self, topology: Arc<Topology>) -> RoutingTable {
         let mut next_endpoints = HashMap::new();
         let mut next_budgets = HashMap::new();
+        let mut next_gates = HashMap::new();
         let mut services = HashMap::new();
         for (name, versioned) in &topology.routes {
             let route = &versioned.value;
@@ -172,6 +178,13 @@ impl TableBuilder {
                 _ => Arc::new(RetryBudget::new(route.retry.budget_percent)),
             };
             next_budgets.insert(name.clone(), budget.clone());
+            let gate = self
+                .gates
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(WriteGate::new(name)));
+            gate.set(topology.fences.get(name).map(|f| &f.value));
+            next_gates.insert(name.clone(), gate.clone());
             metrics::route_revision(name, versioned.mod_revision);
             services.insert(
                 name.clone(),
@@ -188,11 +201,13 @@ impl TableBuilder {
                     ring,
                     dcs,
                     budget,
+                    gate,
                 }),
             );
         }
         self.endpoints = next_endpoints;
         self.budgets = next_budgets;
+        self.gates = next_gates;
         metrics::table_revision(topology.revision);
         RoutingTable { topology, services }
     }

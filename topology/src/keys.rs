@@ -18,6 +18,8 @@ pub enum KeyKind<'a> {
         instance: &'a str,
     },
     Freeze,
+    /// `control/fences/{service}` (its acknowledgements below it are [`KeyKind::Other`]).
+    Fence(&'a str),
     /// A key Twin knows but the topology view does not hold (idgen, audit, leader).
     Other,
 }
@@ -90,6 +92,27 @@ impl Keys {
         format!("{}control/drain/{node}", self.root)
     }
 
+    pub fn fences(&self) -> String {
+        format!("{}control/fences/", self.root)
+    }
+    pub fn fence(&self, service: &str) -> String {
+        format!("{}control/fences/{service}", self.root)
+    }
+    /// Where sidecars acknowledge the fence of `service`.
+    pub fn fence_acks(&self, service: &str) -> String {
+        format!("{}control/fences/{service}/acks/", self.root)
+    }
+    pub fn fence_ack(&self, service: &str, node: &str) -> String {
+        format!("{}control/fences/{service}/acks/{node}", self.root)
+    }
+    /// Presence keys of live sidecars.
+    pub fn nodes(&self) -> String {
+        format!("{}nodes/", self.root)
+    }
+    pub fn node(&self, dc: &str, node: &str) -> String {
+        format!("{}nodes/{dc}/{node}", self.root)
+    }
+
     /// Classifies a key; `None` when it is not under this prefix or is malformed.
     pub fn parse<'a>(&self, key: &'a str) -> Option<KeyKind<'a>> {
         let rest = key.strip_prefix(self.root.as_str())?;
@@ -108,6 +131,7 @@ impl Keys {
                 })
             }
             ("control", ["freeze"]) => Some(KeyKind::Freeze),
+            ("control", ["fences", svc]) if !svc.is_empty() => Some(KeyKind::Fence(svc)),
             ("datacenters" | "routes" | "endpoints", _) => None,
             _ => Some(KeyKind::Other),
         }
@@ -136,6 +160,9 @@ mod tests {
             })
         );
         assert_eq!(k.parse(&k.freeze()), Some(KeyKind::Freeze));
+        assert_eq!(k.parse(&k.fence("pay")), Some(KeyKind::Fence("pay")));
+        assert_eq!(k.parse(&k.fence_ack("pay", "n1")), Some(KeyKind::Other));
+        assert_eq!(k.parse(&k.node("m6v", "n1")), Some(KeyKind::Other));
         assert_eq!(k.parse(&k.idgen_hwm("m6v", 3)), Some(KeyKind::Other));
         assert_eq!(k.parse("/other/v1/routes/pay"), None);
         assert_eq!(k.parse("/twin/v1/endpoints/pay/m6v"), None);

@@ -1,6 +1,7 @@
 //! Twin's shared model, used by the sidecar, the control plane and `twinctl`: the etcd key
 //! schema v1 ([`Keys`]), the values stored there ([`Route`], [`Endpoint`], [`Datacenter`],
-//! [`AuditRecord`], [`Freeze`]) and their validation, the bucket ring that turns a sticky key
+//! [`AuditRecord`], [`Freeze`], and the fenced cut-over's [`Fence`] and [`Presence`]) and
+//! their validation, the bucket ring that turns a sticky key
 //! into a datacenter, route files in YAML, the audited compare-and-swap [`Store`], and the
 //! watched [`TopologyView`] (one prefix watch into an `ArcSwap`, with a snapshot file for cold
 //! starts), and the TLS client settings every binary shares (etcd's, and upstreams' for
@@ -17,6 +18,7 @@ pub mod backoff;
 pub mod connect;
 pub mod etcd_args;
 pub mod etcd_error;
+pub mod fence;
 pub mod keys;
 pub mod model;
 pub mod ring;
@@ -32,6 +34,10 @@ pub use backoff::Backoff;
 pub use connect::{ConnectError, EtcdSettings};
 pub use etcd_args::EtcdArgs;
 pub use etcd_error::{wants_authentication, EtcdFailure};
+pub use fence::{
+    moving_ranges, Fence, FenceAck, FencePhase, FencePolicy, MovingRange, Presence,
+    READ_ONLY_METHODS,
+};
 pub use keys::{KeyKind, Keys};
 pub use model::{
     AuditRecord, Datacenter, Endpoint, Freeze, OnDcDown, RetryPolicy, Route, Timeouts, UpstreamTls,

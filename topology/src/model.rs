@@ -6,6 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::fence::FencePolicy;
+
 /// Weights are in basis points; a route's weights sum to exactly this.
 pub const TOTAL_BASIS_POINTS: u32 = 10_000;
 /// Datacenter codes are 3 bits in every ID format: 0..=7.
@@ -203,6 +205,13 @@ pub struct Route {
     /// sidecar's settings (`--upstream-ca`, `--upstream-cert`, `--upstream-key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<UpstreamTls>,
+    /// `required`: planned changes to this route must be fenced (`twinctl ... --fence`).
+    #[serde(default, skip_serializing_if = "FencePolicy::is_optional")]
+    pub fence: FencePolicy,
+    /// Methods besides GET, HEAD, OPTIONS and TRACE that never write (a fence lets them
+    /// through), e.g. `[PROPFIND]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only_methods: Vec<String>,
 }
 
 /// How a sidecar speaks TLS to a route's upstreams.
@@ -234,6 +243,8 @@ impl Route {
             retry: RetryPolicy::default(),
             endpoints: BTreeMap::new(),
             tls: None,
+            fence: FencePolicy::default(),
+            read_only_methods: Vec::new(),
         }
     }
 }

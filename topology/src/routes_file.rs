@@ -102,6 +102,7 @@ impl RoutesFile {
     pub fn to_topology(&self, revision: i64) -> Topology {
         Topology {
             revision,
+            routing_revision: revision,
             source: Source::File,
             datacenters: self.datacenters.clone(),
             routes: self
@@ -118,6 +119,7 @@ impl RoutesFile {
                 })
                 .collect(),
             endpoints: BTreeMap::new(),
+            fences: BTreeMap::new(),
             freeze: None,
         }
     }

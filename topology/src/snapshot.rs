@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fence::Fence;
 use crate::keys::{KeyKind, Keys};
 use crate::model::{Datacenter, Endpoint, Freeze, Route, Versioned};
 use crate::validate::{self, ValidationError};
@@ -45,6 +46,13 @@ pub struct Topology {
     pub endpoints: BTreeMap<String, ServiceEndpoints>,
     #[serde(default)]
     pub freeze: Option<Freeze>,
+    /// Fenced cut-overs in progress, by service.
+    #[serde(default)]
+    pub fences: BTreeMap<String, Versioned<Fence>>,
+    /// The etcd revision up to which this picture holds every route, datacenter and fence
+    /// change (what a sidecar's presence key reports: endpoint churn does not move it).
+    #[serde(default)]
+    pub routing_revision: i64,
 }
 
 /// Why an etcd value was not taken into the topology.
@@ -118,6 +126,10 @@ impl Topology {
         let Some(kind) = keys.parse(key) else {
             return Ok(());
         };
+        let routing = matches!(
+            kind,
+            KeyKind::Route(_) | KeyKind::Datacenter(_) | KeyKind::Fence(_)
+        );
         match (kind, value) {
             (KeyKind::Datacenter(name), Some(v)) => {
                 let dc: Datacenter = json(key, v)?;
@@ -199,7 +211,25 @@ impl Topology {
                 self.freeze = Some(f);
             }
             (KeyKind::Freeze, None) => self.freeze = None,
+            (KeyKind::Fence(svc), Some(v)) => {
+                let f: Fence = json(key, v)?;
+                validate::service_name(svc).map_err(invalid(key))?;
+                f.validate().map_err(invalid(key))?;
+                self.fences.insert(
+                    svc.to_string(),
+                    Versioned {
+                        value: f,
+                        mod_revision,
+                    },
+                );
+            }
+            (KeyKind::Fence(svc), None) => {
+                self.fences.remove(svc);
+            }
             (KeyKind::Other, _) => {}
+        }
+        if routing {
+            self.routing_revision = self.routing_revision.max(mod_revision);
         }
         Ok(())
     }
@@ -216,6 +246,7 @@ impl Topology {
     ) -> Topology {
         let mut t = Topology {
             revision,
+            routing_revision: revision,
             source: Source::Etcd,
             ..Topology::default()
         };
@@ -266,6 +297,11 @@ impl Topology {
                 }
             }
             Some(KeyKind::Freeze) => self.freeze = prev.freeze.clone(),
+            Some(KeyKind::Fence(s)) => {
+                if let Some(f) = prev.fences.get(s) {
+                    self.fences.insert(s.to_string(), f.clone());
+                }
+            }
             _ => {}
         }
     }

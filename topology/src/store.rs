@@ -66,6 +66,15 @@ pub struct CommitOptions {
     pub fence: Option<(String, i64)>,
     /// Full key → lease id, for puts that must live under a lease.
     pub leases: std::collections::BTreeMap<String, i64>,
+    /// Audit under this change id (the phases of one fenced change share it); a fresh one
+    /// when `None`.
+    pub change_id: Option<String>,
+    /// Number of the first audit record (records of earlier transactions of the same change
+    /// come before it).
+    pub first_record: usize,
+    /// Extra keys to delete in the same transaction, unconditionally and unaudited (a
+    /// fence's acknowledgements, which live under sidecars' leases): `(key, prefix?)`.
+    pub delete_also: Vec<(String, bool)>,
 }
 
 /// What a committed transaction did.
@@ -93,7 +102,7 @@ impl Listing {
     }
 }
 
-/// Reads datacenters, routes, endpoints and the freeze in one transaction (one revision).
+/// Reads datacenters, routes, endpoints, the freeze and fences in one transaction (one revision).
 /// Only the topology's own prefixes: the audit trail and idgen keys under the same root
 /// grow without bound and must not ride along (etcd answers at most 4 MiB).
 pub async fn list_topology(client: &Client, keys: &Keys) -> Result<Listing, etcd_client::Error> {
@@ -103,6 +112,7 @@ pub async fn list_topology(client: &Client, keys: &Keys) -> Result<Listing, etcd
         TxnOp::get(keys.routes(), prefix()),
         TxnOp::get(keys.endpoints(), prefix()),
         TxnOp::get(keys.freeze(), None),
+        TxnOp::get(keys.fences(), prefix()),
     ];
     let resp = client.kv_client().txn(Txn::new().and_then(ops)).await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -297,7 +307,7 @@ impl Store {
         audit: &AuditMeta,
         options: &CommitOptions,
     ) -> Result<Committed, StoreError> {
-        let change_id = new_change_id();
+        let change_id = options.change_id.clone().unwrap_or_else(new_change_id);
         let at_ms = now_ms();
         let mut compares = Vec::with_capacity(changes.len());
         let mut ops = Vec::with_capacity(changes.len() * 2);
@@ -327,11 +337,15 @@ impl Store {
                 after: c.value.clone(),
             };
             ops.push(TxnOp::put(
-                self.keys.audit_record(&change_id, n),
+                self.keys.audit_record(&change_id, options.first_record + n),
                 to_json(&record)?.to_string(),
                 None,
             ));
             on_fail.push(TxnOp::get(c.key.as_str(), None));
+        }
+        for (key, prefix) in &options.delete_also {
+            let opts = prefix.then(|| etcd_client::DeleteOptions::new().with_prefix());
+            ops.push(TxnOp::delete(key.as_str(), opts));
         }
         if let Some((key, create_revision)) = &options.fence {
             compares.push(Compare::create_revision(

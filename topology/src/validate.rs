@@ -48,6 +48,10 @@ pub enum ValidationError {
     ZeroCapacity,
     #[error("freeze reason must not be empty")]
     EmptyReason,
+    #[error("fence: {0}")]
+    Fence(String),
+    #[error("read_only_methods: {0:?} is not an HTTP method (an upper-case token like PROPFIND)")]
+    BadMethod(String),
 }
 
 /// Longest datacenter name.
@@ -188,6 +192,15 @@ impl Route {
         }
         if let Some(name) = self.tls.as_ref().and_then(|t| t.server_name.as_ref()) {
             tls_server_name(name)?;
+        }
+        for m in &self.read_only_methods {
+            let token = !m.is_empty()
+                && m.len() <= 32
+                && m.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_');
+            if !token {
+                return Err(ValidationError::BadMethod(m.clone()));
+            }
         }
         Ok(())
     }

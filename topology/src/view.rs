@@ -270,6 +270,17 @@ async fn run(
                     if resp.events().is_empty() {
                         continue;
                     }
+                    // Keys the topology does not hold (presence, acknowledgements, audit,
+                    // idgen) publish nothing: readers rebuild only for what routing uses.
+                    let relevant = resp.events().iter().any(|ev| {
+                        ev.kv()
+                            .and_then(|kv| kv.key_str().ok())
+                            .and_then(|k| keys.parse(k))
+                            .is_some_and(|kind| kind != crate::keys::KeyKind::Other)
+                    });
+                    if !relevant {
+                        continue;
+                    }
                     let mut next = (*topo).clone();
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };

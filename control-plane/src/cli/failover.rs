@@ -7,6 +7,7 @@ use serde::Serialize;
 use twin_topology::{now_ms, Route};
 
 use super::{parse_percent, ChangeArgs, Global};
+use crate::cutover::{self, CutoverReport, FenceArgs, Moves};
 use crate::error::CtlError;
 use crate::failover::{self, FailoverReport, FailoverRequest, Restore};
 use crate::guard;
@@ -39,6 +40,8 @@ pub struct FailoverArgs {
     #[arg(long, default_value = "50", value_parser = parse_percent)]
     pub peak_utilization: u32,
     #[command(flatten)]
+    pub fence: FenceArgs,
+    #[command(flatten)]
     pub change: ChangeArgs,
 }
 
@@ -48,9 +51,11 @@ pub struct FailbackArgs {
     /// The audit id a failover printed (see twinctl audit)
     #[arg(long)]
     pub audit_id: String,
-    /// Override the change freeze
+    /// Override the change freeze and a route's required fence
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub fence: FenceArgs,
     #[command(flatten)]
     pub change: ChangeArgs,
 }
@@ -58,6 +63,7 @@ pub struct FailbackArgs {
 /// Runs `failover`.
 pub async fn run_failover(g: &Global, a: FailoverArgs) -> Result<(), CtlError> {
     let reason = a.change.reason()?;
+    a.fence.check()?;
     let selection = if a.all {
         Selection::All
     } else {
@@ -70,13 +76,18 @@ pub async fn run_failover(g: &Global, a: FailoverArgs) -> Result<(), CtlError> {
         selection,
         peak_utilization: f64::from(a.peak_utilization) / 100.0,
     };
-    let prepared = failover::prepare(&cluster, &req).await?;
+    let mut prepared = failover::prepare(&cluster, &req).await?;
+    let changes = prepared.changes(&cluster.keys)?;
+    let moves = Moves::of(&cluster.keys, &prepared.topo, &changes);
+    let fenced = cutover::objections(&prepared.topo, &moves, a.fence.fence, now_ms());
+    prepared.objections.extend(fenced);
     if a.change.dry_run || prepared.plan.moves.is_empty() {
         // A dry run shows the plan and the objections, then exits as the real run would.
-        emit(
-            g.output,
-            &FailoverReport::new(&prepared, None, a.change.dry_run, a.force),
-        )?;
+        let mut report = FailoverReport::new(&prepared, None, a.change.dry_run, a.force);
+        if a.fence.fence && !moves.is_empty() {
+            report.cutover = Some(CutoverReport::preview(&moves, &a.fence));
+        }
+        emit(g.output, &report)?;
         return guard::enforce(prepared.objections.clone(), a.force).map(drop);
     }
     guard::enforce(prepared.objections.clone(), a.force)?;
@@ -93,12 +104,20 @@ pub async fn run_failover(g: &Global, a: FailoverArgs) -> Result<(), CtlError> {
             ),
         )?;
     }
-    let committed =
-        failover::commit(&cluster, &prepared, "failover", reason, a.force, None).await?;
-    emit(
-        g.output,
-        &FailoverReport::new(&prepared, committed.as_ref(), false, a.force),
+    let overridden = guard::enforce(prepared.objections.clone(), a.force)?;
+    let audit = cluster.audit("failover", &guard::forced_reason(reason, &overridden));
+    let (committed, cut) = cutover::commit(
+        &cluster,
+        &prepared.topo,
+        &a.fence,
+        changes,
+        &audit,
+        Default::default(),
     )
+    .await?;
+    let mut report = FailoverReport::new(&prepared, Some(&committed), false, a.force);
+    report.cutover = cut;
+    emit(g.output, &report)
 }
 
 /// Asks on the terminal; refuses to guess when there is none.
@@ -132,6 +151,8 @@ struct FailbackReport {
     overridden: Vec<String>,
     revision: Option<i64>,
     new_audit_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cutover: Option<CutoverReport>,
 }
 
 fn summary(v: &Option<serde_json::Value>) -> String {
@@ -151,6 +172,9 @@ impl Report for FailbackReport {
             t.row([r.key.clone(), summary(&r.now), summary(&r.restored)]);
         }
         let mut out = vec![t.render()];
+        if let Some(c) = &self.cutover {
+            out.extend(c.lines());
+        }
         out.extend(self.overridden.iter().map(|o| format!("forced past: {o}")));
         out.push(match (&self.new_audit_id, self.dry_run) {
             (_, true) => format!(
@@ -171,6 +195,7 @@ impl Report for FailbackReport {
 /// Runs `failback`.
 pub async fn run_failback(g: &Global, a: FailbackArgs) -> Result<(), CtlError> {
     let reason = a.change.reason()?;
+    a.fence.check()?;
     let cluster = g.connect().await?;
     let loaded = cluster.load().await?;
     let restores = failover::plan_failback(&cluster, &a.audit_id).await?;
@@ -185,26 +210,42 @@ pub async fn run_failback(g: &Global, a: FailbackArgs) -> Result<(), CtlError> {
                 .map_err(|e| CtlError::failed(format!("restoring route {s}: {e}")))?;
         }
     }
-    let overridden = guard::enforce(
-        guard::freeze(&loaded.topo, now_ms()).into_iter().collect(),
-        a.force,
-    )?;
+    let moves = Moves::of(
+        &cluster.keys,
+        &loaded.topo,
+        &failover::failback_changes(&restores),
+    );
+    let mut objections: Vec<String> = guard::freeze(&loaded.topo, now_ms()).into_iter().collect();
+    objections.extend(cutover::objections(
+        &loaded.topo,
+        &moves,
+        a.fence.fence,
+        now_ms(),
+    ));
     let mut report = FailbackReport {
         audit_id: a.audit_id.clone(),
         dry_run: a.change.dry_run,
         restores,
-        overridden,
+        overridden: objections.clone(),
         revision: None,
         new_audit_id: None,
+        cutover: (a.change.dry_run && a.fence.fence && !moves.is_empty())
+            .then(|| CutoverReport::preview(&moves, &a.fence)),
     };
-    if !a.change.dry_run {
-        let reason = guard::forced_reason(
-            &format!("{reason} (failback of {})", a.audit_id),
-            &report.overridden,
-        );
-        let c = failover::commit_failback(&cluster, &report.restores, &reason).await?;
-        report.revision = Some(c.revision);
-        report.new_audit_id = Some(c.change_id);
+    if a.change.dry_run {
+        emit(g.output, &report)?;
+        return guard::enforce(objections, a.force).map(drop);
     }
+    report.overridden = guard::enforce(objections, a.force)?;
+    let reason = guard::forced_reason(
+        &format!("{reason} (failback of {})", a.audit_id),
+        &report.overridden,
+    );
+    let (c, cut) =
+        failover::commit_failback(&cluster, &report.restores, &reason, &a.fence, &loaded.topo)
+            .await?;
+    report.revision = Some(c.revision);
+    report.new_audit_id = Some(c.change_id);
+    report.cutover = cut;
     emit(g.output, &report)
 }

@@ -5,9 +5,12 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use twin_topology::{now_ms, Change, Datacenter, OnDcDown, Route, RoutesFile, Versioned, Weights};
+use twin_topology::{
+    now_ms, Change, Datacenter, FencePolicy, OnDcDown, Route, RoutesFile, Versioned, Weights,
+};
 
 use super::{parse_weights, ChangeArgs, Global};
+use crate::cutover::{self, CutoverReport, FenceArgs, Moves};
 use crate::error::CtlError;
 use crate::guard;
 use crate::output::{emit, Report, Table};
@@ -54,11 +57,23 @@ pub struct SetArgs {
     /// Write only if the route is still at this revision (from `route get`); 0 = must not exist
     #[arg(long, value_name = "REV")]
     pub if_revision: Option<i64>,
-    /// Override the change freeze
+    /// Planned changes to this route must be fenced (--fence): required or optional
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub fence_policy: Option<FencePolicyArg>,
+    /// Override the change freeze and a route's required fence
     #[arg(long)]
     pub force: bool,
     #[command(flatten)]
+    pub fence: FenceArgs,
+    #[command(flatten)]
     pub change: ChangeArgs,
+}
+
+/// `fence:` of a route as a flag value.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum FencePolicyArg {
+    Optional,
+    Required,
 }
 
 /// `route apply`.
@@ -67,9 +82,11 @@ pub struct ApplyArgs {
     /// The routes file (YAML: datacenters and routes)
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
-    /// Override the change freeze
+    /// Override the change freeze and a route's required fence
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub fence: FenceArgs,
     #[command(flatten)]
     pub change: ChangeArgs,
 }
@@ -92,6 +109,9 @@ pub struct ChangeReport {
     pub overridden: Vec<String>,
     pub revision: Option<i64>,
     pub audit_id: Option<String>,
+    /// With --fence: the moving units and each phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cutover: Option<CutoverReport>,
 }
 
 impl Report for ChangeReport {
@@ -100,6 +120,9 @@ impl Report for ChangeReport {
         for d in &self.diffs {
             out.push(format!("{}:", d.key));
             out.extend(d.changes.iter().map(|c| format!("  {c}")));
+        }
+        if let Some(c) = &self.cutover {
+            out.extend(c.lines());
         }
         out.extend(self.overridden.iter().map(|o| format!("forced past: {o}")));
         out.push(
@@ -136,6 +159,9 @@ fn field_diffs(before: Option<&Route>, after: &Route) -> Vec<String> {
             on_dc_down_str(b.on_dc_down),
             on_dc_down_str(after.on_dc_down)
         ));
+    }
+    if b.fence != after.fence {
+        out.push(format!("fence: {:?} → {:?}", b.fence, after.fence).to_lowercase());
     }
     if b.sticky_header != after.sticky_header {
         out.push(format!(
@@ -184,6 +210,13 @@ impl Report for RouteView {
             format!("weights:       {}", r.weights),
             format!("on_dc_down:    {}", on_dc_down_str(r.on_dc_down)),
             format!("sticky_header: {}", r.sticky_header),
+            format!(
+                "fence:         {}",
+                match r.fence {
+                    FencePolicy::Optional => "optional",
+                    FencePolicy::Required => "required (planned changes need --fence)",
+                }
+            ),
             format!("min_healthy:   {}%", r.min_healthy_percent),
             format!(
                 "timeouts:      connect {} ms, request {} ms, upstream idle {} ms",
@@ -284,6 +317,7 @@ pub async fn run(g: &Global, cmd: RouteCommand) -> Result<(), CtlError> {
 
 async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
     let reason = a.change.reason()?;
+    a.fence.check()?;
     twin_topology::validate::service_name(&a.service)
         .map_err(|e| CtlError::usage(e.to_string()))?;
     if let Some(h) = &a.sticky_header {
@@ -320,47 +354,96 @@ async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
             OnDcDownArg::Fail => OnDcDown::Fail,
         };
     }
+    if let Some(p) = a.fence_policy {
+        after.fence = match p {
+            FencePolicyArg::Optional => FencePolicy::Optional,
+            FencePolicyArg::Required => FencePolicy::Required,
+        };
+    }
     after
         .validate(&loaded.topo.datacenters)
         .map_err(|e| CtlError::failed(format!("route {}: {e}", a.service)))?;
-    let changes = field_diffs(before.as_ref(), &after);
+    let fields = field_diffs(before.as_ref(), &after);
     let mut report = ChangeReport {
         dry_run: a.change.dry_run,
         diffs: Vec::new(),
         overridden: Vec::new(),
         revision: None,
         audit_id: None,
+        cutover: None,
     };
-    if changes.is_empty() {
+    if fields.is_empty() {
         return emit(g.output, &report);
     }
-    report.overridden = guard::enforce(
-        guard::freeze(&loaded.topo, now_ms()).into_iter().collect(),
-        a.force,
-    )?;
+    let key = cluster.keys.route(&a.service);
+    let (before_json, after_json) = (
+        before.as_ref().map(to_json).transpose()?,
+        Some(to_json(&after)?),
+    );
     report.diffs.push(Diff {
-        key: cluster.keys.route(&a.service),
-        changes,
-        before: before.as_ref().map(to_json).transpose()?,
-        after: Some(to_json(&after)?),
+        key: key.clone(),
+        changes: fields,
+        before: before_json.clone(),
+        after: after_json.clone(),
     });
-    if !a.change.dry_run {
-        let audit = cluster.audit(
-            "route set",
-            &guard::forced_reason(reason, &report.overridden),
-        );
-        let c = cluster
-            .store
-            .put_route(&a.service, &after, expected, before.as_ref(), &audit)
-            .await?;
-        report.revision = Some(c.revision);
-        report.audit_id = Some(c.change_id);
+    let changes = vec![Change {
+        key,
+        expected_revision: expected,
+        value: after_json,
+        before: before_json,
+    }];
+    finish(
+        g,
+        &cluster,
+        &loaded.topo,
+        "route set",
+        reason,
+        changes,
+        report,
+        &a.fence,
+        a.force,
+    )
+    .await
+}
+
+/// Checks the guard rails (freeze, required and active fences), then commits `changes`
+/// (fenced with --fence) and prints the report. A dry run prints the moves and phases.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    g: &Global,
+    cluster: &crate::state::Cluster,
+    topo: &twin_topology::Topology,
+    action: &str,
+    reason: &str,
+    changes: Vec<Change>,
+    mut report: ChangeReport,
+    fence: &FenceArgs,
+    force: bool,
+) -> Result<(), CtlError> {
+    let moves = Moves::of(&cluster.keys, topo, &changes);
+    let mut objections: Vec<String> = guard::freeze(topo, now_ms()).into_iter().collect();
+    objections.extend(cutover::objections(topo, &moves, fence.fence, now_ms()));
+    if report.dry_run {
+        if fence.fence && !moves.is_empty() {
+            report.cutover = Some(CutoverReport::preview(&moves, fence));
+        }
+        report.overridden = objections.clone();
+        emit(g.output, &report)?;
+        return guard::enforce(objections, force).map(drop);
     }
+    report.overridden = guard::enforce(objections, force)?;
+    let audit = cluster.audit(action, &guard::forced_reason(reason, &report.overridden));
+    let (c, cut) =
+        cutover::commit(cluster, topo, fence, changes, &audit, Default::default()).await?;
+    report.revision = Some(c.revision);
+    report.audit_id = Some(c.change_id);
+    report.cutover = cut;
     emit(g.output, &report)
 }
 
 async fn apply(g: &Global, a: ApplyArgs) -> Result<(), CtlError> {
     let reason = a.change.reason()?;
+    a.fence.check()?;
     let name = a.file.display().to_string();
     let text =
         std::fs::read_to_string(&a.file).map_err(|e| CtlError::usage(format!("{name}: {e}")))?;
@@ -438,28 +521,29 @@ async fn apply(g: &Global, a: ApplyArgs) -> Result<(), CtlError> {
             before,
         });
     }
-    let mut report = ChangeReport {
+    let report = ChangeReport {
         dry_run: a.change.dry_run,
         diffs,
         overridden: Vec::new(),
         revision: None,
         audit_id: None,
+        cutover: None,
     };
     if changes.is_empty() {
         return emit(g.output, &report);
     }
-    report.overridden =
-        guard::enforce(guard::freeze(topo, now_ms()).into_iter().collect(), a.force)?;
-    if !a.change.dry_run {
-        let audit = cluster.audit(
-            "route apply",
-            &guard::forced_reason(reason, &report.overridden),
-        );
-        let c = cluster.store.commit(changes, &audit).await?;
-        report.revision = Some(c.revision);
-        report.audit_id = Some(c.change_id);
-    }
-    emit(g.output, &report)
+    finish(
+        g,
+        &cluster,
+        topo,
+        "route apply",
+        reason,
+        changes,
+        report,
+        &a.fence,
+        a.force,
+    )
+    .await
 }
 
 /// The `mod_revision` of every datacenter key.

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Serialize;
-use twin_topology::{now_ms, Route, Weights};
+use twin_topology::{now_ms, Change, Route, Weights};
 
 use super::{parse_duration, parse_percent, ChangeArgs, Global};
+use crate::cutover::{self, CutoverReport, FenceArgs, Moves};
 use crate::error::CtlError;
 use crate::guard;
 use crate::health::HealthGate;
@@ -46,18 +47,18 @@ pub struct ShiftArgs {
     /// Skip the control plane's health gate (you are the gate; the PromQL gate still applies)
     #[arg(long)]
     pub no_health_gate: bool,
-    /// Prometheus base URL for the error-rate gate, e.g. http://prometheus:9090
-    #[arg(long, value_name = "URL")]
-    pub prometheus: Option<String>,
     /// Gate: highest acceptable error rate from --prometheus
     #[arg(long, default_value = "1%", value_parser = parse_percent)]
     pub max_error_rate: u32,
     /// PromQL giving the error ratio ($SERVICE and $DC are replaced)
     #[arg(long, default_value = DEFAULT_QUERY)]
     pub error_rate_query: String,
-    /// Override the change freeze and the step limit
+    /// Override the change freeze, the step limit and a route's required fence
     #[arg(long)]
     pub force: bool,
+    /// Each step fenced (--fence); --prometheus also gives the error-rate gate
+    #[command(flatten)]
+    pub fence: FenceArgs,
     #[command(flatten)]
     pub change: ChangeArgs,
 }
@@ -76,6 +77,9 @@ pub struct ShiftReport {
     /// Guard-rail objections: overridden by --force, or (dry run) what would refuse it.
     pub overridden: Vec<String>,
     pub forced: bool,
+    /// With --fence --dry-run: what the first step would fence, and the phases of each step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cutover: Option<CutoverReport>,
 }
 
 /// One written step.
@@ -86,6 +90,9 @@ pub struct AppliedStep {
     pub audit_id: String,
     /// What the gate said after it.
     pub gate: Vec<String>,
+    /// With --fence: the step's moving units and phases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cutover: Option<CutoverReport>,
 }
 
 impl Report for ShiftReport {
@@ -95,6 +102,10 @@ impl Report for ShiftReport {
         if self.dry_run {
             for (i, w) in self.planned.iter().enumerate() {
                 out.push(format!("step {}/{}: {w}", i + 1, self.planned.len()));
+            }
+            if let Some(c) = &self.cutover {
+                out.push("each step is fenced; the first:".to_string());
+                out.extend(c.lines());
             }
             out.push("dry run: nothing written".to_string());
         } else {
@@ -149,6 +160,7 @@ impl Gates {
 /// Runs `shift`.
 pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
     let reason = a.change.reason()?.to_string();
+    a.fence.check()?;
     if a.step == 0 {
         return Err(CtlError::usage("--step must be above 0%"));
     }
@@ -179,6 +191,34 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
     let planned = shift_steps(&start.value.weights, &a.to, a.step, a.until);
     let mut objections: Vec<String> = guard::freeze(topo, now_ms()).into_iter().collect();
     objections.extend(guard::shift_step(a.step));
+    let step_change = |from: &Route, weights: &Weights, rev: i64| -> Result<Change, CtlError> {
+        let mut next = from.clone();
+        next.weights = weights.clone();
+        Ok(Change {
+            key: cluster.keys.route(&a.service),
+            expected_revision: rev,
+            value: Some(json(&next)?),
+            before: Some(json(from)?),
+        })
+    };
+    // The whole shift's moves decide a required fence; a dry run previews the first step.
+    let whole = match planned.last() {
+        Some(w) => Moves::of(
+            &cluster.keys,
+            topo,
+            &[step_change(&start.value, w, start.mod_revision)?],
+        ),
+        None => Moves::default(),
+    };
+    objections.extend(cutover::objections(topo, &whole, a.fence.fence, now_ms()));
+    let first = match planned.first() {
+        Some(w) if a.fence.fence => Moves::of(
+            &cluster.keys,
+            topo,
+            &[step_change(&start.value, w, start.mod_revision)?],
+        ),
+        _ => Moves::default(),
+    };
     let overridden = if a.change.dry_run {
         objections.clone()
     } else {
@@ -189,7 +229,7 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
             min_healthy_percent: f64::from(a.min_healthy) / 100.0,
             max_age_ms: a.max_health_age.as_millis() as u64,
         }),
-        prom: a.prometheus.clone().map(|url| PromGate {
+        prom: a.fence.prometheus.clone().map(|url| PromGate {
             url,
             query: a.error_rate_query.clone(),
             max_error_rate: f64::from(a.max_error_rate) / 10_000.0,
@@ -205,6 +245,8 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
         applied: Vec::new(),
         overridden: overridden.clone(),
         forced: a.force,
+        cutover: (a.change.dry_run && !first.is_empty())
+            .then(|| CutoverReport::preview(&first, &a.fence)),
     };
     if planned.is_empty() || a.change.dry_run {
         emit(g.output, &report)?;
@@ -222,16 +264,17 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
     for (i, weights) in planned.iter().enumerate() {
         let mut next = current.clone();
         next.weights = weights.clone();
-        let c = cluster
-            .store
-            .put_route(
-                &a.service,
-                &next,
-                rev,
-                Some(&current),
-                &cluster.audit("shift", &reason),
-            )
-            .await?;
+        let change = step_change(&current, weights, rev)?;
+        let audit = cluster.audit("shift", &reason);
+        let (c, cut) = cutover::commit(
+            &cluster,
+            topo,
+            &a.fence,
+            vec![change],
+            &audit,
+            Default::default(),
+        )
+        .await?;
         eprintln!(
             "step {}/{n}: {} {weights} (rev {}, audit id {})",
             i + 1,
@@ -255,6 +298,7 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
                 revision: rev,
                 audit_id: c.change_id,
                 gate: verdicts,
+                cutover: cut,
             }),
             Err(why) => {
                 let at = Position {
@@ -264,7 +308,11 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
                     step: i + 1,
                     steps: n,
                 };
-                return Err(rollback(&cluster, &at, &start.value, &reason, &why).await);
+                let fenced = Fenced {
+                    topo,
+                    args: &a.fence,
+                };
+                return Err(rollback(&cluster, &at, &start.value, &reason, &why, &fenced).await);
             }
         }
     }
@@ -282,6 +330,12 @@ struct Position<'a> {
     steps: usize,
 }
 
+/// How a rollback is committed: fenced as the shift was.
+struct Fenced<'a> {
+    topo: &'a twin_topology::Topology,
+    args: &'a FenceArgs,
+}
+
 /// Puts the starting weights back after a failed gate; the error to exit with.
 async fn rollback(
     cluster: &Cluster,
@@ -289,15 +343,31 @@ async fn rollback(
     start: &Route,
     reason: &str,
     why: &str,
+    fenced: &Fenced<'_>,
 ) -> CtlError {
     let (step, steps) = (at.step, at.steps);
     let mut back = at.current.clone();
     back.weights = start.weights.clone();
     let audit = cluster.audit("shift rollback", &format!("{reason} [gate failed: {why}]"));
-    match cluster
-        .store
-        .put_route(at.service, &back, at.revision, Some(at.current), &audit)
-        .await
+    let change = match (json(&back), json(at.current)) {
+        (Ok(value), Ok(before)) => Change {
+            key: cluster.keys.route(at.service),
+            expected_revision: at.revision,
+            value: Some(value),
+            before: Some(before),
+        },
+        (Err(e), _) | (_, Err(e)) => return e,
+    };
+    match cutover::commit(
+        cluster,
+        fenced.topo,
+        fenced.args,
+        vec![change],
+        &audit,
+        Default::default(),
+    )
+    .await
+    .map(|(c, _)| c)
     {
         Ok(c) => CtlError::Refused(format!(
             "health gate failed after step {step}/{steps}: {why}; rolled back to {} (rev {}, audit id {})",
@@ -308,4 +378,8 @@ async fn rollback(
             at.service, at.current.weights
         )),
     }
+}
+
+fn json(r: &Route) -> Result<serde_json::Value, CtlError> {
+    serde_json::to_value(r).map_err(|e| CtlError::failed(format!("encoding a route: {e}")))
 }

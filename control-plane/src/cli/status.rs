@@ -11,7 +11,7 @@ use crate::status::{Extras, StatusReport};
 pub async fn run(g: &Global) -> Result<(), CtlError> {
     let cluster = g.connect().await?;
     let loaded = cluster.load().await?;
-    let extras = Extras::read(&cluster).await?;
+    let extras = Extras::read(&cluster, &loaded.topo).await?;
     let report = StatusReport::build(&loaded.topo, extras, loaded.invalid, now_ms());
     emit(g.output, &report)
 }

@@ -2,7 +2,7 @@
 //! says in a few words what went wrong, so an application (or an SRE reading its logs) can
 //! tell a sidecar refusal from an upstream's own answer.
 
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 
 use crate::outbound::body::ResponseBody;
@@ -32,6 +32,9 @@ pub enum ProxyError {
     UpstreamDropped(String),
     #[error("request body: {0}")]
     BadBody(String),
+    /// A fenced cut-over is moving this unit: its writes wait until the move is done.
+    #[error("unit fenced: {service} is moving this unit to {to}; retry in a second")]
+    UnitFenced { service: String, to: String },
 }
 
 impl ProxyError {
@@ -39,9 +42,10 @@ impl ProxyError {
         match self {
             ProxyError::MissingHost | ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
-            ProxyError::NoTable | ProxyError::DcDown(_) | ProxyError::NoHealthyDc => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoTable
+            | ProxyError::DcDown(_)
+            | ProxyError::NoHealthyDc
+            | ProxyError::UnitFenced { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamConnect(_) | ProxyError::UpstreamDropped(_) => {
                 StatusCode::BAD_GATEWAY
@@ -61,17 +65,29 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) => "upstream_connect",
             ProxyError::UpstreamDropped(_) => "upstream_dropped",
             ProxyError::BadBody(_) => "bad_body",
+            ProxyError::UnitFenced { .. } => "unit_fenced",
         }
     }
 
-    /// The response: status, `x-twin-error: <reason>` and the reason as a text body.
+    /// The response: status, `x-twin-error: <reason>` and the reason as a text body. A
+    /// fenced write says `x-twin-error: unit_fenced` (a stable token applications match on)
+    /// and `Retry-After: 1`.
     pub fn into_response(self) -> Response<ResponseBody> {
         let reason = self.to_string();
-        let header = HeaderValue::from_str(&reason)
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid request"));
+        let fenced = matches!(self, ProxyError::UnitFenced { .. });
+        let header = if fenced {
+            HeaderValue::from_static("unit_fenced")
+        } else {
+            HeaderValue::from_str(&reason)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid request"))
+        };
         let mut resp = Response::new(ResponseBody::text(format!("{reason}\n")));
         *resp.status_mut() = self.status();
         resp.headers_mut().insert(X_TWIN_ERROR, header);
+        if fenced {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -95,5 +111,13 @@ mod tests {
         let r = ProxyError::UpstreamTimeout.into_response();
         assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(r.headers()[X_TWIN_ERROR], "upstream timeout");
+        let r = ProxyError::UnitFenced {
+            service: "pay".into(),
+            to: "wanguo".into(),
+        }
+        .into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[X_TWIN_ERROR], "unit_fenced");
+        assert_eq!(r.headers()[RETRY_AFTER], "1");
     }
 }

@@ -3,7 +3,7 @@
 //! The path reads as a stack, one file per step:
 //! 1. [`route`]: the Host names the service; the routing table in use gives its route.
 //! 2. [`dc`]: the sticky key's bucket on the route's ring gives the datacenter (spill or fail
-//!    when it is down).
+//!    when it is down); [`fence`] refuses writes for units a fenced cut-over is moving.
 //! 3. [`endpoint`]: power of two choices among the datacenter's available endpoints; outlier
 //!    ejection keeps failing ones out.
 //! 4. [`retry`]: whether a failed attempt may be sent again.
@@ -15,6 +15,7 @@ pub mod body;
 pub mod dc;
 pub mod endpoint;
 pub mod error;
+pub mod fence;
 pub mod headers;
 pub mod metrics;
 pub mod retry;
@@ -143,6 +144,19 @@ impl Outbound {
         connection_bucket: u32,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let bucket = dc::bucket(route, req.headers(), connection_bucket);
+        // Counted until the answer's head is back (or the request fails).
+        let _write = if fence::is_write(req.method(), &route.route.read_only_methods) {
+            let guard = route
+                .gate
+                .enter(bucket, twin_topology::now_ms())
+                .map_err(|f| ProxyError::UnitFenced {
+                    service: route.name.clone(),
+                    to: f.to,
+                })?;
+            Some(guard)
+        } else {
+            None
+        };
         let (mut parts, body) = req.into_parts();
         let repeatable = retry::may_repeat(&parts.method, &parts.headers);
         let body = retry::prepare_body(&parts, body, repeatable, self.max_replay).await?;

@@ -1,0 +1,241 @@
+//! This sidecar's presence in etcd and its acknowledgements of fences.
+//!
+//! Under a lease of its own (kept while the node is drained: a drained node still sends
+//! traffic and must honour fences), the task writes `{prefix}/v1/nodes/{dc}/{node}` with the
+//! routing revision its table holds, again whenever a new table holds a newer one. For every
+//! fence in force in the current table it waits until none of this sidecar's writes to the
+//! moving units is in flight, then writes `{prefix}/v1/control/fences/{svc}/acks/{node}`
+//! under the same lease. `twinctl` reads both: whose acknowledgement a fenced change waits
+//! for, and when every live sidecar runs the new weights. A lost lease is granted again and
+//! everything is written again; on drain the lease is revoked, so the node leaves at once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, PutOptions};
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+use twin_topology::{now_ms, Backoff, FenceAck, Keys, Presence};
+
+use crate::register::keep_alive;
+use crate::shutdown::Shutdown;
+use crate::table::RoutingTable;
+
+/// Fence acknowledgements written, by service.
+pub const FENCE_ACKS: &str = "twin_sidecar_fence_acks_total";
+/// 1 while this node's presence key is written.
+pub const PRESENT: &str = "twin_sidecar_present";
+
+/// How often an acknowledgement checks for writes still in flight.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+const RETRY_BASE: Duration = Duration::from_millis(100);
+const RETRY_CAP: Duration = Duration::from_secs(2);
+
+/// Who this sidecar is, for its presence key.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub keys: Keys,
+    pub dc: String,
+    pub node: String,
+    pub app: String,
+    pub ttl: Duration,
+}
+
+/// The background task that keeps this node's presence and acknowledges fences. It runs
+/// until [`PresenceTask::finished`], which the sidecar calls once its in-flight requests
+/// are done: a draining sidecar still counts for the fences it may be writing under.
+pub struct PresenceTask {
+    task: JoinHandle<()>,
+    stop: Shutdown,
+}
+
+impl PresenceTask {
+    pub fn start(
+        client: Client,
+        who: Identity,
+        tables: watch::Receiver<Arc<RoutingTable>>,
+    ) -> PresenceTask {
+        let stop = Shutdown::new();
+        PresenceTask {
+            task: tokio::spawn(run(client, who, tables, stop.clone())),
+            stop,
+        }
+    }
+
+    /// Revokes the presence lease; waits (bounded) until that is done.
+    pub async fn finished(self, within: Duration) {
+        self.stop.drain();
+        if tokio::time::timeout(within, self.task).await.is_err() {
+            tracing::warn!("could not revoke the presence lease in time; it will expire");
+        }
+    }
+}
+
+async fn run(
+    mut client: Client,
+    who: Identity,
+    mut tables: watch::Receiver<Arc<RoutingTable>>,
+    shutdown: Shutdown,
+) {
+    let ttl_secs = who.ttl.as_secs().max(2) as i64;
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+    while !shutdown.is_draining() {
+        let lease = tokio::select! {
+            r = client.lease_grant(ttl_secs, None) => r,
+            () = shutdown.draining() => break,
+        };
+        match lease {
+            Ok(l) => {
+                let id = l.id();
+                if session(&client, &who, id, ttl_secs, &mut tables, &shutdown).await {
+                    backoff.reset();
+                }
+                metrics::gauge!(PRESENT).set(0.0);
+                if shutdown.is_draining() {
+                    match tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(id))
+                        .await
+                    {
+                        Ok(Ok(_)) => tracing::info!(lease = id, "presence revoked"),
+                        _ => {
+                            tracing::warn!(lease = id, "could not revoke presence; it will expire")
+                        }
+                    }
+                    return;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot write presence: lease grant failed"),
+        }
+        let retry_in = backoff.next_delay();
+        tokio::select! {
+            () = tokio::time::sleep(retry_in) => {}
+            () = shutdown.draining() => {}
+        }
+    }
+}
+
+/// How one acknowledgement ended.
+enum Acked {
+    Yes,
+    /// The fence expired before this sidecar's writes to its units finished.
+    Expired,
+    WriteFailed,
+}
+
+/// Keeps presence and acknowledgements under lease `id` until the lease is lost, a write
+/// fails or the sidecar drains. Returns whether the presence key was written.
+async fn session(
+    client: &Client,
+    who: &Identity,
+    id: i64,
+    ttl_secs: i64,
+    tables: &mut watch::Receiver<Arc<RoutingTable>>,
+    shutdown: &Shutdown,
+) -> bool {
+    let mut keeper = client.clone();
+    let held = keep_alive(&mut keeper, id, ttl_secs, shutdown, "presence");
+    let mut held = std::pin::pin!(held);
+    let key = who.keys.node(&who.dc, &who.node);
+    let mut written: Option<i64> = None;
+    // (service, change id) acknowledged, and being acknowledged.
+    let mut acked: HashSet<(String, String)> = HashSet::new();
+    let mut pending: HashSet<(String, String)> = HashSet::new();
+    let mut acks: JoinSet<((String, String), Acked)> = JoinSet::new();
+    loop {
+        let table = tables.borrow_and_update().clone();
+        let revision = table.topology.routing_revision;
+        if table.is_loaded() && written != Some(revision) {
+            let value = Presence {
+                app: who.app.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                routes_revision: revision,
+                at_ms: now_ms(),
+            };
+            if !put(client, &key, &value, id).await {
+                return written.is_some();
+            }
+            metrics::gauge!(PRESENT).set(1.0);
+            written = Some(revision);
+        }
+        let now = now_ms();
+        let in_force: Vec<(String, String)> = table
+            .services()
+            .filter_map(|s| {
+                let f = s.gate.fence()?;
+                f.active_at(now)
+                    .then(|| (s.name.clone(), f.change_id.clone()))
+            })
+            .collect();
+        acked.retain(|k| in_force.contains(k));
+        for k in in_force {
+            if acked.contains(&k) || pending.contains(&k) {
+                continue;
+            }
+            let Some(service) = table.service(&k.0) else {
+                continue;
+            };
+            let Some(fence) = service.gate.fence() else {
+                continue;
+            };
+            let (gate, client) = (service.gate.clone(), client.clone());
+            let ack_key = who.keys.fence_ack(&k.0, &who.node);
+            let within = Duration::from_millis(fence.until_ms.saturating_sub(now));
+            pending.insert(k.clone());
+            acks.spawn(async move {
+                if !gate.drained(&fence.ranges, DRAIN_POLL, within).await {
+                    tracing::warn!(service = %k.0, change = %k.1, "writes still in flight when the fence expired; not acknowledged");
+                    return (k, Acked::Expired);
+                }
+                let ack = FenceAck {
+                    change_id: k.1.clone(),
+                    at_ms: now_ms(),
+                };
+                if !put(&client, &ack_key, &ack, id).await {
+                    return (k, Acked::WriteFailed);
+                }
+                metrics::counter!(FENCE_ACKS, "service" => k.0.clone()).increment(1);
+                tracing::info!(service = %k.0, change = %k.1, "fence acknowledged");
+                (k, Acked::Yes)
+            });
+        }
+        tokio::select! {
+            _ = &mut held => return true,
+            changed = tables.changed() => if changed.is_err() { return true },
+            Some(done) = acks.join_next() => {
+                if let Ok((k, outcome)) = done {
+                    pending.remove(&k);
+                    match outcome {
+                        Acked::Yes | Acked::Expired => {
+                            acked.insert(k);
+                        }
+                        // The lease may be gone: start over with a fresh one.
+                        Acked::WriteFailed => return true,
+                    }
+                }
+            }
+            () = shutdown.draining() => return true,
+        }
+    }
+}
+
+/// Writes `value` as JSON at `key` under `lease`.
+async fn put<T: serde::Serialize>(client: &Client, key: &str, value: &T, lease: i64) -> bool {
+    let json = match serde_json::to_string(value) {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::warn!(error = %e, key, "cannot encode");
+            return false;
+        }
+    };
+    let mut kv = client.kv_client();
+    match kv
+        .put(key, json, Some(PutOptions::new().with_lease(lease)))
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, key, "cannot write to etcd");
+            false
+        }
+    }
+}
