@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use twin_topology::{now_ms, Backoff, Topology};
+use twin_topology::{now_ms, Backoff, FencePhase, Topology};
 
 use crate::error::CtlError;
 use crate::state::Cluster;
@@ -42,6 +42,33 @@ impl StatusState {
         let topo = self.topology.load_full();
         let extras = Extras::read(&self.cluster, &topo).await?;
         Ok(StatusReport::build(&topo, extras, Vec::new(), now_ms()))
+    }
+}
+
+/// Per route: `twin_control_plane_fence_phase{service,phase}` (1 for the phase a fenced
+/// change is in, 0 for the others and for routes without one) and
+/// `twin_control_plane_fence_seconds{service}` (how long its fence has stood; 0 without).
+fn fence_gauges(topo: &Topology, now_ms: u64) {
+    const PHASES: [FencePhase; 5] = [
+        FencePhase::Fence,
+        FencePhase::Drain,
+        FencePhase::Sync,
+        FencePhase::Switch,
+        FencePhase::Lift,
+    ];
+    for service in topo.routes.keys() {
+        let fence = topo
+            .fences
+            .get(service)
+            .map(|f| &f.value)
+            .filter(|f| f.active_at(now_ms));
+        for p in PHASES {
+            let on = fence.is_some_and(|f| f.phase == p);
+            metrics::gauge!("twin_control_plane_fence_phase", "service" => service.clone(), "phase" => p.as_str())
+                .set(if on { 1.0 } else { 0.0 });
+        }
+        let age = fence.map_or(0.0, |f| now_ms.saturating_sub(f.since_ms) as f64 / 1000.0);
+        metrics::gauge!("twin_control_plane_fence_seconds", "service" => service.clone()).set(age);
     }
 }
 
@@ -75,7 +102,10 @@ async fn handle(
             ),
         },
         (&http::Method::GET, "/metrics") => match &state.metrics {
-            Some(h) => text(StatusCode::OK, "text/plain; version=0.0.4", h.render()),
+            Some(h) => {
+                fence_gauges(&state.topology.load(), now_ms());
+                text(StatusCode::OK, "text/plain; version=0.0.4", h.render())
+            }
             None => text(
                 StatusCode::NOT_FOUND,
                 "text/plain",

@@ -339,3 +339,56 @@ async fn a_required_fence_a_dry_run_a_failing_gate_a_dead_twinctl_and_a_dead_sid
     assert_eq!(weights(&lab)["m6v"], 5000);
     assert_eq!(status(&lab)["fences"].as_array().map(Vec::len), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_does_not_acknowledge_while_its_write_to_a_moving_unit_is_in_flight() {
+    let lab = lab_50_50(1).await;
+    let moving = unit_in(0..5000);
+    // m6v's upstream holds writes for 6 s: one is in flight through m6v-0 when the fence comes.
+    lab.upstreams[0][0].set(http::Behavior::Delay(Duration::from_secs(6)));
+    let before = lab.upstreams[0][0].hits();
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/pay", lab.sidecars[0].outbound))
+        .header("host", "payments")
+        .header("x-twin-unit", moving.as_str())
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .expect("request");
+    let write = tokio::spawn(async move { http::send(&http::client(), req).await });
+    let arrived = eventually(Duration::from_secs(5), || {
+        let n = lab.upstreams[0][0].hits();
+        async move { n > before }
+    })
+    .await;
+    assert!(arrived, "the write never reached m6v");
+    let out = twinctl(
+        &lab,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=0,wanguo=100",
+            "--fence",
+            "--fence-max",
+            "2s",
+            "--sync-gate",
+            "exec:true",
+            "--reason",
+            "r",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("drain failed: no acknowledgement"), "{err}");
+    assert!(
+        err.contains("from m6v/m6v-0"),
+        "only the writing sidecar is waited for: {err}"
+    );
+    assert!(!err.contains("wanguo-0"), "{err}");
+    assert_eq!(weights(&lab)["m6v"], 5000);
+    // The write was never cut: it finishes in m6v.
+    let done = write.await.expect("join").expect("answer");
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(done.header("x-twin-dc"), "m6v");
+}

@@ -101,7 +101,7 @@ pub struct Fence {
     pub ranges: Vec<MovingRange>,
     /// Unix milliseconds after which sidecars ignore the fence.
     pub until_ms: u64,
-    /// Unix milliseconds when the fence was written.
+    /// Unix milliseconds when the change started fencing.
     pub since_ms: u64,
     #[serde(default)]
     pub phase: FencePhase,

@@ -63,6 +63,7 @@ pub async fn commit(
         fences,
         moves,
         started: Instant::now(),
+        since_ms: now_ms(),
         phases: Vec::new(),
     };
     cut.run(changes, options).await
@@ -79,6 +80,8 @@ struct Cutover<'a> {
     fences: BTreeMap<String, i64>,
     moves: Moves,
     started: Instant,
+    /// Unix milliseconds of the start (the fences' `since_ms`).
+    since_ms: u64,
     phases: Vec<PhaseReport>,
 }
 
@@ -198,7 +201,7 @@ impl Cutover<'_> {
             change_id: self.change_id.clone(),
             ranges: m.ranges.clone(),
             until_ms,
-            since_ms: now_ms(),
+            since_ms: self.since_ms,
             phase,
             who: self.audit.who.clone(),
         })
