@@ -28,6 +28,7 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "flapping-upstream",
         include_str!("../drills/flapping-upstream.yaml"),
     ),
+    ("fenced-shift", include_str!("../drills/fenced-shift.yaml")),
     (
         "shift-with-rollback",
         include_str!("../drills/shift-with-rollback.yaml"),

@@ -6,6 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use crate::drill::{IdFormat, Traffic};
 use crate::record::{IdValue, IssuedId, Outcome, Phase, Sample, UpstreamHit};
 
+mod fence;
+pub use fence::{fence_spans, unit_overlap, unmoved_fenced, Fenced, UnitOffence};
+
 /// IDs that were issued more than once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Duplicates {
@@ -69,14 +72,15 @@ pub fn double_served(hits: &[UpstreamHit]) -> Vec<u64> {
     twice
 }
 
-/// Sticky keys served by more than one datacenter while the weights stood still: within one
+/// Sticky keys of the routed load (not the writer's units: [`unit_overlap`] judges those)
+/// served by more than one datacenter while the weights stood still: within one
 /// routing revision (`x-twin-route-rev`) and one epoch between steps, outside the windows in
 /// which a step (and its settling time) disturbed routing. Returns the keys.
 pub fn sticky_moved(samples: &[Sample], disturbed: &[(f64, f64)], step_starts: &[f64]) -> Vec<u32> {
     let mut dcs: HashMap<(u32, i64, usize), BTreeSet<usize>> = HashMap::new();
     for s in samples
         .iter()
-        .filter(|s| s.kind.is_routed() && s.served_ok())
+        .filter(|s| s.kind.is_routed() && !s.kind.is_write() && s.served_ok())
     {
         if disturbed
             .iter()
@@ -137,7 +141,8 @@ pub fn p99(samples: &[Sample], phase: &Phase) -> Option<f64> {
     Some(l[idx.clamp(1, l.len()) - 1])
 }
 
-/// Time to converge (ms after `t0`): the routed calls sent between `t0` and `horizon` are cut
+/// Time to converge (ms after `t0`): the routed calls (not the writer's writes, fenced while
+/// their units move) sent between `t0` and `horizon` are cut
 /// into windows of `window_ms` from `t0`; the traffic has converged at the first window from
 /// which every later window has at least `share` of its calls served by the datacenter
 /// `expected(key)` names. The figure is the send time of the first matching call after the
@@ -156,7 +161,10 @@ pub fn converge(
     let mut calls: Vec<(f64, bool)> = samples
         .iter()
         .filter(|s| {
-            s.kind.is_routed() && s.sent_ms >= t0 && s.sent_ms + s.latency_ms.max(0.0) < horizon
+            s.kind.is_routed()
+                && !s.kind.is_write()
+                && s.sent_ms >= t0
+                && s.sent_ms + s.latency_ms.max(0.0) < horizon
         })
         .map(|s| {
             let ok = s.served_ok() && s.dc.is_some() && s.dc == expected(s.key);

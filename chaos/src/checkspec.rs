@@ -36,6 +36,29 @@ pub enum Check<Issued = IssuedCheck, Served = ServedCheck> {
     Issued(Issued),
     Refusals(RefusalCheck),
     Served(Served),
+    /// Most units of the writer whose writes were served in two datacenters at once, or
+    /// that went back to a datacenter they had left (see [`crate::checks::unit_overlap`]).
+    UnitOverlap(u64),
+    /// Most units that do not change datacenter and still saw a `unit_fenced` answer.
+    UnmovedFenced(u64),
+    FenceWindow(FenceWindowCheck),
+}
+
+/// A fenced cut-over step (`twinctl route set ... --fence -o json`) fenced each moving unit
+/// of the writer for no longer than its drain and sync phases (from the step's output) plus
+/// twice the time a change takes to reach every sidecar.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FenceWindowCheck {
+    /// The `twinctl` step that ran the cut-over.
+    pub after: String,
+    /// How long a fence (or its lifting) may take to reach every sidecar.
+    #[serde(default = "default_propagation")]
+    pub propagation: Dur,
+}
+
+fn default_propagation() -> Dur {
+    Dur(std::time::Duration::from_millis(500))
 }
 
 /// Which requests a rate counts.
@@ -149,6 +172,9 @@ const CHECKS: &[&str] = &[
     "issued",
     "refusals",
     "served",
+    "unit_overlap",
+    "unmoved_fenced",
+    "fence_window",
 ];
 
 /// serde_yaml reads enums from YAML tags only (`!lost 0`); a check is written as a map with
@@ -185,6 +211,9 @@ impl<'de> Visitor<'de> for CheckVisitor {
             "issued" => CheckFile::Issued(map.next_value()?),
             "refusals" => CheckFile::Refusals(map.next_value()?),
             "served" => CheckFile::Served(map.next_value()?),
+            "unit_overlap" => CheckFile::UnitOverlap(map.next_value()?),
+            "unmoved_fenced" => CheckFile::UnmovedFenced(map.next_value()?),
+            "fence_window" => CheckFile::FenceWindow(map.next_value()?),
             other => return Err(de::Error::unknown_variant(other, CHECKS)),
         };
         if let Some(other) = map.next_key::<CheckKind>()? {
@@ -214,16 +243,27 @@ impl<'de> Deserialize<'de> for CheckKind {
 }
 
 impl Check<CountFile, CountFile> {
-    /// The check this entry of `checks:` (number `index`) means, given the topology and the
-    /// names of the method's steps.
+    /// The check this entry of `checks:` (number `index`) means, given the topology, whether
+    /// the load has a writer (`load.writes`) and the names of the method's steps.
     pub(crate) fn resolve(
         self,
         t: &TopologySpec,
+        writes: bool,
         steps: &BTreeSet<String>,
         index: usize,
     ) -> Result<Check, Invalid> {
         let at = |field: &str| format!("checks[{index}].{field}");
         let phase = |p: &str, field: &str| known_phase(steps, p, at(field));
+        let writer = |check: &str| {
+            if writes {
+                Ok(())
+            } else {
+                Err(bad(
+                    at(check),
+                    format!("{check} judges the writer's writes: add `load.writes` (a writer keyed by unit)"),
+                ))
+            }
+        };
         Ok(match self {
             Check::DuplicateIds(max) => Check::DuplicateIds(max),
             Check::Lost(max) => Check::Lost(max),
@@ -257,6 +297,24 @@ impl Check<CountFile, CountFile> {
                     phase: c.phase,
                     min: c.min,
                 })
+            }
+            Check::UnitOverlap(max) => {
+                writer("unit_overlap")?;
+                Check::UnitOverlap(max)
+            }
+            Check::UnmovedFenced(max) => Check::UnmovedFenced(max),
+            Check::FenceWindow(f) => {
+                writer("fence_window")?;
+                if !steps.contains(&f.after) {
+                    return Err(bad(
+                        at("fence_window.after"),
+                        format!(
+                            "unknown step {:?}: name the twinctl step that runs the fenced cut-over",
+                            f.after
+                        ),
+                    ));
+                }
+                Check::FenceWindow(f)
             }
         })
     }

@@ -127,7 +127,8 @@ impl Default for EtcdSpec {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadSpec {
-    /// Requests per second, all kinds together, sent on schedule whatever the answers do.
+    /// Requests per second, all kinds together, sent on schedule whatever the answers do
+    /// (the writer's writes, `writes`, come on top).
     pub rate: Rate,
     pub duration: Dur,
     /// A request without an answer after this long counts as lost.
@@ -141,6 +142,9 @@ pub struct LoadSpec {
     pub max_in_flight: usize,
     pub routed: RoutedLoad,
     pub ids: IdLoad,
+    /// A writer keyed by unit, besides `rate` (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes: Option<WriteLoad>,
 }
 
 fn default_timeout() -> Dur {
@@ -184,6 +188,42 @@ impl Default for Mix {
             get: 50,
             post_idempotent: 30,
             post: 20,
+        }
+    }
+}
+
+/// The writer: units `unit-0` .. `unit-{units-1}`, each sending POSTs at its own fixed rate,
+/// open loop (a unit's next write is due whether or not its earlier ones were answered, so
+/// several of one unit can be in flight), spread over every sidecar that is up. Each carries
+/// its unit in the route's sticky header, its number within the unit in `x-twin-seq`, and
+/// asks the upstream to work on it for a time drawn from `work` (so writes in flight overlap
+/// a weight change). A write refused with `unit_fenced` is recorded as fenced and not
+/// retried: the unit's next write comes on schedule anyway. `--quick` does not change it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteLoad {
+    pub service: String,
+    /// How many units write.
+    pub units: u32,
+    /// Writes per second of each unit.
+    pub rate_per_unit: Rate,
+    /// How long the upstream works on each write, uniformly between `min` and `max`.
+    #[serde(default)]
+    pub work: WorkRange,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkRange {
+    pub min: Dur,
+    pub max: Dur,
+}
+
+impl Default for WorkRange {
+    fn default() -> Self {
+        WorkRange {
+            min: Dur(std::time::Duration::from_millis(30)),
+            max: Dur(std::time::Duration::from_millis(80)),
         }
     }
 }

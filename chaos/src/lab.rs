@@ -120,11 +120,24 @@ pub struct Lab {
     pub upstreams: Vec<Vec<(Upstream, FaultProxy)>>,
     /// What every upstream served.
     pub hits: Recorder,
+    /// The sticky header the writer's units travel in (its route's; `x-twin-unit` without a
+    /// writer).
+    pub unit_header: String,
     pub sidecars: Vec<Sidecar>,
     pub control_planes: Vec<ControlPlane>,
     pub probe: HttpClient,
     /// Keeps tasks spawned by steps (fault timers) so they end with the lab.
     pub timers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// The sticky header of the writer's route (`x-twin-unit` without a writer).
+fn unit_header(drill: &Drill) -> String {
+    drill
+        .load
+        .writes
+        .as_ref()
+        .and_then(|w| drill.topology.routes.get(&w.service))
+        .map_or_else(|| "x-twin-unit".to_string(), |r| r.sticky_header.clone())
 }
 
 /// How long a process may take to become ready.
@@ -161,6 +174,7 @@ impl Lab {
                 let u = Upstream::builder(&name)
                     .at(d, i)
                     .body(format!("{{\"served_by\":\"{name}\"}}"))
+                    .work_header(crate::writer::WORK_HEADER)
                     .recorder(&hits)
                     .start()
                     .await
@@ -207,6 +221,7 @@ impl Lab {
             etcd_links,
             upstreams,
             hits,
+            unit_header: unit_header(drill),
             sidecars: Vec::new(),
             control_planes: Vec::new(),
             probe: http::client(4),
@@ -235,10 +250,15 @@ impl Lab {
             .into_iter()
             .map(|h| UpstreamHit {
                 t_ms: self.clock.ms_at(h.at),
+                end_ms: h.answered.map(|a| self.clock.ms_at(a)),
                 dc: h.dc,
                 upstream: h.index,
                 request_id: h.header("x-request-id").and_then(|v| v.parse().ok()),
                 idempotency_key: h.header("idempotency-key").map(String::from),
+                unit: h.header(&self.unit_header).map(String::from),
+                seq: h
+                    .header(crate::writer::SEQ_HEADER)
+                    .and_then(|v| v.parse().ok()),
                 method: h.method,
                 path: h.path,
             })

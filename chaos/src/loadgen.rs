@@ -64,6 +64,17 @@ pub async fn run(
     let end_ms = spec.duration.ms();
     let mix = &spec.routed.mix;
     let routed_total = f64::from(mix.get + mix.post_idempotent + mix.post);
+    let writer = spec.writes.clone().map(|w| {
+        let (lab, recording, live) = (lab.clone(), recording.clone(), live.clone());
+        tokio::spawn(crate::writer::run(
+            w,
+            spec.clone(),
+            lab,
+            recording,
+            live,
+            seed,
+        ))
+    });
     let mut tasks = tokio::task::JoinSet::new();
     let mut n: u64 = 0;
     loop {
@@ -139,18 +150,22 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
+    if let Some(w) = writer {
+        let _ = w.await;
+    }
 }
 
-struct Ctx {
-    client: HttpClient,
-    lab: Arc<Lab>,
-    clock: Arc<RunClock>,
-    recording: SharedRecording,
-    live: Arc<LiveCounters>,
-    service: String,
-    biz: String,
-    count: u32,
-    timeout: Duration,
+/// What one request needs to be sent and recorded.
+pub(crate) struct Ctx {
+    pub client: HttpClient,
+    pub lab: Arc<Lab>,
+    pub clock: Arc<RunClock>,
+    pub recording: SharedRecording,
+    pub live: Arc<LiveCounters>,
+    pub service: String,
+    pub biz: String,
+    pub count: u32,
+    pub timeout: Duration,
 }
 
 struct Answer {
@@ -162,7 +177,7 @@ struct Answer {
 }
 
 impl Ctx {
-    async fn send(self, mut s: Sample) {
+    async fn send(self, s: Sample) {
         let sc = &self.lab.sidecars[s.sidecar];
         let req = match s.kind {
             Kind::Ids(f) => ::http::Request::get(format!(
@@ -194,6 +209,15 @@ impl Ctx {
             }
         };
         let Ok(req) = req else { return };
+        self.exchange_and_record(s, req).await;
+    }
+
+    /// Sends `req` (the request `s` stands for) and records how it ended.
+    pub(crate) async fn exchange_and_record(
+        self,
+        mut s: Sample,
+        req: ::http::Request<Full<Bytes>>,
+    ) {
         let result = tokio::time::timeout(self.timeout, self.exchange(req)).await;
         s.latency_ms = self.clock.ms() - s.sent_ms;
         let mut ids = Vec::new();

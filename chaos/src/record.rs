@@ -17,13 +17,33 @@ pub enum Kind {
     /// POST without a key: must never reach an upstream twice.
     Post,
     Ids(IdFormat),
+    /// A write of the writer load (`load.writes`): a POST for unit `unit-N` with its
+    /// per-unit sequence number, through the outbound proxy like every routed call.
+    Write,
 }
 
 impl Kind {
     pub fn is_routed(self) -> bool {
         !matches!(self, Kind::Ids(_))
     }
+
+    pub fn is_write(self) -> bool {
+        self == Kind::Write
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Get => "get",
+            Kind::PostIdempotent => "post_idempotent",
+            Kind::Post => "post",
+            Kind::Ids(f) => f.as_str(),
+            Kind::Write => "write",
+        }
+    }
 }
+
+/// The `x-twin-error` of a write refused because its unit is fenced during a cut-over.
+pub const UNIT_FENCED: &str = "unit_fenced";
 
 /// How a request ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -49,7 +69,7 @@ pub struct Sample {
     pub kind: Kind,
     /// Index of the sidecar it was sent to (datacenter-major order).
     pub sidecar: usize,
-    /// Sticky key number (`x-twin-unit: key-N`); routed calls only.
+    /// Sticky key number (`x-twin-unit: key-N`, or `unit-N` for a write); routed calls only.
     pub key: u32,
     pub outcome: Outcome,
     /// Datacenter that served it (`x-twin-dc`, or the ID API's `dc`), as an index.
@@ -62,13 +82,37 @@ pub struct Sample {
 
 impl Sample {
     /// An error in the error rate: not sent, lost, or an answer of 500 or above (a 4xx from a
-    /// sidecar that says it made the error itself counts too).
+    /// sidecar that says it made the error itself counts too). A write refused because its
+    /// unit is fenced ([`Sample::is_fenced`]) is not one: the cut-over promises exactly that.
     pub fn is_error(&self) -> bool {
+        if self.is_fenced() {
+            return false;
+        }
         match &self.outcome {
             Outcome::Answered { status } => {
                 *status >= 500 || (*status >= 400 && self.twin_error.is_some())
             }
             _ => true,
+        }
+    }
+
+    /// A 503 with `x-twin-error: unit_fenced`: the sidecar refused a write to a unit that is
+    /// moving datacenter.
+    pub fn is_fenced(&self) -> bool {
+        self.outcome == (Outcome::Answered { status: 503 })
+            && self.twin_error.as_deref() == Some(UNIT_FENCED)
+    }
+
+    /// When the answer (or the failure) came, in ms since the load started.
+    pub fn answered_ms(&self) -> f64 {
+        self.sent_ms + self.latency_ms
+    }
+
+    /// The unit (sticky key) it was sent for: `unit-N` for a write, `key-N` otherwise.
+    pub fn unit(&self) -> String {
+        match self.kind {
+            Kind::Write => format!("unit-{}", self.key),
+            _ => format!("key-{}", self.key),
         }
     }
 
@@ -103,13 +147,27 @@ pub struct IssuedId {
 /// One request an upstream server served.
 #[derive(Clone, Debug, Serialize)]
 pub struct UpstreamHit {
+    /// When the upstream had read the whole request (its work starts).
     pub t_ms: f64,
+    /// When its answer was ready; `None` if it never was (the upstream gave up on it).
+    pub end_ms: Option<f64>,
     pub dc: usize,
     pub upstream: usize,
     pub method: String,
     pub path: String,
     pub request_id: Option<u64>,
     pub idempotency_key: Option<String>,
+    /// The sticky header's value (`unit-N`, `key-N`).
+    pub unit: Option<String>,
+    /// `x-twin-seq`: the write's number within its unit (writes of the writer load only).
+    pub seq: Option<u64>,
+}
+
+impl UpstreamHit {
+    /// A write: any method but GET, HEAD, OPTIONS and TRACE (what a fence refuses).
+    pub fn is_write(&self) -> bool {
+        !matches!(self.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "TRACE")
+    }
 }
 
 /// A named span of the run, in ms since the load started.
@@ -153,6 +211,10 @@ pub struct StepRun {
     /// False when the step itself failed (wrong exit code, timeout, process not ready).
     pub ok: bool,
     pub detail: String,
+    /// A `twinctl` step's JSON output (`-o json`), if it printed one; checks read it (the
+    /// route it changed, a cut-over's phases).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
 }
 
 /// The phases of a run: `before`, `during`, `after`, `all` and one per step.

@@ -110,18 +110,13 @@ pub fn write(dir: &Path, o: &Outputs) -> Result<(), String> {
 /// One line per request: when it was due, how long it took, what it was, where it went and
 /// how it ended.
 pub fn samples_csv(samples: &[crate::record::Sample], dc_names: &[String]) -> String {
-    use crate::record::{Kind, Outcome};
+    use crate::record::Outcome;
     let mut s = String::from(
         "id,sent_ms,latency_ms,kind,sidecar,key,outcome,status,dc,route_rev,twin_error\n",
     );
     let clean = |t: &str| t.replace([',', '\n', '\r'], " ");
     for x in samples {
-        let kind = match x.kind {
-            Kind::Get => "get",
-            Kind::PostIdempotent => "post_idempotent",
-            Kind::Post => "post",
-            Kind::Ids(f) => f.as_str(),
-        };
+        let kind = x.kind.as_str();
         let (outcome, status) = match &x.outcome {
             Outcome::Answered { status } => ("answered".to_string(), status.to_string()),
             Outcome::NotSent { reason } => (format!("not_sent: {}", clean(reason)), String::new()),
@@ -146,21 +141,23 @@ pub fn samples_csv(samples: &[crate::record::Sample], dc_names: &[String]) -> St
 
 /// One line per request an upstream served (health probes have no request id).
 pub fn hits_csv(hits: &[crate::record::UpstreamHit], dc_names: &[String]) -> String {
-    let mut s = String::from("t_ms,upstream,method,path,request_id,idempotency_key\n");
+    let mut s =
+        String::from("t_ms,end_ms,upstream,method,path,request_id,idempotency_key,unit,seq\n");
+    let clean = |t: Option<&str>| t.unwrap_or("").replace([',', '\n', '\r'], " ");
     for h in hits {
         let _ = writeln!(
             s,
-            "{:.1},{}/{},{},{},{},{}",
+            "{:.1},{},{}/{},{},{},{},{},{},{}",
             h.t_ms,
+            h.end_ms.map_or(String::new(), |e| format!("{e:.1}")),
             dc_names.get(h.dc).map_or("?", String::as_str),
             h.upstream,
             h.method,
             h.path.replace(',', "%2C"),
             h.request_id.map_or(String::new(), |r| r.to_string()),
-            h.idempotency_key
-                .as_deref()
-                .unwrap_or("")
-                .replace([',', '\n'], " "),
+            clean(h.idempotency_key.as_deref()),
+            clean(h.unit.as_deref()),
+            h.seq.map_or(String::new(), |n| n.to_string()),
         );
     }
     s

@@ -104,6 +104,7 @@ pub async fn run(drill: &Drill, lab: Arc<Lab>, seed: u64, progress: bool) -> Run
                         ended_ms: now,
                         ok: false,
                         detail: why,
+                        output: None,
                     });
                     continue;
                 }
@@ -141,6 +142,7 @@ pub async fn run(drill: &Drill, lab: Arc<Lab>, seed: u64, progress: bool) -> Run
                 ended_ms: started_ms,
                 ok: false,
                 detail: "running in the background".into(),
+                output: None,
             });
             continue;
         }
@@ -150,18 +152,24 @@ pub async fn run(drill: &Drill, lab: Arc<Lab>, seed: u64, progress: bool) -> Run
             if ok { "step done" } else { "step failed" },
             format!("{label}: {detail}"),
         );
+        let output = match &step.action {
+            Action::Twinctl(_) => outputs.get(&label).cloned(),
+            _ => None,
+        };
         steps.push(StepRun {
             label,
             started_ms,
             ended_ms: ended_ms.unwrap_or_else(|| lab.clock.ms()),
             ok,
             detail,
+            output,
         });
     }
     for (i, task) in background {
         let (ok, detail, ended_ms) = match task.await {
             Ok((ok, detail, ended_ms, out)) => {
                 if let Some(v) = out {
+                    steps[i].output = Some(v.clone());
                     outputs.insert(steps[i].label.clone(), v);
                 }
                 (ok, detail, ended_ms)

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use twin_topology::{validate as topo, Datacenter};
 
 use crate::checkspec::FIXED_PHASES;
-use crate::drill::{Drill, DrillFile, TopologySpec};
+use crate::drill::{Drill, DrillFile, TopologySpec, WriteLoad};
 use crate::step::{Step, StepFile};
 use crate::units::format_duration;
 
@@ -55,7 +55,7 @@ pub(crate) fn drill(f: DrillFile) -> Result<Drill, Invalid> {
         .checks
         .into_iter()
         .enumerate()
-        .map(|(i, c)| c.resolve(&f.topology, &names, i))
+        .map(|(i, c)| c.resolve(&f.topology, f.load.writes.is_some(), &names, i))
         .collect::<Result<_, _>>()?;
     let d = Drill {
         name: f.name,
@@ -197,6 +197,53 @@ fn load(d: &DrillFile) -> Result<(), Invalid> {
     }
     if l.max_in_flight == 0 {
         return Err(bad("load.max_in_flight", "expected at least 1"));
+    }
+    if let Some(w) = &l.writes {
+        writes(d, w)?;
+    }
+    Ok(())
+}
+
+/// The most writes per second the writer may send, all units together.
+const MAX_WRITE_RATE: f64 = 5000.0;
+
+fn writes(d: &DrillFile, w: &WriteLoad) -> Result<(), Invalid> {
+    if !d.topology.routes.contains_key(&w.service) {
+        return Err(bad(
+            "load.writes.service",
+            format!("unknown route {:?}", w.service),
+        ));
+    }
+    if w.units == 0 || w.units > 100_000 {
+        return Err(bad("load.writes.units", "expected 1 to 100000 units"));
+    }
+    let total = f64::from(w.units) * w.rate_per_unit.0;
+    if total > MAX_WRITE_RATE {
+        return Err(bad(
+            "load.writes.rate_per_unit",
+            format!(
+                "{} units at {} send {total:.0} writes/s: at most {MAX_WRITE_RATE:.0}/s",
+                w.units, w.rate_per_unit
+            ),
+        ));
+    }
+    if w.work.min.0 > w.work.max.0 {
+        return Err(bad(
+            "load.writes.work",
+            format!(
+                "work.min ({}) is above work.max ({})",
+                w.work.min, w.work.max
+            ),
+        ));
+    }
+    if w.work.max.0 >= d.load.timeout.0 || w.work.max.0 > twin_lab::upstream::MAX_ASKED_WORK {
+        return Err(bad(
+            "load.writes.work.max",
+            format!(
+                "work.max ({}) must be below the load's timeout ({}) and at most 10s",
+                w.work.max, d.load.timeout
+            ),
+        ));
     }
     Ok(())
 }

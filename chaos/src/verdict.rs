@@ -18,6 +18,8 @@ use crate::record::{Phase, Recording, Sample, StepRun};
 use crate::units::format_duration;
 use crate::validate::datacenter_map;
 
+mod fence;
+
 /// One verdict line of the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckResult {
@@ -78,6 +80,9 @@ fn check(run: &Run, c: &Check) -> CheckResult {
         Check::Issued(c) => issued(run, c),
         Check::Refusals(c) => refusals(run, c),
         Check::Served(c) => served(run, c),
+        Check::UnitOverlap(max) => fence::unit_overlap(run, *max),
+        Check::UnmovedFenced(max) => fence::unmoved_fenced(run, *max),
+        Check::FenceWindow(c) => fence::fence_window(run, c),
     }
 }
 

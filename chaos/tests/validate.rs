@@ -66,6 +66,10 @@ fn accepted(from: &str, to: &str) -> Drill {
 
 const KILL: &str = "    kill: sidecar/wanguo/1\n";
 
+/// The writer load (`load.writes`) and the checks of a fenced cut-over.
+#[path = "validate/writes.rs"]
+mod writes;
+
 #[test]
 fn the_good_drill_parses_into_typed_steps_and_checks() {
     let d = Drill::parse("drills/t.yaml", GOOD).expect("valid");
@@ -493,6 +497,7 @@ fn list_names_every_shipped_drill() {
         "etcd-leader-kill",
         "flapping-upstream",
         "shift-with-rollback",
+        "fenced-shift",
     ] {
         assert!(text.contains(name), "{text}");
     }

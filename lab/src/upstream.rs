@@ -4,8 +4,11 @@
 //! It speaks HTTP/1.1 and h2c on the same port (hyper's auto server), so an h2 or gRPC
 //! upstream is a behaviour away, optionally behind TLS or mutual TLS. Every request is counted ([`Upstream::hits`]) and, once
 //! its body has been read, recorded in the [`Recorder`] as a [`Hit`]: when, which upstream
-//! of which datacenter, method, path, headers, body length and digest. So a check can count
-//! what really reached an application, whatever the proxy in front claims.
+//! of which datacenter, method, path, headers, body length and digest, and later when its
+//! answer was ready ([`Hit::answered`]), so a check can tell which requests were being
+//! worked on at the same time. So a check can count what really reached an application,
+//! whatever the proxy in front claims. A request may ask for its own work time with the
+//! header named by [`UpstreamBuilder::work_header`] (a writer whose writes take a while).
 //! [`Upstream::stop`] closes the listener and every open connection, so new connections are
 //! refused, as when a process dies.
 
@@ -52,8 +55,11 @@ pub enum Behavior {
 /// One request an upstream received and read to its end.
 #[derive(Clone, Debug)]
 pub struct Hit {
-    /// When its body had been read.
+    /// When its body had been read: the application starts working on it.
     pub at: Instant,
+    /// When its answer was ready and handed to the server to send (after any delay or work);
+    /// `None` while it is still being worked on, or when it is never answered (`Echo`).
+    pub answered: Option<Instant>,
     /// The upstream's datacenter and its index there (see [`UpstreamBuilder::at`]).
     pub dc: usize,
     pub index: usize,
@@ -83,6 +89,20 @@ impl Recorder {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records a hit; its position, for [`Recorder::answered`].
+    fn push(&self, hit: Hit) -> usize {
+        let mut hits = self.lock();
+        hits.push(hit);
+        hits.len() - 1
+    }
+
+    /// Stamps the hit at `index` as answered now (hits are only ever appended).
+    fn answered(&self, index: usize) {
+        if let Some(h) = self.lock().get_mut(index) {
+            h.answered = Some(Instant::now());
+        }
+    }
+
     /// Every hit so far, in the order they were recorded.
     pub fn hits(&self) -> Vec<Hit> {
         self.lock().clone()
@@ -108,6 +128,7 @@ struct State {
     behavior: Mutex<Behavior>,
     hits: AtomicU64,
     recorder: Recorder,
+    work_header: Option<hyper::header::HeaderName>,
 }
 
 /// How to start an [`Upstream`]: see [`Upstream::builder`].
@@ -119,7 +140,11 @@ pub struct UpstreamBuilder {
     index: usize,
     behavior: Behavior,
     recorder: Recorder,
+    work_header: Option<hyper::header::HeaderName>,
 }
+
+/// The longest work a request may ask for with the work header.
+pub const MAX_ASKED_WORK: Duration = Duration::from_secs(10);
 
 impl UpstreamBuilder {
     /// Its datacenter and index there, stamped on every [`Hit`].
@@ -148,6 +173,16 @@ impl UpstreamBuilder {
         Ok(self)
     }
 
+    /// A request carrying this header (a whole number of milliseconds, at most
+    /// [`MAX_ASKED_WORK`]) is answered that much later, on top of what the behaviour does
+    /// (not to `Echo`, nor to a
+    /// connection it drops): a writer asks for slow writes without slowing
+    /// the other requests. An invalid name is ignored.
+    pub fn work_header(mut self, name: &str) -> Self {
+        self.work_header = hyper::header::HeaderName::from_bytes(name.as_bytes()).ok();
+        self
+    }
+
     /// Record hits here (shared with other upstreams) instead of in its own recorder.
     pub fn recorder(mut self, recorder: &Recorder) -> Self {
         self.recorder = recorder.clone();
@@ -166,6 +201,7 @@ impl UpstreamBuilder {
             behavior: Mutex::new(self.behavior),
             hits: AtomicU64::new(0),
             recorder: self.recorder,
+            work_header: self.work_header,
         });
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let (st, ts, tls) = (state.clone(), tasks.clone(), self.tls);
@@ -293,18 +329,17 @@ fn take_drop(state: &State) -> bool {
     }
 }
 
-/// Reads the body to its end and records the request. A body that fails midway (the client
-/// went away) is not recorded: the application never had the whole request.
-async fn read_and_record(state: &State, req: Request<Incoming>) {
+/// Reads the body to its end and records the request; the hit's position. A body that fails
+/// midway (the client went away) is not recorded: the application never had the whole request.
+async fn read_and_record(state: &State, req: Request<Incoming>) -> Option<usize> {
     let (parts, body) = req.into_parts();
-    let Ok(collected) = body.collect().await else {
-        return;
-    };
+    let collected = body.collect().await.ok()?;
     let bytes = collected.to_bytes();
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
-    state.recorder.lock().push(Hit {
+    Some(state.recorder.push(Hit {
         at: Instant::now(),
+        answered: None,
         dc: state.dc,
         index: state.index,
         upstream: state.name.clone(),
@@ -313,7 +348,20 @@ async fn read_and_record(state: &State, req: Request<Incoming>) {
         headers: parts.headers,
         body_len: bytes.len() as u64,
         body_digest: h.finish(),
-    });
+    }))
+}
+
+/// The work a request asks for with the upstream's work header, if any.
+fn asked_work(state: &State, req: &Request<Incoming>) -> Duration {
+    state
+        .work_header
+        .as_ref()
+        .and_then(|h| req.headers().get(h))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, |ms| {
+            Duration::from_millis(ms).min(MAX_ASKED_WORK)
+        })
 }
 
 async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Dropped> {
@@ -327,29 +375,36 @@ async fn answer(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         .map(|b| b.clone())
         .unwrap_or(Behavior::Answer);
     let body = state.body.clone();
-    let (status, body) = match behavior {
-        Behavior::Echo => (StatusCode::OK, req.into_body().boxed()),
+    let work = asked_work(&state, &req);
+    let (status, body, hit) = match behavior {
+        Behavior::Echo => (StatusCode::OK, req.into_body().boxed(), None),
         Behavior::Status(code) => {
-            read_and_record(&state, req).await;
+            let hit = read_and_record(&state, req).await;
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            (status, full(body))
+            (status, full(body), hit)
         }
         Behavior::Delay(d) => {
             // Reading the body first lets a client finish sending before the wait.
-            read_and_record(&state, req).await;
+            let hit = read_and_record(&state, req).await;
             tokio::time::sleep(d).await;
-            (StatusCode::OK, full(body))
+            (StatusCode::OK, full(body), hit)
         }
         Behavior::Work(d) => {
-            read_and_record(&state, req).await;
+            let hit = read_and_record(&state, req).await;
             tokio::time::sleep(d + d.mul_f64(rand::random::<f64>() * 0.5)).await;
-            (StatusCode::OK, full(body))
+            (StatusCode::OK, full(body), hit)
         }
         Behavior::Answer | Behavior::DropConnection(_) => {
-            read_and_record(&state, req).await;
-            (StatusCode::OK, full(body))
+            let hit = read_and_record(&state, req).await;
+            (StatusCode::OK, full(body), hit)
         }
     };
+    if let Some(i) = hit {
+        if !work.is_zero() {
+            tokio::time::sleep(work).await;
+        }
+        state.recorder.answered(i);
+    }
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     if let Ok(v) = hyper::header::HeaderValue::from_str(&state.name) {
@@ -369,6 +424,7 @@ impl Upstream {
             index: 0,
             behavior: Behavior::Answer,
             recorder: Recorder::default(),
+            work_header: None,
         }
     }
 
@@ -456,6 +512,7 @@ mod tests {
         assert_eq!((h.method.as_str(), h.path.as_str()), ("POST", "/pay"));
         assert_eq!(h.header("x-request-id"), Some("42"));
         assert_eq!(h.body_len, 9);
+        assert!(h.answered.is_some_and(|a| a >= h.at), "{h:?}");
         // Another body gives another digest.
         let req = Request::post(format!("http://{}/pay", up.addr()))
             .body(Full::new(Bytes::from_static(b"amount=11")))
@@ -464,5 +521,30 @@ mod tests {
         let hits = rec.hits();
         assert_ne!(hits[0].body_digest, hits[1].body_digest);
         assert_eq!(up.hits(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_asks_for_its_work_time_and_the_answer_is_stamped_after_it() {
+        let up = Upstream::builder("w")
+            .work_header("x-lab-work-ms")
+            .start()
+            .await
+            .expect("upstream");
+        let c = http::client();
+        let send = |work: Option<&str>| {
+            let mut b = Request::post(format!("http://{}/w", up.addr()));
+            if let Some(w) = work {
+                b = b.header("x-lab-work-ms", w);
+            }
+            http::send(&c, b.body(Full::new(Bytes::new())).expect("request"))
+        };
+        send(Some("60")).await.expect("answer");
+        send(None).await.expect("answer");
+        send(Some("not a number")).await.expect("answer");
+        let hits = up.recorder().hits();
+        let took = |h: &Hit| h.answered.map(|a| a.duration_since(h.at));
+        assert!(took(&hits[0]).is_some_and(|d| d >= Duration::from_millis(60)));
+        assert!(took(&hits[1]).is_some_and(|d| d < Duration::from_millis(60)));
+        assert!(took(&hits[2]).is_some_and(|d| d < Duration::from_millis(60)));
     }
 }

@@ -61,12 +61,15 @@ fn a_planted_duplicate_is_found_among_many_ids() {
 fn a_post_without_key_served_twice_is_reported() {
     let hit = |id: u64, method: &str, key: Option<&str>| UpstreamHit {
         t_ms: 0.0,
+        end_ms: Some(0.0),
         dc: 0,
         upstream: 0,
         method: method.into(),
         path: "/".into(),
         request_id: Some(id),
         idempotency_key: key.map(String::from),
+        unit: None,
+        seq: None,
     };
     let hits = vec![
         hit(1, "POST", None),

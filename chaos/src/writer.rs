@@ -1,0 +1,133 @@
+//! The writer load (`load.writes`): units `unit-0` .. `unit-{N-1}` each POST at a fixed rate,
+//! open loop, through the sidecars' outbound proxies. Write `n` of the whole writer is due at
+//! `n / (units × rate_per_unit)`: it belongs to unit `n mod units` and is that unit's write
+//! number `n / units + 1` (`x-twin-seq`), so each unit writes every `1 / rate_per_unit`, the
+//! units staggered. A unit's consecutive writes go to different sidecars (both
+//! datacenters), so a sidecar that learns of a change late shows up. Each write asks the
+//! upstream to work on it for a while (header [`WORK_HEADER`], drawn from `work`), so a
+//! unit's writes overlap in flight and some are in flight when the weights change.
+//!
+//! A write refused with `503` and `x-twin-error: unit_fenced` is recorded as fenced and not
+//! retried: the unit's next write comes on schedule anyway. Samples of writes have ids from
+//! [`FIRST_ID`] up, apart from the main load's.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Semaphore;
+
+use crate::drill::{LoadSpec, WriteLoad};
+use crate::http;
+use crate::lab::Lab;
+use crate::loadgen::{lock, Ctx, LiveCounters, SharedRecording};
+use crate::record::{Kind, Outcome, Sample};
+
+/// The header a write asks the upstream's work time with (ms).
+pub const WORK_HEADER: &str = "x-lab-work-ms";
+/// The header carrying a write's number within its unit.
+pub const SEQ_HEADER: &str = "x-twin-seq";
+/// Sample (and `x-request-id`) numbers of writes start here.
+pub const FIRST_ID: u64 = 1 << 40;
+
+/// Runs the writer until `load.duration`, then waits for its writes still in flight.
+pub async fn run(
+    w: WriteLoad,
+    load: LoadSpec,
+    lab: Arc<Lab>,
+    recording: SharedRecording,
+    live: Arc<LiveCounters>,
+    seed: u64,
+) {
+    let clock = lab.clock.clone();
+    let client = http::client(64);
+    let slots = Arc::new(Semaphore::new(load.max_in_flight));
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7772_6974_6572); // "writer"
+    let interval_ms = 1e3 / (f64::from(w.units) * w.rate_per_unit.0);
+    let end_ms = load.duration.ms();
+    let header = lab.unit_header.clone();
+    let (work_min, work_max) = (w.work.min.ms() as u64, w.work.max.ms() as u64);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut n: u64 = 0;
+    loop {
+        let due_ms = n as f64 * interval_ms;
+        if due_ms >= end_ms {
+            break;
+        }
+        tokio::time::sleep_until(clock.instant(due_ms).into()).await;
+        let unit = (n % u64::from(w.units)) as u32;
+        let seq = n / u64::from(w.units) + 1;
+        n += 1;
+        let work = rng.random_range(work_min..=work_max);
+        let up: Vec<usize> = (0..lab.sidecars.len())
+            .filter(|&i| lab.sidecars[i].up.load(Ordering::SeqCst))
+            .collect();
+        live.sent.fetch_add(1, Ordering::Relaxed);
+        let mut sample = Sample {
+            id: FIRST_ID + n,
+            sent_ms: due_ms,
+            latency_ms: 0.0,
+            kind: Kind::Write,
+            sidecar: 0,
+            key: unit,
+            outcome: Outcome::NotSent {
+                reason: "no sidecar is up".into(),
+            },
+            dc: None,
+            route_rev: None,
+            twin_error: None,
+        };
+        if up.is_empty() {
+            live.errors.fetch_add(1, Ordering::Relaxed);
+            lock(&recording).samples.push(sample);
+            continue;
+        }
+        sample.sidecar = up[((u64::from(unit) + seq) % up.len() as u64) as usize];
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            sample.outcome = Outcome::NotSent {
+                reason: format!("more than {} writes in flight", load.max_in_flight),
+            };
+            live.errors.fetch_add(1, Ordering::Relaxed);
+            lock(&recording).samples.push(sample);
+            continue;
+        };
+        let sc = &lab.sidecars[sample.sidecar];
+        let req =
+            ::http::Request::post(format!("http://{}/drill/w/unit-{unit}/{seq}", sc.outbound))
+                .header(::http::header::HOST, w.service.as_str())
+                .header(header.as_str(), format!("unit-{unit}"))
+                .header(SEQ_HEADER, seq.to_string())
+                .header("x-request-id", sample.id.to_string())
+                .header(WORK_HEADER, work.to_string())
+                .body(Full::new(Bytes::from(format!(
+                    "{{\"unit\":\"unit-{unit}\",\"seq\":{seq}}}"
+                ))));
+        let Ok(req) = req else {
+            sample.outcome = Outcome::NotSent {
+                reason: "the write could not be built".into(),
+            };
+            lock(&recording).samples.push(sample);
+            continue;
+        };
+        let ctx = Ctx {
+            client: client.clone(),
+            lab: lab.clone(),
+            clock: clock.clone(),
+            recording: recording.clone(),
+            live: live.clone(),
+            service: w.service.clone(),
+            biz: String::new(),
+            count: 0,
+            timeout: load.timeout.0,
+        };
+        tasks.spawn(async move {
+            ctx.exchange_and_record(sample, req).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
