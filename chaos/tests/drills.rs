@@ -248,11 +248,9 @@ fn a_move_without_the_fence_fails_unit_overlap_with_the_evidence() {
     assert!(hits.contains(",unit-"), "no write in hits.csv");
 }
 
-/// NEEDS THE FENCED CUT-OVER (`twinctl route set ... --fence --sync-gate`), built in another
-/// branch: ignored until it is merged. Then run it with
-/// `cargo test -p twin-chaos --test drills fenced_shift -- --ignored` and drop the `ignore`.
+/// The fenced cut-over under a per-unit writer: no unit written in two datacenters at once
+/// (its unfenced twin above fails exactly that check).
 #[test]
-#[ignore = "needs twinctl route set --fence (fenced cut-over), not merged yet"]
 fn fenced_shift_quick_passes() {
     let (run, j, report) = passes("fenced-shift");
     assert!(report.contains("| units written in two datacenters at once | 0 of "));
