@@ -392,3 +392,90 @@ async fn a_sidecar_does_not_acknowledge_while_its_write_to_a_moving_unit_is_in_f
     assert_eq!(done.status, 200, "{}", done.text());
     assert_eq!(done.header("x-twin-dc"), "m6v");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_failback_and_shift_are_fenced_too() {
+    let lab = lab_50_50(1).await;
+    let fence = ["--fence", "--fence-max", "20s", "--sync-gate", "exec:true"];
+    let phases = |cut: &serde_json::Value| -> Vec<String> {
+        cut["phases"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["phase"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let all = ["fence", "drain", "sync", "switch", "lift"];
+
+    let out = twinctl(
+        &lab,
+        &[
+            &[
+                "failover", "--from", "m6v", "--all", "--yes", "--reason", "planned",
+            ][..],
+            &fence,
+            &["-o", "json"],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["cutover"]["outcome"], "switched", "{report}");
+    assert_eq!(phases(&report["cutover"]), all);
+    assert_eq!(weights(&lab)["wanguo"], 10_000);
+    let id = report["audit_id"].as_str().expect("audit id").to_string();
+
+    // The failback restores the routes only (the fence's own records are bookkeeping).
+    let out = twinctl(
+        &lab,
+        &[
+            &["failback", "--audit-id", id.as_str(), "--reason", "back"][..],
+            &fence,
+            &["-o", "json"],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["cutover"]["outcome"], "switched", "{report}");
+    let restored: Vec<&str> = report["restores"]
+        .as_array()
+        .expect("restores")
+        .iter()
+        .filter_map(|r| r["key"].as_str())
+        .collect();
+    assert_eq!(restored, ["/twin/v1/routes/payments"]);
+    assert_eq!(weights(&lab)["m6v"], 5000);
+
+    // A shift fences each step.
+    let out = twinctl(
+        &lab,
+        &[
+            &[
+                "shift",
+                "payments",
+                "--to",
+                "wanguo",
+                "--step",
+                "25",
+                "--interval",
+                "0s",
+            ][..],
+            &["--no-health-gate", "--reason", "steps"],
+            &fence,
+            &["-o", "json"],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json(&out);
+    let steps = report["applied"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{report}");
+    for s in steps {
+        assert_eq!(phases(&s["cutover"]), all, "{s}");
+        assert_eq!(s["cutover"]["services"][0]["share"], 0.25, "{s}");
+    }
+    assert_eq!(weights(&lab)["wanguo"], 10_000);
+}

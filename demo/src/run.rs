@@ -191,7 +191,7 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
     let twinctl = opts.sidecar.with_file_name("twinctl");
     let shift = if twinctl.is_file() {
         format!(
-            "{} --etcd {} route set {SERVICE} --weights m6v=20,wanguo=80 --reason \"demo shift\"\n  {}",
+            "{} --etcd {} route set {SERVICE} --weights m6v=20,wanguo=80 --fence --reason \"demo shift\"\n  {}",
             twinctl.display(),
             etcd_endpoint,
             shift_command(&etcd_endpoint)
