@@ -3,7 +3,7 @@
 //!
 //! | role | reads | writes |
 //! |---|---|---|
-//! | `twin-sidecar` | everything under `{prefix}/v1/` | `endpoints/`, `idgen/`, `nodes/`, `control/fences/` (its fence acknowledgements) |
+//! | `twin-sidecar` | everything under `{prefix}/v1/` | `endpoints/`, `idgen/`, `nodes/`, `deps/`, `control/fences/` (its fence acknowledgements) |
 //! | `twin-operator` | everything under `{prefix}/v1/` | also `routes/`, `datacenters/`, `audit/`, `control/` |
 //! | `twin-reader` | everything under `{prefix}/v1/` | nothing |
 
@@ -32,6 +32,7 @@ pub fn roles(keys: &Keys) -> Vec<RoleSpec> {
         format!("{}idgen/", keys.root()),
         keys.nodes(),
         keys.fences(),
+        keys.deps(),
     ];
     let mut operator_writes = sidecar_writes.clone();
     operator_writes.extend([

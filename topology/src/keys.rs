@@ -113,6 +113,29 @@ impl Keys {
         format!("{}nodes/{dc}/{node}", self.root)
     }
 
+    /// The dependency map: `deps/{app}/{service}/{node}`.
+    pub fn deps(&self) -> String {
+        format!("{}deps/", self.root)
+    }
+    pub fn dep(&self, app: &str, service: &str, node: &str) -> String {
+        format!("{}deps/{app}/{service}/{node}", self.root)
+    }
+    /// Splits a key under [`Keys::deps`] into `(app, service, node)`.
+    pub fn parse_dep<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
+        let rest = key
+            .strip_prefix(self.root.as_str())?
+            .strip_prefix("deps/")?;
+        let mut parts = rest.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(a), Some(s), Some(n), None)
+                if !a.is_empty() && !s.is_empty() && !n.is_empty() =>
+            {
+                Some((a, s, n))
+            }
+            _ => None,
+        }
+    }
+
     /// Classifies a key; `None` when it is not under this prefix or is malformed.
     pub fn parse<'a>(&self, key: &'a str) -> Option<KeyKind<'a>> {
         let rest = key.strip_prefix(self.root.as_str())?;
@@ -163,6 +186,12 @@ mod tests {
         assert_eq!(k.parse(&k.fence("pay")), Some(KeyKind::Fence("pay")));
         assert_eq!(k.parse(&k.fence_ack("pay", "n1")), Some(KeyKind::Other));
         assert_eq!(k.parse(&k.node("m6v", "n1")), Some(KeyKind::Other));
+        assert_eq!(k.parse(&k.dep("web", "pay", "n1")), Some(KeyKind::Other));
+        assert_eq!(
+            k.parse_dep(&k.dep("web", "pay", "n1")),
+            Some(("web", "pay", "n1"))
+        );
+        assert_eq!(k.parse_dep("/twin/v1/deps/web/pay"), None);
         assert_eq!(k.parse(&k.idgen_hwm("m6v", 3)), Some(KeyKind::Other));
         assert_eq!(k.parse("/other/v1/routes/pay"), None);
         assert_eq!(k.parse("/twin/v1/endpoints/pay/m6v"), None);

@@ -1,6 +1,6 @@
 //! Twin's shared model, used by the sidecar, the control plane and `twinctl`: the etcd key
 //! schema v1 ([`Keys`]), the values stored there ([`Route`], [`Endpoint`], [`Datacenter`],
-//! [`AuditRecord`], [`Freeze`], and the fenced cut-over's [`Fence`] and [`Presence`]) and
+//! [`AuditRecord`], [`Freeze`], and the fenced cut-over's [`Fence`] and [`Presence`], the dependency map's [`DepEdge`]) and
 //! their validation, the bucket ring that turns a sticky key
 //! into a datacenter, route files in YAML, the audited compare-and-swap [`Store`], and the
 //! watched [`TopologyView`] (one prefix watch into an `ArcSwap`, with a snapshot file for cold
@@ -16,6 +16,7 @@ pub mod argv;
 pub mod auth;
 pub mod backoff;
 pub mod connect;
+pub mod deps;
 pub mod etcd_args;
 pub mod etcd_error;
 pub mod fence;
@@ -32,6 +33,7 @@ pub mod view;
 
 pub use backoff::Backoff;
 pub use connect::{ConnectError, EtcdSettings};
+pub use deps::{DepEdge, UNKNOWN_SERVICE};
 pub use etcd_args::EtcdArgs;
 pub use etcd_error::{wants_authentication, EtcdFailure};
 pub use fence::{
