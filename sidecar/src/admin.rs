@@ -19,6 +19,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{json, Value};
 
+use crate::deps::Edges;
 use crate::outbound::dc;
 use crate::outbound::endpoint::healthy_percent;
 use crate::outbound::error::X_TWIN_ERROR;
@@ -65,6 +66,9 @@ pub struct Admin {
     pub before_render: Option<BeforeRender>,
     /// When set, POST /drain must carry `Authorization: Bearer <file contents>`.
     pub token_file: Option<PathBuf>,
+    /// The application's name and its calls per service (`/v1/deps`).
+    pub app: String,
+    pub edges: Arc<Edges>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -107,6 +111,7 @@ impl Admin {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
             (&Method::GET, "/readyz") => self.readyz(),
             (&Method::GET, "/config") => json_response(StatusCode::OK, &self.config()),
+            (&Method::GET, "/v1/deps") => json_response(StatusCode::OK, &self.deps()),
             (&Method::POST, "/drain") => match self.refusal(req) {
                 None => {
                     self.shutdown.drain();
@@ -114,14 +119,39 @@ impl Admin {
                 }
                 Some(refused) => refused,
             },
-            (_, "/metrics" | "/healthz" | "/readyz" | "/config" | "/drain") => {
+            (_, "/metrics" | "/healthz" | "/readyz" | "/config" | "/drain" | "/v1/deps") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /metrics, /healthz, /readyz, /config or POST /drain\n",
+                "not found: try /metrics, /healthz, /readyz, /config, /v1/deps or POST /drain\n",
             ),
         }
+    }
+
+    /// This sidecar's edges of the dependency map: every service its application called
+    /// since the sidecar started, with the datacenters that answered.
+    fn deps(&self) -> Value {
+        let table = self.table.load();
+        let names = crate::deps::dc_names(&table.topology);
+        let edges: Vec<Value> = self
+            .edges
+            .all()
+            .into_iter()
+            .filter_map(|(service, stats)| {
+                let c = stats.counts();
+                (c.requests > 0).then(|| {
+                    let e = crate::deps::edge_value("", &c, &names, 0, 0, 0);
+                    json!({
+                        "service": service,
+                        "requests": e.requests,
+                        "errors": e.errors,
+                        "served": e.served,
+                    })
+                })
+            })
+            .collect();
+        json!({"app": self.app, "edges": edges})
     }
 
     /// The answer refusing a mutating request without the right bearer token; `None` when it

@@ -39,6 +39,8 @@ pub enum ConfigError {
     BadDc(String, validate::ValidationError),
     #[error("--node-id {0:?}: {1}")]
     BadNodeId(String, validate::ValidationError),
+    #[error("--app {0:?}: {1}")]
+    BadApp(String, validate::ValidationError),
     #[error("--register {value:?}: {reason}")]
     Register { value: String, reason: String },
     #[error("--register needs etcd (--etcd URL): endpoints are registered under an etcd lease")]
@@ -86,6 +88,10 @@ pub struct Flags {
     /// (default: the host name).
     #[arg(long, env = "TWIN_NODE_ID")]
     pub node_id: Option<String>,
+    /// The application next to this sidecar, as the dependency map and the metrics name it
+    /// (default: the first --register service, else the node id).
+    #[arg(long, env = "TWIN_APP")]
+    pub app: Option<String>,
     /// etcd connection (`--etcd URL[,URL]`, `--prefix`, TLS and auth). Without `--etcd` the
     /// sidecar runs from a routes file.
     #[command(flatten)]
@@ -159,6 +165,7 @@ impl Flags {
         push_path(&mut argv, "--config", self.config.as_deref());
         push_opt(&mut argv, "--dc", self.dc.as_deref());
         push_opt(&mut argv, "--node-id", self.node_id.as_deref());
+        push_opt(&mut argv, "--app", self.app.as_deref());
         argv.extend(self.etcd.to_argv());
         argv.extend(self.upstream_tls.to_argv());
         push_opt(&mut argv, "--outbound", self.outbound.as_deref());
@@ -216,6 +223,7 @@ impl Flags {
 pub struct FileConfig {
     pub dc: Option<String>,
     pub node_id: Option<String>,
+    pub app: Option<String>,
     /// The etcd section shared by every Twin binary: endpoints, prefix, TLS, auth.
     pub etcd: Option<EtcdArgs>,
     /// `ca`, `cert`, `key`: TLS to upstreams of routes with `tls:`.
@@ -374,6 +382,8 @@ pub enum TableSource {
 pub struct Config {
     pub dc: String,
     pub node_id: String,
+    /// `--app`; see [`Config::app`] for the default.
+    pub app_name: Option<String>,
     pub source: TableSource,
     pub outbound: SocketAddr,
     pub ids: SocketAddr,
@@ -401,9 +411,13 @@ impl Config {
     /// The application next to this sidecar, as its presence key names it: the first
     /// registered service, else the node id.
     pub fn app(&self) -> String {
-        self.register
-            .first()
-            .map_or_else(|| self.node_id.clone(), |r| r.service.clone())
+        match &self.app_name {
+            Some(a) => a.clone(),
+            None => self
+                .register
+                .first()
+                .map_or_else(|| self.node_id.clone(), |r| r.service.clone()),
+        }
     }
 
     /// A configuration for `dc` with every other setting at its default (listeners on
@@ -412,6 +426,7 @@ impl Config {
         Config {
             dc: dc.to_string(),
             node_id: default_node_id(),
+            app_name: None,
             source,
             outbound: ([127, 0, 0, 1], 15001).into(),
             ids: ([127, 0, 0, 1], 15002).into(),
@@ -459,8 +474,13 @@ impl Config {
         } else {
             TableSource::Embedded
         };
+        let app = flags.app.or(file.app);
+        if let Some(a) = &app {
+            validate::instance_name(a).map_err(|e| ConfigError::BadApp(a.clone(), e))?;
+        }
         let mut cfg = Config::new(&dc, source);
         cfg.node_id = node_id;
+        cfg.app_name = app;
         cfg.outbound = addr("--outbound", flags.outbound.or(file.outbound), cfg.outbound)?;
         cfg.ids = addr("--ids", flags.ids.or(file.ids), cfg.ids)?;
         cfg.admin = addr("--admin", flags.admin.or(file.admin), cfg.admin)?;
@@ -726,6 +746,7 @@ mod tests {
             fn any_flags()(
                 (config, dc, node_id, outbound, ids, admin) in
                     (path(), of(value()), of(value()), of(value()), of(value()), of(value())),
+                app in of(value()),
                 (admin_token_file, snapshot, routes_file, hwm_file) in (path(), path(), path(), path()),
                 register in prop::collection::vec(value(), 0..4),
                 (threads, drain_timeout, worker) in (of(any::<usize>()), of(value()), of(any::<u32>())),
@@ -734,7 +755,7 @@ mod tests {
                 command in command(),
             ) -> Flags {
                 Flags {
-                    config, dc, node_id, etcd, upstream_tls, outbound, ids, admin,
+                    config, dc, node_id, app, etcd, upstream_tls, outbound, ids, admin,
                     admin_token_file, snapshot, routes_file, register, threads, drain_timeout,
                     worker, hwm_file, command,
                 }

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod config;
 pub mod conn_guard;
+pub mod deps;
 pub mod ids;
 pub mod outbound;
 pub mod presence;

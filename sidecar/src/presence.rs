@@ -8,6 +8,8 @@
 //! under the same lease. `twinctl` reads both: whose acknowledgement a fenced change waits
 //! for, and when every live sidecar runs the new weights. A lost lease is granted again and
 //! everything is written again; on drain the lease is revoked, so the node leaves at once.
+//! Under the same lease it publishes the application's dependency edges
+//! ([`crate::deps`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,12 +20,15 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use twin_topology::{now_ms, Backoff, FenceAck, Keys, Presence};
 
+use crate::deps::{dc_names, edge_value, Edges, Publisher};
 use crate::register::keep_alive;
 use crate::shutdown::Shutdown;
 use crate::table::RoutingTable;
 
 /// Fence acknowledgements written, by service.
 pub const FENCE_ACKS: &str = "twin_sidecar_fence_acks_total";
+/// Dependency edges written to etcd.
+pub const DEP_WRITES: &str = "twin_sidecar_dependency_writes_total";
 /// 1 while this node's presence key is written.
 pub const PRESENT: &str = "twin_sidecar_present";
 
@@ -55,10 +60,11 @@ impl PresenceTask {
         client: Client,
         who: Identity,
         tables: watch::Receiver<Arc<RoutingTable>>,
+        edges: Arc<Edges>,
     ) -> PresenceTask {
         let stop = Shutdown::new();
         PresenceTask {
-            task: tokio::spawn(run(client, who, tables, stop.clone())),
+            task: tokio::spawn(run(client, who, tables, edges, stop.clone())),
             stop,
         }
     }
@@ -76,8 +82,13 @@ async fn run(
     mut client: Client,
     who: Identity,
     mut tables: watch::Receiver<Arc<RoutingTable>>,
+    edges: Arc<Edges>,
     shutdown: Shutdown,
 ) {
+    let mut deps = Deps {
+        edges,
+        publisher: Publisher::default(),
+    };
     let ttl_secs = who.ttl.as_secs().max(2) as i64;
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
     while !shutdown.is_draining() {
@@ -88,14 +99,18 @@ async fn run(
         match lease {
             Ok(l) => {
                 let id = l.id();
-                if session(&client, &who, id, ttl_secs, &mut tables, &shutdown).await {
+                deps.publisher.reset();
+                let lease = Lease { id, ttl_secs };
+                if session(&client, &who, lease, &mut tables, &mut deps, &shutdown).await {
                     backoff.reset();
                 }
                 metrics::gauge!(PRESENT).set(0.0);
+                // Whatever ended the session, nothing may stay under its lease: revoking a
+                // lease etcd already dropped is harmless.
+                let revoked =
+                    tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(id)).await;
                 if shutdown.is_draining() {
-                    match tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(id))
-                        .await
-                    {
+                    match revoked {
                         Ok(Ok(_)) => tracing::info!(lease = id, "presence revoked"),
                         _ => {
                             tracing::warn!(lease = id, "could not revoke presence; it will expire")
@@ -114,6 +129,55 @@ async fn run(
     }
 }
 
+/// How often the dependency edges are looked at (a new edge is written at the next look).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// The lease a session writes under.
+#[derive(Clone, Copy)]
+struct Lease {
+    id: i64,
+    ttl_secs: i64,
+}
+
+/// The application's edges and what was published of them.
+struct Deps {
+    edges: Arc<Edges>,
+    publisher: Publisher,
+}
+
+impl Deps {
+    /// Writes the edges that are due under `lease`; false when a write failed.
+    async fn publish(
+        &mut self,
+        client: &Client,
+        who: &Identity,
+        table: &RoutingTable,
+        lease: i64,
+    ) -> bool {
+        let counts = self
+            .edges
+            .all()
+            .into_iter()
+            .map(|(service, stats)| (service, stats.counts()));
+        let now = tokio::time::Instant::now();
+        let due = self.publisher.due(counts, now, now_ms());
+        if due.is_empty() {
+            return true;
+        }
+        let names = dc_names(&table.topology);
+        for (service, c, first_ms, last_ms) in due {
+            let value = edge_value(&who.dc, &c, &names, first_ms, last_ms, now_ms());
+            let key = who.keys.dep(&who.app, &service, &who.node);
+            if !put(client, &key, &value, lease).await {
+                return false;
+            }
+            metrics::counter!(DEP_WRITES).increment(1);
+            self.publisher.written(&service, c, first_ms, last_ms, now);
+        }
+        true
+    }
+}
+
 /// How one acknowledgement ended.
 enum Acked {
     Yes,
@@ -127,11 +191,15 @@ enum Acked {
 async fn session(
     client: &Client,
     who: &Identity,
-    id: i64,
-    ttl_secs: i64,
+    lease: Lease,
     tables: &mut watch::Receiver<Arc<RoutingTable>>,
+    deps: &mut Deps,
     shutdown: &Shutdown,
 ) -> bool {
+    let Lease { id, ttl_secs } = lease;
+    let mut tables_open = true;
+    let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut keeper = client.clone();
     let held = keep_alive(&mut keeper, id, ttl_secs, shutdown, "presence");
     let mut held = std::pin::pin!(held);
@@ -200,7 +268,13 @@ async fn session(
         }
         tokio::select! {
             _ = &mut held => return true,
-            changed = tables.changed() => if changed.is_err() { return true },
+            _ = tick.tick() => {
+                if !deps.publish(client, who, &table, id).await {
+                    return true;
+                }
+            }
+            // Closed when the sidecar stops: presence stays until `finished`.
+            changed = tables.changed(), if tables_open => if changed.is_err() { tables_open = false },
             Some(done) = acks.join_next() => {
                 if let Ok((k, outcome)) = done {
                     pending.remove(&k);

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
 use crate::config::{Config, TableSource};
+use crate::deps::Edges;
 use crate::ids::IdApi;
 use crate::outbound::Outbound;
 use crate::presence::{Identity, PresenceTask};
@@ -51,7 +52,8 @@ impl Sidecar {
             }
             _ => None,
         };
-        let tables = source::start(&cfg, client.clone(), &shutdown).await?;
+        let edges = Arc::new(Edges::default());
+        let tables = source::start(&cfg, client.clone(), edges.clone(), &shutdown).await?;
 
         let outbound_listener = serve::bind("--outbound", cfg.outbound).await?;
         let ids_listener = serve::bind("--ids", cfg.ids).await?;
@@ -70,6 +72,7 @@ impl Sidecar {
         let outbound = Arc::new(Outbound::new(
             tables.cell.clone(),
             cfg.limits.max_replay_body_bytes,
+            &edges,
         ));
         let admin = Arc::new(Admin {
             table: tables.cell.clone(),
@@ -77,6 +80,8 @@ impl Sidecar {
             prometheus: prometheus.clone(),
             before_render: Some(ids.gauges()),
             token_file: cfg.admin_token_file.clone(),
+            app: cfg.app(),
+            edges: edges.clone(),
         });
         let servers = vec![
             serve::serve(
@@ -132,6 +137,7 @@ impl Sidecar {
                     ttl: cfg.lease_ttl,
                 },
                 tables.published.clone(),
+                edges.clone(),
             )),
             _ => None,
         };

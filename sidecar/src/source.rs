@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use twin_topology::{RoutesFile, Topology, TopologyView, ViewOptions};
 
 use crate::config::{Config, TableSource};
+use crate::deps::Edges;
 use crate::shutdown::Shutdown;
 use crate::table::{RoutingTable, TableBuilder};
 use crate::StartError;
@@ -46,14 +47,17 @@ impl Drop for Tables {
     }
 }
 
-/// Starts the table source `cfg` names. `client` is the etcd client for an etcd source.
+/// Starts the table source `cfg` names. `client` is the etcd client for an etcd source;
+/// `edges` counts the application's calls per service.
 pub async fn start(
     cfg: &Config,
     client: Option<etcd_client::Client>,
+    edges: Arc<Edges>,
     shutdown: &Shutdown,
 ) -> Result<Tables, StartError> {
     let cell = Arc::new(ArcSwap::from_pointee(RoutingTable::empty()));
-    let mut builder = TableBuilder::new(cfg.outlier.clone(), cfg.upstream_tls.clone());
+    let mut builder = TableBuilder::new(cfg.outlier.clone(), cfg.upstream_tls.clone())
+        .with_app(&cfg.app(), edges);
     let (view, mut changes, poller) = match (&cfg.source, client) {
         (TableSource::Etcd(settings), Some(client)) => {
             let view = TopologyView::start(

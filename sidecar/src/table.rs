@@ -14,6 +14,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use twin_topology::{BucketRing, Route, Source, Topology, UpstreamTls};
 
 use crate::config::OutlierSettings;
+use crate::deps::{EdgeStats, Edges};
 use crate::outbound::endpoint::{EndpointState, Member};
 use crate::outbound::fence::WriteGate;
 use crate::outbound::metrics::{self, DcMetrics};
@@ -34,11 +35,15 @@ pub struct ServiceRoute {
     pub budget: Arc<RetryBudget>,
     /// The write fence of a fenced cut-over and the writes in flight (kept across tables).
     pub gate: Arc<WriteGate>,
+    /// This application's calls to the service, for the dependency map.
+    pub edge: Arc<EdgeStats>,
 }
 
 /// The endpoints of one service in one datacenter.
 pub struct DcPool {
     pub name: String,
+    /// The datacenter's code (what IDs and the dependency map's counters use).
+    pub code: u8,
     pub header: HeaderValue,
     pub members: Vec<Member>,
     pub metrics: DcMetrics,
@@ -84,6 +89,9 @@ pub struct TableBuilder {
     endpoints: HashMap<String, Arc<EndpointState>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
     gates: HashMap<String, Arc<WriteGate>>,
+    /// The application's name in metrics, and its edges.
+    app: String,
+    edges: Arc<Edges>,
 }
 
 impl TableBuilder {
@@ -98,7 +106,16 @@ impl TableBuilder {
             endpoints: HashMap::new(),
             budgets: HashMap::new(),
             gates: HashMap::new(),
+            app: String::new(),
+            edges: Arc::new(Edges::default()),
         }
+    }
+
+    /// Labels metrics with `app` and counts calls into `edges`.
+    pub fn with_app(mut self, app: &str, edges: Arc<Edges>) -> TableBuilder {
+        self.app = app.to_string();
+        self.edges = edges;
+        self
     }
 
     /// The state of `addr` reached as `tls` says; TLS and plain use of one address are
@@ -166,10 +183,11 @@ impl TableBuilder {
                     }
                     DcPool {
                         name: dc.clone(),
+                        code: topology.datacenters.get(dc).map_or(0, |d| d.code),
                         header: HeaderValue::from_str(dc)
                             .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
                         members,
-                        metrics: DcMetrics::new(name, dc),
+                        metrics: DcMetrics::new(&self.app, name, dc),
                     }
                 })
                 .collect();
@@ -202,6 +220,7 @@ impl TableBuilder {
                     dcs,
                     budget,
                     gate,
+                    edge: self.edges.edge(name),
                 }),
             );
         }

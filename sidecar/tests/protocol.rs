@@ -227,7 +227,8 @@ async fn admin_endpoints_report_health_config_metrics_and_drain() {
         Upstream::start("m6v").await.expect("up"),
         Upstream::start("wanguo").await.expect("up"),
     );
-    let (_dir, _, cfg) = file_config(&[m.addr()], &[w.addr()], (3000, 7000));
+    let (_dir, _, mut cfg) = file_config(&[m.addr()], &[w.addr()], (3000, 7000));
+    cfg.app_name = Some("shop".into());
     let s = sidecar(cfg, 1).await;
     let c = http::client();
     for i in 0..20 {
@@ -257,9 +258,19 @@ async fn admin_endpoints_report_health_config_metrics_and_drain() {
     assert_eq!(dcs[1]["weight"], 7000);
     assert_eq!(dcs[1]["up"], true);
     assert_eq!(dcs[1]["endpoints"][0]["addr"], w.addr().to_string());
+    // The dependency map's local edges: every call, by the datacenter that answered.
+    let deps: serde_json::Value =
+        serde_json::from_slice(&get("/v1/deps").await.body).expect("json");
+    assert_eq!(deps["app"], "shop");
+    let edge = &deps["edges"][0];
+    assert_eq!(edge["service"], "payments", "{deps}");
+    assert_eq!(edge["requests"], 20);
+    let served = edge["served"]["m6v"].as_u64().unwrap_or(0)
+        + edge["served"]["wanguo"].as_u64().unwrap_or(0);
+    assert_eq!(served, 20, "{deps}");
     let metrics = get("/metrics").await.text();
     for series in [
-        "twin_sidecar_requests_total{service=\"payments\",dc=\"wanguo\",class=\"2xx\"}",
+        "twin_sidecar_requests_total{app=\"shop\",service=\"payments\",dc=\"wanguo\",class=\"2xx\"}",
         "twin_sidecar_request_duration_seconds_bucket{service=\"payments\",dc=\"m6v\"",
         "twin_sidecar_route_revision{service=\"payments\"}",
         "twin_sidecar_table_revision",

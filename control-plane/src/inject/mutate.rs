@@ -172,14 +172,29 @@ pub fn decide(pod: &Pod, cfg: &InjectConfig) -> Decision {
         }
     }
     match plan(&ann, cfg) {
-        Ok(plan) => Decision::Inject(Box::new(apply(pod.clone(), &plan, cfg))),
+        Ok(mut plan) => {
+            plan.app = app_of(&labels(pod));
+            Decision::Inject(Box::new(apply(pod.clone(), &plan, cfg)))
+        }
         Err(reason) => Decision::Refuse(reason),
     }
+}
+
+/// The application a pod runs, from its `app.kubernetes.io/name` or `app` label; a label
+/// that cannot be an application name is left out (the sidecar then uses its default).
+fn app_of(labels: &BTreeMap<String, String>) -> Option<String> {
+    ["app.kubernetes.io/name", "app"]
+        .iter()
+        .filter_map(|k| labels.get(*k))
+        .find(|v| twin_topology::validate::instance_name(v).is_ok())
+        .cloned()
 }
 
 /// The validated per-pod settings taken from annotations.
 pub(super) struct Plan {
     dc: String,
+    /// From the pod's `app.kubernetes.io/name` or `app` label (`--app`).
+    app: Option<String>,
     native: bool,
     register: Option<(String, u16)>,
     resources: Resources,
@@ -243,6 +258,7 @@ pub(super) fn plan(ann: &BTreeMap<String, String>, cfg: &InjectConfig) -> Result
     }
     Ok(Plan {
         dc,
+        app: None,
         native,
         register,
         resources,
@@ -302,6 +318,7 @@ pub(super) fn sidecar_flags(plan: &Plan, cfg: &InjectConfig) -> Flags {
     Flags {
         dc: Some(plan.dc.clone()),
         node_id: Some("$(POD_NAMESPACE).$(POD_NAME)".into()),
+        app: plan.app.clone(),
         etcd: EtcdArgs {
             endpoints: Some(cfg.etcd_endpoints.clone()),
             prefix: Some(cfg.prefix.clone()),

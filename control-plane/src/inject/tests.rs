@@ -149,6 +149,27 @@ fn opt_in_pod_gets_a_native_sidecar_and_keeps_its_own_containers() {
 }
 
 #[test]
+fn the_sidecar_knows_its_app_from_the_pod_labels() {
+    let with = |labels: Value| {
+        let mut p = pod(json!({}), json!({}));
+        p["metadata"]["labels"] = labels;
+        let (allowed, reason, after) = run(&p);
+        assert!(allowed, "{reason}");
+        let sc = sidecar_of(&after, "initContainers").expect("sidecar");
+        args_of(&sc)
+            .windows(2)
+            .find(|w| w[0] == "--app")
+            .map(|w| w[1].to_string())
+    };
+    let both = json!({"app.kubernetes.io/name": "checkout", "app": "shop"});
+    assert_eq!(with(both).as_deref(), Some("checkout"));
+    assert_eq!(with(json!({"app": "shop"})).as_deref(), Some("shop"));
+    // Not a name an etcd key can hold: left to the sidecar's default.
+    assert_eq!(with(json!({"app": "Shop Front"})), None);
+    assert_eq!(with(json!({})), None);
+}
+
+#[test]
 fn plain_container_mode_and_resource_overrides() {
     let input = pod(
         json!({"twin.io/sidecar-mode": "container", "twin.io/proxy-memory-limit": "256Mi", "twin.io/datacenter": "wanguo"}),

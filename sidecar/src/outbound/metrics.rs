@@ -34,7 +34,7 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 pub fn describe() {
     describe_counter!(
         REQUESTS,
-        "Requests answered by an upstream, by service, datacenter and status class"
+        "Requests answered by an upstream, by calling app, service, datacenter and status class"
     );
     describe_histogram!(
         DURATION,
@@ -71,8 +71,8 @@ pub struct DcMetrics {
 }
 
 impl DcMetrics {
-    pub fn new(service: &str, dc: &str) -> DcMetrics {
-        let class = |c: &'static str| counter!(REQUESTS, "service" => service.to_string(), "dc" => dc.to_string(), "class" => c);
+    pub fn new(app: &str, service: &str, dc: &str) -> DcMetrics {
+        let class = |c: &'static str| counter!(REQUESTS, "app" => app.to_string(), "service" => service.to_string(), "dc" => dc.to_string(), "class" => c);
         DcMetrics {
             by_class: [
                 class("1xx"),

@@ -33,6 +33,7 @@ use hyper::header::HeaderMap;
 use hyper::{Method, Request, Response, Uri};
 use tokio::time::Instant;
 
+use crate::deps::{EdgeStats, Edges};
 use crate::outbound::body::{ProxyBody, ResponseBody, UpstreamBody};
 use crate::outbound::endpoint::{Ejection, Outcome};
 use crate::outbound::error::ProxyError;
@@ -44,6 +45,8 @@ use crate::table::{RoutingTable, ServiceRoute};
 /// The outbound proxy's shared state: the current routing table and a few limits.
 pub struct Outbound {
     table: Arc<ArcSwap<RoutingTable>>,
+    /// Calls whose Host names no route, for the dependency map.
+    unknown: Arc<EdgeStats>,
     max_replay: usize,
     in_flight: ::metrics::Gauge,
 }
@@ -83,9 +86,10 @@ impl Template {
 }
 
 impl Outbound {
-    pub fn new(table: Arc<ArcSwap<RoutingTable>>, max_replay: usize) -> Outbound {
+    pub fn new(table: Arc<ArcSwap<RoutingTable>>, max_replay: usize, edges: &Edges) -> Outbound {
         Outbound {
             table,
+            unknown: edges.edge(twin_topology::UNKNOWN_SERVICE),
             max_replay,
             in_flight: metrics::in_flight_gauge(),
         }
@@ -122,14 +126,22 @@ impl Outbound {
         // The whole request, retries included, uses the table it started with.
         let table = self.table.load_full();
         let resp = match route::lookup(&table, &req) {
-            Ok(route) => match self.forward(&route, req, connection_bucket).await {
-                Ok(resp) => resp,
-                Err(e) => {
-                    metrics::error(&route.name, e.label());
-                    e.into_response()
+            Ok(route) => {
+                route.edge.request();
+                match self.forward(&route, req, connection_bucket).await {
+                    Ok(resp) => resp,
+                    Err(e) => {
+                        route.edge.failed();
+                        metrics::error(&route.name, e.label());
+                        e.into_response()
+                    }
                 }
-            },
+            }
             Err(e) => {
+                if matches!(e, ProxyError::NoRoute(_) | ProxyError::MissingHost) {
+                    self.unknown.request();
+                    self.unknown.failed();
+                }
                 metrics::error("", e.label());
                 e.into_response()
             }
@@ -233,6 +245,7 @@ impl Outbound {
                         member.state.record(Outcome::Success);
                     }
                     pool.metrics.answered(status, started.elapsed());
+                    route.edge.answered(pool.code, status.is_server_error());
                     if let Some(from) = choice.spilled_from {
                         metrics::spill(&route.name, &route.dcs[from].name, &pool.name);
                     }
