@@ -13,6 +13,8 @@ twin_need_packages() {
   for extra in "$@"; do
     case "$extra" in
       curl) command -v curl >/dev/null 2>&1 || missing+=(curl) ;;
+      # Graphviz's `dot` lays out `twinctl deps --svg` (tests draw with and without it).
+      dot) command -v dot >/dev/null 2>&1 || missing+=(graphviz) ;;
       *) command -v "$extra" >/dev/null 2>&1 || missing+=("$extra") ;;
     esac
   done

@@ -221,9 +221,23 @@ async fn auto_failover(
         selection: Selection::All,
         peak_utilization: cfg.peak_utilization,
     };
-    let reason = format!("auto: {dc} {pct:.0}% healthy");
     let result = async {
         let prepared = failover::prepare(cluster, &req).await?;
+        // The dependency map's blockers are logged and noted in the audit reason, not
+        // enforced: the policy acts only on a datacenter that is already failing, and
+        // leaving its traffic there would not save what depends on it.
+        let noted: Vec<String> = prepared.map_blockers().map(|b| b.reason.clone()).collect();
+        for b in &noted {
+            tracing::warn!(%dc, blocker = %b, "automatic failover: dependency blocker (not enforced)");
+        }
+        let reason = if noted.is_empty() {
+            format!("auto: {dc} {pct:.0}% healthy")
+        } else {
+            format!(
+                "auto: {dc} {pct:.0}% healthy [dependency blockers not enforced: {}]",
+                noted.join("; ")
+            )
+        };
         failover::commit(
             cluster,
             &prepared,

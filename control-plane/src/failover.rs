@@ -9,10 +9,12 @@ use twin_topology::{
 };
 
 use crate::cutover::{self, CutoverReport, FenceArgs};
+use crate::deps;
 use crate::error::CtlError;
 use crate::guard;
 use crate::output::{Report, Table};
 use crate::plan::{FailoverPlan, Selection};
+use crate::readiness::{self, Blocker};
 use crate::state::Cluster;
 
 /// What an SRE (or the automatic policy) asks for.
@@ -29,8 +31,13 @@ pub struct FailoverRequest {
 #[derive(Clone, Debug, Serialize)]
 pub struct PreparedFailover {
     pub plan: FailoverPlan,
-    /// What the guard rails object to (refused unless forced).
+    /// What the guard rails object to (refused unless forced): the freeze, `fail` routes'
+    /// homes and capacity.
     pub objections: Vec<String>,
+    /// Every readiness blocker ([`crate::readiness`]): the objections' `fail` routes and
+    /// capacity again, and what the dependency map shows. `twinctl failover` refuses on the
+    /// map's blockers too; the daemon only logs them.
+    pub blockers: Vec<Blocker>,
     /// Routes whose capacity could not be judged (no registered endpoints).
     pub unchecked: Vec<String>,
     /// The full new route of each move, in plan order.
@@ -42,6 +49,11 @@ pub struct PreparedFailover {
 }
 
 impl PreparedFailover {
+    /// The blockers found in the dependency map (not already among the objections).
+    pub fn map_blockers(&self) -> impl Iterator<Item = &Blocker> {
+        self.blockers.iter().filter(|b| b.kind.from_map())
+    }
+
     /// One compare-and-swap change per moved route.
     pub fn changes(&self, keys: &twin_topology::Keys) -> Result<Vec<Change>, CtlError> {
         let mut changes = Vec::with_capacity(self.routes.len());
@@ -86,9 +98,28 @@ pub async fn prepare(
     let topo = &loaded.topo;
     let plan = FailoverPlan::build(topo, &req.from, req.to.as_deref(), &req.selection)
         .map_err(|e| CtlError::failed(e.to_string()))?;
-    let mut objections: Vec<String> = guard::freeze(topo, now_ms()).into_iter().collect();
-    objections.extend(guard::fail_routes(&plan));
-    objections.extend(guard::capacity(topo, &plan, req.peak_utilization));
+    let edges = deps::read_edges(cluster).await?;
+    let nodes = cluster.live_nodes().await?;
+    let health = cluster.health_all().await?;
+    let now = now_ms();
+    let blockers = readiness::assess(&readiness::Inputs {
+        topo,
+        plan: &plan,
+        selection: &req.selection,
+        edges: &edges,
+        nodes: &nodes,
+        health: &health,
+        now_ms: now,
+        peak_utilization: req.peak_utilization,
+    });
+    let mut objections: Vec<String> = guard::freeze(topo, now).into_iter().collect();
+    // The fail-route and capacity guard rails, in that order, as readiness found them.
+    objections.extend(
+        blockers
+            .iter()
+            .filter(|b| !b.kind.from_map())
+            .map(|b| b.reason.clone()),
+    );
     let unchecked = plan
         .moves
         .iter()
@@ -114,6 +145,7 @@ pub async fn prepare(
     Ok(PreparedFailover {
         plan,
         objections,
+        blockers,
         unchecked,
         routes,
         topo: loaded.topo,
@@ -159,6 +191,8 @@ pub struct FailoverReport {
     pub unchanged: Vec<String>,
     /// Guard-rail objections: refused, or (with --force) overridden.
     pub objections: Vec<String>,
+    /// The dependency map's blockers among them (see `twinctl readiness`).
+    pub blockers: Vec<Blocker>,
     pub forced: bool,
     pub capacity_unchecked: Vec<String>,
     /// The audit id to pass to `twinctl failback`.
@@ -200,6 +234,7 @@ impl FailoverReport {
                 .collect(),
             unchanged: prepared.plan.unchanged.clone(),
             objections: prepared.objections.clone(),
+            blockers: prepared.map_blockers().cloned().collect(),
             forced,
             capacity_unchecked: prepared.unchecked.clone(),
             audit_id: committed.map(|c| c.change_id.clone()),

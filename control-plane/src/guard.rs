@@ -31,6 +31,18 @@ pub fn freeze(topo: &Topology, now_ms: u64) -> Option<String> {
 /// Objects when a target datacenter of the failover would carry more than its registered
 /// capacity under the assumed peak load (`utilization` percent of the service's capacity).
 pub fn capacity(topo: &Topology, plan: &FailoverPlan, utilization: f64) -> Vec<String> {
+    capacity_by_service(topo, plan, utilization)
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect()
+}
+
+/// [`capacity`]'s objections with the service each is about.
+pub fn capacity_by_service(
+    topo: &Topology,
+    plan: &FailoverPlan,
+    utilization: f64,
+) -> Vec<(String, String)> {
     plan.moves
         .iter()
         .flat_map(|m| {
@@ -38,10 +50,11 @@ pub fn capacity(topo: &Topology, plan: &FailoverPlan, utilization: f64) -> Vec<S
             shortfalls(&m.service, &cap, &m.before, &m.after, utilization)
         })
         .map(|s| {
-            format!(
+            let line = format!(
                 "{} in {} would carry {:.1} but has capacity {}",
                 s.service, s.dc, s.load, s.capacity
-            )
+            );
+            (s.service, line)
         })
         .collect()
 }
@@ -49,14 +62,23 @@ pub fn capacity(topo: &Topology, plan: &FailoverPlan, utilization: f64) -> Vec<S
 /// Objects for each `on_dc_down: fail` route that the failover would move out of `from`
 /// (its writes must stay in their home datacenter).
 pub fn fail_routes(plan: &FailoverPlan) -> Vec<String> {
+    fail_routes_by_service(plan)
+        .into_iter()
+        .map(|(_, o)| o)
+        .collect()
+}
+
+/// [`fail_routes`]' objections with the service each is about.
+pub fn fail_routes_by_service(plan: &FailoverPlan) -> Vec<(String, String)> {
     plan.moves
         .iter()
         .filter(|m| m.on_dc_down == OnDcDown::Fail)
         .map(|m| {
-            format!(
+            let line = format!(
                 "{} is on_dc_down: fail and would lose its home {}",
                 m.service, plan.from
-            )
+            );
+            (m.service.clone(), line)
         })
         .collect()
 }

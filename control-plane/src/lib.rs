@@ -11,13 +11,16 @@
 //! validation and the audited `Store` belong to `twin-topology`; this crate must not know
 //! how the sidecar proxies requests or how IDs are generated (it only calls `twin-idgen`'s
 //! decoder for `twinctl id decode`, and `twin-sidecar`'s flag struct `config::Flags` so the
-//! injector writes exactly the command line the sidecar parses).
+//! injector writes exactly the command line the sidecar parses). The sidecars' dependency
+//! edges become one map ([`deps`]) that judges whether a datacenter can be lost
+//! ([`readiness`]) before any failover.
 
 pub mod autofail;
 pub mod balance;
 pub mod cli;
 pub mod cutover;
 pub mod daemon;
+pub mod deps;
 pub mod drain;
 pub mod election;
 pub mod error;
@@ -29,6 +32,7 @@ pub mod output;
 pub mod plan;
 pub mod probe;
 pub mod prometheus;
+pub mod readiness;
 pub mod state;
 pub mod status;
 pub mod status_api;

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::error::CtlError;
 
-/// `-o table|json|yaml`.
+/// `-o table|json|yaml|dot|mermaid`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// Aligned columns for people.
@@ -15,6 +15,39 @@ pub enum Format {
     Json,
     /// One YAML document.
     Yaml,
+    /// Graphviz DOT (twinctl deps only).
+    Dot,
+    /// A Mermaid flowchart (twinctl deps only).
+    Mermaid,
+}
+
+impl Format {
+    /// Whether this is a drawing format, which only `twinctl deps` prints.
+    pub fn is_graph(self) -> bool {
+        matches!(self, Format::Dot | Format::Mermaid)
+    }
+
+    /// Refuses a drawing format for `command` (exit 2), before anything is read.
+    pub fn check_for(self, command: &str) -> Result<(), CtlError> {
+        if self.is_graph() {
+            return Err(CtlError::usage(format!(
+                "-o {} draws the dependency map: only twinctl deps prints it; use -o table, json or yaml with {command}",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The flag value (`dot`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Table => "table",
+            Format::Json => "json",
+            Format::Yaml => "yaml",
+            Format::Dot => "dot",
+            Format::Mermaid => "mermaid",
+        }
+    }
 }
 
 /// A command's result: serializable for scripts, and with a text form for people.
@@ -32,6 +65,10 @@ pub fn render<R: Report>(format: Format, report: &R) -> Result<String, CtlError>
         Format::Yaml => serde_yaml::to_string(report)
             .map(|s| s.trim_end().to_string())
             .map_err(|e| CtlError::failed(format!("encoding YAML output: {e}"))),
+        Format::Dot | Format::Mermaid => {
+            format.check_for("this command")?;
+            Ok(report.text())
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! `http://` only. [`query_max`] is the one instant query, shared with the fenced cut-over's
 //! `promql:` sync gate.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,6 +51,8 @@ enum QueryData {
 
 #[derive(Deserialize)]
 struct Sample {
+    #[serde(default)]
+    metric: BTreeMap<String, String>,
     value: (f64, String),
 }
 
@@ -84,6 +87,19 @@ impl PromGate {
 /// One instant query of `query` at Prometheus `base` (`http://host:port`): the largest value
 /// it returned (`None`: no samples), within `timeout`.
 pub async fn query_max(base: &str, query: &str, timeout: Duration) -> Result<Option<f64>, String> {
+    let mut max: Option<f64> = None;
+    for (_, x) in query_vector(base, query, timeout).await? {
+        max = Some(max.map_or(x, |m: f64| if x.is_nan() { x } else { m.max(x) }));
+    }
+    Ok(max)
+}
+
+/// One instant query: every sample with its labels (a scalar has none), within `timeout`.
+pub async fn query_vector(
+    base: &str,
+    query: &str,
+    timeout: Duration,
+) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
     let url = format!(
         "{}/api/v1/query?query={}",
         base.trim_end_matches('/'),
@@ -94,8 +110,8 @@ pub async fn query_max(base: &str, query: &str, timeout: Duration) -> Result<Opt
         .map_err(|_| format!("prometheus at {base} gave no answer within {timeout:?}"))?
 }
 
-/// The largest value the query returned (`None`: no samples).
-async fn fetch(url: &str) -> Result<Option<f64>, String> {
+/// The samples the query returned.
+async fn fetch(url: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("prometheus URL {url:?}: {e}"))?;
@@ -121,17 +137,19 @@ async fn fetch(url: &str) -> Result<Option<f64>, String> {
             parsed.error.unwrap_or(parsed.status)
         ));
     }
-    let values: Vec<String> = match parsed.data {
-        Some(QueryData::Vector(samples)) => samples.into_iter().map(|s| s.value.1).collect(),
-        Some(QueryData::Scalar((_, v))) => vec![v],
+    let values: Vec<(BTreeMap<String, String>, String)> = match parsed.data {
+        Some(QueryData::Vector(samples)) => {
+            samples.into_iter().map(|s| (s.metric, s.value.1)).collect()
+        }
+        Some(QueryData::Scalar((_, v))) => vec![(BTreeMap::new(), v)],
         _ => Vec::new(),
     };
-    let mut max: Option<f64> = None;
-    for v in values {
+    let mut out = Vec::with_capacity(values.len());
+    for (labels, v) in values {
         let x: f64 = v
             .parse()
             .map_err(|_| format!("prometheus returned {v:?}, not a number"))?;
-        max = Some(max.map_or(x, |m: f64| if x.is_nan() { x } else { m.max(x) }));
+        out.push((labels, x));
     }
-    Ok(max)
+    Ok(out)
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use twin_topology::{AuditRecord, FencePhase, Freeze, OnDcDown, Topology, Weights};
 
+use crate::deps::{DepGraph, EdgeRecord, Filter};
 use crate::drain::DrainRecord;
 use crate::election::{current_leader, Leader};
 use crate::error::CtlError;
@@ -54,6 +55,8 @@ pub struct LastChange {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StatusReport {
     pub revision: i64,
+    /// When the report was made (Unix ms).
+    pub at_ms: u64,
     pub datacenters: Vec<DcStatus>,
     pub services: Vec<ServiceStatus>,
     /// The freeze in force (or set for the future).
@@ -67,6 +70,8 @@ pub struct StatusReport {
     pub fences: Vec<FenceStatus>,
     /// Live sidecars (presence keys).
     pub sidecars: Vec<LiveNode>,
+    /// The dependency map: apps, services and the calls between them.
+    pub deps: DepGraph,
     /// Values in etcd that failed validation and are ignored.
     pub invalid: Vec<String>,
 }
@@ -105,6 +110,8 @@ pub struct Extras {
     pub nodes: Vec<LiveNode>,
     /// Per fenced service: acknowledgements of its current fence.
     pub acks: BTreeMap<String, usize>,
+    /// The sidecars' dependency edges.
+    pub edges: Vec<EdgeRecord>,
 }
 
 impl Extras {
@@ -128,6 +135,7 @@ impl Extras {
             drains: crate::drain::list(cluster).await?,
             nodes: cluster.live_nodes().await?,
             acks,
+            edges: crate::deps::read_edges(cluster).await?,
         })
     }
 }
@@ -147,7 +155,9 @@ impl StatusReport {
             drains,
             nodes,
             acks,
+            edges,
         } = extras;
+        let deps = DepGraph::build(&edges, &nodes, topo, &Filter::All);
         let health = &health;
         let mut dcs: Vec<DcStatus> = topo
             .datacenters
@@ -187,6 +197,7 @@ impl StatusReport {
             .collect();
         StatusReport {
             revision: topo.revision,
+            at_ms: now_ms,
             datacenters: dcs,
             services,
             frozen: topo.freeze.as_ref().is_some_and(|f| f.until_ms > now_ms),
@@ -225,6 +236,7 @@ impl StatusReport {
                 })
                 .collect(),
             sidecars: nodes,
+            deps,
             invalid,
         }
     }
@@ -336,6 +348,7 @@ impl Report for StatusReport {
             ));
         }
         out.push(sidecar_summary(&self.sidecars));
+        out.push(self.deps.summary(self.at_ms));
         for i in &self.invalid {
             out.push(format!("ignored invalid value: {i}"));
         }

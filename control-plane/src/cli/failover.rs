@@ -33,7 +33,8 @@ pub struct FailoverArgs {
     /// Do not ask for confirmation (needed when stdin is not a terminal)
     #[arg(long)]
     pub yes: bool,
-    /// Override the guard rails: freeze, target capacity, on_dc_down=fail homes
+    /// Override the guard rails: freeze, target capacity, on_dc_down=fail homes, and the
+    /// dependency map's blockers (see twinctl readiness)
     #[arg(long)]
     pub force: bool,
     /// Capacity guard: share of a service's registered capacity assumed used at peak
@@ -77,6 +78,12 @@ pub async fn run_failover(g: &Global, a: FailoverArgs) -> Result<(), CtlError> {
         peak_utilization: f64::from(a.peak_utilization) / 100.0,
     };
     let mut prepared = failover::prepare(&cluster, &req).await?;
+    // The dependency map's blockers (twinctl readiness) are guard rails of a failover that
+    // moves something.
+    if !prepared.plan.moves.is_empty() {
+        let map: Vec<String> = prepared.map_blockers().map(|b| b.reason.clone()).collect();
+        prepared.objections.extend(map);
+    }
     let changes = prepared.changes(&cluster.keys)?;
     let moves = Moves::of(&cluster.keys, &prepared.topo, &changes);
     let fenced = cutover::objections(&prepared.topo, &moves, a.fence.fence, now_ms());

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod auth;
 pub mod balance;
 pub mod dc;
+pub mod deps;
 pub mod failover;
 pub mod freeze;
 pub mod id;
@@ -33,8 +34,9 @@ Exit codes:
   2  usage: a bad flag or value (weights, percent, time, missing --reason); nothing was read
      or written
   3  refused by a guard rail: change freeze, target capacity, an on_dc_down=fail route's
-     home, shift step limit, or a failed health gate; nothing changed (a shift that fails its
-     gate midway is rolled back). --force (with --reason) overrides where the help says so.
+     home, shift step limit, a failed health gate, or a blocker of the dependency map
+     (readiness exits 3 when it finds any); nothing changed (a shift that fails its gate
+     midway is rolled back). --force (with --reason) overrides where the help says so.
 
 Environment: TWIN_ETCD, TWIN_PREFIX, TWIN_ETCD_CA, TWIN_ETCD_CERT, TWIN_ETCD_KEY,
 TWIN_ETCD_USER, TWIN_ETCD_PASSWORD_FILE (or TWIN_ETCD_PASSWORD) stand in for the flags.";
@@ -56,7 +58,8 @@ pub struct Cli {
 pub struct Global {
     #[command(flatten)]
     pub etcd: EtcdArgs,
-    /// Output format: a table for people, json or yaml for scripts
+    /// Output format: a table for people, json or yaml for scripts; dot or mermaid draw
+    /// the dependency map (twinctl deps only)
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub output: Format,
     /// Per-request etcd timeout, e.g. 5s
@@ -93,6 +96,10 @@ pub enum Command {
     Undrain(balance::DrainArgs),
     /// One screen: datacenters, weights, nodes, freeze, last change, leader
     Status,
+    /// The dependency map: which app calls which service, from and in which datacenters
+    Deps(deps::DepsArgs),
+    /// What stands in the way of failing over a datacenter (exit 3 when anything does)
+    Readiness(deps::ReadinessArgs),
     /// Transaction IDs
     #[command(subcommand)]
     Id(id::IdCommand),
@@ -101,6 +108,31 @@ pub enum Command {
     /// etcd roles and users for Twin: bootstrap, add-user
     #[command(subcommand)]
     Auth(auth::AuthCommand),
+}
+
+impl Command {
+    /// The command's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Dc(_) => "dc",
+            Command::Route(_) => "route",
+            Command::Shift(_) => "shift",
+            Command::Failover(_) => "failover",
+            Command::Failback(_) => "failback",
+            Command::Freeze(_) => "freeze",
+            Command::Unfreeze(_) => "unfreeze",
+            Command::Audit(_) => "audit",
+            Command::Balance(_) => "balance",
+            Command::Drain(_) => "drain",
+            Command::Undrain(_) => "undrain",
+            Command::Status => "status",
+            Command::Deps(_) => "deps",
+            Command::Readiness(_) => "readiness",
+            Command::Id(_) => "id",
+            Command::Inject(_) => "inject",
+            Command::Auth(_) => "auth",
+        }
+    }
 }
 
 /// The flags of every command that changes something.
@@ -162,6 +194,9 @@ impl Cli {
 /// Runs one parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CtlError> {
     let g = &cli.global;
+    if !matches!(cli.command, Command::Deps(_)) {
+        g.output.check_for(cli.command.name())?;
+    }
     match cli.command {
         Command::Dc(c) => dc::run(g, c).await,
         Command::Route(c) => route::run(g, c).await,
@@ -175,6 +210,8 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Drain(a) => balance::run_drain(g, a, true).await,
         Command::Undrain(a) => balance::run_drain(g, a, false).await,
         Command::Status => status::run(g).await,
+        Command::Deps(a) => deps::run_deps(g, a).await,
+        Command::Readiness(a) => deps::run_readiness(g, a).await,
         Command::Id(c) => id::run(g, c).await,
         Command::Inject(a) => inject::run(g, a),
         Command::Auth(c) => auth::run(g, c).await,

@@ -1,0 +1,364 @@
+//! Unit tests of [`super::assess`]: each blocker from hand-made edges, presence, health and
+//! topology, and the inputs where it must stay silent.
+
+use std::collections::BTreeMap;
+
+use twin_topology::{
+    Datacenter, DepEdge, Endpoint, Keys, OnDcDown, Presence, Route, Topology, Weights,
+};
+
+use super::*;
+use crate::deps::EdgeRecord;
+use crate::health::{DcHealth, ServiceHealth};
+use crate::plan::{FailoverPlan, Selection};
+use crate::state::LiveNode;
+
+const NOW: u64 = 100_000_000;
+
+fn w(pairs: &[(&str, u32)]) -> Weights {
+    Weights(pairs.iter().map(|(d, v)| (d.to_string(), *v)).collect())
+}
+
+/// m6v and wanguo; routes `payments` and `web` 50/50, `ledger` all in m6v; endpoints as given
+/// (service, dc, capacity).
+fn topo(endpoints: &[(&str, &str, u32)]) -> Topology {
+    let keys = Keys::default();
+    let mut t = Topology::default();
+    for (n, c) in [("m6v", 0u8), ("wanguo", 1)] {
+        let dc = serde_json::to_vec(&Datacenter {
+            code: c,
+            display_name: String::new(),
+        })
+        .expect("json");
+        t.apply(&keys, &keys.datacenter(n), Some(&dc), 1)
+            .expect("dc");
+    }
+    for (svc, weights) in [
+        ("payments", w(&[("m6v", 5000), ("wanguo", 5000)])),
+        ("ledger", w(&[("m6v", 10000)])),
+    ] {
+        let r = serde_json::to_vec(&Route::with_weights(weights)).expect("json");
+        t.apply(&keys, &keys.route(svc), Some(&r), 5)
+            .expect("route");
+    }
+    for (i, (svc, dc, cap)) in endpoints.iter().enumerate() {
+        let ep = serde_json::to_vec(&Endpoint {
+            addr: format!("10.0.0.{i}:80"),
+            capacity: *cap,
+            zone: None,
+        })
+        .expect("json");
+        t.apply(
+            &keys,
+            &keys.endpoint(svc, dc, &format!("i{i}")),
+            Some(&ep),
+            6,
+        )
+        .expect("endpoint");
+    }
+    t
+}
+
+fn node(app: &str, dc: &str, n: &str, at_ms: u64) -> LiveNode {
+    LiveNode {
+        dc: dc.into(),
+        node: n.into(),
+        presence: Presence {
+            app: app.into(),
+            version: "test".into(),
+            routes_revision: 5,
+            at_ms,
+        },
+    }
+}
+
+fn edge(app: &str, service: &str, n: &str, dc: &str, at_ms: u64) -> EdgeRecord {
+    EdgeRecord {
+        app: app.into(),
+        service: service.into(),
+        node: n.into(),
+        edge: DepEdge {
+            dc: dc.into(),
+            served: [("m6v".to_string(), 10)].into(),
+            requests: 10,
+            errors: 0,
+            first_ms: at_ms - 1000,
+            last_ms: at_ms - 10,
+            at_ms,
+        },
+    }
+}
+
+/// The three-app scenario: web and payments in both datacenters, web → payments →
+/// ledger, every edge fresh.
+fn three_apps() -> (Vec<LiveNode>, Vec<EdgeRecord>) {
+    let nodes = vec![
+        node("web", "m6v", "web-m", NOW - 1000),
+        node("web", "wanguo", "web-w", NOW - 1000),
+        node("payments", "m6v", "pay-m", NOW - 1000),
+        node("payments", "wanguo", "pay-w", NOW - 1000),
+    ];
+    let edges = vec![
+        edge("web", "payments", "web-m", "m6v", NOW - 500),
+        edge("web", "payments", "web-w", "wanguo", NOW - 500),
+        edge("payments", "ledger", "pay-m", "m6v", NOW - 500),
+        edge("payments", "ledger", "pay-w", "wanguo", NOW - 500),
+    ];
+    (nodes, edges)
+}
+
+fn assess_with(
+    t: &Topology,
+    sel: Selection,
+    nodes: &[LiveNode],
+    edges: &[EdgeRecord],
+    health: &BTreeMap<String, DcHealth>,
+) -> Vec<Blocker> {
+    let plan = FailoverPlan::build(t, "m6v", None, &sel).expect("plan");
+    assess(&Inputs {
+        topo: t,
+        plan: &plan,
+        selection: &sel,
+        edges,
+        nodes,
+        health,
+        now_ms: NOW,
+        peak_utilization: 50.0,
+    })
+}
+
+fn kinds(b: &[Blocker]) -> Vec<(BlockerKind, Option<&str>, Option<&str>)> {
+    b.iter()
+        .map(|b| (b.kind, b.app.as_deref(), b.service.as_deref()))
+        .collect()
+}
+
+#[test]
+fn single_dc_dependency_fires_and_clears_once_the_service_lives_elsewhere() {
+    let (nodes, edges) = three_apps();
+    let none = BTreeMap::new();
+    let t = topo(&[
+        ("ledger", "m6v", 1),
+        ("payments", "m6v", 1),
+        ("payments", "wanguo", 1),
+    ]);
+    let b = assess_with(&t, Selection::All, &nodes, &edges, &none);
+    assert_eq!(
+        kinds(&b),
+        vec![
+            (
+                BlockerKind::SingleDcDependency,
+                Some("payments"),
+                Some("ledger")
+            ),
+            (BlockerKind::Capacity, None, Some("ledger")),
+        ],
+        "{b:#?}"
+    );
+    assert_eq!(
+        b[0].reason,
+        "payments calls ledger, which has no healthy endpoint outside m6v (wanguo: no endpoint registered or static); payments keeps running in wanguo"
+    );
+    assert_eq!(
+        b[1].reason,
+        "ledger in wanguo would carry 0.5 but has capacity 0"
+    );
+
+    // One ledger endpoint in wanguo: nothing blocks.
+    let t = topo(&[
+        ("ledger", "m6v", 1),
+        ("ledger", "wanguo", 1),
+        ("payments", "m6v", 1),
+        ("payments", "wanguo", 1),
+    ]);
+    assert_eq!(
+        assess_with(&t, Selection::All, &nodes, &edges, &none),
+        vec![]
+    );
+}
+
+#[test]
+fn fresh_health_overrules_registrations_and_stale_health_does_not() {
+    let (nodes, edges) = three_apps();
+    let t = topo(&[
+        ("ledger", "m6v", 1),
+        ("ledger", "wanguo", 1),
+        ("payments", "m6v", 1),
+        ("payments", "wanguo", 1),
+    ]);
+    let health = |age: u64, up: u32| -> BTreeMap<String, DcHealth> {
+        let h = DcHealth {
+            dc: "wanguo".into(),
+            at_ms: NOW - age,
+            publisher: "cp".into(),
+            services: [(
+                "ledger".to_string(),
+                ServiceHealth {
+                    total: 1,
+                    up,
+                    ..ServiceHealth::default()
+                },
+            )]
+            .into(),
+        };
+        [("wanguo".to_string(), h)].into()
+    };
+    let down = assess_with(&t, Selection::All, &nodes, &edges, &health(2_000, 0));
+    assert_eq!(down.len(), 1, "{down:#?}");
+    assert_eq!(down[0].kind, BlockerKind::SingleDcDependency);
+    assert!(
+        down[0].reason.contains("(wanguo: 0 of 1 up 2s ago)"),
+        "{}",
+        down[0].reason
+    );
+    // Up, or too old to trust (the registration decides): no blocker.
+    assert_eq!(
+        assess_with(&t, Selection::All, &nodes, &edges, &health(2_000, 1)),
+        vec![]
+    );
+    assert_eq!(
+        assess_with(&t, Selection::All, &nodes, &edges, &health(60_000, 0)),
+        vec![]
+    );
+}
+
+#[test]
+fn a_caller_that_dies_with_the_datacenter_is_no_dependency_blocker_but_an_app_blocker() {
+    // payments runs only in m6v: its call to ledger does not outlive m6v, so no
+    // single-dc dependency; but payments itself goes down with m6v.
+    let nodes = vec![
+        node("web", "m6v", "web-m", NOW - 1000),
+        node("web", "wanguo", "web-w", NOW - 1000),
+        node("payments", "m6v", "pay-m", NOW - 1000),
+    ];
+    let edges = vec![
+        edge("web", "payments", "web-w", "wanguo", NOW - 500),
+        edge("payments", "ledger", "pay-m", "m6v", NOW - 500),
+    ];
+    let t = topo(&[
+        ("ledger", "m6v", 1),
+        ("ledger", "wanguo", 1),
+        ("payments", "m6v", 1),
+        ("payments", "wanguo", 1),
+    ]);
+    let b = assess_with(&t, Selection::All, &nodes, &edges, &BTreeMap::new());
+    assert_eq!(
+        kinds(&b),
+        vec![(BlockerKind::AppSingleDc, Some("payments"), None)]
+    );
+    assert_eq!(
+        b[0].reason,
+        "app payments runs only in m6v (1 live sidecar(s), none elsewhere): it goes down with m6v"
+    );
+}
+
+#[test]
+fn sidecars_without_an_app_name_are_not_judged_as_apps() {
+    // A sidecar with no --app reports its node id as its app.
+    let nodes = vec![node("m6v-0", "m6v", "m6v-0", NOW - 3_600_000)];
+    let t = topo(&[]);
+    assert_eq!(
+        assess_with(&t, Selection::All, &nodes, &[], &BTreeMap::new()),
+        vec![]
+    );
+}
+
+#[test]
+fn fail_routes_and_capacity_become_blockers() {
+    let mut t = topo(&[("payments", "m6v", 3), ("payments", "wanguo", 1)]);
+    let keys = Keys::default();
+    let mut r = Route::with_weights(w(&[("m6v", 5000), ("wanguo", 5000)]));
+    r.on_dc_down = OnDcDown::Fail;
+    let r = serde_json::to_vec(&r).expect("json");
+    t.apply(&keys, &keys.route("payments"), Some(&r), 7)
+        .expect("route");
+    let sel = Selection::Services(vec!["payments".into()]);
+    let b = assess_with(&t, sel, &[], &[], &BTreeMap::new());
+    assert_eq!(
+        kinds(&b),
+        vec![
+            (BlockerKind::FailRoute, None, Some("payments")),
+            (BlockerKind::Capacity, None, Some("payments")),
+        ]
+    );
+    assert_eq!(
+        b[0].reason,
+        "payments is on_dc_down: fail and would lose its home m6v"
+    );
+    assert_eq!(
+        b[1].reason,
+        "payments in wanguo would carry 2.0 but has capacity 1"
+    );
+}
+
+#[test]
+fn a_stale_or_missing_map_is_named_exactly() {
+    let t = topo(&[("ledger", "m6v", 1), ("ledger", "wanguo", 1)]);
+    let nodes = vec![
+        node("web", "m6v", "web-m", NOW - 1000),
+        node("web", "wanguo", "web-w", NOW - 1000),
+        node("batch", "m6v", "batch-m", NOW - 15 * 60_000),
+        node("batch", "wanguo", "batch-w", NOW - 1000),
+        node("fresh", "m6v", "fresh-m", NOW - 60_000),
+        node("fresh", "wanguo", "fresh-w", NOW - 60_000),
+    ];
+    // web's only edge was written 11 minutes ago; batch has none though up 15 minutes;
+    // fresh has none but is up for only a minute (not stale yet).
+    let edges = vec![edge("web", "ledger", "web-w", "wanguo", NOW - 11 * 60_000)];
+    let b = assess_with(&t, Selection::All, &nodes, &edges, &BTreeMap::new());
+    assert_eq!(
+        kinds(&b),
+        vec![
+            (BlockerKind::StaleMap, Some("batch"), None),
+            (BlockerKind::StaleMap, Some("web"), None),
+        ],
+        "{b:#?}"
+    );
+    assert_eq!(
+        b[0].reason,
+        "dependency map of app batch is stale: no edges at all, though its sidecar m6v/batch-m has been up at least 15m (a sidecar without the edge publisher, or an app that calls nothing)"
+    );
+    assert_eq!(
+        b[1].reason,
+        "dependency map of app web is stale: its newest edge was written 11m ago (sidecars rewrite edges every 5m); its calls may be missing"
+    );
+}
+
+#[test]
+fn services_scope_follows_what_the_selected_services_call() {
+    let (nodes, mut edges) = three_apps();
+    edges.push(edge("web", "search", "web-w", "wanguo", NOW - 500));
+    let t = topo(&[
+        ("payments", "m6v", 1),
+        ("payments", "wanguo", 1),
+        ("ledger", "m6v", 1),
+    ]);
+    // payments calls ledger (m6v only): in scope. web → search is not.
+    let sel = Selection::Services(vec!["payments".into()]);
+    let b = assess_with(&t, sel, &nodes, &edges, &BTreeMap::new());
+    assert_eq!(
+        kinds(&b),
+        vec![(
+            BlockerKind::SingleDcDependency,
+            Some("payments"),
+            Some("ledger")
+        )],
+        "{b:#?}"
+    );
+    // With --all, search (no route, no endpoint) is one too.
+    let all = assess_with(&t, Selection::All, &nodes, &edges, &BTreeMap::new());
+    assert!(all
+        .iter()
+        .any(|b| b.service.as_deref() == Some("search") && b.app.as_deref() == Some("web")));
+    // Calls to a Host that names no route are not judged.
+    let unknown = vec![edge(
+        "web",
+        twin_topology::UNKNOWN_SERVICE,
+        "web-w",
+        "wanguo",
+        NOW,
+    )];
+    let t = topo(&[]);
+    let b = assess_with(&t, Selection::All, &nodes[..2], &unknown, &BTreeMap::new());
+    assert_eq!(b, vec![]);
+}
