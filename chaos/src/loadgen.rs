@@ -99,36 +99,16 @@ pub async fn run(
             }
         };
         let key = rng.random_range(0..spec.routed.keys);
-        let up: Vec<usize> = (0..lab.sidecars.len())
-            .filter(|&i| lab.sidecars[i].up.load(Ordering::SeqCst))
-            .collect();
-        live.sent.fetch_add(1, Ordering::Relaxed);
-        let mut sample = Sample {
-            id: n,
-            sent_ms: due_ms,
-            latency_ms: 0.0,
-            kind,
-            sidecar: 0,
-            key,
-            outcome: Outcome::NotSent {
-                reason: "no sidecar is up".into(),
-            },
-            dc: None,
-            route_rev: None,
-            twin_error: None,
+        let sample = Sample::unsent(n, due_ms, kind, key);
+        let admission = Admission {
+            lab: &lab,
+            live: &live,
+            recording: &recording,
+            slots: &slots,
+            what: "requests",
+            max: spec.max_in_flight,
         };
-        if up.is_empty() {
-            live.errors.fetch_add(1, Ordering::Relaxed);
-            lock(&recording).samples.push(sample);
-            continue;
-        }
-        sample.sidecar = up[(n as usize) % up.len()];
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            sample.outcome = Outcome::NotSent {
-                reason: format!("more than {} requests in flight", spec.max_in_flight),
-            };
-            live.errors.fetch_add(1, Ordering::Relaxed);
-            lock(&recording).samples.push(sample);
+        let Some((sample, permit)) = admission.admit(sample, |up| (n as usize) % up) else {
             continue;
         };
         let ctx = Ctx {
@@ -152,6 +132,50 @@ pub async fn run(
     while tasks.join_next().await.is_some() {}
     if let Some(w) = writer {
         let _ = w.await;
+    }
+}
+
+/// Where a load generator's requests are admitted: a live sidecar and a free slot.
+pub(crate) struct Admission<'a> {
+    pub lab: &'a Lab,
+    pub live: &'a LiveCounters,
+    pub recording: &'a SharedRecording,
+    pub slots: &'a Arc<Semaphore>,
+    /// What the load sends, for the refusal (`requests`, `writes`).
+    pub what: &'static str,
+    pub max: usize,
+}
+
+impl Admission<'_> {
+    /// Counts `sample` as sent and gives it a live sidecar (`pick(n)` of the `n` up) and a
+    /// slot; `None`, with the sample recorded as not sent, when no sidecar is up or `max`
+    /// are in flight.
+    pub fn admit(
+        &self,
+        mut sample: Sample,
+        pick: impl FnOnce(usize) -> usize,
+    ) -> Option<(Sample, tokio::sync::OwnedSemaphorePermit)> {
+        let up: Vec<usize> = (0..self.lab.sidecars.len())
+            .filter(|&i| self.lab.sidecars[i].up.load(Ordering::SeqCst))
+            .collect();
+        self.live.sent.fetch_add(1, Ordering::Relaxed);
+        if up.is_empty() {
+            self.live.errors.fetch_add(1, Ordering::Relaxed);
+            lock(self.recording).samples.push(sample);
+            return None;
+        }
+        sample.sidecar = up[pick(up.len()) % up.len()];
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some((sample, permit)),
+            Err(_) => {
+                sample.outcome = Outcome::NotSent {
+                    reason: format!("more than {} {} in flight", self.max, self.what),
+                };
+                self.live.errors.fetch_add(1, Ordering::Relaxed);
+                lock(self.recording).samples.push(sample);
+                None
+            }
+        }
     }
 }
 

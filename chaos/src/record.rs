@@ -81,6 +81,24 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// A request due at `sent_ms`, not sent yet (the outcome says so until it is).
+    pub fn unsent(id: u64, sent_ms: f64, kind: Kind, key: u32) -> Sample {
+        Sample {
+            id,
+            sent_ms,
+            latency_ms: 0.0,
+            kind,
+            sidecar: 0,
+            key,
+            outcome: Outcome::NotSent {
+                reason: "no sidecar is up".into(),
+            },
+            dc: None,
+            route_rev: None,
+            twin_error: None,
+        }
+    }
+
     /// An error in the error rate: not sent, lost, or an answer of 500 or above (a 4xx from a
     /// sidecar that says it made the error itself counts too). A write refused because its
     /// unit is fenced ([`Sample::is_fenced`]) is not one: the cut-over promises exactly that.

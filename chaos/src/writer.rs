@@ -11,7 +11,6 @@
 //! retried: the unit's next write comes on schedule anyway. Samples of writes have ids from
 //! [`FIRST_ID`] up, apart from the main load's.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,7 +22,7 @@ use tokio::sync::Semaphore;
 use crate::drill::{LoadSpec, WriteLoad};
 use crate::http;
 use crate::lab::Lab;
-use crate::loadgen::{lock, Ctx, LiveCounters, SharedRecording};
+use crate::loadgen::{lock, Admission, Ctx, LiveCounters, SharedRecording};
 use crate::record::{Kind, Outcome, Sample};
 
 /// The header a write asks the upstream's work time with (ms).
@@ -62,36 +61,17 @@ pub async fn run(
         let seq = n / u64::from(w.units) + 1;
         n += 1;
         let work = rng.random_range(work_min..=work_max);
-        let up: Vec<usize> = (0..lab.sidecars.len())
-            .filter(|&i| lab.sidecars[i].up.load(Ordering::SeqCst))
-            .collect();
-        live.sent.fetch_add(1, Ordering::Relaxed);
-        let mut sample = Sample {
-            id: FIRST_ID + n,
-            sent_ms: due_ms,
-            latency_ms: 0.0,
-            kind: Kind::Write,
-            sidecar: 0,
-            key: unit,
-            outcome: Outcome::NotSent {
-                reason: "no sidecar is up".into(),
-            },
-            dc: None,
-            route_rev: None,
-            twin_error: None,
+        let admission = Admission {
+            lab: &lab,
+            live: &live,
+            recording: &recording,
+            slots: &slots,
+            what: "writes",
+            max: load.max_in_flight,
         };
-        if up.is_empty() {
-            live.errors.fetch_add(1, Ordering::Relaxed);
-            lock(&recording).samples.push(sample);
-            continue;
-        }
-        sample.sidecar = up[((u64::from(unit) + seq) % up.len() as u64) as usize];
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            sample.outcome = Outcome::NotSent {
-                reason: format!("more than {} writes in flight", load.max_in_flight),
-            };
-            live.errors.fetch_add(1, Ordering::Relaxed);
-            lock(&recording).samples.push(sample);
+        let sample = Sample::unsent(FIRST_ID + n, due_ms, Kind::Write, unit);
+        let pick = |up: usize| ((u64::from(unit) + seq) % up as u64) as usize;
+        let Some((mut sample, permit)) = admission.admit(sample, pick) else {
             continue;
         };
         let sc = &lab.sidecars[sample.sidecar];

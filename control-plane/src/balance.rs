@@ -252,35 +252,19 @@ impl Report for BalanceReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twin_topology::{Datacenter, Endpoint, Keys};
+    use twin_topology::Endpoint;
 
     fn uneven() -> Topology {
-        let keys = Keys::default();
-        let mut t = Topology::default();
-        for (n, c) in [("m6v", 0u8), ("wanguo", 1)] {
-            let dc = serde_json::to_vec(&Datacenter {
-                code: c,
-                display_name: String::new(),
-            })
-            .expect("json");
-            t.apply(&keys, &keys.datacenter(n), Some(&dc), 1)
-                .expect("dc");
-        }
+        let mut t = Topology::with_datacenters(&[("m6v", 0), ("wanguo", 1)]).expect("dcs");
         let mut add = |svc: &str, dc: &str, n: usize, cap: u32| {
             for i in 0..n {
-                let ep = serde_json::to_vec(&Endpoint {
+                let ep = Endpoint {
                     addr: format!("127.0.0.1:{}", 1000 + i),
                     capacity: cap,
                     zone: None,
-                })
-                .expect("json");
-                t.apply(
-                    &keys,
-                    &keys.endpoint(svc, dc, &format!("{dc}-{i}")),
-                    Some(&ep),
-                    2,
-                )
-                .expect("ep");
+                };
+                t.set_endpoint(svc, dc, &format!("{dc}-{i}"), &ep)
+                    .expect("ep");
             }
         };
         add("pay", "m6v", 6, 1);

@@ -264,31 +264,21 @@ pub fn shortfalls(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twin_topology::{Datacenter, Endpoint, Keys, Route};
+    use twin_topology::{Endpoint, Keys, Route};
 
     fn w(pairs: &[(&str, u32)]) -> Weights {
         Weights(pairs.iter().map(|(d, w)| (d.to_string(), *w)).collect())
     }
 
     fn topo() -> Topology {
-        let keys = Keys::default();
-        let mut t = Topology::default();
-        for (n, c) in [("m6v", 0u8), ("wanguo", 1), ("hk", 2)] {
-            let dc = serde_json::to_vec(&Datacenter {
-                code: c,
-                display_name: String::new(),
-            })
-            .expect("json");
-            t.apply(&keys, &keys.datacenter(n), Some(&dc), 1)
-                .expect("dc");
-        }
+        let mut t =
+            Topology::with_datacenters(&[("m6v", 0), ("wanguo", 1), ("hk", 2)]).expect("dcs");
         for (svc, weights) in [
             ("pay", w(&[("m6v", 3000), ("wanguo", 7000)])),
             ("ledger", w(&[("wanguo", 10000)])),
             ("solo", w(&[("m6v", 10000)])),
         ] {
-            let r = serde_json::to_vec(&Route::with_weights(weights)).expect("json");
-            t.apply(&keys, &keys.route(svc), Some(&r), 5)
+            t.set_route(svc, &Route::with_weights(weights))
                 .expect("route");
         }
         t
@@ -319,7 +309,7 @@ mod tests {
         assert_eq!(plan.unchanged, vec!["ledger".to_string()]);
         let pay = plan.moves.iter().find(|m| m.service == "pay").expect("pay");
         assert_eq!(pay.after, w(&[("m6v", 0), ("wanguo", 10000)]));
-        assert_eq!(pay.mod_revision, 5);
+        assert_eq!(pay.mod_revision, t.routes["pay"].mod_revision);
         // A route wholly in m6v spreads equally over the other datacenters.
         let solo = plan
             .moves

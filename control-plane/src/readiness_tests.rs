@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use twin_topology::{
-    Datacenter, DepEdge, Endpoint, Keys, OnDcDown, Presence, Route, Topology, Weights,
-};
+use twin_topology::{DepEdge, Endpoint, Keys, OnDcDown, Presence, Route, Topology, Weights};
 
 use super::*;
 use crate::deps::EdgeRecord;
@@ -22,39 +20,22 @@ fn w(pairs: &[(&str, u32)]) -> Weights {
 /// m6v and wanguo; routes `payments` and `web` 50/50, `ledger` all in m6v; endpoints as given
 /// (service, dc, capacity).
 fn topo(endpoints: &[(&str, &str, u32)]) -> Topology {
-    let keys = Keys::default();
-    let mut t = Topology::default();
-    for (n, c) in [("m6v", 0u8), ("wanguo", 1)] {
-        let dc = serde_json::to_vec(&Datacenter {
-            code: c,
-            display_name: String::new(),
-        })
-        .expect("json");
-        t.apply(&keys, &keys.datacenter(n), Some(&dc), 1)
-            .expect("dc");
-    }
+    let mut t = Topology::with_datacenters(&[("m6v", 0), ("wanguo", 1)]).expect("dcs");
     for (svc, weights) in [
         ("payments", w(&[("m6v", 5000), ("wanguo", 5000)])),
         ("ledger", w(&[("m6v", 10000)])),
     ] {
-        let r = serde_json::to_vec(&Route::with_weights(weights)).expect("json");
-        t.apply(&keys, &keys.route(svc), Some(&r), 5)
+        t.set_route(svc, &Route::with_weights(weights))
             .expect("route");
     }
     for (i, (svc, dc, cap)) in endpoints.iter().enumerate() {
-        let ep = serde_json::to_vec(&Endpoint {
+        let ep = Endpoint {
             addr: format!("10.0.0.{i}:80"),
             capacity: *cap,
             zone: None,
-        })
-        .expect("json");
-        t.apply(
-            &keys,
-            &keys.endpoint(svc, dc, &format!("i{i}")),
-            Some(&ep),
-            6,
-        )
-        .expect("endpoint");
+        };
+        t.set_endpoint(svc, dc, &format!("i{i}"), &ep)
+            .expect("endpoint");
     }
     t
 }

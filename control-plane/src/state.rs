@@ -119,25 +119,39 @@ impl Cluster {
         }
     }
 
-    /// Every datacenter's published health (records that do not parse are skipped).
-    pub async fn health_all(&self) -> Result<BTreeMap<String, DcHealth>, CtlError> {
-        let prefix = self.keys.health("");
+    /// Every value under `prefix` that parses as `T`, with its key; values that do not parse
+    /// are skipped and logged as an unreadable `what`.
+    pub async fn list_json<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &str,
+        what: &str,
+    ) -> Result<Vec<(String, T)>, CtlError> {
         let resp = self
             .client()
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .get(prefix, Some(GetOptions::new().with_prefix()))
             .await?;
-        let mut out = BTreeMap::new();
+        let mut out = Vec::with_capacity(resp.kvs().len());
         for kv in resp.kvs() {
-            match serde_json::from_slice::<DcHealth>(kv.value()) {
-                Ok(h) => {
-                    out.insert(h.dc.clone(), h);
-                }
-                Err(e) => {
-                    tracing::warn!(key = ?kv.key_str(), error = %e, "unreadable health record")
-                }
+            let Ok(key) = kv.key_str() else {
+                continue;
+            };
+            match serde_json::from_slice::<T>(kv.value()) {
+                Ok(v) => out.push((key.to_string(), v)),
+                Err(e) => tracing::warn!(key = ?kv.key_str(), error = %e, "unreadable {what}"),
             }
         }
         Ok(out)
+    }
+
+    /// Every datacenter's published health (records that do not parse are skipped).
+    pub async fn health_all(&self) -> Result<BTreeMap<String, DcHealth>, CtlError> {
+        let records = self
+            .list_json::<DcHealth>(&self.keys.health(""), "health record")
+            .await?;
+        Ok(records
+            .into_iter()
+            .map(|(_, h)| (h.dc.clone(), h))
+            .collect())
     }
 
     /// One datacenter's published health.
@@ -173,50 +187,30 @@ impl Cluster {
     /// sorted by datacenter and node. Keys that do not parse are skipped.
     pub async fn live_nodes(&self) -> Result<Vec<LiveNode>, CtlError> {
         let prefix = self.keys.nodes();
-        let resp = self
-            .client()
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let mut out = Vec::with_capacity(resp.kvs().len());
-        for kv in resp.kvs() {
-            let Some((dc, node)) = kv
-                .key_str()
-                .ok()
-                .and_then(|k| k.strip_prefix(prefix.as_str()))
-                .and_then(|rest| rest.split_once('/'))
-            else {
-                continue;
-            };
-            match serde_json::from_slice::<Presence>(kv.value()) {
-                Ok(presence) => out.push(LiveNode {
+        let found = self.list_json::<Presence>(&prefix, "presence").await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(key, presence)| {
+                let (dc, node) = key.strip_prefix(prefix.as_str())?.split_once('/')?;
+                Some(LiveNode {
                     dc: dc.to_string(),
                     node: node.to_string(),
                     presence,
-                }),
-                Err(e) => tracing::warn!(key = ?kv.key_str(), error = %e, "unreadable presence"),
-            }
-        }
-        Ok(out)
+                })
+            })
+            .collect())
     }
 
     /// The acknowledgements of `service`'s fence: node → acknowledgement.
     pub async fn fence_acks(&self, service: &str) -> Result<BTreeMap<String, FenceAck>, CtlError> {
         let prefix = self.keys.fence_acks(service);
-        let resp = self
-            .client()
-            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+        let found = self
+            .list_json::<FenceAck>(&prefix, "fence acknowledgement")
             .await?;
-        let mut out = BTreeMap::new();
-        for kv in resp.kvs() {
-            let node = kv
-                .key_str()
-                .ok()
-                .and_then(|k| k.strip_prefix(prefix.as_str()));
-            if let (Some(node), Ok(ack)) = (node, serde_json::from_slice::<FenceAck>(kv.value())) {
-                out.insert(node.to_string(), ack);
-            }
-        }
-        Ok(out)
+        Ok(found
+            .into_iter()
+            .filter_map(|(key, ack)| Some((key.strip_prefix(prefix.as_str())?.to_string(), ack)))
+            .collect())
     }
 
     /// The current etcd revision of the keyspace.

@@ -345,52 +345,13 @@ async fn dot_mermaid_and_svg_with_and_without_graphviz() {
     assert_one_colour_per_dc(&file);
 }
 
-/// Answers every `/api/v1/query` with `body`; keeps the request lines.
-async fn fake_prometheus(
-    body: &'static str,
-) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let line = String::from_utf8_lossy(&buf)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            if let Ok(mut l) = log.lock() {
-                l.push(line);
-            }
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-        }
-    });
-    (format!("http://{addr}"), seen)
-}
-
 #[tokio::test]
 async fn prometheus_adds_requests_per_second_per_edge() {
     let etcd = two_dcs().await;
     let _held = three_apps(&etcd).await;
-    let (url, seen) = fake_prometheus(
-        r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"app":"web","service":"payments"},"value":[1764086400.0,"12.5"]}]}}"#,
-    )
+    let (url, seen) = cp_support::fake_prometheus(|_| {
+        r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{"app":"web","service":"payments"},"value":[1764086400.0,"12.5"]}]}}"#.to_string()
+    })
     .await;
     let map = ok_line(&etcd, &format!("deps --prometheus {url} -o json"))
         .await

@@ -3,12 +3,9 @@
 
 mod cp_support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cp_support::{route_set, run_line, two_dcs, weights};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 /// Answers `/api/v1/query` with `good` for the first `healthy_answers` queries, then `bad`;
 /// keeps every request line.
@@ -17,42 +14,13 @@ async fn fake_prometheus(
     good: &'static str,
     bad: &'static str,
 ) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let count = Arc::new(AtomicUsize::new(0));
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let line = String::from_utf8_lossy(&buf)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            if let Ok(mut l) = log.lock() {
-                l.push(line);
-            }
-            let n = count.fetch_add(1, Ordering::SeqCst);
-            let value = if n < healthy_answers { good } else { bad };
-            let body = format!(
-                r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1764086400.0,"{value}"]}}]}}}}"#
-            );
-            let resp = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-        }
-    });
-    (format!("http://{addr}"), seen)
+    cp_support::fake_prometheus(move |n| {
+        let value = if n < healthy_answers { good } else { bad };
+        format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1764086400.0,"{value}"]}}]}}}}"#
+        )
+    })
+    .await
 }
 
 #[tokio::test]

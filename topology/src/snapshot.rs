@@ -306,6 +306,61 @@ impl Topology {
         }
     }
 
+    /// A topology holding these datacenters (name, code) as etcd would, at revision 1: the
+    /// start of a picture built by hand (tools, tests). Codes must be unique and in range.
+    pub fn with_datacenters(dcs: &[(&str, u8)]) -> Result<Topology, ApplyError> {
+        let keys = Keys::default();
+        let mut t = Topology::default();
+        for (name, code) in dcs {
+            let dc = Datacenter {
+                code: *code,
+                display_name: String::new(),
+            };
+            let v = serde_json::to_vec(&dc).map_err(|source| ApplyError::Json {
+                key: keys.datacenter(name),
+                source,
+            })?;
+            t.apply(&keys, &keys.datacenter(name), Some(&v), 1)?;
+        }
+        Ok(t)
+    }
+
+    /// Puts `route` for `service` through the same checks as a value read from etcd, at the
+    /// next revision.
+    pub fn set_route(&mut self, service: &str, route: &Route) -> Result<(), ApplyError> {
+        let keys = Keys::default();
+        let key = keys.route(service);
+        let v = serde_json::to_vec(route).map_err(|source| ApplyError::Json {
+            key: key.clone(),
+            source,
+        })?;
+        let rev = self.revision + 1;
+        self.apply(&keys, &key, Some(&v), rev)?;
+        self.revision = rev;
+        Ok(())
+    }
+
+    /// Puts a registered endpoint through the same checks as a value read from etcd, at the
+    /// next revision.
+    pub fn set_endpoint(
+        &mut self,
+        service: &str,
+        dc: &str,
+        instance: &str,
+        endpoint: &Endpoint,
+    ) -> Result<(), ApplyError> {
+        let keys = Keys::default();
+        let key = keys.endpoint(service, dc, instance);
+        let v = serde_json::to_vec(endpoint).map_err(|source| ApplyError::Json {
+            key: key.clone(),
+            source,
+        })?;
+        let rev = self.revision + 1;
+        self.apply(&keys, &key, Some(&v), rev)?;
+        self.revision = rev;
+        Ok(())
+    }
+
     /// Registered endpoints of `service` in `dc`.
     pub fn endpoints_in(
         &self,

@@ -4,7 +4,6 @@
 //! ([`render`], [`svg`]). `twinctl deps` prints it, `twinctl readiness` and `failover` judge
 //! it ([`crate::readiness`]), and `/v1/status` carries it.
 
-use etcd_client::GetOptions;
 use twin_topology::DepEdge;
 
 use crate::error::CtlError;
@@ -28,26 +27,19 @@ pub struct EdgeRecord {
 /// Every edge under `{prefix}/v1/deps/`. Keys that do not parse and values that are not a
 /// `DepEdge` are skipped (logged), as readers of other sidecar-written keys do.
 pub async fn read_edges(cluster: &Cluster) -> Result<Vec<EdgeRecord>, CtlError> {
-    let prefix = cluster.keys.deps();
-    let resp = cluster
-        .client()
-        .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+    let found = cluster
+        .list_json::<DepEdge>(&cluster.keys.deps(), "dependency edge")
         .await?;
-    let mut out = Vec::with_capacity(resp.kvs().len());
-    for kv in resp.kvs() {
-        let Some((app, service, node)) = kv.key_str().ok().and_then(|k| cluster.keys.parse_dep(k))
-        else {
-            tracing::warn!(key = ?kv.key_str(), "dependency key that is not deps/APP/SERVICE/NODE");
-            continue;
-        };
-        match serde_json::from_slice::<DepEdge>(kv.value()) {
-            Ok(edge) => out.push(EdgeRecord {
+    let mut out = Vec::with_capacity(found.len());
+    for (key, edge) in found {
+        match cluster.keys.parse_dep(&key) {
+            Some((app, service, node)) => out.push(EdgeRecord {
                 app: app.to_string(),
                 service: service.to_string(),
                 node: node.to_string(),
                 edge,
             }),
-            Err(e) => tracing::warn!(key = ?kv.key_str(), error = %e, "unreadable dependency edge"),
+            None => tracing::warn!(%key, "dependency key that is not deps/APP/SERVICE/NODE"),
         }
     }
     Ok(out)

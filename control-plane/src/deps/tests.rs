@@ -1,6 +1,6 @@
 //! Unit tests of the graph and its drawings.
 
-use twin_topology::{Datacenter, DepEdge, Keys, Presence, Route, Topology, Weights};
+use twin_topology::{DepEdge, Presence, Route, Topology, Weights};
 
 use super::graph::{DepGraph, Filter};
 use super::render::{dot, drawing, mermaid, PALETTE};
@@ -9,22 +9,10 @@ use super::EdgeRecord;
 use crate::state::LiveNode;
 
 fn topo() -> Topology {
-    let keys = Keys::default();
-    let mut t = Topology::default();
-    for (n, c) in [("wanguo", 1u8), ("m6v", 0)] {
-        let dc = serde_json::to_vec(&Datacenter {
-            code: c,
-            display_name: String::new(),
-        })
-        .expect("json");
-        t.apply(&keys, &keys.datacenter(n), Some(&dc), 1)
-            .expect("dc");
-    }
+    let mut t = Topology::with_datacenters(&[("wanguo", 1), ("m6v", 0)]).expect("dcs");
     let mut r = Route::with_weights(Weights([("m6v".to_string(), 10000)].into()));
     r.endpoints = [("m6v".to_string(), vec!["10.0.0.1:80".to_string()])].into();
-    let r = serde_json::to_vec(&r).expect("json");
-    t.apply(&keys, &keys.route("ledger"), Some(&r), 2)
-        .expect("route");
+    t.set_route("ledger", &r).expect("route");
     t
 }
 
