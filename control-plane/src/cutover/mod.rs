@@ -275,20 +275,10 @@ impl CutoverReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use twin_topology::{Datacenter, Weights};
+    use twin_topology::Weights;
 
     fn topo() -> Topology {
-        let mut t = Topology::default();
-        for (n, code) in [("m6v", 0u8), ("wanguo", 1)] {
-            t.datacenters.insert(
-                n.into(),
-                Datacenter {
-                    code,
-                    display_name: String::new(),
-                },
-            );
-        }
-        t
+        Topology::with_datacenters(&[("m6v", 0), ("wanguo", 1)]).expect("dcs")
     }
 
     fn change(keys: &Keys, before: &str, after: &str, fence: FencePolicy) -> Change {
