@@ -28,12 +28,15 @@ fn record(c: &mut Criterion) {
             }
         })
     };
-    c.bench_function("edge: request + answered, another thread recording too", |b| {
-        b.iter(|| {
-            edge.request();
-            edge.answered(std::hint::black_box(1), false);
-        })
-    });
+    c.bench_function(
+        "edge: request + answered, another thread recording too",
+        |b| {
+            b.iter(|| {
+                edge.request();
+                edge.answered(std::hint::black_box(1), false);
+            })
+        },
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = other.join();
 }

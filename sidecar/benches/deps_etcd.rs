@@ -27,7 +27,10 @@ async fn main() {
         env("TWIN_BENCH_EDGES", 20),
         env("TWIN_BENCH_SECS", 210),
     );
-    let etcd = twin_lab::Etcd::builder().start().await.expect("etcd starts");
+    let etcd = twin_lab::Etcd::builder()
+        .start()
+        .await
+        .expect("etcd starts");
     let client = etcd.client().await.expect("client");
     let keys = Keys::default();
     let names: std::collections::BTreeMap<u8, String> =
