@@ -15,6 +15,8 @@ twin_need_packages() {
       curl) command -v curl >/dev/null 2>&1 || missing+=(curl) ;;
       # Graphviz's `dot` lays out `twinctl deps --svg` (tests draw with and without it).
       dot) command -v dot >/dev/null 2>&1 || missing+=(graphviz) ;;
+      # A real HAProxy for the edge load balancer tests (control-plane/tests/edge_*.rs).
+      haproxy) command -v haproxy >/dev/null 2>&1 || missing+=(haproxy) ;;
       *) command -v "$extra" >/dev/null 2>&1 || missing+=("$extra") ;;
     esac
   done

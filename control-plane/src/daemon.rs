@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use twin_topology::{Backoff, Source, TopologyView, ViewOptions};
 
 use crate::autofail::{AutoFailover, AutoFailoverPolicy};
+use crate::edge::Edges;
 use crate::election::{Candidacy, Candidate, Leadership};
 use crate::error::CtlError;
 use crate::failover::{self, FailoverRequest};
@@ -47,6 +48,17 @@ pub struct DaemonConfig {
     pub auto_failover: Option<AutoFailoverPolicy>,
     /// Peak utilization assumed by the capacity guard of automatic failovers, in percent.
     pub peak_utilization: f64,
+    /// The load balancers that follow the routes (`--edges FILE`); synced by the leader.
+    pub edges: Option<Arc<Edges>>,
+}
+
+/// Aborts a task when dropped: the edge sync stops the moment this replica stops leading.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Runs a replica until `shutdown` turns true.
@@ -138,6 +150,17 @@ async fn lead(
     mut shutdown: watch::Receiver<bool>,
 ) -> Option<Leadership> {
     let prober = Prober::new(&cfg.probe_path, cfg.probe_timeout).with_tls(cfg.probe_tls.clone());
+    // The edge sync is its own task, so a slow or dead load balancer never delays probes,
+    // health or failovers; it ends with this function.
+    let _edge_sync = cfg.edges.clone().map(|edges| {
+        AbortOnDrop(tokio::spawn(crate::edge::sync::run(
+            cluster.clone(),
+            edges,
+            cfg.id.clone(),
+            leadership.fence(),
+            view.subscribe(),
+        )))
+    });
     let mut tick = tokio::time::interval(cfg.probe_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -22,6 +22,7 @@ pub mod cutover;
 pub mod daemon;
 pub mod deps;
 pub mod drain;
+pub mod edge;
 pub mod election;
 pub mod error;
 pub mod failover;

@@ -10,6 +10,7 @@ use twin_topology::{AuditRecord, FencePhase, Freeze, OnDcDown, Topology, Weights
 
 use crate::deps::{DepGraph, EdgeRecord, Filter};
 use crate::drain::DrainRecord;
+use crate::edge::EdgeRecord as LbRecord;
 use crate::election::{current_leader, Leader};
 use crate::error::CtlError;
 use crate::health::DcHealth;
@@ -72,6 +73,8 @@ pub struct StatusReport {
     pub sidecars: Vec<LiveNode>,
     /// The dependency map: apps, services and the calls between them.
     pub deps: DepGraph,
+    /// The load balancers the leader keeps in sync (`--edges`), as it last published them.
+    pub load_balancers: Vec<LbRecord>,
     /// Values in etcd that failed validation and are ignored.
     pub invalid: Vec<String>,
 }
@@ -112,6 +115,8 @@ pub struct Extras {
     pub acks: BTreeMap<String, usize>,
     /// The sidecars' dependency edges.
     pub edges: Vec<EdgeRecord>,
+    /// The load balancers' sync records.
+    pub lbs: Vec<LbRecord>,
 }
 
 impl Extras {
@@ -136,6 +141,7 @@ impl Extras {
             nodes: cluster.live_nodes().await?,
             acks,
             edges: crate::deps::read_edges(cluster).await?,
+            lbs: crate::edge::sync::read_records(cluster).await?,
         })
     }
 }
@@ -156,6 +162,7 @@ impl StatusReport {
             nodes,
             acks,
             edges,
+            lbs,
         } = extras;
         let deps = DepGraph::build(&edges, &nodes, topo, &Filter::All);
         let health = &health;
@@ -237,6 +244,7 @@ impl StatusReport {
                 .collect(),
             sidecars: nodes,
             deps,
+            load_balancers: lbs,
             invalid,
         }
     }
@@ -346,6 +354,21 @@ impl Report for StatusReport {
                 if f.active { "until" } else { "EXPIRED at" },
                 time_ms(f.until_ms)
             ));
+        }
+        for e in self.load_balancers.iter().filter(|e| !e.ok) {
+            out.push(format!(
+                "edge FAILING: {} {} {}: {} ({} attempts in a row, since {}); traffic there follows its last weights",
+                e.service,
+                e.driver,
+                e.socket,
+                e.error.as_deref().unwrap_or("?"),
+                e.failures,
+                time_ms(e.since_ms)
+            ));
+        }
+        let in_sync = self.load_balancers.iter().filter(|e| e.ok).count();
+        if in_sync > 0 {
+            out.push(format!("edges: {in_sync} in sync"));
         }
         out.push(sidecar_summary(&self.sidecars));
         out.push(self.deps.summary(self.at_ms));

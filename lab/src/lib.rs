@@ -10,6 +10,7 @@
 mod etcd;
 pub mod faultproxy;
 pub mod fuzz;
+pub mod haproxy;
 pub mod http;
 pub mod launch;
 mod net;
@@ -21,6 +22,7 @@ pub mod upstream;
 
 pub use etcd::{Etcd, EtcdBuilder, EtcdError, Member, READY_WITHIN};
 pub use faultproxy::FaultProxy;
+pub use haproxy::Haproxy;
 pub use launch::{ControlPlaneProc, SidecarProc};
 pub use net::{free_port, free_ports, try_free_ports};
 pub use procs::{Proc, ProcError, ProcSpec, Registry, Signal};

@@ -301,6 +301,35 @@ mod tests {
     }
 
     #[test]
+    fn a_route_with_hash_xxh64_buckets_units_as_haproxy_does() {
+        let mut topo = topology(&[("m6v", 3000), ("wanguo", 7000)], &[]);
+        let mut b = TableBuilder::new(OutlierSettings::default(), None);
+        let t = b.build(Arc::new(topo.clone()));
+        let s = t.service("pay").expect("route");
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x-twin-unit", HeaderValue::from_static("user-42"));
+        assert_eq!(
+            crate::outbound::dc::bucket(s, &h, 0),
+            twin_topology::bucket_of(b"user-42"),
+            "routes without hash: keep today's hash"
+        );
+        if let Some(r) = topo.routes.get_mut("pay") {
+            r.value.hash = twin_topology::RouteHash::Xxh64;
+        }
+        let t = b.build(Arc::new(topo));
+        let s = t.service("pay").expect("route");
+        for &(key, bucket) in twin_topology::XXH64_TEST_VECTOR {
+            let mut h = hyper::HeaderMap::new();
+            h.insert("x-twin-unit", HeaderValue::from_str(key).expect("header"));
+            assert_eq!(crate::outbound::dc::bucket(s, &h, 0), bucket, "{key}");
+        }
+        assert_eq!(
+            crate::outbound::dc::bucket(s, &hyper::HeaderMap::new(), 17),
+            17
+        );
+    }
+
+    #[test]
     fn endpoint_state_survives_a_weight_change() {
         let mut b = TableBuilder::new(OutlierSettings::default(), None);
         let t1 = b.build(Arc::new(topology(&[("m6v", 5000), ("wanguo", 5000)], &[])));

@@ -87,6 +87,11 @@ impl Keys {
     pub fn health(&self, dc: &str) -> String {
         format!("{}control/health/{dc}", self.root)
     }
+    /// What the control-plane leader last saw and did at the load balancers in front of
+    /// `service` (`twinctl edge status`).
+    pub fn edge(&self, service: &str) -> String {
+        format!("{}control/edges/{service}", self.root)
+    }
     /// Where `twinctl drain NODE` keeps the registrations it removed, for `undrain`.
     pub fn drain(&self, node: &str) -> String {
         format!("{}control/drain/{node}", self.root)

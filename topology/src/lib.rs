@@ -42,10 +42,13 @@ pub use fence::{
 };
 pub use keys::{KeyKind, Keys};
 pub use model::{
-    AuditRecord, Datacenter, Endpoint, Freeze, OnDcDown, RetryPolicy, Route, Timeouts, UpstreamTls,
-    Versioned, Weights, DEFAULT_STICKY_HEADER, MAX_DC_CODE, TOTAL_BASIS_POINTS,
+    AuditRecord, Datacenter, Endpoint, Freeze, OnDcDown, RetryPolicy, Route, RouteHash, Timeouts,
+    UpstreamTls, Versioned, Weights, DEFAULT_STICKY_HEADER, MAX_DC_CODE, TOTAL_BASIS_POINTS,
 };
-pub use ring::{bucket_of, BucketRing, Pick, BUCKETS};
+pub use ring::{
+    bucket_of, bucket_of_with, haproxy_bucket_expr, BucketRing, Pick, BUCKETS,
+    HAPROXY_XXH64_BUCKET, XXH64_TEST_VECTOR,
+};
 pub use routes_file::{RoutesFile, RoutesFileError};
 pub use snapshot::{ApplyError, SnapshotError, Source, Topology};
 pub use store::{

@@ -134,6 +134,38 @@ pub enum OnDcDown {
     Fail,
 }
 
+/// How a route hashes a sticky key into its bucket (see [`crate::ring::bucket_of_with`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RouteHash {
+    /// FNV-1a 64 with a splitmix finalizer: Twin's original hash (routes without `hash:`).
+    #[default]
+    Fnv1aMix,
+    /// XXH64 with seed 0, as HAProxy's `xxh64` converter computes it, so a load balancer in
+    /// front of a datacenter can compute the same bucket from the same header.
+    Xxh64,
+}
+
+impl RouteHash {
+    /// True for the default (not written into etcd or route files).
+    pub fn is_default(&self) -> bool {
+        *self == RouteHash::default()
+    }
+    /// The name used in routes and on the command line.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RouteHash::Fnv1aMix => "fnv1a-mix",
+            RouteHash::Xxh64 => "xxh64",
+        }
+    }
+}
+
+impl fmt::Display for RouteHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Per-route timeouts, in milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -187,6 +219,10 @@ pub struct Route {
     /// Header whose value pins a caller to a datacenter (default `x-twin-unit`).
     #[serde(default = "default_sticky_header")]
     pub sticky_header: String,
+    /// How the sticky key becomes a bucket (default `fnv1a-mix`; `xxh64` for an edge load
+    /// balancer that follows the ring).
+    #[serde(default, skip_serializing_if = "RouteHash::is_default")]
+    pub hash: RouteHash,
     #[serde(default)]
     pub on_dc_down: OnDcDown,
     /// A datacenter counts as down when fewer than this share of its endpoints are healthy.
@@ -237,6 +273,7 @@ impl Route {
         Route {
             weights,
             sticky_header: default_sticky_header(),
+            hash: RouteHash::default(),
             on_dc_down: OnDcDown::default(),
             min_healthy_percent: default_min_healthy_percent(),
             timeouts: Timeouts::default(),

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{Datacenter, Weights, TOTAL_BASIS_POINTS};
+use crate::model::{Datacenter, RouteHash, Weights, TOTAL_BASIS_POINTS};
 
 /// Number of buckets; equal to the basis points in 100%, so one basis point is one bucket.
 pub const BUCKETS: u32 = TOTAL_BASIS_POINTS;
@@ -40,6 +40,49 @@ fn scale(h: u64, n: u32) -> u32 {
 pub fn bucket_of(key: &[u8]) -> u32 {
     scale(hash_key(key), BUCKETS)
 }
+
+/// The bucket of a sticky key under a route's hash: the one definition every component
+/// (sidecar, control plane, tests) uses.
+///
+/// `xxh64` is defined as what HAProxy computes with [`HAPROXY_XXH64_BUCKET`]: HAProxy's
+/// `xxh64` converter returns XXH64 (seed 0) as a *signed* 64-bit integer and its `mod` keeps
+/// the sign of the dividend (C's `%`), so `mod(10000)` alone would give -9999..9999;
+/// `add(10000),mod(10000)` folds that into 0..10000. Here: the Euclidean remainder of the hash
+/// read as an `i64`.
+pub fn bucket_of_with(hash: RouteHash, key: &[u8]) -> u32 {
+    match hash {
+        RouteHash::Fnv1aMix => bucket_of(key),
+        RouteHash::Xxh64 => {
+            let h = xxhash_rust::xxh64::xxh64(key, 0) as i64;
+            // rem_euclid by a positive divisor is in 0..BUCKETS, so the cast is exact.
+            h.rem_euclid(i64::from(BUCKETS)) as u32
+        }
+    }
+}
+
+/// The HAProxy converters that turn a sample into its `xxh64` bucket (see
+/// [`bucket_of_with`]).
+pub const HAPROXY_XXH64_BUCKET: &str = "xxh64,mod(10000),add(10000),mod(10000)";
+
+/// The HAProxy sample expression of the `xxh64` bucket of request header `header`, e.g.
+/// `req.hdr(x-twin-unit),xxh64,mod(10000),add(10000),mod(10000)`.
+pub fn haproxy_bucket_expr(header: &str) -> String {
+    format!("req.hdr({header}),{HAPROXY_XXH64_BUCKET}")
+}
+
+/// Keys and their `xxh64` buckets, as a real HAProxy 2.6 computes them with
+/// [`HAPROXY_XXH64_BUCKET`]. Shared by this crate's unit test, the sidecar's tests and the
+/// control plane's test against a real HAProxy: if one of them disagrees, the edge and the
+/// sidecars disagree about where a unit lives.
+pub const XXH64_TEST_VECTOR: &[(&str, u32)] = &[
+    // xxh64 = 4142921581652311169 (positive)
+    ("user-42", 1169),
+    // xxh64 = 497719764217913663
+    ("u1", 3663),
+    // xxh64 = -976186143632506765 (negative: mod gives -6765, folded to 3235)
+    ("u2", 3235),
+    ("abc", 2249),
+];
 
 /// Where a bucket went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,6 +278,32 @@ mod tests {
             .map(|i| bucket_of(format!("u{i}").as_bytes()))
             .collect();
         assert!(spread.len() > 900);
+    }
+
+    #[test]
+    fn xxh64_buckets_match_haproxy() {
+        for &(key, bucket) in XXH64_TEST_VECTOR {
+            assert_eq!(
+                bucket_of_with(RouteHash::Xxh64, key.as_bytes()),
+                bucket,
+                "{key}"
+            );
+        }
+        // The raw hash, read as HAProxy's signed integer.
+        assert_eq!(
+            xxhash_rust::xxh64::xxh64(b"u2", 0) as i64,
+            -976_186_143_632_506_765
+        );
+        // The default hash is today's hash: no unit moves on upgrade.
+        assert_eq!(
+            bucket_of_with(RouteHash::Fnv1aMix, b"user-42"),
+            bucket_of(b"user-42")
+        );
+        let spread: std::collections::BTreeSet<u32> = (0..1000)
+            .map(|i| bucket_of_with(RouteHash::Xxh64, format!("u{i}").as_bytes()))
+            .collect();
+        assert!(spread.len() > 900);
+        assert!(spread.iter().all(|&b| b < BUCKETS));
     }
 
     proptest! {

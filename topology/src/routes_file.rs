@@ -146,6 +146,17 @@ routes:
         assert_eq!(f.routes["payments"].weights.get("wanguo"), 7000);
         let t = f.to_topology(7);
         assert_eq!(t.routes["payments"].mod_revision, 7);
+        assert_eq!(f.routes["payments"].hash, crate::RouteHash::Fnv1aMix);
+        let json = serde_json::to_string(&f.routes["payments"]).expect("json");
+        assert!(
+            !json.contains("hash"),
+            "the default hash is not written: {json}"
+        );
+        let xx = GOOD.replace("on_dc_down: fail", "hash: xxh64");
+        let f = RoutesFile::parse("r.yaml", &xx, &BTreeMap::new()).expect("valid");
+        assert_eq!(f.routes["payments"].hash, crate::RouteHash::Xxh64);
+        let json = serde_json::to_string(&f.routes["payments"]).expect("json");
+        assert!(json.contains(r#""hash":"xxh64""#), "{json}");
     }
 
     #[test]
@@ -162,6 +173,10 @@ routes:
             (
                 "datacenters: {m6v: {code: 0}}\nroutes:\n  p:\n    weights: {m6v: 100%}\n    on_dc_down: maybe\n",
                 "r.yaml: malformed YAML: routes.p.on_dc_down: unknown variant `maybe`",
+            ),
+            (
+                "datacenters: {m6v: {code: 0}}\nroutes:\n  p:\n    weights: {m6v: 100%}\n    hash: md5\n",
+                "r.yaml: malformed YAML: routes.p.hash: unknown variant `md5`",
             ),
         ];
         for (text, want) in cases {

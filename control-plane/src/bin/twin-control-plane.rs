@@ -10,6 +10,7 @@ use clap::Parser;
 use twin_control_plane::autofail::AutoFailoverPolicy;
 use twin_control_plane::cli::{parse_duration, parse_percent};
 use twin_control_plane::daemon::{self, DaemonConfig};
+use twin_control_plane::edge::Edges;
 use twin_control_plane::inject::{InjectConfig, Webhook};
 use twin_control_plane::state::Cluster;
 use twin_topology::upstream_tls::UpstreamTlsArgs;
@@ -68,6 +69,13 @@ struct Args {
     /// Webhook private key (PEM), reloaded when the file changes
     #[arg(long, value_name = "FILE")]
     webhook_key: Option<PathBuf>,
+    /// Load balancers that follow the routes (YAML: edges: SERVICE: driver, socket,
+    /// datacenters, units); the leader keeps them in sync
+    #[arg(long, value_name = "FILE")]
+    edges: Option<PathBuf>,
+    /// HAProxy Runtime API (unix socket path or host:port) of edges that name no socket
+    #[arg(long, value_name = "ADDR")]
+    edge_haproxy_socket: Option<String>,
     /// Injector settings (YAML: image, datacenter, datacenters, etcd_endpoints, prefix,
     /// native_sidecar, resources)
     #[arg(long, value_name = "FILE")]
@@ -108,6 +116,12 @@ async fn main() -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     start_webhook(&a).await?;
+    let edges = match &a.edges {
+        Some(p) => Some(std::sync::Arc::new(
+            Edges::load(p, a.edge_haproxy_socket.as_deref()).map_err(anyhow::Error::msg)?,
+        )),
+        None => None,
+    };
     let settings = a.etcd.settings();
     let client = settings.connect().await?;
     let id = a.id.clone().unwrap_or_else(|| {
@@ -135,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
             hold_down: a.hold_down,
         }),
         peak_utilization: f64::from(a.peak_utilization) / 100.0,
+        edges,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

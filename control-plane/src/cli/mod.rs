@@ -17,6 +17,7 @@ pub mod auth;
 pub mod balance;
 pub mod dc;
 pub mod deps;
+pub mod edge;
 pub mod failover;
 pub mod freeze;
 pub mod id;
@@ -100,6 +101,9 @@ pub enum Command {
     Deps(deps::DepsArgs),
     /// What stands in the way of failing over a datacenter (exit 3 when anything does)
     Readiness(deps::ReadinessArgs),
+    /// The load balancers in front of each datacenter: status, sync --dry-run
+    #[command(subcommand)]
+    Edge(edge::EdgeCommand),
     /// Transaction IDs
     #[command(subcommand)]
     Id(id::IdCommand),
@@ -128,6 +132,7 @@ impl Command {
             Command::Status => "status",
             Command::Deps(_) => "deps",
             Command::Readiness(_) => "readiness",
+            Command::Edge(_) => "edge",
             Command::Id(_) => "id",
             Command::Inject(_) => "inject",
             Command::Auth(_) => "auth",
@@ -212,6 +217,7 @@ pub async fn run(cli: Cli) -> Result<(), CtlError> {
         Command::Status => status::run(g).await,
         Command::Deps(a) => deps::run_deps(g, a).await,
         Command::Readiness(a) => deps::run_readiness(g, a).await,
+        Command::Edge(c) => edge::run(g, c).await,
         Command::Id(c) => id::run(g, c).await,
         Command::Inject(a) => inject::run(g, a),
         Command::Auth(c) => auth::run(g, c).await,

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use twin_topology::{
-    now_ms, Change, Datacenter, FencePolicy, OnDcDown, Route, RoutesFile, Versioned, Weights,
+    now_ms, Change, Datacenter, FencePolicy, OnDcDown, Route, RouteHash, RoutesFile, Versioned,
+    Weights,
 };
 
 use super::{parse_weights, ChangeArgs, Global};
@@ -40,6 +41,15 @@ pub enum OnDcDownArg {
     Fail,
 }
 
+/// `hash` as a flag value.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum HashArg {
+    /// FNV-1a 64 + splitmix (Twin's original hash)
+    Fnv1aMix,
+    /// XXH64 seed 0, what HAProxy's xxh64 converter computes
+    Xxh64,
+}
+
 /// `route set`.
 #[derive(Debug, Args)]
 pub struct SetArgs {
@@ -54,6 +64,10 @@ pub struct SetArgs {
     /// What to do with a datacenter's share when it is down
     #[arg(long, value_enum)]
     pub on_dc_down: Option<OnDcDownArg>,
+    /// How the sticky key becomes a bucket: fnv1a-mix (default) or xxh64 (an HAProxy edge
+    /// can compute it); changing it moves most units to a new bucket
+    #[arg(long, value_enum)]
+    pub hash: Option<HashArg>,
     /// Write only if the route is still at this revision (from `route get`); 0 = must not exist
     #[arg(long, value_name = "REV")]
     pub if_revision: Option<i64>,
@@ -163,6 +177,12 @@ fn field_diffs(before: Option<&Route>, after: &Route) -> Vec<String> {
     if b.fence != after.fence {
         out.push(format!("fence: {:?} → {:?}", b.fence, after.fence).to_lowercase());
     }
+    if b.hash != after.hash {
+        out.push(format!(
+            "hash: {} → {} (most units move to another bucket)",
+            b.hash, after.hash
+        ));
+    }
     if b.sticky_header != after.sticky_header {
         out.push(format!(
             "sticky_header: {} → {}",
@@ -210,6 +230,7 @@ impl Report for RouteView {
             format!("weights:       {}", r.weights),
             format!("on_dc_down:    {}", on_dc_down_str(r.on_dc_down)),
             format!("sticky_header: {}", r.sticky_header),
+            format!("hash:          {}", r.hash),
             format!(
                 "fence:         {}",
                 match r.fence {
@@ -347,6 +368,12 @@ async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
     }
     if let Some(h) = &a.sticky_header {
         after.sticky_header = h.clone();
+    }
+    if let Some(h) = a.hash {
+        after.hash = match h {
+            HashArg::Fnv1aMix => RouteHash::Fnv1aMix,
+            HashArg::Xxh64 => RouteHash::Xxh64,
+        };
     }
     if let Some(o) = a.on_dc_down {
         after.on_dc_down = match o {

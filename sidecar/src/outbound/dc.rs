@@ -8,7 +8,7 @@
 //! request fails fast (`fail`).
 
 use hyper::HeaderMap;
-use twin_topology::{bucket_of, OnDcDown};
+use twin_topology::{bucket_of_with, OnDcDown};
 
 use crate::outbound::endpoint::healthy_percent;
 use crate::outbound::error::ProxyError;
@@ -17,10 +17,11 @@ use crate::table::ServiceRoute;
 /// Most datacenters a route can span (codes are 3 bits).
 const MAX_DCS: usize = 8;
 
-/// The bucket of a request: from its sticky header, else from its connection's key.
+/// The bucket of a request: from its sticky header under the route's hash (`hash:`), else
+/// from its connection's key.
 pub fn bucket(route: &ServiceRoute, headers: &HeaderMap, connection_bucket: u32) -> u32 {
     match headers.get(&route.sticky_header) {
-        Some(v) => bucket_of(v.as_bytes()),
+        Some(v) => bucket_of_with(route.route.hash, v.as_bytes()),
         None => connection_bucket,
     }
 }

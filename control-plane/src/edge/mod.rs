@@ -1,0 +1,13 @@
+//! The load balancers in front of each datacenter follow Twin. For every service listed in
+//! the edges file ([`config`]), the leader's edge sync ([`sync`]) keeps an HAProxy's server
+//! weights equal to the route's split and, in unit mode, its bucket → backend map equal to
+//! the route's ring ([`plan`]), through HAProxy's Runtime API ([`haproxy`]) without a reload,
+//! so a unit enters the datacenter its calls stay in.
+
+pub mod config;
+pub mod haproxy;
+pub mod plan;
+pub mod sync;
+
+pub use config::{EdgeConfig, Edges};
+pub use sync::EdgeRecord;
