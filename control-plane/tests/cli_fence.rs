@@ -2,6 +2,8 @@
 //! and real sidecars (the lab), with the writes of moving units refused mid-change, a dead
 //! sidecar, a killed twinctl, a failing sync gate and a route that requires a fence.
 
+mod cp_support;
+
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
@@ -478,4 +480,73 @@ async fn failover_failback_and_shift_are_fenced_too() {
         assert_eq!(s["cutover"]["services"][0]["share"], 0.25, "{s}");
     }
     assert_eq!(weights(&lab)["wanguo"], 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_promql_sync_gates_are_checked_until_they_pass() {
+    let lab = lab_50_50(1).await;
+    // A query API whose replication-lag check is false twice, then true; every URL it
+    // serves answers 200.
+    let (url, seen) = cp_support::fake_prometheus(|n| {
+        let v = if n < 2 { "0" } else { "1" };
+        format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1764086400.0,"{v}"]}}]}}}}"#
+        )
+    })
+    .await;
+    let out = twinctl(
+        &lab,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=30,wanguo=70",
+            "--fence",
+            "--sync-gate",
+            "promql:max(mysql_slave_lag_seconds) < bool 1",
+            "--prometheus",
+            &url,
+            "--reason",
+            "r",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json(&out);
+    let sync = report["cutover"]["phases"][2].clone();
+    assert_eq!(sync["phase"], "sync");
+    assert!(
+        sync["ms"].as_u64().is_some_and(|ms| ms >= 1500),
+        "checked again every second: {sync}"
+    );
+    let queries = seen.lock().map(|l| l.len()).unwrap_or(0);
+    assert_eq!(queries, 3, "false, false, true");
+
+    let out = twinctl(
+        &lab,
+        &[
+            "route",
+            "set",
+            "payments",
+            "--weights",
+            "m6v=50,wanguo=50",
+            "--fence",
+            "--sync-gate",
+            &format!("{url}/replicated"),
+            "--reason",
+            "r",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["cutover"]["outcome"], "switched");
+    let last = seen
+        .lock()
+        .ok()
+        .and_then(|l| l.last().cloned())
+        .unwrap_or_default();
+    assert_eq!(last, "GET /replicated HTTP/1.1");
 }
