@@ -12,6 +12,12 @@
 //!       wanguo: {server: payments/wanguo, backend: payments_wanguo}
 //!     units:                              # optional: bucket -> datacenter map
 //!       map: /etc/haproxy/twin-payments-units.map
+//!   orders:
+//!     driver: exec                          # F5, LVS, a cloud SLB's CLI: your command
+//!     command: [/usr/local/bin/slb-apply, --pool, orders]
+//!     datacenters:
+//!       m6v:    {server: orders-m6v}        # any name your command understands
+//!       wanguo: {server: orders-wanguo}
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,12 +40,15 @@ pub struct Edges {
 pub enum Driver {
     /// HAProxy's Runtime API (`stats socket ... level admin`): no reload.
     Haproxy,
+    /// A command run with the desired state as JSON on stdin; exit 0 is success.
+    Exec,
 }
 
 impl Driver {
     pub fn as_str(&self) -> &'static str {
         match self {
             Driver::Haproxy => "haproxy",
+            Driver::Exec => "exec",
         }
     }
 }
@@ -49,9 +58,12 @@ impl Driver {
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     pub driver: Driver,
-    /// The Runtime API: a unix socket path (starts with `/`) or `host:port`.
+    /// The Runtime API: a unix socket path (starts with `/`) or `host:port` (haproxy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<String>,
+    /// The program and its arguments, run without a shell (exec).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
     /// Datacenter → the objects that carry its traffic.
     pub datacenters: BTreeMap<String, DcEdge>,
     /// Unit mode: the bucket → backend map HAProxy looks units up in.
@@ -91,7 +103,7 @@ impl Edges {
     pub fn parse(text: &str, default_socket: Option<&str>) -> Result<Edges, String> {
         let mut edges: Edges = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         for (service, e) in &mut edges.edges {
-            if e.socket.is_none() {
+            if e.socket.is_none() && e.driver == Driver::Haproxy {
                 e.socket = default_socket.map(String::from);
             }
             e.check()
@@ -117,12 +129,31 @@ fn plain(what: &str, s: &str) -> Result<(), String> {
 impl EdgeConfig {
     /// The rules of one edge.
     pub fn check(&self) -> Result<(), String> {
+        if self.datacenters.is_empty() {
+            return Err("no datacenters".into());
+        }
+        if self.driver == Driver::Exec {
+            if self.command.first().is_none_or(|c| c.trim().is_empty()) {
+                return Err("driver exec needs command: [PROGRAM, ARG...]".into());
+            }
+            if self.socket.is_some() || self.units.is_some() {
+                return Err("socket: and units: are for driver haproxy; exec runs command:".into());
+            }
+            for (dc, d) in &self.datacenters {
+                if d.server.trim().is_empty() {
+                    return Err(format!(
+                        "{dc}: server must name the object your command sets"
+                    ));
+                }
+            }
+            return Ok(());
+        }
+        if !self.command.is_empty() {
+            return Err("command: is for driver exec".into());
+        }
         match &self.socket {
             None => return Err("no socket: set socket: or --edge-haproxy-socket".into()),
             Some(s) => plain("socket", s)?,
-        }
-        if self.datacenters.is_empty() {
-            return Err("no datacenters".into());
         }
         for (dc, d) in &self.datacenters {
             plain("server", &d.server)?;
@@ -142,9 +173,12 @@ impl EdgeConfig {
         Ok(())
     }
 
-    /// The socket (checked to be present).
+    /// Where the load balancer is reached: the socket (haproxy), or the program (exec).
     pub fn socket(&self) -> &str {
-        self.socket.as_deref().unwrap_or_default()
+        match self.driver {
+            Driver::Haproxy => self.socket.as_deref().unwrap_or_default(),
+            Driver::Exec => self.command.first().map_or("", String::as_str),
+        }
     }
 }
 
@@ -175,7 +209,20 @@ mod tests {
                 Some("s"),
                 "edge of p: m6v: units need a backend",
             ),
+            (
+                "edges:\n  p:\n    driver: exec\n    datacenters: {m6v: {server: pool-a}}\n",
+                Some("s"),
+                "edge of p: driver exec needs command",
+            ),
+            (
+                "edges:\n  p:\n    driver: haproxy\n    command: [x]\n    datacenters: {m6v: {server: a/b}}\n",
+                Some("s"),
+                "edge of p: command: is for driver exec",
+            ),
         ];
+        let exec = "edges:\n  p:\n    driver: exec\n    command: [/bin/slb, --pool, p]\n    datacenters: {m6v: {server: pool-a}}\n";
+        let e = Edges::parse(exec, Some("/run/h.sock")).expect("valid exec edge");
+        assert_eq!(e.edges["p"].socket(), "/bin/slb", "no socket for exec");
         for (text, sock, want) in cases {
             let err = Edges::parse(text, sock).expect_err(want);
             assert!(err.starts_with(want), "{err} !~ {want}");

@@ -2,9 +2,12 @@
 //! the edges file ([`config`]), the leader's edge sync ([`sync`]) keeps an HAProxy's server
 //! weights equal to the route's split and, in unit mode, its bucket → backend map equal to
 //! the route's ring ([`plan`]), through HAProxy's Runtime API ([`haproxy`]) without a reload,
-//! so a unit enters the datacenter its calls stay in.
+//! so a unit enters the datacenter its calls stay in. Load balancers without such an API
+//! are driven by a command of the operator's ([`exec`]) that gets the desired state on
+//! stdin.
 
 pub mod config;
+pub mod exec;
 pub mod haproxy;
 pub mod plan;
 pub mod sync;

@@ -45,6 +45,11 @@ pub enum EdgeChange {
         from: Vec<MapEntry>,
         to: Vec<MapEntry>,
     },
+    /// The exec driver's command was run with these weights (server → 0..=256).
+    Exec {
+        command: String,
+        weights: BTreeMap<String, u32>,
+    },
 }
 
 impl EdgeChange {
@@ -57,6 +62,10 @@ impl EdgeChange {
             ),
             EdgeChange::Units { map, from, to } => {
                 format!("units map {map} [{}] → [{}]", entries(from), entries(to))
+            }
+            EdgeChange::Exec { command, weights } => {
+                let w: Vec<String> = weights.iter().map(|(s, w)| format!("{s}={w}")).collect();
+                format!("ran {command} with weights {}", w.join(", "))
             }
         }
     }

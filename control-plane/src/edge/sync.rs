@@ -18,7 +18,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use twin_topology::{now_ms, AuditMeta, Backoff, Change, CommitOptions, Topology};
 
-use crate::edge::config::{EdgeConfig, Edges};
+use crate::edge::config::{Driver, EdgeConfig, Edges};
+use crate::edge::exec;
 use crate::edge::haproxy::RuntimeApi;
 use crate::edge::plan::{self, EdgeChange, EdgeState, MapEntry};
 use crate::error::CtlError;
@@ -139,7 +140,10 @@ async fn round(
     topo: &Topology,
 ) {
     let driver = edge.driver.as_str();
-    let outcome = sync_one(service, edge, topo).await;
+    let outcome = match edge.driver {
+        Driver::Haproxy => sync_one(service, edge, topo).await,
+        Driver::Exec => sync_exec(service, edge, topo, slot.applied.as_ref()).await,
+    };
     let mut record = EdgeRecord {
         service: service.to_string(),
         driver: driver.to_string(),
@@ -226,12 +230,49 @@ async fn sync_one(service: &str, edge: &EdgeConfig, topo: &Topology) -> Outcome 
         let done = match c {
             EdgeChange::Weight { server, to, .. } => api.set_weight(server, *to).await,
             EdgeChange::Units { map, to, .. } => api.replace_map(map, to).await,
+            EdgeChange::Exec { .. } => Ok(()),
         };
         if let Err(e) = done {
             out.error = Some(e);
             return out;
         }
         out.changed.push(c.clone());
+    }
+    out
+}
+
+/// One sync by the exec driver: runs the command when the desired state differs from what
+/// it last applied (it cannot read the load balancer back).
+async fn sync_exec(
+    service: &str,
+    edge: &EdgeConfig,
+    topo: &Topology,
+    applied: Option<&EdgeState>,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let Some(route) = topo.routes.get(service) else {
+        out.error = Some(format!("route {service} does not exist"));
+        return out;
+    };
+    let desired = match plan::desired(service, edge, &route.value, &topo.datacenters) {
+        Ok(d) => d,
+        Err(e) => {
+            out.error = Some(e);
+            return out;
+        }
+    };
+    out.desired = Some(desired.clone());
+    out.observed = applied.cloned();
+    if applied == Some(&desired) {
+        return out;
+    }
+    let input = exec::desired(service, edge, &route.value, route.mod_revision, &desired);
+    match exec::run(&edge.command, &input).await {
+        Ok(()) => out.changed.push(EdgeChange::Exec {
+            command: edge.socket().to_string(),
+            weights: desired.weights.clone(),
+        }),
+        Err(e) => out.error = Some(e),
     }
     out
 }
@@ -251,6 +292,17 @@ pub async fn preview(service: &str, edge: &EdgeConfig, topo: &Topology) -> Resul
         .get(service)
         .ok_or_else(|| format!("route {service} does not exist"))?;
     let desired = plan::desired(service, edge, &route.value, &topo.datacenters)?;
+    if edge.driver == Driver::Exec {
+        // Nothing to read back: a sync would run the command with the desired state.
+        return Ok(Preview {
+            changes: vec![EdgeChange::Exec {
+                command: edge.socket().to_string(),
+                weights: desired.weights.clone(),
+            }],
+            desired,
+            observed: EdgeState::default(),
+        });
+    }
     let api = RuntimeApi::new(edge.socket());
     let mut weights = BTreeMap::new();
     for d in edge.datacenters.values() {
