@@ -4,9 +4,12 @@
 Built-in kinds are checked against the Kubernetes JSON schemas of the given version with the
 `kubernetes-validate` package in strict mode (unknown fields are errors). Custom resources
 that have no schema there (cert-manager, Prometheus operator) are checked for a known
-apiVersion/kind and their required fields. Reads YAML streams from files or stdin ("-").
+apiVersion/kind and their required fields; Gateway API HTTPRoutes (what `twinctl edge render
+--gateway-api` prints) against the rules of the HTTPRoute v1 API reference: the fields Twin
+writes, strictly, with their required fields, bounds and formats. Reads YAML streams from files or stdin ("-").
 Exits 1 naming each invalid document, 0 when all are valid.
 """
+import re
 import sys
 
 import kubernetes_validate
@@ -39,6 +42,8 @@ def check(doc, where):
     label = f"{where}: {key[1]}/{name}"
     if not lookup(doc, "metadata.name"):
         return [f"{label}: metadata.name is required"]
+    if key == ("gateway.networking.k8s.io/v1", "HTTPRoute"):
+        return check_httproute(doc, label)
     if key in CUSTOM:
         return [f"{label}: {p} is required" for p in CUSTOM[key] if lookup(doc, p) is None]
     group = key[0] or ""
@@ -54,6 +59,62 @@ def check(doc, where):
     except kubernetes_validate.SchemaNotFoundError:
         return [f"{label}: no schema for {key[0]} {key[1]} in Kubernetes {VERSION}"]
     return []
+
+
+HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def only(d, allowed, where):
+    extra = sorted(set(d) - set(allowed)) if isinstance(d, dict) else ["(not a mapping)"]
+    return [f"{where}: unknown field {x}" for x in extra]
+
+
+def check_httproute(doc, label):
+    """HTTPRoute v1 (gateway.networking.k8s.io): the fields Twin renders, strictly."""
+    errs = only(doc, ["apiVersion", "kind", "metadata", "spec"], label)
+    meta = doc.get("metadata", {})
+    errs += only(meta, ["name", "namespace", "labels", "annotations"], f"{label}: metadata")
+    for key in ("name", "namespace"):
+        v = meta.get(key)
+        if v is not None and (not isinstance(v, str) or len(v) > 63 or not DNS_LABEL.match(v)):
+            errs.append(f"{label}: metadata.{key} {v!r} is not a DNS-1035 label")
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        return errs + [f"{label}: spec is required"]
+    errs += only(spec, ["parentRefs", "hostnames", "rules"], f"{label}: spec")
+    parents = spec.get("parentRefs") or []
+    if not parents or len(parents) > 32:
+        errs.append(f"{label}: spec.parentRefs needs 1..32 entries")
+    for i, p in enumerate(parents):
+        errs += only(p, ["group", "kind", "namespace", "name", "sectionName", "port"], f"{label}: spec.parentRefs[{i}]")
+        if not isinstance(p.get("name"), str) or not 1 <= len(p["name"]) <= 253:
+            errs.append(f"{label}: spec.parentRefs[{i}].name is required (1..253 characters)")
+    hosts = spec.get("hostnames") or []
+    if len(hosts) > 16:
+        errs.append(f"{label}: spec.hostnames has more than 16 entries")
+    for h in hosts:
+        if not isinstance(h, str) or len(h) > 253 or not HOSTNAME.match(h):
+            errs.append(f"{label}: hostname {h!r} is not a DNS name (an optional leading '*.')")
+    rules = spec.get("rules") or []
+    if not 1 <= len(rules) <= 16:
+        errs.append(f"{label}: spec.rules needs 1..16 rules")
+    for i, r in enumerate(rules):
+        errs += only(r, ["matches", "filters", "backendRefs", "timeouts"], f"{label}: spec.rules[{i}]")
+        refs = r.get("backendRefs") or []
+        if len(refs) > 16:
+            errs.append(f"{label}: spec.rules[{i}].backendRefs has more than 16 entries")
+        for j, b in enumerate(refs):
+            at = f"{label}: spec.rules[{i}].backendRefs[{j}]"
+            errs += only(b, ["group", "kind", "name", "namespace", "port", "weight", "filters"], at)
+            if not isinstance(b.get("name"), str) or not 1 <= len(b["name"]) <= 253:
+                errs.append(f"{at}.name is required (1..253 characters)")
+            if b.get("kind", "Service") == "Service" and not (isinstance(b.get("port"), int) and 1 <= b["port"] <= 65535):
+                errs.append(f"{at}.port is required for a Service (1..65535)")
+            w = b.get("weight", 1)
+            if not isinstance(w, int) or not 0 <= w <= 1000000:
+                errs.append(f"{at}.weight {w!r} is outside 0..1000000")
+    return errs
 
 
 def main(paths):

@@ -88,3 +88,64 @@ async fn the_command_gets_each_new_state_and_a_failing_one_is_retried_and_report
     std::fs::remove_file(&fail).expect("remove marker");
     wait_until(Duration::from_secs(15), "the retry got 50/50", m6v_bp(5000)).await;
 }
+
+#[tokio::test]
+async fn gateway_api_routes_carry_the_route_weights_and_bad_names_are_refused() {
+    let etcd = two_dcs().await;
+    ok_line(
+        &etcd,
+        "route set payments --weights m6v=30,wanguo=70 --reason create",
+    )
+    .await;
+    let out = twinctl(
+        &etcd,
+        &[
+            "edge",
+            "render",
+            "--gateway-api",
+            "--gateway",
+            "edge/public",
+            "--namespace",
+            "shop",
+            "--port",
+            "8080",
+        ],
+    )
+    .await
+    .expect(0);
+    let doc: serde_yaml::Value = serde_yaml::from_str(&out.stdout).expect("yaml");
+    assert_eq!(doc["kind"], "HTTPRoute");
+    assert_eq!(doc["metadata"]["name"], "twin-payments");
+    let refs = &doc["spec"]["rules"][0]["backendRefs"];
+    assert_eq!(refs[0]["name"], "payments-m6v");
+    assert_eq!(refs[0]["weight"], 3000);
+    assert_eq!(refs[1]["name"], "payments-wanguo");
+    assert_eq!(refs[1]["weight"], 7000);
+    assert_eq!(refs[1]["port"], 8080);
+    // After a failover the rendered weights follow.
+    ok_line(&etcd, "failover --from m6v --all --yes --reason drill").await;
+    let out = twinctl(
+        &etcd,
+        &["edge", "render", "--gateway-api", "--gateway", "public"],
+    )
+    .await
+    .expect(0);
+    let doc: serde_yaml::Value = serde_yaml::from_str(&out.stdout).expect("yaml");
+    assert_eq!(doc["spec"]["rules"][0]["backendRefs"][0]["weight"], 0);
+    assert_eq!(doc["spec"]["rules"][0]["backendRefs"][1]["weight"], 10000);
+    let bad = twinctl(
+        &etcd,
+        &[
+            "edge",
+            "render",
+            "--gateway-api",
+            "--gateway",
+            "public",
+            "--backend",
+            "{service}_{dc}",
+        ],
+    )
+    .await
+    .expect(2);
+    assert!(bad.stderr.contains("is not a Kubernetes name"), "{bad:?}");
+}

@@ -1,4 +1,4 @@
-//! `twinctl edge status` and `twinctl edge sync --dry-run`.
+//! `twinctl edge status`, `twinctl edge sync --dry-run` and `twinctl edge render --gateway-api`.
 //!
 //! `status` reads what the control-plane leader publishes (`control/edges/{service}`), not
 //! the load balancers: the Runtime API is an admin socket that usually listens only on the
@@ -12,6 +12,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use super::Global;
+use crate::edge::gateway::{render, RenderOptions};
 use crate::edge::plan::EdgeState;
 use crate::edge::sync::{self, EdgeRecord, Preview};
 use crate::edge::Edges;
@@ -25,6 +26,37 @@ pub enum EdgeCommand {
     Status,
     /// What a sync would change at the load balancers (reads them; writes nothing)
     Sync(SyncArgs),
+    /// Print the routes as Gateway API HTTPRoutes (YAML) whose backend weights are the routes'
+    Render(RenderArgs),
+}
+
+/// `edge render`.
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// Render Gateway API HTTPRoutes (the only format so far; required so scripts say what they expect)
+    #[arg(long, required = true)]
+    pub gateway_api: bool,
+    /// The Gateway the routes attach to: NAME or NAMESPACE/NAME
+    #[arg(long, value_name = "GATEWAY")]
+    pub gateway: String,
+    /// Namespace of the HTTPRoutes and of the backend Services
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// Backend Service per datacenter ({service} and {dc} are replaced)
+    #[arg(long, default_value = "{service}-{dc}")]
+    pub backend: String,
+    /// Port of the backend Services
+    #[arg(long, default_value_t = 80)]
+    pub port: u16,
+    /// Hostname each route matches ({service} is replaced); default: every host of the listener
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Only these services, comma-separated (default: every route)
+    #[arg(long, value_delimiter = ',')]
+    pub services: Vec<String>,
+    /// Render from this routes file instead of etcd (offline, e.g. in CI or GitOps)
+    #[arg(long, value_name = "FILE")]
+    pub routes_file: Option<PathBuf>,
 }
 
 /// `edge sync`.
@@ -49,6 +81,24 @@ pub async fn run(g: &Global, c: EdgeCommand) -> Result<(), CtlError> {
             let mut edges = sync::read_records(&cluster).await?;
             edges.sort_by(|a, b| a.service.cmp(&b.service));
             emit(g.output, &StatusView { edges })
+        }
+        EdgeCommand::Render(a) => {
+            let topo = match &a.routes_file {
+                Some(f) => twin_topology::RoutesFile::read(f)
+                    .map_err(|e| CtlError::usage(e.to_string()))?
+                    .to_topology(1),
+                None => g.connect().await?.load().await?.topo,
+            };
+            let opts = RenderOptions {
+                gateway: a.gateway,
+                namespace: a.namespace,
+                backend: a.backend,
+                port: a.port,
+                hostname: a.hostname,
+            };
+            let yaml = render(&topo, &a.services, &opts).map_err(CtlError::usage)?;
+            print!("{yaml}");
+            Ok(())
         }
         EdgeCommand::Sync(a) => {
             if !a.dry_run {

@@ -4,10 +4,11 @@
 //! the route's ring ([`plan`]), through HAProxy's Runtime API ([`haproxy`]) without a reload,
 //! so a unit enters the datacenter its calls stay in. Load balancers without such an API
 //! are driven by a command of the operator's ([`exec`]) that gets the desired state on
-//! stdin.
+//! stdin. Edges run by a Gateway API controller get HTTPRoutes to apply ([`gateway`]).
 
 pub mod config;
 pub mod exec;
+pub mod gateway;
 pub mod haproxy;
 pub mod plan;
 pub mod sync;
