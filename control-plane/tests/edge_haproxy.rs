@@ -283,18 +283,9 @@ async fn with_haproxy_down_a_failover_commits_status_shows_it_and_haproxy_catche
 }
 
 fn dcs() -> std::collections::BTreeMap<String, Datacenter> {
-    [("m6v", 0u8), ("wanguo", 1)]
-        .into_iter()
-        .map(|(n, code)| {
-            (
-                n.to_string(),
-                Datacenter {
-                    code,
-                    display_name: String::new(),
-                },
-            )
-        })
-        .collect()
+    twin_topology::Topology::with_datacenters(&[("m6v", 0), ("wanguo", 1)])
+        .expect("dcs")
+        .datacenters
 }
 
 /// For 2,000 units, the datacenter HAProxy sends each to equals the one the sidecars' ring

@@ -328,16 +328,7 @@ impl Topology {
     /// Puts `route` for `service` through the same checks as a value read from etcd, at the
     /// next revision.
     pub fn set_route(&mut self, service: &str, route: &Route) -> Result<(), ApplyError> {
-        let keys = Keys::default();
-        let key = keys.route(service);
-        let v = serde_json::to_vec(route).map_err(|source| ApplyError::Json {
-            key: key.clone(),
-            source,
-        })?;
-        let rev = self.revision + 1;
-        self.apply(&keys, &key, Some(&v), rev)?;
-        self.revision = rev;
-        Ok(())
+        self.set_json(&Keys::default().route(service), route)
     }
 
     /// Puts a registered endpoint through the same checks as a value read from etcd, at the
@@ -349,14 +340,16 @@ impl Topology {
         instance: &str,
         endpoint: &Endpoint,
     ) -> Result<(), ApplyError> {
-        let keys = Keys::default();
-        let key = keys.endpoint(service, dc, instance);
-        let v = serde_json::to_vec(endpoint).map_err(|source| ApplyError::Json {
-            key: key.clone(),
+        self.set_json(&Keys::default().endpoint(service, dc, instance), endpoint)
+    }
+
+    fn set_json<T: Serialize>(&mut self, key: &str, value: &T) -> Result<(), ApplyError> {
+        let v = serde_json::to_vec(value).map_err(|source| ApplyError::Json {
+            key: key.to_string(),
             source,
         })?;
         let rev = self.revision + 1;
-        self.apply(&keys, &key, Some(&v), rev)?;
+        self.apply(&Keys::default(), key, Some(&v), rev)?;
         self.revision = rev;
         Ok(())
     }

@@ -188,18 +188,9 @@ mod tests {
     use twin_topology::Weights;
 
     fn dcs() -> BTreeMap<String, Datacenter> {
-        [("m6v", 0u8), ("wanguo", 1)]
-            .into_iter()
-            .map(|(n, code)| {
-                (
-                    n.to_string(),
-                    Datacenter {
-                        code,
-                        display_name: String::new(),
-                    },
-                )
-            })
-            .collect()
+        twin_topology::Topology::with_datacenters(&[("m6v", 0), ("wanguo", 1)])
+            .expect("dcs")
+            .datacenters
     }
 
     #[test]

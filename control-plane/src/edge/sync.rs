@@ -397,20 +397,8 @@ async fn audit_drift(
 
 /// Every published edge record, by service.
 pub async fn read_records(cluster: &Cluster) -> Result<Vec<EdgeRecord>, CtlError> {
-    let prefix = cluster.keys.edge("");
-    let resp = cluster
-        .client()
-        .get(
-            prefix.as_str(),
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
+    let found = cluster
+        .list_json::<EdgeRecord>(&cluster.keys.edge(""), "edge record")
         .await?;
-    let mut out = Vec::new();
-    for kv in resp.kvs() {
-        match serde_json::from_slice::<EdgeRecord>(kv.value()) {
-            Ok(r) => out.push(r),
-            Err(e) => tracing::warn!(key = ?kv.key_str(), error = %e, "unreadable edge record"),
-        }
-    }
-    Ok(out)
+    Ok(found.into_iter().map(|(_, r)| r).collect())
 }
