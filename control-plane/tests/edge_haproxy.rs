@@ -439,3 +439,45 @@ async fn a_new_leader_takes_the_edge_sync_over() {
     let status = ok_line(&e.etcd, "edge status -o json").await.json();
     assert_eq!(status["edges"][0]["by"], "cp-edge-standby", "{status}");
 }
+
+#[tokio::test]
+async fn the_runtime_api_over_tcp_works_like_the_unix_socket() {
+    let etcd = two_dcs().await;
+    ok_line(
+        &etcd,
+        "route set payments --weights m6v=30,wanguo=70 --reason create",
+    )
+    .await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = twin_lab::free_port();
+    // A second `global` section adds a TCP admin socket beside the lab's unix one.
+    let rest = format!(
+        "global\n  stats socket ipv4@127.0.0.1:{port} level admin\n\
+         backend payments\n  server m6v 127.0.0.1:9 weight 128\n  server wanguo 127.0.0.1:9 weight 128\n"
+    );
+    let lb = Haproxy::start_with(dir.path(), "  default_backend payments", &rest)
+        .await
+        .expect("haproxy");
+    let edges = dir.path().join("edges.yaml");
+    std::fs::write(
+        &edges,
+        format!(
+            "edges:\n  payments:\n    driver: haproxy\n    socket: 127.0.0.1:{port}\n    datacenters:\n      m6v: {{server: payments/m6v}}\n      wanguo: {{server: payments/wanguo}}\n"
+        ),
+    )
+    .expect("edges file");
+    let edges = edges.display().to_string();
+    let out = ok_line(&etcd, &format!("edge sync --dry-run --edges {edges}")).await;
+    assert!(
+        out.stdout.contains("weight payments/m6v 128 → 77"),
+        "{out:?}"
+    );
+    let _cp = replica(&etcd, "cp-edge-tcp", &["--edges", &edges]).await;
+    wait_until(Duration::from_secs(15), "weights over TCP", || async {
+        (
+            lb.weight("payments/m6v").await,
+            lb.weight("payments/wanguo").await,
+        ) == (Some(77), Some(179))
+    })
+    .await;
+}
