@@ -33,6 +33,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "shift-with-rollback",
         include_str!("../drills/shift-with-rollback.yaml"),
     ),
+    (
+        "edge-follows-failover",
+        include_str!("../drills/edge-follows-failover.yaml"),
+    ),
 ];
 
 /// A shipped drill by name.

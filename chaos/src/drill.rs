@@ -80,6 +80,18 @@ pub struct TopologySpec {
     pub serial_template: String,
     /// Extra flags for every control-plane replica.
     pub control_plane_args: Vec<String>,
+    /// A load balancer in front of the datacenters, kept in step with the load's route by
+    /// the control planes (`--edges`); see [`crate::edge`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge: Option<EdgeDriver>,
+}
+
+/// The load balancer a topology's `edge` runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EdgeDriver {
+    /// A real HAProxy (the system's `haproxy`), driven through its Runtime API.
+    Haproxy,
 }
 
 impl Default for TopologySpec {
@@ -100,6 +112,7 @@ impl Default for TopologySpec {
             sidecar_args: Vec::new(),
             serial_template: "T{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}".into(),
             control_plane_args: Vec::new(),
+            edge: None,
         }
     }
 }
@@ -157,7 +170,7 @@ fn default_max_in_flight() -> usize {
     2000
 }
 
-/// Routed calls through the sidecars' outbound proxies.
+/// Routed calls through the sidecars' outbound proxies (or the edge load balancer).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutedLoad {
@@ -168,6 +181,21 @@ pub struct RoutedLoad {
     /// Relative weights of GET, POST with `Idempotency-Key`, and POST without one.
     #[serde(default)]
     pub mix: Mix,
+    /// Where the routed calls enter: the sidecars' outbound proxies (default) or the
+    /// topology's `edge` load balancer.
+    #[serde(default)]
+    pub through: Through,
+}
+
+/// Where the routed load's requests enter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Through {
+    #[default]
+    Sidecars,
+    /// The topology's edge load balancer's frontend (the served datacenter is the server it
+    /// picked, which the lab's HAProxy writes into `x-twin-dc`).
+    Edge,
 }
 
 fn default_keys() -> u32 {

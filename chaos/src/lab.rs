@@ -15,6 +15,7 @@ use twin_topology::{AuditMeta, Keys, Store};
 
 use crate::clock::RunClock;
 use crate::drill::Drill;
+use crate::edge::Edge;
 use crate::etcd::EtcdCluster;
 use crate::faultproxy::FaultProxy;
 use crate::http::{self, HttpClient};
@@ -125,6 +126,8 @@ pub struct Lab {
     pub unit_header: String,
     pub sidecars: Vec<Sidecar>,
     pub control_planes: Vec<ControlPlane>,
+    /// The topology's `edge` load balancer, if it has one.
+    pub edge: Option<Edge>,
     pub probe: HttpClient,
     /// Keeps tasks spawned by steps (fault timers) so they end with the lab.
     pub timers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -209,6 +212,7 @@ impl Lab {
         let prefix = format!("/twin-drill-{}", std::process::id());
         seed_etcd(drill, &etcd, &prefix, &upstreams).await?;
         etcd.enable_auth(&prefix).await?;
+        let edge = Edge::start(drill, dir, |d| upstreams[d][0].1.addr().to_string()).await?;
 
         let mut lab = Lab {
             dir: dir.to_path_buf(),
@@ -224,6 +228,7 @@ impl Lab {
             unit_header: unit_header(drill),
             sidecars: Vec::new(),
             control_planes: Vec::new(),
+            edge,
             probe: http::client(4),
             timers: Mutex::new(Vec::new()),
         };
@@ -411,6 +416,9 @@ impl Lab {
         for m in &self.etcd.members {
             m.proc.kill();
         }
+        if let Some(e) = &self.edge {
+            e.lb.proc.kill();
+        }
         for t in self
             .timers
             .lock()
@@ -468,6 +476,9 @@ fn control_plane_args(lab: &Lab, dc: usize, i: usize) -> Vec<String> {
         format!("cp-{i}"),
     ];
     args.extend(lab.etcd.client_args(Who::Operator));
+    if let Some(e) = &lab.edge {
+        args.extend(e.control_plane_args());
+    }
     args
 }
 

@@ -14,6 +14,7 @@ pub mod checkspec;
 pub mod clock;
 pub mod cutover;
 pub mod drill;
+pub mod edge;
 pub mod etcd;
 pub mod export;
 pub use twin_lab::faultproxy;

@@ -4,6 +4,7 @@
 //! bounded; one that would pass the bound is recorded as not sent. Every request is recorded
 //! with its outcome, and every ID returned is kept for the duplicate check.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
 
 use crate::clock::RunClock;
-use crate::drill::{IdFormat, LoadSpec};
+use crate::drill::{IdFormat, LoadSpec, Through};
 use crate::http::{self, HttpClient};
 use crate::lab::Lab;
 use crate::record::{IdValue, IssuedId, Kind, Outcome, Recording, Sample};
@@ -121,6 +122,10 @@ pub async fn run(
             biz: spec.ids.biz.clone(),
             count: spec.ids.count,
             timeout: spec.timeout.0,
+            edge: match spec.routed.through {
+                Through::Edge => lab.edge.as_ref().map(|e| e.lb.frontend),
+                Through::Sidecars => None,
+            },
         };
         tasks.spawn(async move {
             ctx.send(sample).await;
@@ -190,6 +195,8 @@ pub(crate) struct Ctx {
     pub biz: String,
     pub count: u32,
     pub timeout: Duration,
+    /// Routed calls enter here (the edge's frontend) instead of the sidecar's outbound.
+    pub edge: Option<SocketAddr>,
 }
 
 struct Answer {
@@ -217,7 +224,11 @@ impl Ctx {
                 let method = if kind == Kind::Get { "GET" } else { "POST" };
                 let mut b = ::http::Request::builder()
                     .method(method)
-                    .uri(format!("http://{}/drill/{}", sc.outbound, s.id))
+                    .uri(format!(
+                        "http://{}/drill/{}",
+                        self.edge.unwrap_or(sc.outbound),
+                        s.id
+                    ))
                     .header(::http::header::HOST, self.service.as_str())
                     .header("x-twin-unit", format!("key-{}", s.key))
                     .header("x-request-id", s.id.to_string());

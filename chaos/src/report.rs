@@ -209,6 +209,18 @@ fn markdown(o: &Outputs, passed: bool) -> String {
         d.load.ids.count,
         d.load.timeout
     );
+    if let Some(edge) = t.edge {
+        let _ = writeln!(
+            s,
+            "Edge: {edge:?} in front of the datacenters (one server per datacenter, its first upstream), \
+             kept in step with route {} by the control plane (`--edges`); the routed load enters {}.\n",
+            d.load.routed.service,
+            match d.load.routed.through {
+                crate::drill::Through::Edge => "through it",
+                crate::drill::Through::Sidecars => "through the sidecars",
+            }
+        );
+    }
     let _ = writeln!(
         s,
         "Recorded {} requests, {} IDs, {} upstream hits.",

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use twin_topology::{validate as topo, Datacenter};
 
 use crate::checkspec::FIXED_PHASES;
-use crate::drill::{Drill, DrillFile, TopologySpec, WriteLoad};
+use crate::drill::{Drill, DrillFile, Through, TopologySpec, WriteLoad};
 use crate::step::{Step, StepFile};
 use crate::units::format_duration;
 
@@ -173,6 +173,7 @@ fn load(d: &DrillFile) -> Result<(), Invalid> {
             ),
         ));
     }
+    edge(d)?;
     if l.routed.keys == 0 {
         return Err(bad("load.routed.keys", "expected at least 1 sticky key"));
     }
@@ -200,6 +201,31 @@ fn load(d: &DrillFile) -> Result<(), Invalid> {
     }
     if let Some(w) = &l.writes {
         writes(d, w)?;
+    }
+    Ok(())
+}
+
+/// `topology.edge` and `load.routed.through: edge` go together: the edge follows the load's
+/// route and needs a control plane to keep it in step.
+fn edge(d: &DrillFile) -> Result<(), Invalid> {
+    let (t, through) = (&d.topology, d.load.routed.through);
+    if through == Through::Edge && t.edge.is_none() {
+        return Err(bad(
+            "load.routed.through",
+            "the load enters through the edge, but the topology has none: add `topology.edge: haproxy`",
+        ));
+    }
+    if t.edge.is_some() && t.control_planes == 0 {
+        return Err(bad(
+            "topology.edge",
+            "the edge follows the route through a control plane (--edges): set `topology.control_planes` to at least 1",
+        ));
+    }
+    if t.edge.is_some() && through != Through::Edge {
+        return Err(bad(
+            "topology.edge",
+            "nothing enters through the edge: set `load.routed.through: edge`",
+        ));
     }
     Ok(())
 }

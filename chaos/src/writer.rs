@@ -102,6 +102,7 @@ pub async fn run(
             biz: String::new(),
             count: 0,
             timeout: load.timeout.0,
+            edge: None,
         };
         tasks.spawn(async move {
             ctx.exchange_and_record(sample, req).await;

@@ -109,6 +109,37 @@ fn planned_failover_quick_passes() {
 }
 
 #[test]
+fn edge_follows_failover_quick_passes() {
+    let (run, j, report) = passes("edge-follows-failover");
+    assert!(report.contains("routed load enters through it"), "{report}");
+    // HAProxy followed the failover within the bound (its target is 1 s from the commit).
+    let converge = figure(&j, "time to converge after failover");
+    assert!(
+        report.contains("| time to converge after failover | ") && converge >= 0.0,
+        "{report}"
+    );
+    // Before it, both datacenters served the traffic that entered through HAProxy.
+    assert!(figure(&j, "requests served by upstream/m6v/0 in before") >= 50.0);
+    assert!(figure(&j, "requests served by upstream/wanguo/0 in before") >= 50.0);
+    // The load entered through HAProxy, whose servers are each datacenter's first upstream:
+    // the others saw only the control plane's health probes.
+    let hits = std::fs::read_to_string(run.out.join("hits.csv")).expect("hits.csv");
+    let load_hits: Vec<&str> = hits.lines().filter(|l| l.contains("/drill/")).collect();
+    assert!(load_hits.len() > 100, "{hits}");
+    assert!(
+        load_hits
+            .iter()
+            .all(|l| l.contains(",m6v/0,") || l.contains(",wanguo/0,")),
+        "{hits}"
+    );
+    let cfg = std::fs::read_to_string(run.out.join("edge/haproxy.cfg")).expect("haproxy.cfg");
+    assert!(
+        cfg.contains("server m6v ") && cfg.contains("server wanguo "),
+        "{cfg}"
+    );
+}
+
+#[test]
 fn failover_and_failback_quick_passes() {
     let (run, j, _) = passes("failover-and-failback");
     assert!(figure(&j, "time to converge after failover") <= 1000.0);

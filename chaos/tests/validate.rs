@@ -70,6 +70,10 @@ const KILL: &str = "    kill: sidecar/wanguo/1\n";
 #[path = "validate/writes.rs"]
 mod writes;
 
+/// The edge load balancer and the load through it.
+#[path = "validate/edge.rs"]
+mod edge;
+
 #[test]
 fn the_good_drill_parses_into_typed_steps_and_checks() {
     let d = Drill::parse("drills/t.yaml", GOOD).expect("valid");
@@ -492,6 +496,7 @@ fn list_names_every_shipped_drill() {
         "dc-blackhole-spill",
         "planned-failover",
         "failover-and-failback",
+        "edge-follows-failover",
         "sidecar-kill-clock-back",
         "etcd-outage",
         "etcd-leader-kill",
