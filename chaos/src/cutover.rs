@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use twin_topology::{bucket_of, BucketRing, Datacenter, Weights};
+use twin_topology::{bucket_of_with, BucketRing, Datacenter, RouteHash, Weights};
 
 use crate::record::StepRun;
 
@@ -17,6 +17,8 @@ use crate::record::StepRun;
 pub struct RouteMove {
     /// The step's label.
     pub step: String,
+    /// How the route hashes a unit into its bucket.
+    pub hash: RouteHash,
     pub moved: Moved,
 }
 
@@ -33,7 +35,7 @@ pub enum Moved {
 impl RouteMove {
     /// Whether this step moved `unit` (a sticky key, e.g. `unit-17`) to another datacenter.
     pub fn moves(&self, unit: &str) -> bool {
-        let b = bucket_of(unit.as_bytes());
+        let b = bucket_of_with(self.hash, unit.as_bytes());
         match &self.moved {
             Moved::Rings { before, after } => before.owner(b) != after.owner(b),
             Moved::Ranges(r) => r.iter().any(|(s, e)| (*s..*e).contains(&b)),
@@ -41,11 +43,12 @@ impl RouteMove {
     }
 }
 
-/// The moves of route `service`, one per `twinctl` step whose output says it changed that
-/// route's weights (or fenced a cut-over of it), in step order.
+/// The moves of route `service` (whose units hash by `hash`), one per `twinctl` step whose
+/// output says it changed that route's weights (or fenced a cut-over of it), in step order.
 pub fn route_moves(
     steps: &[StepRun],
     service: &str,
+    hash: RouteHash,
     dcs: &BTreeMap<String, Datacenter>,
 ) -> Vec<RouteMove> {
     steps
@@ -55,6 +58,7 @@ pub fn route_moves(
             let moved = weights_diff(out, service, dcs).or_else(|| cutover_ranges(out, service))?;
             Some(RouteMove {
                 step: s.label.clone(),
+                hash,
                 moved,
             })
         })
@@ -146,6 +150,7 @@ impl Cutover {
 mod tests {
     use super::*;
     use crate::validate::datacenter_map;
+    use twin_topology::bucket_of;
 
     fn step(output: serde_json::Value) -> StepRun {
         StepRun {
@@ -166,9 +171,9 @@ mod tests {
             "before": {"weights": {"m6v": 5000, "wanguo": 5000}},
             "after": {"weights": {"m6v": 0, "wanguo": 10000}},
         }]});
-        let moves = route_moves(&[step(out)], "payments", &dcs);
+        let moves = route_moves(&[step(out)], "payments", RouteHash::default(), &dcs);
         assert_eq!(moves.len(), 1);
-        assert!(route_moves(&[], "payments", &dcs).is_empty());
+        assert!(route_moves(&[], "payments", RouteHash::default(), &dcs).is_empty());
         let ring = BucketRing::new(
             &serde_json::from_value(serde_json::json!({"m6v": 5000, "wanguo": 5000}))
                 .expect("weights"),
@@ -199,12 +204,18 @@ mod tests {
         assert_eq!(c.phase_ms("sync"), Some(1003.0));
         assert_eq!(c.outcome, "switched");
         let dcs = datacenter_map(&["m6v".into(), "wanguo".into()]);
-        let moves = route_moves(&[step(out)], "payments", &dcs);
+        let moves = route_moves(&[step(out)], "payments", RouteHash::default(), &dcs);
         let in_range = (0..200)
             .map(|n| format!("unit-{n}"))
             .find(|u| bucket_of(u.as_bytes()) < 3000)
             .expect("a unit in range");
         assert!(moves[0].moves(&in_range));
-        assert!(route_moves(&[step(serde_json::json!({}))], "payments", &dcs).is_empty());
+        assert!(route_moves(
+            &[step(serde_json::json!({}))],
+            "payments",
+            RouteHash::default(),
+            &dcs
+        )
+        .is_empty());
     }
 }

@@ -2,14 +2,15 @@
 //! requests meet it in production. Its frontend sends everything to backend `{service}` (the
 //! load's route), `balance roundrobin`, with one server per datacenter, named after it and
 //! pointing at that datacenter's first upstream (through its fault proxy), weighted as the
-//! route is when the drill starts. Every answer carries the server HAProxy picked in
-//! `x-twin-dc`, so the load generator records the served datacenter as for the sidecars.
-//! The lab writes the edges file and gives it to every control-plane replica
+//! route is when the drill starts (`twin_topology::haproxy_weight`, as the control plane
+//! sets it). Every answer carries the server HAProxy picked in `x-twin-dc`, so the load
+//! generator records the served datacenter as for the sidecars. The lab writes the edges file and gives it to every control-plane replica
 //! (`--edges FILE`), whose leader moves the servers' weights on every route change.
 
 use std::path::{Path, PathBuf};
 
 use twin_lab::Haproxy;
+use twin_topology::haproxy_weight;
 
 use crate::drill::{Drill, EdgeDriver};
 use crate::lab::LabError;
@@ -72,31 +73,5 @@ impl Edge {
     /// The control planes' flags for it.
     pub fn control_plane_args(&self) -> Vec<String> {
         vec!["--edges".into(), self.edges_file.display().to_string()]
-    }
-}
-
-/// A share in basis points as an HAProxy weight (0..=256): round(bp × 256 / 10000), a
-/// non-zero share at least 1 (as the control plane sets it).
-pub fn haproxy_weight(bp: u32) -> u32 {
-    let w = (u64::from(bp) * 256 + 5000) / 10000;
-    match (bp, w) {
-        (0, _) => 0,
-        (_, 0) => 1,
-        (_, w) => w.min(256) as u32,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::haproxy_weight;
-
-    #[test]
-    fn weights_follow_the_control_planes_rounding() {
-        assert_eq!(haproxy_weight(5000), 128);
-        assert_eq!(haproxy_weight(3000), 77);
-        assert_eq!(haproxy_weight(7000), 179);
-        assert_eq!(haproxy_weight(10000), 256);
-        assert_eq!(haproxy_weight(0), 0);
-        assert_eq!(haproxy_weight(1), 1);
     }
 }

@@ -76,6 +76,14 @@ pub async fn run(
             seed,
         ))
     });
+    let admission = Admission {
+        lab: &lab,
+        live: &live,
+        recording: &recording,
+        slots: &slots,
+        what: "requests",
+        max: spec.max_in_flight,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     let mut n: u64 = 0;
     loop {
@@ -101,14 +109,6 @@ pub async fn run(
         };
         let key = rng.random_range(0..spec.routed.keys);
         let sample = Sample::unsent(n, due_ms, kind, key);
-        let admission = Admission {
-            lab: &lab,
-            live: &live,
-            recording: &recording,
-            slots: &slots,
-            what: "requests",
-            max: spec.max_in_flight,
-        };
         let Some((sample, permit)) = admission.admit(sample, |up| (n as usize) % up) else {
             continue;
         };

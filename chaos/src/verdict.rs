@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use twin_topology::{bucket_of, BucketRing, OnDcDown};
+use twin_topology::{bucket_of_with, BucketRing, OnDcDown};
 
 use crate::checks;
 use crate::drill::{
@@ -367,19 +367,21 @@ fn expected_dc(drill: &Drill, c: &ConvergeCheck) -> impl Fn(u32) -> Option<usize
         .iter()
         .map(|d| !c.down.contains(d))
         .collect();
-    let spill = drill
-        .topology
-        .routes
-        .get(&c.route)
-        .is_none_or(|r| r.on_dc_down == OnDcDown::Spill);
+    let route = drill.topology.routes.get(&c.route);
+    let spill = route.is_none_or(|r| r.on_dc_down == OnDcDown::Spill);
+    let hash = route.map(|r| r.hash).unwrap_or_default();
     let code: Vec<usize> = ring
         .datacenters()
         .iter()
         .map(|d| names.iter().position(|x| x == d).unwrap_or(usize::MAX))
         .collect();
     move |key: u32| {
-        ring.pick(bucket_of(format!("key-{key}").as_bytes()), &up, spill)
-            .map(|p| code[p.dc])
+        ring.pick(
+            bucket_of_with(hash, format!("key-{key}").as_bytes()),
+            &up,
+            spill,
+        )
+        .map(|p| code[p.dc])
     }
 }
 

@@ -49,6 +49,14 @@ pub async fn run(
     let end_ms = load.duration.ms();
     let header = lab.unit_header.clone();
     let (work_min, work_max) = (w.work.min.ms() as u64, w.work.max.ms() as u64);
+    let admission = Admission {
+        lab: &lab,
+        live: &live,
+        recording: &recording,
+        slots: &slots,
+        what: "writes",
+        max: load.max_in_flight,
+    };
     let mut tasks = tokio::task::JoinSet::new();
     let mut n: u64 = 0;
     loop {
@@ -61,14 +69,6 @@ pub async fn run(
         let seq = n / u64::from(w.units) + 1;
         n += 1;
         let work = rng.random_range(work_min..=work_max);
-        let admission = Admission {
-            lab: &lab,
-            live: &live,
-            recording: &recording,
-            slots: &slots,
-            what: "writes",
-            max: load.max_in_flight,
-        };
         let sample = Sample::unsent(FIRST_ID + n, due_ms, Kind::Write, unit);
         let pick = |up: usize| ((u64::from(unit) + seq) % up as u64) as usize;
         let Some((mut sample, permit)) = admission.admit(sample, pick) else {

@@ -29,6 +29,17 @@ pub enum Selection {
     Services(Vec<String>),
 }
 
+impl Selection {
+    /// The services a command was given: none means every route.
+    pub fn of(services: &[String]) -> Selection {
+        if services.is_empty() {
+            Selection::All
+        } else {
+            Selection::Services(services.to_vec())
+        }
+    }
+}
+
 /// Splits `total` basis points over `shares` in proportion to their values (largest
 /// remainder, ties by name), so the parts sum to exactly `total`. When every share is 0
 /// the split is equal.

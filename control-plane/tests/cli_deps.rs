@@ -230,20 +230,7 @@ async fn edges_and_apps_vanish_with_the_sidecars_lease() {
 
 /// `twinctl` with `PATH` set to `path`.
 async fn twinctl_with_path(etcd: &Etcd, args: &[&str], path: &str) -> Out {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_twinctl"))
-        .args(args)
-        .env("TWIN_ETCD", etcd.endpoint())
-        .env_remove("TWIN_PREFIX")
-        .env("PATH", path)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run twinctl");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    cp_support::twinctl_with_env(etcd, args, &[("PATH", path)]).await
 }
 
 /// Graphviz's `dot`, if installed (scripts/test installs it).

@@ -1,28 +1,12 @@
 //! The dependency map end to end: real sidecars (the lab, `--app web`) publish the edges of
 //! real calls, and `twinctl deps` and `readiness` read them from etcd.
 
-use std::process::Output;
+mod lab_support;
+
 use std::time::Duration;
 
+use lab_support::{json, twinctl};
 use twin_lab::{eventually, http, Lab};
-
-fn twinctl(lab: &Lab, args: &[&str]) -> Output {
-    lab.twinctl()
-        .expect("twinctl")
-        .args(args)
-        .output()
-        .expect("twinctl runs")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 /// The `web → payments` edge of `twinctl deps -o json`, if there is one.
 fn web_to_payments(lab: &Lab) -> Option<serde_json::Value> {

@@ -3,6 +3,7 @@
 //! sidecar, a killed twinctl, a failing sync gate and a route that requires a fence.
 
 mod cp_support;
+mod lab_support;
 
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::Request;
+use lab_support::{json, twinctl};
 use twin_lab::{eventually, http, Lab};
 use twin_topology::bucket_of;
 
@@ -30,24 +32,6 @@ async fn call(lab: &Lab, method: &str, unit: &str) -> http::Reply {
         .body(Full::new(Bytes::from_static(b"{}")))
         .expect("request");
     http::send(&http::client(), req).await.expect("an answer")
-}
-
-fn twinctl(lab: &Lab, args: &[&str]) -> Output {
-    lab.twinctl()
-        .expect("twinctl")
-        .args(args)
-        .output()
-        .expect("twinctl runs")
-}
-
-fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
 
 fn status(lab: &Lab) -> serde_json::Value {

@@ -190,21 +190,18 @@ async fn a_weight_changed_by_hand_is_restored_within_one_sync_and_audited_as_edg
     assert_eq!(e.lb.weight("payments/m6v").await, Some(5));
     // One drift interval (10 s) plus slack.
     e.wait_weights((128, 128), Duration::from_secs(15)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let audit = loop {
-        let audit = ok_line(&e.etcd, "audit --limit 5 -o json").await.json();
-        let found = audit["records"]
+    let has_edge_sync = |audit: &serde_json::Value| {
+        audit["records"]
             .as_array()
-            .is_some_and(|r| r.iter().any(|r| r["who"] == "edge-sync"));
-        if found {
-            break audit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no edge-sync audit record: {audit}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+            .is_some_and(|r| r.iter().any(|r| r["who"] == "edge-sync"))
     };
+    wait_until(
+        Duration::from_secs(5),
+        "an edge-sync audit record",
+        || async { has_edge_sync(&ok_line(&e.etcd, "audit --limit 5 -o json").await.json()) },
+    )
+    .await;
+    let audit = ok_line(&e.etcd, "audit --limit 5 -o json").await.json();
     let records = audit["records"].as_array().expect("records");
     let r = records
         .iter()

@@ -46,8 +46,8 @@ pub use model::{
     UpstreamTls, Versioned, Weights, DEFAULT_STICKY_HEADER, MAX_DC_CODE, TOTAL_BASIS_POINTS,
 };
 pub use ring::{
-    bucket_of, bucket_of_with, haproxy_bucket_expr, BucketRing, Pick, BUCKETS,
-    HAPROXY_XXH64_BUCKET, XXH64_TEST_VECTOR,
+    bucket_of, bucket_of_with, haproxy_bucket_expr, haproxy_weight, BucketRing, Pick, BUCKETS,
+    HAPROXY_MAX_WEIGHT, HAPROXY_XXH64_BUCKET, XXH64_TEST_VECTOR,
 };
 pub use routes_file::{RoutesFile, RoutesFileError};
 pub use snapshot::{ApplyError, SnapshotError, Source, Topology};

@@ -70,6 +70,21 @@ pub fn haproxy_bucket_expr(header: &str) -> String {
     format!("req.hdr({header}),{HAPROXY_XXH64_BUCKET}")
 }
 
+/// HAProxy's largest server weight.
+pub const HAPROXY_MAX_WEIGHT: u32 = 256;
+
+/// A route's share in basis points as an HAProxy server weight (0..=256, split in
+/// proportion): `round(bp * 256 / 10000)`, a non-zero share at least 1, 0 stays 0. The edge
+/// sync sets it, and the drill's HAProxy starts with it.
+pub fn haproxy_weight(bp: u32) -> u32 {
+    if bp == 0 {
+        return 0;
+    }
+    let w = (u64::from(bp) * u64::from(HAPROXY_MAX_WEIGHT) + u64::from(TOTAL_BASIS_POINTS) / 2)
+        / u64::from(TOTAL_BASIS_POINTS);
+    (w as u32).clamp(1, HAPROXY_MAX_WEIGHT)
+}
+
 /// Keys and their `xxh64` buckets, as a real HAProxy 2.6 computes them with
 /// [`HAPROXY_XXH64_BUCKET`]. Shared by this crate's unit test, the sidecar's tests and the
 /// control plane's test against a real HAProxy: if one of them disagrees, the edge and the
@@ -278,6 +293,16 @@ mod tests {
             .map(|i| bucket_of(format!("u{i}").as_bytes()))
             .collect();
         assert!(spread.len() > 900);
+    }
+
+    #[test]
+    fn weights_follow_the_control_planes_rounding() {
+        assert_eq!(haproxy_weight(5000), 128);
+        assert_eq!(haproxy_weight(3000), 77);
+        assert_eq!(haproxy_weight(7000), 179);
+        assert_eq!(haproxy_weight(10000), 256);
+        assert_eq!(haproxy_weight(0), 0);
+        assert_eq!(haproxy_weight(1), 1);
     }
 
     #[test]

@@ -14,7 +14,14 @@ use crate::validate::datacenter_map;
 /// Every weight change of `service` the method made, in step order.
 fn moves(run: &Run, service: &str) -> Vec<RouteMove> {
     let dcs = datacenter_map(&run.drill.topology.datacenters);
-    cutover::route_moves(run.steps, service, &dcs)
+    let hash = run
+        .drill
+        .topology
+        .routes
+        .get(service)
+        .map(|r| r.hash)
+        .unwrap_or_default();
+    cutover::route_moves(run.steps, service, hash, &dcs)
 }
 
 /// The service a sample was sent to.

@@ -174,11 +174,7 @@ impl Report for ReadinessReport {
 
 /// Runs `readiness`: exit 0 when ready, 3 with blockers.
 pub async fn run_readiness(g: &Global, a: ReadinessArgs) -> Result<(), CtlError> {
-    let selection = if a.services.is_empty() {
-        Selection::All
-    } else {
-        Selection::Services(a.services.clone())
-    };
+    let selection = Selection::of(&a.services);
     let cluster = g.connect().await?;
     let req = FailoverRequest {
         from: a.from.clone(),

@@ -65,11 +65,8 @@ pub struct FailbackArgs {
 pub async fn run_failover(g: &Global, a: FailoverArgs) -> Result<(), CtlError> {
     let reason = a.change.reason()?;
     a.fence.check()?;
-    let selection = if a.all {
-        Selection::All
-    } else {
-        Selection::Services(a.services.clone())
-    };
+    // `--all` and `--services` exclude each other (clap group): no services means `--all`.
+    let selection = Selection::of(&a.services);
     let cluster = g.connect().await?;
     let req = FailoverRequest {
         from: a.from.clone(),

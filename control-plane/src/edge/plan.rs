@@ -9,12 +9,9 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use twin_topology::{BucketRing, Datacenter, Route, RouteHash, BUCKETS, TOTAL_BASIS_POINTS};
+use twin_topology::{haproxy_weight, BucketRing, Datacenter, Route, RouteHash, BUCKETS};
 
 use crate::edge::config::EdgeConfig;
-
-/// HAProxy's largest server weight.
-pub const HAPROXY_MAX_WEIGHT: u32 = 256;
 
 /// One entry of an HAProxy map.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,16 +73,6 @@ fn entries(e: &[MapEntry]) -> String {
         .map(|e| format!("{} {}", e.key, e.value))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// A route's share in basis points as an HAProxy weight.
-pub fn haproxy_weight(bp: u32) -> u32 {
-    if bp == 0 {
-        return 0;
-    }
-    let w = (u64::from(bp) * u64::from(HAPROXY_MAX_WEIGHT) + u64::from(TOTAL_BASIS_POINTS) / 2)
-        / u64::from(TOTAL_BASIS_POINTS);
-    (w as u32).clamp(1, HAPROXY_MAX_WEIGHT)
 }
 
 /// What `edge` should hold for `service`'s `route`.

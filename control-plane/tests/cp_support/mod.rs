@@ -45,11 +45,17 @@ impl Out {
 
 /// Runs `twinctl` against `etcd` with `args`.
 pub async fn twinctl(etcd: &Etcd, args: &[&str]) -> Out {
+    twinctl_with_env(etcd, args, &[]).await
+}
+
+/// [`twinctl`] with extra environment variables (e.g. a `PATH` without Graphviz).
+pub async fn twinctl_with_env(etcd: &Etcd, args: &[&str], env: &[(&str, &str)]) -> Out {
     let out = Command::new(env!("CARGO_BIN_EXE_twinctl"))
         .args(args)
         .env("TWIN_ETCD", etcd.endpoint())
         .env_remove("TWIN_PREFIX")
         .env("USER", "sre-test")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .await

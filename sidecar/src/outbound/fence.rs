@@ -78,8 +78,13 @@ impl WriteGate {
     }
 
     /// Lets a write for `bucket` through (counted until the guard drops), or refuses it when
-    /// a fence in force at `now_ms` covers the bucket.
-    pub fn enter(self: &Arc<Self>, bucket: u32, now_ms: u64) -> Result<WriteGuard, Fenced> {
+    /// a fence in force covers the bucket. `now_ms` (the wall clock) is read only when there
+    /// is a fence.
+    pub fn enter(
+        self: &Arc<Self>,
+        bucket: u32,
+        now_ms: impl FnOnce() -> u64,
+    ) -> Result<WriteGuard, Fenced> {
         let slot = slot_of(bucket);
         if let Some(c) = self.in_flight.get(slot) {
             c.fetch_add(1, Ordering::SeqCst);
@@ -90,7 +95,7 @@ impl WriteGate {
         };
         atomic::fence(Ordering::SeqCst);
         if let Some(f) = self.fence.load().as_deref() {
-            if f.active_at(now_ms) {
+            if f.active_at(now_ms()) {
                 if let Some(r) = f.covering(bucket) {
                     self.fenced.increment(1);
                     return Err(Fenced { to: r.to.clone() });
@@ -185,26 +190,26 @@ mod tests {
         let gate = Arc::new(WriteGate::new("pay"));
         gate.set(Some(&fence(100, 200, 1_000)));
         assert_eq!(
-            gate.enter(150, 999).err(),
+            gate.enter(150, || 999).err(),
             Some(Fenced {
                 to: "wanguo".into()
             })
         );
-        assert!(gate.enter(99, 999).is_ok());
-        assert!(gate.enter(200, 999).is_ok());
-        assert!(gate.enter(150, 1_000).is_ok(), "expired at until_ms");
+        assert!(gate.enter(99, || 999).is_ok());
+        assert!(gate.enter(200, || 999).is_ok());
+        assert!(gate.enter(150, || 1_000).is_ok(), "expired at until_ms");
         gate.set(None);
-        assert!(gate.enter(150, 0).is_ok());
+        assert!(gate.enter(150, || 0).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_acknowledgement_waits_for_writes_already_in_flight() {
         let gate = Arc::new(WriteGate::new("pay"));
         let ranges = fence(100, 200, u64::MAX).ranges;
-        let inside = gate.enter(150, 0).expect("no fence yet");
-        let outside = gate.enter(500, 0).expect("no fence yet");
+        let inside = gate.enter(150, || 0).expect("no fence yet");
+        let outside = gate.enter(500, || 0).expect("no fence yet");
         gate.set(Some(&fence(100, 200, u64::MAX)));
-        assert!(gate.enter(120, 0).is_err(), "new writes are refused");
+        assert!(gate.enter(120, || 0).is_err(), "new writes are refused");
         assert_eq!(
             gate.in_flight(&ranges),
             1,

@@ -160,7 +160,7 @@ impl Outbound {
         let _write = if fence::is_write(req.method(), &route.route.read_only_methods) {
             let guard = route
                 .gate
-                .enter(bucket, twin_topology::now_ms())
+                .enter(bucket, twin_topology::now_ms)
                 .map_err(|f| ProxyError::UnitFenced {
                     service: route.name.clone(),
                     to: f.to,
