@@ -6,7 +6,9 @@ Built-in kinds are checked against the Kubernetes JSON schemas of the given vers
 that have no schema there (cert-manager, Prometheus operator) are checked for a known
 apiVersion/kind and their required fields; Gateway API HTTPRoutes (what `twinctl edge render
 --gateway-api` prints) against the rules of the HTTPRoute v1 API reference: the fields Twin
-writes, strictly, with their required fields, bounds and formats. Reads YAML streams from files or stdin ("-").
+writes, strictly, with their required fields, bounds and formats; PrometheusRules against the
+operator's v1 schema of spec.groups (PromQL itself is checked by promtool, see
+control-plane/tests/observability.rs). Reads YAML streams from files or stdin ("-").
 Exits 1 naming each invalid document, 0 when all are valid.
 """
 import re
@@ -44,6 +46,8 @@ def check(doc, where):
         return [f"{label}: metadata.name is required"]
     if key == ("gateway.networking.k8s.io/v1", "HTTPRoute"):
         return check_httproute(doc, label)
+    if key == ("monitoring.coreos.com/v1", "PrometheusRule"):
+        return check_prometheusrule(doc, label)
     if key in CUSTOM:
         return [f"{label}: {p} is required" for p in CUSTOM[key] if lookup(doc, p) is None]
     group = key[0] or ""
@@ -114,6 +118,51 @@ def check_httproute(doc, label):
             w = b.get("weight", 1)
             if not isinstance(w, int) or not 0 <= w <= 1000000:
                 errs.append(f"{at}.weight {w!r} is outside 0..1000000")
+    return errs
+
+
+DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def check_prometheusrule(doc, label):
+    """PrometheusRule v1 (monitoring.coreos.com): spec.groups as the operator's CRD defines them."""
+    errs = only(doc, ["apiVersion", "kind", "metadata", "spec"], label)
+    errs += only(doc.get("metadata", {}), ["name", "namespace", "labels", "annotations"], f"{label}: metadata")
+    spec = doc.get("spec")
+    if not isinstance(spec, dict):
+        return errs + [f"{label}: spec is required"]
+    errs += only(spec, ["groups"], f"{label}: spec")
+    groups = spec.get("groups")
+    if not isinstance(groups, list) or not groups:
+        return errs + [f"{label}: spec.groups needs at least one group"]
+    names = set()
+    for i, g in enumerate(groups):
+        at = f"{label}: spec.groups[{i}]"
+        errs += only(g, ["name", "interval", "rules", "partial_response_strategy", "limit"], at)
+        if not isinstance(g.get("name"), str) or not g["name"]:
+            errs.append(f"{at}.name is required")
+        elif g["name"] in names:
+            errs.append(f"{at}.name {g['name']!r} is not unique")
+        names.add(g.get("name"))
+        if "interval" in g and not (isinstance(g["interval"], str) and DURATION.match(g["interval"])):
+            errs.append(f"{at}.interval {g['interval']!r} is not a duration")
+        for j, r in enumerate(g.get("rules") or []):
+            rat = f"{at}.rules[{j}]"
+            errs += only(r, ["alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"], rat)
+            if ("alert" in r) == ("record" in r):
+                errs.append(f"{rat}: exactly one of alert and record is required")
+            if not isinstance(r.get("expr"), (str, int)) or r.get("expr") == "":
+                errs.append(f"{rat}.expr is required")
+            for k in ("for", "keep_firing_for"):
+                if k in r and not (isinstance(r[k], str) and DURATION.match(r[k])):
+                    errs.append(f"{rat}.{k} {r[k]!r} is not a duration")
+            for k in ("labels", "annotations"):
+                m = r.get(k, {})
+                if not isinstance(m, dict) or any(not isinstance(v, str) for v in m.values()):
+                    errs.append(f"{rat}.{k} must map names to strings")
+                elif any(not LABEL_NAME.match(n) for n in m):
+                    errs.append(f"{rat}.{k} has a name that is not a label name")
     return errs
 
 
