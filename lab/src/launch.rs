@@ -196,7 +196,7 @@ fn twin_spec(
 
 /// Polls `GET http://{addr}{path}` until `ok(status)`; fails when the process exits or
 /// `within` passes.
-async fn wait_http(
+pub(crate) async fn wait_http(
     proc: &Proc,
     addr: SocketAddr,
     path: &str,

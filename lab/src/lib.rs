@@ -4,7 +4,7 @@
 //! one member or an N-member cluster, plain, mutual TLS or secured with Twin's roles, with
 //! stop/pause/resume/kill/restart of any member and compaction), recording HTTP upstreams
 //! ([`upstream`]), a TCP fault proxy for any link ([`faultproxy`]: latency, bandwidth, reset,
-//! blackhole, refuse), certificates for TLS tests, free loopback ports and polling helpers. It
+//! blackhole, refuse), a real Prometheus ([`Prometheus`], scraping 1 s), certificates for TLS tests, free loopback ports and polling helpers. It
 //! owns nothing of Twin's routing or ID logic: it starts Twin's binaries as a user would.
 
 mod etcd;
@@ -15,6 +15,7 @@ pub mod http;
 pub mod launch;
 mod net;
 pub mod procs;
+pub mod prometheus;
 pub mod secure;
 mod tls;
 pub mod topology;
@@ -26,6 +27,7 @@ pub use haproxy::Haproxy;
 pub use launch::{ControlPlaneProc, SidecarProc};
 pub use net::{free_port, free_ports, try_free_ports};
 pub use procs::{Proc, ProcError, ProcSpec, Registry, Signal};
+pub use prometheus::{Prometheus, ScrapeJob};
 pub use secure::{Security, Who};
 pub use tls::TestCerts;
 pub use topology::{Lab, LabBuilder, LabError, LabSidecar};

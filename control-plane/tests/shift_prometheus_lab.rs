@@ -1,0 +1,213 @@
+//! `twinctl shift --prometheus` against a real Prometheus (the lab's, scraping every second)
+//! that scrapes real sidecars' `/metrics` while load goes through them: with the default
+//! error-rate query, a healthy shift passes every gate, and a shift whose target datacenter's
+//! upstream starts answering 500 is rolled back. (`shift_prometheus.rs` covers the gate's
+//! edge cases against a stand-in for Prometheus.)
+
+mod lab_support;
+
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lab_support::json;
+use twin_control_plane::prometheus::{query_max, DEFAULT_QUERY};
+use twin_lab::{eventually, http, Behavior, Lab, Prometheus, ScrapeJob};
+
+/// Requests through every sidecar of the lab, spread over many sticky keys (so both
+/// datacenters get their share), until dropped.
+struct Load {
+    stop: Arc<AtomicBool>,
+}
+
+impl Load {
+    fn start(lab: &Lab) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sidecars: Vec<_> = lab.sidecars.iter().map(|s| s.outbound).collect();
+        let flag = stop.clone();
+        tokio::spawn(async move {
+            let client = http::pooled_client(4);
+            let mut i = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                for addr in &sidecars {
+                    let unit = format!("user-{}", i % 500);
+                    let _ = http::get(
+                        &client,
+                        *addr,
+                        "payments",
+                        "/pay",
+                        &[("x-twin-unit", &unit)],
+                    )
+                    .await;
+                    i += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Load { stop }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `twinctl ARGS` with the lab's etcd, run off the async threads (the load keeps going).
+async fn twinctl(lab: &Lab, args: &[&str]) -> Output {
+    let mut cmd = lab.twinctl().expect("twinctl");
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("twinctl starts");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("twinctl finishes within 60s")
+    .expect("join")
+    .expect("twinctl output")
+}
+
+fn weights(lab: &Lab) -> serde_json::Value {
+    json(&lab_support::twinctl(
+        lab,
+        &["route", "get", "payments", "-o", "json"],
+    ))["route"]["weights"]
+        .clone()
+}
+
+/// The default gate query's value for `payments` in `dc`, as the real Prometheus answers it.
+async fn error_rate(prom: &Prometheus, dc: &str) -> Option<f64> {
+    let q = DEFAULT_QUERY
+        .replace("$SERVICE", "payments")
+        .replace("$DC", dc);
+    query_max(&prom.url(), &q, Duration::from_secs(2))
+        .await
+        .ok()
+        .flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_passes_a_healthy_shift_and_rolls_back_a_failing_one() {
+    let lab = Lab::two_dcs()
+        .sidecars(1)
+        .route("payments", &[("m6v", 50), ("wanguo", 50)])
+        .start()
+        .await
+        .expect("lab starts");
+    let job = ScrapeJob {
+        name: "twin-sidecars".into(),
+        targets: lab.sidecars.iter().map(|s| s.admin).collect(),
+    };
+    let prom = Prometheus::start(lab.dir(), &[job], &lab.registry)
+        .await
+        .expect("prometheus starts");
+    let _load = Load::start(&lab);
+    // Two scrapes of both datacenters' series: the default query has an answer for each.
+    let scraped = eventually(Duration::from_secs(20), || async {
+        error_rate(&prom, "m6v").await == Some(0.0)
+            && error_rate(&prom, "wanguo").await == Some(0.0)
+    })
+    .await;
+    assert!(
+        scraped,
+        "prometheus never had both datacenters' error rates (log: {})",
+        prom.proc.log_tail(20)
+    );
+
+    // Healthy: 50/50 → 25/75 in one step, the gate asked before and after it.
+    let url = prom.url();
+    let out = twinctl(
+        &lab,
+        &[
+            "shift",
+            "payments",
+            "--to",
+            "wanguo",
+            "--step",
+            "25",
+            "--until",
+            "75",
+            "--interval",
+            "2s",
+            "--no-health-gate",
+            "--prometheus",
+            &url,
+            "--max-error-rate",
+            "1%",
+            "--reason",
+            "healthy shift",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = json(&out);
+    assert_eq!(
+        report["applied"][0]["gate"][0].as_str(),
+        Some("payments in wanguo: error rate 0.00%"),
+        "{report}"
+    );
+    assert_eq!(
+        weights(&lab),
+        serde_json::json!({"m6v": 2500, "wanguo": 7500})
+    );
+
+    // Failing: back towards m6v in three steps; m6v's upstream answers 500 once the first
+    // step is in, and the gate after it rolls the shift back.
+    let mut cmd = lab.twinctl().expect("twinctl");
+    cmd.args([
+        "shift",
+        "payments",
+        "--to",
+        "m6v",
+        "--step",
+        "25",
+        "--interval",
+        "5s",
+        "--no-health-gate",
+        "--prometheus",
+        &url,
+        "--max-error-rate",
+        "1%",
+        "--reason",
+        "failing shift",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("twinctl starts");
+    let stepped = eventually(Duration::from_secs(15), || {
+        let w = weights(&lab);
+        async move { w == serde_json::json!({"m6v": 5000, "wanguo": 5000}) }
+    })
+    .await;
+    assert!(stepped, "the first step never landed: {}", weights(&lab));
+    lab.upstreams[0][0].set(Behavior::Status(500));
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("twinctl finishes")
+    .expect("join")
+    .expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(
+            "error: refused: health gate failed after step 1/3: payments in m6v: error rate "
+        ) && last.contains("is above 1.00%; rolled back to m6v=25%"),
+        "{stderr}"
+    );
+    assert_eq!(
+        weights(&lab),
+        serde_json::json!({"m6v": 2500, "wanguo": 7500})
+    );
+    // What the gate saw is what Prometheus says.
+    let rate = error_rate(&prom, "m6v").await.unwrap_or_default();
+    assert!(rate > 0.01, "m6v error rate {rate}");
+}
