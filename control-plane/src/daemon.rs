@@ -1,7 +1,7 @@
 //! The `twin-control-plane` daemon: every replica watches the topology and serves the status
 //! API; the elected leader also probes every registered endpoint each round, publishes
 //! per-datacenter health (fenced by its leader key), and runs the automatic failover policy
-//! when it is switched on. A replica that loses its lease stops leading at once and campaigns
+//! when it is switched on, and moves old audit records to the archive when retention is set. A replica that loses its lease stops leading at once and campaigns
 //! again; on shutdown the leader resigns so another replica takes over without waiting for
 //! the lease to expire.
 
@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::watch;
 use twin_topology::{Backoff, Source, TopologyView, ViewOptions};
 
+use crate::audit_archive::Retention;
 use crate::autofail::{AutoFailover, AutoFailoverPolicy};
 use crate::edge::Edges;
 use crate::election::{Candidacy, Candidate, Leadership};
@@ -50,6 +51,8 @@ pub struct DaemonConfig {
     pub peak_utilization: f64,
     /// The load balancers that follow the routes (`--edges FILE`); synced by the leader.
     pub edges: Option<Arc<Edges>>,
+    /// Audit retention (`--audit-retention-days`, `--audit-archive`): run by the leader.
+    pub audit_retention: Option<Retention>,
 }
 
 /// Aborts a task when dropped: the edge sync stops the moment this replica stops leading.
@@ -159,6 +162,14 @@ async fn lead(
             cfg.id.clone(),
             leadership.fence(),
             view.subscribe(),
+        )))
+    });
+    // Audit retention too: its deletes are fenced by this leadership, and it stops with it.
+    let _audit_retention = cfg.audit_retention.clone().map(|r| {
+        AbortOnDrop(tokio::spawn(crate::audit_archive::run(
+            cluster.clone(),
+            r,
+            leadership.fence(),
         )))
     });
     let mut tick = tokio::time::interval(cfg.probe_interval);

@@ -13,8 +13,11 @@
 //! decoder for `twinctl id decode`, and `twin-sidecar`'s flag struct `config::Flags` so the
 //! injector writes exactly the command line the sidecar parses). The sidecars' dependency
 //! edges become one map ([`deps`]) that judges whether a datacenter can be lost
-//! ([`readiness`]) before any failover.
+//! ([`readiness`]) before any failover. The audit trail leaves etcd only through
+//! [`audit_archive`]: exported as JSON lines, or moved by the leader's retention into an
+//! append-only archive file (written and fsynced before anything is deleted).
 
+pub mod audit_archive;
 pub mod autofail;
 pub mod balance;
 pub mod cli;

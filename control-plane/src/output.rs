@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::error::CtlError;
 
-/// `-o table|json|yaml|dot|mermaid`.
+/// `-o table|json|jsonl|yaml|dot|mermaid`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     /// Aligned columns for people.
@@ -13,6 +13,8 @@ pub enum Format {
     Table,
     /// One JSON document.
     Json,
+    /// JSON lines: one record a line (twinctl audit export; one compact line elsewhere).
+    Jsonl,
     /// One YAML document.
     Yaml,
     /// Graphviz DOT (twinctl deps only).
@@ -43,6 +45,7 @@ impl Format {
         match self {
             Format::Table => "table",
             Format::Json => "json",
+            Format::Jsonl => "jsonl",
             Format::Yaml => "yaml",
             Format::Dot => "dot",
             Format::Mermaid => "mermaid",
@@ -61,6 +64,8 @@ pub fn render<R: Report>(format: Format, report: &R) -> Result<String, CtlError>
     match format {
         Format::Table => Ok(report.text()),
         Format::Json => serde_json::to_string_pretty(report)
+            .map_err(|e| CtlError::failed(format!("encoding JSON output: {e}"))),
+        Format::Jsonl => serde_json::to_string(report)
             .map_err(|e| CtlError::failed(format!("encoding JSON output: {e}"))),
         Format::Yaml => serde_yaml::to_string(report)
             .map(|s| s.trim_end().to_string())

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use twin_control_plane::audit_archive::Retention;
 use twin_control_plane::autofail::AutoFailoverPolicy;
 use twin_control_plane::cli::{parse_duration, parse_percent};
 use twin_control_plane::daemon::{self, DaemonConfig};
@@ -76,6 +77,16 @@ struct Args {
     /// HAProxy Runtime API (unix socket path or host:port) of edges that name no socket
     #[arg(long, value_name = "ADDR")]
     edge_haproxy_socket: Option<String>,
+    /// Move audit records older than this many days from etcd to --audit-archive (leader only)
+    #[arg(long, value_name = "DAYS", requires = "audit_archive", value_parser = clap::value_parser!(u32).range(1..))]
+    audit_retention_days: Option<u32>,
+    /// Append-only JSON-lines file that audit retention moves old records to (fsynced
+    /// before they are deleted from etcd; `twinctl audit export --archive` reads it)
+    #[arg(long, value_name = "FILE", requires = "audit_retention_days")]
+    audit_archive: Option<PathBuf>,
+    /// Time between audit retention runs
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    audit_retention_interval: Duration,
     /// Injector settings (YAML: image, datacenter, datacenters, etcd_endpoints, prefix,
     /// native_sidecar, resources)
     #[arg(long, value_name = "FILE")]
@@ -102,6 +113,23 @@ async fn start_webhook(a: &Args) -> anyhow::Result<()> {
     tracing::info!(%addr, "serving the injection webhook");
     tokio::spawn(hook.run());
     Ok(())
+}
+
+/// The audit retention setting; the archive must be a file this replica can append to.
+fn audit_retention(a: &Args) -> anyhow::Result<Option<Retention>> {
+    let (Some(days), Some(archive)) = (a.audit_retention_days, &a.audit_archive) else {
+        return Ok(None);
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(archive)
+        .with_context(|| format!("--audit-archive {}", archive.display()))?;
+    Ok(Some(Retention {
+        keep: Duration::from_secs(u64::from(days) * 86_400),
+        archive: archive.clone(),
+        every: a.audit_retention_interval,
+    }))
 }
 
 #[tokio::main]
@@ -150,6 +178,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         peak_utilization: f64::from(a.peak_utilization) / 100.0,
         edges,
+        audit_retention: audit_retention(&a)?,
     };
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
