@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lab_support::json;
-use twin_control_plane::prometheus::{query_max, DEFAULT_QUERY};
+use twin_control_plane::prometheus::{query_max, query_vector, DEFAULT_QUERY};
 use twin_lab::{eventually, http, Behavior, Lab, Prometheus, ScrapeJob};
 
 /// Requests through every sidecar of the lab, spread over many sticky keys (so both
@@ -89,6 +89,44 @@ async fn error_rate(prom: &Prometheus, dc: &str) -> Option<f64> {
         .flatten()
 }
 
+/// The dashboard's traffic panels (k8s/observability), asked of the real Prometheus, have a
+/// series for each datacenter: their metric and label names are the sidecars' real ones.
+async fn dashboard_panels_show_both_datacenters(prom: &Prometheus) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../k8s/observability/twin-dashboard.json"
+    );
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    for title in [
+        "Requests per second by datacenter",
+        "Share of requests by datacenter",
+        "Error rate (5xx share) by datacenter",
+        "p99 latency by datacenter",
+    ] {
+        let panel = panels
+            .iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no panel {title:?}"));
+        let expr = panel["targets"][0]["expr"].as_str().expect("expr");
+        let q = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$service", ".*");
+        let samples = query_vector(&prom.url(), &q, Duration::from_secs(2))
+            .await
+            .unwrap_or_else(|e| panic!("{title}: {e}"));
+        let dcs: std::collections::BTreeSet<&str> = samples
+            .iter()
+            .filter(|(l, v)| {
+                l.get("service").map(String::as_str) == Some("payments") && !v.is_nan()
+            })
+            .filter_map(|(l, _)| l.get("dc").map(String::as_str))
+            .collect();
+        assert_eq!(dcs, ["m6v", "wanguo"].into(), "{title}: {samples:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_passes_a_healthy_shift_and_rolls_back_a_failing_one() {
     let lab = Lab::two_dcs()
@@ -116,6 +154,8 @@ async fn a_real_prometheus_passes_a_healthy_shift_and_rolls_back_a_failing_one()
         "prometheus never had both datacenters' error rates (log: {})",
         prom.proc.log_tail(20)
     );
+
+    dashboard_panels_show_both_datacenters(&prom).await;
 
     // Healthy: 50/50 → 25/75 in one step, the gate asked before and after it.
     let url = prom.url();
