@@ -29,7 +29,15 @@ twin_need_packages() {
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "twin: installing ${missing[*]} with apt-get" >&2
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    # The daemons some packages ship (prometheus, haproxy) are not started by the install:
+    # tests start their own on loopback ports. policy-rc.d says so to invoke-rc.d and
+    # deb-systemd-invoke; recommends (prometheus-node-exporter, another daemon) are skipped.
+    local policy=/usr/sbin/policy-rc.d made_policy=""
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && made_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -z "$made_policy" ] || rm -f "$policy"
   else
     echo "twin: missing ${missing[*]}; run: sudo apt-get install -y ${missing[*]}" >&2
     exit 1
