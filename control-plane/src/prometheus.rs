@@ -19,6 +19,20 @@ use serde::Deserialize;
 /// requests to `$SERVICE` in `$DC` answered 5xx over the last minute.
 pub const DEFAULT_QUERY: &str = "sum(rate(twin_sidecar_requests_total{service=\"$SERVICE\",dc=\"$DC\",class=\"5xx\"}[1m])) / sum(rate(twin_sidecar_requests_total{service=\"$SERVICE\",dc=\"$DC\"}[1m]))";
 
+/// Why the PromQL gate did not pass, each with its one-line reason.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// Prometheus could not be asked, or answered with an error.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The query returned no samples.
+    #[error("{0}")]
+    NoData(String),
+    /// The error rate is above the limit.
+    #[error("{0}")]
+    Above(String),
+}
+
 /// An error-rate gate backed by Prometheus.
 #[derive(Clone, Debug)]
 pub struct PromGate {
@@ -62,20 +76,24 @@ impl PromGate {
         self.query.replace("$SERVICE", service).replace("$DC", dc)
     }
 
-    /// `Ok(summary)` when the error rate of `service` in `dc` is within the limit, else the
-    /// one-line reason the gate fails.
-    pub async fn check(&self, service: &str, dc: &str) -> Result<String, String> {
+    /// `Ok(summary)` when the error rate of `service` in `dc` is within the limit, else why
+    /// the gate fails.
+    pub async fn check(&self, service: &str, dc: &str) -> Result<String, GateError> {
         let query = self.query_for(service, dc);
-        let rate = query_max(&self.url, &query, self.timeout).await?;
+        let rate = query_max(&self.url, &query, self.timeout)
+            .await
+            .map_err(GateError::Unreachable)?;
         let Some(rate) = rate else {
-            return Err(format!("prometheus returned no data for {service} in {dc}"));
+            return Err(GateError::NoData(format!(
+                "prometheus returned no data for {service} in {dc}"
+            )));
         };
         if rate.is_nan() || rate > self.max_error_rate {
-            return Err(format!(
+            return Err(GateError::Above(format!(
                 "{service} in {dc}: error rate {:.2}% is above {:.2}%",
                 rate * 100.0,
                 self.max_error_rate * 100.0
-            ));
+            )));
         }
         Ok(format!(
             "{service} in {dc}: error rate {:.2}%",

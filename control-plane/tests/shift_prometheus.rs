@@ -69,3 +69,52 @@ async fn a_rising_error_rate_fails_the_gate_and_rolls_the_shift_back() {
         serde_json::json!({"m6v": 10000})
     );
 }
+
+/// An empty answer (no samples): what Prometheus says of a datacenter with no traffic.
+async fn prometheus_without_data_then(value: &'static str) -> String {
+    let (url, _) = cp_support::fake_prometheus(move |n| {
+        let result = if n == 0 {
+            String::new()
+        } else {
+            format!(r#"{{"metric":{{}},"value":[1764086400.0,"{value}"]}}"#)
+        };
+        format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{result}]}}}}"#)
+    })
+    .await;
+    url
+}
+
+#[tokio::test]
+async fn no_data_for_an_idle_target_passes_only_before_the_first_step() {
+    let etcd = two_dcs().await;
+    route_set(&etcd, "payments", "m6v=100", "create").await;
+    // wanguo has no share yet: "no data" before the first step is not a failure.
+    let url = prometheus_without_data_then("0.001").await;
+    run_line(
+        &etcd,
+        &format!("shift payments --to wanguo --step 50 --interval 50ms --no-health-gate --prometheus {url} --max-error-rate 1% --reason move"),
+    )
+    .await
+    .expect(0);
+    let mut c = etcd.client().await.expect("client");
+    assert_eq!(
+        weights(&mut c, "payments").await,
+        serde_json::json!({"m6v": 0, "wanguo": 10000})
+    );
+
+    // wanguo already has a share: "no data" is a failure (a wrong query, a missing scrape).
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "update").await;
+    let (url, _) = cp_support::fake_prometheus(|_| {
+        r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#.to_string()
+    })
+    .await;
+    let out = run_line(
+        &etcd,
+        &format!("shift payments --to wanguo --step 25 --interval 50ms --no-health-gate --prometheus {url} --reason move"),
+    )
+    .await
+    .expect(3);
+    out.one_line_error(
+        "health gate before the first step: prometheus returned no data for payments in wanguo",
+    );
+}

@@ -18,7 +18,7 @@ use crate::guard;
 use crate::health::HealthGate;
 use crate::output::{emit, Report};
 use crate::plan::shift_steps;
-use crate::prometheus::{PromGate, DEFAULT_QUERY};
+use crate::prometheus::{GateError, PromGate, DEFAULT_QUERY};
 use crate::state::Cluster;
 
 /// `shift`.
@@ -136,11 +136,14 @@ struct Gates {
 
 impl Gates {
     /// Every gate's verdict; `Err` with the first failure.
+    /// `idle_target`: the target datacenter has no share of the service yet, so before the
+    /// first step PromQL has nothing to say about it; "no data" then passes, said as such.
     async fn check(
         &self,
         cluster: &Cluster,
         service: &str,
         dc: &str,
+        idle_target: bool,
     ) -> Result<Vec<String>, String> {
         let mut ok = Vec::new();
         if let Some(h) = &self.health {
@@ -151,7 +154,13 @@ impl Gates {
             ok.push(h.check(dc, service, rec.as_ref(), now_ms())?);
         }
         if let Some(p) = &self.prom {
-            ok.push(p.check(service, dc).await?);
+            match p.check(service, dc).await {
+                Ok(v) => ok.push(v),
+                Err(GateError::NoData(why)) if idle_target => {
+                    ok.push(format!("{why} (it has no traffic yet)"))
+                }
+                Err(e) => return Err(e.to_string()),
+            }
         }
         Ok(ok)
     }
@@ -252,7 +261,7 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
         emit(g.output, &report)?;
         return guard::enforce(objections, a.force).map(drop);
     }
-    if let Err(why) = gates.check(&cluster, &a.service, &a.to).await {
+    if let Err(why) = gates.check(&cluster, &a.service, &a.to, have == 0).await {
         return Err(CtlError::Refused(format!(
             "health gate before the first step: {why}; nothing changed"
         )));
@@ -292,7 +301,7 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
                 )));
             }
         }
-        match gates.check(&cluster, &a.service, &a.to).await {
+        match gates.check(&cluster, &a.service, &a.to, false).await {
             Ok(verdicts) => report.applied.push(AppliedStep {
                 weights: weights.clone(),
                 revision: rev,
