@@ -249,9 +249,16 @@ impl EtcdWorkers {
             return Ok((worker, create_rev, hwm_rev, anchor, reserved, token));
         }
         if taken.len() as u32 >= workers {
+            let holders: BTreeSet<String> = held
+                .kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<WorkerRecord>(kv.value()).ok())
+                .map(|r| node_of(&r.holder).to_string())
+                .collect();
             return Err(IdError::WorkersExhausted {
                 dc: self.dc.clone(),
                 max: workers,
+                holders: holders.len(),
             });
         }
         Err(IdError::Etcd(
@@ -462,6 +469,42 @@ impl EtcdWorkers {
             Ok(_) => LeaseTrouble::Unreachable(format!("opening the keepalive stream: {error}")),
             Err(e) => classify(e),
         }
+    }
+
+    /// Stores `layout` as this datacenter's layout when none is stored yet, and refuses a
+    /// layout that differs from the stored one: the same bits would be read differently.
+    pub async fn check_layout(&self, layout: &crate::Layout) -> Result<(), IdError> {
+        let key = self.keys.idgen_layout(&self.dc);
+        let mine = layout.to_string();
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), mine.clone(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let resp = within(self.timeout, self.client.kv_client().txn(txn))
+            .await
+            .map_err(IdError::from)?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        let stored = resp
+            .op_responses()
+            .into_iter()
+            .find_map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => g
+                    .kvs()
+                    .first()
+                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        if stored == mine {
+            return Ok(());
+        }
+        Err(IdError::Config(format!(
+            "datacenter {} already issues with Snowflake layout {stored} ({key}); the configured \
+             layout {mine} is refused: worker_bits and sequence_bits are for new installations",
+            self.dc
+        )))
     }
 
     /// Clean release: lowers the hwm to `used_ms` (the highest ID time actually issued, so

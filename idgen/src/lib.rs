@@ -16,6 +16,7 @@ mod claim;
 pub mod clock;
 mod codec;
 mod config;
+mod demand;
 mod error;
 mod format;
 mod hwm;

@@ -102,7 +102,7 @@ impl Listing {
     }
 }
 
-/// Reads datacenters, routes, endpoints, the freeze and fences in one transaction (one revision).
+/// Reads datacenters, routes, endpoints, the freeze, fences and serial templates in one transaction (one revision).
 /// Only the topology's own prefixes: the audit trail and idgen keys under the same root
 /// grow without bound and must not ride along (etcd answers at most 4 MiB).
 pub async fn list_topology(client: &Client, keys: &Keys) -> Result<Listing, etcd_client::Error> {
@@ -113,6 +113,7 @@ pub async fn list_topology(client: &Client, keys: &Keys) -> Result<Listing, etcd
         TxnOp::get(keys.endpoints(), prefix()),
         TxnOp::get(keys.freeze(), None),
         TxnOp::get(keys.fences(), prefix()),
+        TxnOp::get(keys.idgen_templates(), prefix()),
     ];
     let resp = client.kv_client().txn(Txn::new().and_then(ops)).await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
