@@ -4,7 +4,6 @@
 //! [`Flags`] also goes the other way: [`Flags::to_argv`] writes the command line that parses
 //! back to it, which is how the Kubernetes injector and the test lab launch sidecars.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use twin_topology::argv::{push, push_opt, push_path};
 use twin_topology::validate;
 use twin_topology::{EtcdArgs, EtcdSettings};
 
+pub use crate::idgen_settings::IdgenSettings;
 use crate::upstream_tls::UpstreamTlsArgs;
 
 /// Why the configuration was refused.
@@ -63,6 +63,8 @@ pub enum ConfigError {
     MaxConnections,
     #[error("{0}")]
     UpstreamTls(String),
+    #[error("idgen.{0}")]
+    Idgen(String),
 }
 
 /// Command line of `twin-sidecar`. Every flag can also come from the environment variable
@@ -301,29 +303,6 @@ impl Default for Limits {
     }
 }
 
-/// ID generation settings (the `idgen:` section).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IdgenSettings {
-    /// Serial template per business tag, e.g. `{pay: "PAY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}"}`.
-    pub serial_templates: BTreeMap<String, String>,
-    /// Segment values allocated from etcd per compare-and-swap.
-    pub segment_step: u64,
-    /// TTL of the etcd lease on this node's worker id; issuing stops a fifth of it before
-    /// the lease could expire.
-    pub lease_ttl_secs: u64,
-}
-
-impl Default for IdgenSettings {
-    fn default() -> Self {
-        IdgenSettings {
-            serial_templates: BTreeMap::new(),
-            segment_step: 1000,
-            lease_ttl_secs: 10,
-        }
-    }
-}
-
 /// An application endpoint this sidecar registers in etcd under its lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegisterSpec {
@@ -534,6 +513,7 @@ impl Config {
             return Err(ConfigError::ZeroTimeout("header_read_timeout_ms"));
         }
         cfg.idgen = file.idgen.unwrap_or_default();
+        cfg.idgen.check().map_err(ConfigError::Idgen)?;
         cfg.upstream_tls = flags
             .upstream_tls
             .or(file.upstream_tls)

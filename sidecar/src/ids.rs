@@ -86,7 +86,10 @@ fn id_config(cfg: &Config, tables: &Tables) -> Result<IdConfig, String> {
         .serial_templates(cfg.idgen.serial_templates.clone())
         .segment_step(cfg.idgen.segment_step)
         .lease_ttl(ttl)
-        .fence_margin(ttl / 5))
+        .fence_margin(ttl / 5)
+        .layout(cfg.idgen.layout()?)
+        .eager(cfg.idgen.eager)
+        .release_idle(cfg.idgen.release_idle()?))
 }
 
 impl IdApi {

@@ -55,6 +55,6 @@ pub use snapshot::{ApplyError, SnapshotError, Source, Topology};
 pub use store::{
     list_topology, now_ms, AuditMeta, Change, CommitOptions, Committed, Listing, Store, StoreError,
 };
-pub use templates::{TemplateRecord, TemplateUsed};
+pub use templates::{valid_biz, TemplateRecord, TemplateUsed};
 pub use validate::ValidationError;
 pub use view::{TopologyView, ViewOptions, ViewStats};
