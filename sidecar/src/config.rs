@@ -83,6 +83,10 @@ pub struct Flags {
     /// YAML file with any of the settings below (flags and environment override it).
     #[arg(long, env = "TWIN_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// A missing --config file counts as an empty one (the injector mounts an optional
+    /// per-namespace ConfigMap there); a file that exists must still parse.
+    #[arg(long, env = "TWIN_CONFIG_OPTIONAL")]
+    pub config_optional: bool,
     /// Datacenter this node runs in (e.g. m6v).
     #[arg(long, env = "TWIN_DC")]
     pub dc: Option<String>,
@@ -165,6 +169,9 @@ impl Flags {
     pub fn to_argv(&self) -> Vec<String> {
         let mut argv = Vec::new();
         push_path(&mut argv, "--config", self.config.as_deref());
+        if self.config_optional {
+            argv.push("--config-optional".to_string());
+        }
         push_opt(&mut argv, "--dc", self.dc.as_deref());
         push_opt(&mut argv, "--node-id", self.node_id.as_deref());
         push_opt(&mut argv, "--app", self.app.as_deref());
@@ -429,7 +436,14 @@ impl Config {
     /// Merges flags over the file named by `--config` (if any) and checks the result.
     pub fn from_flags(flags: Flags) -> Result<Config, ConfigError> {
         let file = match &flags.config {
-            Some(path) => read_file(path)?,
+            Some(path) => match read_file(path) {
+                Err(ConfigError::Read { source, .. })
+                    if flags.config_optional && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    FileConfig::default()
+                }
+                other => other?,
+            },
             None => FileConfig::default(),
         };
         Self::merge(flags, file)
