@@ -747,9 +747,10 @@ mod tests {
                 etcd in etcd(),
                 upstream_tls in upstream_tls(),
                 command in command(),
+                config_optional in any::<bool>(),
             ) -> Flags {
                 Flags {
-                    config, dc, node_id, app, etcd, upstream_tls, outbound, ids, admin,
+                    config, config_optional, dc, node_id, app, etcd, upstream_tls, outbound, ids, admin,
                     admin_token_file, snapshot, routes_file, register, threads, drain_timeout,
                     worker, hwm_file, command,
                 }
