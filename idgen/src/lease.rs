@@ -72,7 +72,7 @@ pub enum LeaseTrouble {
 
 /// An etcd call that failed, kept typed until [`classify`] decides what it means.
 #[derive(Debug)]
-enum CallError {
+pub(crate) enum CallError {
     /// etcd (or the client) reported an error.
     Etcd(etcd_client::Error),
     /// No answer within the call's timeout.
@@ -94,7 +94,7 @@ impl From<CallError> for IdError {
     }
 }
 
-async fn within<T, F>(timeout: Duration, fut: F) -> Result<T, CallError>
+pub(crate) async fn within<T, F>(timeout: Duration, fut: F) -> Result<T, CallError>
 where
     F: Future<Output = Result<T, etcd_client::Error>>,
 {
@@ -469,42 +469,6 @@ impl EtcdWorkers {
             Ok(_) => LeaseTrouble::Unreachable(format!("opening the keepalive stream: {error}")),
             Err(e) => classify(e),
         }
-    }
-
-    /// Stores `layout` as this datacenter's layout when none is stored yet, and refuses a
-    /// layout that differs from the stored one: the same bits would be read differently.
-    pub async fn check_layout(&self, layout: &crate::Layout) -> Result<(), IdError> {
-        let key = self.keys.idgen_layout(&self.dc);
-        let mine = layout.to_string();
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key.clone(), mine.clone(), None)])
-            .or_else([TxnOp::get(key.clone(), None)]);
-        let resp = within(self.timeout, self.client.kv_client().txn(txn))
-            .await
-            .map_err(IdError::from)?;
-        if resp.succeeded() {
-            return Ok(());
-        }
-        let stored = resp
-            .op_responses()
-            .into_iter()
-            .find_map(|op| match op {
-                etcd_client::TxnOpResponse::Get(g) => g
-                    .kvs()
-                    .first()
-                    .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()),
-                _ => None,
-            })
-            .unwrap_or_default();
-        if stored == mine {
-            return Ok(());
-        }
-        Err(IdError::Config(format!(
-            "datacenter {} already issues with Snowflake layout {stored} ({key}); the configured \
-             layout {mine} is refused: worker_bits and sequence_bits are for new installations",
-            self.dc
-        )))
     }
 
     /// Clean release: lowers the hwm to `used_ms` (the highest ID time actually issued, so

@@ -21,6 +21,7 @@ mod error;
 mod format;
 mod hwm;
 mod layout;
+mod layout_store;
 mod lease;
 mod segment;
 pub mod serial;

@@ -264,8 +264,9 @@ impl IdService {
     }
 
     /// A lazy generator's request: waits (at most `start_wait`) until a worker is claimed,
-    /// sharing the claim with concurrent requests; answers at once when the claim attempt
-    /// failed for a reason waiting does not fix (every worker held, bad configuration).
+    /// sharing the claim with concurrent requests; answers as soon as a claim attempt fails
+    /// (every worker held and bad configuration with their own error, etcd trouble as
+    /// `LeaseLost` naming it).
     async fn ensure_claim(&self) -> Result<(), IdError> {
         let shared = &self.inner.shared;
         if shared.cfg.eager {
@@ -290,8 +291,10 @@ impl IdService {
                     Some(e @ (IdError::WorkersExhausted { .. } | IdError::Config(_))) => {
                         return Err(e)
                     }
-                    // Retried by the supervisor while requests keep coming.
-                    _ => shared.demand.touch(),
+                    // etcd trouble: answer now (503, retry later); the supervisor keeps
+                    // trying while requests come.
+                    Some(_) => return Err(shared.no_claim()),
+                    None => {}
                 },
                 _ => return Err(shared.no_claim()),
             }
