@@ -46,7 +46,23 @@ async fn operator_fails_over_reader_is_refused() {
         args.extend(as_root);
         ok(&etcd, &args).await;
     }
-    // Bootstrap again as root: idempotent.
+    // Bootstrap again with the same flags: auth is on, so it connects as root with the
+    // given root password; idempotent.
+    ok(
+        &etcd,
+        &["auth", "bootstrap", "--root-password-file", &root_pw],
+    )
+    .await;
+    // A wrong root password is refused with one line.
+    let wrong = secret(dir.path(), "wrong", "nope");
+    twinctl(
+        &etcd,
+        &["auth", "bootstrap", "--root-password-file", &wrong],
+    )
+    .await
+    .expect(1)
+    .one_line_error("password");
+    // And as root explicitly.
     let mut again = vec![
         "auth",
         "bootstrap",

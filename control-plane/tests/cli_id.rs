@@ -68,3 +68,133 @@ async fn id_decode_reads_every_format_and_names_the_datacenter() {
         .expect(2);
     bad.one_line_error("at least 69 are required");
 }
+
+/// `id template set|list|get`: audited, idempotent, validated; a template a sidecar has
+/// issued with (its `used` marker) cannot change; `id decode` reads templates from etcd.
+#[tokio::test]
+async fn id_templates_live_in_etcd_and_a_used_one_cannot_change() {
+    let etcd = two_dcs().await;
+    let pay = "PAY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}";
+    let set = ok(
+        &etcd,
+        &["id", "template", "set", "pay", pay, "--reason", "new tag"],
+    )
+    .await;
+    assert!(set.stdout.contains("audit id"), "{set:#?}");
+    let again = ok(
+        &etcd,
+        &["id", "template", "set", "pay", pay, "--reason", "again"],
+    )
+    .await;
+    assert!(again.stdout.contains("nothing written"), "{again:#?}");
+    let audit = ok(&etcd, &["audit", "--limit", "5", "-o", "json"])
+        .await
+        .json();
+    let actions: Vec<&str> = audit["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter_map(|r| r["action"].as_str())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "id-template-set").count(),
+        1,
+        "{audit}"
+    );
+
+    // Bad input: one line, exit 2, nothing written.
+    twinctl(
+        &etcd,
+        &["id", "template", "set", "pay", "{seq:5}", "--reason", "x"],
+    )
+    .await
+    .expect(2)
+    .one_line_error("template");
+    twinctl(
+        &etcd,
+        &["id", "template", "set", "b!z", pay, "--reason", "x"],
+    )
+    .await
+    .expect(2)
+    .one_line_error("business tag \"b!z\"");
+    twinctl(
+        &etcd,
+        &["id", "template", "set", "pay", pay, "--reason", " "],
+    )
+    .await
+    .expect(2)
+    .one_line_error("--reason");
+
+    // Not used yet: it may change.
+    let pay2 = "PY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}";
+    ok(
+        &etcd,
+        &[
+            "id",
+            "template",
+            "set",
+            "pay",
+            pay2,
+            "--reason",
+            "fix prefix",
+        ],
+    )
+    .await;
+    let got = ok(&etcd, &["id", "template", "get", "pay", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(got["templates"][0]["template"], pay2);
+    assert!(got["templates"][0]["used"].is_null());
+
+    // A sidecar issued with it: refused (exit 3), and the value stays.
+    let mut kv = etcd.client().await.expect("client");
+    let keys = twin_topology::Keys::default();
+    kv.put(
+        keys.idgen_template_used("pay"),
+        r#"{"node":"pod-1","at_ms":1767225600000}"#,
+        None,
+    )
+    .await
+    .expect("mark used");
+    twinctl(
+        &etcd,
+        &["id", "template", "set", "pay", pay, "--reason", "x"],
+    )
+    .await
+    .expect(3)
+    .one_line_error("cannot change; add a new business tag");
+    ok(
+        &etcd,
+        &[
+            "id", "template", "set", "pay-v2", pay, "--reason", "new tag",
+        ],
+    )
+    .await;
+    let list = ok(&etcd, &["id", "template", "list"]).await;
+    assert!(
+        list.stdout.contains("pay-v2") && list.stdout.contains("by pod-1"),
+        "{list:#?}"
+    );
+
+    // decode takes the template from etcd (no --serial-template).
+    let serial = SerialTemplate::parse(pay2).expect("template").render(
+        "pay",
+        SerialParts {
+            second: 1_767_225_600,
+            dc_code: 1,
+            worker: 12,
+            sequence: 345,
+        },
+    );
+    let d = ok(&etcd, &["id", "decode", &serial, "-o", "json"])
+        .await
+        .json();
+    assert_eq!(
+        (
+            d["biz"].as_str(),
+            d["worker"].as_u64(),
+            d["datacenter"].as_str()
+        ),
+        (Some("pay"), Some(12), Some("wanguo"))
+    );
+}

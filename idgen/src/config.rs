@@ -48,8 +48,16 @@ pub struct IdConfig {
     /// Timeout of each etcd request.
     pub etcd_timeout: Duration,
     /// How long `start` waits for the first worker claim before returning (the claim keeps
-    /// being retried in the background after that).
+    /// being retried in the background after that); a lazy generator's first request waits
+    /// this long for its claim.
     pub start_wait: Duration,
+    /// Claim a worker at start and keep it for the life of the generator (true, the library
+    /// default), or claim on the first request that needs one and give it back after
+    /// `release_idle` without such requests (false, the sidecar's default).
+    pub eager: bool,
+    /// A lazy generator releases its worker after this long without a Snowflake or serial
+    /// request.
+    pub release_idle: Duration,
 }
 
 /// Builder-style setters that replace one field each: `name: Type` writes
@@ -83,6 +91,8 @@ impl IdConfig {
             max_wait: Duration::from_secs(3),
             etcd_timeout: Duration::from_secs(2),
             start_wait: Duration::from_secs(5),
+            eager: true,
+            release_idle: Duration::from_secs(600),
         }
     }
 
@@ -122,6 +132,8 @@ impl IdConfig {
         max_wait: Duration,
         etcd_timeout: Duration,
         start_wait: Duration,
+        eager: bool,
+        release_idle: Duration,
     }
 
     /// Checks the durations and names; each error is one line naming the field.
@@ -158,6 +170,12 @@ impl IdConfig {
             return bad(format!(
                 "max_lead {:?} must be > 0 and below reservation_window {:?}",
                 self.max_lead, self.reservation_window
+            ));
+        }
+        if !self.eager && self.release_idle < Duration::from_secs(1) {
+            return bad(format!(
+                "release_idle {:?} must be at least 1s",
+                self.release_idle
             ));
         }
         if self.segment_step == 0 {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::format::Format;
 
 /// Why IDs could not be issued, or why a generator could not start.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum IdError {
     /// The worker lease may have expired (or no worker is claimed yet): issuing now could
     /// duplicate an ID of the next holder of the same worker id. Clears by itself once etcd
@@ -31,9 +31,17 @@ pub enum IdError {
     /// The clock is outside the layout's time range (before its epoch or past its end).
     #[error("clock at {now_ms} ms (unix) is outside the ID layout's time range")]
     TimeOutOfRange { now_ms: u64 },
-    /// Every worker id of the datacenter is held by a live lease.
-    #[error("all {max} worker ids of datacenter {dc} are taken")]
-    WorkersExhausted { dc: String, max: u32 },
+    /// Every worker id of the datacenter is held by a live lease (`holders` distinct nodes).
+    #[error(
+        "all {max} workers of dc {dc} are held by {holders} live sidecars; set \
+         idgen.release_idle lower (idle sidecars give their worker back) or use a larger \
+         idgen.worker_bits for a new installation"
+    )]
+    WorkersExhausted {
+        dc: String,
+        max: u32,
+        holders: usize,
+    },
     /// The generator was shut down.
     #[error("ID generator is shut down")]
     ShutDown,

@@ -72,7 +72,7 @@ pub enum LeaseTrouble {
 
 /// An etcd call that failed, kept typed until [`classify`] decides what it means.
 #[derive(Debug)]
-enum CallError {
+pub(crate) enum CallError {
     /// etcd (or the client) reported an error.
     Etcd(etcd_client::Error),
     /// No answer within the call's timeout.
@@ -94,7 +94,7 @@ impl From<CallError> for IdError {
     }
 }
 
-async fn within<T, F>(timeout: Duration, fut: F) -> Result<T, CallError>
+pub(crate) async fn within<T, F>(timeout: Duration, fut: F) -> Result<T, CallError>
 where
     F: Future<Output = Result<T, etcd_client::Error>>,
 {
@@ -249,9 +249,16 @@ impl EtcdWorkers {
             return Ok((worker, create_rev, hwm_rev, anchor, reserved, token));
         }
         if taken.len() as u32 >= workers {
+            let holders: BTreeSet<String> = held
+                .kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<WorkerRecord>(kv.value()).ok())
+                .map(|r| node_of(&r.holder).to_string())
+                .collect();
             return Err(IdError::WorkersExhausted {
                 dc: self.dc.clone(),
                 max: workers,
+                holders: holders.len(),
             });
         }
         Err(IdError::Etcd(

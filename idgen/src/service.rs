@@ -14,6 +14,7 @@ use twin_topology::Keys;
 use crate::claim::{Claim, ClaimSlot, Take};
 use crate::codec::{valid_biz, Codec};
 use crate::config::{IdConfig, WorkerSource};
+use crate::demand::Demand;
 use crate::error::IdError;
 use crate::format::Format;
 use crate::segment::{EtcdSegments, SegmentStore, Segments};
@@ -54,6 +55,8 @@ pub(crate) struct Shared {
     pub last_error: Mutex<Option<String>>,
     pub issued: AtomicU64,
     pub errors: AtomicU64,
+    /// When a lazy generator needs a worker.
+    pub demand: Demand,
 }
 
 impl Shared {
@@ -111,7 +114,9 @@ enum Step {
 impl IdService {
     /// Starts a generator. With `etcd` it claims a worker id in etcd (and waits up to
     /// `start_wait` for the first claim; after that the claim is retried in the background
-    /// and `issue` answers `LeaseLost` until it succeeds). Without, `cfg` must be a pure-mode
+    /// and `issue` answers `LeaseLost` until it succeeds). A lazy one (`eager` false) only
+    /// learns its datacenter code and checks its layout at start, and claims on the first
+    /// Snowflake or serial request. Without, `cfg` must be a pure-mode
     /// config ([`IdConfig::fixed`]). Fails at once on invalid configuration, an unknown
     /// datacenter, or a pure-mode hwm file held by another process.
     pub async fn start(
@@ -134,6 +139,7 @@ impl IdService {
             last_error: Mutex::new(None),
             issued: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            demand: Demand::new(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let (started_tx, started_rx) = oneshot::channel();
@@ -242,6 +248,65 @@ impl IdService {
         if !valid_biz(biz) {
             return Err(IdError::BadBiz(biz.to_string()));
         }
+        if format != Format::Segment {
+            self.ensure_claim().await?;
+        }
+        match self.issue_once(biz, format, count).await {
+            // A lazy generator released its idle worker between the check and the take.
+            Err(IdError::LeaseLost { .. })
+                if !self.inner.shared.cfg.eager && self.inner.shared.claim.get().is_none() =>
+            {
+                self.ensure_claim().await?;
+                self.issue_once(biz, format, count).await
+            }
+            other => other,
+        }
+    }
+
+    /// A lazy generator's request: waits (at most `start_wait`) until a worker is claimed,
+    /// sharing the claim with concurrent requests; answers as soon as a claim attempt fails
+    /// (every worker held and bad configuration with their own error, etcd trouble as
+    /// `LeaseLost` naming it).
+    async fn ensure_claim(&self) -> Result<(), IdError> {
+        let shared = &self.inner.shared;
+        if shared.cfg.eager {
+            return Ok(());
+        }
+        shared.demand.touch();
+        if shared.claim.load().is_some() {
+            return Ok(());
+        }
+        let mut attempts = shared.demand.attempts();
+        shared.demand.wake();
+        let deadline = tokio::time::Instant::now() + shared.cfg.start_wait;
+        loop {
+            if shared.claim.load().is_some() {
+                return Ok(());
+            }
+            if *self.inner.stop.borrow() {
+                return Err(IdError::ShutDown);
+            }
+            match tokio::time::timeout_at(deadline, attempts.changed()).await {
+                Ok(Ok(())) => match shared.demand.failure() {
+                    Some(e @ (IdError::WorkersExhausted { .. } | IdError::Config(_))) => {
+                        return Err(e)
+                    }
+                    // etcd trouble: answer now (503, retry later); the supervisor keeps
+                    // trying while requests come.
+                    Some(_) => return Err(shared.no_claim()),
+                    None => {}
+                },
+                _ => return Err(shared.no_claim()),
+            }
+        }
+    }
+
+    async fn issue_once(
+        &self,
+        biz: &str,
+        format: Format,
+        count: usize,
+    ) -> Result<Vec<String>, IdError> {
         let mut out = Vec::with_capacity(count);
         match format {
             Format::Segment => {
@@ -342,7 +407,13 @@ impl IdService {
                 // A closed claim not yet replaced: re-claiming or shutting down.
                 Some(c) if !last.as_ref().is_some_and(|l| Arc::ptr_eq(l, c)) => c,
                 _ if *self.inner.stop.borrow() => return Err(IdError::ShutDown),
-                _ => return Err(shared.no_claim()),
+                _ => {
+                    if !shared.cfg.eager {
+                        shared.demand.touch();
+                        shared.demand.wake();
+                    }
+                    return Err(shared.no_claim());
+                }
             };
             while out.len() < count {
                 match attempt(claim, (count - out.len()) as u64, out)? {
@@ -371,6 +442,9 @@ impl IdService {
         let codec = self.codec();
         let layout = codec.layout();
         let before = out.len();
+        if !self.inner.shared.cfg.eager {
+            self.inner.shared.demand.touch();
+        }
         self.step(before + count, out, &mut |claim, want, out| {
             let take = claim.take_snowflake(codec, want)?;
             if let Take::Got { start, n } = take {

@@ -50,6 +50,25 @@ async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     }
 }
 
+/// Why a claim was given up.
+enum End {
+    Stop,
+    Idle,
+    Lost(String),
+}
+
+/// True when a lazy generator has had no request for `release_idle`.
+fn idle(shared: &Shared) -> bool {
+    !shared.cfg.eager && !shared.demand.recent(shared.cfg.release_idle)
+}
+
+fn idle_note(cfg: &crate::config::IdConfig) -> String {
+    format!(
+        "worker released after {:?} without requests; the next request claims one",
+        cfg.release_idle
+    )
+}
+
 /// Makes `claim` the one IDs are issued under, reporting the first success to `start`.
 fn install(
     shared: &Shared,
@@ -59,6 +78,7 @@ fn install(
     let claim = Arc::new(claim);
     shared.claim.install(claim.clone());
     shared.set_error(None);
+    shared.demand.attempted(None);
     if let Some(tx) = started.take() {
         let _ = tx.send(Started::Ready);
     }
@@ -92,6 +112,7 @@ pub async fn run_etcd(
     let workers = cfg.layout.workers();
     let mut dc_code = cfg.dc_code;
     let mut known_code = false;
+    let mut layout_checked = false;
     loop {
         if *stop.borrow() {
             break;
@@ -126,6 +147,29 @@ pub async fn run_etcd(
             }
         }
         let Some(code) = dc_code else { continue };
+        // The layout is the datacenter's for life: stored by its first generator.
+        if !layout_checked {
+            match etcd.check_layout(shared.codec.layout()).await {
+                Ok(()) => layout_checked = true,
+                Err(e @ IdError::Config(_)) => return fail(&shared, &mut started, e),
+                Err(e) => {
+                    shared.set_error(Some(e.to_string()));
+                    if pause(&mut stop, retry.next_delay()).await {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        }
+        // A lazy generator is started once it knows its code; it claims on demand.
+        if !cfg.eager {
+            if let Some(tx) = started.take() {
+                let _ = tx.send(Started::Ready);
+            }
+            if shared.demand.wait(cfg.start_wait, &mut stop).await {
+                break;
+            }
+        }
         // 2. Claim.
         let mut lease = match etcd
             .claim(workers, cfg.lease_ttl, cfg.fence_margin, window)
@@ -134,6 +178,7 @@ pub async fn run_etcd(
             Ok(l) => l,
             Err(e) => {
                 shared.set_error(Some(e.to_string()));
+                shared.demand.attempted(Some(e));
                 if pause(&mut stop, retry.next_delay()).await {
                     break;
                 }
@@ -163,10 +208,13 @@ pub async fn run_etcd(
         // 3. Maintain.
         keepalive_retry.reset();
         let mut wait = tick;
-        let lost = loop {
+        let end = loop {
             report_gauge(Some(&claim));
             if pause(&mut stop, wait).await {
-                break None;
+                break End::Stop;
+            }
+            if idle(&shared) {
+                break End::Idle;
             }
             match etcd.keepalive(&mut lease, cfg.fence_margin).await {
                 Ok(fence) => {
@@ -174,7 +222,7 @@ pub async fn run_etcd(
                     keepalive_retry.reset();
                     wait = tick;
                 }
-                Err(LeaseTrouble::Lost(why)) => break Some(why),
+                Err(LeaseTrouble::Lost(why)) => break End::Lost(why),
                 Err(LeaseTrouble::Unreachable(why)) => {
                     shared.set_error(Some(format!("keepalive: {why}")));
                     wait = keepalive_retry.next_delay();
@@ -187,7 +235,7 @@ pub async fn run_etcd(
                         claim.extend_reservation(lease.reserved_ms);
                         shared.set_error(None);
                     }
-                    Err(LeaseTrouble::Lost(why)) => break Some(why),
+                    Err(LeaseTrouble::Lost(why)) => break End::Lost(why),
                     Err(LeaseTrouble::Unreachable(why)) => {
                         shared.set_error(Some(format!("extending the hwm: {why}")));
                     }
@@ -200,14 +248,19 @@ pub async fn run_etcd(
         let used = claim.close(&shared.codec);
         shared.claim.clear();
         report_gauge(None);
-        match lost {
-            Some(why) => {
+        match end {
+            End::Lost(why) => {
                 tracing::warn!(dc = %cfg.dc, worker = lease.worker, reason = %why, "worker lease lost; re-claiming");
                 shared.set_error(Some(why));
                 // Best effort: the lease is probably gone already.
                 etcd.release(lease, u64::MAX).await;
             }
-            None => {
+            End::Idle => {
+                tracing::info!(dc = %cfg.dc, worker = lease.worker, "released idle worker id");
+                shared.set_error(Some(idle_note(&cfg)));
+                etcd.release(lease, used).await;
+            }
+            End::Stop => {
                 etcd.release(lease, used).await;
                 break;
             }
@@ -249,7 +302,7 @@ pub async fn run_file(
                 })?
         }
     };
-    let first = async {
+    let first = || async {
         let prev = file.read()?;
         let anchor = prev.map_or(0, |r| r.ms + 1).max(wall_ms());
         let reserved = anchor + window;
@@ -264,30 +317,61 @@ pub async fn run_file(
             ms(cfg.max_lead),
         )
     };
-    let claim = match first.await {
-        Ok(c) => c,
-        Err(e) => return fail(&shared, &mut started, e),
-    };
-    let claim = install(&shared, claim, &mut started);
     let tick =
         (cfg.reservation_window / 8).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    while !pause(&mut stop, tick).await {
-        if claim.reserved_ms() < claim.now_ms() + window / 2 {
-            let next = claim.now_ms() + window;
-            match write(next).await {
-                Ok(()) => {
-                    claim.extend_reservation(next);
-                    shared.set_error(None);
-                }
-                Err(e) => shared.set_error(Some(e.to_string())),
+    loop {
+        if !cfg.eager {
+            if let Some(tx) = started.take() {
+                let _ = tx.send(Started::Ready);
+            }
+            if shared.demand.wait(cfg.start_wait, &mut stop).await {
+                break;
             }
         }
-    }
-    let used = claim.close(&shared.codec);
-    shared.claim.clear();
-    if used < claim.reserved_ms() {
-        if let Err(e) = write(used).await {
-            tracing::warn!(error = %e, "could not give back the unused hwm reservation");
+        let claim = match first().await {
+            Ok(c) => c,
+            Err(e) if started.is_some() => return fail(&shared, &mut started, e),
+            Err(e) => {
+                shared.set_error(Some(e.to_string()));
+                shared.demand.attempted(Some(e));
+                if pause(&mut stop, tick).await {
+                    break;
+                }
+                continue;
+            }
+        };
+        let claim = install(&shared, claim, &mut started);
+        let end = loop {
+            if pause(&mut stop, tick).await {
+                break End::Stop;
+            }
+            if idle(&shared) {
+                break End::Idle;
+            }
+            if claim.reserved_ms() < claim.now_ms() + window / 2 {
+                let next = claim.now_ms() + window;
+                match write(next).await {
+                    Ok(()) => {
+                        claim.extend_reservation(next);
+                        shared.set_error(None);
+                    }
+                    Err(e) => shared.set_error(Some(e.to_string())),
+                }
+            }
+        };
+        let used = claim.close(&shared.codec);
+        shared.claim.clear();
+        if used < claim.reserved_ms() {
+            if let Err(e) = write(used).await {
+                tracing::warn!(error = %e, "could not give back the unused hwm reservation");
+            }
+        }
+        match end {
+            End::Stop | End::Lost(_) => break,
+            End::Idle => {
+                tracing::info!(worker, "released idle worker");
+                shared.set_error(Some(idle_note(&cfg)));
+            }
         }
     }
 }

@@ -4,7 +4,6 @@
 //! [`Flags`] also goes the other way: [`Flags::to_argv`] writes the command line that parses
 //! back to it, which is how the Kubernetes injector and the test lab launch sidecars.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use twin_topology::argv::{push, push_opt, push_path};
 use twin_topology::validate;
 use twin_topology::{EtcdArgs, EtcdSettings};
 
+pub use crate::idgen_settings::IdgenSettings;
 use crate::upstream_tls::UpstreamTlsArgs;
 
 /// Why the configuration was refused.
@@ -63,6 +63,8 @@ pub enum ConfigError {
     MaxConnections,
     #[error("{0}")]
     UpstreamTls(String),
+    #[error("idgen.{0}")]
+    Idgen(String),
 }
 
 /// Command line of `twin-sidecar`. Every flag can also come from the environment variable
@@ -81,6 +83,10 @@ pub struct Flags {
     /// YAML file with any of the settings below (flags and environment override it).
     #[arg(long, env = "TWIN_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// A missing --config file counts as an empty one (the injector mounts an optional
+    /// per-namespace ConfigMap there); a file that exists must still parse.
+    #[arg(long, env = "TWIN_CONFIG_OPTIONAL")]
+    pub config_optional: bool,
     /// Datacenter this node runs in (e.g. m6v).
     #[arg(long, env = "TWIN_DC")]
     pub dc: Option<String>,
@@ -163,6 +169,9 @@ impl Flags {
     pub fn to_argv(&self) -> Vec<String> {
         let mut argv = Vec::new();
         push_path(&mut argv, "--config", self.config.as_deref());
+        if self.config_optional {
+            argv.push("--config-optional".to_string());
+        }
         push_opt(&mut argv, "--dc", self.dc.as_deref());
         push_opt(&mut argv, "--node-id", self.node_id.as_deref());
         push_opt(&mut argv, "--app", self.app.as_deref());
@@ -301,29 +310,6 @@ impl Default for Limits {
     }
 }
 
-/// ID generation settings (the `idgen:` section).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct IdgenSettings {
-    /// Serial template per business tag, e.g. `{pay: "PAY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}"}`.
-    pub serial_templates: BTreeMap<String, String>,
-    /// Segment values allocated from etcd per compare-and-swap.
-    pub segment_step: u64,
-    /// TTL of the etcd lease on this node's worker id; issuing stops a fifth of it before
-    /// the lease could expire.
-    pub lease_ttl_secs: u64,
-}
-
-impl Default for IdgenSettings {
-    fn default() -> Self {
-        IdgenSettings {
-            serial_templates: BTreeMap::new(),
-            segment_step: 1000,
-            lease_ttl_secs: 10,
-        }
-    }
-}
-
 /// An application endpoint this sidecar registers in etcd under its lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegisterSpec {
@@ -450,7 +436,14 @@ impl Config {
     /// Merges flags over the file named by `--config` (if any) and checks the result.
     pub fn from_flags(flags: Flags) -> Result<Config, ConfigError> {
         let file = match &flags.config {
-            Some(path) => read_file(path)?,
+            Some(path) => match read_file(path) {
+                Err(ConfigError::Read { source, .. })
+                    if flags.config_optional && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    FileConfig::default()
+                }
+                other => other?,
+            },
             None => FileConfig::default(),
         };
         Self::merge(flags, file)
@@ -534,6 +527,7 @@ impl Config {
             return Err(ConfigError::ZeroTimeout("header_read_timeout_ms"));
         }
         cfg.idgen = file.idgen.unwrap_or_default();
+        cfg.idgen.check().map_err(ConfigError::Idgen)?;
         cfg.upstream_tls = flags
             .upstream_tls
             .or(file.upstream_tls)
@@ -753,9 +747,10 @@ mod tests {
                 etcd in etcd(),
                 upstream_tls in upstream_tls(),
                 command in command(),
+                config_optional in any::<bool>(),
             ) -> Flags {
                 Flags {
-                    config, dc, node_id, app, etcd, upstream_tls, outbound, ids, admin,
+                    config, config_optional, dc, node_id, app, etcd, upstream_tls, outbound, ids, admin,
                     admin_token_file, snapshot, routes_file, register, threads, drain_timeout,
                     worker, hwm_file, command,
                 }

@@ -10,20 +10,24 @@
 //! id is `--worker` and its high-water mark lives in `--hwm-file`, and the datacenter code
 //! comes from the routes file.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use twin_idgen::{Format, IdConfig, IdError, IdService, MAX_COUNT};
+use twin_topology::Keys;
 
 use crate::admin::BeforeRender;
 use crate::config::{Config, TableSource};
+use crate::id_templates::{effective, record_first_use, Effective};
 use crate::outbound::error::X_TWIN_ERROR;
 use crate::source::Tables;
+use crate::table::RoutingTable;
 use crate::StartError;
 
 /// 1 while the generator holds a worker id and may issue.
@@ -43,8 +47,15 @@ struct Inner {
     service: ArcSwapOption<IdService>,
     /// Why the generator is not running (while starting, or when it failed to start).
     not_running: ArcSwapOption<String>,
-    /// The task starting the generator.
+    /// The task starting the generator (and starting it again when templates change).
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The serial templates the current generator issues with, and the tags refused.
+    templates: ArcSwap<Effective>,
+    etcd: Option<(etcd_client::Client, Keys)>,
+    node: String,
+    cell: Arc<ArcSwap<RoutingTable>>,
+    /// Tags whose first use this sidecar has seen recorded in etcd.
+    marked: Mutex<HashSet<String>>,
 }
 
 impl Inner {
@@ -86,11 +97,17 @@ fn id_config(cfg: &Config, tables: &Tables) -> Result<IdConfig, String> {
         .serial_templates(cfg.idgen.serial_templates.clone())
         .segment_step(cfg.idgen.segment_step)
         .lease_ttl(ttl)
-        .fence_margin(ttl / 5))
+        .fence_margin(ttl / 5)
+        .layout(cfg.idgen.layout()?)
+        .eager(cfg.idgen.eager)
+        .release_idle(cfg.idgen.release_idle()?))
 }
 
 impl IdApi {
-    /// Starts the generator in the background and returns at once.
+    /// Starts the generator in the background and returns at once. It issues with etcd's
+    /// serial templates (from the topology) and the config's; when they change, a new
+    /// generator takes over (with etcd: started before the old one is shut down, so it
+    /// claims another worker id; both are safe).
     pub async fn start(
         cfg: &Config,
         client: Option<etcd_client::Client>,
@@ -101,30 +118,83 @@ impl IdApi {
             (TableSource::Etcd(settings), Some(c)) => Some((c, settings.keys())),
             _ => None,
         };
+        let pinned = cfg.idgen.serial_templates.clone();
+        let layout = cfg.idgen.layout().unwrap_or_default();
         let inner = Arc::new(Inner {
             service: ArcSwapOption::empty(),
             not_running: ArcSwapOption::from_pointee("ID service starting".to_string()),
             task: Mutex::new(None),
+            templates: ArcSwap::from_pointee(Effective::default()),
+            etcd: etcd.clone(),
+            node: cfg.node_id.clone(),
+            cell: tables.cell.clone(),
+            marked: Mutex::new(HashSet::new()),
         });
+        let mut published = tables.published.clone();
         // The task holds a weak handle, so dropping the API stops it from publishing.
         let weak = Arc::downgrade(&inner);
         let task = tokio::spawn(async move {
-            let started = match id_cfg {
-                Ok(c) => IdService::start(c, etcd).await.map_err(|e| e.to_string()),
-                Err(e) => Err(e),
-            };
-            let Some(inner) = weak.upgrade() else { return };
-            match started {
-                Ok(s) => {
-                    tracing::info!(dc = s.dc(), "ID service started");
-                    inner.service.store(Some(Arc::new(s)));
-                    inner.not_running.store(None);
-                }
+            let base = match id_cfg {
+                Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(error = %e, "ID service did not start; the ID API answers 503");
-                    inner
-                        .not_running
-                        .store(Some(Arc::new(format!("ID service not running: {e}"))));
+                    if let Some(inner) = weak.upgrade() {
+                        tracing::error!(error = %e, "ID service did not start; the ID API answers 503");
+                        inner
+                            .not_running
+                            .store(Some(Arc::new(format!("ID service not running: {e}"))));
+                    }
+                    return;
+                }
+            };
+            loop {
+                let table = published.borrow_and_update().clone();
+                let eff = effective(&pinned, &table.topology, layout);
+                if etcd.is_none() {
+                    // Pure mode locks its hwm file: the old generator lets go first.
+                    let old = weak.upgrade().and_then(|i| i.service.swap(None));
+                    if let Some(old) = old {
+                        old.shutdown().await;
+                    }
+                }
+                let cfg = base.clone().serial_templates(eff.templates.clone());
+                let started = IdService::start(cfg, etcd.clone()).await;
+                let Some(inner) = weak.upgrade() else { return };
+                inner.templates.store(Arc::new(eff.clone()));
+                let old = match started {
+                    Ok(s) => {
+                        tracing::info!(
+                            dc = s.dc(),
+                            templates = eff.templates.len(),
+                            "ID service started"
+                        );
+                        inner.not_running.store(None);
+                        inner.service.swap(Some(Arc::new(s)))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "ID service did not start; the ID API answers 503");
+                        inner
+                            .not_running
+                            .store(Some(Arc::new(format!("ID service not running: {e}"))));
+                        inner.service.swap(None)
+                    }
+                };
+                drop(inner);
+                if let Some(old) = old {
+                    old.shutdown().await;
+                }
+                // Until the templates change: refusals are updated in place.
+                loop {
+                    if published.changed().await.is_err() {
+                        return;
+                    }
+                    let table = published.borrow_and_update().clone();
+                    let next = effective(&pinned, &table.topology, layout);
+                    let Some(inner) = weak.upgrade() else { return };
+                    if next.templates != eff.templates {
+                        tracing::info!("serial templates changed; starting a new ID service");
+                        break;
+                    }
+                    inner.templates.store(Arc::new(next));
                 }
             }
         });
@@ -132,6 +202,43 @@ impl IdApi {
             *t = Some(task);
         }
         Ok(IdApi { inner })
+    }
+
+    /// Before the first serial of `biz`: the tag is not refused, and (with etcd) its first
+    /// use is recorded, so its template can no longer change.
+    async fn serial_allowed(&self, biz: &str) -> Result<(), String> {
+        let eff = self.inner.templates.load_full();
+        if let Some(why) = eff.refused.get(biz) {
+            return Err(why.clone());
+        }
+        let (Some((client, keys)), Some(template)) = (&self.inner.etcd, eff.templates.get(biz))
+        else {
+            return Ok(());
+        };
+        let marked = |inner: &Inner| {
+            inner
+                .marked
+                .lock()
+                .map(|m| m.contains(biz))
+                .unwrap_or(false)
+        };
+        if marked(&self.inner) {
+            return Ok(());
+        }
+        let topo = self.inner.cell.load().topology.clone();
+        let seen = topo.templates_used.contains(biz)
+            && topo
+                .templates
+                .get(biz)
+                .is_some_and(|t| t.value.template == *template);
+        if !seen {
+            let rev = eff.from_etcd.get(biz).copied();
+            record_first_use(client, keys, &self.inner.node, biz, template, rev).await?;
+        }
+        if let Ok(mut m) = self.inner.marked.lock() {
+            m.insert(biz.to_string());
+        }
+        Ok(())
     }
 
     /// Refreshes the generator gauges before `/metrics` renders.
@@ -190,6 +297,11 @@ impl IdApi {
                 .unwrap_or_else(|| "ID service not running".to_string());
             return unavailable(&reason);
         };
+        if query.format == Format::Serial {
+            if let Err(reason) = self.serial_allowed(biz).await {
+                return unavailable(&reason);
+            }
+        }
         match service.issue(biz, query.format, query.count).await {
             Ok(ids) => respond(&ids, service.dc(), wants_text(req)),
             Err(e) => issue_error(&e),

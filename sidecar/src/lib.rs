@@ -12,6 +12,8 @@ pub mod admin;
 pub mod config;
 pub mod conn_guard;
 pub mod deps;
+pub mod id_templates;
+pub mod idgen_settings;
 pub mod ids;
 pub mod outbound;
 pub mod presence;

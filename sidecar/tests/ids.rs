@@ -246,3 +246,86 @@ async fn sidecar_without_route(cfg: twin_sidecar::Config) -> twin_sidecar::Sidec
     assert!(s.table().is_loaded());
     s
 }
+
+/// Serial templates come from etcd (the topology view), including one set while the sidecar
+/// runs; a template pinned in the config that differs from etcd's is refused for its tag
+/// only; the first serial of a tag records its first use, and a template pinned only in the
+/// config is recorded in etcd then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_templates_come_from_etcd_and_a_differing_pinned_one_is_refused() {
+    let (etcd, mut kv) = etcd().await;
+    let keys = twin_topology::Keys::default();
+    let put_template = |biz: &str, t: &str| {
+        (
+            keys.idgen_template(biz),
+            serde_json::json!({ "template": t }).to_string(),
+        )
+    };
+    for (biz, t) in [
+        ("pay", PAY_SERIAL),
+        ("clash", "CLA{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}"),
+    ] {
+        let (k, v) = put_template(biz, t);
+        kv.put(k, v, None).await.expect("put template");
+    }
+    let mut cfg = config(etcd_source(&etcd));
+    for (biz, t) in [
+        ("pay", PAY_SERIAL),
+        ("clash", "OTHER{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}"),
+        ("own", "OWN{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}"),
+    ] {
+        cfg.idgen.serial_templates.insert(biz.into(), t.into());
+    }
+    let s = twin_sidecar::Sidecar::start(cfg)
+        .await
+        .expect("sidecar starts");
+    let c = http::client();
+    let a = s.ids_addr;
+    assert!(issuing(&c, a).await);
+    let first_use = |biz: &'static str| {
+        let mut kv = kv.clone();
+        let key = keys.idgen_template_used(biz);
+        async move { !kv.get(key, None).await.expect("get").kvs().is_empty() }
+    };
+
+    // etcd's template, equal to the pinned one: issued, and its first use recorded.
+    assert!(!first_use("pay").await);
+    let pay = ids(&c, a, "/v1/ids/pay?format=serial&count=3", None).await;
+    assert_eq!(pay.status, 200, "{}", pay.text());
+    assert!(id_list(&pay).iter().all(|s| s.starts_with("PAY")));
+    assert!(first_use("pay").await, "first use of pay recorded");
+
+    // Pinned differently from etcd: refused, with the reason.
+    let clash = ids(&c, a, "/v1/ids/clash?format=serial", None).await;
+    assert_eq!(clash.status, 503, "{}", clash.text());
+    assert!(
+        clash.header("x-twin-error").contains("differs from etcd's"),
+        "{}",
+        clash.text()
+    );
+    assert!(!first_use("clash").await);
+
+    // Pinned only: issued, and written to etcd with its first use.
+    let own = ids(&c, a, "/v1/ids/own?format=serial", None).await;
+    assert_eq!(own.status, 200, "{}", own.text());
+    assert!(first_use("own").await);
+    let stored = kv.get(keys.idgen_template("own"), None).await.expect("get");
+    assert!(
+        stored
+            .kvs()
+            .first()
+            .is_some_and(|kv| String::from_utf8_lossy(kv.value()).contains("OWN{")),
+        "pinned template recorded in etcd"
+    );
+
+    // Set in etcd while the sidecar runs: served once the view has it.
+    let (k, v) = put_template("ord", "ORD{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}");
+    kv.put(k, v, None).await.expect("put template");
+    let served = eventually(WAIT, || async {
+        let r = ids(&c, a, "/v1/ids/ord?format=serial", None).await;
+        r.status == 200 && id_list(&r)[0].starts_with("ORD")
+    })
+    .await;
+    assert!(served, "a template set in etcd is used without a restart");
+    s.stop().await;
+}

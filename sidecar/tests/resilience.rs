@@ -72,14 +72,27 @@ async fn an_etcd_restart_mid_traffic_loses_no_request() {
     s.stop().await;
 }
 
+/// The injected shape: `--config` from the namespace's ConfigMap (the shipped example's
+/// `sidecar.yaml`) and `--snapshot` in the pod's emptyDir. The sidecar is killed (SIGKILL)
+/// and started again with the same flags while etcd is down: it routes from its snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_starts_from_its_snapshot_while_etcd_is_down() {
     let mut t = Payments::start().await;
     let rev = t.put(3000, 7000).await;
     let dir = tempfile::tempdir().expect("tmp");
     let snapshot = dir.path().join("snapshot.json");
+    let config_file = dir.path().join("sidecar.yaml");
+    let example = include_str!("../../k8s/examples/sidecar-config.yaml");
+    let config_map: serde_yaml::Value = serde_yaml::from_str(example).expect("ConfigMap YAML");
+    let sidecar_yaml = config_map["data"]["sidecar.yaml"]
+        .as_str()
+        .expect("data.sidecar.yaml");
+    std::fs::write(&config_file, sidecar_yaml).expect("write config");
     let endpoint = t.etcd.endpoint();
     let args = [
+        "--config",
+        config_file.to_str().expect("utf8"),
+        "--config-optional",
         "--dc",
         "m6v",
         "--etcd",
@@ -92,8 +105,10 @@ async fn the_binary_starts_from_its_snapshot_while_etcd_is_down() {
     first.ready().await;
     let client = http::client();
     assert_eq!(call(&client, first.outbound, Some("u1")).await.status, 200);
-    first.stop_cleanly().await;
-    assert!(snapshot.exists(), "the sidecar saved its table");
+    let saved = eventually(WAIT, || std::future::ready(snapshot.exists())).await;
+    assert!(saved, "the sidecar saved its table");
+    first.signal(Signal::KILL);
+    assert_eq!(first.wait_exit(WAIT).await, None, "killed, no exit code");
 
     t.etcd.stop();
     let mut second = Process::spawn(&args, &dir.path().join("second.log"));
@@ -135,6 +150,34 @@ async fn the_binary_starts_from_its_snapshot_while_etcd_is_down() {
     assert_eq!(r.status, 503);
     assert_eq!(r.header("x-twin-error"), "no routing table loaded yet");
     third.stop_cleanly().await;
+
+    // A missing --config: fine with --config-optional (a namespace without the ConfigMap),
+    // a one-line error and exit 2 without it.
+    let missing = dir.path().join("absent/sidecar.yaml");
+    let missing = missing.to_str().expect("utf8");
+    let mut fourth = Process::spawn(
+        &[
+            "--config",
+            missing,
+            "--config-optional",
+            "--dc",
+            "m6v",
+            "--snapshot",
+            snapshot.to_str().expect("utf8"),
+            "--etcd",
+            &endpoint,
+        ],
+        &dir.path().join("fourth.log"),
+    );
+    fourth.ready().await;
+    fourth.stop_cleanly().await;
+    let mut fifth = Process::spawn(
+        &["--config", missing, "--dc", "m6v", "--etcd", &endpoint],
+        &dir.path().join("fifth.log"),
+    );
+    assert_eq!(fifth.wait_exit(WAIT).await, Some(2));
+    let log = std::fs::read_to_string(dir.path().join("fifth.log")).unwrap_or_default();
+    assert!(log.contains("absent/sidecar.yaml"), "{log}");
     second.stop_cleanly().await;
 }
 

@@ -20,6 +20,11 @@ pub enum KeyKind<'a> {
     Freeze,
     /// `control/fences/{service}` (its acknowledgements below it are [`KeyKind::Other`]).
     Fence(&'a str),
+    /// `idgen/templates/{biz}`: the serial template of a business tag.
+    Template(&'a str),
+    /// `idgen/templates/{biz}/used`: written once by the first sidecar that issues a serial
+    /// with that template; from then on the template cannot change.
+    TemplateUsed(&'a str),
     /// A key Twin knows but the topology view does not hold (idgen, audit, leader).
     Other,
 }
@@ -68,6 +73,20 @@ impl Keys {
     }
     pub fn idgen_hwm(&self, dc: &str, worker: u32) -> String {
         format!("{}idgen/hwm/{dc}/{worker}", self.root)
+    }
+    /// Serial templates: `idgen/templates/{biz}` (and `…/{biz}/used` once issued with).
+    pub fn idgen_templates(&self) -> String {
+        format!("{}idgen/templates/", self.root)
+    }
+    pub fn idgen_template(&self, biz: &str) -> String {
+        format!("{}idgen/templates/{biz}", self.root)
+    }
+    pub fn idgen_template_used(&self, biz: &str) -> String {
+        format!("{}idgen/templates/{biz}/used", self.root)
+    }
+    /// The Snowflake layout a datacenter issues with, stored by its first generator.
+    pub fn idgen_layout(&self, dc: &str) -> String {
+        format!("{}idgen/layouts/{dc}", self.root)
     }
     pub fn idgen_segment(&self, biz: &str) -> String {
         format!("{}idgen/segments/{biz}", self.root)
@@ -160,6 +179,11 @@ impl Keys {
             }
             ("control", ["freeze"]) => Some(KeyKind::Freeze),
             ("control", ["fences", svc]) if !svc.is_empty() => Some(KeyKind::Fence(svc)),
+            ("idgen", ["templates", biz]) if !biz.is_empty() => Some(KeyKind::Template(biz)),
+            ("idgen", ["templates", biz, "used"]) if !biz.is_empty() => {
+                Some(KeyKind::TemplateUsed(biz))
+            }
+            ("idgen", ["templates", ..]) => None,
             ("datacenters" | "routes" | "endpoints", _) => None,
             _ => Some(KeyKind::Other),
         }
@@ -198,6 +222,16 @@ mod tests {
         );
         assert_eq!(k.parse_dep("/twin/v1/deps/web/pay"), None);
         assert_eq!(k.parse(&k.idgen_hwm("m6v", 3)), Some(KeyKind::Other));
+        assert_eq!(
+            k.parse(&k.idgen_template("pay")),
+            Some(KeyKind::Template("pay"))
+        );
+        assert_eq!(
+            k.parse(&k.idgen_template_used("pay")),
+            Some(KeyKind::TemplateUsed("pay"))
+        );
+        assert_eq!(k.parse("/twin/v1/idgen/templates/"), None);
+        assert_eq!(k.parse(&k.idgen_layout("m6v")), Some(KeyKind::Other));
         assert_eq!(k.parse("/other/v1/routes/pay"), None);
         assert_eq!(k.parse("/twin/v1/endpoints/pay/m6v"), None);
         assert_eq!(k.parse("/twin/v1/routes/"), None);

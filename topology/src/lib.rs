@@ -26,6 +26,7 @@ pub mod ring;
 pub mod routes_file;
 pub mod snapshot;
 pub mod store;
+pub mod templates;
 pub mod tls_check;
 pub mod upstream_tls;
 pub mod validate;
@@ -54,5 +55,6 @@ pub use snapshot::{ApplyError, SnapshotError, Source, Topology};
 pub use store::{
     list_topology, now_ms, AuditMeta, Change, CommitOptions, Committed, Listing, Store, StoreError,
 };
+pub use templates::{valid_biz, TemplateRecord, TemplateUsed};
 pub use validate::ValidationError;
 pub use view::{TopologyView, ViewOptions, ViewStats};

@@ -121,6 +121,7 @@ impl RoutesFile {
             endpoints: BTreeMap::new(),
             fences: BTreeMap::new(),
             freeze: None,
+            ..Topology::default()
         }
     }
 }

@@ -2,7 +2,7 @@
 //! watched view builds it from etcd events; a sidecar saves it to a local file and starts
 //! from that file when etcd is unreachable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::fence::Fence;
 use crate::keys::{KeyKind, Keys};
 use crate::model::{Datacenter, Endpoint, Freeze, Route, Versioned};
+use crate::templates::TemplateRecord;
 use crate::validate::{self, ValidationError};
 
 /// Format tag written into snapshot files.
@@ -53,6 +54,12 @@ pub struct Topology {
     /// change (what a sidecar's presence key reports: endpoint churn does not move it).
     #[serde(default)]
     pub routing_revision: i64,
+    /// Serial templates by business tag (`idgen/templates/{biz}`).
+    #[serde(default)]
+    pub templates: BTreeMap<String, Versioned<TemplateRecord>>,
+    /// Business tags whose template has been issued with (`idgen/templates/{biz}/used`).
+    #[serde(default)]
+    pub templates_used: BTreeSet<String>,
 }
 
 /// Why an etcd value was not taken into the topology.
@@ -226,6 +233,8 @@ impl Topology {
             (KeyKind::Fence(svc), None) => {
                 self.fences.remove(svc);
             }
+            (KeyKind::Template(biz), v) => self.apply_template(key, biz, v, mod_revision)?,
+            (KeyKind::TemplateUsed(biz), v) => self.apply_template_used(biz, v),
             (KeyKind::Other, _) => {}
         }
         if routing {
@@ -300,6 +309,11 @@ impl Topology {
             Some(KeyKind::Fence(s)) => {
                 if let Some(f) = prev.fences.get(s) {
                     self.fences.insert(s.to_string(), f.clone());
+                }
+            }
+            Some(KeyKind::Template(b)) => {
+                if let Some(t) = prev.templates.get(b) {
+                    self.templates.insert(b.to_string(), t.clone());
                 }
             }
             _ => {}

@@ -75,6 +75,9 @@ pub struct CommitOptions {
     /// Extra keys to delete in the same transaction, unconditionally and unaudited (a
     /// fence's acknowledgements, which live under sidecars' leases): `(key, prefix?)`.
     pub delete_also: Vec<(String, bool)>,
+    /// Keys that must not exist when the transaction commits (a serial template's `used`
+    /// marker: a used template cannot change).
+    pub absent: Vec<String>,
 }
 
 /// What a committed transaction did.
@@ -102,7 +105,7 @@ impl Listing {
     }
 }
 
-/// Reads datacenters, routes, endpoints, the freeze and fences in one transaction (one revision).
+/// Reads datacenters, routes, endpoints, the freeze, fences and serial templates in one transaction (one revision).
 /// Only the topology's own prefixes: the audit trail and idgen keys under the same root
 /// grow without bound and must not ride along (etcd answers at most 4 MiB).
 pub async fn list_topology(client: &Client, keys: &Keys) -> Result<Listing, etcd_client::Error> {
@@ -113,6 +116,7 @@ pub async fn list_topology(client: &Client, keys: &Keys) -> Result<Listing, etcd
         TxnOp::get(keys.endpoints(), prefix()),
         TxnOp::get(keys.freeze(), None),
         TxnOp::get(keys.fences(), prefix()),
+        TxnOp::get(keys.idgen_templates(), prefix()),
     ];
     let resp = client.kv_client().txn(Txn::new().and_then(ops)).await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -159,6 +163,10 @@ fn describe(keys: &Keys, key: &str) -> String {
         Some(KeyKind::Route(s)) => format!("route {s}"),
         Some(KeyKind::Datacenter(d)) => format!("datacenter {d}"),
         Some(KeyKind::Freeze) => "freeze".to_string(),
+        Some(KeyKind::Template(b)) => format!("serial template {b}"),
+        Some(KeyKind::TemplateUsed(b)) => {
+            format!("serial template {b} (already used to issue IDs, so it cannot change)")
+        }
         _ => key.to_string(),
     }
 }
@@ -355,6 +363,10 @@ impl Store {
             ));
             on_fail.push(TxnOp::get(key.as_str(), None));
         }
+        for key in &options.absent {
+            compares.push(Compare::create_revision(key.as_str(), CompareOp::Equal, 0));
+            on_fail.push(TxnOp::get(key.as_str(), None));
+        }
         let txn = Txn::new().when(compares).and_then(ops).or_else(on_fail);
         let resp = self.client.kv_client().txn(txn).await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
@@ -392,6 +404,22 @@ impl Store {
                     expected: *create_revision,
                     current,
                 });
+            }
+        }
+        let skip = changes.len() + usize::from(options.fence.is_some());
+        for (key, op) in options
+            .absent
+            .iter()
+            .zip(resp.op_responses().iter().skip(skip))
+        {
+            if let etcd_client::TxnOpResponse::Get(g) = op {
+                if let Some(kv) = g.kvs().first() {
+                    return Err(StoreError::Conflict {
+                        what: describe(&self.keys, key),
+                        expected: 0,
+                        current: kv.create_revision(),
+                    });
+                }
             }
         }
         // Every key matched when re-read: it moved and moved back between our txn and the get.

@@ -50,6 +50,8 @@ pub enum ValidationError {
     EmptyReason,
     #[error("fence: {0}")]
     Fence(String),
+    #[error("serial template: {0}")]
+    Template(String),
     #[error("read_only_methods: {0:?} is not an HTTP method (an upper-case token like PROPFIND)")]
     BadMethod(String),
 }

@@ -13,7 +13,8 @@ use crate::error::CtlError;
 #[derive(Debug, Subcommand)]
 pub enum AuthCommand {
     /// Create the root user and Twin's roles over the prefix, then enable etcd auth
-    /// (idempotent: run it again as root to re-grant the permissions)
+    /// (idempotent: run again with the same flags, it connects as root with that password and
+    /// re-grants the permissions)
     Bootstrap(BootstrapArgs),
     /// Create a user (or set its password) and grant it one Twin role
     AddUser(AddUserArgs),
@@ -59,9 +60,20 @@ pub async fn run(g: &Global, c: AuthCommand) -> Result<(), CtlError> {
         AuthCommand::Bootstrap(a) => {
             let password = read_secret(&a.root_password_file)?;
             let mut client = settings.connect().await?;
-            twin_topology::auth::bootstrap(&mut client, &keys, &password)
-                .await
-                .map_err(auth_err)?;
+            match twin_topology::auth::bootstrap(&mut client, &keys, &password).await {
+                // Auth is already on (an earlier bootstrap): check and update as root, with
+                // the root password this command was given.
+                Err(twin_topology::auth::AuthError::NeedRoot) if settings.user.is_none() => {
+                    let mut as_root = settings.clone();
+                    as_root.user = Some("root".to_string());
+                    as_root.password_file = Some(a.root_password_file.clone());
+                    let mut client = as_root.connect_checked().await?;
+                    twin_topology::auth::bootstrap(&mut client, &keys, &password)
+                        .await
+                        .map_err(auth_err)?;
+                }
+                other => other.map_err(auth_err)?,
+            }
             println!(
                 "etcd auth enabled; roles twin-sidecar, twin-operator, twin-reader granted over {}",
                 keys.root()

@@ -1,6 +1,7 @@
 //! `twinctl id decode`: any issued ID back into time, datacenter, worker and sequence, with
 //! `twin-idgen`'s decoder. It needs no etcd; when `--etcd` (or `TWIN_ETCD`) is given, the
-//! datacenter code is also named.
+//! serial templates (and, without `--layout`, the stored Snowflake layout) come from etcd
+//! and the datacenter code is also named. `twinctl id template` manages the templates.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,9 @@ use crate::output::{emit, Report};
 pub enum IdCommand {
     /// Turn an issued ID back into time, datacenter, worker and sequence
     Decode(DecodeArgs),
+    /// Serial templates in etcd: set, list, get
+    #[command(subcommand)]
+    Template(super::id_template::TemplateCommand),
 }
 
 /// `id decode`.
@@ -27,10 +31,11 @@ pub struct DecodeArgs {
     /// Its format (default: a serial when a --serial-template matches, else a Snowflake)
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
-    /// Snowflake layout time:dc:worker:seq[@epoch_ms], as configured on the sidecars
-    #[arg(long, default_value = "41:3:10:9", value_parser = parse_layout)]
-    pub layout: Layout,
-    /// A serial template as BIZ=TEMPLATE, e.g. PAY={biz}{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}; repeatable
+    /// Snowflake layout time:dc:worker:seq[@epoch_ms] (default: the one stored in etcd when
+    /// every datacenter stores the same, else 41:3:10:9)
+    #[arg(long, value_parser = parse_layout)]
+    pub layout: Option<Layout>,
+    /// A serial template as BIZ=TEMPLATE, e.g. PAY={biz}{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}; repeatable; overrides etcd's for that tag
     #[arg(long = "serial-template", value_name = "BIZ=TEMPLATE", value_parser = parse_template)]
     pub serial_templates: Vec<(String, String)>,
 }
@@ -103,23 +108,40 @@ fn time_millis(ms: u64) -> String {
 
 /// Runs an `id` command.
 pub async fn run(g: &Global, cmd: IdCommand) -> Result<(), CtlError> {
-    let IdCommand::Decode(a) = cmd;
-    let templates: BTreeMap<String, String> = a.serial_templates.iter().cloned().collect();
-    let codec = Codec::new(a.layout, &templates).map_err(|e| CtlError::usage(e.to_string()))?;
-    let d = twin_idgen::decode(a.id.trim(), a.format, &codec)
-        .map_err(|e| CtlError::usage(format!("cannot decode: {e}")))?;
-    let datacenter = match (d.dc_code, g.etcd.is_configured()) {
-        (Some(code), true) => match g.connect().await {
-            Ok(cluster) => cluster.store.datacenters().await.ok().and_then(|dcs| {
-                dcs.into_iter()
-                    .find(|(_, dc)| dc.code == code)
-                    .map(|(n, _)| n)
-            }),
+    let a = match cmd {
+        IdCommand::Decode(a) => a,
+        IdCommand::Template(t) => return super::id_template::run(g, t).await,
+    };
+    let mut templates = BTreeMap::new();
+    let mut layout = a.layout;
+    let cluster = match g.etcd.is_configured() {
+        true => match g.connect().await {
+            Ok(cluster) => Some(cluster),
             Err(e) => {
-                eprintln!("warning: datacenter name not looked up: {e}");
+                eprintln!("warning: templates and datacenter names not read from etcd: {e}");
                 None
             }
         },
+        false => None,
+    };
+    if let Some(cluster) = &cluster {
+        let stored = super::id_template::read(cluster).await?;
+        templates.extend(stored.rows.into_values().map(|r| (r.biz, r.template)));
+        if let ([one], None) = (stored.layouts.as_slice(), layout) {
+            layout = Some(*one);
+        }
+    }
+    templates.extend(a.serial_templates.iter().cloned());
+    let codec = Codec::new(layout.unwrap_or_default(), &templates)
+        .map_err(|e| CtlError::usage(e.to_string()))?;
+    let d = twin_idgen::decode(a.id.trim(), a.format, &codec)
+        .map_err(|e| CtlError::usage(format!("cannot decode: {e}")))?;
+    let datacenter = match (d.dc_code, &cluster) {
+        (Some(code), Some(cluster)) => cluster.store.datacenters().await.ok().and_then(|dcs| {
+            dcs.into_iter()
+                .find(|(_, dc)| dc.code == code)
+                .map(|(n, _)| n)
+        }),
         _ => None,
     };
     emit(

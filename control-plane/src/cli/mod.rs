@@ -21,6 +21,7 @@ pub mod edge;
 pub mod failover;
 pub mod freeze;
 pub mod id;
+pub mod id_template;
 pub mod inject;
 pub mod route;
 pub mod shift;

@@ -12,8 +12,8 @@ use serde_json::json;
 use twin_sidecar::config::Flags;
 
 use super::mutate::{
-    decide, drain_flags, plan, sidecar_flags, Decision, InjectConfig, DC_ANNOTATION,
-    MODE_ANNOTATION, REGISTER_ANNOTATION, SIDECAR_NAME,
+    app_of, decide, drain_flags, plan, sidecar_flags, Decision, InjectConfig, CONFIG_MAP,
+    DC_ANNOTATION, MODE_ANNOTATION, REGISTER_ANNOTATION, SIDECAR_NAME,
 };
 
 /// Free text, including empty values and values that look like flags.
@@ -75,9 +75,19 @@ prop_compose! {
     }
 }
 
-fn pod(ann: &BTreeMap<String, String>) -> Pod {
+prop_compose! {
+    /// Pod labels: an application name under either key, or one that is no valid name.
+    fn labels()(
+        key in prop_oneof![Just("app"), Just("app.kubernetes.io/name")],
+        value in of(prop_oneof![name(), text()]),
+    ) -> BTreeMap<String, String> {
+        value.map(|v| (key.to_string(), v)).into_iter().collect()
+    }
+}
+
+fn pod(ann: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> Pod {
     serde_json::from_value(json!({
-        "metadata": {"name": "shop-1", "namespace": "shop", "annotations": ann},
+        "metadata": {"name": "shop-1", "namespace": "shop", "annotations": ann, "labels": labels},
         "spec": {"containers": [{"name": "app", "image": "shop:1"}]}
     }))
     .expect("pod")
@@ -96,18 +106,40 @@ proptest! {
     fn injected_args_parse_back_to_the_flags_the_injector_built(
         cfg in inject_config(),
         ann in annotations(),
+        labels in labels(),
     ) {
         prop_assume!(cfg.datacenter.is_some() || ann.contains_key(DC_ANNOTATION));
         prop_assert_eq!(cfg.check(), Ok(()));
-        let built = sidecar_flags(&plan(&ann, &cfg).expect("accepted annotations"), &cfg);
-        let Decision::Inject(after) = decide(&pod(&ann), &cfg) else {
+        let mut planned = plan(&ann, &cfg).expect("accepted annotations");
+        planned.app = app_of(&labels);
+        let built = sidecar_flags(&planned, &cfg);
+        let Decision::Inject(after) = decide(&pod(&ann, &labels), &cfg) else {
             panic!("not injected");
         };
         let sidecar = injected_sidecar(&after).expect("sidecar container");
 
         let args = sidecar.args.clone().unwrap_or_default();
         let parsed = Flags::parse_argv(&args).map_err(|e| e.to_string());
-        prop_assert_eq!(parsed, Ok(built), "args {:?}", args);
+        prop_assert_eq!(parsed, Ok(built.clone()), "args {:?}", args);
+        // --app from the pod's labels; --config in the optional ConfigMap, --snapshot in
+        // the sidecar's own writable volume.
+        let label = labels.values().next().filter(|v| twin_topology::validate::instance_name(v).is_ok());
+        prop_assert_eq!(built.app.as_ref(), label);
+        prop_assert!(built.config_optional);
+        let volumes = after.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default();
+        let mounts = sidecar.volume_mounts.clone().unwrap_or_default();
+        let mount_of = |path: &std::path::Path| {
+            mounts
+                .iter()
+                .find(|m| path.starts_with(&m.mount_path))
+                .and_then(|m| volumes.iter().find(|v| v.name == m.name).map(|v| (m.clone(), v.clone())))
+        };
+        let (cm_mount, cm) = mount_of(built.config.as_deref().expect("--config")).expect("config volume");
+        let cm = cm.config_map.expect("a ConfigMap");
+        prop_assert_eq!((cm.name.as_str(), cm.optional, cm_mount.read_only), (CONFIG_MAP, Some(true), Some(true)));
+        let (snap_mount, snap) = mount_of(built.snapshot.as_deref().expect("--snapshot")).expect("snapshot volume");
+        prop_assert!(snap.empty_dir.is_some());
+        prop_assert_ne!(snap_mount.read_only, Some(true));
 
         let pre_stop = sidecar
             .lifecycle

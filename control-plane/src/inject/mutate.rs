@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
-    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod,
+    Probe, ProjectedVolumeSource, ResourceRequirements, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -40,6 +40,14 @@ pub const IDS_PORT: i32 = 15002;
 /// Where the sidecar reads the bearer token for its admin port (a projected service
 /// account token, rotated by the kubelet).
 const TOKEN_DIR: &str = "/var/run/secrets/twin";
+/// Where the optional per-namespace ConfigMap [`CONFIG_MAP`] is mounted; its key
+/// `sidecar.yaml` is the sidecar's `--config` (a missing ConfigMap is an empty config).
+const CONFIG_DIR: &str = "/etc/twin/config";
+/// The per-namespace ConfigMap with the sidecar's config file (optional).
+pub const CONFIG_MAP: &str = "twin-sidecar";
+/// The sidecar's writable emptyDir: its topology snapshot, so a restarted sidecar routes
+/// while etcd is unreachable.
+const STATE_DIR: &str = "/var/lib/twin";
 /// The sidecar binary in the image (the preStop hook runs it).
 const SIDECAR_BIN: &str = "/usr/local/bin/twin-sidecar";
 
@@ -182,7 +190,7 @@ pub fn decide(pod: &Pod, cfg: &InjectConfig) -> Decision {
 
 /// The application a pod runs, from its `app.kubernetes.io/name` or `app` label; a label
 /// that cannot be an application name is left out (the sidecar then uses its default).
-fn app_of(labels: &BTreeMap<String, String>) -> Option<String> {
+pub(super) fn app_of(labels: &BTreeMap<String, String>) -> Option<String> {
     ["app.kubernetes.io/name", "app"]
         .iter()
         .filter_map(|k| labels.get(*k))
@@ -194,7 +202,7 @@ fn app_of(labels: &BTreeMap<String, String>) -> Option<String> {
 pub(super) struct Plan {
     dc: String,
     /// From the pod's `app.kubernetes.io/name` or `app` label (`--app`).
-    app: Option<String>,
+    pub(super) app: Option<String>,
     native: bool,
     register: Option<(String, u16)>,
     resources: Resources,
@@ -319,6 +327,9 @@ pub(super) fn sidecar_flags(plan: &Plan, cfg: &InjectConfig) -> Flags {
         dc: Some(plan.dc.clone()),
         node_id: Some("$(POD_NAMESPACE).$(POD_NAME)".into()),
         app: plan.app.clone(),
+        config: Some(Path::new(CONFIG_DIR).join("sidecar.yaml")),
+        config_optional: true,
+        snapshot: Some(Path::new(STATE_DIR).join("topology.json")),
         etcd: EtcdArgs {
             endpoints: Some(cfg.etcd_endpoints.clone()),
             prefix: Some(cfg.prefix.clone()),
@@ -414,12 +425,26 @@ fn sidecar(plan: &Plan, cfg: &InjectConfig) -> Container {
             ..Default::default()
         }),
         volume_mounts: Some(
-            std::iter::once(VolumeMount {
-                name: "twin-token".into(),
-                mount_path: TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            })
+            [
+                VolumeMount {
+                    name: "twin-token".into(),
+                    mount_path: TOKEN_DIR.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+                VolumeMount {
+                    name: "twin-config".into(),
+                    mount_path: CONFIG_DIR.into(),
+                    read_only: Some(true),
+                    ..Default::default()
+                },
+                VolumeMount {
+                    name: "twin-state".into(),
+                    mount_path: STATE_DIR.into(),
+                    ..Default::default()
+                },
+            ]
+            .into_iter()
             .chain(credentials::volume_mounts(cfg))
             .collect(),
         ),
@@ -458,6 +483,23 @@ fn apply(mut pod: Pod, plan: &Plan, cfg: &InjectConfig) -> Pod {
                 }),
                 ..Default::default()
             }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    volumes.push(Volume {
+        name: "twin-config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: CONFIG_MAP.into(),
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    volumes.push(Volume {
+        name: "twin-state".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("64Mi".into())),
             ..Default::default()
         }),
         ..Default::default()

@@ -339,7 +339,8 @@ fn etcd_and_upstream_credentials_come_from_secrets_in_the_pods_namespace() {
     let plain = serde_json::to_value(*plain).expect("json");
     let sc = sidecar_of(&plain, "initContainers").expect("sidecar");
     assert!(!sc["args"].to_string().contains("--etcd-ca"));
-    assert_eq!(plain["spec"]["volumes"].as_array().map(Vec::len), Some(1));
+    // The token, the optional per-namespace ConfigMap and the snapshot's emptyDir.
+    assert_eq!(plain["spec"]["volumes"].as_array().map(Vec::len), Some(3));
 
     let bad = InjectConfig {
         etcd_user: Some("sidecar".into()),
