@@ -263,7 +263,7 @@ struct Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(log) = &mut self.log {
+        if let Some(mut log) = self.log.take() {
             log.bytes_out = self.bytes;
             log.duration = self.started.elapsed();
             self.observer.access.record(log);
