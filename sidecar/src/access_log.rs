@@ -438,4 +438,91 @@ mod tests {
         assert!(!h.contains("user-42"));
         assert_eq!(AccessLog::off().unit_hash(b"user-42"), None);
     }
+
+    fn record() -> RequestLog {
+        RequestLog {
+            time: SystemTime::now(),
+            request_id: HeaderValue::from_static("r1"),
+            trace_id: 1,
+            service: "payments".into(),
+            method: Method::GET,
+            path: "/".into(),
+            bucket: Some(1),
+            unit_hash: None,
+            dc: Some("m6v".into()),
+            spilled_from: None,
+            forced: false,
+            upstream: None,
+            attempts: 1,
+            status: 200,
+            bytes_in: Some(0),
+            bytes_out: 3,
+            duration: Duration::from_millis(1),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_lines_and_counts_them_without_waiting() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            // A writer that never reads: the queue holds two lines.
+            let (tx, _stalled) = sync_channel(2);
+            let log = AccessLog {
+                queue: Some(tx),
+                sample: 1.0,
+                unit_key: None,
+                reopen: Arc::new(AtomicBool::new(false)),
+                dropped: counter!(DROPPED),
+            };
+            for _ in 0..5 {
+                log.record(record());
+            }
+        });
+        let dropped: Vec<_> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(k, ..)| k.key().name() == DROPPED)
+            .map(|(.., v)| v)
+            .collect();
+        assert_eq!(dropped, vec![DebugValue::Counter(3)]);
+    }
+
+    #[test]
+    fn a_line_is_one_json_object_with_every_field() {
+        let mut out = Vec::new();
+        write_line(&mut out, &record(), "checkout").expect("write");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.ends_with('\n') && text.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        for field in [
+            "time",
+            "request_id",
+            "trace_id",
+            "app",
+            "service",
+            "method",
+            "path",
+            "bucket",
+            "dc",
+            "spilled",
+            "spilled_from",
+            "forced",
+            "upstream",
+            "attempts",
+            "status",
+            "bytes_in",
+            "bytes_out",
+            "duration_ms",
+            "error",
+        ] {
+            assert!(v.get(field).is_some(), "{field} missing in {text}");
+        }
+        assert_eq!(v["app"], "checkout");
+        assert_eq!(v["trace_id"], "00000000000000000000000000000001");
+        assert_eq!(v["duration_ms"], 1.0);
+    }
 }

@@ -86,8 +86,12 @@ async fn each_request_leaves_one_line_without_the_unit_key() {
         .await
         .expect("answers");
     assert_eq!(unknown.status, 404);
+    // wanguo owns every bucket; with it gone the request spills to m6v.
+    t.wanguo.stop();
+    let spilled = get(&s, "/spill", &[("x-twin-unit", UNIT)]).await;
+    assert_eq!(spilled.status, 200);
 
-    let all = lines_become(&log, 3).await;
+    let all = lines_become(&log, 4).await;
     let raw = std::fs::read_to_string(&log).expect("log");
     assert!(!raw.contains(UNIT), "the raw unit key is in the log: {raw}");
     assert!(!raw.contains("4111111111111111"), "the query is in the log");
@@ -127,6 +131,16 @@ async fn each_request_leaves_one_line_without_the_unit_key() {
     assert_eq!(l["error"], "no_route");
     assert_eq!(l["attempts"], 0);
     assert_eq!(l["request_id"], unknown.header("x-request-id"));
+
+    let l = &all[3];
+    assert_eq!(l["dc"], "m6v", "{l}");
+    assert_eq!(l["spilled"], true);
+    assert_eq!(l["spilled_from"], "wanguo");
+    assert_eq!(l["upstream"], t.m6v.addr().to_string());
+    assert_eq!(
+        l["attempts"], 2,
+        "the refused attempt on wanguo counts: {l}"
+    );
     s.stop().await;
 }
 
