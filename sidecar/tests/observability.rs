@@ -426,3 +426,43 @@ async fn force_dc_is_honoured_only_where_the_route_allows_it() {
     assert_eq!(t.m6v.hits(), m6v_before);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_never_slows_a_request() {
+    // Accepts connections and never reads or answers them.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = stuck.local_addr().expect("addr");
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((io, _)) = stuck.accept().await {
+            held.push(io);
+        }
+    });
+    let mut t = Payments::start().await;
+    let rev = t.put(10_000, 0).await;
+    let mut cfg = config(etcd_source(&t.etcd));
+    cfg.observe.otlp_endpoint =
+        Some(twin_sidecar::otlp::traces_url(&format!("http://{addr}")).expect("url"));
+    let s = sidecar(cfg, rev).await;
+    let client = http::client();
+    // Batches leave every second and wait up to 5 s (the export timeout) for the collector:
+    // a request that waited for one would take seconds.
+    let mut slowest = std::time::Duration::ZERO;
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(2500) {
+        let one = std::time::Instant::now();
+        let r = http::get(&client, s.outbound_addr, SERVICE, "/", &[])
+            .await
+            .expect("answers");
+        assert_eq!(r.status, 200);
+        slowest = slowest.max(one.elapsed());
+    }
+    assert!(
+        slowest < std::time::Duration::from_millis(1500),
+        "a request took {slowest:?} while the collector hung"
+    );
+    s.stop().await;
+    hold.abort();
+}
