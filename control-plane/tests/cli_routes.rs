@@ -318,3 +318,31 @@ async fn commands_work_when_the_audit_trail_outgrows_one_etcd_answer() {
     let status = ok(&etcd, &["status", "-o", "json"]).await.json();
     assert_eq!(status["last_change"]["reason"], "still works");
 }
+
+#[tokio::test]
+async fn route_set_force_dc_allows_and_denies_x_twin_force_dc() {
+    let etcd = two_dcs_with_payments().await;
+    let out = ok_line(
+        &etcd,
+        "route set payments --force-dc allow --reason 'smoke tests of wanguo'",
+    )
+    .await;
+    assert!(out.stdout.contains("force_dc: deny → allow"), "{out:?}");
+    let get = ok(&etcd, &["route", "get", "payments", "-o", "json"])
+        .await
+        .json();
+    assert_eq!(get["route"]["force_dc"], "allow", "{get}");
+    let text = ok(&etcd, &["route", "get", "payments"]).await.stdout;
+    assert!(text.contains("force_dc:      allow"), "{text}");
+    ok_line(&etcd, "route set payments --force-dc deny --reason 'done'").await;
+    let get = ok(&etcd, &["route", "get", "payments", "-o", "json"])
+        .await
+        .json();
+    assert!(
+        get["route"].get("force_dc").is_none(),
+        "deny is the default: {get}"
+    );
+    let bad = run_line(&etcd, "route set payments --force-dc maybe --reason r").await;
+    assert_ne!(bad.code, 0, "{bad:?}");
+    assert!(bad.stderr.contains("maybe"), "{bad:?}");
+}

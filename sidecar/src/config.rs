@@ -15,6 +15,7 @@ use twin_topology::argv::{push, push_opt, push_path};
 use twin_topology::validate;
 use twin_topology::{EtcdArgs, EtcdSettings};
 
+use crate::access_log::ObserveConfig;
 pub use crate::idgen_settings::IdgenSettings;
 use crate::upstream_tls::UpstreamTlsArgs;
 
@@ -65,6 +66,9 @@ pub enum ConfigError {
     UpstreamTls(String),
     #[error("idgen.{0}")]
     Idgen(String),
+    /// An access log or tracing flag.
+    #[error("{0}")]
+    Observe(String),
 }
 
 /// Command line of `twin-sidecar`. Every flag can also come from the environment variable
@@ -142,6 +146,21 @@ pub struct Flags {
     /// reboot).
     #[arg(long, env = "TWIN_HWM_FILE", value_name = "PATH")]
     pub hwm_file: Option<PathBuf>,
+    /// Where the access log goes, one JSON line per request: stdout (default), a file path
+    /// (reopened on SIGHUP) or off.
+    #[arg(long, env = "TWIN_ACCESS_LOG", value_name = "stdout|PATH|off")]
+    pub access_log: Option<String>,
+    /// Share of requests written to the access log, 0 to 1 (default 1).
+    #[arg(long, env = "TWIN_ACCESS_LOG_SAMPLE", value_name = "RATIO")]
+    pub access_log_sample: Option<String>,
+    /// File holding the key of the access log's `unit_hash` (HMAC-SHA256 of the sticky
+    /// key); without it lines carry the unit's bucket only.
+    #[arg(long, env = "TWIN_ACCESS_LOG_UNIT_HASH_KEY_FILE", value_name = "PATH")]
+    pub access_log_unit_hash_key_file: Option<PathBuf>,
+    /// Export a span per request (and per attempt) over OTLP/HTTP to this collector,
+    /// e.g. http://127.0.0.1:4318 (the path /v1/traces is added when none is given).
+    #[arg(long, env = "TWIN_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -194,6 +213,18 @@ impl Flags {
         push_opt(&mut argv, "--drain-timeout", self.drain_timeout.as_deref());
         push_opt(&mut argv, "--worker", self.worker);
         push_path(&mut argv, "--hwm-file", self.hwm_file.as_deref());
+        push_opt(&mut argv, "--access-log", self.access_log.as_deref());
+        push_opt(
+            &mut argv,
+            "--access-log-sample",
+            self.access_log_sample.as_deref(),
+        );
+        push_path(
+            &mut argv,
+            "--access-log-unit-hash-key-file",
+            self.access_log_unit_hash_key_file.as_deref(),
+        );
+        push_opt(&mut argv, "--otlp-endpoint", self.otlp_endpoint.as_deref());
         match &self.command {
             None => {}
             Some(Command::Drain {
@@ -249,6 +280,10 @@ pub struct FileConfig {
     pub drain_timeout: Option<String>,
     pub worker: Option<u32>,
     pub hwm_file: Option<PathBuf>,
+    pub access_log: Option<String>,
+    pub access_log_sample: Option<String>,
+    pub access_log_unit_hash_key_file: Option<PathBuf>,
+    pub otlp_endpoint: Option<String>,
     #[serde(default)]
     pub outlier: Option<OutlierSettings>,
     #[serde(default)]
@@ -391,6 +426,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Client settings for routes with `tls:` (`None`: no `--upstream-ca` given).
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// Access log and span export ([`Config::new`]: both off).
+    pub observe: ObserveConfig,
 }
 
 impl Config {
@@ -430,6 +467,7 @@ impl Config {
             routes_poll: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(10),
             upstream_tls: None,
+            observe: ObserveConfig::default(),
         }
     }
 
@@ -533,6 +571,19 @@ impl Config {
             .or(file.upstream_tls)
             .client_config()
             .map_err(ConfigError::UpstreamTls)?;
+        cfg.observe = ObserveConfig::parse(
+            flags.access_log.or(file.access_log).as_deref(),
+            flags
+                .access_log_sample
+                .or(file.access_log_sample)
+                .as_deref(),
+            flags
+                .access_log_unit_hash_key_file
+                .or(file.access_log_unit_hash_key_file)
+                .as_deref(),
+            flags.otlp_endpoint.or(file.otlp_endpoint).as_deref(),
+        )
+        .map_err(ConfigError::Observe)?;
         Ok(cfg)
     }
 }
@@ -674,6 +725,23 @@ mod tests {
                 vec!["--dc", "m6v", "--config", "/nonexistent/twin.yaml"],
                 "config file /nonexistent/twin.yaml:",
             ),
+            (
+                vec!["--dc", "m6v", "--access-log-sample", "2"],
+                "--access-log-sample \"2\": expected a number from 0 to 1",
+            ),
+            (
+                vec!["--dc", "m6v", "--otlp-endpoint", "collector:4318"],
+                "--otlp-endpoint \"collector:4318\":",
+            ),
+            (
+                vec![
+                    "--dc",
+                    "m6v",
+                    "--access-log-unit-hash-key-file",
+                    "/nonexistent/key",
+                ],
+                "--access-log-unit-hash-key-file /nonexistent/key: cannot read",
+            ),
         ];
         for (args, want) in cases {
             let err = Config::from_flags(flags(&args)).expect_err(want);
@@ -748,11 +816,14 @@ mod tests {
                 upstream_tls in upstream_tls(),
                 command in command(),
                 config_optional in any::<bool>(),
+                (access_log, access_log_sample, access_log_unit_hash_key_file, otlp_endpoint) in
+                    (of(value()), of(value()), path(), of(value())),
             ) -> Flags {
                 Flags {
                     config, config_optional, dc, node_id, app, etcd, upstream_tls, outbound, ids, admin,
                     admin_token_file, snapshot, routes_file, register, threads, drain_timeout,
-                    worker, hwm_file, command,
+                    worker, hwm_file, access_log, access_log_sample,
+                    access_log_unit_hash_key_file, otlp_endpoint, command,
                 }
             }
         }

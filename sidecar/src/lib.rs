@@ -8,6 +8,7 @@
 //! snapshot while etcd is down. It must not know about the control plane or `twinctl`: it
 //! only reads what they write to etcd, so the data plane keeps working when they are gone.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod conn_guard;
@@ -15,6 +16,7 @@ pub mod deps;
 pub mod id_templates;
 pub mod idgen_settings;
 pub mod ids;
+pub mod otlp;
 pub mod outbound;
 pub mod presence;
 pub mod register;
@@ -47,4 +49,7 @@ pub enum StartError {
     Etcd(twin_topology::ConnectError),
     #[error("ID service: {0}")]
     Ids(String),
+    /// The access log or the span exporter.
+    #[error("{0}")]
+    Observe(String),
 }

@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::access_log::{AccessLog, Target};
 use crate::admin::{self, Admin};
 use crate::config::{Config, TableSource};
 use crate::deps::Edges;
 use crate::ids::IdApi;
+use crate::otlp::Spans;
+use crate::outbound::observe::Observer;
 use crate::outbound::Outbound;
 use crate::presence::{Identity, PresenceTask};
 use crate::register::Registrar;
@@ -37,6 +40,9 @@ pub struct Sidecar {
     presence: Option<PresenceTask>,
     ids: IdApi,
     upkeep: JoinHandle<()>,
+    spans: Option<Spans>,
+    /// Reopens the access log file on SIGHUP.
+    reopen: Option<JoinHandle<()>>,
 }
 
 impl Sidecar {
@@ -68,11 +74,18 @@ impl Sidecar {
 
         let ids = IdApi::start(&cfg, client.clone(), &tables).await?;
 
+        let observer = Arc::new(observer(&cfg)?);
+        let spans = observer.spans.clone();
+        let reopen = match &cfg.observe.access_log {
+            Target::File(_) => Some(reopen_on_sighup(observer.clone())?),
+            _ => None,
+        };
         let builder = serve::builder(&cfg.limits);
         let outbound = Arc::new(Outbound::new(
             tables.cell.clone(),
             cfg.limits.max_replay_body_bytes,
             &edges,
+            observer,
         ));
         let admin = Arc::new(Admin {
             table: tables.cell.clone(),
@@ -174,6 +187,8 @@ impl Sidecar {
             presence,
             ids,
             upkeep,
+            spans,
+            reopen,
         })
     }
 
@@ -204,6 +219,42 @@ impl Sidecar {
         }
         self.ids.shutdown().await;
         self.upkeep.abort();
+        if let Some(r) = self.reopen {
+            r.abort();
+        }
+        if let Some(s) = self.spans {
+            s.shutdown(Duration::from_secs(5)).await;
+        }
         tracing::info!("twin-sidecar stopped");
     }
+}
+
+/// The access log and span exporter `cfg` asks for.
+fn observer(cfg: &Config) -> Result<Observer, StartError> {
+    let o = &cfg.observe;
+    let access = AccessLog::start(
+        &o.access_log,
+        o.sample,
+        o.unit_hash_key.as_deref(),
+        &cfg.app(),
+    )
+    .map_err(StartError::Observe)?;
+    let spans = match &o.otlp_endpoint {
+        Some(url) => Some(Spans::start(url, &cfg.app(), &cfg.dc).map_err(StartError::Observe)?),
+        None => None,
+    };
+    Ok(Observer { access, spans })
+}
+
+/// SIGHUP reopens the access log file (after logrotate moved it).
+fn reopen_on_sighup(observer: Arc<Observer>) -> Result<JoinHandle<()>, StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| StartError::Observe(format!("installing the SIGHUP handler: {e}")))?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reopening the access log");
+            observer.access.reopen();
+        }
+    }))
 }

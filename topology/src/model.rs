@@ -248,6 +248,27 @@ pub struct Route {
     /// through), e.g. `[PROPFIND]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub read_only_methods: Vec<String>,
+    /// `allow`: a caller may pin one request to a datacenter with `x-twin-force-dc: NAME`
+    /// (testing a datacenter before it takes traffic). Default `deny`.
+    #[serde(default, skip_serializing_if = "ForceDc::is_deny")]
+    pub force_dc: ForceDc,
+}
+
+/// Whether `x-twin-force-dc` is honoured on a route (`force_dc:` in the route).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForceDc {
+    /// The header is refused with 403 (`x-twin-error: force_dc_denied`).
+    #[default]
+    Deny,
+    /// The header sends the request to the named datacenter, never elsewhere.
+    Allow,
+}
+
+impl ForceDc {
+    pub fn is_deny(&self) -> bool {
+        *self == ForceDc::Deny
+    }
 }
 
 /// How a sidecar speaks TLS to a route's upstreams.
@@ -282,6 +303,7 @@ impl Route {
             tls: None,
             fence: FencePolicy::default(),
             read_only_methods: Vec::new(),
+            force_dc: ForceDc::Deny,
         }
     }
 }

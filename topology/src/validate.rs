@@ -409,4 +409,19 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn force_dc_defaults_to_deny_and_takes_only_allow_or_deny() {
+        let r: Route = serde_yaml::from_str("weights: {m6v: 100%}").expect("yaml");
+        assert_eq!(r.force_dc, crate::model::ForceDc::Deny);
+        // Routes written before the field existed serialize as they did.
+        assert!(!serde_json::to_string(&r)
+            .expect("json")
+            .contains("force_dc"));
+        let r: Route = serde_yaml::from_str("weights: {m6v: 100%}\nforce_dc: allow").expect("yaml");
+        assert_eq!(r.force_dc, crate::model::ForceDc::Allow);
+        let err = serde_yaml::from_str::<Route>("weights: {m6v: 100%}\nforce_dc: maybe")
+            .expect_err("maybe");
+        assert!(err.to_string().contains("maybe"), "{err}");
+    }
 }

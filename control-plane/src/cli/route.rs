@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use twin_topology::{
-    now_ms, Change, Datacenter, FencePolicy, OnDcDown, Route, RouteHash, RoutesFile, Versioned,
-    Weights,
+    now_ms, Change, Datacenter, FencePolicy, ForceDc, OnDcDown, Route, RouteHash, RoutesFile,
+    Versioned, Weights,
 };
 
 use super::{parse_weights, ChangeArgs, Global};
@@ -74,6 +74,10 @@ pub struct SetArgs {
     /// Planned changes to this route must be fenced (--fence): required or optional
     #[arg(long, value_enum, value_name = "POLICY")]
     pub fence_policy: Option<FencePolicyArg>,
+    /// Whether a caller may pin a request to one datacenter with `x-twin-force-dc: NAME`
+    /// (default deny)
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub force_dc: Option<ForceDcArg>,
     /// Override the change freeze and a route's required fence
     #[arg(long)]
     pub force: bool,
@@ -88,6 +92,15 @@ pub struct SetArgs {
 pub enum FencePolicyArg {
     Optional,
     Required,
+}
+
+/// `force_dc:` of a route as a flag value.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ForceDcArg {
+    /// `x-twin-force-dc` is honoured
+    Allow,
+    /// `x-twin-force-dc` is refused with 403
+    Deny,
 }
 
 /// `route apply`.
@@ -177,6 +190,9 @@ fn field_diffs(before: Option<&Route>, after: &Route) -> Vec<String> {
     if b.fence != after.fence {
         out.push(format!("fence: {:?} → {:?}", b.fence, after.fence).to_lowercase());
     }
+    if b.force_dc != after.force_dc {
+        out.push(format!("force_dc: {:?} → {:?}", b.force_dc, after.force_dc).to_lowercase());
+    }
     if b.hash != after.hash {
         out.push(format!(
             "hash: {} → {} (most units move to another bucket)",
@@ -236,6 +252,13 @@ impl Report for RouteView {
                 match r.fence {
                     FencePolicy::Optional => "optional",
                     FencePolicy::Required => "required (planned changes need --fence)",
+                }
+            ),
+            format!(
+                "force_dc:      {}",
+                match r.force_dc {
+                    ForceDc::Deny => "deny",
+                    ForceDc::Allow => "allow (x-twin-force-dc is honoured)",
                 }
             ),
             format!("min_healthy:   {}%", r.min_healthy_percent),
@@ -385,6 +408,12 @@ async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
         after.fence = match p {
             FencePolicyArg::Optional => FencePolicy::Optional,
             FencePolicyArg::Required => FencePolicy::Required,
+        };
+    }
+    if let Some(f) = a.force_dc {
+        after.force_dc = match f {
+            ForceDcArg::Allow => ForceDc::Allow,
+            ForceDcArg::Deny => ForceDc::Deny,
         };
     }
     after

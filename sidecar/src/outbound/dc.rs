@@ -8,10 +8,11 @@
 //! request fails fast (`fail`).
 
 use hyper::HeaderMap;
-use twin_topology::{bucket_of_with, OnDcDown};
+use twin_topology::{bucket_of_with, ForceDc, OnDcDown};
 
 use crate::outbound::endpoint::healthy_percent;
 use crate::outbound::error::ProxyError;
+use crate::outbound::headers::X_TWIN_FORCE_DC;
 use crate::table::ServiceRoute;
 
 /// Most datacenters a route can span (codes are 3 bits).
@@ -61,4 +62,52 @@ pub fn pick(route: &ServiceRoute, bucket: u32, down: &[usize]) -> Result<DcChoic
             _ => Err(ProxyError::NoHealthyDc),
         },
     }
+}
+
+/// The datacenter `x-twin-force-dc` names, when the request carries it: refused unless the
+/// route has `force_dc: allow`, and an unknown name is the caller's mistake.
+pub fn forced(route: &ServiceRoute, headers: &HeaderMap) -> Result<Option<usize>, ProxyError> {
+    let Some(v) = headers.get(X_TWIN_FORCE_DC) else {
+        return Ok(None);
+    };
+    if route.route.force_dc != ForceDc::Allow {
+        return Err(ProxyError::ForceDcDenied(route.name.clone()));
+    }
+    let name = v.to_str().unwrap_or("").trim();
+    match route.dcs.iter().position(|p| p.name == name) {
+        Some(i) => Ok(Some(i)),
+        None => {
+            let mut shown: String = String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(64)
+                .collect();
+            shown.retain(|c| c.is_ascii_graphic());
+            Err(ProxyError::UnknownDc {
+                service: route.name.clone(),
+                name: shown,
+                known: route
+                    .dcs
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        }
+    }
+}
+
+/// A forced datacenter: used while it is up, never spilled away from (the caller asked for
+/// that datacenter, so a down one is a 503).
+pub fn pick_forced(
+    route: &ServiceRoute,
+    dc: usize,
+    down: &[usize],
+) -> Result<DcChoice, ProxyError> {
+    if down.contains(&dc) || !is_up(route, dc) {
+        return Err(ProxyError::DcDown(route.dcs[dc].name.clone()));
+    }
+    Ok(DcChoice {
+        dc,
+        spilled_from: None,
+    })
 }

@@ -35,12 +35,27 @@ pub enum ProxyError {
     /// A fenced cut-over is moving this unit: its writes wait until the move is done.
     #[error("unit fenced: {service} is moving this unit to {to}; retry in a second")]
     UnitFenced { service: String, to: String },
+    /// `x-twin-force-dc` on a route without `force_dc: allow`.
+    #[error(
+        "x-twin-force-dc refused: route {0} does not allow forcing a datacenter (force_dc: deny)"
+    )]
+    ForceDcDenied(String),
+    /// `x-twin-force-dc` names no datacenter of the route.
+    #[error("x-twin-force-dc: {name:?} is not a datacenter of {service} ({known})")]
+    UnknownDc {
+        service: String,
+        name: String,
+        known: String,
+    },
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MissingHost | ProxyError::BadBody(_) | ProxyError::UnknownDc { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::ForceDcDenied(_) => StatusCode::FORBIDDEN,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoTable
             | ProxyError::DcDown(_)
@@ -66,17 +81,21 @@ impl ProxyError {
             ProxyError::UpstreamDropped(_) => "upstream_dropped",
             ProxyError::BadBody(_) => "bad_body",
             ProxyError::UnitFenced { .. } => "unit_fenced",
+            ProxyError::ForceDcDenied(_) => "force_dc_denied",
+            ProxyError::UnknownDc { .. } => "unknown_dc",
         }
     }
 
     /// The response: status, `x-twin-error: <reason>` and the reason as a text body. A
     /// fenced write says `x-twin-error: unit_fenced` (a stable token applications match on)
-    /// and `Retry-After: 1`.
+    /// and `Retry-After: 1`; a refused `x-twin-force-dc` says `force_dc_denied`.
     pub fn into_response(self) -> Response<ResponseBody> {
         let reason = self.to_string();
         let fenced = matches!(self, ProxyError::UnitFenced { .. });
         let header = if fenced {
             HeaderValue::from_static("unit_fenced")
+        } else if matches!(self, ProxyError::ForceDcDenied(_)) {
+            HeaderValue::from_static("force_dc_denied")
         } else {
             HeaderValue::from_str(&reason)
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid request"))

@@ -12,6 +12,8 @@ use hyper::{Request, Response, Uri, Version};
 pub const X_TWIN_DC: HeaderName = HeaderName::from_static("x-twin-dc");
 /// The revision of the route a response was routed by.
 pub const X_TWIN_ROUTE_REV: HeaderName = HeaderName::from_static("x-twin-route-rev");
+/// Pins one request to a datacenter (routes with `force_dc: allow`); never sent upstream.
+pub const X_TWIN_FORCE_DC: HeaderName = HeaderName::from_static("x-twin-force-dc");
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
@@ -92,6 +94,7 @@ pub fn to_upstream(parts: &mut Parts) {
     strip_hop_by_hop(&mut parts.headers);
     // hyper sets its own framing for the upstream request.
     parts.headers.remove(hyper::header::TRANSFER_ENCODING);
+    parts.headers.remove(X_TWIN_FORCE_DC);
 }
 
 /// Prepares an upstream's response for the application: no hop-by-hop headers, and the
@@ -147,6 +150,7 @@ mod tests {
             .header("x-secret", "1")
             .header("x-twin-unit", "u1")
             .header("te", "trailers")
+            .header("x-twin-force-dc", "wanguo")
             .body(())
             .expect("request");
         let (mut parts, ()) = r.into_parts();
@@ -157,6 +161,7 @@ mod tests {
         assert!(!parts.headers.contains_key("x-secret"));
         assert!(!parts.headers.contains_key(CONNECTION));
         assert!(!parts.headers.contains_key("te"));
+        assert!(!parts.headers.contains_key(X_TWIN_FORCE_DC));
         assert_eq!(parts.headers["x-twin-unit"], "u1");
     }
 }

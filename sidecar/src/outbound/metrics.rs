@@ -24,6 +24,7 @@ pub const BUDGET_EXHAUSTED: &str = "twin_sidecar_retry_budget_exhausted_total";
 pub const ROUTE_REVISION: &str = "twin_sidecar_route_revision";
 pub const TABLE_REVISION: &str = "twin_sidecar_table_revision";
 pub const IN_FLIGHT: &str = "twin_sidecar_in_flight_requests";
+pub const FORCED: &str = "twin_sidecar_forced_requests_total";
 
 /// Buckets of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -61,6 +62,10 @@ pub fn describe() {
     );
     describe_gauge!(TABLE_REVISION, "etcd revision of the routing table in use");
     describe_gauge!(IN_FLIGHT, "Outbound requests being served");
+    describe_counter!(
+        FORCED,
+        "Requests sent to the datacenter x-twin-force-dc named, by service and datacenter"
+    );
 }
 
 /// The series of one service in one datacenter.
@@ -104,6 +109,10 @@ pub fn spill(service: &str, from: &str, to: &str) {
 
 pub fn retry(service: &str, reason: &'static str) {
     counter!(RETRIES, "service" => service.to_string(), "reason" => reason).increment(1);
+}
+
+pub fn forced(service: &str, dc: &str) {
+    counter!(FORCED, "service" => service.to_string(), "dc" => dc.to_string()).increment(1);
 }
 
 pub fn budget_exhausted(service: &str) {

@@ -10,6 +10,9 @@
 //! 5. [`timeout`]: connect and response-head limits of each attempt, over [`upstream`]'s
 //!    pooled connections.
 //! 6. [`metrics`]: what each answer leaves in `/metrics`.
+//!
+//! Alongside: [`trace`] (request id, W3C trace context) and [`observe`] (spans and the access
+//! log line of each request).
 
 pub mod body;
 pub mod dc;
@@ -18,9 +21,11 @@ pub mod error;
 pub mod fence;
 pub mod headers;
 pub mod metrics;
+pub mod observe;
 pub mod retry;
 pub mod route;
 pub mod timeout;
+pub mod trace;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -37,6 +42,7 @@ use crate::deps::{EdgeStats, Edges};
 use crate::outbound::body::{ProxyBody, ResponseBody, UpstreamBody};
 use crate::outbound::endpoint::{Ejection, Outcome};
 use crate::outbound::error::ProxyError;
+use crate::outbound::observe::{Observation, ObservedBody, Observer};
 use crate::outbound::retry::{Attempts, Next};
 use crate::outbound::timeout::AttemptTimeouts;
 use crate::outbound::upstream::AttemptError;
@@ -49,6 +55,7 @@ pub struct Outbound {
     unknown: Arc<EdgeStats>,
     max_replay: usize,
     in_flight: ::metrics::Gauge,
+    observer: Arc<Observer>,
 }
 
 /// Keeps the in-flight gauge up while a request is served, even if the client goes away.
@@ -86,12 +93,18 @@ impl Template {
 }
 
 impl Outbound {
-    pub fn new(table: Arc<ArcSwap<RoutingTable>>, max_replay: usize, edges: &Edges) -> Outbound {
+    pub fn new(
+        table: Arc<ArcSwap<RoutingTable>>,
+        max_replay: usize,
+        edges: &Edges,
+        observer: Arc<Observer>,
+    ) -> Outbound {
         Outbound {
             table,
             unknown: edges.edge(twin_topology::UNKNOWN_SERVICE),
             max_replay,
             in_flight: metrics::in_flight_gauge(),
+            observer,
         }
     }
 
@@ -102,9 +115,9 @@ impl Outbound {
         _peer: SocketAddr,
     ) -> impl hyper::service::Service<
         Request<Incoming>,
-        Response = Response<ResponseBody>,
+        Response = Response<ObservedBody>,
         Error = Infallible,
-        Future = impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>> + Send,
+        Future = impl std::future::Future<Output = Result<Response<ObservedBody>, Infallible>> + Send,
     > + Clone
            + Send
            + 'static {
@@ -116,24 +129,28 @@ impl Outbound {
         })
     }
 
-    /// Serves one request: an upstream's answer, or the sidecar's own error response.
+    /// Serves one request: an upstream's answer, or the sidecar's own error response, with
+    /// its request id (and, once its body is sent, its access log line and span).
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         connection_bucket: u32,
-    ) -> Response<ResponseBody> {
+    ) -> Response<ObservedBody> {
         let _in_flight = InFlight::start(&self.in_flight);
+        let mut obs = self.observer.begin(&req);
         // The whole request, retries included, uses the table it started with.
         let table = self.table.load_full();
-        let resp = match route::lookup(&table, &req) {
+        let (resp, route, error) = match route::lookup(&table, &req) {
             Ok(route) => {
+                obs.routed(&route, req.headers());
                 route.edge.request();
-                match self.forward(&route, req, connection_bucket).await {
-                    Ok(resp) => resp,
+                match self.forward(&route, req, connection_bucket, &mut obs).await {
+                    Ok(resp) => (resp, Some(route), None),
                     Err(e) => {
                         route.edge.failed();
                         metrics::error(&route.name, e.label());
-                        e.into_response()
+                        let label = e.label();
+                        (e.into_response(), Some(route), Some(label))
                     }
                 }
             }
@@ -143,10 +160,11 @@ impl Outbound {
                     self.unknown.failed();
                 }
                 metrics::error("", e.label());
-                e.into_response()
+                let label = e.label();
+                (e.into_response(), None, Some(label))
             }
         };
-        resp
+        obs.finish(resp, route.as_deref(), error)
     }
 
     async fn forward(
@@ -154,8 +172,15 @@ impl Outbound {
         route: &ServiceRoute,
         req: Request<Incoming>,
         connection_bucket: u32,
+        obs: &mut Observation,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let bucket = dc::bucket(route, req.headers(), connection_bucket);
+        obs.trail.bucket = Some(bucket);
+        let forced = dc::forced(route, req.headers())?;
+        if let Some(f) = forced {
+            obs.trail.forced = true;
+            metrics::forced(&route.name, &route.dcs[f].name);
+        }
         // Counted until the answer's head is back (or the request fails).
         let _write = if fence::is_write(req.method(), &route.route.read_only_methods) {
             let guard = route
@@ -173,6 +198,7 @@ impl Outbound {
         let repeatable = retry::may_repeat(&parts.method, &parts.headers);
         let body = retry::prepare_body(&parts, body, repeatable, self.max_replay).await?;
         headers::to_upstream(&mut parts);
+        obs.to_upstream(&mut parts.headers);
         let template = match (repeatable, body.replay()) {
             (true, Some(copy)) => Some(Template {
                 method: parts.method.clone(),
@@ -194,7 +220,11 @@ impl Outbound {
         // datacenter has healthy endpoints" (a TLS verdict, a refused connection).
         let mut last_failure: Option<ProxyError> = None;
         loop {
-            let choice = match dc::pick(route, bucket, &down) {
+            let picked_dc = match forced {
+                Some(f) => dc::pick_forced(route, f, &down),
+                None => dc::pick(route, bucket, &down),
+            };
+            let choice = match picked_dc {
                 Ok(c) => c,
                 Err(ProxyError::NoHealthyDc) if last_failure.is_some() => {
                     return Err(last_failure.unwrap_or(ProxyError::NoHealthyDc))
@@ -218,7 +248,7 @@ impl Outbound {
                 continue;
             };
             let member = &pool.members[idx];
-            let Some(req) = pending
+            let Some(mut req) = pending
                 .take()
                 .or_else(|| template.as_ref().map(Template::request))
             else {
@@ -227,8 +257,21 @@ impl Outbound {
                     "the request body is gone and cannot be sent again".into(),
                 ));
             };
+            obs.trail.attempts += 1;
+            obs.trail.dc = Some(choice.dc);
+            obs.trail.member = Some(idx);
+            obs.trail.spilled_from = choice.spilled_from;
+            let span = obs.attempt(req.headers_mut(), &pool.name, &member.state.addr);
             let started = Instant::now();
-            match upstream::send(&member.state, req, &limits).await {
+            let sent = upstream::send(&member.state, req, &limits).await;
+            Observation::attempt_done(
+                span,
+                match &sent {
+                    Ok(r) => Ok(r.status().as_u16()),
+                    Err(f) => Err(f.error.to_string()),
+                },
+            );
+            match sent {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_server_error() {
