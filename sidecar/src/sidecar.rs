@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
-use crate::config::{Config, TableSource};
+use crate::config::{Config, Http1Engine, TableSource};
 use crate::deps::Edges;
 use crate::ids::IdApi;
+use crate::outbound::h1::Engine;
 use crate::outbound::Outbound;
 use crate::presence::{Identity, PresenceTask};
 use crate::register::Registrar;
@@ -83,6 +84,14 @@ impl Sidecar {
             app: cfg.app(),
             edges: edges.clone(),
         });
+        let h1 = match cfg.http1_engine {
+            Http1Engine::Twin => Some(Arc::new(Engine::new(
+                outbound.clone(),
+                &cfg.limits,
+                shutdown.clone(),
+            ))),
+            Http1Engine::Hyper => None,
+        };
         let servers = vec![
             serve::serve(
                 "outbound",
@@ -92,6 +101,7 @@ impl Sidecar {
                 shutdown.clone(),
                 cfg.drain_timeout,
                 &cfg.limits,
+                h1,
             ),
             serve::serve(
                 "ids",
@@ -109,6 +119,7 @@ impl Sidecar {
                 shutdown.clone(),
                 cfg.drain_timeout,
                 &cfg.limits,
+                None,
             ),
             serve::serve(
                 "admin",
@@ -123,6 +134,7 @@ impl Sidecar {
                 shutdown.clone(),
                 cfg.drain_timeout,
                 &cfg.limits,
+                None,
             ),
         ];
 

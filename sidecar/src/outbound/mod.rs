@@ -17,7 +17,9 @@ pub mod endpoint;
 pub mod error;
 pub mod fence;
 pub mod headers;
+pub mod h1;
 pub mod metrics;
+pub mod plan;
 pub mod retry;
 pub mod route;
 pub mod timeout;
@@ -35,11 +37,10 @@ use tokio::time::Instant;
 
 use crate::deps::{EdgeStats, Edges};
 use crate::outbound::body::{ProxyBody, ResponseBody, UpstreamBody};
-use crate::outbound::endpoint::{Ejection, Outcome};
 use crate::outbound::error::ProxyError;
-use crate::outbound::retry::{Attempts, Next};
+use crate::outbound::plan::Plan;
+use crate::outbound::retry::Next;
 use crate::outbound::timeout::AttemptTimeouts;
-use crate::outbound::upstream::AttemptError;
 use crate::table::{RoutingTable, ServiceRoute};
 
 /// The outbound proxy's shared state: the current routing table and a few limits.
@@ -157,18 +158,7 @@ impl Outbound {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let bucket = dc::bucket(route, req.headers(), connection_bucket);
         // Counted until the answer's head is back (or the request fails).
-        let _write = if fence::is_write(req.method(), &route.route.read_only_methods) {
-            let guard = route
-                .gate
-                .enter(bucket, twin_topology::now_ms)
-                .map_err(|f| ProxyError::UnitFenced {
-                    service: route.name.clone(),
-                    to: f.to,
-                })?;
-            Some(guard)
-        } else {
-            None
-        };
+        let _write = plan::enter_fence(route, bucket, req.method().as_str())?;
         let (mut parts, body) = req.into_parts();
         let repeatable = retry::may_repeat(&parts.method, &parts.headers);
         let body = retry::prepare_body(&parts, body, repeatable, self.max_replay).await?;
@@ -184,40 +174,10 @@ impl Outbound {
         };
         let mut pending = Some(Request::from_parts(parts, body));
         let limits = AttemptTimeouts::from(&route.route.timeouts);
-        let mut attempts = Attempts::new(repeatable, route.route.retry.max_attempts);
-        route.budget.deposit();
-        // Datacenters this request found unusable, and endpoints it already tried.
-        let mut down: Vec<usize> = Vec::new();
-        let mut tried: Vec<(usize, usize)> = Vec::new();
-        let mut last_not_sent = false;
-        // The last failed attempt: when nothing is left to try, it says more than "no
-        // datacenter has healthy endpoints" (a TLS verdict, a refused connection).
-        let mut last_failure: Option<ProxyError> = None;
+        let mut plan = Plan::new(route, bucket, repeatable);
         loop {
-            let choice = match dc::pick(route, bucket, &down) {
-                Ok(c) => c,
-                Err(ProxyError::NoHealthyDc) if last_failure.is_some() => {
-                    return Err(last_failure.unwrap_or(ProxyError::NoHealthyDc))
-                }
-                Err(e) => return Err(e),
-            };
-            let pool = &route.dcs[choice.dc];
-            let exclude: Vec<usize> = tried
-                .iter()
-                .filter(|(d, _)| *d == choice.dc)
-                .map(|(_, m)| *m)
-                .collect();
-            let picked = match endpoint::pick(&pool.members, &exclude) {
-                Some(i) => Some(i),
-                // A retry after the request may have arrived may use a tried endpoint again.
-                None if !exclude.is_empty() && !last_not_sent => endpoint::pick(&pool.members, &[]),
-                None => None,
-            };
-            let Some(idx) = picked else {
-                down.push(choice.dc);
-                continue;
-            };
-            let member = &pool.members[idx];
+            let target = plan.next()?;
+            let member = plan.member(target);
             let Some(req) = pending
                 .take()
                 .or_else(|| template.as_ref().map(Template::request))
@@ -231,69 +191,22 @@ impl Outbound {
             match upstream::send(&member.state, req, &limits).await {
                 Ok(resp) => {
                     let status = resp.status();
-                    if status.is_server_error() {
-                        self.failed(route, choice.dc, idx);
-                        if let Next::Retry(why) =
-                            attempts.after_status(status, template.is_some(), &route.budget)
-                        {
-                            metrics::retry(&route.name, why);
-                            tried.push((choice.dc, idx));
-                            last_not_sent = false;
-                            continue;
-                        }
-                    } else {
-                        member.state.record(Outcome::Success);
+                    if let Next::Retry(_) = plan.after_status(target, status, template.is_some()) {
+                        continue;
                     }
-                    pool.metrics.answered(status, started.elapsed());
-                    route.edge.answered(pool.code, status.is_server_error());
-                    if let Some(from) = choice.spilled_from {
-                        metrics::spill(&route.name, &route.dcs[from].name, &pool.name);
-                    }
+                    plan.answered(target, status, started.elapsed());
+                    let pool = &route.dcs[target.dc];
                     let mut resp = resp.map(ProxyBody::Streamed);
                     headers::from_upstream(&mut resp, &pool.header, &route.revision_header);
                     return Ok(resp);
                 }
                 Err(failed) => {
-                    self.failed(route, choice.dc, idx);
-                    tried.push((choice.dc, idx));
-                    last_not_sent = failed.error.not_sent();
                     pending = failed.request;
                     let can_resend = pending.is_some() || template.is_some();
-                    match attempts.after_error(&failed.error, can_resend, &route.budget) {
-                        Next::Retry(why) => {
-                            tracing::debug!(service = %route.name, error = %failed.error, "retrying");
-                            metrics::retry(&route.name, why);
-                            last_failure = Some(proxy_error(failed.error));
-                        }
-                        Next::Stop => {
-                            tracing::debug!(service = %route.name, error = %failed.error, "giving up");
-                            if !failed.error.not_sent() && attempts.budget_refused(can_resend) {
-                                metrics::budget_exhausted(&route.name);
-                            }
-                            return Err(proxy_error(failed.error));
-                        }
-                    }
+                    plan.after_error(target, failed.error, can_resend)?;
                 }
             }
         }
     }
-
-    /// Counts a failure against an endpoint, ejecting it when it has failed too often.
-    fn failed(&self, route: &ServiceRoute, dc: usize, idx: usize) {
-        let pool = &route.dcs[dc];
-        let state = &pool.members[idx].state;
-        if let Ejection::Ejected(backoff) = state.record(Outcome::Failure) {
-            tracing::warn!(service = %route.name, dc = %pool.name, endpoint = %state.addr, ?backoff, "endpoint ejected");
-            metrics::ejection(&route.name, &pool.name, &state.addr);
-        }
-    }
 }
 
-/// What the client is told when `e` was the last attempt.
-fn proxy_error(e: AttemptError) -> ProxyError {
-    match e {
-        e @ AttemptError::Connect { .. } => ProxyError::UpstreamConnect(e.to_string()),
-        e @ AttemptError::Dropped { .. } => ProxyError::UpstreamDropped(e.to_string()),
-        AttemptError::Timeout { .. } => ProxyError::UpstreamTimeout,
-    }
-}
