@@ -5,16 +5,17 @@
 use std::io::IoSlice;
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::outbound::endpoint::EndpointState;
 use crate::outbound::error::ProxyError;
-use crate::outbound::h1::framing::{self, Body, Framing, PumpError};
+use crate::outbound::h1::framing::{self, Body, Buf, Framing, PumpError};
 use crate::outbound::h1::parse::{self, ClientConn, RequestInfo};
 use crate::outbound::h1::pool::{self, Upstream};
+use crate::outbound::h1::relay::relay;
 use crate::outbound::h1::{write_all_vectored, Client, Engine, Next};
-use crate::outbound::plan::{self, Plan};
+use crate::outbound::plan::{self, Plan, Target};
 use crate::outbound::retry::Next as Retry;
 use crate::outbound::timeout::AttemptTimeouts;
 use crate::outbound::upstream::AttemptError;
@@ -29,23 +30,6 @@ struct Routed {
     write: Option<crate::outbound::fence::WriteGuard>,
 }
 
-/// How an attempt failed.
-enum Failure {
-    /// On the upstream's side: the plan decides about another attempt.
-    Upstream(AttemptError),
-    /// The client's body was bad or cut short: 400, and the connection closes.
-    Client(ProxyError),
-}
-
-/// How the request body travels in an attempt.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Sending {
-    /// Empty, or kept whole in `Client::replay`: can be sent again.
-    Kept,
-    /// Streamed from the client as it arrives: once started, cannot be sent again.
-    Streamed { started: bool },
-}
-
 impl Engine {
     /// Serves the request whose head is complete in `c.buf`.
     pub(super) async fn request(&self, c: &mut Client) -> Next {
@@ -54,7 +38,7 @@ impl Engine {
             Ok(r) => r,
             Err(e) => {
                 metrics::error("", e.label());
-                let _ = c.write_error(e, true, false).await;
+                let _ = c.write_error(e, true, false, false).await;
                 return Next::Close;
             }
         };
@@ -79,7 +63,7 @@ impl Engine {
                 route.edge.failed();
                 metrics::error(&route.name, e.label());
                 if body_started {
-                    let _ = c.write_error(e, true, info.is_head).await;
+                    let _ = c.write_error(e, true, info.is_head, info.http10).await;
                     Next::Close
                 } else {
                     self.refuse(c, &info, e).await
@@ -138,7 +122,7 @@ impl Engine {
             && !info.expect_continue
             && !info.upgrade
             && c.discard_body(info.framing(), self.outbound.max_replay).await;
-        let _ = c.write_error(e, !keep, info.is_head).await;
+        let _ = c.write_error(e, !keep, info.is_head, info.http10).await;
         if keep {
             Next::KeepAlive
         } else {
@@ -166,60 +150,89 @@ impl Engine {
             Framing::Length(n) => info.repeatable && n <= self.outbound.max_replay as u64,
             _ => false,
         };
-        let mut sending = if keep {
+        if keep {
             self.read_replay(c, framing).await.map_err(|e| (e, true))?;
-            Sending::Kept
-        } else {
-            Sending::Streamed { started: false }
-        };
+        }
         let limits = AttemptTimeouts::from(&route.route.timeouts);
         let mut plan = Plan::new(route, bucket, info.repeatable);
         loop {
-            let target = plan
-                .next()
-                .map_err(|e| (e, matches!(sending, Sending::Streamed { started: true })))?;
+            let target = plan.next().map_err(|e| (e, false))?;
             let state = &plan.member(target).state;
             let in_flight = state.start_request();
+            let names = Names {
+                dc: route.dcs[target.dc].header.as_bytes(),
+                rev: route.revision_header.as_bytes(),
+            };
+            let mut up = match self.connection(state, &limits).await {
+                Ok(up) => up,
+                // Nothing was sent: another endpoint may have it whatever the body.
+                Err(error) => {
+                    plan.after_error(target, error, true)
+                        .map_err(|e| (e, false))?;
+                    continue;
+                }
+            };
+            if !keep {
+                // A streamed body goes up while the answer comes down: it cannot be sent
+                // again, so this is the last attempt.
+                let exchange = Exchange {
+                    limits: &limits,
+                    state,
+                    target,
+                    names,
+                    req: info,
+                };
+                return self.duplex(c, up, &mut plan, exchange).await;
+            }
             let started = Instant::now();
-            let names = (
-                route.dcs[target.dc].header.as_bytes(),
-                route.revision_header.as_bytes(),
-            );
-            let attempt = self
-                .attempt(c, state, &limits, info, names, &mut sending)
+            let sent = limits
+                .response_head(async {
+                    write_all_vectored(
+                        &mut up,
+                        &mut [IoSlice::new(&c.up_head), IoSlice::new(&c.replay)],
+                    )
+                    .await
+                    .map_err(|e| dropped(state, e.to_string()))?;
+                    self.read_head(&mut up, &mut c.ubuf, &mut c.out, info, state, names)
+                        .await
+                })
                 .await;
-            let can_resend = sending != (Sending::Streamed { started: true });
-            let (mut up, resp) = match attempt {
-                Ok(ok) => ok,
-                Err(Failure::Client(e)) => return Err((e, true)),
-                Err(Failure::Upstream(error)) => {
-                    plan.after_error(target, error, can_resend)
-                        .map_err(|e| (e, !can_resend))?;
+            let resp = match sent {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(error)) => {
+                    plan.after_error(target, error, true)
+                        .map_err(|e| (e, false))?;
+                    continue;
+                }
+                Err(elapsed) => {
+                    let error = AttemptError::Timeout {
+                        addr: state.addr.clone(),
+                        limit: elapsed.0,
+                    };
+                    plan.after_error(target, error, true)
+                        .map_err(|e| (e, false))?;
                     continue;
                 }
             };
             state.observe_latency(started.elapsed());
-            let status = hyper::StatusCode::from_u16(resp.status)
-                .unwrap_or(hyper::StatusCode::BAD_GATEWAY);
-            if let Retry::Retry(_) = plan.after_status(target, status, can_resend) {
+            let status = status_of(&resp);
+            if let Retry::Retry(_) = plan.after_status(target, status, true) {
                 c.ubuf.consume(usize::MAX);
                 continue;
             }
             plan.answered(target, status, started.elapsed());
             if resp.status == 101 {
                 if !info.upgrade {
-                    return Err((
-                        ProxyError::UpstreamDropped(
-                            "the upstream switched protocols for a request that asked no upgrade"
-                                .into(),
-                        ),
-                        true,
-                    ));
+                    return Err((unasked_upgrade(), false));
                 }
                 c.tunnel(up, &route.name, &route.dcs[target.dc].name).await;
                 return Ok(Next::Close);
             }
-            let (next, reusable) = c.relay(&mut up, &resp, info, self.shutdown.is_stopping()).await;
+            let stopping = self.shutdown.is_stopping();
+            let (next, reusable) = relay(
+                &mut c.io, &c.out, &mut c.ubuf, &mut up, &resp, info, stopping,
+            )
+            .await;
             if reusable {
                 // A complete exchange with nothing left over: the connection can serve again.
                 state.idle.put(up);
@@ -238,93 +251,43 @@ impl Engine {
             .map_err(client_body_error)
     }
 
-    /// One attempt: a connection, the request, and the response head (in `c.ubuf`, the
-    /// client's head already written into `c.out`).
-    async fn attempt(
+    /// An idle pooled connection to `state`, or a new one.
+    async fn connection(
         &self,
-        c: &mut Client,
-        state: &Arc<EndpointState>,
+        state: &EndpointState,
         limits: &AttemptTimeouts,
-        info: &RequestInfo,
-        names: (&[u8], &[u8]),
-        sending: &mut Sending,
-    ) -> Result<(Upstream, parse::ResponseInfo), Failure> {
-        let framing = info.framing();
-        let addr = || state.addr.clone();
-        let mut up = match state.idle.take(limits.idle) {
-            Some(up) => up,
-            None => pool::connect(state, limits).await.map_err(|reason| {
-                Failure::Upstream(AttemptError::Connect {
-                    addr: addr(),
-                    reason,
-                })
-            })?,
-        };
-        c.ubuf.consume(usize::MAX);
-        let exchange = async {
-            let dropped = |e: std::io::Error| {
-                Failure::Upstream(AttemptError::Dropped {
-                    addr: addr(),
-                    source: Box::new(e),
-                    hint: None,
-                })
-            };
-            match sending {
-                Sending::Kept => write_all_vectored(
-                    &mut up,
-                    &mut [IoSlice::new(&c.up_head), IoSlice::new(&c.replay)],
-                )
-                .await
-                .map_err(dropped)?,
-                Sending::Streamed { started } => {
-                    *started = true;
-                    up.write_all(&c.up_head).await.map_err(dropped)?;
-                    let mut body = Body::new(framing);
-                    framing::pump(&mut c.io, &mut c.buf, &mut up, &mut body, false)
-                        .await
-                        .map_err(|e| match e {
-                            PumpError::Write(e) => dropped(e),
-                            other => Failure::Client(client_body_error(other)),
-                        })?;
-                }
-            }
-            self.response_head(c, &mut up, info, state, names).await
-        };
-        match limits.response_head(exchange).await {
-            Ok(Ok(resp)) => Ok((up, resp)),
-            Ok(Err(f)) => Err(f),
-            Err(elapsed) => Err(Failure::Upstream(AttemptError::Timeout {
-                addr: addr(),
-                limit: elapsed.0,
-            })),
+    ) -> Result<Upstream, AttemptError> {
+        if let Some(up) = state.idle.take(limits.idle) {
+            return Ok(up);
         }
+        pool::connect(state, limits)
+            .await
+            .map_err(|reason| AttemptError::Connect {
+                addr: state.addr.clone(),
+                reason,
+            })
     }
 
-    /// Reads the upstream's response head (skipping interim 1xx answers but 101) and writes
-    /// the client's head into `c.out`.
-    async fn response_head(
+    /// Reads the upstream's response head into `ubuf` (skipping interim 1xx answers but 101)
+    /// and writes the client's head into `out`.
+    pub(super) async fn read_head<R: AsyncRead + Unpin>(
         &self,
-        c: &mut Client,
-        up: &mut Upstream,
+        up: &mut R,
+        ubuf: &mut Buf,
+        out: &mut Vec<u8>,
         req: &RequestInfo,
         state: &EndpointState,
-        (dc, rev): (&[u8], &[u8]),
-    ) -> Result<parse::ResponseInfo, Failure> {
-        let dropped = |why: String| {
-            Failure::Upstream(AttemptError::Dropped {
-                addr: state.addr.clone(),
-                source: why.into(),
-                hint: None,
-            })
-        };
+        names: Names<'_>,
+    ) -> Result<parse::ResponseInfo, AttemptError> {
+        ubuf.consume(usize::MAX);
         loop {
             {
                 let mut headers = [httparse::EMPTY_HEADER; parse::MAX_HEADERS];
-                let parsed = parse::response(c.ubuf.filled(), &mut headers, self.max_head, req.is_head)
-                    .map_err(|e| dropped(e.to_string()))?;
+                let parsed = parse::response(ubuf.filled(), &mut headers, self.max_head, req.is_head)
+                    .map_err(|e| dropped(state, e.to_string()))?;
                 if let Some((resp, info)) = parsed {
                     if (100..200).contains(&info.status) && info.status != 101 {
-                        c.ubuf.consume(info.head_len);
+                        ubuf.consume(info.head_len);
                         continue;
                     }
                     let client_framing = match info.framing {
@@ -339,35 +302,71 @@ impl Engine {
                     } else {
                         ClientConn::KeepAlive
                     };
-                    c.out.clear();
+                    out.clear();
                     parse::write_client_head(
-                        &mut c.out,
+                        out,
                         &resp,
                         &info,
                         client_framing,
                         conn,
                         req.http10,
-                        dc,
-                        rev,
+                        names.dc,
+                        names.rev,
                     );
-                    c.ubuf.consume(info.head_len);
+                    ubuf.consume(info.head_len);
                     return Ok(info);
                 }
             }
-            match c.ubuf.fill(up, self.max_head).await {
+            match ubuf.fill(up, self.max_head).await {
                 Ok(0) => {
                     return Err(dropped(
+                        state,
                         "the upstream closed the connection before answering".into(),
                     ))
                 }
                 Ok(_) => {}
-                Err(e) => return Err(dropped(e.to_string())),
+                Err(e) => return Err(dropped(state, e.to_string())),
             }
         }
     }
 }
 
+/// The values of `x-twin-dc` and `x-twin-route-rev` for an answer.
+#[derive(Clone, Copy)]
+pub(super) struct Names<'a> {
+    pub dc: &'a [u8],
+    pub rev: &'a [u8],
+}
+
+/// One attempt whose body streams: what [`Engine::duplex`] needs besides the connections.
+pub(super) struct Exchange<'a> {
+    pub limits: &'a AttemptTimeouts,
+    pub state: &'a Arc<EndpointState>,
+    pub target: Target,
+    pub names: Names<'a>,
+    pub req: &'a RequestInfo,
+}
+
+pub(super) fn status_of(resp: &parse::ResponseInfo) -> hyper::StatusCode {
+    hyper::StatusCode::from_u16(resp.status).unwrap_or(hyper::StatusCode::BAD_GATEWAY)
+}
+
+pub(super) fn unasked_upgrade() -> ProxyError {
+    ProxyError::UpstreamDropped(
+        "the upstream switched protocols for a request that asked no upgrade".into(),
+    )
+}
+
+/// The connection to `state` broke after the request may have reached it.
+pub(super) fn dropped(state: &EndpointState, why: String) -> AttemptError {
+    AttemptError::Dropped {
+        addr: state.addr.clone(),
+        source: why.into(),
+        hint: None,
+    }
+}
+
 /// The 400 a client gets for a body that breaks its framing or ends early.
-fn client_body_error(e: PumpError) -> ProxyError {
+pub(super) fn client_body_error(e: PumpError) -> ProxyError {
     ProxyError::BadBody(e.to_string())
 }

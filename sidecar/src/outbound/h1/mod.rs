@@ -13,6 +13,7 @@
 //! sidecar stops: then an idle connection closes at once and a busy one after its response.
 
 pub mod forward;
+pub mod duplex;
 pub mod framing;
 pub mod parse;
 pub mod pool;
@@ -114,7 +115,7 @@ impl Engine {
                 Ok(false) => return,
                 Err(e) => {
                     crate::outbound::metrics::error("", e.label());
-                    let _ = client.write_error(e, true, false).await;
+                    let _ = client.write_error(e, true, false, false).await;
                     return;
                 }
             }
@@ -198,7 +199,13 @@ pub struct Client {
 impl Client {
     /// Answers with the sidecar's own error response (as hyper's engine does), closing the
     /// connection after it when `close`.
-    async fn write_error(&mut self, e: ProxyError, close: bool, head: bool) -> io::Result<()> {
+    async fn write_error(
+        &mut self,
+        e: ProxyError,
+        close: bool,
+        head: bool,
+        http10: bool,
+    ) -> io::Result<()> {
         let resp = e.into_response();
         let body = match resp.body() {
             crate::outbound::body::ProxyBody::Whole(Some(b)) => b.clone(),
@@ -209,7 +216,8 @@ impl Client {
         let _ = io::Write::write_fmt(
             &mut self.out,
             format_args!(
-                "HTTP/1.1 {} {}\r\n",
+                "HTTP/1.{} {} {}\r\n",
+                if http10 { 0 } else { 1 },
                 status.as_u16(),
                 status.canonical_reason().unwrap_or("")
             ),

@@ -373,7 +373,9 @@ pub fn write_client_head(
     dc: &[u8],
     route_rev: &[u8],
 ) {
-    let _ = write!(out, "HTTP/1.1 {} ", info.status);
+    // An HTTP/1.0 client is answered in its version (as hyper does).
+    let minor = if http10_client { 0 } else { 1 };
+    let _ = write!(out, "HTTP/1.{minor} {} ", info.status);
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
     let upgrade = info.status == 101;

@@ -49,6 +49,75 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Read and write halves, for a body that streams both ways at once (borrowed: no
+    /// allocation for a plain connection).
+    pub fn halves(&mut self) -> (UpRead<'_>, UpWrite<'_>) {
+        match self {
+            Upstream::Plain(s) => {
+                let (r, w) = s.split();
+                (UpRead::Plain(r), UpWrite::Plain(w))
+            }
+            Upstream::Tls(s) => {
+                let (r, w) = tokio::io::split(s.as_mut());
+                (UpRead::Tls(r), UpWrite::Tls(w))
+            }
+        }
+    }
+}
+
+/// The read half of an [`Upstream`].
+pub enum UpRead<'a> {
+    Plain(tokio::net::tcp::ReadHalf<'a>),
+    Tls(tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>),
+}
+
+/// The write half of an [`Upstream`].
+pub enum UpWrite<'a> {
+    Plain(tokio::net::tcp::WriteHalf<'a>),
+    Tls(tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpRead<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpRead::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpRead::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpWrite<'_> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpWrite::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpWrite::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpWrite::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpWrite::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpWrite::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpWrite::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 impl AsyncRead for Upstream {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -5,64 +5,66 @@
 
 use std::io::IoSlice;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::outbound::h1::framing::{self, Body, Framing};
+use crate::outbound::h1::framing::{self, Body, Buf, Framing};
 use crate::outbound::h1::parse::{RequestInfo, ResponseInfo};
 use crate::outbound::h1::pool::Upstream;
 use crate::outbound::h1::{write_all_vectored, Client, Next};
 use crate::outbound::metrics;
 
-impl Client {
-    /// Sends the response whose client head is in `self.out` and whose body starts in
-    /// `self.ubuf`. Returns how the client connection goes on, and whether the upstream
-    /// connection ended the exchange cleanly (then it may serve again).
-    pub(super) async fn relay(
-        &mut self,
-        up: &mut Upstream,
-        resp: &ResponseInfo,
-        req: &RequestInfo,
-        stopping: bool,
-    ) -> (Next, bool) {
-        let dechunk = resp.framing == Framing::Chunked && req.http10;
-        let mut body = Body::new(resp.framing);
-        // The body bytes already read go out with the head.
-        let prefix = if dechunk {
-            0
-        } else {
-            match body.advance(self.ubuf.filled()) {
-                Ok(n) => n,
-                Err(_) => return (Next::Close, false),
-            }
-        };
-        let wrote = write_all_vectored(
-            &mut self.io,
-            &mut [
-                IoSlice::new(&self.out),
-                IoSlice::new(&self.ubuf.filled()[..prefix]),
-            ],
-        )
-        .await;
-        self.ubuf.consume(prefix);
-        if wrote.is_err() {
-            return (Next::Close, false);
+/// Sends the response whose client head is `head` and whose body starts in `ubuf`, the rest
+/// read from `up`. Returns how the client connection goes on, and whether the upstream
+/// connection ended the exchange cleanly (then it may serve again).
+pub(super) async fn relay<R, W>(
+    client: &mut W,
+    head: &[u8],
+    ubuf: &mut Buf,
+    up: &mut R,
+    resp: &ResponseInfo,
+    req: &RequestInfo,
+    stopping: bool,
+) -> (Next, bool)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let dechunk = resp.framing == Framing::Chunked && req.http10;
+    let mut body = Body::new(resp.framing);
+    // The body bytes already read go out with the head.
+    let prefix = if dechunk {
+        0
+    } else {
+        match body.advance(ubuf.filled()) {
+            Ok(n) => n,
+            Err(_) => return (Next::Close, false),
         }
-        let pumped = framing::pump(up, &mut self.ubuf, &mut self.io, &mut body, dechunk).await;
-        if let Err(e) = pumped {
-            // Too late for an error response: the client sees the connection end early.
-            tracing::debug!(error = %e, "response body cut short");
-            return (Next::Close, false);
-        }
-        let reusable = resp.keep_alive && body.is_done() && self.ubuf.is_empty();
-        let client_closes = !req.keep_alive || matches!(resp.framing, Framing::Close) || dechunk;
-        if client_closes || stopping {
-            let _ = self.io.shutdown().await;
-            (Next::Close, reusable)
-        } else {
-            (Next::KeepAlive, reusable)
-        }
+    };
+    let wrote = write_all_vectored(
+        client,
+        &mut [IoSlice::new(head), IoSlice::new(&ubuf.filled()[..prefix])],
+    )
+    .await;
+    ubuf.consume(prefix);
+    if wrote.is_err() {
+        return (Next::Close, false);
     }
+    if let Err(e) = framing::pump(up, ubuf, client, &mut body, dechunk).await {
+        // Too late for an error response: the client sees the connection end early.
+        tracing::debug!(error = %e, "response body cut short");
+        return (Next::Close, false);
+    }
+    let reusable = resp.keep_alive && body.is_done() && ubuf.is_empty();
+    let client_closes = !req.keep_alive || matches!(resp.framing, Framing::Close) || dechunk;
+    if client_closes || stopping {
+        let _ = client.shutdown().await;
+        (Next::Close, reusable)
+    } else {
+        (Next::KeepAlive, reusable)
+    }
+}
 
+impl Client {
     /// After a 101 whose head is in `self.out`: copies bytes both ways (what either side
     /// sent early first) until one side closes, or until the drain deadline when the sidecar
     /// stops (the listener drops the connection's task then). Never retried, never pooled.
