@@ -127,7 +127,7 @@ pub struct Flags {
     #[arg(long, env = "TWIN_THREADS")]
     pub threads: Option<usize>,
     /// HTTP/1 engine of the outbound listener: `twin` (the sidecar's own, one task per client
-    /// connection and its upstream connections) or `hyper` (default hyper).
+    /// connection and its upstream connections) or `hyper` (default twin).
     #[arg(long, env = "TWIN_HTTP1_ENGINE", value_name = "ENGINE")]
     pub http1_engine: Option<Http1Engine>,
     /// How long SIGTERM waits for in-flight requests before exiting (default 10s).
@@ -150,9 +150,9 @@ pub struct Flags {
 #[serde(rename_all = "lowercase")]
 pub enum Http1Engine {
     /// Twin's own engine (`outbound::h1`).
+    #[default]
     Twin,
     /// hyper's HTTP/1 server and client.
-    #[default]
     Hyper,
 }
 
@@ -541,10 +541,7 @@ impl Config {
         if !(1..=64).contains(&cfg.threads) {
             return Err(ConfigError::Threads(cfg.threads));
         }
-        cfg.http1_engine = flags
-            .http1_engine
-            .or(file.http1_engine)
-            .unwrap_or_default();
+        cfg.http1_engine = flags.http1_engine.or(file.http1_engine).unwrap_or_default();
         if let Some(d) = flags.drain_timeout.or(file.drain_timeout) {
             cfg.drain_timeout = duration("--drain-timeout", &d)?;
         }

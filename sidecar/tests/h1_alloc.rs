@@ -90,7 +90,13 @@ async fn steady_state_requests_allocate_nothing() {
     // A sticky key per request, as in the benchmark (one datacenter: one latency histogram,
     // so the recorder's share below is measured on the same series).
     let requests: Vec<Vec<u8>> = (0..64)
-        .map(|i| format!("GET /pay HTTP/1.1\r\nhost: payments\r\nx-twin-unit: {}\r\n\r\n", i * 7919).into_bytes())
+        .map(|i| {
+            format!(
+                "GET /pay HTTP/1.1\r\nhost: payments\r\nx-twin-unit: {}\r\n\r\n",
+                i * 7919
+            )
+            .into_bytes()
+        })
         .collect();
     let mut answer = vec![0u8; 4096];
     for i in 0..500 {

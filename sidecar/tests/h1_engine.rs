@@ -89,8 +89,7 @@ async fn serve_raw(mut s: TcpStream) {
                 Ok(n) => have += n,
             }
         }
-        if s
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             .await
             .is_err()
         {
@@ -141,7 +140,10 @@ async fn read_answer(s: &mut TcpStream, pending: &mut Vec<u8>, head_request: boo
     if head_request || status == 204 || status == 304 || status == 101 || status == 100 {
         return a;
     }
-    if let Some(n) = a.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    if let Some(n) = a
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         while pending.len() < n {
             assert!(fill(s, pending).await > 0, "body cut short");
         }
@@ -155,14 +157,18 @@ async fn read_answer(s: &mut TcpStream, pending: &mut Vec<u8>, head_request: boo
                 assert!(fill(s, pending).await > 0, "chunked body cut short");
             };
             let size = usize::from_str_radix(
-                String::from_utf8_lossy(&pending[..line_end]).split(';').next().unwrap_or(""),
+                String::from_utf8_lossy(&pending[..line_end])
+                    .split(';')
+                    .next()
+                    .unwrap_or(""),
                 16,
             )
             .expect("chunk size");
             while pending.len() < line_end + 2 + size + 2 {
                 assert!(fill(s, pending).await > 0, "chunk cut short");
             }
-            a.body.extend_from_slice(&pending[line_end + 2..line_end + 2 + size]);
+            a.body
+                .extend_from_slice(&pending[line_end + 2..line_end + 2 + size]);
             pending.drain(..line_end + 2 + size + 2);
             if size == 0 {
                 break;
@@ -229,7 +235,9 @@ async fn framing_errors_get_400_and_never_reach_the_upstream() {
     conn.shutdown().await.expect("half close");
     let a = read_answer(&mut conn, &mut Vec::new(), false).await;
     assert_eq!(a.status, 400, "truncated body: {}", a.head);
-    assert!(a.header("x-twin-error").is_some_and(|e| e.contains("request body")));
+    assert!(a
+        .header("x-twin-error")
+        .is_some_and(|e| e.contains("request body")));
     // A head over max_header_bytes.
     let big = format!(
         "GET / HTTP/1.1\r\nhost: payments\r\nx-big: {}\r\n\r\n",
@@ -238,7 +246,11 @@ async fn framing_errors_get_400_and_never_reach_the_upstream() {
     let (_, a) = once(s.outbound_addr, big.as_bytes()).await;
     assert_eq!(a.status, 431);
     // Streamed bodies found bad half way reached the upstream in part, never whole.
-    assert_eq!(up.recorder().len(), 0, "no malformed request reached the application");
+    assert_eq!(
+        up.recorder().len(),
+        0,
+        "no malformed request reached the application"
+    );
     s.stop().await;
 }
 
@@ -278,9 +290,11 @@ async fn head_204_and_http10_keep_the_connection_in_step() {
     let (_dir, s) = engine_sidecar(up.addr()).await;
     let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
     let mut pending = Vec::new();
-    conn.write_all(b"HEAD / HTTP/1.1\r\nhost: payments\r\n\r\nGET / HTTP/1.1\r\nhost: payments\r\n\r\n")
-        .await
-        .expect("write");
+    conn.write_all(
+        b"HEAD / HTTP/1.1\r\nhost: payments\r\n\r\nGET / HTTP/1.1\r\nhost: payments\r\n\r\n",
+    )
+    .await
+    .expect("write");
     let head = read_answer(&mut conn, &mut pending, true).await;
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some("3"), "{}", head.head);
@@ -297,7 +311,10 @@ async fn head_204_and_http10_keep_the_connection_in_step() {
     conn.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n")
         .await
         .expect("write");
-    assert_eq!(read_answer(&mut conn, &mut pending, false).await.body, b"m6v");
+    assert_eq!(
+        read_answer(&mut conn, &mut pending, false).await.body,
+        b"m6v"
+    );
 
     // HTTP/1.0: closed after the answer unless it asks for keep-alive.
     let (mut c, a) = once(s.outbound_addr, b"GET / HTTP/1.0\r\nhost: payments\r\n\r\n").await;
@@ -312,7 +329,10 @@ async fn head_204_and_http10_keep_the_connection_in_step() {
     c.write_all(b"GET / HTTP/1.0\r\nhost: payments\r\n\r\n")
         .await
         .expect("write");
-    assert_eq!(read_answer(&mut c, &mut Vec::new(), false).await.body, b"m6v");
+    assert_eq!(
+        read_answer(&mut c, &mut Vec::new(), false).await.body,
+        b"m6v"
+    );
     s.stop().await;
 }
 
@@ -328,17 +348,31 @@ async fn upstream_connections_are_reused_and_errors_are_the_sidecars() {
         );
         conn.write_all(req.as_bytes()).await.expect("write");
         let a = read_answer(&mut conn, &mut pending, false).await;
-        assert_eq!((a.status, a.body.as_slice()), (200, &b"ok"[..]), "{}", a.head);
+        assert_eq!(
+            (a.status, a.body.as_slice()),
+            (200, &b"ok"[..]),
+            "{}",
+            a.head
+        );
     }
-    assert_eq!(conns.load(Ordering::SeqCst), 1, "one upstream connection served all 50");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one upstream connection served all 50"
+    );
     // No route: the sidecar's own 404, and the connection goes on.
     conn.write_all(b"GET / HTTP/1.1\r\nhost: nowhere\r\n\r\n")
         .await
         .expect("write");
     let a = read_answer(&mut conn, &mut pending, false).await;
     assert_eq!(a.status, 404);
-    assert_eq!(a.header("x-twin-error"), Some("no route for host \"nowhere\""));
-    conn.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    assert_eq!(
+        a.header("x-twin-error"),
+        Some("no route for host \"nowhere\"")
+    );
+    conn.write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
     let a = read_answer(&mut conn, &mut pending, false).await;
     assert_eq!(a.status, 400, "no Host: {}", a.head);
     s.stop().await;
@@ -349,9 +383,11 @@ async fn expect_100_continue_is_answered_before_the_body() {
     let up = Upstream::with("m6v", Behavior::Echo).await.expect("up");
     let (_dir, s) = engine_sidecar(up.addr()).await;
     let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
-    conn.write_all(b"PUT /x HTTP/1.1\r\nhost: payments\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n")
-        .await
-        .expect("write");
+    conn.write_all(
+        b"PUT /x HTTP/1.1\r\nhost: payments\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
+    )
+    .await
+    .expect("write");
     let mut pending = Vec::new();
     let cont = read_answer(&mut conn, &mut pending, false).await;
     assert_eq!(cont.status, 100);
@@ -366,9 +402,11 @@ async fn an_upgrade_becomes_a_tunnel_and_the_drain_cuts_it() {
     let (addr, _) = raw_upstream().await;
     let (_dir, s) = engine_sidecar(addr).await;
     let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
-    conn.write_all(b"GET /ws HTTP/1.1\r\nhost: payments\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n")
-        .await
-        .expect("write");
+    conn.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: payments\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .expect("write");
     let mut pending = Vec::new();
     let a = read_answer(&mut conn, &mut pending, false).await;
     assert_eq!(a.status, 101, "{}", a.head);
@@ -391,7 +429,9 @@ async fn an_upgrade_becomes_a_tunnel_and_the_drain_cuts_it() {
     );
     // An idle keep-alive client closes at once on stop; the tunnel at the drain deadline.
     let mut idle = TcpStream::connect(s.outbound_addr).await.expect("connect");
-    idle.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n").await.expect("write");
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await
+        .expect("write");
     let _ = read_answer(&mut idle, &mut Vec::new(), false).await;
     let stopped = tokio::time::Instant::now();
     let stop = tokio::spawn(s.stop());

@@ -60,7 +60,9 @@ pub fn without_port(host: &str) -> &str {
 /// True for a header that describes one connection and never crosses the proxy (the
 /// Connection header's own list is checked by the caller).
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

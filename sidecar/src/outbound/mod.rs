@@ -16,8 +16,8 @@ pub mod dc;
 pub mod endpoint;
 pub mod error;
 pub mod fence;
-pub mod headers;
 pub mod h1;
+pub mod headers;
 pub mod metrics;
 pub mod plan;
 pub mod retry;
@@ -176,7 +176,7 @@ impl Outbound {
         let limits = AttemptTimeouts::from(&route.route.timeouts);
         let mut plan = Plan::new(route, bucket, repeatable);
         loop {
-            let target = plan.next()?;
+            let target = plan.next_target()?;
             let member = plan.member(target);
             let Some(req) = pending
                 .take()
@@ -209,4 +209,3 @@ impl Outbound {
         }
     }
 }
-

@@ -79,7 +79,7 @@ impl<'r> Plan<'r> {
     }
 
     /// The next endpoint to try, or why there is none.
-    pub fn next(&mut self) -> Result<Target, ProxyError> {
+    pub fn next_target(&mut self) -> Result<Target, ProxyError> {
         let route = self.route;
         loop {
             let choice = match dc::pick(route, self.bucket, &self.down) {
@@ -99,9 +99,7 @@ impl<'r> Plan<'r> {
             let picked = match endpoint::pick(members, &exclude) {
                 Some(i) => Some(i),
                 // A retry after the request may have arrived may use a tried endpoint again.
-                None if !exclude.is_empty() && !self.last_not_sent => {
-                    endpoint::pick(members, &[])
-                }
+                None if !exclude.is_empty() && !self.last_not_sent => endpoint::pick(members, &[]),
                 None => None,
             };
             match picked {

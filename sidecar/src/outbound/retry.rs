@@ -63,7 +63,10 @@ pub fn may_repeat(method: &Method, headers: &HeaderMap) -> bool {
 
 /// [`may_repeat`] of a method by its name, and whether the request has an `Idempotency-Key`.
 pub fn may_repeat_name(method: &str, has_idempotency_key: bool) -> bool {
-    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE") || has_idempotency_key
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    ) || has_idempotency_key
 }
 
 /// Chooses how the request body travels: an empty body, a small body of a repeatable request

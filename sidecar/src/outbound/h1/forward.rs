@@ -121,7 +121,8 @@ impl Engine {
         let keep = info.keep_alive
             && !info.expect_continue
             && !info.upgrade
-            && c.discard_body(info.framing(), self.outbound.max_replay).await;
+            && c.discard_body(info.framing(), self.outbound.max_replay)
+                .await;
         let _ = c.write_error(e, !keep, info.is_head, info.http10).await;
         if keep {
             Next::KeepAlive
@@ -156,7 +157,7 @@ impl Engine {
         let limits = AttemptTimeouts::from(&route.route.timeouts);
         let mut plan = Plan::new(route, bucket, info.repeatable);
         loop {
-            let target = plan.next().map_err(|e| (e, false))?;
+            let target = plan.next_target().map_err(|e| (e, false))?;
             let state = &plan.member(target).state;
             let in_flight = state.start_request();
             let names = Names {
@@ -230,7 +231,13 @@ impl Engine {
             }
             let stopping = self.shutdown.is_stopping();
             let (next, reusable) = relay(
-                &mut c.io, &c.out, &mut c.ubuf, &mut up, &resp, info, stopping,
+                &mut c.io,
+                &c.out,
+                &mut c.ubuf,
+                &mut up,
+                &resp,
+                info,
+                stopping,
             )
             .await;
             if reusable {
@@ -283,8 +290,9 @@ impl Engine {
         loop {
             {
                 let mut headers = [httparse::EMPTY_HEADER; parse::MAX_HEADERS];
-                let parsed = parse::response(ubuf.filled(), &mut headers, self.max_head, req.is_head)
-                    .map_err(|e| dropped(state, e.to_string()))?;
+                let parsed =
+                    parse::response(ubuf.filled(), &mut headers, self.max_head, req.is_head)
+                        .map_err(|e| dropped(state, e.to_string()))?;
                 if let Some((resp, info)) = parsed {
                     if (100..200).contains(&info.status) && info.status != 101 {
                         ubuf.consume(info.head_len);

@@ -106,7 +106,9 @@ impl Buf {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
     /// Hex digits of a chunk size (`digits` so far).
-    Size { digits: u32 },
+    Size {
+        digits: u32,
+    },
     /// After the size: extensions up to the CR LF.
     Ext,
     SizeLf,
@@ -116,7 +118,9 @@ enum Chunk {
     /// At the start of a trailer line (an empty line ends the body).
     TrailerStart,
     Trailer,
-    TrailerLf { empty: bool },
+    TrailerLf {
+        empty: bool,
+    },
     Done,
 }
 
@@ -193,7 +197,11 @@ impl Body {
     pub fn step(&mut self, input: &[u8]) -> Result<(usize, Option<Range<usize>>), FramingError> {
         if let Chunk::Data(left) = self.chunk {
             let n = (input.len() as u64).min(left);
-            self.chunk = if n == left { Chunk::DataCr } else { Chunk::Data(left - n) };
+            self.chunk = if n == left {
+                Chunk::DataCr
+            } else {
+                Chunk::Data(left - n)
+            };
             self.seen += n;
             return Ok((n as usize, Some(0..n as usize)));
         }

@@ -12,8 +12,8 @@
 //! close, the idle or header timeout passes (the same limits as [`crate::conn_guard`]), or the
 //! sidecar stops: then an idle connection closes at once and a busy one after its response.
 
-pub mod forward;
 pub mod duplex;
+pub mod forward;
 pub mod framing;
 pub mod parse;
 pub mod pool;
@@ -161,8 +161,12 @@ impl Engine {
     }
 }
 
-/// True when `buf` holds a whole head (or enough to refuse it).
+/// True when `buf` holds a whole head (or enough to refuse it). The blank line that ends a
+/// head is looked for first, so a complete head is parsed once, by the request.
 fn head_complete(buf: &[u8]) -> bool {
+    if buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n") {
+        return true;
+    }
     let mut headers = [httparse::EMPTY_HEADER; parse::MAX_HEADERS];
     !matches!(
         httparse::Request::new(&mut headers).parse(buf),
@@ -237,7 +241,11 @@ impl Client {
         }
         self.out.extend_from_slice(b"\r\n");
         let body: &[u8] = if head { &[] } else { &body };
-        write_all_vectored(&mut self.io, &mut [IoSlice::new(&self.out), IoSlice::new(body)]).await
+        write_all_vectored(
+            &mut self.io,
+            &mut [IoSlice::new(&self.out), IoSlice::new(body)],
+        )
+        .await
     }
 
     /// Reads and drops the rest of a request body the sidecar refused, when it is small

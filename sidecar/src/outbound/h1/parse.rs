@@ -129,10 +129,8 @@ pub fn request<'h, 'b>(
         return Err(bad("more than one Host header"));
     }
     info.upgrade = conn_upgrade && has_upgrade && !http10;
-    info.repeatable = crate::outbound::retry::may_repeat_name(
-        req.method.unwrap_or_default(),
-        idempotency_key,
-    );
+    info.repeatable =
+        crate::outbound::retry::may_repeat_name(req.method.unwrap_or_default(), idempotency_key);
     Ok(Some(Request { req, info }))
 }
 
@@ -142,8 +140,9 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    v.iter()
-        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 impl Request<'_, '_> {
@@ -438,11 +437,14 @@ mod tests {
                 "{raw:?}"
             );
         }
-        let ok = parse("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n")
-            .expect("same length twice")
-            .expect("complete");
+        let ok =
+            parse("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n")
+                .expect("same length twice")
+                .expect("complete");
         assert_eq!(ok.framing(), Framing::Length(3));
-        assert!(parse("GET / HTTP/1.1\r\nhost: a\r\n").expect("partial").is_none());
+        assert!(parse("GET / HTTP/1.1\r\nhost: a\r\n")
+            .expect("partial")
+            .is_none());
         let big = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(2000));
         assert!(matches!(parse(&big), Err(ProxyError::HeadTooLarge(1024))));
     }

@@ -43,7 +43,9 @@ impl Upstream {
                 let waker = std::task::Waker::noop();
                 let mut cx = Context::from_waker(waker);
                 let mut buf = ReadBuf::new(&mut probe);
-                Pin::new(s.as_mut()).poll_read(&mut cx, &mut buf).is_pending()
+                Pin::new(s.as_mut())
+                    .poll_read(&mut cx, &mut buf)
+                    .is_pending()
             }
         }
     }
@@ -223,7 +225,10 @@ impl IdlePool {
 
 /// Opens a connection to `endpoint` (TCP, then TLS when the route asks for it) within the
 /// connect timeout. The error is one line for `x-twin-error`.
-pub async fn connect(endpoint: &EndpointState, limits: &AttemptTimeouts) -> Result<Upstream, String> {
+pub async fn connect(
+    endpoint: &EndpointState,
+    limits: &AttemptTimeouts,
+) -> Result<Upstream, String> {
     let tcp = async {
         let stream = match endpoint.socket {
             Some(sa) => TcpStream::connect(sa).await,

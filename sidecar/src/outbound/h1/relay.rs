@@ -68,12 +68,7 @@ impl Client {
     /// After a 101 whose head is in `self.out`: copies bytes both ways (what either side
     /// sent early first) until one side closes, or until the drain deadline when the sidecar
     /// stops (the listener drops the connection's task then). Never retried, never pooled.
-    pub(super) async fn tunnel(
-        &mut self,
-        mut up: Upstream,
-        service: &str,
-        dc: &str,
-    ) {
+    pub(super) async fn tunnel(&mut self, mut up: Upstream, service: &str, dc: &str) {
         let _open = metrics::tunnel(service, dc);
         let early_up = self.ubuf.take_filled();
         let early_client = self.buf.take_filled();

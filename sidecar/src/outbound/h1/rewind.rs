@@ -81,7 +81,9 @@ mod tests {
     #[tokio::test]
     async fn the_prefix_comes_back_first() {
         let (mut a, b) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut a, b" world").await.expect("write");
+        tokio::io::AsyncWriteExt::write_all(&mut a, b" world")
+            .await
+            .expect("write");
         drop(a);
         let mut r = Rewind::new(b, b"hello".to_vec());
         let mut out = String::new();
