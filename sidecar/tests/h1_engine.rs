@@ -440,3 +440,23 @@ async fn an_upgrade_becomes_a_tunnel_and_the_drain_cuts_it() {
     assert!(closes(&mut conn).await, "the tunnel is cut at the deadline");
     stop.await.expect("stopped");
 }
+
+#[tokio::test]
+async fn a_request_in_flight_at_stop_is_answered_then_the_connection_closes() {
+    let up = Upstream::with("m6v", Behavior::Delay(Duration::from_millis(800)))
+        .await
+        .expect("up");
+    let (_dir, s) = engine_sidecar(up.addr()).await;
+    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await
+        .expect("write");
+    // The request is with the upstream when the sidecar is told to stop.
+    assert!(eventually(WAIT, || async { up.hits() == 1 }).await);
+    let stop = tokio::spawn(s.stop());
+    let a = read_answer(&mut conn, &mut Vec::new(), false).await;
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"m6v"[..]));
+    assert_eq!(a.header("connection"), Some("close"), "{}", a.head);
+    assert!(closes(&mut conn).await);
+    stop.await.expect("stopped");
+}

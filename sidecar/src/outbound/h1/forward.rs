@@ -164,8 +164,8 @@ impl Engine {
                 dc: route.dcs[target.dc].header.as_bytes(),
                 rev: route.revision_header.as_bytes(),
             };
-            let mut up = match self.connection(state, &limits).await {
-                Ok(up) => up,
+            let (mut up, fresh) = match self.connection(state, &limits).await {
+                Ok(got) => got,
                 // Nothing was sent: another endpoint may have it whatever the body.
                 Err(error) => {
                     plan.after_error(target, error, true)
@@ -201,7 +201,7 @@ impl Engine {
             let resp = match sent {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(error)) => {
-                    plan.after_error(target, error, true)
+                    plan.after_error(target, tls_hint(error, state, fresh), true)
                         .map_err(|e| (e, false))?;
                     continue;
                 }
@@ -258,17 +258,18 @@ impl Engine {
             .map_err(client_body_error)
     }
 
-    /// An idle pooled connection to `state`, or a new one.
+    /// An idle pooled connection to `state`, or a new one (then true).
     async fn connection(
         &self,
         state: &EndpointState,
         limits: &AttemptTimeouts,
-    ) -> Result<Upstream, AttemptError> {
+    ) -> Result<(Upstream, bool), AttemptError> {
         if let Some(up) = state.idle.take(limits.idle) {
-            return Ok(up);
+            return Ok((up, false));
         }
         pool::connect(state, limits)
             .await
+            .map(|up| (up, true))
             .map_err(|reason| AttemptError::Connect {
                 addr: state.addr.clone(),
                 reason,
@@ -363,6 +364,26 @@ pub(super) fn unasked_upgrade() -> ProxyError {
     ProxyError::UpstreamDropped(
         "the upstream switched protocols for a request that asked no upgrade".into(),
     )
+}
+
+/// A fresh TLS connection that broke before answering: most likely the upstream refused the
+/// handshake's outcome (with TLS 1.3 a server judges the client certificate only then).
+fn tls_hint(error: AttemptError, state: &EndpointState, fresh: bool) -> AttemptError {
+    match (error, &state.tls) {
+        (
+            AttemptError::Dropped {
+                addr,
+                source,
+                hint: None,
+            },
+            Some(tls),
+        ) if fresh => AttemptError::Dropped {
+            addr,
+            source,
+            hint: Some(tls.closed_after_handshake_hint()),
+        },
+        (error, _) => error,
+    }
 }
 
 /// The connection to `state` broke after the request may have reached it.
