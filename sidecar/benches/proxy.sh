@@ -119,8 +119,14 @@ cpu_us() { [ -z "$1" ] && { echo 0; return; }; awk -v t="$(getconf CLK_TCK)" '{p
 # perf stat of a process while wrk runs (software counters: a VM may have no PMU); empty
 # when perf is missing or not allowed.
 PERF=""
+PERF_EVENTS="task-clock,context-switches"
 if command -v perf >/dev/null 2>&1 && perf stat -x, -e task-clock true >/dev/null 2>&1; then PERF=1; fi
-# run URL [script] [pid] -> prints "req/s p50_ms p99_ms cpu_us_per_request_of_pid ctxsw_per_request"
+PERF_NOTE="perf not available: no context switches or syscalls"
+[ -z "$PERF" ] || PERF_NOTE="software counters and tracepoints; a VM may have no hardware counters"
+if [ -n "$PERF" ] && perf stat -x, -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
+  PERF_EVENTS="$PERF_EVENTS,raw_syscalls:sys_enter"
+fi
+# run URL [script] [pid] -> prints "req/s p50_ms p99_ms cpu_us_per_request_of_pid ctxsw_per_request syscalls_per_request"
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); print v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); print v } else if (v ~ /s$/) { sub(/s$/,"",v); print v*1000 } }'; }
 run() {
   local url="$1" script="${2:-$WORK/unit.lua}" pid="${3:-}"
@@ -129,7 +135,7 @@ run() {
   local perf_out="$WORK/perf.$RANDOM"
   local perf_pid=""
   if [ -n "$PERF" ] && [ -n "$pid" ]; then
-    perf stat -x, -e task-clock,context-switches,cpu-migrations -p "$pid" -o "$perf_out" -- sleep "$DURATION" &
+    perf stat -x, -e "$PERF_EVENTS" -p "$pid" -o "$perf_out" -- sleep "$DURATION" &
     perf_pid=$!
   fi
   local out; out=$(taskset -c 0 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$script" "$url")
@@ -141,19 +147,23 @@ run() {
   p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_ms)
   p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_ms)
   n=$(echo "$out" | awk '/requests in/ {print $1}')
-  local cs=0
-  [ -f "$perf_out" ] && cs=$(awk -F, '$3=="context-switches" {print $1}' "$perf_out")
-  echo "$rps $p50 $p99 $(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { if (n>0) printf "%.1f", (b-a)/n; else print 0 }') $(awk -v c="${cs:-0}" -v n="$n" 'BEGIN { if (n>0 && c ~ /^[0-9]+$/) printf "%.3f", c/n; else print "n/a" }')"
+  local cs="" sc=""
+  if [ -f "$perf_out" ]; then
+    cs=$(awk -F, '$3=="context-switches" {print $1}' "$perf_out")
+    sc=$(awk -F, '$3=="raw_syscalls:sys_enter" {print $1}' "$perf_out")
+  fi
+  per() { awk -v c="${1:-x}" -v n="$n" 'BEGIN { if (n>0 && c ~ /^[0-9]+$/) printf "%.2f", c/n; else print "n/a" }'; }
+  echo "$rps $p50 $p99 $(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { if (n>0) printf "%.1f", (b-a)/n; else print 0 }') $(per "$cs") $(per "$sc")"
 }
 rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM/ {print $2}' "/proc/$1/status"; }
 
 echo "== direct ==" >&2;       read -r D_RPS D_P50 D_P99 _ < <(run "http://127.0.0.1:$A/")
-echo "== twin-sidecar (twin engine) ==" >&2; read -r T_RPS T_P50 T_P99 T_CPU T_CS < <(run "http://127.0.0.1:$S/" "$WORK/unit.lua" "$SIDECAR_PID")
+echo "== twin-sidecar (twin engine) ==" >&2; read -r T_RPS T_P50 T_P99 T_CPU T_CS T_SC < <(run "http://127.0.0.1:$S/" "$WORK/unit.lua" "$SIDECAR_PID")
 T_RSS=$(rss_kib $SIDECAR_PID); T_HWM=$(hwm_kib $SIDECAR_PID)
-echo "== twin-sidecar (hyper engine) ==" >&2; read -r Y_RPS Y_P50 Y_P99 Y_CPU Y_CS < <(run "http://127.0.0.1:$S2/" "$WORK/unit.lua" "$HYPER_PID")
+echo "== twin-sidecar (hyper engine) ==" >&2; read -r Y_RPS Y_P50 Y_P99 Y_CPU Y_CS Y_SC < <(run "http://127.0.0.1:$S2/" "$WORK/unit.lua" "$HYPER_PID")
 Y_RSS=$(rss_kib $HYPER_PID); Y_HWM=$(hwm_kib $HYPER_PID)
-echo "== haproxy ==" >&2;      read -r H_RPS H_P50 H_P99 H_CPU H_CS < <(run "http://127.0.0.1:$H/" "$WORK/unit.lua" "$HAPROXY_PID")
+echo "== haproxy ==" >&2;      read -r H_RPS H_P50 H_P99 H_CPU H_CS H_SC < <(run "http://127.0.0.1:$H/" "$WORK/unit.lua" "$HAPROXY_PID")
 H_RSS=$(rss_kib $HAPROXY_PID)
 
 # Did the sidecar split 30/70? Its own counters say.
@@ -175,17 +185,17 @@ random \`x-twin-unit\` per request (same Lua script for all targets); upstream n
 the proxy under test pinned to CPU 1 with one worker thread (twin-sidecar \`--threads 1\`, HAProxy \`nbthread 1\`),
 wrk and nginx pinned to CPU 0. Machine: \`nproc\` = $(nproc), $CPU, load average before the run: $LOAD. One run, $(date -u +%Y-%m-%d).
 
-| target | req/s | p50 ms | p99 ms | proxy CPU µs/request | context switches/request | RSS MiB |
-|---|---:|---:|---:|---:|---:|---:|
-| direct (nginx) | $D_RPS | $D_P50 | $D_P99 | – | – | – |
-| twin-sidecar, twin engine (30/70 bucket ring) | $T_RPS | $T_P50 | $T_P99 | $T_CPU | $T_CS | $((T_RSS / 1024)) |
-| twin-sidecar, hyper engine (30/70 bucket ring) | $Y_RPS | $Y_P50 | $Y_P99 | $Y_CPU | $Y_CS | $((Y_RSS / 1024)) |
-| HAProxy $(haproxy -v | head -1 | awk '{print $3}') (roundrobin 3/7) | $H_RPS | $H_P50 | $H_P99 | $H_CPU | $H_CS | $((H_RSS / 1024)) |
+| target | req/s | p50 ms | p99 ms | proxy CPU µs/request | context switches/request | syscalls/request | RSS MiB |
+|---|---:|---:|---:|---:|---:|---:|---:|
+| direct (nginx) | $D_RPS | $D_P50 | $D_P99 | – | – | – | – |
+| twin-sidecar, twin engine (30/70 bucket ring) | $T_RPS | $T_P50 | $T_P99 | $T_CPU | $T_CS | $T_SC | $((T_RSS / 1024)) |
+| twin-sidecar, hyper engine (30/70 bucket ring) | $Y_RPS | $Y_P50 | $Y_P99 | $Y_CPU | $Y_CS | $Y_SC | $((Y_RSS / 1024)) |
+| HAProxy $(haproxy -v | head -1 | awk '{print $3}') (roundrobin 3/7) | $H_RPS | $H_P50 | $H_P99 | $H_CPU | $H_CS | $H_SC | $((H_RSS / 1024)) |
 
 - twin engine / HAProxy: req/s **$(ratio "$T_RPS" "$H_RPS")×**, p50 $(ratio "$T_P50" "$H_P50")×, p99 **$(ratio "$T_P99" "$H_P99")×**, CPU/request **$(ratio "$T_CPU" "$H_CPU")×** (targets: ≥ 1.2×, p99 ≤ 1×, CPU ≤ 0.85×).
 - hyper engine / HAProxy: req/s $(ratio "$Y_RPS" "$H_RPS")×, p50 $(ratio "$Y_P50" "$H_P50")×, p99 $(ratio "$Y_P99" "$H_P99")×, CPU/request $(ratio "$Y_CPU" "$H_CPU")×.
 - twin engine / hyper engine: req/s $(ratio "$T_RPS" "$Y_RPS")×, CPU/request $(ratio "$T_CPU" "$Y_CPU")×.
-- CPU per request is user+system of the proxy process (less sensitive to other load on the machine); context switches from \`perf stat\` (${PERF:+software counters; hardware counters are not available here}${PERF:-perf not available}).
+- CPU per request is user+system of the proxy process (less sensitive to other load on the machine); context switches and syscalls from \`perf stat -e $PERF_EVENTS\` ($PERF_NOTE).
 - twin-sidecar / direct: req/s $(ratio "$T_RPS" "$D_RPS")×; HAProxy / direct: $(ratio "$H_RPS" "$D_RPS")×.
 - twin-sidecar (twin engine) split measured from its own counters: m6v / wanguo = $SPLIT (target 30% / 70%).
 - twin-sidecar (twin engine) memory after the run: RSS $((T_RSS / 1024)) MiB, peak (VmHWM) $((T_HWM / 1024)) MiB; hyper engine peak $((Y_HWM / 1024)) MiB (target ≤ 30 MB).
