@@ -15,7 +15,7 @@ use crate::outbound::h1::forward::{
 use crate::outbound::h1::framing::{self, Body, PumpError};
 use crate::outbound::h1::pool::Upstream;
 use crate::outbound::h1::relay::relay;
-use crate::outbound::h1::{Client, Engine, Next};
+use crate::outbound::h1::{within, Client, Engine, Next};
 use crate::outbound::plan::Plan;
 use crate::outbound::upstream::AttemptError;
 
@@ -48,6 +48,7 @@ impl Engine {
                 up_head,
                 out,
                 ubuf,
+                head_timer,
                 ..
             } = c;
             let (mut cr, mut cw) = io.split();
@@ -65,17 +66,19 @@ impl Engine {
                     })
             };
             let download = async {
-                let head = x
-                    .limits
-                    .response_head(self.read_head(&mut ur, ubuf, out, x.req, x.state, x.names))
-                    .await;
+                let head = within(
+                    head_timer.as_mut(),
+                    started + x.limits.response_head,
+                    self.read_head(&mut ur, ubuf, out, x.req, x.state, x.names),
+                )
+                .await;
                 let resp = match head {
-                    Ok(Ok(resp)) => resp,
-                    Ok(Err(e)) => return Err(Broke::Upstream(e)),
-                    Err(elapsed) => {
+                    Some(Ok(resp)) => resp,
+                    Some(Err(e)) => return Err(Broke::Upstream(e)),
+                    None => {
                         return Err(Broke::Upstream(AttemptError::Timeout {
                             addr: x.state.addr.clone(),
-                            limit: elapsed.0,
+                            limit: x.limits.response_head,
                         }))
                     }
                 };

@@ -2,7 +2,6 @@
 //! from [`crate::outbound::plan`]), send it to an upstream over a pooled connection, and pass
 //! the answer back — or tunnel both ways after a `101 Switching Protocols`.
 
-use std::io::IoSlice;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWriteExt};
@@ -14,7 +13,7 @@ use crate::outbound::h1::framing::{self, Body, Buf, Framing, PumpError};
 use crate::outbound::h1::parse::{self, ClientConn, RequestInfo};
 use crate::outbound::h1::pool::{self, Upstream};
 use crate::outbound::h1::relay::relay;
-use crate::outbound::h1::{write_all_vectored, Client, Engine, Next};
+use crate::outbound::h1::{within, Client, Engine, Next};
 use crate::outbound::plan::{self, Plan, Target};
 use crate::outbound::retry::Next as Retry;
 use crate::outbound::timeout::AttemptTimeouts;
@@ -186,29 +185,36 @@ impl Engine {
                 return self.duplex(c, up, &mut plan, exchange).await;
             }
             let started = Instant::now();
-            let sent = limits
-                .response_head(async {
-                    write_all_vectored(
-                        &mut up,
-                        &mut [IoSlice::new(&c.up_head), IoSlice::new(&c.replay)],
-                    )
+            let Client {
+                up_head,
+                ubuf,
+                out,
+                head_timer,
+                ..
+            } = &mut *c;
+            let exchange = async {
+                up.write_all(up_head)
                     .await
                     .map_err(|e| dropped(state, e.to_string()))?;
-                    self.read_head(&mut up, &mut c.ubuf, &mut c.out, info, state, names)
-                        .await
-                })
-                .await;
+                self.read_head(&mut up, ubuf, out, info, state, names).await
+            };
+            let sent = within(
+                head_timer.as_mut(),
+                started + limits.response_head,
+                exchange,
+            )
+            .await;
             let resp = match sent {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(error)) => {
+                Some(Ok(resp)) => resp,
+                Some(Err(error)) => {
                     plan.after_error(target, tls_hint(error, state, fresh), true)
                         .map_err(|e| (e, false))?;
                     continue;
                 }
-                Err(elapsed) => {
+                None => {
                     let error = AttemptError::Timeout {
                         addr: state.addr.clone(),
-                        limit: elapsed.0,
+                        limit: limits.response_head,
                     };
                     plan.after_error(target, error, true)
                         .map_err(|e| (e, false))?;
@@ -232,7 +238,7 @@ impl Engine {
             let stopping = self.shutdown.is_stopping();
             let (next, reusable) = relay(
                 &mut c.io,
-                &c.out,
+                &mut c.out,
                 &mut c.ubuf,
                 &mut up,
                 &resp,
@@ -249,11 +255,11 @@ impl Engine {
         }
     }
 
-    /// Reads a small body of a repeatable request whole into `c.replay`.
+    /// Reads a small body of a repeatable request whole, after the upstream head in
+    /// `c.up_head`: head and body leave in one write, and again on a retry.
     async fn read_replay(&self, c: &mut Client, framing: Framing) -> Result<(), ProxyError> {
-        c.replay.clear();
         let mut body = Body::new(framing);
-        framing::pump(&mut c.io, &mut c.buf, &mut c.replay, &mut body, false)
+        framing::pump(&mut c.io, &mut c.buf, &mut c.up_head, &mut body, false)
             .await
             .map_err(client_body_error)
     }

@@ -20,14 +20,16 @@ pub mod pool;
 pub mod relay;
 pub mod rewind;
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::config::Limits;
 use crate::outbound::error::ProxyError;
@@ -104,10 +106,11 @@ impl Engine {
             buf,
             up_head: Vec::with_capacity(512),
             out: Vec::with_capacity(512),
-            replay: Vec::new(),
             ubuf: Buf::with_capacity(INITIAL_BUF),
             host: String::new(),
             bucket: twin_topology::bucket_of(&rand::random::<u64>().to_le_bytes()),
+            wait_timer: Box::pin(tokio::time::sleep(self.idle)),
+            head_timer: Box::pin(tokio::time::sleep(self.idle)),
         };
         loop {
             match self.next_head(&mut client).await {
@@ -130,11 +133,8 @@ impl Engine {
     /// once if the sidecar stops meanwhile), then up to the header timeout for the rest.
     /// Ok(false): the connection is over.
     async fn next_head(&self, c: &mut Client) -> Result<bool, ProxyError> {
-        let mut deadline = Instant::now() + self.idle;
         let mut started = !c.buf.is_empty();
-        if started {
-            deadline = Instant::now() + self.header;
-        }
+        let mut deadline = Instant::now() + if started { self.header } else { self.idle };
         loop {
             if started && head_complete(c.buf.filled()) {
                 return Ok(true);
@@ -142,19 +142,22 @@ impl Engine {
             if c.buf.filled().len() >= self.max_head {
                 return Err(ProxyError::HeadTooLarge(self.max_head));
             }
+            c.wait_timer.as_mut().reset(deadline);
             let read = tokio::select! {
                 biased;
                 () = self.shutdown.stopped(), if !started => return Ok(false),
-                r = tokio::time::timeout_at(deadline, c.buf.fill(&mut c.io, self.max_head)) => r,
+                r = c.buf.fill(&mut c.io, self.max_head) => r,
+                // Closed after the idle or the header timeout: nothing to answer.
+                () = c.wait_timer.as_mut() => return Ok(false),
             };
             match read {
-                Ok(Ok(n)) if n > 0 => {
+                Ok(n) if n > 0 => {
                     if !started {
                         started = true;
                         deadline = Instant::now() + self.header;
                     }
                 }
-                // Closed, reset, or a timeout: nothing to answer.
+                // Closed or reset: nothing to answer.
                 _ => return Ok(false),
             }
         }
@@ -186,18 +189,35 @@ pub struct Client {
     io: TcpStream,
     /// Bytes from the client not yet used.
     buf: Buf,
-    /// The request head for the upstream.
+    /// The request head for the upstream, and after it a small body kept so the request can
+    /// be sent again.
     up_head: Vec<u8>,
     /// The response head for the client.
     out: Vec<u8>,
-    /// A small request body kept so the request can be sent again.
-    replay: Vec<u8>,
     /// Bytes from the upstream not yet used.
     ubuf: Buf,
     /// The service name, when it had to be lowered.
     host: String,
     /// The sticky bucket of requests without a sticky header.
     bucket: u32,
+    /// The idle and header timeouts, and the response-head timeout of each attempt: timers
+    /// kept for the connection, since moving a deadline later costs no new registration.
+    wait_timer: Pin<Box<Sleep>>,
+    head_timer: Pin<Box<Sleep>>,
+}
+
+/// Runs `fut` unless `timer` reaches `deadline` first (then None).
+pub(super) async fn within<F: Future>(
+    mut timer: Pin<&mut Sleep>,
+    deadline: Instant,
+    fut: F,
+) -> Option<F::Output> {
+    timer.as_mut().reset(deadline);
+    tokio::select! {
+        biased;
+        out = fut => Some(out),
+        () = timer => None,
+    }
 }
 
 impl Client {

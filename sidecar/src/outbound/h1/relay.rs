@@ -18,7 +18,7 @@ use crate::outbound::metrics;
 /// connection ended the exchange cleanly (then it may serve again).
 pub(super) async fn relay<R, W>(
     client: &mut W,
-    head: &[u8],
+    head: &mut Vec<u8>,
     ubuf: &mut Buf,
     up: &mut R,
     resp: &ResponseInfo,
@@ -40,11 +40,17 @@ where
             Err(_) => return (Next::Close, false),
         }
     };
-    let wrote = write_all_vectored(
-        client,
-        &mut [IoSlice::new(head), IoSlice::new(&ubuf.filled()[..prefix])],
-    )
-    .await;
+    // A small body joins the head in one buffer: one plain write, no iovec.
+    let wrote = if prefix <= COALESCE {
+        head.extend_from_slice(&ubuf.filled()[..prefix]);
+        client.write_all(head).await
+    } else {
+        write_all_vectored(
+            client,
+            &mut [IoSlice::new(head), IoSlice::new(&ubuf.filled()[..prefix])],
+        )
+        .await
+    };
     ubuf.consume(prefix);
     if wrote.is_err() {
         return (Next::Close, false);
@@ -63,6 +69,9 @@ where
         (Next::KeepAlive, reusable)
     }
 }
+
+/// Body bytes copied after the head rather than written from their own buffer.
+const COALESCE: usize = 16 * 1024;
 
 impl Client {
     /// After a 101 whose head is in `self.out`: copies bytes both ways (what either side
