@@ -27,6 +27,8 @@ struct Routed {
     route: Result<Arc<ServiceRoute>, ProxyError>,
     bucket: u32,
     write: Option<crate::outbound::fence::WriteGuard>,
+    /// The route's fence refused this write.
+    fenced: Option<ProxyError>,
 }
 
 impl Engine {
@@ -54,7 +56,10 @@ impl Engine {
             }
         };
         route.edge.request();
-        let next = self.forward(c, &route, &info, routed.bucket).await;
+        let next = match routed.fenced {
+            Some(e) => Err((e, false)),
+            None => self.forward(c, &route, &info, routed.bucket).await,
+        };
         drop(routed.write);
         match next {
             Ok(next) => next,
@@ -86,6 +91,7 @@ impl Engine {
             info,
             bucket: c.bucket,
             write: None,
+            fenced: None,
             route: Err(ProxyError::NoTable),
         };
         if let Ok(r) = &found {
@@ -98,10 +104,8 @@ impl Engine {
             match plan::enter_fence(r, routed.bucket, req.req.method.unwrap_or_default()) {
                 Ok(w) => routed.write = w,
                 Err(e) => {
-                    r.edge.request();
-                    r.edge.failed();
-                    metrics::error(&r.name, e.label());
-                    routed.route = Err(e);
+                    routed.fenced = Some(e);
+                    routed.route = found;
                     c.buf.consume(info.head_len);
                     return Ok(routed);
                 }
