@@ -230,7 +230,7 @@ impl Admin {
                                 "ejected_for_ms": m.state.ejected_for().as_millis() as u64,
                                 "outstanding": m.state.outstanding(),
                                 "ewma_ms": m.state.ewma().as_secs_f64() * 1000.0,
-                                "idle_connections": m.state.pool.idle(),
+                                "idle_connections": m.state.pool.idle() + m.state.idle.len(),
                             })
                         })
                         .collect();

@@ -132,9 +132,14 @@ pub struct Flags {
     /// (repeatable), e.g. payments=10.0.0.5:8080,capacity=4.
     #[arg(long, value_name = "SERVICE=ADDR[,capacity=N]")]
     pub register: Vec<String>,
-    /// Worker threads of the proxy runtime (default 2).
+    /// Worker threads of the proxy runtime (default: the CPUs this process may use — CPU
+    /// affinity and cgroup quota — at most 2).
     #[arg(long, env = "TWIN_THREADS")]
     pub threads: Option<usize>,
+    /// HTTP/1 engine of the outbound listener: `twin` (the sidecar's own, one task per client
+    /// connection and its upstream connections) or `hyper` (default twin).
+    #[arg(long, env = "TWIN_HTTP1_ENGINE", value_name = "ENGINE")]
+    pub http1_engine: Option<Http1Engine>,
     /// How long SIGTERM waits for in-flight requests before exiting (default 10s).
     #[arg(long, env = "TWIN_DRAIN_TIMEOUT", value_name = "DURATION")]
     pub drain_timeout: Option<String>,
@@ -163,6 +168,33 @@ pub struct Flags {
     pub otlp_endpoint: Option<String>,
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Which HTTP/1 implementation serves the outbound listener (HTTP/2 is always hyper's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Engine {
+    /// Twin's own engine (`outbound::h1`). Not yet the default: it does not yet write the
+    /// access log, stamp request ids and trace context, or honour `x-twin-force-dc`.
+    Twin,
+    /// hyper's HTTP/1 server and client.
+    #[default]
+    Hyper,
+}
+
+impl std::fmt::Display for Http1Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Http1Engine::Twin => "twin",
+            Http1Engine::Hyper => "hyper",
+        })
+    }
+}
+
+/// Worker threads when `--threads` is not given: the CPUs this process may use (Linux
+/// counts CPU affinity and the cgroup quota), at most 2.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
 
 /// What else the binary can do besides running the sidecar.
@@ -210,6 +242,7 @@ impl Flags {
             push(&mut argv, "--register", r);
         }
         push_opt(&mut argv, "--threads", self.threads);
+        push_opt(&mut argv, "--http1-engine", self.http1_engine);
         push_opt(&mut argv, "--drain-timeout", self.drain_timeout.as_deref());
         push_opt(&mut argv, "--worker", self.worker);
         push_path(&mut argv, "--hwm-file", self.hwm_file.as_deref());
@@ -277,6 +310,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub register: Vec<String>,
     pub threads: Option<usize>,
+    pub http1_engine: Option<Http1Engine>,
     pub drain_timeout: Option<String>,
     pub worker: Option<u32>,
     pub hwm_file: Option<PathBuf>,
@@ -414,6 +448,8 @@ pub struct Config {
     pub snapshot: Option<PathBuf>,
     pub register: Vec<RegisterSpec>,
     pub threads: usize,
+    /// The HTTP/1 engine of the outbound listener.
+    pub http1_engine: Http1Engine,
     pub drain_timeout: Duration,
     pub worker: u32,
     pub hwm_file: PathBuf,
@@ -457,7 +493,8 @@ impl Config {
             admin_token_file: None,
             snapshot: None,
             register: Vec::new(),
-            threads: 2,
+            threads: default_threads(),
+            http1_engine: Http1Engine::default(),
             drain_timeout: Duration::from_secs(10),
             worker: 0,
             hwm_file: std::env::temp_dir().join(format!("twin-idgen-{dc}-0.hwm")),
@@ -536,6 +573,7 @@ impl Config {
         if !(1..=64).contains(&cfg.threads) {
             return Err(ConfigError::Threads(cfg.threads));
         }
+        cfg.http1_engine = flags.http1_engine.or(file.http1_engine).unwrap_or_default();
         if let Some(d) = flags.drain_timeout.or(file.drain_timeout) {
             cfg.drain_timeout = duration("--drain-timeout", &d)?;
         }
@@ -812,6 +850,7 @@ mod tests {
                 (admin_token_file, snapshot, routes_file, hwm_file) in (path(), path(), path(), path()),
                 register in prop::collection::vec(value(), 0..4),
                 (threads, drain_timeout, worker) in (of(any::<usize>()), of(value()), of(any::<u32>())),
+                http1_engine in of(prop_oneof![Just(Http1Engine::Twin), Just(Http1Engine::Hyper)]),
                 etcd in etcd(),
                 upstream_tls in upstream_tls(),
                 command in command(),
@@ -821,7 +860,7 @@ mod tests {
             ) -> Flags {
                 Flags {
                     config, config_optional, dc, node_id, app, etcd, upstream_tls, outbound, ids, admin,
-                    admin_token_file, snapshot, routes_file, register, threads, drain_timeout,
+                    admin_token_file, snapshot, routes_file, register, threads, http1_engine, drain_timeout,
                     worker, hwm_file, access_log, access_log_sample,
                     access_log_unit_hash_key_file, otlp_endpoint, command,
                 }

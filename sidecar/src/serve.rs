@@ -13,14 +13,16 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use twin_topology::Backoff;
 
 use crate::config::Limits;
 use crate::conn_guard;
+use crate::outbound::h1::rewind::Rewind;
+use crate::outbound::h1::{Engine, Sniffed};
 use crate::shutdown::Shutdown;
 
 /// The smallest read buffer hyper accepts.
@@ -51,7 +53,10 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Accepts connections on `listener` until `shutdown` stops, then waits up to `drain` for the
-/// open connections to finish their requests. The task ends when they have.
+/// open connections to finish their requests; connections still open then (tunnels, slow
+/// requests) are cut. The task ends when that is done. With `h1`, HTTP/1 connections go to
+/// Twin's engine and only HTTP/2 ones (by their preface) to hyper.
+#[allow(clippy::too_many_arguments)]
 pub fn serve<F, S, B>(
     what: &'static str,
     listener: TcpListener,
@@ -60,6 +65,7 @@ pub fn serve<F, S, B>(
     shutdown: Shutdown,
     drain: Duration,
     limits: &Limits,
+    h1: Option<Arc<Engine>>,
 ) -> JoinHandle<()>
 where
     F: FnMut(SocketAddr) -> S + Send + 'static,
@@ -79,6 +85,10 @@ where
         tokio::pin!(stopped);
         // One permit per open connection: at the limit, new clients wait in the backlog.
         let slots = Arc::new(Semaphore::new(max_connections));
+        // Every connection of Twin's engine holds a sender; all dropped = all closed.
+        let (open, mut all_closed) = mpsc::channel::<()>(1);
+        // Flips at the drain deadline: connections still open end.
+        let (cut, cut_rx) = watch::channel(false);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         loop {
             let permit = tokio::select! {
@@ -94,38 +104,87 @@ where
                 () = &mut stopped => break,
                 (stream, peer) = backoff.accept(&listener, what) => {
                     let _ = stream.set_nodelay(true);
-                    let (io, service) =
-                        conn_guard::guard(stream, new_service(peer), idle, header);
-                    let conn = builder
-                        .serve_connection(TokioIo::new(io), service)
-                        .into_owned();
-                    let conn = graceful.watch(conn);
+                    let service = new_service(peer);
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let Some(engine) = h1.clone() else {
+                        let io = Rewind::new(stream, Vec::new());
+                        tokio::spawn(async move {
+                            hyper_connection(io, service, &builder, watcher, idle, header).await;
+                            drop(permit);
+                        });
+                        continue;
+                    };
+                    let open = open.clone();
+                    let mut cut = cut_rx.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "connection ended with an error");
+                        let work = async {
+                            match engine.sniff(stream).await {
+                                Sniffed::H2(io) => {
+                                    hyper_connection(io, service, &builder, watcher, idle, header)
+                                        .await
+                                }
+                                Sniffed::H1(io, buf) => engine.serve(io, buf, peer).await,
+                                Sniffed::Gone => {}
+                            }
+                        };
+                        tokio::select! {
+                            () = work => {}
+                            _ = cut.wait_for(|c| *c) => {}
                         }
+                        drop(open);
                         drop(permit);
                     });
                 }
             }
         }
         drop(listener);
+        drop(open);
         tracing::info!(
             listener = what,
             open = graceful.count(),
             "listener closed; draining"
         );
-        if tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        let drained = async {
+            graceful.shutdown().await;
+            // Returns None once every connection of Twin's engine has closed.
+            let _ = all_closed.recv().await;
+        };
+        if tokio::time::timeout(drain, drained).await.is_err() {
             tracing::warn!(
                 listener = what,
                 ?drain,
                 "drain deadline passed with requests still open"
             );
         }
+        cut.send_replace(true);
     })
+}
+
+/// Serves one connection with hyper (HTTP/1.1, or HTTP/2 by its preface), under the idle and
+/// header timeouts of [`conn_guard`], watched by the graceful shutdown.
+async fn hyper_connection<S, B>(
+    io: Rewind<TcpStream>,
+    service: S,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    idle: Duration,
+    header: Duration,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (io, service) = conn_guard::guard(io, service, idle, header);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 /// A connection's service that answers every request with `answer(state, request)` and never

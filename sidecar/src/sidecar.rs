@@ -10,10 +10,11 @@ use tokio::task::JoinHandle;
 
 use crate::access_log::{AccessLog, Target};
 use crate::admin::{self, Admin};
-use crate::config::{Config, TableSource};
+use crate::config::{Config, Http1Engine, TableSource};
 use crate::deps::Edges;
 use crate::ids::IdApi;
 use crate::otlp::Spans;
+use crate::outbound::h1::Engine;
 use crate::outbound::observe::Observer;
 use crate::outbound::Outbound;
 use crate::presence::{Identity, PresenceTask};
@@ -96,6 +97,14 @@ impl Sidecar {
             app: cfg.app(),
             edges: edges.clone(),
         });
+        let h1 = match cfg.http1_engine {
+            Http1Engine::Twin => Some(Arc::new(Engine::new(
+                outbound.clone(),
+                &cfg.limits,
+                shutdown.clone(),
+            ))),
+            Http1Engine::Hyper => None,
+        };
         let servers = vec![
             serve::serve(
                 "outbound",
@@ -105,6 +114,7 @@ impl Sidecar {
                 shutdown.clone(),
                 cfg.drain_timeout,
                 &cfg.limits,
+                h1,
             ),
             serve::serve(
                 "ids",
@@ -122,6 +132,7 @@ impl Sidecar {
                 shutdown.clone(),
                 cfg.drain_timeout,
                 &cfg.limits,
+                None,
             ),
             serve::serve(
                 "admin",
@@ -136,6 +147,7 @@ impl Sidecar {
                 shutdown.clone(),
                 cfg.drain_timeout,
                 &cfg.limits,
+                None,
             ),
         ];
 

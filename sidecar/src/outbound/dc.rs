@@ -21,8 +21,17 @@ const MAX_DCS: usize = 8;
 /// The bucket of a request: from its sticky header under the route's hash (`hash:`), else
 /// from its connection's key.
 pub fn bucket(route: &ServiceRoute, headers: &HeaderMap, connection_bucket: u32) -> u32 {
-    match headers.get(&route.sticky_header) {
-        Some(v) => bucket_of_with(route.route.hash, v.as_bytes()),
+    bucket_of_key(
+        route,
+        headers.get(&route.sticky_header).map(|v| v.as_bytes()),
+        connection_bucket,
+    )
+}
+
+/// [`bucket`] from the sticky header's value, when the request has one.
+pub fn bucket_of_key(route: &ServiceRoute, sticky: Option<&[u8]>, connection_bucket: u32) -> u32 {
+    match sticky {
+        Some(v) => bucket_of_with(route.route.hash, v),
         None => connection_bucket,
     }
 }

@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::OutlierSettings;
+use crate::outbound::h1::pool::IdlePool;
 use crate::outbound::upstream::Pool;
 use crate::upstream_tls::TlsTarget;
 
@@ -55,8 +56,10 @@ pub struct EndpointState {
     streak: Mutex<u32>,
     epoch: Instant,
     outlier: OutlierSettings,
-    /// Idle upstream connections to this address.
+    /// Idle upstream connections to this address (hyper's HTTP/1 engine).
     pub(crate) pool: Pool,
+    /// Idle upstream connections to this address (Twin's HTTP/1 engine).
+    pub(crate) idle: IdlePool,
     /// Set when the route asks for TLS to its upstreams.
     pub tls: Option<TlsTarget>,
 }
@@ -91,6 +94,7 @@ impl EndpointState {
             epoch: Instant::now(),
             outlier,
             pool: Pool::default(),
+            idle: IdlePool::default(),
             tls: None,
         }
     }
@@ -215,6 +219,7 @@ impl EndpointState {
         self.probation.store(true, Ordering::Relaxed);
         // Connections to an ejected endpoint are likely broken; do not reuse them.
         self.pool.clear();
+        self.idle.clear();
         Ejection::Ejected(backoff)
     }
 }

@@ -32,6 +32,12 @@ pub enum ProxyError {
     UpstreamDropped(String),
     #[error("request body: {0}")]
     BadBody(String),
+    /// A request head HTTP/1.1 cannot read safely (Twin's HTTP/1 engine).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// A request head over `limits.max_header_bytes` (or with too many headers).
+    #[error("request head too large: over {0} bytes or 100 headers")]
+    HeadTooLarge(usize),
     /// A fenced cut-over is moving this unit: its writes wait until the move is done.
     #[error("unit fenced: {service} is moving this unit to {to}; retry in a second")]
     UnitFenced { service: String, to: String },
@@ -52,10 +58,12 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::MissingHost | ProxyError::BadBody(_) | ProxyError::UnknownDc { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::MissingHost
+            | ProxyError::BadBody(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::UnknownDc { .. } => StatusCode::BAD_REQUEST,
             ProxyError::ForceDcDenied(_) => StatusCode::FORBIDDEN,
+            ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoTable
             | ProxyError::DcDown(_)
@@ -80,6 +88,8 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_) => "upstream_connect",
             ProxyError::UpstreamDropped(_) => "upstream_dropped",
             ProxyError::BadBody(_) => "bad_body",
+            ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::HeadTooLarge(_) => "head_too_large",
             ProxyError::UnitFenced { .. } => "unit_fenced",
             ProxyError::ForceDcDenied(_) => "force_dc_denied",
             ProxyError::UnknownDc { .. } => "unknown_dc",

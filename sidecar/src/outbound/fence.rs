@@ -31,8 +31,12 @@ pub const FENCE_ACTIVE: &str = "twin_sidecar_fence_active";
 
 /// True for methods that may write: everything but the read-only ones.
 pub fn is_write(method: &Method, extra_read_only: &[String]) -> bool {
-    let m = method.as_str();
-    !READ_ONLY_METHODS.contains(&m) && !extra_read_only.iter().any(|r| r == m)
+    is_write_name(method.as_str(), extra_read_only)
+}
+
+/// [`is_write`] of a method by its name as the request line spells it.
+pub fn is_write_name(method: &str, extra_read_only: &[String]) -> bool {
+    !READ_ONLY_METHODS.contains(&method) && !extra_read_only.iter().any(|r| r == method)
 }
 
 /// One service's fence and its writes in flight.

@@ -34,15 +34,7 @@ pub fn service_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
         Some(h) => h,
         None => {
             let host = req.headers().get(HOST)?.to_str().ok()?;
-            // `host:port`, or `[v6]:port`.
-            if host.starts_with('[') {
-                host.find(']').map_or(host, |i| &host[..=i])
-            } else {
-                match host.rsplit_once(':') {
-                    Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
-                    _ => host,
-                }
-            }
+            without_port(host)
         }
     };
     if raw.is_empty() {
@@ -53,6 +45,26 @@ pub fn service_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     } else {
         Some(Cow::Borrowed(raw))
     }
+}
+
+/// `host` of `host:port` or `[v6]` of `[v6]:port`.
+pub fn without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        host.find(']').map_or(host, |i| &host[..=i])
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
+    }
+}
+
+/// True for a header that describes one connection and never crosses the proxy (the
+/// Connection header's own list is checked by the caller).
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

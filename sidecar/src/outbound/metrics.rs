@@ -25,6 +25,10 @@ pub const ROUTE_REVISION: &str = "twin_sidecar_route_revision";
 pub const TABLE_REVISION: &str = "twin_sidecar_table_revision";
 pub const IN_FLIGHT: &str = "twin_sidecar_in_flight_requests";
 pub const FORCED: &str = "twin_sidecar_forced_requests_total";
+/// Upgraded connections (WebSocket) tunnelled to an upstream, by service and datacenter.
+pub const TUNNELS: &str = "twin_sidecar_tunnels_total";
+/// Upgraded connections open now.
+pub const TUNNELS_OPEN: &str = "twin_sidecar_tunnels_open";
 
 /// Buckets of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -66,6 +70,11 @@ pub fn describe() {
         FORCED,
         "Requests sent to the datacenter x-twin-force-dc named, by service and datacenter"
     );
+    describe_counter!(
+        TUNNELS,
+        "Upgraded connections (101 Switching Protocols) tunnelled to an upstream"
+    );
+    describe_gauge!(TUNNELS_OPEN, "Upgraded connections open now");
 }
 
 /// The series of one service in one datacenter.
@@ -130,6 +139,24 @@ pub fn route_revision(service: &str, revision: i64) {
 
 pub fn table_revision(revision: i64) {
     gauge!(TABLE_REVISION).set(revision as f64);
+}
+
+/// Counts a tunnel opened to `service` in `dc`; it stays in the open gauge until the guard
+/// drops.
+pub fn tunnel(service: &str, dc: &str) -> TunnelOpen {
+    counter!(TUNNELS, "service" => service.to_string(), "dc" => dc.to_string()).increment(1);
+    let open = gauge!(TUNNELS_OPEN);
+    open.increment(1.0);
+    TunnelOpen(open)
+}
+
+/// One open tunnel in `twin_sidecar_tunnels_open`.
+pub struct TunnelOpen(metrics::Gauge);
+
+impl Drop for TunnelOpen {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
 }
 
 /// The in-flight gauge, looked up once.

@@ -19,9 +19,11 @@ pub mod dc;
 pub mod endpoint;
 pub mod error;
 pub mod fence;
+pub mod h1;
 pub mod headers;
 pub mod metrics;
 pub mod observe;
+pub mod plan;
 pub mod retry;
 pub mod route;
 pub mod timeout;
@@ -40,12 +42,11 @@ use tokio::time::Instant;
 
 use crate::deps::{EdgeStats, Edges};
 use crate::outbound::body::{ProxyBody, ResponseBody, UpstreamBody};
-use crate::outbound::endpoint::{Ejection, Outcome};
 use crate::outbound::error::ProxyError;
 use crate::outbound::observe::{Observation, ObservedBody, Observer};
-use crate::outbound::retry::{Attempts, Next};
+use crate::outbound::plan::Plan;
+use crate::outbound::retry::Next;
 use crate::outbound::timeout::AttemptTimeouts;
-use crate::outbound::upstream::AttemptError;
 use crate::table::{RoutingTable, ServiceRoute};
 
 /// The outbound proxy's shared state: the current routing table and a few limits.
@@ -182,18 +183,7 @@ impl Outbound {
             metrics::forced(&route.name, &route.dcs[f].name);
         }
         // Counted until the answer's head is back (or the request fails).
-        let _write = if fence::is_write(req.method(), &route.route.read_only_methods) {
-            let guard = route
-                .gate
-                .enter(bucket, twin_topology::now_ms)
-                .map_err(|f| ProxyError::UnitFenced {
-                    service: route.name.clone(),
-                    to: f.to,
-                })?;
-            Some(guard)
-        } else {
-            None
-        };
+        let _write = plan::enter_fence(route, bucket, req.method().as_str())?;
         let (mut parts, body) = req.into_parts();
         let repeatable = retry::may_repeat(&parts.method, &parts.headers);
         let body = retry::prepare_body(&parts, body, repeatable, self.max_replay).await?;
@@ -210,44 +200,10 @@ impl Outbound {
         };
         let mut pending = Some(Request::from_parts(parts, body));
         let limits = AttemptTimeouts::from(&route.route.timeouts);
-        let mut attempts = Attempts::new(repeatable, route.route.retry.max_attempts);
-        route.budget.deposit();
-        // Datacenters this request found unusable, and endpoints it already tried.
-        let mut down: Vec<usize> = Vec::new();
-        let mut tried: Vec<(usize, usize)> = Vec::new();
-        let mut last_not_sent = false;
-        // The last failed attempt: when nothing is left to try, it says more than "no
-        // datacenter has healthy endpoints" (a TLS verdict, a refused connection).
-        let mut last_failure: Option<ProxyError> = None;
+        let mut plan = Plan::new(route, bucket, repeatable).forced(forced);
         loop {
-            let picked_dc = match forced {
-                Some(f) => dc::pick_forced(route, f, &down),
-                None => dc::pick(route, bucket, &down),
-            };
-            let choice = match picked_dc {
-                Ok(c) => c,
-                Err(ProxyError::NoHealthyDc) if last_failure.is_some() => {
-                    return Err(last_failure.unwrap_or(ProxyError::NoHealthyDc))
-                }
-                Err(e) => return Err(e),
-            };
-            let pool = &route.dcs[choice.dc];
-            let exclude: Vec<usize> = tried
-                .iter()
-                .filter(|(d, _)| *d == choice.dc)
-                .map(|(_, m)| *m)
-                .collect();
-            let picked = match endpoint::pick(&pool.members, &exclude) {
-                Some(i) => Some(i),
-                // A retry after the request may have arrived may use a tried endpoint again.
-                None if !exclude.is_empty() && !last_not_sent => endpoint::pick(&pool.members, &[]),
-                None => None,
-            };
-            let Some(idx) = picked else {
-                down.push(choice.dc);
-                continue;
-            };
-            let member = &pool.members[idx];
+            let target = plan.next_target()?;
+            let member = plan.member(target);
             let Some(mut req) = pending
                 .take()
                 .or_else(|| template.as_ref().map(Template::request))
@@ -258,9 +214,10 @@ impl Outbound {
                 ));
             };
             obs.trail.attempts += 1;
-            obs.trail.dc = Some(choice.dc);
-            obs.trail.member = Some(idx);
-            obs.trail.spilled_from = choice.spilled_from;
+            obs.trail.dc = Some(target.dc);
+            obs.trail.member = Some(target.idx);
+            obs.trail.spilled_from = target.spilled_from;
+            let pool = &route.dcs[target.dc];
             let span = obs.attempt(req.headers_mut(), &pool.name, &member.state.addr);
             let started = Instant::now();
             let sent = upstream::send(&member.state, req, &limits).await;
@@ -274,69 +231,20 @@ impl Outbound {
             match sent {
                 Ok(resp) => {
                     let status = resp.status();
-                    if status.is_server_error() {
-                        self.failed(route, choice.dc, idx);
-                        if let Next::Retry(why) =
-                            attempts.after_status(status, template.is_some(), &route.budget)
-                        {
-                            metrics::retry(&route.name, why);
-                            tried.push((choice.dc, idx));
-                            last_not_sent = false;
-                            continue;
-                        }
-                    } else {
-                        member.state.record(Outcome::Success);
+                    if let Next::Retry(_) = plan.after_status(target, status, template.is_some()) {
+                        continue;
                     }
-                    pool.metrics.answered(status, started.elapsed());
-                    route.edge.answered(pool.code, status.is_server_error());
-                    if let Some(from) = choice.spilled_from {
-                        metrics::spill(&route.name, &route.dcs[from].name, &pool.name);
-                    }
+                    plan.answered(target, status, started.elapsed());
                     let mut resp = resp.map(ProxyBody::Streamed);
                     headers::from_upstream(&mut resp, &pool.header, &route.revision_header);
                     return Ok(resp);
                 }
                 Err(failed) => {
-                    self.failed(route, choice.dc, idx);
-                    tried.push((choice.dc, idx));
-                    last_not_sent = failed.error.not_sent();
                     pending = failed.request;
                     let can_resend = pending.is_some() || template.is_some();
-                    match attempts.after_error(&failed.error, can_resend, &route.budget) {
-                        Next::Retry(why) => {
-                            tracing::debug!(service = %route.name, error = %failed.error, "retrying");
-                            metrics::retry(&route.name, why);
-                            last_failure = Some(proxy_error(failed.error));
-                        }
-                        Next::Stop => {
-                            tracing::debug!(service = %route.name, error = %failed.error, "giving up");
-                            if !failed.error.not_sent() && attempts.budget_refused(can_resend) {
-                                metrics::budget_exhausted(&route.name);
-                            }
-                            return Err(proxy_error(failed.error));
-                        }
-                    }
+                    plan.after_error(target, failed.error, can_resend)?;
                 }
             }
         }
-    }
-
-    /// Counts a failure against an endpoint, ejecting it when it has failed too often.
-    fn failed(&self, route: &ServiceRoute, dc: usize, idx: usize) {
-        let pool = &route.dcs[dc];
-        let state = &pool.members[idx].state;
-        if let Ejection::Ejected(backoff) = state.record(Outcome::Failure) {
-            tracing::warn!(service = %route.name, dc = %pool.name, endpoint = %state.addr, ?backoff, "endpoint ejected");
-            metrics::ejection(&route.name, &pool.name, &state.addr);
-        }
-    }
-}
-
-/// What the client is told when `e` was the last attempt.
-fn proxy_error(e: AttemptError) -> ProxyError {
-    match e {
-        e @ AttemptError::Connect { .. } => ProxyError::UpstreamConnect(e.to_string()),
-        e @ AttemptError::Dropped { .. } => ProxyError::UpstreamDropped(e.to_string()),
-        AttemptError::Timeout { .. } => ProxyError::UpstreamTimeout,
     }
 }

@@ -58,10 +58,15 @@ impl RetryBudget {
 
 /// True when repeating the request cannot do the work twice.
 pub fn may_repeat(method: &Method, headers: &HeaderMap) -> bool {
+    may_repeat_name(method.as_str(), headers.contains_key(IDEMPOTENCY_KEY))
+}
+
+/// [`may_repeat`] of a method by its name, and whether the request has an `Idempotency-Key`.
+pub fn may_repeat_name(method: &str, has_idempotency_key: bool) -> bool {
     matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    ) || headers.contains_key(IDEMPOTENCY_KEY)
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    ) || has_idempotency_key
 }
 
 /// Chooses how the request body travels: an empty body, a small body of a repeatable request

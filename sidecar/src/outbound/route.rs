@@ -17,8 +17,22 @@ pub fn lookup<B>(table: &RoutingTable, req: &Request<B>) -> Result<Arc<ServiceRo
     if !table.is_loaded() {
         return Err(ProxyError::NoTable);
     }
-    let host = service_host(req).ok_or(ProxyError::MissingHost)?;
-    table.service(&host).cloned().ok_or_else(|| {
+    lookup_host(table, service_host(req).as_deref())
+}
+
+/// The route of service `host` (already without port and in lower case), when the table is
+/// loaded.
+pub fn lookup_host(
+    table: &RoutingTable,
+    host: Option<&str>,
+) -> Result<Arc<ServiceRoute>, ProxyError> {
+    if !table.is_loaded() {
+        return Err(ProxyError::NoTable);
+    }
+    let host = host
+        .filter(|h| !h.is_empty())
+        .ok_or(ProxyError::MissingHost)?;
+    table.service(host).cloned().ok_or_else(|| {
         let mut shown: String = host.chars().take(MAX_ECHOED_HOST).collect();
         shown.retain(|c| c.is_ascii_graphic());
         ProxyError::NoRoute(shown)

@@ -128,10 +128,10 @@ pub enum AttemptError {
     #[error("connect to {addr}: {reason}")]
     Connect { addr: String, reason: String },
     /// The connection broke after the request was handed to it.
-    #[error("upstream {addr} dropped the connection: {}{}", error_chain(.source), hint.map_or(String::new(), |h| format!(" ({h})")))]
+    #[error("upstream {addr} dropped the connection: {}{}", error_chain(&**.source), hint.map_or(String::new(), |h| format!(" ({h})")))]
     Dropped {
         addr: String,
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
         /// What most likely happened, when the connection was a fresh TLS one.
         hint: Option<&'static str>,
     },
@@ -295,7 +295,7 @@ pub async fn send(
                     return Err(Failed {
                         error: AttemptError::Dropped {
                             addr: addr(),
-                            source: e.into_error(),
+                            source: Box::new(e.into_error()),
                             hint: match (&endpoint.tls, reused) {
                                 (Some(tls), false) => Some(tls.closed_after_handshake_hint()),
                                 _ => None,

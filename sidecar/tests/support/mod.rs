@@ -13,7 +13,7 @@ use etcd_client::Client;
 use twin_lab::http::{self, Behavior, Reply, Upstream};
 pub use twin_lab::Signal;
 use twin_lab::{eventually, Etcd, Registry, SidecarProc};
-use twin_sidecar::config::OutlierSettings;
+use twin_sidecar::config::{Http1Engine, OutlierSettings};
 use twin_sidecar::{Config, Flags, Sidecar, TableSource};
 use twin_topology::{Datacenter, EtcdSettings, Keys, OnDcDown, Route, Weights};
 
@@ -172,6 +172,12 @@ pub fn config(source: TableSource) -> Config {
         max_ejection_ms: 60_000,
     };
     cfg.drain_timeout = Duration::from_secs(5);
+    // `TWIN_HTTP1_ENGINE=twin cargo test` runs every in-process sidecar on Twin's engine (the
+    // binary reads the same variable through its flag).
+    if let Ok(engine) = std::env::var("TWIN_HTTP1_ENGINE") {
+        cfg.http1_engine = <Http1Engine as clap::ValueEnum>::from_str(&engine, true)
+            .expect("TWIN_HTTP1_ENGINE is twin or hyper");
+    }
     cfg
 }
 

@@ -1,0 +1,469 @@
+//! Request and response heads of Twin's HTTP/1 engine: parsed with `httparse` in place (the
+//! header slices point into the connection's buffer), checked for what makes a message
+//! ambiguous, and written on with their header bytes copied as they came, less the
+//! hop-by-hop ones — the same rewriting as [`crate::outbound::headers`] does for hyper.
+
+use std::io::Write;
+
+use crate::outbound::error::ProxyError;
+use crate::outbound::h1::framing::Framing;
+use crate::outbound::headers::{is_hop_by_hop, without_port, X_TWIN_DC, X_TWIN_ROUTE_REV};
+use crate::outbound::retry::IDEMPOTENCY_KEY;
+
+/// Most headers in one head (hyper's limit too).
+pub const MAX_HEADERS: usize = 100;
+
+/// What the engine needs to know about a request, kept after its head leaves the buffer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequestInfo {
+    pub head_len: usize,
+    pub framing_len: Option<u64>,
+    pub chunked: bool,
+    pub http10: bool,
+    pub is_head: bool,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+    /// `Connection: upgrade` with an `Upgrade` header (WebSocket).
+    pub upgrade: bool,
+    pub repeatable: bool,
+}
+
+impl RequestInfo {
+    pub fn framing(&self) -> Framing {
+        match (self.chunked, self.framing_len) {
+            (true, _) => Framing::Chunked,
+            (false, Some(0)) | (false, None) => Framing::Empty,
+            (false, Some(n)) => Framing::Length(n),
+        }
+    }
+}
+
+/// A parsed request head.
+pub struct Request<'h, 'b> {
+    pub req: httparse::Request<'h, 'b>,
+    pub info: RequestInfo,
+}
+
+fn bad(why: &str) -> ProxyError {
+    ProxyError::BadRequest(why.to_string())
+}
+
+/// True when a comma-separated header value lists `token` (case-insensitive).
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// Parses the request head at the start of `buf`. `Ok(None)`: incomplete.
+pub fn request<'h, 'b>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+    max_head: usize,
+) -> Result<Option<Request<'h, 'b>>, ProxyError> {
+    let mut req = httparse::Request::new(headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => {
+            return Err(ProxyError::HeadTooLarge(max_head))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ProxyError::HeadTooLarge(max_head)),
+        Err(e) => return Err(ProxyError::BadRequest(e.to_string())),
+    };
+    if head_len > max_head {
+        return Err(ProxyError::HeadTooLarge(max_head));
+    }
+    let http10 = req.version == Some(0);
+    let mut info = RequestInfo {
+        head_len,
+        http10,
+        is_head: req.method == Some("HEAD"),
+        keep_alive: !http10,
+        ..RequestInfo::default()
+    };
+    let mut te = false;
+    let mut has_upgrade = false;
+    let mut conn_upgrade = false;
+    let mut idempotency_key = false;
+    let mut hosts = 0;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_length(h.value).ok_or_else(|| bad("invalid Content-Length"))?;
+            if info.framing_len.is_some_and(|old| old != n) {
+                return Err(bad("Content-Length headers that differ"));
+            }
+            info.framing_len = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if te || http10 {
+                return Err(bad("Transfer-Encoding repeated or in an HTTP/1.0 request"));
+            }
+            te = true;
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            if !last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(bad("Transfer-Encoding that does not end in chunked"));
+            }
+            info.chunked = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if has_token(h.value, b"close") {
+                info.keep_alive = false;
+            } else if has_token(h.value, b"keep-alive") && http10 {
+                info.keep_alive = true;
+            }
+            conn_upgrade |= has_token(h.value, b"upgrade");
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            info.expect_continue = h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            has_upgrade = true;
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case(IDEMPOTENCY_KEY.as_bytes()) {
+            idempotency_key = true;
+        }
+    }
+    if te && info.framing_len.is_some() {
+        return Err(bad("both Content-Length and Transfer-Encoding"));
+    }
+    if hosts > 1 {
+        return Err(bad("more than one Host header"));
+    }
+    info.upgrade = conn_upgrade && has_upgrade && !http10;
+    info.repeatable =
+        crate::outbound::retry::may_repeat_name(req.method.unwrap_or_default(), idempotency_key);
+    Ok(Some(Request { req, info }))
+}
+
+/// A Content-Length value: digits only.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    v.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+impl Request<'_, '_> {
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.req
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// The service the request names (absolute-form authority, else Host), without port, in
+    /// lower case; `scratch` holds it when it had to be lowered.
+    pub fn service<'s>(&'s self, scratch: &'s mut String) -> Option<&'s str> {
+        let path = self.req.path.unwrap_or_default();
+        let raw: &str = if path.starts_with('/') || path == "*" {
+            without_port(std::str::from_utf8(self.header("host")?).ok()?.trim())
+        } else {
+            // Absolute form (rare): the authority names the service.
+            let after = path.split_once("://").map_or(path, |(_, rest)| rest);
+            let authority = after.split(['/', '?']).next().unwrap_or_default();
+            let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            without_port(authority)
+        };
+        if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+            scratch.clear();
+            scratch.push_str(raw);
+            scratch.make_ascii_lowercase();
+            return Some(scratch.as_str());
+        }
+        Some(raw)
+    }
+
+    /// Writes the head for the upstream into `out`: the request line in origin form as
+    /// HTTP/1.1, every header as it came except hop-by-hop ones, framing headers, and `Expect`
+    /// (the sidecar answers `100 Continue` itself); a Host from an absolute-form target when
+    /// there is none. An upgrade keeps `Connection: upgrade` and its `Upgrade` header.
+    /// `framing` is how the body will travel.
+    pub fn write_upstream(&self, out: &mut Vec<u8>, framing: Framing) {
+        let path = self.req.path.unwrap_or("/");
+        let mut authority = None;
+        let target = if path.starts_with('/') || path == "*" {
+            path
+        } else {
+            let after = path.split_once("://").map_or(path, |(_, rest)| rest);
+            let cut = after.find(['/', '?']).unwrap_or(after.len());
+            authority = Some(&after[..cut]);
+            match &after[cut..] {
+                "" => "/",
+                rest if rest.starts_with('?') => {
+                    out.extend_from_slice(self.req.method.unwrap_or("GET").as_bytes());
+                    out.extend_from_slice(b" /");
+                    out.extend_from_slice(rest.as_bytes());
+                    out.extend_from_slice(b" HTTP/1.1\r\n");
+                    ""
+                }
+                rest => rest,
+            }
+        };
+        if !target.is_empty() {
+            out.extend_from_slice(self.req.method.unwrap_or("GET").as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(target.as_bytes());
+            out.extend_from_slice(b" HTTP/1.1\r\n");
+        }
+        let mut has_host = false;
+        for h in self.req.headers.iter() {
+            let name = h.name.as_bytes();
+            has_host |= name.eq_ignore_ascii_case(b"host");
+            let keep_for_upgrade = self.info.upgrade && name.eq_ignore_ascii_case(b"upgrade");
+            if !keep_for_upgrade
+                && (is_hop_by_hop(name)
+                    || named_by_connection(self.req.headers, name)
+                    || name.eq_ignore_ascii_case(b"transfer-encoding")
+                    || name.eq_ignore_ascii_case(b"content-length")
+                    || (self.info.expect_continue && name.eq_ignore_ascii_case(b"expect")))
+            {
+                continue;
+            }
+            push_header(out, name, h.value);
+        }
+        if let (false, Some(a)) = (has_host, authority) {
+            let a = a.rsplit_once('@').map_or(a, |(_, h)| h);
+            push_header(out, b"host", a.as_bytes());
+        }
+        if self.info.upgrade {
+            out.extend_from_slice(b"connection: upgrade\r\n");
+        }
+        push_framing(out, framing);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// True when a Connection header of `headers` names `name` (then it is hop-by-hop too).
+fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| has_token(h.value, name))
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_framing(out: &mut Vec<u8>, framing: Framing) {
+    match framing {
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Length(n) => {
+            // Writing a number into a Vec cannot fail.
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Empty | Framing::Close => {}
+    }
+}
+
+/// What the engine keeps of an upstream's response head.
+#[derive(Clone, Copy, Debug)]
+pub struct ResponseInfo {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The upstream keeps the connection open after this response.
+    pub keep_alive: bool,
+    pub content_length: Option<u64>,
+}
+
+/// Why an upstream's response head was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BadResponse {
+    #[error("invalid response head: {0}")]
+    Parse(httparse::Error),
+    #[error("response head larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("invalid Content-Length in the response")]
+    Length,
+}
+
+/// Parses the response head at the start of `buf` to a request that was `HEAD` or not.
+pub fn response<'h, 'b>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>],
+    max_head: usize,
+    head_request: bool,
+) -> Result<Option<(httparse::Response<'h, 'b>, ResponseInfo)>, BadResponse> {
+    let mut resp = httparse::Response::new(headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => {
+            return Err(BadResponse::TooLarge(max_head))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(BadResponse::Parse(e)),
+    };
+    let status = resp.code.unwrap_or(0);
+    let mut keep_alive = resp.version == Some(1);
+    let mut chunked = None;
+    let mut content_length = None;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_length(h.value).ok_or(BadResponse::Length)?;
+            if content_length.is_some_and(|old| old != n) {
+                return Err(BadResponse::Length);
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            if has_token(h.value, b"close") {
+                keep_alive = false;
+            } else if has_token(h.value, b"keep-alive") {
+                keep_alive = true;
+            }
+        }
+    }
+    let framing = if head_request || status < 200 || status == 204 || status == 304 {
+        Framing::Empty
+    } else {
+        match (chunked, content_length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::Close,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::Close,
+        }
+    };
+    if framing == Framing::Close || (chunked.is_some() && content_length.is_some()) {
+        keep_alive = false;
+    }
+    Ok(Some((
+        resp,
+        ResponseInfo {
+            head_len,
+            status,
+            framing,
+            keep_alive,
+            content_length,
+        },
+    )))
+}
+
+/// How the client's connection goes on after a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientConn {
+    KeepAlive,
+    Close,
+}
+
+/// Writes the response head for the client into `out`: the status line as HTTP/1.1, the
+/// upstream's headers less hop-by-hop ones, `x-twin-dc` and `x-twin-route-rev`, the framing
+/// the client gets (`client_framing`), and a Connection header when it must say close (or
+/// keep-alive to an HTTP/1.0 client). A 101 keeps `Connection`/`Upgrade`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_client_head(
+    out: &mut Vec<u8>,
+    resp: &httparse::Response<'_, '_>,
+    info: &ResponseInfo,
+    client_framing: Framing,
+    conn: ClientConn,
+    http10_client: bool,
+    dc: &[u8],
+    route_rev: &[u8],
+) {
+    // An HTTP/1.0 client is answered in its version (as hyper does).
+    let minor = if http10_client { 0 } else { 1 };
+    let _ = write!(out, "HTTP/1.{minor} {} ", info.status);
+    out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let upgrade = info.status == 101;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        let kept_for_upgrade = upgrade
+            && (name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"connection"));
+        // HEAD and 304 answers keep the Content-Length of what a GET would have had.
+        let kept_length = client_framing == Framing::Empty
+            && name.eq_ignore_ascii_case(b"content-length")
+            && info.status != 204;
+        if !kept_for_upgrade
+            && !kept_length
+            && (is_hop_by_hop(name)
+                || named_by_connection(resp.headers, name)
+                || name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(X_TWIN_DC.as_str().as_bytes())
+                || name.eq_ignore_ascii_case(X_TWIN_ROUTE_REV.as_str().as_bytes()))
+        {
+            continue;
+        }
+        push_header(out, name, h.value);
+    }
+    push_header(out, X_TWIN_DC.as_str().as_bytes(), dc);
+    push_header(out, X_TWIN_ROUTE_REV.as_str().as_bytes(), route_rev);
+    push_framing(out, client_framing);
+    if !upgrade {
+        match (conn, http10_client) {
+            (ClientConn::Close, _) => out.extend_from_slice(b"connection: close\r\n"),
+            (ClientConn::KeepAlive, true) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+            (ClientConn::KeepAlive, false) => {}
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<Option<RequestInfo>, ProxyError> {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        request(raw.as_bytes(), &mut h, 1024).map(|r| r.map(|r| r.info))
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for raw in [
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+            "GET /\x01 HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(raw), Err(ProxyError::BadRequest(_))),
+                "{raw:?}"
+            );
+        }
+        let ok =
+            parse("POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n")
+                .expect("same length twice")
+                .expect("complete");
+        assert_eq!(ok.framing(), Framing::Length(3));
+        assert!(parse("GET / HTTP/1.1\r\nhost: a\r\n")
+            .expect("partial")
+            .is_none());
+        let big = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(2000));
+        assert!(matches!(parse(&big), Err(ProxyError::HeadTooLarge(1024))));
+    }
+
+    #[test]
+    fn upstream_heads_lose_hop_by_hop_headers_and_gain_host() {
+        let raw = "GET http://Payments:80/pay?x=1 HTTP/1.0\r\nconnection: keep-alive, x-secret\r\nx-secret: 1\r\nx-twin-unit: u1\r\nte: trailers\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let r = request(raw.as_bytes(), &mut h, 1024)
+            .expect("valid")
+            .expect("complete");
+        assert!(r.info.http10 && r.info.keep_alive);
+        let mut scratch = String::new();
+        assert_eq!(r.service(&mut scratch), Some("payments"));
+        let mut out = Vec::new();
+        r.write_upstream(&mut out, Framing::Empty);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "GET /pay?x=1 HTTP/1.1\r\nx-twin-unit: u1\r\nhost: Payments:80\r\n\r\n"
+        );
+    }
+}

@@ -1,0 +1,462 @@
+//! Twin's HTTP/1 engine (`--http1-engine twin`) against real upstreams over real sockets:
+//! framing errors answered 400 with `x-twin-error` (and never forwarded), chunked bodies both
+//! ways, HEAD and 204, upstream connections reused across requests, HTTP/1.0 clients,
+//! `Expect: 100-continue`, a WebSocket-style upgrade tunnel, and the drain.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use twin_lab::eventually;
+use twin_lab::http::{Behavior, Upstream};
+use twin_sidecar::config::Http1Engine;
+use twin_sidecar::{Sidecar, TableSource};
+
+/// A sidecar on Twin's engine routing `payments` to `up` (all in m6v) from a routes file.
+async fn engine_sidecar(up: SocketAddr) -> (tempfile::TempDir, Sidecar) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let routes = dir.path().join("routes.yaml");
+    std::fs::write(
+        &routes,
+        format!(
+            "datacenters: {{m6v: {{code: 0}}}}\nroutes:\n  payments:\n    weights: {{m6v: 10000}}\n    endpoints: {{m6v: ['{up}']}}\n"
+        ),
+    )
+    .expect("routes");
+    let mut cfg = config(TableSource::File(routes));
+    cfg.hwm_file = dir.path().join("hwm");
+    cfg.http1_engine = Http1Engine::Twin;
+    let s = Sidecar::start(cfg).await.expect("sidecar starts");
+    let loaded = eventually(WAIT, || async { s.table().service(SERVICE).is_some() }).await;
+    assert!(loaded, "the routes file was not loaded");
+    (dir, s)
+}
+
+/// A minimal HTTP/1.1 upstream on a raw socket: answers `200 ok` to every request (reading a
+/// Content-Length body), counts the connections it accepted, and after answering `101` to an
+/// upgrade echoes every byte back.
+async fn raw_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let conns = Arc::new(AtomicUsize::new(0));
+    let counted = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve_raw(s));
+        }
+    });
+    (addr, conns)
+}
+
+async fn serve_raw(mut s: TcpStream) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut have = 0;
+    loop {
+        let Some(end) = find(&buf[..have], b"\r\n\r\n") else {
+            match s.read(&mut buf[have..]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => have += n,
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        if head.contains("upgrade: websocket") {
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+                .await;
+            let extra = buf[end + 4..have].to_vec();
+            let _ = s.write_all(&extra).await;
+            let (mut r, mut w) = s.into_split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            return;
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let total = end + 4 + len;
+        while have < total {
+            match s.read(&mut buf[have..]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => have += n,
+            }
+        }
+        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        buf.copy_within(total..have, 0);
+        have -= total;
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One response read off a client connection: status, head (lower case), body.
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            (n.trim() == name).then(|| v.trim())
+        })
+    }
+}
+
+/// Reads one response (Content-Length, chunked, or to EOF) from `s`; `head_request` for an
+/// answer to HEAD (no body whatever the headers say).
+async fn read_answer(s: &mut TcpStream, pending: &mut Vec<u8>, head_request: bool) -> Answer {
+    let end = loop {
+        if let Some(e) = find(pending, b"\r\n\r\n") {
+            break e;
+        }
+        assert!(fill(s, pending).await > 0, "closed before a response head");
+    };
+    let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+    pending.drain(..end + 4);
+    let status: u16 = head[9..12].parse().expect("status");
+    let mut a = Answer {
+        status,
+        head,
+        body: Vec::new(),
+    };
+    if head_request || status == 204 || status == 304 || status == 101 || status == 100 {
+        return a;
+    }
+    if let Some(n) = a
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        while pending.len() < n {
+            assert!(fill(s, pending).await > 0, "body cut short");
+        }
+        a.body = pending.drain(..n).collect();
+    } else if a.header("transfer-encoding") == Some("chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(e) = find(pending, b"\r\n") {
+                    break e;
+                }
+                assert!(fill(s, pending).await > 0, "chunked body cut short");
+            };
+            let size = usize::from_str_radix(
+                String::from_utf8_lossy(&pending[..line_end])
+                    .split(';')
+                    .next()
+                    .unwrap_or(""),
+                16,
+            )
+            .expect("chunk size");
+            while pending.len() < line_end + 2 + size + 2 {
+                assert!(fill(s, pending).await > 0, "chunk cut short");
+            }
+            a.body
+                .extend_from_slice(&pending[line_end + 2..line_end + 2 + size]);
+            pending.drain(..line_end + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        while fill(s, pending).await > 0 {}
+        a.body = std::mem::take(pending);
+    }
+    a
+}
+
+/// Reads more of the answer into `pending`; how much (0: closed).
+async fn fill(s: &mut TcpStream, pending: &mut Vec<u8>) -> usize {
+    let mut chunk = [0u8; 8192];
+    let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+        .await
+        .expect("the sidecar answers in time")
+        .unwrap_or(0);
+    pending.extend_from_slice(&chunk[..n]);
+    n
+}
+
+/// Sends `raw` on a new connection and reads one answer.
+async fn once(addr: SocketAddr, raw: &[u8]) -> (TcpStream, Answer) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(raw).await.expect("write");
+    let mut pending = Vec::new();
+    let a = read_answer(&mut s, &mut pending, false).await;
+    (s, a)
+}
+
+/// True when the server closes `s` within [`WAIT`] (reads nothing more).
+async fn closes(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(WAIT, s.read(&mut b)).await,
+        Ok(Ok(0)) | Ok(Err(_))
+    )
+}
+
+#[tokio::test]
+async fn framing_errors_get_400_and_never_reach_the_upstream() {
+    let up = Upstream::start("m6v").await.expect("up");
+    let (_dir, s) = engine_sidecar(up.addr()).await;
+    let cases: [(&str, &[u8]); 5] = [
+        ("both lengths", b"POST / HTTP/1.1\r\nhost: payments\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+        ("differing lengths", b"POST / HTTP/1.1\r\nhost: payments\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd"),
+        ("bad chunk", b"POST / HTTP/1.1\r\nhost: payments\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"),
+        ("chunk longer than its size", b"PUT / HTTP/1.1\r\nhost: payments\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n"),
+        ("bad request line", b"GET / HTTX/1.1\r\nhost: payments\r\n\r\n"),
+    ];
+    for (what, raw) in cases {
+        let (mut conn, a) = once(s.outbound_addr, raw).await;
+        assert_eq!(a.status, 400, "{what}: {}", a.head);
+        assert!(a.header("x-twin-error").is_some(), "{what}: {}", a.head);
+        assert!(closes(&mut conn).await, "{what}: the connection closes");
+    }
+    // A body shorter than its Content-Length, the client done sending.
+    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
+    conn.write_all(b"POST / HTTP/1.1\r\nhost: payments\r\ncontent-length: 10\r\n\r\nabc")
+        .await
+        .expect("write");
+    conn.shutdown().await.expect("half close");
+    let a = read_answer(&mut conn, &mut Vec::new(), false).await;
+    assert_eq!(a.status, 400, "truncated body: {}", a.head);
+    assert!(a
+        .header("x-twin-error")
+        .is_some_and(|e| e.contains("request body")));
+    // A head over max_header_bytes.
+    let big = format!(
+        "GET / HTTP/1.1\r\nhost: payments\r\nx-big: {}\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let (_, a) = once(s.outbound_addr, big.as_bytes()).await;
+    assert_eq!(a.status, 431);
+    // Streamed bodies found bad half way reached the upstream in part, never whole.
+    assert_eq!(
+        up.recorder().len(),
+        0,
+        "no malformed request reached the application"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_bodies_pass_both_ways_and_http10_gets_them_whole() {
+    let up = Upstream::with("m6v", Behavior::Echo).await.expect("up");
+    let (_dir, s) = engine_sidecar(up.addr()).await;
+    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        conn.write_all(b"POST /echo HTTP/1.1\r\nhost: payments\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n")
+            .await
+            .expect("write");
+        let a = read_answer(&mut conn, &mut pending, false).await;
+        assert_eq!(a.status, 200, "{}", a.head);
+        assert_eq!(a.header("transfer-encoding"), Some("chunked"), "{}", a.head);
+        assert_eq!(a.body, b"hello world");
+        assert_eq!(a.header("x-twin-dc"), Some("m6v"));
+        assert!(a.header("x-twin-route-rev").is_some());
+    }
+    // HTTP/1.0 cannot read chunks: the body comes decoded, delimited by the close.
+    let (mut c10, a) = once(
+        s.outbound_addr,
+        b"POST /echo HTTP/1.0\r\nhost: payments\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("transfer-encoding"), None, "{}", a.head);
+    assert_eq!(a.body, b"hello");
+    assert!(closes(&mut c10).await);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn head_204_and_http10_keep_the_connection_in_step() {
+    let up = Upstream::start("m6v").await.expect("up");
+    let (_dir, s) = engine_sidecar(up.addr()).await;
+    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
+    let mut pending = Vec::new();
+    conn.write_all(
+        b"HEAD / HTTP/1.1\r\nhost: payments\r\n\r\nGET / HTTP/1.1\r\nhost: payments\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let head = read_answer(&mut conn, &mut pending, true).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("3"), "{}", head.head);
+    let get = read_answer(&mut conn, &mut pending, false).await;
+    assert_eq!(get.body, b"m6v", "the HEAD answer carried no body");
+
+    up.set(Behavior::Status(204));
+    conn.write_all(b"DELETE /x HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await
+        .expect("write");
+    let a = read_answer(&mut conn, &mut pending, false).await;
+    assert_eq!(a.status, 204);
+    up.set(Behavior::Answer);
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(
+        read_answer(&mut conn, &mut pending, false).await.body,
+        b"m6v"
+    );
+
+    // HTTP/1.0: closed after the answer unless it asks for keep-alive.
+    let (mut c, a) = once(s.outbound_addr, b"GET / HTTP/1.0\r\nhost: payments\r\n\r\n").await;
+    assert_eq!(a.body, b"m6v");
+    assert!(closes(&mut c).await);
+    let (mut c, a) = once(
+        s.outbound_addr,
+        b"GET / HTTP/1.0\r\nhost: payments\r\nconnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    assert_eq!(a.header("connection"), Some("keep-alive"));
+    c.write_all(b"GET / HTTP/1.0\r\nhost: payments\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(
+        read_answer(&mut c, &mut Vec::new(), false).await.body,
+        b"m6v"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_errors_are_the_sidecars() {
+    let (addr, conns) = raw_upstream().await;
+    let (_dir, s) = engine_sidecar(addr).await;
+    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
+    let mut pending = Vec::new();
+    for i in 0..50 {
+        let req = format!(
+            "POST /p HTTP/1.1\r\nhost: Payments:15001\r\nx-twin-unit: u{i}\r\ncontent-length: 3\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\n\r\nabc"
+        );
+        conn.write_all(req.as_bytes()).await.expect("write");
+        let a = read_answer(&mut conn, &mut pending, false).await;
+        assert_eq!(
+            (a.status, a.body.as_slice()),
+            (200, &b"ok"[..]),
+            "{}",
+            a.head
+        );
+    }
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "one upstream connection served all 50"
+    );
+    // No route: the sidecar's own 404, and the connection goes on.
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: nowhere\r\n\r\n")
+        .await
+        .expect("write");
+    let a = read_answer(&mut conn, &mut pending, false).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(
+        a.header("x-twin-error"),
+        Some("no route for host \"nowhere\"")
+    );
+    conn.write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let a = read_answer(&mut conn, &mut pending, false).await;
+    assert_eq!(a.status, 400, "no Host: {}", a.head);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body() {
+    let up = Upstream::with("m6v", Behavior::Echo).await.expect("up");
+    let (_dir, s) = engine_sidecar(up.addr()).await;
+    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
+    conn.write_all(
+        b"PUT /x HTTP/1.1\r\nhost: payments\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut pending = Vec::new();
+    let cont = read_answer(&mut conn, &mut pending, false).await;
+    assert_eq!(cont.status, 100);
+    conn.write_all(b"data").await.expect("body");
+    let a = read_answer(&mut conn, &mut pending, false).await;
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"data"[..]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_upgrade_becomes_a_tunnel_and_the_drain_cuts_it() {
+    let (addr, _) = raw_upstream().await;
+    let (_dir, s) = engine_sidecar(addr).await;
+    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
+    conn.write_all(
+        b"GET /ws HTTP/1.1\r\nhost: payments\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut pending = Vec::new();
+    let a = read_answer(&mut conn, &mut pending, false).await;
+    assert_eq!(a.status, 101, "{}", a.head);
+    assert_eq!(a.header("upgrade"), Some("websocket"));
+    assert_eq!(a.header("x-twin-dc"), Some("m6v"));
+    for msg in [&b"ping"[..], b"second message"] {
+        conn.write_all(msg).await.expect("write");
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(WAIT, conn.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(back, msg);
+    }
+    let client = twin_lab::http::client();
+    let metrics = admin_get(&client, s.admin_addr, "/metrics").await.text();
+    assert!(
+        metrics.contains("twin_sidecar_tunnels_open 1"),
+        "one tunnel open:\n{metrics}"
+    );
+    // An idle keep-alive client closes at once on stop; the tunnel at the drain deadline.
+    let mut idle = TcpStream::connect(s.outbound_addr).await.expect("connect");
+    idle.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await
+        .expect("write");
+    let _ = read_answer(&mut idle, &mut Vec::new(), false).await;
+    let stopped = tokio::time::Instant::now();
+    let stop = tokio::spawn(s.stop());
+    assert!(closes(&mut idle).await, "the idle connection closes");
+    assert!(stopped.elapsed() < Duration::from_secs(2), "at once");
+    assert!(closes(&mut conn).await, "the tunnel is cut at the deadline");
+    stop.await.expect("stopped");
+}
+
+#[tokio::test]
+async fn a_request_in_flight_at_stop_is_answered_then_the_connection_closes() {
+    let up = Upstream::with("m6v", Behavior::Delay(Duration::from_millis(800)))
+        .await
+        .expect("up");
+    let (_dir, s) = engine_sidecar(up.addr()).await;
+    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await
+        .expect("write");
+    // The request is with the upstream when the sidecar is told to stop.
+    assert!(eventually(WAIT, || async { up.hits() == 1 }).await);
+    let stop = tokio::spawn(s.stop());
+    let a = read_answer(&mut conn, &mut Vec::new(), false).await;
+    assert_eq!((a.status, a.body.as_slice()), (200, &b"m6v"[..]));
+    assert_eq!(a.header("connection"), Some("close"), "{}", a.head);
+    assert!(closes(&mut conn).await);
+    stop.await.expect("stopped");
+}
