@@ -32,6 +32,8 @@ use twin_topology::{Keys, Topology};
 const ROUTES: usize = 200;
 /// How long a view may take to show a change before it counts as missing it.
 const VIEW_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the whole fleet may take to register and load.
+const STARTUP: Duration = Duration::from_secs(300);
 /// Pause between two measured changes (a fleet's presence writes follow each one).
 const GAP: Duration = Duration::from_secs(2);
 /// The reconnect storm has settled after this long without a sign of it.
@@ -69,10 +71,20 @@ async fn all_views(
     start: Instant,
     pred: impl Fn(&Topology) -> bool + Copy,
 ) -> (f64, usize) {
+    all_views_within(fleet, start, VIEW_TIMEOUT, pred).await
+}
+
+/// [`all_views`] with a time limit of its own.
+async fn all_views_within(
+    fleet: &[SimSidecar],
+    start: Instant,
+    within: Duration,
+    pred: impl Fn(&Topology) -> bool + Copy,
+) -> (f64, usize) {
     let waits = fleet.iter().map(|s| {
         let mut rx = s.view.subscribe();
         async move {
-            let seen = tokio::time::timeout(VIEW_TIMEOUT, rx.wait_for(|t| pred(t))).await;
+            let seen = tokio::time::timeout(within, rx.wait_for(|t| pred(t))).await;
             matches!(seen, Ok(Ok(_))).then(Instant::now)
         }
     });
@@ -158,6 +170,36 @@ struct Row {
     storm: Option<(f64, f64, f64, u64)>,
 }
 
+impl Row {
+    /// The row of the figures table.
+    fn line(&self) -> String {
+        let (mut c, mut f) = (self.change.clone(), self.failover.clone());
+        c.sort_by(f64::total_cmp);
+        f.sort_by(f64::total_cmp);
+        let etcd = if self.members == 1 {
+            "1 member".to_string()
+        } else {
+            format!("{} members", self.members)
+        };
+        let last = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
+        let cells = [
+            format!("{:.1}", pct(&c, 50.0)),
+            format!("{:.1}", pct(&c, 99.0)),
+            format!("{:.1}", last(&c)),
+            format!("{:.1}", pct(&f, 50.0)),
+            format!("{:.1}", pct(&f, 99.0)),
+            format!("{:.1}", last(&f)),
+            self.missing.to_string(),
+            self.behind.to_string(),
+            format!("{:.1} ({:.2})", self.cpu, self.cpu / self.secs),
+            format!("{:.0}", self.rss_mib),
+            format!("{:.0}", self.counters.keepalives / self.secs),
+            format!("{:.0}", self.counters.watch_events / self.secs),
+        ];
+        format!("| {etcd} | {} | {} |", self.n, cells.join(" | "))
+    }
+}
+
 async fn run(members: usize, n: usize, changes: usize, failovers: usize) -> anyhow::Result<Row> {
     let etcd = Etcd::builder().members(members).start().await?;
     let all = etcd.endpoints().join(",");
@@ -174,7 +216,7 @@ async fn run(members: usize, n: usize, changes: usize, failovers: usize) -> anyh
     let fleet = start_fleet(&etcd, n, ROUTES).await?;
     let mut client = etcd.client().await?;
     // Every sidecar registered and present, every view holding every route and endpoint.
-    let (_, missing) = all_views(&fleet, Instant::now(), move |t| {
+    let (_, missing) = all_views_within(&fleet, Instant::now(), STARTUP, move |t| {
         t.routes.len() == ROUTES
             && t.endpoints
                 .values()
@@ -336,11 +378,11 @@ async fn main() -> anyhow::Result<()> {
     for &m in &members {
         for &n in &sizes {
             let row = run(m, n, changes, failovers).await?;
-            eprintln!("[{m} member(s), {n} sidecars] done: change p99 {:.1} ms", {
-                let mut c = row.change.clone();
-                c.sort_by(f64::total_cmp);
-                pct(&c, 99.0)
-            });
+            eprintln!(
+                "[{m} member(s), {n} sidecars] {} {:?}",
+                row.line(),
+                row.storm
+            );
             rows.push(row);
         }
     }
@@ -352,18 +394,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| etcd | sidecars | change p50 | p99 | max | failover p50 | p99 | max | views missing a change | views not at final routes | etcd CPU s (per s) | etcd peak RSS MiB | keep-alives/s | watch events/s |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
-        let (mut c, mut f) = (r.change.clone(), r.failover.clone());
-        c.sort_by(f64::total_cmp);
-        f.sort_by(f64::total_cmp);
-        println!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} ({:.2}) | {:.0} | {:.0} | {:.0} |",
-            if r.members == 1 { "1 member".to_string() } else { format!("{} members", r.members) },
-            r.n,
-            pct(&c, 50.0), pct(&c, 99.0), c.last().copied().unwrap_or(f64::NAN),
-            pct(&f, 50.0), pct(&f, 99.0), f.last().copied().unwrap_or(f64::NAN),
-            r.missing, r.behind, r.cpu, r.cpu / r.secs, r.rss_mib,
-            r.counters.keepalives / r.secs, r.counters.watch_events / r.secs,
-        );
+        println!("{}", r.line());
     }
     println!("\nleader killed (3 members)\n");
     println!("| sidecars | storm settled s | weight change after it ms | leases granted again | watches reopened |");
