@@ -59,7 +59,8 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 async fn twinctl(etcd: &Etcd, endpoints: &str, args: &[&str]) -> anyhow::Result<cp_support::Out> {
     let out = cp_support::twinctl_with_env(etcd, args, &[("TWIN_ETCD", endpoints)]).await;
     if out.code != 0 {
-        bail!("twinctl {args:?} exited {}: {}", out.code, out.stderr);
+        let err: String = out.stderr.chars().take(300).collect();
+        bail!("twinctl {args:?} exited {}: {err}", out.code);
     }
     Ok(out)
 }
@@ -201,7 +202,13 @@ impl Row {
 }
 
 async fn run(members: usize, n: usize, changes: usize, failovers: usize) -> anyhow::Result<Row> {
-    let etcd = Etcd::builder().members(members).start().await?;
+    // etcd's default of 128 operations per transaction refuses an audited failover of more
+    // than 64 routes (each route is a write and an audit record).
+    let etcd = Etcd::builder()
+        .members(members)
+        .max_txn_ops(4 * ROUTES)
+        .start()
+        .await?;
     let all = etcd.endpoints().join(",");
     for (dc, code) in [("m6v", "0"), ("wanguo", "1")] {
         twinctl(
@@ -249,7 +256,8 @@ async fn run(members: usize, n: usize, changes: usize, failovers: usize) -> anyh
     for _ in 0..failovers {
         let start = Instant::now();
         let line = [
-            "failover", "--from", "m6v", "--all", "--yes", "--reason", "bench", "-o", "json",
+            "failover", "--from", "m6v", "--all", "--yes", "--force", "--reason", "bench", "-o",
+            "json",
         ];
         let (out, (ms, miss)) = tokio::join!(
             twinctl(&etcd, &all, &line),

@@ -38,12 +38,15 @@ pub struct SimSidecar {
 }
 
 impl SimSidecar {
-    /// Sidecar `i` of the fleet: node `node{i}`, in m6v or wanguo, registering
-    /// `svc{i % services}` and calling two services (so it publishes dependency edges).
+    /// Sidecar `i` of the fleet: node `node{i}`, in m6v (even `i`) or wanguo (odd), the
+    /// pair `2k`, `2k + 1` running app `app{k}` and registering `svc{k}` (k modulo
+    /// `services`) in both datacenters; it calls two services (so it publishes
+    /// dependency edges).
     pub fn start(client: etcd_client::Client, i: usize, services: usize) -> SimSidecar {
         let keys = Keys::default();
         let dc = if i % 2 == 0 { "m6v" } else { "wanguo" };
         let node = format!("node{i:04}");
+        let k = (i / 2) % services;
         let view = TopologyView::start(client.clone(), keys.clone(), ViewOptions::default());
         let mut topologies = view.subscribe();
         let (tables_tx, tables) = watch::channel(Arc::new(RoutingTable::empty()));
@@ -58,7 +61,7 @@ impl SimSidecar {
             }
         });
         let edges = Arc::new(Edges::default());
-        for s in [(i + 1) % services, (i + 7) % services] {
+        for s in [(k + 1) % services, (k + 7) % services] {
             edges.edge(&service_name(s)).request();
         }
         let presence = PresenceTask::start(
@@ -67,7 +70,7 @@ impl SimSidecar {
                 keys: keys.clone(),
                 dc: dc.to_string(),
                 node: node.clone(),
-                app: format!("app{}", i % services),
+                app: format!("app{k}"),
                 ttl: LEASE_TTL,
             },
             tables,
@@ -75,7 +78,7 @@ impl SimSidecar {
         );
         let shutdown = Shutdown::new();
         let spec = RegisterSpec {
-            service: service_name(i % services),
+            service: service_name(k),
             addr: format!("127.0.0.1:{}", 20000 + i),
             capacity: 1,
         };
