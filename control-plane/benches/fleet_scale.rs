@@ -95,13 +95,14 @@ async fn all_views_within(
     (last.unwrap_or_default().as_secs_f64() * 1000.0, missing)
 }
 
-/// One weight change of `svc00` to `m6v` percent, measured until every view holds it.
+/// One weight change of `svc00` to `m6v` percent: (ms until every view holds it, views that
+/// missed it, ms until `twinctl` exited).
 async fn weight_change(
     etcd: &Etcd,
     endpoints: &str,
     fleet: &[SimSidecar],
     m6v: u32,
-) -> anyhow::Result<(f64, usize)> {
+) -> anyhow::Result<(f64, usize, f64)> {
     let weights = format!("m6v={m6v},wanguo={}", 100 - m6v);
     let start = Instant::now();
     let args = [
@@ -114,14 +115,17 @@ async fn weight_change(
         "bench",
     ];
     let (out, seen) = tokio::join!(
-        twinctl(etcd, endpoints, &args),
+        async {
+            let out = twinctl(etcd, endpoints, &args).await;
+            (out, start.elapsed().as_secs_f64() * 1000.0)
+        },
         all_views(fleet, start, move |t| t
             .routes
             .get("svc00")
             .is_some_and(|r| r.value.weights.get("m6v") == m6v * 100)),
     );
-    out?;
-    Ok(seen)
+    out.0?;
+    Ok((seen.0, seen.1, out.1))
 }
 
 /// Views whose routes differ from etcd's (by mod_revision).
@@ -161,7 +165,11 @@ struct Row {
     members: usize,
     n: usize,
     change: Vec<f64>,
+    /// `twinctl route set` start → exit.
+    change_cmd: Vec<f64>,
     failover: Vec<f64>,
+    /// `twinctl failover` start → exit.
+    failover_cmd: Vec<f64>,
     missing: usize,
     behind: usize,
     cpu: f64,
@@ -174,9 +182,13 @@ struct Row {
 impl Row {
     /// The row of the figures table.
     fn line(&self) -> String {
-        let (mut c, mut f) = (self.change.clone(), self.failover.clone());
-        c.sort_by(f64::total_cmp);
-        f.sort_by(f64::total_cmp);
+        let sorted = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        let (c, f) = (sorted(&self.change), sorted(&self.failover));
+        let (cc, fc) = (sorted(&self.change_cmd), sorted(&self.failover_cmd));
         let etcd = if self.members == 1 {
             "1 member".to_string()
         } else {
@@ -187,9 +199,11 @@ impl Row {
             format!("{:.1}", pct(&c, 50.0)),
             format!("{:.1}", pct(&c, 99.0)),
             format!("{:.1}", last(&c)),
+            format!("{:.1} / {:.1}", pct(&cc, 50.0), pct(&cc, 99.0)),
             format!("{:.1}", pct(&f, 50.0)),
             format!("{:.1}", pct(&f, 99.0)),
             format!("{:.1}", last(&f)),
+            format!("{:.1} / {:.1}", pct(&fc, 50.0), pct(&fc, 99.0)),
             self.missing.to_string(),
             self.behind.to_string(),
             format!("{:.1} ({:.2})", self.cpu, self.cpu / self.secs),
@@ -246,10 +260,12 @@ async fn run(members: usize, n: usize, changes: usize, failovers: usize) -> anyh
     let rss = RssSampler::start(pids);
     let (cpu0, c0, t0) = (etcd_cpu(&etcd), counters(&etcd).await, Instant::now());
     let (mut change, mut failover, mut missing) = (Vec::new(), Vec::new(), 0);
+    let (mut change_cmd, mut failover_cmd) = (Vec::new(), Vec::new());
     for k in 0..changes {
         let m6v = if k % 2 == 0 { 40 } else { 60 };
-        let (ms, miss) = weight_change(&etcd, &all, &fleet, m6v).await?;
+        let (ms, miss, cmd) = weight_change(&etcd, &all, &fleet, m6v).await?;
         change.push(ms);
+        change_cmd.push(cmd);
         missing += miss;
         tokio::time::sleep(GAP).await;
     }
@@ -260,7 +276,11 @@ async fn run(members: usize, n: usize, changes: usize, failovers: usize) -> anyh
             "json",
         ];
         let (out, (ms, miss)) = tokio::join!(
-            twinctl(&etcd, &all, &line),
+            async {
+                let out = twinctl(&etcd, &all, &line).await;
+                failover_cmd.push(start.elapsed().as_secs_f64() * 1000.0);
+                out
+            },
             all_views(&fleet, start, |t| t.routes.len() == ROUTES
                 && t.routes.values().all(|r| r.value.weights.get("m6v") == 0)),
         );
@@ -301,7 +321,9 @@ async fn run(members: usize, n: usize, changes: usize, failovers: usize) -> anyh
         members,
         n,
         change,
+        change_cmd,
         failover,
+        failover_cmd,
         missing,
         behind,
         cpu,
@@ -360,7 +382,7 @@ async fn leader_loss(
     }
     let settled = last_bad.duration_since(killed).as_secs_f64();
     let grants = counters(&etcd).await.grants - c0.grants;
-    let (after, miss) = weight_change(&etcd, &survivors.join(","), fleet, 30).await?;
+    let (after, miss, _) = weight_change(&etcd, &survivors.join(","), fleet, 30).await?;
     if miss > 0 {
         bail!("{miss} views missed the change after the leader loss");
     }
@@ -399,8 +421,8 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(0.0)
         - bench_cpu0;
     println!("fleet scale: {changes} weight changes, {failovers} failovers of {ROUTES} routes per configuration; times in ms\n");
-    println!("| etcd | sidecars | change p50 | p99 | max | failover p50 | p99 | max | views missing a change | views not at final routes | etcd CPU s (per s) | etcd peak RSS MiB | keep-alives/s | watch events/s |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| etcd | sidecars | change p50 | p99 | max | of it `route set` process p50 / p99 | failover p50 | p99 | max | of it `failover` process p50 / p99 | views missing a change | views not at final routes | etcd CPU s (per s) | etcd peak RSS MiB | keep-alives/s | watch events/s |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         println!("{}", r.line());
     }
