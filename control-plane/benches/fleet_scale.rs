@@ -262,7 +262,7 @@ async fn run(members: usize, n: usize, changes: usize, failovers: usize) -> anyh
     let (mut change, mut failover, mut missing) = (Vec::new(), Vec::new(), 0);
     let (mut change_cmd, mut failover_cmd) = (Vec::new(), Vec::new());
     for k in 0..changes {
-        let m6v = if k % 2 == 0 { 40 } else { 60 };
+        let m6v = if k % 2 == 1 { 60 } else { 40 };
         let (ms, miss, cmd) = weight_change(&etcd, &all, &fleet, m6v).await?;
         change.push(ms);
         change_cmd.push(cmd);

@@ -44,7 +44,7 @@ impl SimSidecar {
     /// dependency edges).
     pub fn start(client: etcd_client::Client, i: usize, services: usize) -> SimSidecar {
         let keys = Keys::default();
-        let dc = if i % 2 == 0 { "m6v" } else { "wanguo" };
+        let dc = if i % 2 == 1 { "wanguo" } else { "m6v" };
         let node = format!("node{i:04}");
         let k = (i / 2) % services;
         let view = TopologyView::start(client.clone(), keys.clone(), ViewOptions::default());
