@@ -33,7 +33,7 @@ const ROUTES: usize = 200;
 /// How long a view may take to show a change before it counts as missing it.
 const VIEW_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the whole fleet may take to register and load.
-const STARTUP: Duration = Duration::from_secs(300);
+const STARTUP: Duration = Duration::from_secs(120);
 /// Pause between two measured changes (a fleet's presence writes follow each one).
 const GAP: Duration = Duration::from_secs(2);
 /// The reconnect storm has settled after this long without a sign of it.
@@ -248,7 +248,26 @@ async fn run(members: usize, n: usize, changes: usize, failovers: usize) -> anyh
     })
     .await;
     if missing > 0 {
-        bail!("{missing} views never held the whole fleet");
+        let counts: Vec<usize> = fleet
+            .iter()
+            .map(|s| {
+                s.view
+                    .current()
+                    .endpoints
+                    .values()
+                    .flat_map(|d| d.values())
+                    .map(|i| i.len())
+                    .sum()
+            })
+            .collect();
+        let keys = Keys::default();
+        bail!(
+            "{missing} views never held the whole fleet: endpoints in views {:?}..{:?}, in etcd {:?}, presence keys {:?}",
+            counts.iter().min(),
+            counts.iter().max(),
+            count_keys(&mut client, &keys.endpoints()).await,
+            count_keys(&mut client, &keys.nodes()).await,
+        );
     }
     eprintln!(
         "[{members} member(s), {n} sidecars] fleet up in {:.1} s",

@@ -118,28 +118,43 @@ pub fn service_name(i: usize) -> String {
     format!("svc{i:02}")
 }
 
-/// Starts `n` sidecars, each with its own client to every member, at most 32 connecting at
-/// a time.
+/// Sidecars started per wave (a rollout, not a cold start of the whole fleet at once).
+pub const WAVE: usize = 100;
+
+/// Starts `n` sidecars, each with its own client to every member, in waves of [`WAVE`]
+/// (at most 32 connecting at a time): the next wave starts once etcd holds the presence key
+/// of every sidecar started so far (or after 60 s).
 pub async fn start_fleet(
     etcd: &Etcd,
     n: usize,
     services: usize,
 ) -> anyhow::Result<Vec<SimSidecar>> {
-    let clients: Vec<anyhow::Result<(usize, etcd_client::Client)>> = futures::stream::iter(0..n)
-        .map(|i| async move {
-            let c = etcd
-                .client()
-                .await
-                .map_err(|e| anyhow!("client {i}: {e}"))?;
-            Ok((i, c))
-        })
-        .buffer_unordered(32)
-        .collect()
-        .await;
     let mut fleet = Vec::with_capacity(n);
-    for c in clients {
-        let (i, client) = c?;
-        fleet.push(SimSidecar::start(client, i, services));
+    let mut probe = etcd.client().await?;
+    let nodes = Keys::default().nodes();
+    for wave in (0..n).collect::<Vec<_>>().chunks(WAVE) {
+        let clients: Vec<anyhow::Result<(usize, etcd_client::Client)>> =
+            futures::stream::iter(wave.iter().copied())
+                .map(|i| async move {
+                    let c = etcd
+                        .client()
+                        .await
+                        .map_err(|e| anyhow!("client {i}: {e}"))?;
+                    Ok((i, c))
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+        for c in clients {
+            let (i, client) = c?;
+            fleet.push(SimSidecar::start(client, i, services));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while count_keys(&mut probe, &nodes).await != Some(fleet.len() as i64)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     Ok(fleet)
 }
