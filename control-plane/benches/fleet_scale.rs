@@ -373,9 +373,11 @@ async fn leader_loss(
             .sum()
     };
     let keys = Keys::default();
-    let (r0, c0) = (restarts(), counters(&etcd).await);
+    let r0 = restarts();
     let killed = Instant::now();
     etcd.stop_member(leader);
+    // The survivors' counters (the killed member's are gone with it).
+    let c0 = counters(&etcd).await;
     let survivors: Vec<String> = etcd
         .members
         .iter()
