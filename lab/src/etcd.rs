@@ -71,6 +71,7 @@ pub struct EtcdBuilder {
     dir: Option<PathBuf>,
     registry: Option<Arc<Registry>>,
     name_prefix: Option<String>,
+    max_txn_ops: Option<usize>,
 }
 
 impl EtcdBuilder {
@@ -110,6 +111,13 @@ impl EtcdBuilder {
     /// Member names are `{prefix}{i}` (default `m`).
     pub fn names(mut self, prefix: &str) -> Self {
         self.name_prefix = Some(prefix.to_string());
+        self
+    }
+
+    /// etcd's `--max-txn-ops` (etcd's default is 128 operations per transaction; an
+    /// audited change of N routes takes 2N, so a failover of more than 64 routes needs more).
+    pub fn max_txn_ops(mut self, n: usize) -> Self {
+        self.max_txn_ops = Some(n);
         self
     }
 
@@ -181,6 +189,9 @@ impl EtcdBuilder {
                 ]);
                 if let Some(t) = &tls {
                     spec = spec.args(t.server_args());
+                }
+                if let Some(n) = self.max_txn_ops {
+                    spec = spec.args(["--max-txn-ops".to_string(), n.to_string()]);
                 }
                 Member {
                     name,

@@ -246,9 +246,26 @@ async fn run(
     }
 }
 
+/// How one keep-alive stream ended.
+enum Ended {
+    /// The sidecar drains.
+    Draining,
+    /// etcd answered that the lease is gone.
+    Gone,
+    /// The stream broke or did not answer; the lease may still be alive.
+    Broke,
+}
+
 /// Refreshes the lease every third of its TTL until it is lost or the sidecar drains.
 /// Returns whether at least one refresh succeeded (what `what` names held). Shared by the
 /// registration and the presence lease.
+///
+/// A keep-alive stream that breaks (its etcd member died, a leader election) is opened
+/// again on the same lease after the policy's jittered delay, for as long as the lease can
+/// still be alive (less than its TTL since the last refresh). The keys under it stay as
+/// they are, so a fleet that loses one etcd member writes nothing again and wakes no
+/// topology view. Only a lease etcd says is gone, or one not refreshed for a whole TTL, is
+/// given up (the caller grants a new one and writes its keys again).
 pub(crate) async fn keep_alive(
     client: &mut Client,
     id: i64,
@@ -256,43 +273,84 @@ pub(crate) async fn keep_alive(
     shutdown: &Shutdown,
     what: &'static str,
 ) -> bool {
-    let every = Duration::from_millis((ttl_secs as u64 * 1000) / 3);
+    let ttl = Duration::from_secs(ttl_secs.max(1) as u64);
+    let mut held = false;
+    // Granted (or last refreshed) just before this call.
+    let mut refreshed = tokio::time::Instant::now();
+    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+    loop {
+        let before = refreshed;
+        let ended = keep_stream(client, id, ttl / 3, shutdown, what, &mut refreshed).await;
+        if refreshed > before {
+            // This stream refreshed the lease at least once.
+            held = true;
+            backoff.reset();
+        }
+        match ended {
+            Ended::Draining => return held,
+            Ended::Gone => {
+                tracing::warn!(lease = id, what, "lease expired; writing it again");
+                return held;
+            }
+            Ended::Broke => {}
+        }
+        let retry_in = backoff.next_delay();
+        if refreshed.elapsed() + retry_in >= ttl {
+            tracing::warn!(
+                lease = id,
+                what,
+                "lease not refreshed for its TTL; writing it again"
+            );
+            return held;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(retry_in) => {}
+            () = shutdown.draining() => return held,
+        }
+    }
+}
+
+/// One keep-alive stream on lease `id`, refreshed `every`; `refreshed` is set at each answer.
+async fn keep_stream(
+    client: &mut Client,
+    id: i64,
+    every: Duration,
+    shutdown: &Shutdown,
+    what: &'static str,
+    refreshed: &mut tokio::time::Instant,
+) -> Ended {
     let (mut keeper, mut stream) = match client.lease_keep_alive(id).await {
         Ok(k) => k,
         Err(e) => {
-            tracing::warn!(error = %e, "lease keep-alive could not start");
-            return false;
+            tracing::warn!(lease = id, what, error = %e, "lease keep-alive could not start");
+            return Ended::Broke;
         }
     };
-    let mut held = false;
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = shutdown.draining() => return held,
+            () = shutdown.draining() => return Ended::Draining,
         }
         if keeper.keep_alive().await.is_err() {
             tracing::warn!(
                 lease = id,
                 what,
-                "lease keep-alive failed; writing it again"
+                "lease keep-alive failed; opening it again"
             );
-            return held;
+            return Ended::Broke;
         }
         match tokio::time::timeout(every, stream.message()).await {
-            Ok(Ok(Some(resp))) if resp.ttl() > 0 => held = true,
-            Ok(Ok(Some(_))) => {
-                tracing::warn!(lease = id, what, "lease expired; writing it again");
-                return held;
-            }
+            Ok(Ok(Some(resp))) if resp.ttl() > 0 => *refreshed = tokio::time::Instant::now(),
+            Ok(Ok(Some(_))) => return Ended::Gone,
             other => {
                 tracing::warn!(
                     lease = id,
                     what,
                     ?other,
-                    "lease keep-alive got no answer; writing it again"
+                    "lease keep-alive got no answer; opening it again"
                 );
-                return held;
+                return Ended::Broke;
             }
         }
     }

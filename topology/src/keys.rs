@@ -43,9 +43,24 @@ impl Keys {
         }
     }
 
-    /// `{prefix}/v1/`: everything of schema v1; the topology view watches this.
+    /// `{prefix}/v1/`: everything of schema v1.
     pub fn root(&self) -> &str {
         &self.root
+    }
+
+    /// What the topology holds, as `(key, whole prefix?)`: the datacenters, routes and
+    /// endpoints, the freeze, the fences and the serial templates. The view lists and watches
+    /// exactly these, so the keys every sidecar writes (presence, dependency edges) and the
+    /// control plane's own (audit, leader, health) wake no view.
+    pub fn topology_ranges(&self) -> [(String, bool); 6] {
+        [
+            (self.datacenters(), true),
+            (self.routes(), true),
+            (self.endpoints(), true),
+            (self.freeze(), false),
+            (self.fences(), true),
+            (self.idgen_templates(), true),
+        ]
     }
     pub fn datacenters(&self) -> String {
         format!("{}datacenters/", self.root)

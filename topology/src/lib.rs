@@ -3,8 +3,8 @@
 //! [`AuditRecord`], [`Freeze`], and the fenced cut-over's [`Fence`] and [`Presence`], the dependency map's [`DepEdge`]) and
 //! their validation, the bucket ring that turns a sticky key
 //! into a datacenter, route files in YAML, the audited compare-and-swap [`Store`], and the
-//! watched [`TopologyView`] (one prefix watch into an `ArcSwap`, with a snapshot file for cold
-//! starts), and the TLS client settings every binary shares (etcd's, and upstreams' for
+//! watched [`TopologyView`] (a watch of the ranges the topology holds into an `ArcSwap`, with a
+//! snapshot file for cold starts), and the TLS client settings every binary shares (etcd's, and upstreams' for
 //! routes with `tls:`), with their flags and the way to write them back as a command line
 //! ([`argv`]). It also holds what every etcd client in Twin shares: the one classification of
 //! etcd failures by type and gRPC code ([`EtcdFailure`]; no decision reads an error's text)

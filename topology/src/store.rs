@@ -109,15 +109,11 @@ impl Listing {
 /// Only the topology's own prefixes: the audit trail and idgen keys under the same root
 /// grow without bound and must not ride along (etcd answers at most 4 MiB).
 pub async fn list_topology(client: &Client, keys: &Keys) -> Result<Listing, etcd_client::Error> {
-    let prefix = || Some(GetOptions::new().with_prefix());
-    let ops = vec![
-        TxnOp::get(keys.datacenters(), prefix()),
-        TxnOp::get(keys.routes(), prefix()),
-        TxnOp::get(keys.endpoints(), prefix()),
-        TxnOp::get(keys.freeze(), None),
-        TxnOp::get(keys.fences(), prefix()),
-        TxnOp::get(keys.idgen_templates(), prefix()),
-    ];
+    let ops: Vec<TxnOp> = keys
+        .topology_ranges()
+        .into_iter()
+        .map(|(key, prefix)| TxnOp::get(key, prefix.then(|| GetOptions::new().with_prefix())))
+        .collect();
     let resp = client.kv_client().txn(Txn::new().and_then(ops)).await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     let mut kvs = Vec::new();

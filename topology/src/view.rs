@@ -1,7 +1,9 @@
-//! [`TopologyView`]: one prefix watch that keeps an immutable [`Topology`] in an `ArcSwap`.
+//! [`TopologyView`]: the watch of the topology's keys that keeps an immutable [`Topology`] in an `ArcSwap`.
 //!
 //! Readers call [`TopologyView::current`] on every request (a lock-free load). A background
-//! task lists the prefix once, then watches from the next revision; each watch response is
+//! task lists what the topology holds ([`Keys::topology_ranges`]: not the presence keys and
+//! dependency edges every sidecar writes) once, then watches those ranges from the next
+//! revision; each watch response is
 //! applied to a copy and swapped in whole, so a reader never sees half a change. After a
 //! disconnect the watch resumes from the last revision seen; if etcd compacted that revision
 //! away, the task lists again. A value that fails validation is skipped (the last good value
@@ -15,12 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use etcd_client::{Client, EventType, WatchOptions};
+use etcd_client::{Client, EventType, WatchOptions, WatchResponse, WatchStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
-use crate::keys::Keys;
+use crate::keys::{KeyKind, Keys};
 use crate::snapshot::{ApplyError, Source, Topology};
 
 /// Counters a view keeps about itself (also exported as metrics).
@@ -207,8 +209,104 @@ async fn list(
     ))
 }
 
+/// An event taken from the watch: key, value (`None`: deleted), `mod_revision`.
+type Taken = (String, Option<Vec<u8>>, i64);
+
+/// What the watch loop does after a message.
+#[derive(PartialEq)]
+enum Step {
+    Continue,
+    /// The revision to resume from was compacted away.
+    Relist,
+    /// The stream ended, broke or a watch was canceled.
+    Reopen,
+}
+
+/// Opens one watch per range of [`Keys::topology_ranges`] on one stream (watch `i` has id
+/// `i + 1` and starts at `next[i]`).
+async fn open_watches(
+    client: &mut Client,
+    keys: &Keys,
+    next: &[i64],
+) -> Result<WatchStream, etcd_client::Error> {
+    let ranges = keys.topology_ranges();
+    let opts = |i: usize| {
+        let o = WatchOptions::new()
+            .with_start_revision(next[i])
+            .with_progress_notify()
+            .with_watch_id(i as i64 + 1);
+        if ranges[i].1 {
+            o.with_prefix()
+        } else {
+            o
+        }
+    };
+    let mut stream = client.watch(ranges[0].0.as_str(), Some(opts(0))).await?;
+    for (i, (key, _)) in ranges.iter().enumerate().skip(1) {
+        stream.watch(key.as_str(), Some(opts(i))).await?;
+    }
+    Ok(stream)
+}
+
+/// Takes one message: its events into `batch`, and how far its watch got into `next` (a
+/// watch delivers its range's events in revision order, so it resumes after the last one;
+/// an empty response that is not a creation is a progress notification: the watch is
+/// complete up to its header's revision).
+fn take(
+    msg: Result<Option<WatchResponse>, etcd_client::Error>,
+    next: &mut [i64],
+    batch: &mut Vec<Taken>,
+) -> Step {
+    let resp = match msg {
+        Ok(Some(resp)) => resp,
+        Ok(None) => return Step::Reopen,
+        Err(e) => {
+            tracing::warn!(error = %e, "topology watch broke; resuming");
+            return Step::Reopen;
+        }
+    };
+    if resp.compact_revision() > 0 {
+        tracing::info!(
+            compacted = resp.compact_revision(),
+            "watch revision was compacted; listing again"
+        );
+        return Step::Relist;
+    }
+    if resp.canceled() {
+        tracing::warn!(reason = resp.cancel_reason(), "watch canceled by etcd");
+        return Step::Reopen;
+    }
+    let slot = usize::try_from(resp.watch_id() - 1)
+        .ok()
+        .and_then(|i| next.get_mut(i));
+    let mut seen = 0;
+    for ev in resp.events() {
+        let Some(kv) = ev.kv() else { continue };
+        let Ok(key) = kv.key_str() else { continue };
+        let value = match ev.event_type() {
+            EventType::Put => Some(kv.value().to_vec()),
+            EventType::Delete => None,
+        };
+        seen = seen.max(kv.mod_revision());
+        batch.push((key.to_string(), value, kv.mod_revision()));
+    }
+    if resp.events().is_empty() && !resp.created() {
+        seen = resp.header().map_or(0, |h| h.revision());
+    }
+    if let Some(n) = slot {
+        *n = (*n).max(seen + 1);
+    }
+    Step::Continue
+}
+
 /// The watch loop: list, watch from the next revision, apply, reconnect, re-list on
 /// compaction. Runs until the view is dropped.
+///
+/// The watches cover only what the topology holds ([`Keys::topology_ranges`]), one per
+/// range on one stream. etcd sends the responses of one revision back to back, so every
+/// message already received is applied before publishing (datacenters first within a
+/// revision, as a listing does): a transaction that spans two ranges (a fenced switch
+/// writes routes and fences) is published whole.
 async fn run(
     mut client: Client,
     keys: Keys,
@@ -219,6 +317,8 @@ async fn run(
     let mut backoff = Backoff::new(opts.backoff, opts.max_backoff);
     // A snapshot's revision is only a hint: etcd may have been rebuilt since, so always list.
     let mut need_list = true;
+    // Where each watch resumes.
+    let mut next = vec![0; keys.topology_ranges().len()];
     loop {
         // The last published topology; each change is applied to one copy of it.
         let mut topo: Arc<Topology> = publisher.current.load_full();
@@ -227,6 +327,7 @@ async fn run(
                 Ok(t) => {
                     topo = publisher.publish(t);
                     need_list = false;
+                    next.fill(topo.revision + 1);
                     backoff.reset();
                 }
                 Err(e) => {
@@ -237,11 +338,7 @@ async fn run(
                 }
             }
         }
-        let wopts = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(topo.revision + 1)
-            .with_progress_notify();
-        let mut stream = match client.watch(keys.root(), Some(wopts)).await {
+        let mut stream = match open_watches(&mut client, &keys, &next).await {
             Ok(w) => w,
             Err(e) => {
                 let retry_in = backoff.next_delay();
@@ -252,60 +349,59 @@ async fn run(
             }
         };
         loop {
-            match stream.message().await {
-                Ok(Some(resp)) => {
-                    if resp.compact_revision() > 0 {
-                        tracing::info!(
-                            compacted = resp.compact_revision(),
-                            "watch revision was compacted; listing again"
-                        );
-                        need_list = true;
-                        break;
-                    }
-                    if resp.canceled() {
-                        tracing::warn!(reason = resp.cancel_reason(), "watch canceled by etcd");
-                        break;
-                    }
-                    backoff.reset();
-                    if resp.events().is_empty() {
-                        continue;
-                    }
-                    // Keys the topology does not hold (presence, acknowledgements, audit,
-                    // idgen) publish nothing: readers rebuild only for what routing uses.
-                    let relevant = resp.events().iter().any(|ev| {
-                        ev.kv()
-                            .and_then(|kv| kv.key_str().ok())
-                            .and_then(|k| keys.parse(k))
-                            .is_some_and(|kind| kind != crate::keys::KeyKind::Other)
-                    });
-                    if !relevant {
-                        continue;
-                    }
-                    let mut next = (*topo).clone();
-                    for ev in resp.events() {
-                        let Some(kv) = ev.kv() else { continue };
-                        let Ok(key) = kv.key_str() else { continue };
-                        next.revision = next.revision.max(kv.mod_revision());
-                        let value = match ev.event_type() {
-                            EventType::Put => Some(kv.value()),
-                            EventType::Delete => None,
-                        };
-                        if let Err(e) = next.apply(&keys, key, value, kv.mod_revision()) {
-                            count_invalid(&stats, &e);
-                        }
-                    }
-                    next.source = Source::Etcd;
-                    topo = publisher.publish(next);
+            let mut batch = Vec::new();
+            let mut step = take(stream.message().await, &mut next, &mut batch);
+            // Everything already received, without waiting.
+            while step == Step::Continue {
+                match tokio::time::timeout(Duration::ZERO, stream.message()).await {
+                    Ok(msg) => step = take(msg, &mut next, &mut batch),
+                    Err(_) => break,
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "topology watch broke; resuming");
+            }
+            if step == Step::Continue {
+                backoff.reset();
+            }
+            if let Some(t) = apply(&keys, &topo, batch, &stats) {
+                topo = publisher.publish(t);
+            }
+            match step {
+                Step::Continue => {}
+                Step::Relist => {
+                    need_list = true;
                     break;
                 }
+                Step::Reopen => break,
             }
         }
         stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("twin_topology_watch_restarts_total").increment(1);
         backoff.wait().await;
     }
+}
+
+/// `topo` with `batch` applied, or `None` when the batch holds nothing the topology keeps
+/// (fence acknowledgements): readers rebuild only for what routing uses.
+fn apply(
+    keys: &Keys,
+    topo: &Topology,
+    mut batch: Vec<Taken>,
+    stats: &ViewStats,
+) -> Option<Topology> {
+    let relevant = batch
+        .iter()
+        .any(|(k, _, _)| keys.parse(k).is_some_and(|kind| kind != KeyKind::Other));
+    if !relevant {
+        return None;
+    }
+    // By revision; within one, datacenters first (routes are checked against them).
+    batch.sort_by_key(|(k, _, rev)| (*rev, !matches!(keys.parse(k), Some(KeyKind::Datacenter(_)))));
+    let mut next = topo.clone();
+    for (key, value, rev) in &batch {
+        next.revision = next.revision.max(*rev);
+        if let Err(e) = next.apply(keys, key, value.as_deref(), *rev) {
+            count_invalid(stats, &e);
+        }
+    }
+    next.source = Source::Etcd;
+    Some(next)
 }

@@ -272,3 +272,72 @@ async fn a_huge_audit_trail_does_not_break_listing() {
     let view = TopologyView::start(client, keys, fast());
     assert!(shows(&view, 5000).await);
 }
+
+/// The keys every sidecar writes (presence, dependency edges, fence acknowledgements) and
+/// the control plane's own (audit, health) publish nothing; only the topology's keys do.
+/// (Presence, edges, audit and health are not even watched; acknowledgements are, being
+/// under the fences.)
+#[tokio::test]
+async fn presence_and_edge_writes_do_not_reach_the_view() {
+    let mut lab = Seeded::start().await;
+    let view = lab.view(fast()).await;
+    assert!(shows(&view, 5000).await);
+    let mut changes = view.subscribe();
+    changes.borrow_and_update();
+    let keys = lab.keys.clone();
+    for (i, key) in [
+        keys.node("m6v", "n1"),
+        keys.dep("web", "pay", "n1"),
+        keys.fence_ack("pay", "n1"),
+        keys.health("m6v"),
+        keys.audit_record("0000000000001-00000001", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        lab.client
+            .put(key, format!("{{\"n\":{i}}}"), None)
+            .await
+            .expect("put");
+    }
+    let nothing = tokio::time::timeout(Duration::from_millis(500), changes.changed()).await;
+    assert!(
+        nothing.is_err(),
+        "a key the topology does not hold woke the view"
+    );
+    put_weight(&mut lab.client, &lab.keys, 3000).await;
+    assert!(shows(&view, 3000).await);
+    // The route's write is the only revision applied after the seed.
+    assert_eq!(
+        view.current().revision,
+        view.current().routes["pay"].mod_revision
+    );
+}
+
+/// A transaction that writes a datacenter and a route that needs it (two watched ranges)
+/// is applied whole: the route is not refused for want of its datacenter.
+#[tokio::test]
+async fn a_transaction_across_watched_ranges_is_applied_whole() {
+    let lab = Seeded::start().await;
+    let view = lab.view(fast()).await;
+    assert!(shows(&view, 5000).await);
+    let route = serde_json::to_string(&Route::with_weights(Weights(
+        [("m6v".to_string(), 5000), ("xian".to_string(), 5000)].into(),
+    )))
+    .expect("json");
+    let txn = etcd_client::Txn::new().and_then([
+        etcd_client::TxnOp::put(lab.keys.datacenter("xian"), r#"{"code":2}"#, None),
+        etcd_client::TxnOp::put(lab.keys.route("pay"), route, None),
+    ]);
+    lab.client.kv_client().txn(txn).await.expect("txn");
+    let seen = view
+        .wait_for(WAIT, |t| {
+            t.routes["pay"].value.weights.get("xian") == 5000 && t.datacenters.contains_key("xian")
+        })
+        .await;
+    assert!(
+        seen.is_some(),
+        "the route and its datacenter were not applied together"
+    );
+    assert_eq!(count(&view.stats().invalid_values), 0);
+}
