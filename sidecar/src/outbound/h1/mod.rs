@@ -7,6 +7,11 @@
 //! through as they arrive, chunked ones checked on the way ([`framing`]); idle upstream
 //! connections wait in their endpoint's pool ([`pool`]). The routing decisions are the ones
 //! hyper's engine makes ([`crate::outbound::plan`]); [`forward`] does the I/O between them.
+//! Each request is observed as hyper's path observes it ([`crate::outbound::observe`]): its
+//! request id and `traceparent` are written into the upstream head once and the parent id
+//! patched in place for each attempt, `x-twin-force-dc` is decided (and never forwarded), and
+//! the access log line is written once the answer has been sent. A 101 tunnel's line is
+//! written when the tunnel ends (hyper's path has no tunnels).
 //!
 //! A connection is served request after request until the client or the response says
 //! close, the idle or header timeout passes (the same limits as [`crate::conn_guard`]), or the
