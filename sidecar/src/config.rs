@@ -174,11 +174,13 @@ pub struct Flags {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Http1Engine {
-    /// Twin's own engine (`outbound::h1`). Not yet the default: it does not yet write the
-    /// access log, stamp request ids and trace context, or honour `x-twin-force-dc`.
+    /// Twin's own engine (`outbound::h1`), the default: it makes the routing decisions,
+    /// writes the access log, keeps request ids and trace context, exports spans and honours
+    /// `x-twin-force-dc` exactly as hyper's path does (the same `outbound::plan` and
+    /// `outbound::observe`), and allocates nothing per request with the access log off.
+    #[default]
     Twin,
     /// hyper's HTTP/1 server and client.
-    #[default]
     Hyper,
 }
 

@@ -225,6 +225,13 @@ async fn framing_errors_get_400_and_never_reach_the_upstream() {
         let (mut conn, a) = once(s.outbound_addr, raw).await;
         assert_eq!(a.status, 400, "{what}: {}", a.head);
         assert!(a.header("x-twin-error").is_some(), "{what}: {}", a.head);
+        // The sidecar's own answers carry a request id too (a new one: the head was bad).
+        assert!(
+            a.header("x-request-id")
+                .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())),
+            "{what}: {}",
+            a.head
+        );
         assert!(closes(&mut conn).await, "{what}: the connection closes");
     }
     // A body shorter than its Content-Length, the client done sending.
@@ -361,11 +368,12 @@ async fn upstream_connections_are_reused_and_errors_are_the_sidecars() {
         "one upstream connection served all 50"
     );
     // No route: the sidecar's own 404, and the connection goes on.
-    conn.write_all(b"GET / HTTP/1.1\r\nhost: nowhere\r\n\r\n")
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: nowhere\r\nx-request-id: keep-me\r\n\r\n")
         .await
         .expect("write");
     let a = read_answer(&mut conn, &mut pending, false).await;
     assert_eq!(a.status, 404);
+    assert_eq!(a.header("x-request-id"), Some("keep-me"), "{}", a.head);
     assert_eq!(
         a.header("x-twin-error"),
         Some("no route for host \"nowhere\"")

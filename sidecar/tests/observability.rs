@@ -35,6 +35,17 @@ fn lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The line of the request answered with `reply` (lines of requests on different
+/// connections may be written in either order).
+fn line_of<'a>(all: &'a [Value], reply: &Reply) -> &'a Value {
+    let id = reply.header("x-request-id");
+    assert!(!id.is_empty(), "the answer carries no x-request-id");
+    let mut found = all.iter().filter(|l| l["request_id"] == id);
+    let line = found.next().expect("a line with the answer's request id");
+    assert!(found.next().is_none(), "one line per request");
+    line
+}
+
 async fn lines_become(path: &Path, n: usize) -> Vec<Value> {
     let ok = eventually(WAIT, || async { lines(path).len() >= n }).await;
     assert!(
@@ -97,8 +108,8 @@ async fn each_request_leaves_one_line_without_the_unit_key() {
     assert!(!raw.contains("4111111111111111"), "the query is in the log");
     let bucket = twin_topology::bucket_of(UNIT.as_bytes());
 
-    let l = &all[0];
-    assert_eq!(l["request_id"], first.header("x-request-id"));
+    assert_eq!(all.len(), 4, "one line per request");
+    let l = line_of(&all, &first);
     assert_eq!(l["service"], SERVICE);
     assert_eq!(l["method"], "GET");
     assert_eq!(l["path"], "/pay");
@@ -121,18 +132,18 @@ async fn each_request_leaves_one_line_without_the_unit_key() {
         "{l}"
     );
 
-    let l = &all[1];
+    let first_hash = &l["unit_hash"];
+    let l = line_of(&all, &retried);
     assert_eq!(l["attempts"], 2, "{l}");
     assert_eq!(l["status"], 200);
-    assert_eq!(l["unit_hash"], all[0]["unit_hash"], "one unit, one hash");
+    assert_eq!(&l["unit_hash"], first_hash, "one unit, one hash");
 
-    let l = &all[2];
+    let l = line_of(&all, &unknown);
     assert_eq!(l["status"], 404);
     assert_eq!(l["error"], "no_route");
     assert_eq!(l["attempts"], 0);
-    assert_eq!(l["request_id"], unknown.header("x-request-id"));
 
-    let l = &all[3];
+    let l = line_of(&all, &spilled);
     assert_eq!(l["dc"], "m6v", "{l}");
     assert_eq!(l["spilled"], true);
     assert_eq!(l["spilled_from"], "wanguo");
@@ -394,9 +405,9 @@ async fn force_dc_is_honoured_only_where_the_route_allows_it() {
     assert_eq!(unknown.status, 400);
     assert!(unknown.text().contains("\"mars\""), "{}", unknown.text());
     let l = lines_become(&log, 2).await;
-    assert_eq!(l[0]["forced"], true);
-    assert_eq!(l[0]["dc"], "wanguo");
-    assert_eq!(l[1]["error"], "unknown_dc");
+    assert_eq!(line_of(&l, &forced)["forced"], true);
+    assert_eq!(line_of(&l, &forced)["dc"], "wanguo");
+    assert_eq!(line_of(&l, &unknown)["error"], "unknown_dc");
     let metrics = admin_get(&http::client(), s.admin_addr, "/metrics")
         .await
         .text();

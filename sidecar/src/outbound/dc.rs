@@ -13,6 +13,7 @@ use twin_topology::{bucket_of_with, ForceDc, OnDcDown};
 use crate::outbound::endpoint::healthy_percent;
 use crate::outbound::error::ProxyError;
 use crate::outbound::headers::X_TWIN_FORCE_DC;
+use crate::outbound::trace::Headers;
 use crate::table::ServiceRoute;
 
 /// Most datacenters a route can span (codes are 3 bits).
@@ -75,21 +76,22 @@ pub fn pick(route: &ServiceRoute, bucket: u32, down: &[usize]) -> Result<DcChoic
 
 /// The datacenter `x-twin-force-dc` names, when the request carries it: refused unless the
 /// route has `force_dc: allow`, and an unknown name is the caller's mistake.
-pub fn forced(route: &ServiceRoute, headers: &HeaderMap) -> Result<Option<usize>, ProxyError> {
-    let Some(v) = headers.get(X_TWIN_FORCE_DC) else {
+pub fn forced(
+    route: &ServiceRoute,
+    headers: &(impl Headers + ?Sized),
+) -> Result<Option<usize>, ProxyError> {
+    let name = X_TWIN_FORCE_DC;
+    let Some(v) = headers.first(name.as_str()) else {
         return Ok(None);
     };
     if route.route.force_dc != ForceDc::Allow {
         return Err(ProxyError::ForceDcDenied(route.name.clone()));
     }
-    let name = v.to_str().unwrap_or("").trim();
+    let name = std::str::from_utf8(v).unwrap_or("").trim();
     match route.dcs.iter().position(|p| p.name == name) {
         Some(i) => Ok(Some(i)),
         None => {
-            let mut shown: String = String::from_utf8_lossy(v.as_bytes())
-                .chars()
-                .take(64)
-                .collect();
+            let mut shown: String = String::from_utf8_lossy(v).chars().take(64).collect();
             shown.retain(|c| c.is_ascii_graphic());
             Err(ProxyError::UnknownDc {
                 service: route.name.clone(),

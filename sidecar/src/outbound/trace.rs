@@ -20,10 +20,79 @@ pub const MAX_REQUEST_ID: usize = 200;
 /// The `sampled` bit of `trace-flags`.
 pub const SAMPLED: u8 = 0x01;
 
+/// A request's headers as either engine holds them: hyper's [`HeaderMap`], or the header
+/// slices `httparse` parsed in place (Twin's engine), so one code reads both.
+pub trait Headers {
+    /// The values of header `name` (lower case), in order.
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a;
+
+    /// The first value of header `name`.
+    fn first<'a>(&'a self, name: &'a str) -> Option<&'a [u8]> {
+        self.values(name).next()
+    }
+}
+
+impl Headers for HeaderMap {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.get_all(name).into_iter().map(HeaderValue::as_bytes)
+    }
+}
+
+impl Headers for [httparse::Header<'_>] {
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+/// A request id, held inline: keeping or making one never allocates.
+#[derive(Clone)]
+pub struct RequestId {
+    len: u8,
+    bytes: [u8; MAX_REQUEST_ID],
+}
+
+impl RequestId {
+    /// The id's bytes (visible ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> HeaderValue {
+        // Visible ASCII is always a valid header value.
+        HeaderValue::from_bytes(self.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+
+    fn kept(v: &[u8]) -> RequestId {
+        let mut id = RequestId {
+            len: 0,
+            bytes: [0; MAX_REQUEST_ID],
+        };
+        let n = v.len().min(MAX_REQUEST_ID);
+        id.bytes[..n].copy_from_slice(&v[..n]);
+        id.len = n as u8;
+        id
+    }
+}
+
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl PartialEq<&str> for RequestId {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
 /// The application's request id when it is usable, else a new one.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    match headers.get(X_REQUEST_ID) {
-        Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
+pub fn request_id(headers: &(impl Headers + ?Sized)) -> RequestId {
+    match headers.first(X_REQUEST_ID.as_str()) {
+        Some(v) if valid_request_id(v) => RequestId::kept(v),
         _ => new_request_id(),
     }
 }
@@ -34,10 +103,18 @@ pub fn valid_request_id(v: &[u8]) -> bool {
 }
 
 /// 32 lower-case hex digits of a random u128.
-pub fn new_request_id() -> HeaderValue {
-    let id = format!("{:032x}", rand::random::<u128>());
-    // Hex digits are always a valid header value.
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+pub fn new_request_id() -> RequestId {
+    let mut hex = [0u8; 32];
+    write_hex(&mut hex, rand::random::<u128>());
+    RequestId::kept(&hex)
+}
+
+/// Writes `v` as `out.len()` lower-case hex digits (the low ones, zero-padded).
+pub fn write_hex(out: &mut [u8], mut v: u128) {
+    for b in out.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(v & 0xf) as usize];
+        v >>= 4;
+    }
 }
 
 /// The parts of a `traceparent` header (version 00).
@@ -94,13 +171,14 @@ fn lower_hex(s: &str) -> bool {
 }
 
 /// The incoming `traceparent`, when there is exactly one and it parses.
-pub fn incoming(headers: &HeaderMap) -> Option<TraceParent> {
-    let mut all = headers.get_all(TRACEPARENT).iter();
+pub fn incoming(headers: &(impl Headers + ?Sized)) -> Option<TraceParent> {
+    let name = TRACEPARENT;
+    let mut all = headers.values(name.as_str());
     let first = all.next()?;
     if all.next().is_some() {
         return None;
     }
-    TraceParent::parse(first.as_bytes())
+    TraceParent::parse(first)
 }
 
 /// A random id for a span or trace that is never zero.
@@ -165,14 +243,48 @@ mod tests {
     #[test]
     fn request_ids_are_kept_only_when_usable() {
         let mut h = HeaderMap::new();
-        assert_eq!(request_id(&h).len(), 32);
+        assert_eq!(request_id(&h).as_bytes().len(), 32);
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h), "abc-123");
         h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
         assert_ne!(request_id(&h), "has space");
         let long = "a".repeat(MAX_REQUEST_ID + 1);
         h.insert(X_REQUEST_ID, HeaderValue::from_str(&long).expect("value"));
-        assert_eq!(request_id(&h).len(), 32);
-        assert_ne!(new_request_id(), new_request_id());
+        assert_eq!(request_id(&h).as_bytes().len(), 32);
+        let max = "b".repeat(MAX_REQUEST_ID);
+        h.insert(X_REQUEST_ID, HeaderValue::from_str(&max).expect("value"));
+        assert_eq!(request_id(&h).as_bytes(), max.as_bytes());
+        assert_ne!(new_request_id().as_bytes(), new_request_id().as_bytes());
+        assert!(new_request_id()
+            .as_bytes()
+            .iter()
+            .all(u8::is_ascii_hexdigit));
+    }
+
+    #[test]
+    fn both_header_forms_read_the_same() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut map = HeaderMap::new();
+        map.insert(TRACEPARENT, HeaderValue::from_static(tp));
+        map.insert(X_REQUEST_ID, HeaderValue::from_static("r-1"));
+        let raw = [
+            httparse::Header {
+                name: "TraceParent",
+                value: tp.as_bytes(),
+            },
+            httparse::Header {
+                name: "X-Request-Id",
+                value: b"r-1",
+            },
+        ];
+        assert_eq!(incoming(&map), incoming(&raw[..]));
+        assert!(incoming(&raw[..]).is_some());
+        assert_eq!(request_id(&raw[..]), "r-1");
+        // Two traceparents name no trace.
+        let twice = [raw[0], raw[0]];
+        assert_eq!(incoming(&twice[..]), None);
+        let mut hex = [0u8; 16];
+        write_hex(&mut hex, 0x00f0_67aa_0ba9_02b7);
+        assert_eq!(&hex, b"00f067aa0ba902b7");
     }
 }

@@ -172,8 +172,8 @@ pub fn config(source: TableSource) -> Config {
         max_ejection_ms: 60_000,
     };
     cfg.drain_timeout = Duration::from_secs(5);
-    // `TWIN_HTTP1_ENGINE=twin cargo test` runs every in-process sidecar on Twin's engine (the
-    // binary reads the same variable through its flag).
+    // `TWIN_HTTP1_ENGINE=hyper cargo test` runs every in-process sidecar on hyper's engine
+    // (Twin's is the default; the binary reads the same variable through its flag).
     if let Ok(engine) = std::env::var("TWIN_HTTP1_ENGINE") {
         cfg.http1_engine = <Http1Engine as clap::ValueEnum>::from_str(&engine, true)
             .expect("TWIN_HTTP1_ENGINE is twin or hyper");

@@ -49,6 +49,7 @@ impl Engine {
                 out,
                 ubuf,
                 head_timer,
+                sent,
                 ..
             } = c;
             let (mut cr, mut cw) = io.split();
@@ -91,7 +92,11 @@ impl Engine {
                     return Err(Broke::Client(unasked_upgrade()));
                 }
                 answered.store(true, Ordering::Relaxed);
-                Ok(relay(&mut cw, out, ubuf, &mut ur, &resp, x.req, stopping).await)
+                sent.status = resp.status;
+                let (next, reusable, bytes) =
+                    relay(&mut cw, out, ubuf, &mut ur, &resp, x.req, stopping).await;
+                sent.bytes = bytes;
+                Ok((next, reusable))
             };
             tokio::pin!(upload, download);
             loop {

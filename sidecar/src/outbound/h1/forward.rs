@@ -4,21 +4,25 @@
 
 use std::sync::Arc;
 
+use hyper::Method;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::outbound::endpoint::EndpointState;
 use crate::outbound::error::ProxyError;
 use crate::outbound::h1::framing::{self, Body, Buf, Framing, PumpError};
+pub(super) use crate::outbound::h1::parse::Names;
 use crate::outbound::h1::parse::{self, ClientConn, RequestInfo};
 use crate::outbound::h1::pool::{self, Upstream};
 use crate::outbound::h1::relay::relay;
-use crate::outbound::h1::{within, Client, Engine, Next};
+use crate::outbound::h1::{within, Client, Engine, Next, Sent};
+use crate::outbound::observe::Observation;
 use crate::outbound::plan::{self, Plan, Target};
 use crate::outbound::retry::Next as Retry;
 use crate::outbound::timeout::AttemptTimeouts;
+use crate::outbound::trace::{new_request_id, RequestId};
 use crate::outbound::upstream::AttemptError;
-use crate::outbound::{metrics, route, InFlight};
+use crate::outbound::{dc, metrics, route, InFlight};
 use crate::table::ServiceRoute;
 
 /// What the head of a request decided before any byte of its body is read.
@@ -26,92 +30,138 @@ struct Routed {
     info: RequestInfo,
     route: Result<Arc<ServiceRoute>, ProxyError>,
     bucket: u32,
+    /// The datacenter `x-twin-force-dc` named, where the route allows it.
+    forced: Option<usize>,
     write: Option<crate::outbound::fence::WriteGuard>,
-    /// The route's fence refused this write.
-    fenced: Option<ProxyError>,
+    /// Refused by the route: a fenced write, or a `x-twin-force-dc` it does not allow.
+    refused: Option<ProxyError>,
+    obs: Observation,
 }
 
 impl Engine {
-    /// Serves the request whose head is complete in `c.buf`.
+    /// Serves the request whose head is complete in `c.buf`; its access log line is written
+    /// (and its span ended) once the answer has been sent.
     pub(super) async fn request(&self, c: &mut Client) -> Next {
         let _in_flight = InFlight::start(&self.outbound.in_flight);
+        c.sent = Sent::default();
         let routed = match self.route(c) {
             Ok(r) => r,
             Err(e) => {
                 metrics::error("", e.label());
-                let _ = c.write_error(e, true, false, false).await;
+                let id = new_request_id();
+                let _ = c.write_error(e, true, false, false, &id).await;
                 return Next::Close;
             }
         };
-        let info = routed.info;
-        let route = match routed.route {
-            Ok(route) => route,
+        let Routed {
+            info,
+            route,
+            bucket,
+            forced,
+            write,
+            refused,
+            mut obs,
+        } = routed;
+        let (next, route, error) = match route {
             Err(e) => {
                 if matches!(e, ProxyError::NoRoute(_) | ProxyError::MissingHost) {
                     self.outbound.unknown.request();
                     self.outbound.unknown.failed();
                 }
                 metrics::error("", e.label());
-                return self.refuse(c, &info, e).await;
+                let label = e.label();
+                (
+                    self.refuse(c, &info, e, &obs.request_id).await,
+                    None,
+                    Some(label),
+                )
             }
-        };
-        route.edge.request();
-        let next = match routed.fenced {
-            Some(e) => Err((e, false)),
-            None => self.forward(c, &route, &info, routed.bucket).await,
-        };
-        drop(routed.write);
-        match next {
-            Ok(next) => next,
-            Err((e, body_started)) => {
-                route.edge.failed();
-                metrics::error(&route.name, e.label());
-                if body_started {
-                    let _ = c.write_error(e, true, info.is_head, info.http10).await;
-                    Next::Close
-                } else {
-                    self.refuse(c, &info, e).await
+            Ok(route) => {
+                route.edge.request();
+                let outcome = match refused {
+                    Some(e) => Err((e, false)),
+                    None => {
+                        self.forward(c, &route, &info, (bucket, forced), &mut obs)
+                            .await
+                    }
+                };
+                drop(write);
+                match outcome {
+                    Ok(next) => (next, Some(route), None),
+                    Err((e, body_started)) => {
+                        route.edge.failed();
+                        metrics::error(&route.name, e.label());
+                        let label = e.label();
+                        let next = if body_started {
+                            let id = &obs.request_id;
+                            let _ = c.write_error(e, true, info.is_head, info.http10, id).await;
+                            Next::Close
+                        } else {
+                            self.refuse(c, &info, e, &obs.request_id).await
+                        };
+                        (next, Some(route), Some(label))
+                    }
                 }
             }
+        };
+        if let Some(mut line) = obs.close(c.sent.status, route.as_deref(), error) {
+            line.bytes = c.sent.bytes;
         }
+        next
     }
 
-    /// Parses the head in `c.buf`, looks up its route, and writes the upstream head into
-    /// `c.up_head`; the head leaves the buffer.
+    /// Parses the head in `c.buf`, opens its observation, looks up its route, and writes the
+    /// upstream head into `c.up_head`; the head leaves the buffer.
     fn route(&self, c: &mut Client) -> Result<Routed, ProxyError> {
         let mut headers = [httparse::EMPTY_HEADER; parse::MAX_HEADERS];
         let Some(req) = parse::request(c.buf.filled(), &mut headers, self.max_head)? else {
             return Err(ProxyError::BadRequest("incomplete request head".into()));
         };
         let info = req.info;
+        let raw_method = req.req.method.unwrap_or_default();
+        let method = Method::from_bytes(raw_method.as_bytes()).unwrap_or(Method::GET);
+        let obs = self
+            .outbound
+            .observer
+            .begin_head(&method, req.path(), &*req.req.headers);
         // The whole request, retries included, uses the table it started with.
         let table = self.outbound.table.load();
         let found = route::lookup_host(&table, req.service(&mut c.host));
         let mut routed = Routed {
             info,
             bucket: c.bucket,
+            forced: None,
             write: None,
-            fenced: None,
+            refused: None,
             route: Err(ProxyError::NoTable),
+            obs,
         };
         if let Ok(r) = &found {
+            let obs = &mut routed.obs;
+            obs.routed(r, &*req.req.headers);
             routed.bucket = crate::outbound::dc::bucket_of_key(
                 r,
                 req.header(r.sticky_header.as_str()),
                 c.bucket,
             );
-            // Counted until the answer's head is back (or the request fails).
-            match plan::enter_fence(r, routed.bucket, req.req.method.unwrap_or_default()) {
-                Ok(w) => routed.write = w,
-                Err(e) => {
-                    routed.fenced = Some(e);
-                    routed.route = found;
-                    c.buf.consume(info.head_len);
-                    return Ok(routed);
+            obs.trail.bucket = Some(routed.bucket);
+            let decided = dc::forced(r, &*req.req.headers).and_then(|forced| {
+                if let Some(f) = forced {
+                    obs.trail.forced = true;
+                    metrics::forced(&r.name, &r.dcs[f].name);
                 }
+                // Counted until the answer's head is back (or the request fails).
+                plan::enter_fence(r, routed.bucket, raw_method).map(|w| (forced, w))
+            });
+            match decided {
+                Ok((forced, w)) => {
+                    routed.forced = forced;
+                    routed.write = w;
+                    c.up_head.clear();
+                    c.parent_at = req.write_upstream(&mut c.up_head, info.framing(), obs);
+                }
+                Err(e) => routed.refused = Some(e),
             }
-            c.up_head.clear();
-            req.write_upstream(&mut c.up_head, info.framing());
         }
         routed.route = found;
         c.buf.consume(info.head_len);
@@ -120,13 +170,19 @@ impl Engine {
 
     /// Answers `e` to a request whose body was not read: read and drop a small body to keep
     /// the connection, else close it.
-    async fn refuse(&self, c: &mut Client, info: &RequestInfo, e: ProxyError) -> Next {
+    async fn refuse(
+        &self,
+        c: &mut Client,
+        info: &RequestInfo,
+        e: ProxyError,
+        id: &RequestId,
+    ) -> Next {
         let keep = info.keep_alive
             && !info.expect_continue
             && !info.upgrade
             && c.discard_body(info.framing(), self.outbound.max_replay)
                 .await;
-        let _ = c.write_error(e, !keep, info.is_head, info.http10).await;
+        let _ = c.write_error(e, !keep, info.is_head, info.http10, id).await;
         if keep {
             Next::KeepAlive
         } else {
@@ -134,14 +190,16 @@ impl Engine {
         }
     }
 
-    /// The attempts of one request. Err carries whether the client's body was read (then the
-    /// connection cannot be kept).
+    /// The attempts of one request to its bucket (or its forced datacenter), observed in
+    /// `obs`. Err carries whether the client's body was read (then the connection cannot be
+    /// kept).
     async fn forward(
         &self,
         c: &mut Client,
         route: &ServiceRoute,
         info: &RequestInfo,
-        bucket: u32,
+        (bucket, forced): (u32, Option<usize>),
+        obs: &mut Observation,
     ) -> Result<Next, (ProxyError, bool)> {
         let framing = info.framing();
         if framing != Framing::Empty && info.expect_continue {
@@ -158,19 +216,27 @@ impl Engine {
             self.read_replay(c, framing).await.map_err(|e| (e, true))?;
         }
         let limits = AttemptTimeouts::from(&route.route.timeouts);
-        let mut plan = Plan::new(route, bucket, info.repeatable);
+        let mut plan = Plan::new(route, bucket, info.repeatable).forced(forced);
         loop {
             let target = plan.next_target().map_err(|e| (e, false))?;
             let state = &plan.member(target).state;
             let in_flight = state.start_request();
+            obs.trail.attempts += 1;
+            obs.trail.dc = Some(target.dc);
+            obs.trail.member = Some(target.idx);
+            obs.trail.spilled_from = target.spilled_from;
+            let pool = &route.dcs[target.dc];
+            let span = obs.attempt_raw(&mut c.up_head, c.parent_at, &pool.name, &state.addr);
             let names = Names {
-                dc: route.dcs[target.dc].header.as_bytes(),
+                dc: pool.header.as_bytes(),
                 rev: route.revision_header.as_bytes(),
+                request_id: obs.request_id.as_bytes(),
             };
             let (mut up, fresh) = match self.connection(state, &limits).await {
                 Ok(got) => got,
                 // Nothing was sent: another endpoint may have it whatever the body.
                 Err(error) => {
+                    Observation::attempt_done(span, Err(error.to_string()));
                     plan.after_error(target, error, true)
                         .map_err(|e| (e, false))?;
                     continue;
@@ -186,7 +252,13 @@ impl Engine {
                     names,
                     req: info,
                 };
-                return self.duplex(c, up, &mut plan, exchange).await;
+                let outcome = self.duplex(c, up, &mut plan, exchange).await;
+                let status = match &outcome {
+                    Err((e, _)) if c.sent.status == 0 => Err(e.to_string()),
+                    _ => Ok(c.sent.status),
+                };
+                Observation::attempt_done(span, status);
+                return outcome;
             }
             let started = Instant::now();
             let Client {
@@ -211,7 +283,9 @@ impl Engine {
             let resp = match sent {
                 Some(Ok(resp)) => resp,
                 Some(Err(error)) => {
-                    plan.after_error(target, tls_hint(error, state, fresh), true)
+                    let error = tls_hint(error, state, fresh);
+                    Observation::attempt_done(span, Err(error.to_string()));
+                    plan.after_error(target, error, true)
                         .map_err(|e| (e, false))?;
                     continue;
                 }
@@ -220,11 +294,13 @@ impl Engine {
                         addr: state.addr.clone(),
                         limit: limits.response_head,
                     };
+                    Observation::attempt_done(span, Err(error.to_string()));
                     plan.after_error(target, error, true)
                         .map_err(|e| (e, false))?;
                     continue;
                 }
             };
+            Observation::attempt_done(span, Ok(resp.status));
             state.observe_latency(started.elapsed());
             let status = status_of(&resp);
             if let Retry::Retry(_) = plan.after_status(target, status, true) {
@@ -236,11 +312,13 @@ impl Engine {
                 if !info.upgrade {
                     return Err((unasked_upgrade(), false));
                 }
+                c.sent.status = resp.status;
                 c.tunnel(up, &route.name, &route.dcs[target.dc].name).await;
                 return Ok(Next::Close);
             }
             let stopping = self.shutdown.is_stopping();
-            let (next, reusable) = relay(
+            c.sent.status = resp.status;
+            let (next, reusable, bytes) = relay(
                 &mut c.io,
                 &mut c.out,
                 &mut c.ubuf,
@@ -250,6 +328,7 @@ impl Engine {
                 stopping,
             )
             .await;
+            c.sent.bytes = bytes;
             if reusable {
                 // A complete exchange with nothing left over: the connection can serve again.
                 state.idle.put(up);
@@ -329,8 +408,7 @@ impl Engine {
                         client_framing,
                         conn,
                         req.http10,
-                        names.dc,
-                        names.rev,
+                        &names,
                     );
                     ubuf.consume(info.head_len);
                     return Ok(info);
@@ -348,13 +426,6 @@ impl Engine {
             }
         }
     }
-}
-
-/// The values of `x-twin-dc` and `x-twin-route-rev` for an answer.
-#[derive(Clone, Copy)]
-pub(super) struct Names<'a> {
-    pub dc: &'a [u8],
-    pub rev: &'a [u8],
 }
 
 /// One attempt whose body streams: what [`Engine::duplex`] needs besides the connections.

@@ -7,6 +7,11 @@
 //! through as they arrive, chunked ones checked on the way ([`framing`]); idle upstream
 //! connections wait in their endpoint's pool ([`pool`]). The routing decisions are the ones
 //! hyper's engine makes ([`crate::outbound::plan`]); [`forward`] does the I/O between them.
+//! Each request is observed as hyper's path observes it ([`crate::outbound::observe`]): its
+//! request id and `traceparent` are written into the upstream head once and the parent id
+//! patched in place for each attempt, `x-twin-force-dc` is decided (and never forwarded), and
+//! the access log line is written once the answer has been sent. A 101 tunnel's line is
+//! written when the tunnel ends (hyper's path has no tunnels).
 //!
 //! A connection is served request after request until the client or the response says
 //! close, the idle or header timeout passes (the same limits as [`crate::conn_guard`]), or the
@@ -34,6 +39,7 @@ use tokio::time::{Instant, Sleep};
 use crate::config::Limits;
 use crate::outbound::error::ProxyError;
 use crate::outbound::h1::framing::{Body, Buf, Framing};
+use crate::outbound::trace::{new_request_id, RequestId, X_REQUEST_ID};
 use crate::outbound::Outbound;
 use crate::shutdown::Shutdown;
 
@@ -109,6 +115,8 @@ impl Engine {
             ubuf: Buf::with_capacity(INITIAL_BUF),
             host: String::new(),
             bucket: twin_topology::bucket_of(&rand::random::<u64>().to_le_bytes()),
+            parent_at: 0,
+            sent: Sent::default(),
             wait_timer: Box::pin(tokio::time::sleep(self.idle)),
             head_timer: Box::pin(tokio::time::sleep(self.idle)),
         };
@@ -118,7 +126,8 @@ impl Engine {
                 Ok(false) => return,
                 Err(e) => {
                     crate::outbound::metrics::error("", e.label());
-                    let _ = client.write_error(e, true, false, false).await;
+                    let id = new_request_id();
+                    let _ = client.write_error(e, true, false, false, &id).await;
                     return;
                 }
             }
@@ -200,10 +209,21 @@ pub struct Client {
     host: String,
     /// The sticky bucket of requests without a sticky header.
     bucket: u32,
+    /// Where the `traceparent` parent id is in `up_head`, stamped for each attempt.
+    parent_at: usize,
+    /// What the client received for the current request (for its access log line).
+    sent: Sent,
     /// The idle and header timeouts, and the response-head timeout of each attempt: timers
     /// kept for the connection, since moving a deadline later costs no new registration.
     wait_timer: Pin<Box<Sleep>>,
     head_timer: Pin<Box<Sleep>>,
+}
+
+/// The answer a client received: its status and how many body bytes were sent.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sent {
+    pub status: u16,
+    pub bytes: u64,
 }
 
 /// Runs `fut` unless `timer` reaches `deadline` first (then None).
@@ -221,14 +241,15 @@ pub(super) async fn within<F: Future>(
 }
 
 impl Client {
-    /// Answers with the sidecar's own error response (as hyper's engine does), closing the
-    /// connection after it when `close`.
+    /// Answers with the sidecar's own error response (as hyper's engine does) carrying the
+    /// request's id, closing the connection after it when `close`.
     async fn write_error(
         &mut self,
         e: ProxyError,
         close: bool,
         head: bool,
         http10: bool,
+        request_id: &RequestId,
     ) -> io::Result<()> {
         let resp = e.into_response();
         let body = match resp.body() {
@@ -256,11 +277,19 @@ impl Client {
             &mut self.out,
             format_args!("content-length: {}\r\n", body.len()),
         );
+        self.out.extend_from_slice(X_REQUEST_ID.as_str().as_bytes());
+        self.out.extend_from_slice(b": ");
+        self.out.extend_from_slice(request_id.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
         if close {
             self.out.extend_from_slice(b"connection: close\r\n");
         }
         self.out.extend_from_slice(b"\r\n");
         let body: &[u8] = if head { &[] } else { &body };
+        self.sent = Sent {
+            status: status.as_u16(),
+            bytes: body.len() as u64,
+        };
         write_all_vectored(
             &mut self.io,
             &mut [IoSlice::new(&self.out), IoSlice::new(body)],

@@ -7,8 +7,12 @@ use std::io::Write;
 
 use crate::outbound::error::ProxyError;
 use crate::outbound::h1::framing::Framing;
-use crate::outbound::headers::{is_hop_by_hop, without_port, X_TWIN_DC, X_TWIN_ROUTE_REV};
+use crate::outbound::headers::{
+    is_hop_by_hop, without_port, X_TWIN_DC, X_TWIN_FORCE_DC, X_TWIN_ROUTE_REV,
+};
+use crate::outbound::observe::Observation;
 use crate::outbound::retry::IDEMPOTENCY_KEY;
+use crate::outbound::trace::X_REQUEST_ID;
 
 /// Most headers in one head (hyper's limit too).
 pub const MAX_HEADERS: usize = 100;
@@ -155,6 +159,23 @@ impl Request<'_, '_> {
             .map(|h| h.value)
     }
 
+    /// The request's path without its query (what the access log shows), from an
+    /// origin-form or absolute-form target.
+    pub fn path(&self) -> &str {
+        let target = self.req.path.unwrap_or("/");
+        let path = match target.split_once("://") {
+            Some((_, rest)) if !target.starts_with('/') => {
+                rest.find(['/', '?']).map_or("/", |i| &rest[i..])
+            }
+            _ => target,
+        };
+        match path.split_once('?') {
+            Some(("", _)) => "/",
+            Some((p, _)) => p,
+            None => path,
+        }
+    }
+
     /// The service the request names (absolute-form authority, else Host), without port, in
     /// lower case; `scratch` holds it when it had to be lowered.
     pub fn service<'s>(&'s self, scratch: &'s mut String) -> Option<&'s str> {
@@ -179,10 +200,12 @@ impl Request<'_, '_> {
 
     /// Writes the head for the upstream into `out`: the request line in origin form as
     /// HTTP/1.1, every header as it came except hop-by-hop ones, framing headers, and `Expect`
-    /// (the sidecar answers `100 Continue` itself); a Host from an absolute-form target when
-    /// there is none. An upgrade keeps `Connection: upgrade` and its `Upgrade` header.
-    /// `framing` is how the body will travel.
-    pub fn write_upstream(&self, out: &mut Vec<u8>, framing: Framing) {
+    /// (the sidecar answers `100 Continue` itself) and `x-twin-force-dc`; a Host from an
+    /// absolute-form target when there is none; the request id and `traceparent` of `obs`.
+    /// An upgrade keeps `Connection: upgrade` and its `Upgrade` header. `framing` is how the
+    /// body will travel. Returns where the `traceparent`'s parent id is (see
+    /// [`Observation::attempt_raw`]).
+    pub fn write_upstream(&self, out: &mut Vec<u8>, framing: Framing, obs: &Observation) -> usize {
         let path = self.req.path.unwrap_or("/");
         let mut authority = None;
         let target = if path.starts_with('/') || path == "*" {
@@ -219,6 +242,8 @@ impl Request<'_, '_> {
                     || named_by_connection(self.req.headers, name)
                     || name.eq_ignore_ascii_case(b"transfer-encoding")
                     || name.eq_ignore_ascii_case(b"content-length")
+                    || name.eq_ignore_ascii_case(X_TWIN_FORCE_DC.as_str().as_bytes())
+                    || obs.replaces(name)
                     || (self.info.expect_continue && name.eq_ignore_ascii_case(b"expect")))
             {
                 continue;
@@ -232,8 +257,10 @@ impl Request<'_, '_> {
         if self.info.upgrade {
             out.extend_from_slice(b"connection: upgrade\r\n");
         }
+        let parent_at = obs.write_upstream(out);
         push_framing(out, framing);
         out.extend_from_slice(b"\r\n");
+        parent_at
     }
 }
 
@@ -350,6 +377,15 @@ pub fn response<'h, 'b>(
     )))
 }
 
+/// The headers the sidecar adds to an answer: `x-twin-dc`, `x-twin-route-rev` and
+/// `x-request-id`.
+#[derive(Clone, Copy)]
+pub struct Names<'a> {
+    pub dc: &'a [u8],
+    pub rev: &'a [u8],
+    pub request_id: &'a [u8],
+}
+
 /// How the client's connection goes on after a response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClientConn {
@@ -358,7 +394,7 @@ pub enum ClientConn {
 }
 
 /// Writes the response head for the client into `out`: the status line as HTTP/1.1, the
-/// upstream's headers less hop-by-hop ones, `x-twin-dc` and `x-twin-route-rev`, the framing
+/// upstream's headers less hop-by-hop ones, the sidecar's [`Names`], the framing
 /// the client gets (`client_framing`), and a Connection header when it must say close (or
 /// keep-alive to an HTTP/1.0 client). A 101 keeps `Connection`/`Upgrade`.
 #[allow(clippy::too_many_arguments)]
@@ -369,8 +405,7 @@ pub fn write_client_head(
     client_framing: Framing,
     conn: ClientConn,
     http10_client: bool,
-    dc: &[u8],
-    route_rev: &[u8],
+    names: &Names<'_>,
 ) {
     // An HTTP/1.0 client is answered in its version (as hyper does).
     let minor = if http10_client { 0 } else { 1 };
@@ -393,14 +428,16 @@ pub fn write_client_head(
                 || name.eq_ignore_ascii_case(b"transfer-encoding")
                 || name.eq_ignore_ascii_case(b"content-length")
                 || name.eq_ignore_ascii_case(X_TWIN_DC.as_str().as_bytes())
-                || name.eq_ignore_ascii_case(X_TWIN_ROUTE_REV.as_str().as_bytes()))
+                || name.eq_ignore_ascii_case(X_TWIN_ROUTE_REV.as_str().as_bytes())
+                || name.eq_ignore_ascii_case(X_REQUEST_ID.as_str().as_bytes()))
         {
             continue;
         }
         push_header(out, name, h.value);
     }
-    push_header(out, X_TWIN_DC.as_str().as_bytes(), dc);
-    push_header(out, X_TWIN_ROUTE_REV.as_str().as_bytes(), route_rev);
+    push_header(out, X_TWIN_DC.as_str().as_bytes(), names.dc);
+    push_header(out, X_TWIN_ROUTE_REV.as_str().as_bytes(), names.rev);
+    push_header(out, X_REQUEST_ID.as_str().as_bytes(), names.request_id);
     push_framing(out, client_framing);
     if !upgrade {
         match (conn, http10_client) {
@@ -449,9 +486,16 @@ mod tests {
         assert!(matches!(parse(&big), Err(ProxyError::HeadTooLarge(1024))));
     }
 
+    fn observer() -> std::sync::Arc<crate::outbound::observe::Observer> {
+        std::sync::Arc::new(crate::outbound::observe::Observer {
+            access: crate::access_log::AccessLog::off(),
+            spans: None,
+        })
+    }
+
     #[test]
-    fn upstream_heads_lose_hop_by_hop_headers_and_gain_host() {
-        let raw = "GET http://Payments:80/pay?x=1 HTTP/1.0\r\nconnection: keep-alive, x-secret\r\nx-secret: 1\r\nx-twin-unit: u1\r\nte: trailers\r\n\r\n";
+    fn upstream_heads_lose_hop_by_hop_headers_and_gain_host_and_ids() {
+        let raw = "GET http://Payments:80/pay?x=1 HTTP/1.0\r\nconnection: keep-alive, x-secret\r\nx-secret: 1\r\nx-twin-unit: u1\r\nte: trailers\r\nx-twin-force-dc: m6v\r\nX-Request-Id: r-1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: a=b\r\n\r\n";
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let r = request(raw.as_bytes(), &mut h, 1024)
             .expect("valid")
@@ -459,11 +503,45 @@ mod tests {
         assert!(r.info.http10 && r.info.keep_alive);
         let mut scratch = String::new();
         assert_eq!(r.service(&mut scratch), Some("payments"));
+        assert_eq!(r.path(), "/pay");
+        let mut obs = observer().begin_head(&hyper::Method::GET, r.path(), &*r.req.headers);
         let mut out = Vec::new();
-        r.write_upstream(&mut out, Framing::Empty);
+        let at = r.write_upstream(&mut out, Framing::Empty, &obs);
+        let own = format!("{:016x}", obs.span_id);
         assert_eq!(
             String::from_utf8_lossy(&out),
-            "GET /pay?x=1 HTTP/1.1\r\nx-twin-unit: u1\r\nhost: Payments:80\r\n\r\n"
+            format!("GET /pay?x=1 HTTP/1.1\r\nx-twin-unit: u1\r\ntracestate: a=b\r\nhost: Payments:80\r\nx-request-id: r-1\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-{own}-01\r\n\r\n")
+        );
+        // Each attempt names its parent in place; without spans it is the request's span.
+        let before = out.clone();
+        assert!(obs.attempt_raw(&mut out, at, "m6v", "a:1").is_none());
+        assert_eq!(out, before);
+        out[at..at + 16].copy_from_slice(b"ffffffffffffffff");
+        obs.attempt_raw(&mut out, at, "m6v", "a:1");
+        assert_eq!(out, before);
+
+        // Without a usable traceparent a new trace starts and its tracestate is dropped.
+        let raw = "POST /a?b HTTP/1.1\r\nhost: x\r\ntracestate: a=b\r\ntraceparent: bad\r\n\r\n";
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let r = request(raw.as_bytes(), &mut h, 1024)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(r.path(), "/a");
+        let obs = observer().begin_head(&hyper::Method::POST, r.path(), &*r.req.headers);
+        let mut out = Vec::new();
+        r.write_upstream(&mut out, Framing::Empty, &obs);
+        let text = String::from_utf8_lossy(&out);
+        assert!(!text.contains("tracestate"), "{text}");
+        assert!(!text.contains("bad"), "{text}");
+        let id = String::from_utf8_lossy(obs.request_id.as_bytes()).into_owned();
+        assert_eq!(id.len(), 32);
+        assert!(text.contains(&format!("x-request-id: {id}\r\n")), "{text}");
+        assert!(
+            text.contains(&format!(
+                "traceparent: 00-{:032x}-{:016x}-01\r\n",
+                obs.trace_id, obs.span_id
+            )),
+            "{text}"
         );
     }
 }

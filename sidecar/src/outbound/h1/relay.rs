@@ -14,8 +14,9 @@ use crate::outbound::h1::{write_all_vectored, Client, Next};
 use crate::outbound::metrics;
 
 /// Sends the response whose client head is `head` and whose body starts in `ubuf`, the rest
-/// read from `up`. Returns how the client connection goes on, and whether the upstream
-/// connection ended the exchange cleanly (then it may serve again).
+/// read from `up`. Returns how the client connection goes on, whether the upstream
+/// connection ended the exchange cleanly (then it may serve again), and how many body bytes
+/// the client was sent.
 pub(super) async fn relay<R, W>(
     client: &mut W,
     head: &mut Vec<u8>,
@@ -24,7 +25,7 @@ pub(super) async fn relay<R, W>(
     resp: &ResponseInfo,
     req: &RequestInfo,
     stopping: bool,
-) -> (Next, bool)
+) -> (Next, bool, u64)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -37,7 +38,7 @@ where
     } else {
         match body.advance(ubuf.filled()) {
             Ok(n) => n,
-            Err(_) => return (Next::Close, false),
+            Err(_) => return (Next::Close, false, 0),
         }
     };
     // A small body joins the head in one buffer: one plain write, no iovec.
@@ -53,20 +54,20 @@ where
     };
     ubuf.consume(prefix);
     if wrote.is_err() {
-        return (Next::Close, false);
+        return (Next::Close, false, 0);
     }
     if let Err(e) = framing::pump(up, ubuf, client, &mut body, dechunk).await {
         // Too late for an error response: the client sees the connection end early.
         tracing::debug!(error = %e, "response body cut short");
-        return (Next::Close, false);
+        return (Next::Close, false, body.seen);
     }
     let reusable = resp.keep_alive && body.is_done() && ubuf.is_empty();
     let client_closes = !req.keep_alive || matches!(resp.framing, Framing::Close) || dechunk;
     if client_closes || stopping {
         let _ = client.shutdown().await;
-        (Next::Close, reusable)
+        (Next::Close, reusable, body.seen)
     } else {
-        (Next::KeepAlive, reusable)
+        (Next::KeepAlive, reusable, body.seen)
     }
 }
 
