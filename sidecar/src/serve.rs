@@ -96,8 +96,9 @@ where
                     let _ = stream.set_nodelay(true);
                     let (io, service) =
                         conn_guard::guard(stream, new_service(peer), idle, header);
+                    // With upgrades: a WebSocket request becomes a tunnel after its 101.
                     let conn = builder
-                        .serve_connection(TokioIo::new(io), service)
+                        .serve_connection_with_upgrades(TokioIo::new(io), service)
                         .into_owned();
                     let conn = graceful.watch(conn);
                     tokio::spawn(async move {

@@ -12,6 +12,7 @@ use crate::admin::{self, Admin};
 use crate::config::{Config, TableSource};
 use crate::deps::Edges;
 use crate::ids::IdApi;
+use crate::outbound::tunnel::Tunnels;
 use crate::outbound::Outbound;
 use crate::presence::{Identity, PresenceTask};
 use crate::register::Registrar;
@@ -37,6 +38,9 @@ pub struct Sidecar {
     presence: Option<PresenceTask>,
     ids: IdApi,
     upkeep: JoinHandle<()>,
+    /// Upgraded connections (WebSocket) the outbound proxy relays; cut at the drain deadline.
+    tunnels: Arc<Tunnels>,
+    drain_timeout: Duration,
 }
 
 impl Sidecar {
@@ -74,6 +78,8 @@ impl Sidecar {
             cfg.limits.max_replay_body_bytes,
             &edges,
         ));
+        let tunnels = outbound.tunnels().clone();
+        tunnels.cut_after_stop(shutdown.clone(), cfg.drain_timeout);
         let admin = Arc::new(Admin {
             table: tables.cell.clone(),
             shutdown: shutdown.clone(),
@@ -174,6 +180,8 @@ impl Sidecar {
             presence,
             ids,
             upkeep,
+            tunnels,
+            drain_timeout: cfg.drain_timeout,
         })
     }
 
@@ -188,12 +196,20 @@ impl Sidecar {
     }
 
     /// Stops: withdraws the node, closes the listeners, lets in-flight requests finish
-    /// (each listener waits up to the drain timeout), revokes the registration and idgen
+    /// (each listener waits up to the drain timeout; open tunnels are cut then), revokes the registration and idgen
     /// leases. Returns when all of that is done.
     pub async fn stop(self) {
         self.shutdown.stop();
         for s in self.servers {
             let _ = s.await;
+        }
+        // Tunnels got the same drain timeout, then were cut.
+        let tunnels_closed = self.tunnels.closed();
+        if tokio::time::timeout(self.drain_timeout + Duration::from_secs(1), tunnels_closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(open = self.tunnels.open(), "tunnels still open after the cut");
         }
         if let Some(r) = self.registrar {
             r.finished(Duration::from_secs(3)).await;

@@ -57,6 +57,9 @@ pub struct EndpointState {
     outlier: OutlierSettings,
     /// Idle upstream connections to this address.
     pub(crate) pool: Pool,
+    /// Protocols hook: HTTP/2 connections to this address (routes with `protocol: http2`
+    /// or `grpc`).
+    pub(crate) h2: crate::outbound::h2::H2Pool,
     /// Set when the route asks for TLS to its upstreams.
     pub tls: Option<TlsTarget>,
 }
@@ -91,6 +94,7 @@ impl EndpointState {
             epoch: Instant::now(),
             outlier,
             pool: Pool::default(),
+            h2: Default::default(),
             tls: None,
         }
     }
@@ -215,6 +219,7 @@ impl EndpointState {
         self.probation.store(true, Ordering::Relaxed);
         // Connections to an ejected endpoint are likely broken; do not reuse them.
         self.pool.clear();
+        self.h2.clear();
         Ejection::Ejected(backoff)
     }
 }

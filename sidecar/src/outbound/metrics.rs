@@ -24,6 +24,10 @@ pub const BUDGET_EXHAUSTED: &str = "twin_sidecar_retry_budget_exhausted_total";
 pub const ROUTE_REVISION: &str = "twin_sidecar_route_revision";
 pub const TABLE_REVISION: &str = "twin_sidecar_table_revision";
 pub const IN_FLIGHT: &str = "twin_sidecar_in_flight_requests";
+/// Upgraded connections (WebSocket) relayed, by service and datacenter ([`super::tunnel`]).
+pub const TUNNELS: &str = "twin_sidecar_tunnels_total";
+/// Upgraded connections open now.
+pub const TUNNELS_OPEN: &str = "twin_sidecar_tunnels_open";
 
 /// Buckets of the latency histogram, in seconds.
 pub const LATENCY_BUCKETS: [f64; 14] = [
@@ -61,6 +65,11 @@ pub fn describe() {
     );
     describe_gauge!(TABLE_REVISION, "etcd revision of the routing table in use");
     describe_gauge!(IN_FLIGHT, "Outbound requests being served");
+    describe_counter!(
+        TUNNELS,
+        "Upgraded connections (WebSocket) relayed as byte tunnels, by service and datacenter"
+    );
+    describe_gauge!(TUNNELS_OPEN, "Upgraded connections relayed now");
 }
 
 /// The series of one service in one datacenter.

@@ -10,17 +10,26 @@
 //! 5. [`timeout`]: connect and response-head limits of each attempt, over [`upstream`]'s
 //!    pooled connections.
 //! 6. [`metrics`]: what each answer leaves in `/metrics`.
+//!
+//! Protocols: a route's `protocol` picks the [`transport`] of its attempts (HTTP/1.1 pool,
+//! [`h2`] multiplexed connections); [`grpc`] adds gRPC's retry rules and status answers;
+//! [`tunnel`] turns an HTTP/1.1 upgrade (WebSocket) into a byte tunnel after `101`.
 
 pub mod body;
 pub mod dc;
 pub mod endpoint;
 pub mod error;
 pub mod fence;
+pub mod grpc;
+pub mod h2;
 pub mod headers;
 pub mod metrics;
+pub mod replay;
 pub mod retry;
 pub mod route;
 pub mod timeout;
+pub mod transport;
+pub mod tunnel;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -39,6 +48,8 @@ use crate::outbound::endpoint::{Ejection, Outcome};
 use crate::outbound::error::ProxyError;
 use crate::outbound::retry::{Attempts, Next};
 use crate::outbound::timeout::AttemptTimeouts;
+use crate::outbound::transport::Transport;
+use crate::outbound::tunnel::Tunnels;
 use crate::outbound::upstream::AttemptError;
 use crate::table::{RoutingTable, ServiceRoute};
 
@@ -49,6 +60,8 @@ pub struct Outbound {
     unknown: Arc<EdgeStats>,
     max_replay: usize,
     in_flight: ::metrics::Gauge,
+    /// Upgraded connections (WebSocket) being relayed.
+    tunnels: Arc<Tunnels>,
 }
 
 /// Keeps the in-flight gauge up while a request is served, even if the client goes away.
@@ -76,12 +89,17 @@ struct Template {
 }
 
 impl Template {
-    fn request(&self) -> Request<UpstreamBody> {
-        let mut r = Request::new(self.body.replay().unwrap_or(ProxyBody::Whole(None)));
+    /// Another copy of the request, when its body can still be replayed.
+    fn request(&self) -> Option<Request<UpstreamBody>> {
+        let mut r = Request::new(self.body.replay()?);
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.headers_mut() = self.headers.clone();
-        r
+        Some(r)
+    }
+
+    fn can_replay(&self) -> bool {
+        self.body.can_replay()
     }
 }
 
@@ -92,7 +110,13 @@ impl Outbound {
             unknown: edges.edge(twin_topology::UNKNOWN_SERVICE),
             max_replay,
             in_flight: metrics::in_flight_gauge(),
+            tunnels: Arc::new(Tunnels::default()),
         }
+    }
+
+    /// The upgraded connections being relayed (the sidecar cuts them at its drain deadline).
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.tunnels
     }
 
     /// The hyper service of one client connection. Requests without a sticky header share a
@@ -125,6 +149,11 @@ impl Outbound {
         let _in_flight = InFlight::start(&self.in_flight);
         // The whole request, retries included, uses the table it started with.
         let table = self.table.load_full();
+        // A gRPC client is told the sidecar's own errors as gRPC statuses.
+        let answer = match grpc::is_grpc_request(&req) {
+            true => grpc::error_response,
+            false => ProxyError::into_response,
+        };
         let resp = match route::lookup(&table, &req) {
             Ok(route) => {
                 route.edge.request();
@@ -133,7 +162,7 @@ impl Outbound {
                     Err(e) => {
                         route.edge.failed();
                         metrics::error(&route.name, e.label());
-                        e.into_response()
+                        answer(e)
                     }
                 }
             }
@@ -143,7 +172,7 @@ impl Outbound {
                     self.unknown.failed();
                 }
                 metrics::error("", e.label());
-                e.into_response()
+                answer(e)
             }
         };
         resp
@@ -152,7 +181,7 @@ impl Outbound {
     async fn forward(
         &self,
         route: &ServiceRoute,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         connection_bucket: u32,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let bucket = dc::bucket(route, req.headers(), connection_bucket);
@@ -169,11 +198,27 @@ impl Outbound {
         } else {
             None
         };
+        // Protocols: an upgrade is never sent twice; a gRPC call keeps its body for a replay.
+        let mut upgrade = tunnel::Pending::take(&mut req);
+        let protocol = route.route.protocol;
+        let grpc = protocol == twin_topology::Protocol::Grpc;
+        let transport = Transport::of(protocol, upgrade.is_some());
         let (mut parts, body) = req.into_parts();
-        let repeatable = retry::may_repeat(&parts.method, &parts.headers);
-        let body = retry::prepare_body(&parts, body, repeatable, self.max_replay).await?;
+        let repeatable = retry::may_repeat(&parts.method, &parts.headers) && upgrade.is_none();
+        let body = match grpc && upgrade.is_none() {
+            true => grpc::prepare_body(body, self.max_replay),
+            false => retry::prepare_body(&parts, body, repeatable, self.max_replay).await?,
+        };
+        let te_trailers = h2::wants_trailers(&parts.headers);
         headers::to_upstream(&mut parts);
-        let template = match (repeatable, body.replay()) {
+        match (&upgrade, transport) {
+            (Some(u), _) => u.restore(&mut parts),
+            (None, Transport::Http2) => {
+                h2::to_upstream(&mut parts, te_trailers, route.route.tls.is_some())
+            }
+            _ => {}
+        }
+        let template = match (repeatable || (grpc && upgrade.is_none()), body.replay()) {
             (true, Some(copy)) => Some(Template {
                 method: parts.method.clone(),
                 uri: parts.uri.clone(),
@@ -220,7 +265,7 @@ impl Outbound {
             let member = &pool.members[idx];
             let Some(req) = pending
                 .take()
-                .or_else(|| template.as_ref().map(Template::request))
+                .or_else(|| template.as_ref().and_then(Template::request))
             else {
                 // Not reachable: a retry is only chosen when the request can be sent again.
                 return Err(ProxyError::UpstreamDropped(
@@ -228,17 +273,30 @@ impl Outbound {
                 ));
             };
             let started = Instant::now();
-            match upstream::send(&member.state, req, &limits).await {
+            let can_replay = template.as_ref().is_some_and(Template::can_replay);
+            match transport.send(&member.state, req, &limits).await {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_server_error() {
                         self.failed(route, choice.dc, idx);
                         if let Next::Retry(why) =
-                            attempts.after_status(status, template.is_some(), &route.budget)
+                            attempts.after_status(status, can_replay, &route.budget)
                         {
                             metrics::retry(&route.name, why);
                             tried.push((choice.dc, idx));
                             last_not_sent = false;
+                            continue;
+                        }
+                    } else if grpc && grpc::unavailable(&resp) {
+                        // Trailers-only UNAVAILABLE: the upstream declined the call.
+                        self.failed(route, choice.dc, idx);
+                        if let Next::Retry(why) =
+                            attempts.after_unprocessed("grpc_unavailable", can_replay, &route.budget)
+                        {
+                            metrics::retry(&route.name, why);
+                            tried.push((choice.dc, idx));
+                            // Like a call never sent, it goes to an endpoint not tried yet.
+                            last_not_sent = true;
                             continue;
                         }
                     } else {
@@ -250,7 +308,12 @@ impl Outbound {
                         metrics::spill(&route.name, &route.dcs[from].name, &pool.name);
                     }
                     let mut resp = resp.map(ProxyBody::Streamed);
-                    headers::from_upstream(&mut resp, &pool.header, &route.revision_header);
+                    match upgrade.take() {
+                        Some(u) => u.answer(&mut resp, &self.tunnels, route, pool),
+                        None => {
+                            headers::from_upstream(&mut resp, &pool.header, &route.revision_header)
+                        }
+                    }
                     return Ok(resp);
                 }
                 Err(failed) => {
@@ -258,7 +321,8 @@ impl Outbound {
                     tried.push((choice.dc, idx));
                     last_not_sent = failed.error.not_sent();
                     pending = failed.request;
-                    let can_resend = pending.is_some() || template.is_some();
+                    let can_resend =
+                        pending.is_some() || template.as_ref().is_some_and(Template::can_replay);
                     match attempts.after_error(&failed.error, can_resend, &route.budget) {
                         Next::Retry(why) => {
                             tracing::debug!(service = %route.name, error = %failed.error, "retrying");
@@ -293,7 +357,9 @@ impl Outbound {
 fn proxy_error(e: AttemptError) -> ProxyError {
     match e {
         e @ AttemptError::Connect { .. } => ProxyError::UpstreamConnect(e.to_string()),
-        e @ AttemptError::Dropped { .. } => ProxyError::UpstreamDropped(e.to_string()),
+        e @ (AttemptError::Dropped { .. } | AttemptError::Refused { .. }) => {
+            ProxyError::UpstreamDropped(e.to_string())
+        }
         AttemptError::Timeout { .. } => ProxyError::UpstreamTimeout,
     }
 }
