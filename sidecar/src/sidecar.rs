@@ -209,7 +209,10 @@ impl Sidecar {
             .await
             .is_err()
         {
-            tracing::warn!(open = self.tunnels.open(), "tunnels still open after the cut");
+            tracing::warn!(
+                open = self.tunnels.open(),
+                "tunnels still open after the cut"
+            );
         }
         if let Some(r) = self.registrar {
             r.finished(Duration::from_secs(3)).await;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::Stream;
 use support::*;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -119,7 +119,7 @@ impl Grpc {
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming(TcpListenerStream::new(listener))
+                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
                 .await;
         });
         Grpc { addr, calls }
@@ -156,7 +156,11 @@ async fn refusing_server() -> (SocketAddr, Arc<AtomicUsize>) {
 /// `payments` as a gRPC route over these addresses per datacenter.
 fn grpc_route(weights: (u32, u32), m6v: &[SocketAddr], wanguo: &[SocketAddr]) -> Route {
     let mut r = Route::with_weights(Weights(
-        [("m6v".to_string(), weights.0), ("wanguo".to_string(), weights.1)].into(),
+        [
+            ("m6v".to_string(), weights.0),
+            ("wanguo".to_string(), weights.1),
+        ]
+        .into(),
     ));
     r.protocol = Protocol::Grpc;
     for (dc, addrs) in [("m6v", m6v), ("wanguo", wanguo)] {
@@ -223,6 +227,13 @@ async fn unary_and_server_streaming_calls_pass_through_the_sidecar() {
     assert_eq!(meta(&resp, "x-served-by"), "m6v-0");
     assert_eq!(meta(&resp, "x-twin-dc"), "m6v");
 
+    // Many calls in a row on one upstream connection: the sidecar must not forward the empty
+    // DATA frame that ends each request as a frame of its own (an HTTP/2 server closes a
+    // connection after a hundred of those).
+    for i in 0..150 {
+        let resp = c.check(check(None)).await;
+        assert!(resp.is_ok(), "call {i}: {resp:?}");
+    }
     // Several calls share the sidecar's HTTP/2 connection to the upstream.
     let calls = (0..20).map(|_| {
         let mut c = c.clone();
@@ -263,7 +274,7 @@ async fn unary_and_server_streaming_calls_pass_through_the_sidecar() {
         ],
         "every update arrives, then the OK status in the trailers ends the stream"
     );
-    assert_eq!(up.calls(), 22);
+    assert_eq!(up.calls(), 172);
     s.stop().await;
 }
 
@@ -302,7 +313,9 @@ async fn a_call_no_upstream_processed_goes_to_another_endpoint() {
     assert_eq!((busy.calls(), fine.calls()), (1, 1));
     let text = metrics(&s).await;
     assert!(
-        text.contains("twin_sidecar_retries_total{service=\"payments\",reason=\"grpc_unavailable\"} 1"),
+        text.contains(
+            "twin_sidecar_retries_total{service=\"payments\",reason=\"grpc_unavailable\"} 1"
+        ),
         "{text}"
     );
     s.stop().await;
@@ -354,5 +367,88 @@ async fn a_call_whose_answer_began_is_never_sent_again() {
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     assert!(err.message().starts_with("twin sidecar: "), "{err}");
     s2.stop().await;
+    s.stop().await;
+}
+
+/// A plain HTTP/2 (h2c) server that answers `got N bytes over HTTP/2` with a trailer.
+async fn h2c_server() -> SocketAddr {
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let version = req.version();
+                        let n = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes().len())
+                            .unwrap_or(0);
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("x-checksum", "42".parse().expect("value"));
+                        let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                            Ok(Frame::data(
+                                format!("got {n} bytes over {version:?}").into(),
+                            )),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(StreamBody::new(
+                            futures::stream::iter(frames),
+                        )))
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_route_serves_http11_and_h2c_clients_with_trailers() {
+    use http_body_util::{BodyExt, Full};
+    let up = h2c_server().await;
+    let mut r = grpc_route((10_000, 0), &[up], &[]);
+    r.protocol = Protocol::Http2;
+    let (_etcd, s) = routed(&r).await;
+
+    // An HTTP/1.1 application: the sidecar speaks HTTP/2 to the upstream for it.
+    let req = hyper::Request::post(format!("http://{}/sum", s.outbound_addr))
+        .header("host", SERVICE)
+        .body(Full::new(bytes::Bytes::from_static(b"abcde")))
+        .expect("request");
+    let reply = http::send(&http::client(), req).await.expect("answer");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "got 5 bytes over HTTP/2.0");
+    assert_eq!(reply.header("x-twin-dc"), "m6v");
+
+    // An h2c application gets the upstream's trailers.
+    let tcp = tokio::net::TcpStream::connect(s.outbound_addr)
+        .await
+        .expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("http://{SERVICE}/sum"))
+        .body(Full::new(bytes::Bytes::from_static(b"abc")))
+        .expect("request");
+    let resp = send.send_request(req).await.expect("answer");
+    let collected = resp.into_body().collect().await.expect("body");
+    assert_eq!(
+        collected.trailers().map(|t| t["x-checksum"].clone()),
+        Some("42".parse().expect("value"))
+    );
+    assert_eq!(collected.to_bytes(), "got 3 bytes over HTTP/2.0");
     s.stop().await;
 }

@@ -55,14 +55,22 @@ async fn echo_server(name: &'static str) -> SocketAddr {
 
 fn ws_route(weights: (u32, u32), m6v: SocketAddr, wanguo: SocketAddr) -> Route {
     let mut r = Route::with_weights(Weights(
-        [("m6v".to_string(), weights.0), ("wanguo".to_string(), weights.1)].into(),
+        [
+            ("m6v".to_string(), weights.0),
+            ("wanguo".to_string(), weights.1),
+        ]
+        .into(),
     ));
     r.endpoints.insert("m6v".into(), vec![m6v.to_string()]);
-    r.endpoints.insert("wanguo".into(), vec![wanguo.to_string()]);
+    r.endpoints
+        .insert("wanguo".into(), vec![wanguo.to_string()]);
     r
 }
 
-async fn routed(r: &Route, cfg: impl FnOnce(&mut twin_sidecar::Config)) -> (twin_lab::Etcd, Sidecar) {
+async fn routed(
+    r: &Route,
+    cfg: impl FnOnce(&mut twin_sidecar::Config),
+) -> (twin_lab::Etcd, Sidecar) {
     let (etcd, mut c) = etcd().await;
     let rev = put_route(&mut c, r).await;
     let mut config = config(etcd_source(&etcd));
@@ -131,7 +139,9 @@ async fn messages_round_trip_through_a_counted_tunnel_and_a_unit_stays_home() {
     ws.send(Message::text("one")).await.expect("send");
     assert_eq!(next_text(&mut ws).await, "one");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    ws.send(Message::text("two")).await.expect("send after a pause");
+    ws.send(Message::text("two"))
+        .await
+        .expect("send after a pause");
     assert_eq!(next_text(&mut ws).await, "two");
     ws.send(Message::binary(vec![0u8, 1, 2]))
         .await
@@ -142,7 +152,10 @@ async fn messages_round_trip_through_a_counted_tunnel_and_a_unit_stays_home() {
     }
     // Other tests of this file run tunnels at the same time (the recorder is per process).
     let text = metrics(&s).await;
-    let total = value(&text, "twin_sidecar_tunnels_total{service=\"payments\",dc=\"m6v\"}");
+    let total = value(
+        &text,
+        "twin_sidecar_tunnels_total{service=\"payments\",dc=\"m6v\"}",
+    );
     assert!(total >= 1.0, "{text}");
     assert!(value(&text, "twin_sidecar_tunnels_open") >= 1.0, "{text}");
     ws.close(None).await.expect("close");
@@ -206,7 +219,9 @@ async fn stopping_the_sidecar_cuts_open_tunnels_at_the_drain_deadline() {
     ws.send(Message::text("still here")).await.expect("send");
     assert_eq!(next_text(&mut ws).await, "still here");
     // ...and is cut at its deadline.
-    let end = tokio::time::timeout(WAIT, ws.next()).await.expect("cut in time");
+    let end = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("cut in time");
     assert!(
         !matches!(end, Some(Ok(Message::Text(_)))),
         "the tunnel ended: {end:?}"

@@ -164,8 +164,14 @@ routes:
         let f = RoutesFile::parse("r.yaml", GOOD, &BTreeMap::new()).expect("valid");
         assert_eq!(f.routes["payments"].protocol, crate::Protocol::Http1);
         let json = serde_json::to_string(&f.routes["payments"]).expect("json");
-        assert!(!json.contains("protocol"), "the default is not written: {json}");
-        for (text, want) in [("grpc", crate::Protocol::Grpc), ("http2", crate::Protocol::Http2)] {
+        assert!(
+            !json.contains("protocol"),
+            "the default is not written: {json}"
+        );
+        for (text, want) in [
+            ("grpc", crate::Protocol::Grpc),
+            ("http2", crate::Protocol::Http2),
+        ] {
             let yaml = GOOD.replace("on_dc_down: fail", &format!("protocol: {text}"));
             let f = RoutesFile::parse("r.yaml", &yaml, &BTreeMap::new()).expect("valid");
             assert_eq!(f.routes["payments"].protocol, want);
@@ -173,10 +179,9 @@ routes:
             assert!(json.contains(&format!(r#""protocol":"{text}""#)), "{json}");
         }
         // In etcd (JSON) too, a bad value names the field on one line.
-        let err = serde_json::from_str::<crate::Route>(
-            r#"{"weights":{"m6v":10000},"protocol":"h3"}"#,
-        )
-        .expect_err("h3");
+        let err =
+            serde_json::from_str::<crate::Route>(r#"{"weights":{"m6v":10000},"protocol":"h3"}"#)
+                .expect_err("h3");
         assert!(
             err.to_string()
                 .starts_with(r#"protocol "h3" is not one of http1, http2, grpc"#),

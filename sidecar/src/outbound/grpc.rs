@@ -148,7 +148,10 @@ mod tests {
         assert_eq!(r.headers()[RETRY_AFTER], "1");
         assert_eq!(status_of(&ProxyError::MissingHost), code::INVALID_ARGUMENT);
         assert_eq!(status_of(&ProxyError::BadBody("x".into())), code::INTERNAL);
-        assert_eq!(status_of(&ProxyError::DcDown("m6v".into())), code::UNAVAILABLE);
+        assert_eq!(
+            status_of(&ProxyError::DcDown("m6v".into())),
+            code::UNAVAILABLE
+        );
         assert_eq!(grpc_message("100% \"é\""), "100%25 \"%C3%A9\"");
     }
 }

@@ -111,7 +111,9 @@ impl Conn {
         self.streams.load(Ordering::Relaxed)
     }
     fn idle_for(&self) -> Duration {
-        self.idle_since.lock().map_or(Duration::ZERO, |t| t.elapsed())
+        self.idle_since
+            .lock()
+            .map_or(Duration::ZERO, |t| t.elapsed())
     }
 }
 
@@ -304,7 +306,9 @@ pub fn to_upstream(parts: &mut Parts, te_trailers: bool, tls: bool) {
     }
     parts.version = Version::HTTP_2;
     if te_trailers {
-        parts.headers.insert(TE, HeaderValue::from_static("trailers"));
+        parts
+            .headers
+            .insert(TE, HeaderValue::from_static("trailers"));
     }
 }
 

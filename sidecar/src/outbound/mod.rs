@@ -290,9 +290,11 @@ impl Outbound {
                     } else if grpc && grpc::unavailable(&resp) {
                         // Trailers-only UNAVAILABLE: the upstream declined the call.
                         self.failed(route, choice.dc, idx);
-                        if let Next::Retry(why) =
-                            attempts.after_unprocessed("grpc_unavailable", can_replay, &route.budget)
-                        {
+                        if let Next::Retry(why) = attempts.after_unprocessed(
+                            "grpc_unavailable",
+                            can_replay,
+                            &route.budget,
+                        ) {
                             metrics::retry(&route.name, why);
                             tried.push((choice.dc, idx));
                             // Like a call never sent, it goes to an endpoint not tried yet.

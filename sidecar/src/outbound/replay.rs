@@ -12,6 +12,11 @@
 //!
 //! Only the newest reader that started reading takes frames; an older one (still held by an
 //! abandoned upstream stream) ends.
+//!
+//! Empty data frames are dropped: a client's empty DATA frame that only carries END_STREAM
+//! would otherwise go upstream as an empty frame *without* END_STREAM (the reader learns of
+//! the end one poll later), and an HTTP/2 server closes a connection that sends it more than
+//! a hundred of those (h2's "too_many_data_frames" guard).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -129,7 +134,12 @@ impl Body for Replay {
         if st.ended {
             return Poll::Ready(None);
         }
-        let polled = Pin::new(&mut st.source).poll_frame(cx);
+        let polled = loop {
+            match Pin::new(&mut st.source).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(|d| d.is_empty()) => {}
+                other => break other,
+            }
+        };
         match &polled {
             Poll::Ready(None) => st.ended = true,
             Poll::Ready(Some(Err(_))) => {
@@ -170,7 +180,7 @@ impl Body for Replay {
         if self.id < st.newest {
             return true;
         }
-        st.ended && (st.spent || self.pos >= st.kept.len())
+        (st.ended || st.source.is_end_stream()) && (st.spent || self.pos >= st.kept.len())
     }
 }
 

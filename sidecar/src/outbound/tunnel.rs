@@ -249,7 +249,11 @@ impl Tunnels {
         tokio::spawn(async move {
             shutdown.stopped().await;
             if tokio::time::timeout(drain, this.closed()).await.is_err() {
-                tracing::warn!(open = this.open(), ?drain, "cutting tunnels still open at the drain deadline");
+                tracing::warn!(
+                    open = this.open(),
+                    ?drain,
+                    "cutting tunnels still open at the drain deadline"
+                );
                 this.cut.send_replace(true);
             }
         })
