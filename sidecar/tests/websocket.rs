@@ -37,14 +37,9 @@ async fn echo_server(name: &'static str) -> SocketAddr {
                     return;
                 }
                 while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Text(_) | Message::Binary(_) => {
-                            if ws.send(msg).await.is_err() {
-                                return;
-                            }
-                        }
-                        Message::Close(_) => return,
-                        _ => {}
+                    let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
+                    if msg.is_close() || (echo && ws.send(msg).await.is_err()) {
+                        return;
                     }
                 }
             });

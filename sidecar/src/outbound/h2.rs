@@ -115,6 +115,11 @@ impl Conn {
             .lock()
             .map_or(Duration::ZERO, |t| t.elapsed())
     }
+    /// Open, and not idle for `max_idle` or longer.
+    fn usable(&self, max_idle: Duration) -> bool {
+        let idle_too_long = self.streams() == 0 && self.idle_for() >= max_idle;
+        !self.sender.is_closed() && !idle_too_long
+    }
 }
 
 /// One stream on a connection, counted until the answer's body is dropped.
@@ -163,7 +168,7 @@ impl H2Pool {
     /// The least busy open connection, unless all are full and another may be opened.
     fn pick(&self, max_idle: Duration) -> Option<Arc<Conn>> {
         let mut conns = self.conns.lock().ok()?;
-        conns.retain(|c| !c.sender.is_closed() && !(c.streams() == 0 && c.idle_for() >= max_idle));
+        conns.retain(|c| c.usable(max_idle));
         let best = conns.iter().min_by_key(|c| c.streams())?;
         if best.streams() < STREAMS_PER_CONNECTION || conns.len() >= MAX_CONNECTIONS {
             Some(best.clone())
