@@ -130,8 +130,8 @@ impl Grpc {
     }
 }
 
-/// A raw HTTP/2 server that refuses every stream with REFUSED_STREAM, counting them.
-async fn refusing_server() -> (SocketAddr, Arc<AtomicUsize>) {
+/// A raw HTTP/2 server that resets every stream with `reason`, counting them.
+async fn resetting_server(reason: h2::Reason) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let refused = Arc::new(AtomicUsize::new(0));
@@ -145,7 +145,7 @@ async fn refusing_server() -> (SocketAddr, Arc<AtomicUsize>) {
                 };
                 while let Some(Ok((_req, mut respond))) = conn.accept().await {
                     count.fetch_add(1, Ordering::SeqCst);
-                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    respond.send_reset(reason);
                 }
             });
         }
@@ -324,7 +324,7 @@ async fn a_call_no_upstream_processed_goes_to_another_endpoint() {
     let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let closed_addr = closed.local_addr().expect("addr");
     drop(closed);
-    let (refusing, refused) = refusing_server().await;
+    let (refusing, refused) = resetting_server(h2::Reason::REFUSED_STREAM).await;
     for dead in [closed_addr, refusing] {
         let fine = Grpc::start("wanguo-0", Mode::Serve).await;
         let (_etcd, s) = routed(&grpc_route((10_000, 0), &[dead], &[fine.addr])).await;
@@ -354,6 +354,20 @@ async fn a_call_whose_answer_began_is_never_sent_again() {
     assert_eq!(err.message(), "went away mid-call");
     assert_eq!(failing.calls(), 1, "the server saw exactly one call");
     assert_eq!(other.calls(), 0, "and no other endpoint saw it");
+
+    // A stream reset other than REFUSED_STREAM may have executed the call: not sent again.
+    let (resetting, resets) = resetting_server(h2::Reason::INTERNAL_ERROR).await;
+    let fine = Grpc::start("wanguo-0", Mode::Serve).await;
+    let (_etcd3, s3) = routed(&grpc_route((10_000, 0), &[resetting], &[fine.addr])).await;
+    let err = client(&s3)
+        .await
+        .check(check(None))
+        .await
+        .expect_err("the reset reaches the client");
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert_eq!(resets.load(Ordering::SeqCst), 1, "one stream reset");
+    assert_eq!(fine.calls(), 0, "never sent elsewhere");
+    s3.stop().await;
 
     // With no endpoint left, the sidecar's own error is a gRPC status too.
     let (_etcd2, s2) = {
