@@ -16,7 +16,11 @@
 //! Empty data frames are dropped: a client's empty DATA frame that only carries END_STREAM
 //! would otherwise go upstream as an empty frame *without* END_STREAM (the reader learns of
 //! the end one poll later), and an HTTP/2 server closes a connection that sends it more than
-//! a hundred of those (h2's "too_many_data_frames" guard).
+//! a hundred of those (h2's "too_many_data_frames" guard). For the same reason, after a data
+//! frame the next one is looked at if it is already there: when it is the end, the data frame
+//! goes out carrying END_STREAM instead of being followed by a frame of its own, which could
+//! reach an upstream that already answered and closed the stream (each such frame is a stream
+//! error there, and an HTTP/2 server closes a connection that causes too many).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,8 +46,12 @@ impl Kept {
     }
 }
 
+type Polled = Poll<Option<Result<Frame<Bytes>, hyper::Error>>>;
+
 struct State {
     source: Incoming,
+    /// A frame read ahead of its turn (see the module docs).
+    peeked: Option<Result<Frame<Bytes>, hyper::Error>>,
     /// The source returned its end.
     ended: bool,
     kept: Vec<Kept>,
@@ -71,6 +79,7 @@ impl Replay {
         Replay {
             shared: Arc::new(Mutex::new(State {
                 source,
+                peeked: None,
                 ended: false,
                 kept: Vec::new(),
                 kept_bytes: 0,
@@ -110,6 +119,26 @@ impl Replay {
     }
 }
 
+impl State {
+    /// The next frame of the client's body that is not an empty data frame.
+    fn next(&mut self, cx: &mut Context<'_>) -> Polled {
+        if let Some(p) = self.peeked.take() {
+            return Poll::Ready(Some(p));
+        }
+        loop {
+            match Pin::new(&mut self.source).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(|d| d.is_empty()) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// True when the client's body has nothing more.
+    fn source_done(&self) -> bool {
+        self.peeked.is_none() && (self.ended || self.source.is_end_stream())
+    }
+}
+
 impl Body for Replay {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -131,15 +160,18 @@ impl Body for Replay {
             this.pos += 1;
             return Poll::Ready(Some(Ok(frame)));
         }
-        if st.ended {
+        if st.ended && st.peeked.is_none() {
             return Poll::Ready(None);
         }
-        let polled = loop {
-            match Pin::new(&mut st.source).poll_frame(cx) {
-                Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(|d| d.is_empty()) => {}
-                other => break other,
+        let polled = st.next(cx);
+        if matches!(&polled, Poll::Ready(Some(Ok(f))) if f.is_data()) {
+            // Is the end already there? Then this frame can carry it.
+            match st.next(cx) {
+                Poll::Ready(None) => st.ended = true,
+                Poll::Ready(Some(next)) => st.peeked = Some(next),
+                Poll::Pending => {}
             }
-        };
+        }
         match &polled {
             Poll::Ready(None) => st.ended = true,
             Poll::Ready(Some(Err(_))) => {
@@ -180,7 +212,7 @@ impl Body for Replay {
         if self.id < st.newest {
             return true;
         }
-        (st.ended || st.source.is_end_stream()) && (st.spent || self.pos >= st.kept.len())
+        st.source_done() && (st.spent || self.pos >= st.kept.len())
     }
 }
 
@@ -189,10 +221,10 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    /// A real `Incoming` with these frames, from a loopback HTTP/1.1 exchange.
+    /// A real `Incoming` with these frames, from a loopback HTTP/2 exchange.
     async fn incoming(chunks: Vec<&'static [u8]>) -> Incoming {
         use http_body_util::StreamBody;
-        use hyper_util::rt::TokioIo;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
         let (client, server) = tokio::io::duplex(64 * 1024);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let tx = std::sync::Mutex::new(Some(tx));
@@ -207,13 +239,14 @@ mod tests {
                     ))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(server), svc)
                 .await;
         });
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client))
-            .await
-            .expect("handshake");
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .expect("handshake");
         tokio::spawn(conn);
         let frames = futures::stream::iter(
             chunks
@@ -242,6 +275,16 @@ mod tests {
         let again = template.replay().expect("still replayable");
         assert_eq!(read(again).await, b"abcdef");
         assert!(template.can_replay());
+    }
+
+    #[tokio::test]
+    async fn the_last_data_frame_says_it_is_the_end() {
+        let mut first = Replay::new(incoming(vec![b"abc"]).await, 100);
+        // The client's end arrives with (or right after) its data.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let frame = first.frame().await.expect("frame").expect("ok");
+        assert_eq!(frame.into_data().expect("data"), "abc");
+        assert!(first.is_end_stream(), "no separate end-of-stream frame");
     }
 
     #[tokio::test]
