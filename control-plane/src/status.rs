@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use twin_topology::{AuditRecord, FencePhase, Freeze, OnDcDown, Topology, Weights};
+use twin_topology::{AuditRecord, FencePhase, Freeze, OnDcDown, Protocol, Topology, Weights};
 
 use crate::deps::{DepGraph, EdgeRecord, Filter};
 use crate::drain::DrainRecord;
@@ -35,6 +35,8 @@ pub struct ServiceStatus {
     pub name: String,
     pub weights: Weights,
     pub on_dc_down: OnDcDown,
+    /// What its upstreams speak (http1, http2, grpc).
+    pub protocol: Protocol,
     pub revision: i64,
     /// Per datacenter: (healthy, registered) nodes; healthy is `None` without health data.
     pub nodes: BTreeMap<String, (Option<u32>, u32)>,
@@ -188,6 +190,7 @@ impl StatusReport {
                 name: name.clone(),
                 weights: r.value.weights.clone(),
                 on_dc_down: r.value.on_dc_down,
+                protocol: r.value.protocol,
                 revision: r.mod_revision,
                 nodes: topo
                     .datacenters
@@ -274,6 +277,7 @@ impl Report for StatusReport {
             "SERVICE".to_string(),
             "WEIGHTS".to_string(),
             "ON DC DOWN".to_string(),
+            "PROTOCOL".to_string(),
         ];
         headers.extend(dcs.iter().map(|d| format!("{d} UP/NODES")));
         headers.push("REV".to_string());
@@ -283,6 +287,7 @@ impl Report for StatusReport {
                 svc.name.clone(),
                 svc.weights.to_string(),
                 format!("{:?}", svc.on_dc_down).to_lowercase(),
+                svc.protocol.to_string(),
             ];
             for dc in &dcs {
                 row.push(match svc.nodes.get(*dc) {

@@ -122,6 +122,7 @@ async fn bad_input_is_one_clear_line_and_writes_nothing() {
         2 | freeze --until yesterday --reason x | neither a time
         1 | failback --audit-id nope --reason x | no audit records with id nope
         1 | route get nosuch | no route for service "nosuch"
+        2 | route set payments --protocol h3 --reason x | invalid value 'h3' for '--protocol
     "#;
     for case in cases.trim().lines() {
         let [code, line, needle] = case.trim().splitn(3, " | ").collect::<Vec<_>>()[..] else {
@@ -156,6 +157,31 @@ async fn bad_input_is_one_clear_line_and_writes_nothing() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains(&endpoint), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_route_protocol_is_set_shown_and_read_back() {
+    let etcd = two_dcs_with_payments().await;
+    let set = ok_line(
+        &etcd,
+        "route set payments --protocol grpc --reason 'grpc upstreams'",
+    )
+    .await;
+    assert!(set.stdout.contains("protocol: http1 → grpc"), "{set:#?}");
+    let get = ok_line(&etcd, "route get payments").await;
+    assert!(get.stdout.contains("protocol:      grpc"), "{get:#?}");
+    let json = ok_line(&etcd, "route get payments -o json").await.json();
+    assert_eq!(json["route"]["protocol"], "grpc");
+    let list = ok_line(&etcd, "route list").await;
+    assert!(list.stdout.contains("PROTOCOL"), "{list:#?}");
+    let status = ok_line(&etcd, "status -o json").await.json();
+    let services = status["services"].as_array().expect("services");
+    assert!(
+        services
+            .iter()
+            .any(|s| s["name"] == "payments" && s["protocol"] == "grpc"),
+        "{status}"
+    );
 }
 
 #[tokio::test]

@@ -188,7 +188,7 @@ async fn the_leader_probes_endpoints_publishes_health_and_serves_status() {
     assert!(
         status
             .stdout
-            .contains("payments  m6v=50%,wanguo=50%  spill       2/2"),
+            .contains("payments  m6v=50%,wanguo=50%  spill       http1     2/2"),
         "{status:#?}"
     );
     let (code, body) = http_get(&r.status_addr, "/v1/status")

@@ -1,7 +1,8 @@
 //! `twin-demo`: Twin running on one machine, for a first look. It owns the local topology of
 //! the demo — a throwaway etcd on free loopback ports, the datacenters `m6v` and `wanguo` with
-//! a 50/50 route for `payments`, a small upstream pool per datacenter, the real `twin-sidecar`
-//! binary, steady load and ID calls through it — and the live per-datacenter table. It knows
+//! a 50/50 route for `payments`, a small upstream pool per datacenter, a gRPC service `risk`
+//! (`protocol: grpc`, one tonic server per datacenter), the real `twin-sidecar` binary, steady
+//! HTTP and gRPC load and ID calls through it — and the live per-datacenter tables. It knows
 //! Twin only from the outside (etcd keys via `twin-topology`, the sidecar's HTTP interfaces)
 //! and must not be depended on by any other crate.
 

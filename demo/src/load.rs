@@ -4,6 +4,11 @@
 //! random `x-twin-unit`, so traffic follows the route's weights. The datacenter of each answer
 //! comes from its `x-twin-dc` header; answers the sidecar made itself (and transport errors)
 //! count under `sidecar`. Every second the screen takes the window and starts a new one.
+//!
+//! gRPC workers do the same for the `risk` service: `grpc.health.v1.Health/Check` over h2c
+//! to the sidecar with the authority `risk`, a random `x-twin-unit` in the call's metadata,
+//! the datacenter from the answer's `x-twin-dc` metadata. A call fails when its status is
+//! not OK (the sidecar's own errors arrive as gRPC statuses).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -128,6 +133,75 @@ pub fn start(
                         stats.record(&dc, ok && body_ok, started.elapsed());
                     }
                     Err(_) => stats.record(SIDECAR_ROW, false, started.elapsed()),
+                }
+            }
+        });
+    }
+}
+
+/// The service the gRPC workers call.
+pub const GRPC_SERVICE: &str = "risk";
+
+/// Starts `workers` tasks that together make `rate` gRPC calls per second to
+/// [`GRPC_SERVICE`] through `outbound`.
+pub fn start_grpc(
+    outbound: SocketAddr,
+    rate: u32,
+    workers: u32,
+    stats: Arc<Stats>,
+    tasks: &mut JoinSet<()>,
+) {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let per_worker = Duration::from_secs_f64(f64::from(workers) / f64::from(rate.max(1)));
+    for _ in 0..workers {
+        let stats = stats.clone();
+        tasks.spawn(async move {
+            let Ok(endpoint) =
+                tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
+            else {
+                return;
+            };
+            let Ok(origin) = format!("http://{GRPC_SERVICE}").parse() else {
+                return;
+            };
+            // One HTTP/2 connection per worker; calls are multiplexed on it.
+            let channel = endpoint
+                .origin(origin)
+                .timeout(Duration::from_secs(5))
+                .connect_lazy();
+            let mut client = HealthClient::new(channel);
+            let mut tick = tokio::time::interval(per_worker);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let mut req = tonic::Request::new(HealthCheckRequest {
+                    service: String::new(),
+                });
+                let unit = format!("user-{}", rand::random::<u32>());
+                if let Ok(v) = unit.parse() {
+                    req.metadata_mut().insert("x-twin-unit", v);
+                }
+                let started = Instant::now();
+                match client.check(req).await {
+                    Ok(resp) => {
+                        let dc = resp
+                            .metadata()
+                            .get("x-twin-dc")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or(SIDECAR_ROW)
+                            .to_string();
+                        stats.record(&dc, true, started.elapsed());
+                    }
+                    Err(status) => {
+                        let dc = status
+                            .metadata()
+                            .get("x-twin-dc")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or(SIDECAR_ROW)
+                            .to_string();
+                        stats.record(&dc, false, started.elapsed());
+                    }
                 }
             }
         });

@@ -1,5 +1,6 @@
-//! The demo from start to finish: etcd, datacenters and a 50/50 route, upstream pools, the
-//! real `twin-sidecar` binary, load, the live table, and a clean stop.
+//! The demo from start to finish: etcd, datacenters and a 50/50 route, upstream pools, a
+//! gRPC service (`risk`, `protocol: grpc`, also 50/50), the real `twin-sidecar` binary, load,
+//! the live table, and a clean stop.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinSet;
-use twin_topology::{AuditMeta, Datacenter, Keys, Route, Store, Weights};
+use twin_topology::{AuditMeta, Datacenter, Keys, Protocol, Route, Store, Weights};
 
 use crate::ids::{self, IdStats};
 use crate::load::{self, Stats};
@@ -69,6 +70,12 @@ async fn seed(client: &etcd_client::Client) -> Result<(), DemoError> {
     ));
     store
         .put_route(SERVICE, &route, 0, None, &audit)
+        .await
+        .map_err(err)?;
+    let mut grpc = route.clone();
+    grpc.protocol = Protocol::Grpc;
+    store
+        .put_route(load::GRPC_SERVICE, &grpc, 0, None, &audit)
         .await
         .map_err(err)?;
     Ok(())
@@ -183,7 +190,20 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
         2,
     )
     .await?;
-    upstreams::register(&mut client, &Keys::default(), SERVICE, &ups, &mut tasks).await?;
+    let addrs: Vec<_> = ups
+        .iter()
+        .map(|u| (u.dc.clone(), u.server.addr()))
+        .collect();
+    upstreams::register(&mut client, &Keys::default(), SERVICE, &addrs, &mut tasks).await?;
+    let grpc_ups = upstreams::start_grpc(&["m6v", "wanguo"]).await?;
+    upstreams::register(
+        &mut client,
+        &Keys::default(),
+        load::GRPC_SERVICE,
+        &grpc_ups,
+        &mut tasks,
+    )
+    .await?;
     let (sidecar, [outbound, ids_addr, admin]) = start_sidecar(&opts, &etcd_endpoint, &dir).await?;
 
     // With twinctl built beside the sidecar (scripts/demo builds it), show the SRE's command
@@ -211,6 +231,14 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
 
     let stats = Arc::new(Stats::default());
     load::start(outbound, opts.rate, 8, stats.clone(), &mut tasks);
+    let grpc_stats = Arc::new(Stats::default());
+    load::start_grpc(
+        outbound,
+        (opts.rate / 4).max(1),
+        2,
+        grpc_stats.clone(),
+        &mut tasks,
+    );
     let id_stats = Arc::new(Mutex::new(IdStats::default()));
     ids::start(ids_addr, id_stats.clone(), &mut tasks);
 
@@ -221,6 +249,7 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
     tick.tick().await;
     let mut last = Instant::now();
     let mut route = RouteView::default();
+    let mut grpc_route = RouteView::default();
     let outcome = loop {
         let timeout = async {
             match deadline {
@@ -246,8 +275,10 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
         }
         if let Some(cfg) = get_json(&http, format!("http://{admin}/config")).await {
             route = RouteView::from_config(&cfg);
+            grpc_route = RouteView::of(&cfg, load::GRPC_SERVICE);
         }
         let rows = stats.take(last.elapsed());
+        let grpc_rows = grpc_stats.take(last.elapsed());
         last = Instant::now();
         let ids = id_stats.lock().map(|s| s.clone()).unwrap_or_default();
         let frame = screen::render(&Frame {
@@ -256,6 +287,8 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
             outbound: &outbound.to_string(),
             route: &route,
             rows: &rows,
+            grpc_route: &grpc_route,
+            grpc_rows: &grpc_rows,
             ids: &ids,
             shift_command: &shift,
             temp_dir: &dir.display().to_string(),

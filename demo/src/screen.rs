@@ -1,12 +1,13 @@
 //! The live table: one line per datacenter (weight the sidecar applies, req/s, errors, p99),
-//! the IDs being issued, and the command that shifts traffic. Pure formatting, no I/O.
+//! the same for the gRPC service (indented under its own heading), the IDs being issued, and
+//! the command that shifts traffic. Pure formatting, no I/O.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
 use crate::ids::IdStats;
-use crate::load::{Row, SIDECAR_ROW};
+use crate::load::{Row, GRPC_SERVICE, SIDECAR_ROW};
 
 /// What the sidecar's `/config` says about the route.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -19,7 +20,12 @@ pub struct RouteView {
 impl RouteView {
     /// Reads the `payments` route out of a `/config` document.
     pub fn from_config(v: &serde_json::Value) -> RouteView {
-        let svc = &v["services"]["payments"];
+        RouteView::of(v, "payments")
+    }
+
+    /// Reads the route of `service` out of a `/config` document.
+    pub fn of(v: &serde_json::Value, service: &str) -> RouteView {
+        let svc = &v["services"][service];
         let dcs = svc["datacenters"]
             .as_array()
             .into_iter()
@@ -45,6 +51,9 @@ pub struct Frame<'a> {
     pub outbound: &'a str,
     pub route: &'a RouteView,
     pub rows: &'a [Row],
+    /// The gRPC service's route and answers.
+    pub grpc_route: &'a RouteView,
+    pub grpc_rows: &'a [Row],
     pub ids: &'a IdStats,
     pub shift_command: &'a str,
     pub temp_dir: &'a str,
@@ -68,32 +77,14 @@ pub fn render(f: &Frame<'_>) -> String {
         f.route.revision
     );
     let _ = writeln!(s);
+    table(&mut s, "", f.route, f.rows);
+    let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:<11} {:>8} {:>6} {:>8} {:>8} {:>9}",
-        "datacenter", "weight", "state", "req/s", "errors", "p99 ms"
+        "gRPC service {GRPC_SERVICE} (protocol grpc, route rev {}): Health/Check over h2c through the sidecar",
+        f.grpc_route.revision
     );
-    let rows: BTreeMap<&str, &Row> = f.rows.iter().map(|r| (r.dc.as_str(), r)).collect();
-    for (dc, (weight, up)) in &f.route.dcs {
-        let r = rows.get(dc.as_str());
-        let _ = writeln!(
-            s,
-            "{:<11} {:>8} {:>6} {:>8.0} {:>8} {:>9.2}",
-            dc,
-            pct(*weight),
-            if *up { "up" } else { "DOWN" },
-            r.map_or(0.0, |r| r.rps),
-            r.map_or(0, |r| r.errors),
-            r.map_or(0.0, |r| r.p99_ms)
-        );
-    }
-    if let Some(r) = rows.get(SIDECAR_ROW) {
-        let _ = writeln!(
-            s,
-            "{:<11} {:>8} {:>6} {:>8.0} {:>8} {:>9.2}",
-            SIDECAR_ROW, "-", "-", r.rps, r.errors, r.p99_ms
-        );
-    }
+    table(&mut s, "  ", f.grpc_route, f.grpc_rows);
     let _ = writeln!(s);
     let _ = writeln!(
         s,
@@ -122,6 +113,37 @@ pub fn render(f: &Frame<'_>) -> String {
     s
 }
 
+/// One table: a line per datacenter of `route`, then the sidecar's own errors; each line
+/// starts with `indent`.
+fn table(s: &mut String, indent: &str, route: &RouteView, rows: &[Row]) {
+    let _ = writeln!(
+        s,
+        "{indent}{:<11} {:>8} {:>6} {:>8} {:>8} {:>9}",
+        "datacenter", "weight", "state", "req/s", "errors", "p99 ms"
+    );
+    let rows: BTreeMap<&str, &Row> = rows.iter().map(|r| (r.dc.as_str(), r)).collect();
+    for (dc, (weight, up)) in &route.dcs {
+        let r = rows.get(dc.as_str());
+        let _ = writeln!(
+            s,
+            "{indent}{:<11} {:>8} {:>6} {:>8.0} {:>8} {:>9.2}",
+            dc,
+            pct(*weight),
+            if *up { "up" } else { "DOWN" },
+            r.map_or(0.0, |r| r.rps),
+            r.map_or(0, |r| r.errors),
+            r.map_or(0.0, |r| r.p99_ms)
+        );
+    }
+    if let Some(r) = rows.get(SIDECAR_ROW) {
+        let _ = writeln!(
+            s,
+            "{indent}{:<11} {:>8} {:>6} {:>8.0} {:>8} {:>9.2}",
+            SIDECAR_ROW, "-", "-", r.rps, r.errors, r.p99_ms
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,9 +153,20 @@ mod tests {
         let cfg = serde_json::json!({"services": {"payments": {"route_revision": 9, "datacenters": [
             {"name": "m6v", "weight": 2000, "up": true},
             {"name": "wanguo", "weight": 8000, "up": false}
+        ]}, "risk": {"route_revision": 4, "protocol": "grpc", "datacenters": [
+            {"name": "m6v", "weight": 5000, "up": true},
+            {"name": "wanguo", "weight": 5000, "up": true}
         ]}}});
         let route = RouteView::from_config(&cfg);
         assert_eq!(route.revision, 9);
+        let grpc_route = RouteView::of(&cfg, "risk");
+        let grpc_rows = vec![Row {
+            dc: "wanguo".into(),
+            rps: 12.0,
+            errors: 0,
+            p99_ms: 1.5,
+            total: 30,
+        }];
         let rows = vec![Row {
             dc: "m6v".into(),
             rps: 40.0,
@@ -152,6 +185,8 @@ mod tests {
             outbound: "127.0.0.1:2",
             route: &route,
             rows: &rows,
+            grpc_route: &grpc_route,
+            grpc_rows: &grpc_rows,
             ids: &ids,
             shift_command: "etcdctl put",
             temp_dir: "/tmp/x",
@@ -166,5 +201,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("IDs (m6v): 30 issued"), "{text}");
+        assert!(
+            text.contains("gRPC service risk (protocol grpc, route rev 4)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\n  wanguo        50.00%     up       12        0      1.50\n"),
+            "{text}"
+        );
     }
 }

@@ -1,7 +1,10 @@
 //! The demo's application servers: a small pool per datacenter, each answering with its
 //! datacenter's name after a little simulated work, registered in etcd as endpoints of the
-//! `payments` service under one lease that the demo keeps alive.
+//! `payments` service under one lease that the demo keeps alive; and one gRPC server per
+//! datacenter (the standard health service, from `tonic-health`) for the `risk` service,
+//! whose route says `protocol: grpc`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use etcd_client::{Client, PutOptions};
@@ -39,27 +42,57 @@ pub async fn start(dcs: &[(&str, Duration)], per_dc: usize) -> Result<Vec<Upstre
     Ok(out)
 }
 
-/// Registers every upstream as an endpoint of `service` under one lease kept alive by a task
-/// in `tasks`; the keys vanish when the demo stops (lease revoked or expired).
+/// Starts one gRPC server per datacenter: `grpc.health.v1.Health` answering SERVING.
+/// Returns each datacenter with its server's address.
+pub async fn start_grpc(dcs: &[&str]) -> Result<Vec<(String, SocketAddr)>, DemoError> {
+    let mut out = Vec::new();
+    for dc in dcs {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| DemoError::Io(format!("gRPC listener: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| DemoError::Io(format!("gRPC listener: {e}")))?;
+        let (_reporter, service) = tonic_health::server::health_reporter();
+        tokio::spawn(async move {
+            let _reporter = _reporter;
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                )
+                .await;
+            if let Err(e) = served {
+                eprintln!("twin-demo: gRPC server stopped: {e}");
+            }
+        });
+        out.push((dc.to_string(), addr));
+    }
+    Ok(out)
+}
+
+/// Registers every `(datacenter, address)` as an endpoint of `service` under one lease kept
+/// alive by a task in `tasks`; the keys vanish when the demo stops (lease revoked or
+/// expired).
 pub async fn register(
     client: &mut Client,
     keys: &Keys,
     service: &str,
-    ups: &[Upstream],
+    ups: &[(String, SocketAddr)],
     tasks: &mut JoinSet<()>,
 ) -> Result<i64, DemoError> {
     let etcd = |e: etcd_client::Error| DemoError::Etcd(e.to_string());
     let lease = client.lease_grant(10, None).await.map_err(etcd)?.id();
-    for (i, u) in ups.iter().enumerate() {
+    for (i, (dc, addr)) in ups.iter().enumerate() {
         let value = Endpoint {
-            addr: u.server.addr().to_string(),
+            addr: addr.to_string(),
             capacity: 1,
             zone: None,
         };
         let value = serde_json::to_string(&value).map_err(|e| DemoError::Etcd(e.to_string()))?;
         client
             .put(
-                keys.endpoint(service, &u.dc, &format!("{}-{i}", u.dc)),
+                keys.endpoint(service, dc, &format!("{dc}-{i}")),
                 value,
                 Some(PutOptions::new().with_lease(lease)),
             )

@@ -211,6 +211,14 @@ fn with_duration_the_demo_serves_both_datacenters_and_exits_0() {
             .any(|l| l.starts_with("IDs (m6v)") && !l.contains(": 0 issued")),
         "{all}"
     );
+    // The gRPC service's rows (indented under their heading) show calls in both datacenters.
+    assert!(all.contains("gRPC service risk (protocol grpc"), "{all}");
+    for dc in ["  m6v ", "  wanguo "] {
+        assert!(
+            all.lines().any(|l| l.starts_with(dc) && rate(l) > 0.0),
+            "no gRPC calls served in {dc}: {all}"
+        );
+    }
     assert!(
         all.contains("Stopped (duration reached): twin-sidecar exited with Some(0)"),
         "{all}"

@@ -231,6 +231,7 @@ impl Admin {
                                 "outstanding": m.state.outstanding(),
                                 "ewma_ms": m.state.ewma().as_secs_f64() * 1000.0,
                                 "idle_connections": m.state.pool.idle() + m.state.idle.len(),
+                                "h2_connections": m.state.h2.connections(),
                             })
                         })
                         .collect();
@@ -247,6 +248,7 @@ impl Admin {
                 name.clone(),
                 json!({
                     "route_revision": s.revision,
+                    "protocol": s.route.protocol,
                     "route": s.route,
                     "datacenters": dcs,
                 }),

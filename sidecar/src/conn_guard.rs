@@ -66,6 +66,21 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// Protocols hook: found in each request's extensions. A request whose connection becomes a
+/// tunnel (an HTTP/1.1 upgrade, [`crate::outbound::tunnel`]) holds the connection busy with
+/// it while the tunnel lasts, so neither the idle nor the header timer cuts the tunnel.
+#[derive(Clone, Debug)]
+pub struct ConnBusy(Arc<InFlight>);
+
+/// Keeps a connection busy until dropped.
+pub struct BusyGuard(#[allow(dead_code)] InFlightGuard);
+
+impl ConnBusy {
+    pub fn hold(&self) -> BusyGuard {
+        BusyGuard(InFlightGuard::new(&self.0))
+    }
+}
+
 /// Creates the socket wrapper and the service wrapper of one connection.
 pub fn guard<T, S>(
     io: T,
@@ -257,7 +272,8 @@ where
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(ConnBusy(self.shared.clone()));
         let guard = InFlightGuard::new(&self.shared);
         TrackedFuture {
             inner: self.inner.call(req),

@@ -124,7 +124,13 @@ where
                                     hyper_connection(io, service, &builder, watcher, idle, header)
                                         .await
                                 }
-                                Sniffed::H1(io, buf) => engine.serve(io, buf, peer).await,
+                                Sniffed::H1(io, buf) => {
+                                    if let Some((io, rest)) = engine.serve(io, buf, peer).await {
+                                        let io = Rewind::new(io, rest);
+                                        hyper_connection(io, service, &builder, watcher, idle, header)
+                                            .await
+                                    }
+                                }
                                 Sniffed::Gone => {}
                             }
                         };
@@ -179,8 +185,9 @@ async fn hyper_connection<S, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (io, service) = conn_guard::guard(io, service, idle, header);
+    // With upgrades: a WebSocket request becomes a tunnel after its 101.
     let conn = builder
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(error = %e, "connection ended with an error");

@@ -16,6 +16,7 @@ use crate::ids::IdApi;
 use crate::otlp::Spans;
 use crate::outbound::h1::Engine;
 use crate::outbound::observe::Observer;
+use crate::outbound::tunnel::Tunnels;
 use crate::outbound::Outbound;
 use crate::presence::{Identity, PresenceTask};
 use crate::register::Registrar;
@@ -44,6 +45,9 @@ pub struct Sidecar {
     spans: Option<Spans>,
     /// Reopens the access log file on SIGHUP.
     reopen: Option<JoinHandle<()>>,
+    /// Upgraded connections (WebSocket) the outbound proxy relays; cut at the drain deadline.
+    tunnels: Arc<Tunnels>,
+    drain_timeout: Duration,
 }
 
 impl Sidecar {
@@ -88,6 +92,8 @@ impl Sidecar {
             &edges,
             observer,
         ));
+        let tunnels = outbound.tunnels().clone();
+        tunnels.cut_after_stop(shutdown.clone(), cfg.drain_timeout);
         let admin = Arc::new(Admin {
             table: tables.cell.clone(),
             shutdown: shutdown.clone(),
@@ -201,6 +207,8 @@ impl Sidecar {
             upkeep,
             spans,
             reopen,
+            tunnels,
+            drain_timeout: cfg.drain_timeout,
         })
     }
 
@@ -215,12 +223,23 @@ impl Sidecar {
     }
 
     /// Stops: withdraws the node, closes the listeners, lets in-flight requests finish
-    /// (each listener waits up to the drain timeout), revokes the registration and idgen
+    /// (each listener waits up to the drain timeout; open tunnels are cut then), revokes the registration and idgen
     /// leases. Returns when all of that is done.
     pub async fn stop(self) {
         self.shutdown.stop();
         for s in self.servers {
             let _ = s.await;
+        }
+        // Tunnels got the same drain timeout, then were cut.
+        let tunnels_closed = self.tunnels.closed();
+        if tokio::time::timeout(self.drain_timeout + Duration::from_secs(1), tunnels_closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.tunnels.open(),
+                "tunnels still open after the cut"
+            );
         }
         if let Some(r) = self.registrar {
             r.finished(Duration::from_secs(3)).await;

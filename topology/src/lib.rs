@@ -43,8 +43,8 @@ pub use fence::{
 };
 pub use keys::{KeyKind, Keys};
 pub use model::{
-    AuditRecord, Datacenter, Endpoint, ForceDc, Freeze, OnDcDown, RetryPolicy, Route, RouteHash,
-    Timeouts, UpstreamTls, Versioned, Weights, DEFAULT_STICKY_HEADER, MAX_DC_CODE,
+    AuditRecord, Datacenter, Endpoint, ForceDc, Freeze, OnDcDown, Protocol, RetryPolicy, Route,
+    RouteHash, Timeouts, UpstreamTls, Versioned, Weights, DEFAULT_STICKY_HEADER, MAX_DC_CODE,
     TOTAL_BASIS_POINTS,
 };
 pub use ring::{

@@ -166,6 +166,67 @@ impl fmt::Display for RouteHash {
     }
 }
 
+/// What a route's upstreams speak. A route says it once; the application may call the sidecar
+/// in HTTP/1.1 or h2c whatever the route's protocol.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 over pooled connections (WebSocket and other upgrades pass as byte tunnels).
+    #[default]
+    Http1,
+    /// HTTP/2 (h2c, or ALPN h2 with `tls:`), a few multiplexed connections per endpoint.
+    Http2,
+    /// gRPC over HTTP/2: as `http2`, plus gRPC's retry rules (a call is sent again only when
+    /// no upstream processed it) and errors answered as gRPC statuses.
+    Grpc,
+}
+
+impl Protocol {
+    /// Every protocol, in the order they are documented.
+    pub const ALL: [Protocol; 3] = [Protocol::Http1, Protocol::Http2, Protocol::Grpc];
+
+    /// True for the default (not written into etcd or route files).
+    pub fn is_default(&self) -> bool {
+        *self == Protocol::default()
+    }
+    /// The name used in routes and on the command line.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+        }
+    }
+    /// True when the upstreams are reached over HTTP/2.
+    pub fn is_http2(&self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+    /// The error is one line naming the field, whether the text came from YAML, JSON or a flag.
+    fn from_str(s: &str) -> Result<Protocol, String> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("protocol {s:?} is not one of http1, http2, grpc"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Per-route timeouts, in milliseconds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -225,6 +286,9 @@ pub struct Route {
     pub hash: RouteHash,
     #[serde(default)]
     pub on_dc_down: OnDcDown,
+    /// What the upstreams speak: `http1` (default), `http2` or `grpc`.
+    #[serde(default, skip_serializing_if = "Protocol::is_default")]
+    pub protocol: Protocol,
     /// A datacenter counts as down when fewer than this share of its endpoints are healthy.
     #[serde(default = "default_min_healthy_percent")]
     pub min_healthy_percent: u8,
@@ -236,7 +300,7 @@ pub struct Route {
     /// with endpoints registered in etcd.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, Vec<String>>,
-    /// TLS to this route's upstreams (absent: plain HTTP/1.1). The CA that signs upstream
+    /// TLS to this route's upstreams (absent: plain HTTP/1.1, or h2c for `http2`/`grpc`). The CA that signs upstream
     /// certificates, and the sidecar's own client certificate for mutual TLS, are the
     /// sidecar's settings (`--upstream-ca`, `--upstream-cert`, `--upstream-key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -296,6 +360,7 @@ impl Route {
             sticky_header: default_sticky_header(),
             hash: RouteHash::default(),
             on_dc_down: OnDcDown::default(),
+            protocol: Protocol::default(),
             min_healthy_percent: default_min_healthy_percent(),
             timeouts: Timeouts::default(),
             retry: RetryPolicy::default(),

@@ -161,6 +161,36 @@ routes:
     }
 
     #[test]
+    fn a_route_names_its_protocol() {
+        let f = RoutesFile::parse("r.yaml", GOOD, &BTreeMap::new()).expect("valid");
+        assert_eq!(f.routes["payments"].protocol, crate::Protocol::Http1);
+        let json = serde_json::to_string(&f.routes["payments"]).expect("json");
+        assert!(
+            !json.contains("protocol"),
+            "the default is not written: {json}"
+        );
+        for (text, want) in [
+            ("grpc", crate::Protocol::Grpc),
+            ("http2", crate::Protocol::Http2),
+        ] {
+            let yaml = GOOD.replace("on_dc_down: fail", &format!("protocol: {text}"));
+            let f = RoutesFile::parse("r.yaml", &yaml, &BTreeMap::new()).expect("valid");
+            assert_eq!(f.routes["payments"].protocol, want);
+            let json = serde_json::to_string(&f.routes["payments"]).expect("json");
+            assert!(json.contains(&format!(r#""protocol":"{text}""#)), "{json}");
+        }
+        // In etcd (JSON) too, a bad value names the field on one line.
+        let err =
+            serde_json::from_str::<crate::Route>(r#"{"weights":{"m6v":10000},"protocol":"h3"}"#)
+                .expect_err("h3");
+        assert!(
+            err.to_string()
+                .starts_with(r#"protocol "h3" is not one of http1, http2, grpc"#),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn each_bad_file_names_the_problem() {
         let cases = [
             ("routes: [", "r.yaml: malformed YAML"),
@@ -178,6 +208,10 @@ routes:
             (
                 "datacenters: {m6v: {code: 0}}\nroutes:\n  p:\n    weights: {m6v: 100%}\n    hash: md5\n",
                 "r.yaml: malformed YAML: routes.p.hash: unknown variant `md5`",
+            ),
+            (
+                "datacenters: {m6v: {code: 0}}\nroutes:\n  p:\n    weights: {m6v: 100%}\n    protocol: websocket\n",
+                "r.yaml: malformed YAML: routes.p: protocol \"websocket\" is not one of http1, http2, grpc",
             ),
         ];
         for (text, want) in cases {

@@ -4,12 +4,13 @@
 //! not own, so a route can require TLS: the sidecar then verifies each upstream's certificate
 //! against the CA given by `--upstream-ca`, checks that it names the route's
 //! `tls.server_name` (default: the endpoint's host), and, with `--upstream-cert` and
-//! `--upstream-key`, presents its own certificate for mutual TLS. HTTP/1.1 is offered by ALPN.
+//! `--upstream-key`, presents its own certificate for mutual TLS. HTTP/1.1 is offered by ALPN
+//! (`h2` instead for routes with `protocol: http2` or `grpc`).
 //! The trust settings belong to each node, not to etcd: a route says *that* TLS is used,
 //! never which key. The control plane's health probes use the same settings and flags.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::argv::push_path;
 use crate::tls_check::{self, Flags};
@@ -116,6 +117,9 @@ impl UpstreamTlsArgs {
 /// How one endpoint of a TLS route is reached.
 pub struct TlsTarget {
     connector: Option<TlsConnector>,
+    /// The same settings offering `h2` by ALPN, made on first use (HTTP/2 routes).
+    h2: OnceLock<Option<TlsConnector>>,
+    config: Option<Arc<ClientConfig>>,
     name: Result<ServerName<'static>, String>,
     /// True when the sidecar can present a client certificate.
     has_identity: bool,
@@ -132,6 +136,8 @@ impl TlsTarget {
         });
         TlsTarget {
             connector: config.map(|c| TlsConnector::from(c.clone())),
+            h2: OnceLock::new(),
+            config: config.cloned(),
             name,
             has_identity: config.is_some_and(|c| c.client_auth_cert_resolver.has_certs()),
         }
@@ -168,6 +174,35 @@ impl TlsTarget {
             .connect(name, tcp)
             .await
             .map_err(|e| tls_check::explain(&e, FLAGS))
+    }
+}
+
+impl TlsTarget {
+    /// The TLS handshake offering only `h2` by ALPN; an upstream that does not choose it is
+    /// refused with a line saying so.
+    pub async fn connect_h2(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
+        let connector = self.h2.get_or_init(|| {
+            self.config.as_ref().map(|c| {
+                let mut c = (**c).clone();
+                c.alpn_protocols = vec![b"h2".to_vec()];
+                TlsConnector::from(Arc::new(c))
+            })
+        });
+        let Some(connector) = connector else {
+            return Err(
+                "the route asks for TLS but this sidecar has no --upstream-ca to check the upstream with"
+                    .into(),
+            );
+        };
+        let name = self.name.clone()?;
+        let stream = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| tls_check::explain(&e, FLAGS))?;
+        match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Ok(stream),
+            _ => Err("the upstream did not accept HTTP/2 (ALPN h2): its route says protocol http2 or grpc".into()),
+        }
     }
 }
 

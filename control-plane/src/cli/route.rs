@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use twin_topology::{
-    now_ms, Change, Datacenter, FencePolicy, ForceDc, OnDcDown, Route, RouteHash, RoutesFile,
-    Versioned, Weights,
+    now_ms, Change, Datacenter, FencePolicy, ForceDc, OnDcDown, Protocol, Route, RouteHash,
+    RoutesFile, Versioned, Weights,
 };
 
 use super::{parse_weights, ChangeArgs, Global};
@@ -50,6 +50,27 @@ pub enum HashArg {
     Xxh64,
 }
 
+/// `protocol` as a flag value.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ProtocolArg {
+    /// HTTP/1.1 upstreams (WebSocket upgrades pass as tunnels)
+    Http1,
+    /// HTTP/2 upstreams (h2c, or ALPN h2 with tls)
+    Http2,
+    /// gRPC over HTTP/2: retried only when no upstream processed the call
+    Grpc,
+}
+
+impl From<ProtocolArg> for Protocol {
+    fn from(p: ProtocolArg) -> Protocol {
+        match p {
+            ProtocolArg::Http1 => Protocol::Http1,
+            ProtocolArg::Http2 => Protocol::Http2,
+            ProtocolArg::Grpc => Protocol::Grpc,
+        }
+    }
+}
+
 /// `route set`.
 #[derive(Debug, Args)]
 pub struct SetArgs {
@@ -68,6 +89,9 @@ pub struct SetArgs {
     /// can compute it); changing it moves most units to a new bucket
     #[arg(long, value_enum)]
     pub hash: Option<HashArg>,
+    /// What the upstreams speak: http1 (default), http2 or grpc
+    #[arg(long, value_enum)]
+    pub protocol: Option<ProtocolArg>,
     /// Write only if the route is still at this revision (from `route get`); 0 = must not exist
     #[arg(long, value_name = "REV")]
     pub if_revision: Option<i64>,
@@ -199,6 +223,9 @@ fn field_diffs(before: Option<&Route>, after: &Route) -> Vec<String> {
             b.hash, after.hash
         ));
     }
+    if b.protocol != after.protocol {
+        out.push(format!("protocol: {} → {}", b.protocol, after.protocol));
+    }
     if b.sticky_header != after.sticky_header {
         out.push(format!(
             "sticky_header: {} → {}",
@@ -247,6 +274,7 @@ impl Report for RouteView {
             format!("on_dc_down:    {}", on_dc_down_str(r.on_dc_down)),
             format!("sticky_header: {}", r.sticky_header),
             format!("hash:          {}", r.hash),
+            format!("protocol:      {}", r.protocol),
             format!(
                 "fence:         {}",
                 match r.fence {
@@ -295,12 +323,20 @@ struct RouteList {
 
 impl Report for RouteList {
     fn text(&self) -> String {
-        let mut t = Table::new(["SERVICE", "WEIGHTS", "ON DC DOWN", "STICKY HEADER", "REV"]);
+        let mut t = Table::new([
+            "SERVICE",
+            "WEIGHTS",
+            "ON DC DOWN",
+            "PROTOCOL",
+            "STICKY HEADER",
+            "REV",
+        ]);
         for r in &self.routes {
             t.row([
                 r.service.clone(),
                 r.route.weights.to_string(),
                 on_dc_down_str(r.route.on_dc_down).to_string(),
+                r.route.protocol.to_string(),
                 r.route.sticky_header.clone(),
                 r.revision.to_string(),
             ]);
@@ -397,6 +433,9 @@ async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
             HashArg::Fnv1aMix => RouteHash::Fnv1aMix,
             HashArg::Xxh64 => RouteHash::Xxh64,
         };
+    }
+    if let Some(p) = a.protocol {
+        after.protocol = p.into();
     }
     if let Some(o) = a.on_dc_down {
         after.on_dc_down = match o {

@@ -19,6 +19,9 @@ pub enum ProxyBody<S> {
     Whole(Option<Bytes>),
     /// Streamed through as it arrives (a request body streamed cannot be sent twice).
     Streamed(S),
+    /// Protocols hook (gRPC requests): streamed through as it arrives while its first
+    /// `max_replay` bytes are kept, so a call no upstream processed can be sent again.
+    Replay(crate::outbound::replay::Replay),
 }
 
 /// A request body on its way to an upstream: the client's body, kept whole or streamed.
@@ -36,6 +39,16 @@ impl UpstreamBody {
         match self {
             ProxyBody::Whole(b) => Some(ProxyBody::Whole(b.clone())),
             ProxyBody::Streamed(_) => None,
+            ProxyBody::Replay(r) => r.replay().map(ProxyBody::Replay),
+        }
+    }
+
+    /// True when [`UpstreamBody::replay`] would give a copy now.
+    pub fn can_replay(&self) -> bool {
+        match self {
+            ProxyBody::Whole(_) => true,
+            ProxyBody::Streamed(_) => false,
+            ProxyBody::Replay(r) => r.can_replay(),
         }
     }
 }
@@ -60,6 +73,7 @@ where
         match self.get_mut() {
             ProxyBody::Whole(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Streamed(s) => Pin::new(s).poll_frame(cx),
+            ProxyBody::Replay(r) => Pin::new(r).poll_frame(cx),
         }
     }
 
@@ -67,6 +81,7 @@ where
         match self {
             ProxyBody::Whole(b) => b.is_none(),
             ProxyBody::Streamed(s) => s.is_end_stream(),
+            ProxyBody::Replay(r) => r.is_end_stream(),
         }
     }
 
@@ -74,6 +89,7 @@ where
         match self {
             ProxyBody::Whole(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Streamed(s) => s.size_hint(),
+            ProxyBody::Replay(_) => SizeHint::default(),
         }
     }
 }
@@ -84,6 +100,10 @@ where
 pub struct UpstreamResponseBody {
     inner: Incoming,
     release: Option<Release>,
+    /// Protocols hook: what an answer that does not go back to the HTTP/1.1 pool keeps until
+    /// it is dropped (HTTP/2: the endpoint's in-flight count and the connection's stream
+    /// count; an upgrade's connection is its own).
+    _held: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 struct Release {
@@ -106,6 +126,17 @@ impl UpstreamResponseBody {
                 endpoint,
                 _in_flight: in_flight,
             }),
+            _held: None,
+        }
+    }
+
+    /// An answer on a connection that is not pooled here (HTTP/2 streams, upgrades): `held`
+    /// is dropped with the body.
+    pub(crate) fn unpooled(inner: Incoming, held: impl std::any::Any + Send + Sync) -> Self {
+        UpstreamResponseBody {
+            inner,
+            release: None,
+            _held: Some(Box::new(held)),
         }
     }
 

@@ -60,6 +60,9 @@ pub struct EndpointState {
     pub(crate) pool: Pool,
     /// Idle upstream connections to this address (Twin's HTTP/1 engine).
     pub(crate) idle: IdlePool,
+    /// Protocols hook: HTTP/2 connections to this address (routes with `protocol: http2`
+    /// or `grpc`).
+    pub(crate) h2: crate::outbound::h2::H2Pool,
     /// Set when the route asks for TLS to its upstreams.
     pub tls: Option<TlsTarget>,
 }
@@ -95,6 +98,7 @@ impl EndpointState {
             outlier,
             pool: Pool::default(),
             idle: IdlePool::default(),
+            h2: Default::default(),
             tls: None,
         }
     }
@@ -220,6 +224,7 @@ impl EndpointState {
         // Connections to an ejected endpoint are likely broken; do not reuse them.
         self.pool.clear();
         self.idle.clear();
+        self.h2.clear();
         Ejection::Ejected(backoff)
     }
 }

@@ -25,7 +25,7 @@ pub const ROUTE_REVISION: &str = "twin_sidecar_route_revision";
 pub const TABLE_REVISION: &str = "twin_sidecar_table_revision";
 pub const IN_FLIGHT: &str = "twin_sidecar_in_flight_requests";
 pub const FORCED: &str = "twin_sidecar_forced_requests_total";
-/// Upgraded connections (WebSocket) tunnelled to an upstream, by service and datacenter.
+/// Upgraded connections (WebSocket) relayed as byte tunnels, by service and datacenter.
 pub const TUNNELS: &str = "twin_sidecar_tunnels_total";
 /// Upgraded connections open now.
 pub const TUNNELS_OPEN: &str = "twin_sidecar_tunnels_open";
@@ -72,7 +72,7 @@ pub fn describe() {
     );
     describe_counter!(
         TUNNELS,
-        "Upgraded connections (101 Switching Protocols) tunnelled to an upstream"
+        "Upgraded connections (WebSocket) relayed as byte tunnels, by service and datacenter"
     );
     describe_gauge!(TUNNELS_OPEN, "Upgraded connections open now");
 }

@@ -13,21 +13,30 @@
 //!
 //! Alongside: [`trace`] (request id, W3C trace context) and [`observe`] (spans and the access
 //! log line of each request).
+//!
+//! Protocols: a route's `protocol` picks the [`transport`] of its attempts (HTTP/1.1 pool,
+//! [`h2`] multiplexed connections); [`grpc`] adds gRPC's retry rules and status answers;
+//! [`tunnel`] turns an HTTP/1.1 upgrade (WebSocket) into a byte tunnel after `101`.
 
 pub mod body;
 pub mod dc;
 pub mod endpoint;
 pub mod error;
 pub mod fence;
+pub mod grpc;
 pub mod h1;
+pub mod h2;
 pub mod headers;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
+pub mod replay;
 pub mod retry;
 pub mod route;
 pub mod timeout;
 pub mod trace;
+pub mod transport;
+pub mod tunnel;
 pub mod upstream;
 
 use std::convert::Infallible;
@@ -47,6 +56,8 @@ use crate::outbound::observe::{Observation, ObservedBody, Observer};
 use crate::outbound::plan::Plan;
 use crate::outbound::retry::Next;
 use crate::outbound::timeout::AttemptTimeouts;
+use crate::outbound::transport::Transport;
+use crate::outbound::tunnel::Tunnels;
 use crate::table::{RoutingTable, ServiceRoute};
 
 /// The outbound proxy's shared state: the current routing table and a few limits.
@@ -57,6 +68,8 @@ pub struct Outbound {
     max_replay: usize,
     in_flight: ::metrics::Gauge,
     observer: Arc<Observer>,
+    /// Upgraded connections (WebSocket) being relayed.
+    tunnels: Arc<Tunnels>,
 }
 
 /// Keeps the in-flight gauge up while a request is served, even if the client goes away.
@@ -84,12 +97,17 @@ struct Template {
 }
 
 impl Template {
-    fn request(&self) -> Request<UpstreamBody> {
-        let mut r = Request::new(self.body.replay().unwrap_or(ProxyBody::Whole(None)));
+    /// Another copy of the request, when its body can still be replayed.
+    fn request(&self) -> Option<Request<UpstreamBody>> {
+        let mut r = Request::new(self.body.replay()?);
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.headers_mut() = self.headers.clone();
-        r
+        Some(r)
+    }
+
+    fn can_replay(&self) -> bool {
+        self.body.can_replay()
     }
 }
 
@@ -106,7 +124,13 @@ impl Outbound {
             max_replay,
             in_flight: metrics::in_flight_gauge(),
             observer,
+            tunnels: Arc::new(Tunnels::default()),
         }
+    }
+
+    /// The upgraded connections being relayed (the sidecar cuts them at its drain deadline).
+    pub fn tunnels(&self) -> &Arc<Tunnels> {
+        &self.tunnels
     }
 
     /// The hyper service of one client connection. Requests without a sticky header share a
@@ -141,6 +165,11 @@ impl Outbound {
         let mut obs = self.observer.begin(&req);
         // The whole request, retries included, uses the table it started with.
         let table = self.table.load_full();
+        // A gRPC client is told the sidecar's own errors as gRPC statuses.
+        let answer = match grpc::is_grpc_request(&req) {
+            true => grpc::error_response,
+            false => ProxyError::into_response,
+        };
         let (resp, route, error) = match route::lookup(&table, &req) {
             Ok(route) => {
                 obs.routed(&route, req.headers());
@@ -151,7 +180,7 @@ impl Outbound {
                         route.edge.failed();
                         metrics::error(&route.name, e.label());
                         let label = e.label();
-                        (e.into_response(), Some(route), Some(label))
+                        (answer(e), Some(route), Some(label))
                     }
                 }
             }
@@ -162,7 +191,7 @@ impl Outbound {
                 }
                 metrics::error("", e.label());
                 let label = e.label();
-                (e.into_response(), None, Some(label))
+                (answer(e), None, Some(label))
             }
         };
         obs.finish(resp, route.as_deref(), error)
@@ -171,7 +200,7 @@ impl Outbound {
     async fn forward(
         &self,
         route: &ServiceRoute,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         connection_bucket: u32,
         obs: &mut Observation,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -184,12 +213,28 @@ impl Outbound {
         }
         // Counted until the answer's head is back (or the request fails).
         let _write = plan::enter_fence(route, bucket, req.method().as_str())?;
+        // Protocols: an upgrade is never sent twice; a gRPC call keeps its body for a replay.
+        let mut upgrade = tunnel::Pending::take(&mut req);
+        let protocol = route.route.protocol;
+        let grpc = protocol == twin_topology::Protocol::Grpc;
+        let transport = Transport::of(protocol, upgrade.is_some());
         let (mut parts, body) = req.into_parts();
-        let repeatable = retry::may_repeat(&parts.method, &parts.headers);
-        let body = retry::prepare_body(&parts, body, repeatable, self.max_replay).await?;
+        let repeatable = retry::may_repeat(&parts.method, &parts.headers) && upgrade.is_none();
+        let body = match grpc && upgrade.is_none() {
+            true => grpc::prepare_body(body, self.max_replay),
+            false => retry::prepare_body(&parts, body, repeatable, self.max_replay).await?,
+        };
+        let te_trailers = h2::wants_trailers(&parts.headers);
         headers::to_upstream(&mut parts);
         obs.to_upstream(&mut parts.headers);
-        let template = match (repeatable, body.replay()) {
+        match (&upgrade, transport) {
+            (Some(u), _) => u.restore(&mut parts),
+            (None, Transport::Http2) => {
+                h2::to_upstream(&mut parts, te_trailers, route.route.tls.is_some())
+            }
+            _ => {}
+        }
+        let template = match (repeatable || (grpc && upgrade.is_none()), body.replay()) {
             (true, Some(copy)) => Some(Template {
                 method: parts.method.clone(),
                 uri: parts.uri.clone(),
@@ -206,7 +251,7 @@ impl Outbound {
             let member = plan.member(target);
             let Some(mut req) = pending
                 .take()
-                .or_else(|| template.as_ref().map(Template::request))
+                .or_else(|| template.as_ref().and_then(Template::request))
             else {
                 // Not reachable: a retry is only chosen when the request can be sent again.
                 return Err(ProxyError::UpstreamDropped(
@@ -220,7 +265,8 @@ impl Outbound {
             let pool = &route.dcs[target.dc];
             let span = obs.attempt(req.headers_mut(), &pool.name, &member.state.addr);
             let started = Instant::now();
-            let sent = upstream::send(&member.state, req, &limits).await;
+            let can_replay = template.as_ref().is_some_and(Template::can_replay);
+            let sent = transport.send(&member.state, req, &limits).await;
             Observation::attempt_done(
                 span,
                 match &sent {
@@ -231,17 +277,28 @@ impl Outbound {
             match sent {
                 Ok(resp) => {
                     let status = resp.status();
-                    if let Next::Retry(_) = plan.after_status(target, status, template.is_some()) {
+                    // Trailers-only UNAVAILABLE: the upstream declined the call.
+                    let declined = grpc && !status.is_server_error() && grpc::unavailable(&resp);
+                    let next = match declined {
+                        true => plan.after_unprocessed(target, "grpc_unavailable", can_replay),
+                        false => plan.after_status(target, status, can_replay),
+                    };
+                    if let Next::Retry(_) = next {
                         continue;
                     }
                     plan.answered(target, status, started.elapsed());
                     let mut resp = resp.map(ProxyBody::Streamed);
-                    headers::from_upstream(&mut resp, &pool.header, &route.revision_header);
+                    match upgrade.take() {
+                        Some(u) => u.answer(&mut resp, &self.tunnels, route, pool),
+                        None => {
+                            headers::from_upstream(&mut resp, &pool.header, &route.revision_header)
+                        }
+                    }
                     return Ok(resp);
                 }
                 Err(failed) => {
                     pending = failed.request;
-                    let can_resend = pending.is_some() || template.is_some();
+                    let can_resend = pending.is_some() || can_replay;
                     plan.after_error(target, failed.error, can_resend)?;
                 }
             }

@@ -153,6 +153,23 @@ impl<'r> Plan<'r> {
         next
     }
 
+    /// After `t` declined the call without processing it (gRPC's trailers-only
+    /// `UNAVAILABLE`): `Retry` whatever the method, within `max_attempts` and the budget, on
+    /// an endpoint not tried yet, when the request is still at hand. Counts a failure.
+    pub fn after_unprocessed(&mut self, t: Target, reason: &'static str, can_resend: bool) -> Next {
+        self.failed(t);
+        let next = self
+            .attempts
+            .after_unprocessed(reason, can_resend, &self.route.budget);
+        if let Next::Retry(why) = next {
+            metrics::retry(&self.route.name, why);
+            self.tried.push((t.dc, t.idx));
+            // Like a call never sent, it goes to an endpoint not tried yet.
+            self.last_not_sent = true;
+        }
+        next
+    }
+
     /// The answer of `t` goes to the client: what it leaves in metrics and the dependency map.
     pub fn answered(&self, t: Target, status: StatusCode, latency: Duration) {
         let route = self.route;
@@ -208,7 +225,9 @@ impl<'r> Plan<'r> {
 pub fn proxy_error(e: AttemptError) -> ProxyError {
     match e {
         e @ AttemptError::Connect { .. } => ProxyError::UpstreamConnect(e.to_string()),
-        e @ AttemptError::Dropped { .. } => ProxyError::UpstreamDropped(e.to_string()),
+        e @ (AttemptError::Dropped { .. } | AttemptError::Refused { .. }) => {
+            ProxyError::UpstreamDropped(e.to_string())
+        }
         AttemptError::Timeout { .. } => ProxyError::UpstreamTimeout,
     }
 }

@@ -138,8 +138,12 @@ impl Attempts {
     ) -> Next {
         if error.not_sent() {
             self.not_sent += 1;
+            let reason = match error {
+                AttemptError::Refused { .. } => "refused",
+                _ => "not_sent",
+            };
             return if can_resend && self.not_sent < MAX_NOT_SENT {
-                Next::Retry("not_sent")
+                Next::Retry(reason)
             } else {
                 Next::Stop
             };
@@ -164,6 +168,22 @@ impl Attempts {
             | StatusCode::GATEWAY_TIMEOUT => self.after_sent("status", can_resend, budget),
             _ => Next::Stop,
         }
+    }
+
+    /// Protocols hook (gRPC): after an upstream answered that it did not process the call
+    /// (a trailers-only `UNAVAILABLE`). Sent again whatever the method, within the route's
+    /// `max_attempts` and the retry budget, when the body is still at hand.
+    pub fn after_unprocessed(
+        &mut self,
+        reason: &'static str,
+        can_resend: bool,
+        budget: &RetryBudget,
+    ) -> Next {
+        self.sent += 1;
+        if !can_resend || self.sent >= self.max_attempts || !budget.withdraw() {
+            return Next::Stop;
+        }
+        Next::Retry(reason)
     }
 
     fn after_sent(&mut self, reason: &'static str, can_resend: bool, budget: &RetryBudget) -> Next {
@@ -267,6 +287,37 @@ mod tests {
         let mut a = Attempts::new(true, 2);
         assert_eq!(a.after_error(&dropped(), true, &empty), Next::Stop);
         assert!(a.budget_refused(true));
+    }
+
+    #[test]
+    fn refused_and_unprocessed_attempts_retry_whatever_the_method() {
+        let budget = RetryBudget::new(100);
+        let refused = AttemptError::Refused {
+            addr: "127.0.0.1:1".into(),
+            reason: "REFUSED_STREAM".into(),
+        };
+        let mut post = Attempts::new(false, 1);
+        assert_eq!(
+            post.after_error(&refused, true, &budget),
+            Next::Retry("refused")
+        );
+        assert_eq!(post.after_error(&refused, false, &budget), Next::Stop);
+        let mut post = Attempts::new(false, 2);
+        assert_eq!(
+            post.after_unprocessed("grpc_unavailable", true, &budget),
+            Next::Retry("grpc_unavailable")
+        );
+        assert_eq!(
+            post.after_unprocessed("grpc_unavailable", true, &budget),
+            Next::Stop,
+            "max_attempts 2"
+        );
+        let mut post = Attempts::new(false, 3);
+        assert_eq!(
+            post.after_unprocessed("grpc_unavailable", false, &budget),
+            Next::Stop,
+            "the body is gone"
+        );
     }
 
     #[test]

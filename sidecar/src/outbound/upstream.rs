@@ -138,6 +138,11 @@ pub enum AttemptError {
     /// No response head in time.
     #[error("upstream {addr} did not answer within {limit:?}")]
     Timeout { addr: String, limit: Duration },
+    /// Protocols hook ([`crate::outbound::h2`]): the upstream declined the request before
+    /// processing it (HTTP/2 `REFUSED_STREAM`, or a graceful GOAWAY that did not cover the
+    /// stream). It did no work, but the request body was handed over.
+    #[error("upstream {addr} refused the request unprocessed: {reason}")]
+    Refused { addr: String, reason: String },
 }
 
 /// An error and its causes on one line: hyper says "connection error", its source says why
@@ -157,9 +162,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl AttemptError {
-    /// True when the request certainly did not reach the upstream.
+    /// True when the request certainly did not reach the upstream, or reached it and was
+    /// refused unprocessed (HTTP/2): no upstream did any work.
     pub fn not_sent(&self) -> bool {
-        matches!(self, AttemptError::Connect { .. })
+        matches!(
+            self,
+            AttemptError::Connect { .. } | AttemptError::Refused { .. }
+        )
     }
 }
 

@@ -45,7 +45,9 @@ impl Engine {
         let _in_flight = InFlight::start(&self.outbound.in_flight);
         c.sent = Sent::default();
         let routed = match self.route(c) {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            // An HTTP/2 or gRPC route: hyper's path speaks HTTP/2 to its upstreams.
+            Ok(None) => return Next::Handoff,
             Err(e) => {
                 metrics::error("", e.label());
                 let id = new_request_id();
@@ -111,8 +113,10 @@ impl Engine {
     }
 
     /// Parses the head in `c.buf`, opens its observation, looks up its route, and writes the
-    /// upstream head into `c.up_head`; the head leaves the buffer.
-    fn route(&self, c: &mut Client) -> Result<Routed, ProxyError> {
+    /// upstream head into `c.up_head`; the head leaves the buffer. `None`, with the head left
+    /// in the buffer, when the route's protocol is HTTP/2 or gRPC: hyper's path serves the
+    /// connection from this request on.
+    fn route(&self, c: &mut Client) -> Result<Option<Routed>, ProxyError> {
         let mut headers = [httparse::EMPTY_HEADER; parse::MAX_HEADERS];
         let Some(req) = parse::request(c.buf.filled(), &mut headers, self.max_head)? else {
             return Err(ProxyError::BadRequest("incomplete request head".into()));
@@ -120,13 +124,16 @@ impl Engine {
         let info = req.info;
         let raw_method = req.req.method.unwrap_or_default();
         let method = Method::from_bytes(raw_method.as_bytes()).unwrap_or(Method::GET);
+        // The whole request, retries included, uses the table it started with.
+        let table = self.outbound.table.load();
+        let found = route::lookup_host(&table, req.service(&mut c.host));
+        if matches!(&found, Ok(r) if r.route.protocol != twin_topology::Protocol::Http1) {
+            return Ok(None);
+        }
         let obs = self
             .outbound
             .observer
             .begin_head(&method, req.path(), &*req.req.headers);
-        // The whole request, retries included, uses the table it started with.
-        let table = self.outbound.table.load();
-        let found = route::lookup_host(&table, req.service(&mut c.host));
         let mut routed = Routed {
             info,
             bucket: c.bucket,
@@ -165,7 +172,7 @@ impl Engine {
         }
         routed.route = found;
         c.buf.consume(info.head_len);
-        Ok(routed)
+        Ok(Some(routed))
     }
 
     /// Answers `e` to a request whose body was not read: read and drop a small body to keep

@@ -105,8 +105,15 @@ impl Engine {
         }
     }
 
-    /// Serves an HTTP/1 connection whose first bytes are in `buf` until it closes.
-    pub async fn serve(&self, io: TcpStream, buf: Buf, _peer: SocketAddr) {
+    /// Serves an HTTP/1 connection whose first bytes are in `buf` until it closes, or until
+    /// a request for an HTTP/2 or gRPC route: then the connection and the bytes not yet used
+    /// (that request's head first) are returned for hyper's path.
+    pub async fn serve(
+        &self,
+        io: TcpStream,
+        buf: Buf,
+        _peer: SocketAddr,
+    ) -> Option<(TcpStream, Vec<u8>)> {
         let mut client = Client {
             io,
             buf,
@@ -123,17 +130,21 @@ impl Engine {
         loop {
             match self.next_head(&mut client).await {
                 Ok(true) => {}
-                Ok(false) => return,
+                Ok(false) => return None,
                 Err(e) => {
                     crate::outbound::metrics::error("", e.label());
                     let id = new_request_id();
                     let _ = client.write_error(e, true, false, false, &id).await;
-                    return;
+                    return None;
                 }
             }
             match self.request(&mut client).await {
                 Next::KeepAlive if !self.shutdown.is_stopping() => {}
-                _ => return,
+                Next::Handoff => {
+                    let rest = client.buf.take_filled();
+                    return Some((client.io, rest));
+                }
+                _ => return None,
             }
         }
     }
@@ -191,6 +202,9 @@ fn head_complete(buf: &[u8]) -> bool {
 pub enum Next {
     KeepAlive,
     Close,
+    /// The request's route speaks HTTP/2 or gRPC to its upstreams: hyper's path serves the
+    /// connection from this request (still in the buffer) on.
+    Handoff,
 }
 
 /// One client connection and the buffers it reuses for every request.
