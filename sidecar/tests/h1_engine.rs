@@ -468,3 +468,27 @@ async fn a_request_in_flight_at_stop_is_answered_then_the_connection_closes() {
     assert!(closes(&mut conn).await);
     stop.await.expect("stopped");
 }
+
+#[tokio::test]
+async fn a_failed_request_whose_body_was_read_is_answered_at_once() {
+    // Nothing listens on the upstream's port: every attempt fails to connect.
+    let dead: SocketAddr = format!("127.0.0.1:{}", twin_lab::free_port())
+        .parse()
+        .expect("addr");
+    let (_dir, s) = engine_sidecar(dead).await;
+    // A repeatable POST with a small body: the engine reads the body to be able to send it
+    // again, so after the last attempt it must answer without waiting for the body again.
+    let (mut conn, a) = tokio::time::timeout(
+        WAIT,
+        once(
+            s.outbound_addr,
+            b"POST /pay HTTP/1.1\r\nhost: payments\r\nidempotency-key: k1\r\ncontent-length: 3\r\n\r\nabc",
+        ),
+    )
+    .await
+    .expect("answered without waiting for a body already read");
+    assert_eq!(a.status, 502, "{}", a.head);
+    assert!(a.header("x-twin-error").is_some(), "{}", a.head);
+    assert!(closes(&mut conn).await);
+    s.stop().await;
+}

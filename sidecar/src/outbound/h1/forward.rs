@@ -222,10 +222,14 @@ impl Engine {
         if keep {
             self.read_replay(c, framing).await.map_err(|e| (e, true))?;
         }
+        // From here on a kept body has left the client's buffer: a refusal must not wait to
+        // read (and drop) it again, or it would wait for bytes that never come (or eat the
+        // next request's).
+        let body_read = keep && framing != Framing::Empty;
         let limits = AttemptTimeouts::from(&route.route.timeouts);
         let mut plan = Plan::new(route, bucket, info.repeatable).forced(forced);
         loop {
-            let target = plan.next_target().map_err(|e| (e, false))?;
+            let target = plan.next_target().map_err(|e| (e, body_read))?;
             let state = &plan.member(target).state;
             let in_flight = state.start_request();
             obs.trail.attempts += 1;
@@ -245,7 +249,7 @@ impl Engine {
                 Err(error) => {
                     Observation::attempt_done(span, Err(error.to_string()));
                     plan.after_error(target, error, true)
-                        .map_err(|e| (e, false))?;
+                        .map_err(|e| (e, body_read))?;
                     continue;
                 }
             };
@@ -293,7 +297,7 @@ impl Engine {
                     let error = tls_hint(error, state, fresh);
                     Observation::attempt_done(span, Err(error.to_string()));
                     plan.after_error(target, error, true)
-                        .map_err(|e| (e, false))?;
+                        .map_err(|e| (e, body_read))?;
                     continue;
                 }
                 None => {
@@ -303,7 +307,7 @@ impl Engine {
                     };
                     Observation::attempt_done(span, Err(error.to_string()));
                     plan.after_error(target, error, true)
-                        .map_err(|e| (e, false))?;
+                        .map_err(|e| (e, body_read))?;
                     continue;
                 }
             };
