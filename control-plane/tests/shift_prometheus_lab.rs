@@ -29,7 +29,10 @@ impl Load {
         tokio::spawn(async move {
             let client = http::pooled_client(4);
             let mut i = 0u64;
+            // Paced load (a round every 5 ms), not a wait for a condition.
+            let mut pace = tokio::time::interval(Duration::from_millis(5));
             while !flag.load(Ordering::Relaxed) {
+                pace.tick().await;
                 for addr in &sidecars {
                     let unit = format!("user-{}", i % 500);
                     let _ = http::get(
@@ -42,7 +45,6 @@ impl Load {
                     .await;
                     i += 1;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
         Load { stop }
