@@ -83,6 +83,20 @@ pub enum Ejection {
 }
 
 impl EndpointState {
+    /// A TCP connection to this endpoint (its resolved address when it has one), with
+    /// Nagle off: small requests and answers must not wait. The error is one line. Shared by
+    /// the HTTP/1 pools of both engines and the HTTP/2 pool; the caller bounds it with the
+    /// connect timeout.
+    pub(crate) async fn tcp_connect(&self) -> Result<tokio::net::TcpStream, String> {
+        let stream = match self.socket {
+            Some(sa) => tokio::net::TcpStream::connect(sa).await,
+            None => tokio::net::TcpStream::connect(self.addr.as_str()).await,
+        }
+        .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
     pub fn new(addr: &str, outlier: OutlierSettings) -> EndpointState {
         EndpointState {
             addr: addr.to_string(),

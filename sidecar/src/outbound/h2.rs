@@ -26,7 +26,6 @@ use hyper::http::request::Parts;
 use hyper::{Request, Response, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::outbound::body::{UpstreamBody, UpstreamResponseBody};
@@ -63,15 +62,7 @@ pub(crate) async fn dial(
     limits: &AttemptTimeouts,
     alpn: Alpn,
 ) -> Result<Box<dyn Io>, String> {
-    let tcp = async {
-        let stream = match endpoint.socket {
-            Some(sa) => TcpStream::connect(sa).await,
-            None => TcpStream::connect(endpoint.addr.as_str()).await,
-        }
-        .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        Ok::<_, String>(stream)
-    };
+    let tcp = endpoint.tcp_connect();
     match &endpoint.tls {
         None => {
             let s = limits

@@ -14,7 +14,6 @@ use std::time::Duration;
 use hyper::client::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -179,16 +178,7 @@ pub struct Failed {
 }
 
 async fn connect(endpoint: &EndpointState, limits: &AttemptTimeouts) -> Result<Sender, String> {
-    let tcp = async {
-        let stream = match endpoint.socket {
-            Some(sa) => TcpStream::connect(sa).await,
-            None => TcpStream::connect(endpoint.addr.as_str()).await,
-        }
-        .map_err(|e| e.to_string())?;
-        // Small requests and answers must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        Ok::<_, String>(stream)
-    };
+    let tcp = endpoint.tcp_connect();
     match &endpoint.tls {
         None => {
             let stream = limits

@@ -229,16 +229,7 @@ pub async fn connect(
     endpoint: &EndpointState,
     limits: &AttemptTimeouts,
 ) -> Result<Upstream, String> {
-    let tcp = async {
-        let stream = match endpoint.socket {
-            Some(sa) => TcpStream::connect(sa).await,
-            None => TcpStream::connect(endpoint.addr.as_str()).await,
-        }
-        .map_err(|e| e.to_string())?;
-        // Small requests and answers must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        Ok::<_, String>(stream)
-    };
+    let tcp = endpoint.tcp_connect();
     match &endpoint.tls {
         None => limits
             .connect(tcp)
