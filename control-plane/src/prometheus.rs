@@ -1,8 +1,8 @@
 //! The optional PromQL health gate of `twinctl shift --prometheus URL`: one instant query
 //! (`/api/v1/query`) whose value is an error ratio (0.01 = 1%); the gate fails when it is above
 //! the limit, when the query returns no data, or when Prometheus cannot be asked. Plain
-//! `http://` only. [`query_max`] is the one instant query, shared with the fenced cut-over's
-//! `promql:` sync gate.
+//! `http://` only. [`query_vector`] is the one instant query, shared with the fenced
+//! cut-over's `promql:` sync gate.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -103,13 +103,22 @@ impl PromGate {
 }
 
 /// One instant query of `query` at Prometheus `base` (`http://host:port`): the largest value
-/// it returned (`None`: no samples), within `timeout`.
+/// it returned (`None`: no samples; NaN when any sample is NaN), within `timeout`.
 pub async fn query_max(base: &str, query: &str, timeout: Duration) -> Result<Option<f64>, String> {
-    let mut max: Option<f64> = None;
-    for (_, x) in query_vector(base, query, timeout).await? {
-        max = Some(max.map_or(x, |m: f64| if x.is_nan() { x } else { m.max(x) }));
-    }
-    Ok(max)
+    let samples = query_vector(base, query, timeout).await?;
+    Ok(max_of(samples.iter().map(|(_, x)| *x)))
+}
+
+/// The largest value, NaN when any is NaN (an error ratio of 0/0 is never the "best" of a
+/// set, wherever it comes in the answer); `None` for no values.
+fn max_of(values: impl Iterator<Item = f64>) -> Option<f64> {
+    values.reduce(|m, x| {
+        if m.is_nan() || x.is_nan() {
+            f64::NAN
+        } else {
+            m.max(x)
+        }
+    })
 }
 
 /// One instant query: every sample with its labels (a scalar has none), within `timeout`.
@@ -170,4 +179,17 @@ async fn fetch(url: &str) -> Result<Vec<(BTreeMap<String, String>, f64)>, String
         out.push((labels, x));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_max_of_an_answer_is_nan_wherever_a_nan_comes() {
+        assert_eq!(max_of([].into_iter()), None);
+        assert_eq!(max_of([0.2, 0.05].into_iter()), Some(0.2));
+        assert!(max_of([f64::NAN, 0.05].into_iter()).is_some_and(f64::is_nan));
+        assert!(max_of([0.05, f64::NAN, 0.01].into_iter()).is_some_and(f64::is_nan));
+    }
 }

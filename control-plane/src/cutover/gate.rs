@@ -1,9 +1,14 @@
 //! The sync gate of a fenced cut-over: what says the moving units' data has reached the new
 //! datacenter. `exec:CMD` passes when the command (run by `sh -c`) exits 0; `http://URL` when
-//! the URL answers 2xx; `promql:EXPR` when the instant query returns a sample that is not 0
-//! (with `--prometheus`). Each check has a time limit; the cut-over checks again every second
-//! until the gate passes or `--fence-max` runs out.
+//! the URL answers 2xx; `promql:EXPR` when the instant query returns at least one sample and
+//! every sample is neither 0 nor NaN (with `--prometheus`). Each check has a time limit; the
+//! cut-over checks again every second until the gate passes or `--fence-max` runs out.
+//!
+//! A PromQL gate that returns nothing never passes: a missing exporter, a wrong label and a
+//! comparison that filtered every series out all look like that, and none says the data has
+//! arrived. One false series (one replica behind) is enough to hold the switch.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -34,7 +39,7 @@ impl SyncGate {
         if let Some(expr) = s.strip_prefix("promql:") {
             if expr.trim().is_empty() {
                 return Err(
-                    "promql: needs an expression, e.g. promql:'max(mysql_slave_lag_seconds) < 1'"
+                    "promql: needs an expression, e.g. promql:'max(mysql_slave_lag_seconds) < bool 1'"
                         .into(),
                 );
             }
@@ -68,11 +73,8 @@ impl SyncGate {
                 let Some(base) = prometheus else {
                     return Err("a promql: sync gate needs --prometheus URL".into());
                 };
-                match crate::prometheus::query_max(base, expr, timeout).await? {
-                    Some(v) if v != 0.0 && !v.is_nan() => Ok(format!("{expr} = {v}")),
-                    Some(v) => Err(format!("{expr} = {v}")),
-                    None => Err(format!("{expr} returned no sample")),
-                }
+                let samples = crate::prometheus::query_vector(base, expr, timeout).await?;
+                promql_verdict(expr, &samples)
             }
         }
     }
@@ -86,6 +88,34 @@ impl fmt::Display for SyncGate {
             SyncGate::PromQl(e) => write!(f, "promql:{e}"),
         }
     }
+}
+
+/// Whether the samples of a `promql:` gate's query say "in sync": at least one sample, and
+/// none of them 0 or NaN. The reason names the first false series and how many there are.
+fn promql_verdict(
+    expr: &str,
+    samples: &[(BTreeMap<String, String>, f64)],
+) -> Result<String, String> {
+    let falsy = |v: f64| v == 0.0 || v.is_nan();
+    let false_series: Vec<_> = samples.iter().filter(|(_, v)| falsy(*v)).collect();
+    match (samples, false_series.first()) {
+        ([], _) => Err(format!("{expr} returned no sample")),
+        ([(_, v)], None) => Ok(format!("{expr} = {v}")),
+        (_, None) => Ok(format!("{expr}: all {} series are true", samples.len())),
+        ([(_, v)], Some(_)) => Err(format!("{expr} = {v}")),
+        (_, Some((labels, v))) => Err(format!(
+            "{expr} = {v} for {}: {} of {} series are false",
+            series_name(labels),
+            false_series.len(),
+            samples.len()
+        )),
+    }
+}
+
+/// Labels as PromQL writes them: `{dc="wanguo", replica="db-2"}`.
+fn series_name(labels: &BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{{}}}", pairs.join(", "))
 }
 
 async fn exec(cmd: &str, timeout: Duration) -> Result<String, String> {
@@ -174,5 +204,46 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.contains("--prometheus"), "{e}");
+    }
+
+    fn series(pairs: &[(&str, f64)]) -> Vec<(BTreeMap<String, String>, f64)> {
+        pairs
+            .iter()
+            .map(|(replica, v)| ([("replica".to_string(), replica.to_string())].into(), *v))
+            .collect()
+    }
+
+    #[test]
+    fn a_promql_gate_is_in_sync_only_when_every_series_is_true() {
+        let e = "lag < bool 1";
+        // No sample is never "in sync" (a missing exporter, a filter that dropped everything).
+        assert_eq!(
+            promql_verdict(e, &[]),
+            Err("lag < bool 1 returned no sample".into())
+        );
+        assert_eq!(
+            promql_verdict(e, &[(BTreeMap::new(), 1.0)]),
+            Ok("lag < bool 1 = 1".into())
+        );
+        assert_eq!(
+            promql_verdict(e, &[(BTreeMap::new(), 0.0)]),
+            Err("lag < bool 1 = 0".into())
+        );
+        assert!(promql_verdict(e, &[(BTreeMap::new(), f64::NAN)]).is_err());
+        assert_eq!(
+            promql_verdict(e, &series(&[("db-1", 1.0), ("db-2", 1.0)])),
+            Ok("lag < bool 1: all 2 series are true".into())
+        );
+        // One replica behind holds the switch, wherever it comes in the answer.
+        for s in [
+            series(&[("db-1", 1.0), ("db-2", 0.0)]),
+            series(&[("db-2", 0.0), ("db-1", 1.0)]),
+        ] {
+            assert_eq!(
+                promql_verdict(e, &s),
+                Err("lag < bool 1 = 0 for {replica=\"db-2\"}: 1 of 2 series are false".into())
+            );
+        }
+        assert!(promql_verdict(e, &series(&[("db-1", 0.3), ("db-2", f64::NAN)])).is_err());
     }
 }
