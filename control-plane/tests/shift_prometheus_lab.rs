@@ -6,71 +6,12 @@
 
 mod lab_support;
 
-use std::process::{Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use lab_support::json;
+use lab_support::metrics::{prometheus_scraping, Load};
+use lab_support::{finish, json, payments_lab, spawn_twinctl, twinctl_async};
 use twin_control_plane::prometheus::{query_max, query_vector, DEFAULT_QUERY};
-use twin_lab::{eventually, http, Behavior, Lab, Prometheus, ScrapeJob};
-
-/// Requests through every sidecar of the lab, spread over many sticky keys (so both
-/// datacenters get their share), until dropped.
-struct Load {
-    stop: Arc<AtomicBool>,
-}
-
-impl Load {
-    fn start(lab: &Lab) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let sidecars: Vec<_> = lab.sidecars.iter().map(|s| s.outbound).collect();
-        let flag = stop.clone();
-        tokio::spawn(async move {
-            let client = http::pooled_client(4);
-            let mut i = 0u64;
-            // Paced load (a round every 5 ms), not a wait for a condition.
-            let mut pace = tokio::time::interval(Duration::from_millis(5));
-            while !flag.load(Ordering::Relaxed) {
-                pace.tick().await;
-                for addr in &sidecars {
-                    let unit = format!("user-{}", i % 500);
-                    let _ = http::get(
-                        &client,
-                        *addr,
-                        "payments",
-                        "/pay",
-                        &[("x-twin-unit", &unit)],
-                    )
-                    .await;
-                    i += 1;
-                }
-            }
-        });
-        Load { stop }
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// `twinctl ARGS` with the lab's etcd, run off the async threads (the load keeps going).
-async fn twinctl(lab: &Lab, args: &[&str]) -> Output {
-    let mut cmd = lab.twinctl().expect("twinctl");
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().expect("twinctl starts");
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || child.wait_with_output()),
-    )
-    .await
-    .expect("twinctl finishes within 60s")
-    .expect("join")
-    .expect("twinctl output")
-}
+use twin_lab::{eventually, Behavior, Lab, Prometheus};
 
 fn weights(lab: &Lab) -> serde_json::Value {
     json(&lab_support::twinctl(
@@ -78,6 +19,16 @@ fn weights(lab: &Lab) -> serde_json::Value {
         &["route", "get", "payments", "-o", "json"],
     ))["route"]["weights"]
         .clone()
+}
+
+/// `twinctl shift payments FLAGS` with the real Prometheus' error-rate gate at 1% (and no
+/// control-plane health gate).
+fn shift_args(prom: &str, flags: &str, reason: &str) -> Vec<String> {
+    let line =
+        format!("shift payments {flags} --no-health-gate --max-error-rate 1% --prometheus {prom}");
+    let mut args: Vec<String> = line.split(' ').map(String::from).collect();
+    args.extend(["--reason".to_string(), reason.to_string()]);
+    args
 }
 
 /// The default gate query's value for `payments` in `dc`, as the real Prometheus answers it.
@@ -131,19 +82,8 @@ async fn dashboard_panels_show_both_datacenters(prom: &Prometheus) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_passes_a_healthy_shift_and_rolls_back_a_failing_one() {
-    let lab = Lab::two_dcs()
-        .sidecars(1)
-        .route("payments", &[("m6v", 50), ("wanguo", 50)])
-        .start()
-        .await
-        .expect("lab starts");
-    let job = ScrapeJob {
-        name: "twin-sidecars".into(),
-        targets: lab.sidecars.iter().map(|s| s.admin).collect(),
-    };
-    let prom = Prometheus::start(lab.dir(), &[job], &lab.registry)
-        .await
-        .expect("prometheus starts");
+    let lab = payments_lab(1, &[("m6v", 50), ("wanguo", 50)]).await;
+    let prom = prometheus_scraping(&lab, Vec::new()).await;
     let _load = Load::start(&lab);
     // Two scrapes of both datacenters' series: the default query has an answer for each.
     let scraped = eventually(Duration::from_secs(20), || async {
@@ -161,31 +101,8 @@ async fn a_real_prometheus_passes_a_healthy_shift_and_rolls_back_a_failing_one()
 
     // Healthy: 50/50 → 25/75 in one step, the gate asked before and after it.
     let url = prom.url();
-    let out = twinctl(
-        &lab,
-        &[
-            "shift",
-            "payments",
-            "--to",
-            "wanguo",
-            "--step",
-            "25",
-            "--until",
-            "75",
-            "--interval",
-            "2s",
-            "--no-health-gate",
-            "--prometheus",
-            &url,
-            "--max-error-rate",
-            "1%",
-            "--reason",
-            "healthy shift",
-            "-o",
-            "json",
-        ],
-    )
-    .await;
+    let healthy = "--to wanguo --step 25 --until 75 --interval 2s -o json";
+    let out = twinctl_async(&lab, &shift_args(&url, healthy, "healthy shift")).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let report = json(&out);
     assert_eq!(
@@ -200,27 +117,8 @@ async fn a_real_prometheus_passes_a_healthy_shift_and_rolls_back_a_failing_one()
 
     // Failing: back towards m6v in three steps; m6v's upstream answers 500 once the first
     // step is in, and the gate after it rolls the shift back.
-    let mut cmd = lab.twinctl().expect("twinctl");
-    cmd.args([
-        "shift",
-        "payments",
-        "--to",
-        "m6v",
-        "--step",
-        "25",
-        "--interval",
-        "5s",
-        "--no-health-gate",
-        "--prometheus",
-        &url,
-        "--max-error-rate",
-        "1%",
-        "--reason",
-        "failing shift",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let child = cmd.spawn().expect("twinctl starts");
+    let failing = "--to m6v --step 25 --interval 5s";
+    let child = spawn_twinctl(&lab, &shift_args(&url, failing, "failing shift"));
     let stepped = eventually(Duration::from_secs(15), || {
         let w = weights(&lab);
         async move { w == serde_json::json!({"m6v": 5000, "wanguo": 5000}) }
@@ -228,14 +126,7 @@ async fn a_real_prometheus_passes_a_healthy_shift_and_rolls_back_a_failing_one()
     .await;
     assert!(stepped, "the first step never landed: {}", weights(&lab));
     lab.upstreams[0][0].set(Behavior::Status(500));
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || child.wait_with_output()),
-    )
-    .await
-    .expect("twinctl finishes")
-    .expect("join")
-    .expect("output");
+    let out = finish(child).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();

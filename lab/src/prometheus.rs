@@ -1,13 +1,23 @@
 //! A real Prometheus for tests of what Twin reads from it (the PromQL gates of `twinctl
-//! shift`): the system's `prometheus` binary (Debian's package; `TWIN_PROMETHEUS_BIN`
-//! overrides), run as a lab [`Proc`] on a free loopback port with its data in the test's
-//! directory, scraping the given `/metrics` targets every second (rules evaluated every
-//! second too), so a query sees a change within a few seconds.
+//! shift` and of fenced cut-overs): the system's `prometheus` binary (Debian's package;
+//! `TWIN_PROMETHEUS_BIN` overrides), run as a lab [`Proc`] on a free loopback port with its
+//! data in the test's directory, scraping the given `/metrics` targets every second (rules
+//! evaluated every second too), so a query sees a change within a few seconds. An
+//! [`Exporter`] stands for what Twin does not make itself, e.g. a database exporter's
+//! replication lag.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 use crate::launch::wait_http;
 use crate::procs::{Proc, ProcError, ProcSpec, Registry};
@@ -68,6 +78,58 @@ impl Prometheus {
     }
 }
 
+/// A `/metrics` endpoint on a free loopback port that answers whatever exposition text the
+/// test last [`set`](Exporter::set) (any path; the text as Prometheus' text format), as a
+/// database's exporter would publish its replication lag. Stops when dropped.
+pub struct Exporter {
+    pub addr: SocketAddr,
+    text: Arc<Mutex<String>>,
+    accept: JoinHandle<()>,
+}
+
+impl Exporter {
+    /// Starts answering `text`.
+    pub async fn start(text: &str) -> std::io::Result<Exporter> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let text = Arc::new(Mutex::new(text.to_string()));
+        let shared = text.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let shared = shared.clone();
+                let svc = hyper::service::service_fn(move |_req| {
+                    let body = shared.lock().map(|t| t.clone()).unwrap_or_default();
+                    async move {
+                        Response::builder()
+                            .status(StatusCode::OK)
+                            .header("content-type", "text/plain; version=0.0.4")
+                            .body(Full::new(Bytes::from(body)))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Exporter { addr, text, accept })
+    }
+
+    /// What the next scrape gets.
+    pub fn set(&self, text: &str) {
+        if let Ok(mut t) = self.text.lock() {
+            *t = text.to_string();
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
 /// The config: 1 s scrape and evaluation intervals and one `static_configs` job per entry.
 fn config_text(jobs: &[ScrapeJob]) -> String {
     let mut text = String::from(
@@ -111,5 +173,20 @@ mod tests {
             text.contains("targets: ['127.0.0.1:1000', '127.0.0.1:1001']"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_exporter_answers_what_was_set_last() {
+        let e = Exporter::start("lag_seconds 5\n").await.expect("exporter");
+        let c = crate::http::client();
+        let (code, text) = crate::http::get_text(&c, e.addr, "/metrics")
+            .await
+            .expect("answer");
+        assert_eq!((code, text.as_str()), (200, "lag_seconds 5\n"));
+        e.set("lag_seconds 0\n");
+        let (_, text) = crate::http::get_text(&c, e.addr, "/metrics")
+            .await
+            .expect("answer");
+        assert_eq!(text, "lag_seconds 0\n");
     }
 }
