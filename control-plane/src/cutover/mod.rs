@@ -43,8 +43,8 @@ pub struct FenceArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub fence_max: Duration,
     /// What says the moving units' data has reached the new datacenter (checked every second):
-    /// exec:CMD (exit 0), http://URL (2xx) or promql:EXPR (a sample that is not 0, with
-    /// --prometheus)
+    /// exec:CMD (exit 0), http://URL (2xx) or promql:EXPR (every sample not 0; no sample
+    /// fails; with --prometheus)
     #[arg(long, value_parser = SyncGate::parse, value_name = "GATE")]
     pub sync_gate: Option<SyncGate>,
     /// Prometheus base URL, e.g. http://prometheus:9090 (for a promql: sync gate, and the
