@@ -198,6 +198,8 @@ fn every_metric_the_rules_and_the_dashboard_name_is_defined_by_the_code() {
         ("twin_control_plane_is_leader", false),
         ("twin_idgen_errors_total", false),
         ("twin_sidecar_fenced_requests_total", false),
+        ("twin_sidecar_forced_requests_total", false),
+        ("twin_sidecar_access_log_dropped_total", false),
     ] {
         assert!(
             defined.contains(&(m.0.to_string(), m.1)),
@@ -259,24 +261,43 @@ fn the_rules_pass_promtool_check_and_their_unit_tests() {
     let out = promtool(&["test", "rules", &tests_arg]);
     assert_success(&out, "promtool test rules");
 
-    // The unit tests can fail: with the error-rate threshold raised above the synthetic 10%,
-    // the alert that must fire does not.
-    let broken = std::fs::read_to_string(&rules)
-        .expect("read rules")
-        .replacen(") > 0.05", ") > 0.5", 1);
-    std::fs::write(&rules, broken).expect("write broken rules");
-    let out = promtool(&["test", "rules", &tests_arg]);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !out.status.success()
-            && said.contains("TwinDatacenterErrorRateHigh")
-            && said.contains("got:[]"),
-        "a broken rule passed its unit tests: {out:?}"
-    );
+    // The unit tests can fail, both ways: an alert that must fire does not (a threshold
+    // raised above the synthetic series), and one that must stay silent fires (a smoke test's
+    // forced traffic alerting after ten minutes instead of an hour).
+    let good = std::fs::read_to_string(&rules).expect("read rules");
+    for (from, to, alert, said) in [
+        (
+            ") > 0.05",
+            ") > 0.5",
+            "TwinDatacenterErrorRateHigh",
+            "got:[]",
+        ),
+        (
+            "twin_sidecar_access_log_dropped_total[5m])) > 0",
+            "twin_sidecar_access_log_dropped_total[5m])) > 1000",
+            "TwinAccessLogDropping",
+            "got:[]",
+        ),
+        (
+            "for: 1h",
+            "for: 10m",
+            "TwinForcedDatacenterTraffic",
+            "exp:[]",
+        ),
+    ] {
+        assert!(good.contains(from), "{from:?} is not in the rules");
+        std::fs::write(&rules, good.replacen(from, to, 1)).expect("write broken rules");
+        let out = promtool(&["test", "rules", &tests_arg]);
+        let output = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !out.status.success() && output.contains(alert) && output.contains(said),
+            "a broken rule ({from:?} → {to:?}) passed its unit tests: {output}"
+        );
+    }
 }
 
 #[test]

@@ -1,11 +1,13 @@
 //! `twinctl shift --prometheus` against a real Prometheus (the lab's, scraping every second)
 //! that scrapes real sidecars' `/metrics` while load goes through them: with the default
 //! error-rate query, a healthy shift passes every gate, and a shift whose target datacenter's
-//! upstream starts answering 500 is rolled back. (`shift_prometheus.rs` covers the gate's
-//! edge cases against a stand-in for Prometheus.)
+//! upstream starts answering 500 is rolled back. On the way, the dashboard's traffic and
+//! forensics panels are asked of the same Prometheus and show the sidecars' real series.
+//! (`shift_prometheus.rs` covers the gate's edge cases against a stand-in for Prometheus.)
 
 mod lab_support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use lab_support::metrics::{prometheus_scraping, Load};
@@ -42,9 +44,9 @@ async fn error_rate(prom: &Prometheus, dc: &str) -> Option<f64> {
         .flatten()
 }
 
-/// The dashboard's traffic panels (k8s/observability), asked of the real Prometheus, have a
-/// series for each datacenter: their metric and label names are the sidecars' real ones.
-async fn dashboard_panels_show_both_datacenters(prom: &Prometheus) {
+/// What the dashboard panel titled `title` (its first query, k8s/observability) answers now,
+/// asked of the real Prometheus.
+async fn panel_samples(prom: &Prometheus, title: &str) -> Vec<(BTreeMap<String, String>, f64)> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../k8s/observability/twin-dashboard.json"
@@ -52,32 +54,67 @@ async fn dashboard_panels_show_both_datacenters(prom: &Prometheus) {
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
     let panels = dash["panels"].as_array().expect("panels");
+    let panel = panels
+        .iter()
+        .find(|p| p["title"] == title)
+        .unwrap_or_else(|| panic!("no panel {title:?}"));
+    let expr = panel["targets"][0]["expr"].as_str().expect("expr");
+    let q = expr
+        .replace("$__rate_interval", "1m")
+        .replace("$service", ".*");
+    query_vector(&prom.url(), &q, Duration::from_secs(2))
+        .await
+        .unwrap_or_else(|e| panic!("{title}: {e}"))
+}
+
+/// The datacenters of `payments` that have a (number) series in these samples.
+fn payments_dcs(samples: &[(BTreeMap<String, String>, f64)]) -> BTreeSet<String> {
+    samples
+        .iter()
+        .filter(|(l, v)| l.get("service").map(String::as_str) == Some("payments") && !v.is_nan())
+        .filter_map(|(l, _)| l.get("dc").cloned())
+        .collect()
+}
+
+/// The dashboard's traffic panels have a series for each datacenter: their metric and label
+/// names are the sidecars' real ones.
+async fn dashboard_panels_show_both_datacenters(prom: &Prometheus) {
     for title in [
         "Requests per second by datacenter",
         "Share of requests by datacenter",
         "Error rate (5xx share) by datacenter",
         "p99 latency by datacenter",
     ] {
-        let panel = panels
-            .iter()
-            .find(|p| p["title"] == title)
-            .unwrap_or_else(|| panic!("no panel {title:?}"));
-        let expr = panel["targets"][0]["expr"].as_str().expect("expr");
-        let q = expr
-            .replace("$__rate_interval", "1m")
-            .replace("$service", ".*");
-        let samples = query_vector(&prom.url(), &q, Duration::from_secs(2))
-            .await
-            .unwrap_or_else(|e| panic!("{title}: {e}"));
-        let dcs: std::collections::BTreeSet<&str> = samples
-            .iter()
-            .filter(|(l, v)| {
-                l.get("service").map(String::as_str) == Some("payments") && !v.is_nan()
-            })
-            .filter_map(|(l, _)| l.get("dc").map(String::as_str))
-            .collect();
-        assert_eq!(dcs, ["m6v", "wanguo"].into(), "{title}: {samples:?}");
+        let samples = panel_samples(prom, title).await;
+        let both: BTreeSet<String> = ["m6v".into(), "wanguo".into()].into();
+        assert_eq!(payments_dcs(&samples), both, "{title}: {samples:?}");
     }
+}
+
+/// The forensics panels show the sidecars' real series: requests forced to wanguo (once the
+/// route allows it) under that datacenter, and the access log's dropped lines (none).
+async fn forensics_panels_show_real_series(lab: &Lab, prom: &Prometheus) {
+    let allow = ["route", "set", "payments", "--force-dc", "allow"];
+    let out = lab_support::twinctl(lab, &[&allow[..], &["--reason", "smoke test"]].concat());
+    assert!(out.status.success(), "{out:?}");
+    let client = twin_lab::http::client();
+    let sidecar = lab.sidecars[0].outbound;
+    let forced = [("x-twin-force-dc", "wanguo"), ("x-twin-unit", "user-1")];
+    let title = "Forced-datacenter requests (x-twin-force-dc)";
+    // A forced request per poll: a rate needs the counter to grow between two scrapes.
+    let shown = eventually(Duration::from_secs(20), || async {
+        let _ = twin_lab::http::get(&client, sidecar, "payments", "/pay", &forced).await;
+        let samples = panel_samples(prom, title).await;
+        payments_dcs(&samples) == ["wanguo".to_string()].into()
+            && samples.iter().all(|(_, v)| *v > 0.0)
+    })
+    .await;
+    assert!(shown, "{title}: {:?}", panel_samples(prom, title).await);
+    let dropped = panel_samples(prom, "Access log lines dropped").await;
+    assert!(
+        !dropped.is_empty() && dropped.iter().all(|(_, v)| *v == 0.0),
+        "{dropped:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,6 +135,7 @@ async fn a_real_prometheus_passes_a_healthy_shift_and_rolls_back_a_failing_one()
     );
 
     dashboard_panels_show_both_datacenters(&prom).await;
+    forensics_panels_show_real_series(&lab, &prom).await;
 
     // Healthy: 50/50 → 25/75 in one step, the gate asked before and after it.
     let url = prom.url();
