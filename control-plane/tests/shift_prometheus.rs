@@ -3,24 +3,30 @@
 
 mod cp_support;
 
-use std::sync::{Arc, Mutex};
+use cp_support::{route_set, run_line, two_dcs, weights, Out};
+use twin_lab::Etcd;
 
-use cp_support::{route_set, run_line, two_dcs, weights};
+/// Prometheus' answer to an instant query: a vector of one unlabelled sample with `value`,
+/// or no sample at all.
+fn vector(value: Option<&str>) -> String {
+    let result = value.map_or(String::new(), |v| {
+        format!(r#"{{"metric":{{}},"value":[1764086400.0,"{v}"]}}"#)
+    });
+    format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{result}]}}}}"#)
+}
 
-/// Answers `/api/v1/query` with `good` for the first `healthy_answers` queries, then `bad`;
-/// keeps every request line.
-async fn fake_prometheus(
-    healthy_answers: usize,
-    good: &'static str,
-    bad: &'static str,
-) -> (String, Arc<Mutex<Vec<String>>>) {
-    cp_support::fake_prometheus(move |n| {
-        let value = if n < healthy_answers { good } else { bad };
-        format!(
-            r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1764086400.0,"{value}"]}}]}}}}"#
-        )
-    })
-    .await
+/// `twinctl shift payments FLAGS --no-health-gate --prometheus URL --reason move`, expected to
+/// exit `code`.
+async fn shift(etcd: &Etcd, prometheus: &str, flags: &str, code: i32) -> Out {
+    let line = format!("shift payments {flags} --no-health-gate --prometheus {prometheus}");
+    run_line(etcd, &(line + " --reason move"))
+        .await
+        .expect(code)
+}
+
+async fn payments_weights(etcd: &Etcd) -> serde_json::Value {
+    let mut c = etcd.client().await.expect("client");
+    weights(&mut c, "payments").await
 }
 
 #[tokio::test]
@@ -28,22 +34,18 @@ async fn a_rising_error_rate_fails_the_gate_and_rolls_the_shift_back() {
     let etcd = two_dcs().await;
     route_set(&etcd, "payments", "m6v=100", "create").await;
     // Healthy before the first step and after it, failing after the second.
-    let (url, seen) = fake_prometheus(2, "0.001", "0.05").await;
-    let out = run_line(
-        &etcd,
-        &format!("shift payments --to wanguo --step 25 --interval 50ms --no-health-gate --prometheus {url} --max-error-rate 1% --reason move"),
-    )
-    .await
-    .expect(3);
+    let (url, seen) =
+        cp_support::fake_prometheus(|n| vector(Some(if n < 2 { "0.001" } else { "0.05" }))).await;
+    let steps = "--to wanguo --step 25 --interval 50ms --max-error-rate 1%";
+    let out = shift(&etcd, &url, steps, 3).await;
     assert!(out.stderr.contains("step 2/4"), "{out:#?}");
     let last = out.stderr.lines().last().unwrap_or_default();
     assert!(
         last.starts_with("error: refused: health gate failed after step 2/4: payments in wanguo: error rate 5.00% is above 1.00%; rolled back to m6v=100%"),
         "{out:#?}"
     );
-    let mut c = etcd.client().await.expect("client");
     assert_eq!(
-        weights(&mut c, "payments").await,
+        payments_weights(&etcd).await,
         serde_json::json!({"m6v": 10000})
     );
     let lines = seen.lock().expect("lock").clone();
@@ -57,64 +59,35 @@ async fn a_rising_error_rate_fails_the_gate_and_rolls_the_shift_back() {
     );
 
     // An unreachable Prometheus refuses before anything moves.
-    let out = run_line(
-        &etcd,
-        "shift payments --to wanguo --no-health-gate --prometheus http://127.0.0.1:1 --reason move",
-    )
-    .await
-    .expect(3);
-    out.one_line_error("health gate before the first step: asking prometheus");
+    shift(&etcd, "http://127.0.0.1:1", "--to wanguo", 3)
+        .await
+        .one_line_error("health gate before the first step: asking prometheus");
     assert_eq!(
-        weights(&mut c, "payments").await,
+        payments_weights(&etcd).await,
         serde_json::json!({"m6v": 10000})
     );
-}
-
-/// An empty answer (no samples): what Prometheus says of a datacenter with no traffic.
-async fn prometheus_without_data_then(value: &'static str) -> String {
-    let (url, _) = cp_support::fake_prometheus(move |n| {
-        let result = if n == 0 {
-            String::new()
-        } else {
-            format!(r#"{{"metric":{{}},"value":[1764086400.0,"{value}"]}}"#)
-        };
-        format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{result}]}}}}"#)
-    })
-    .await;
-    url
 }
 
 #[tokio::test]
 async fn no_data_for_an_idle_target_passes_only_before_the_first_step() {
     let etcd = two_dcs().await;
     route_set(&etcd, "payments", "m6v=100", "create").await;
-    // wanguo has no share yet: "no data" before the first step is not a failure.
-    let url = prometheus_without_data_then("0.001").await;
-    run_line(
-        &etcd,
-        &format!("shift payments --to wanguo --step 50 --interval 50ms --no-health-gate --prometheus {url} --max-error-rate 1% --reason move"),
-    )
-    .await
-    .expect(0);
-    let mut c = etcd.client().await.expect("client");
+    // wanguo has no share yet: "no data" (what Prometheus says of a datacenter with no
+    // traffic) before the first step is not a failure.
+    let (url, _) = cp_support::fake_prometheus(|n| vector((n > 0).then_some("0.001"))).await;
+    let steps = "--to wanguo --step 50 --interval 50ms --max-error-rate 1%";
+    shift(&etcd, &url, steps, 0).await;
     assert_eq!(
-        weights(&mut c, "payments").await,
+        payments_weights(&etcd).await,
         serde_json::json!({"m6v": 0, "wanguo": 10000})
     );
 
     // wanguo already has a share: "no data" is a failure (a wrong query, a missing scrape).
     route_set(&etcd, "payments", "m6v=50,wanguo=50", "update").await;
-    let (url, _) = cp_support::fake_prometheus(|_| {
-        r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#.to_string()
-    })
-    .await;
-    let out = run_line(
-        &etcd,
-        &format!("shift payments --to wanguo --step 25 --interval 50ms --no-health-gate --prometheus {url} --reason move"),
-    )
-    .await
-    .expect(3);
-    out.one_line_error(
-        "health gate before the first step: prometheus returned no data for payments in wanguo",
-    );
+    let (url, _) = cp_support::fake_prometheus(|_| vector(None)).await;
+    shift(&etcd, &url, "--to wanguo --step 25 --interval 50ms", 3)
+        .await
+        .one_line_error(
+            "health gate before the first step: prometheus returned no data for payments in wanguo",
+        );
 }
