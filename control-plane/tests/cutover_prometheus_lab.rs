@@ -1,6 +1,6 @@
 //! The `promql:` sync gate of a fenced cut-over against a real Prometheus (the lab's, scraping
-//! every second) that scrapes real sidecars and a replication-lag exporter (two replicas in
-//! wanguo). The change is held in its sync phase while either replica lags and switches once
+//! every second) that scrapes real sidecars under load and a replication-lag exporter (two
+//! replicas in wanguo). The change is held in its sync phase while either replica lags and switches once
 //! both have caught up; a gate that is false, false for one replica only, or returns no data
 //! rolls the change back (exit 3, one line naming the gate's answer) and leaves the route in
 //! etcd exactly as it was, revision included. (`cli_fence.rs` covers the gate's polling
@@ -10,7 +10,7 @@ mod lab_support;
 
 use std::time::Duration;
 
-use lab_support::metrics::prometheus_scraping;
+use lab_support::metrics::{prometheus_scraping, Load};
 use lab_support::{finish, json, payments_lab, route_in_etcd, spawn_twinctl, twinctl};
 use twin_control_plane::prometheus::query_vector;
 use twin_lab::prometheus::Exporter;
@@ -107,6 +107,7 @@ async fn a_real_prometheus_holds_a_fenced_change_until_every_replica_caught_up()
         targets: vec![exporter.addr],
     };
     let prom = prometheus_scraping(&lab, vec![replication]).await;
+    let _load = Load::start(&lab);
     set_lag(&exporter, &prom, 5.0, 5.0).await;
 
     // The gate's answer for a lagging replica, as the SRE reads it.
