@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use twin_topology::AuditRecord;
 
 use crate::error::CtlError;
-use crate::state::Cluster;
+use crate::state::{prefix_end, Cluster};
 
 /// One exported or archived audit record: one JSON line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -290,18 +290,6 @@ pub async fn run(cluster: Cluster, retention: Retention, fence: (String, i64)) {
             }
         }
     }
-}
-
-/// The first key after every key that starts with `prefix` (etcd's prefix range end).
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = prefix.as_bytes().to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 #[cfg(test)]

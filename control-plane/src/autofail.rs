@@ -122,49 +122,38 @@ mod tests {
         })
     }
 
+    /// Lets `secs` pass (paused time), then feeds a round with `m6v_up` and `wanguo_up` of
+    /// 4 endpoints up; the datacenter the policy fails over from, if any.
+    async fn after(p: &mut AutoFailover, secs: u64, m6v_up: u32, wanguo_up: u32) -> Option<String> {
+        tokio::time::advance(Duration::from_secs(secs)).await;
+        p.observe(Instant::now(), &round(m6v_up, wanguo_up))
+    }
+
     #[tokio::test(start_paused = true)]
     async fn acts_only_after_the_duration_and_then_holds_down() {
         let mut p = policy();
-        assert_eq!(p.observe(Instant::now(), &round(1, 4)), None);
-        tokio::time::advance(Duration::from_secs(29)).await;
-        assert_eq!(p.observe(Instant::now(), &round(1, 4)), None);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(
-            p.observe(Instant::now(), &round(1, 4)).as_deref(),
-            Some("m6v")
-        );
+        assert_eq!(after(&mut p, 0, 1, 4).await, None);
+        assert_eq!(after(&mut p, 29, 1, 4).await, None);
+        assert_eq!(after(&mut p, 1, 1, 4).await.as_deref(), Some("m6v"));
         p.acted(Instant::now());
         // The other datacenter failing right after must not bounce traffic back.
         for _ in 0..10 {
-            tokio::time::advance(Duration::from_secs(50)).await;
-            assert_eq!(p.observe(Instant::now(), &round(4, 0)), None);
+            assert_eq!(after(&mut p, 50, 4, 0).await, None);
         }
         assert!(p.holding_down(Instant::now()).is_some());
-        tokio::time::advance(Duration::from_secs(100)).await;
-        assert_eq!(
-            p.observe(Instant::now(), &round(4, 0)).as_deref(),
-            Some("wanguo")
-        );
+        assert_eq!(after(&mut p, 100, 4, 0).await.as_deref(), Some("wanguo"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_recovery_resets_the_clock_and_all_down_never_acts() {
         let mut p = policy();
-        p.observe(Instant::now(), &round(0, 4));
-        tokio::time::advance(Duration::from_secs(20)).await;
-        p.observe(Instant::now(), &round(4, 4));
-        tokio::time::advance(Duration::from_secs(20)).await;
-        assert_eq!(p.observe(Instant::now(), &round(0, 4)), None);
-        tokio::time::advance(Duration::from_secs(20)).await;
-        assert_eq!(p.observe(Instant::now(), &round(0, 4)), None);
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(
-            p.observe(Instant::now(), &round(0, 4)).as_deref(),
-            Some("m6v")
-        );
+        after(&mut p, 0, 0, 4).await;
+        after(&mut p, 20, 4, 4).await;
+        assert_eq!(after(&mut p, 20, 0, 4).await, None);
+        assert_eq!(after(&mut p, 20, 0, 4).await, None);
+        assert_eq!(after(&mut p, 10, 0, 4).await.as_deref(), Some("m6v"));
         let mut q = policy();
-        q.observe(Instant::now(), &round(0, 0));
-        tokio::time::advance(Duration::from_secs(300)).await;
-        assert_eq!(q.observe(Instant::now(), &round(0, 0)), None);
+        after(&mut q, 0, 0, 0).await;
+        assert_eq!(after(&mut q, 300, 0, 0).await, None);
     }
 }

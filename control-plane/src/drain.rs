@@ -23,27 +23,34 @@ pub struct Registration {
     pub lease: i64,
 }
 
-/// What `{prefix}/v1/control/drain/{node}` holds.
+/// A drained node: who took it out of traffic, when and why (as `twinctl status` lists it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DrainRecord {
+pub struct Drained {
     pub node: String,
     pub at_ms: u64,
     pub who: String,
     pub reason: String,
+}
+
+/// What `{prefix}/v1/control/drain/{node}` holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    #[serde(flatten)]
+    pub drained: Drained,
     pub registrations: Vec<Registration>,
 }
 
 /// The result of a drain or undrain.
 #[derive(Clone, Debug, Serialize)]
 pub struct DrainReport {
-    pub node: String,
-    pub action: String,
-    pub dry_run: bool,
+    node: String,
+    action: String,
+    dry_run: bool,
     /// Keys removed (drain) or put back (undrain).
-    pub keys: Vec<String>,
+    keys: Vec<String>,
     /// Registrations not put back, with why.
-    pub skipped: Vec<String>,
-    pub audit_id: Option<String>,
+    skipped: Vec<String>,
+    audit_id: Option<String>,
 }
 
 impl Report for DrainReport {
@@ -82,14 +89,16 @@ pub async fn list(cluster: &Cluster) -> Result<Vec<DrainRecord>, CtlError> {
         .iter()
         .map(|kv| {
             serde_json::from_slice::<DrainRecord>(kv.value()).unwrap_or_else(|e| DrainRecord {
-                node: kv
-                    .key_str()
-                    .unwrap_or("?")
-                    .trim_start_matches(prefix.as_str())
-                    .to_string(),
-                at_ms: 0,
-                who: "?".into(),
-                reason: format!("unreadable drain record: {e}"),
+                drained: Drained {
+                    node: kv
+                        .key_str()
+                        .unwrap_or("?")
+                        .trim_start_matches(prefix.as_str())
+                        .to_string(),
+                    at_ms: 0,
+                    who: "?".into(),
+                    reason: format!("unreadable drain record: {e}"),
+                },
                 registrations: Vec::new(),
             })
         })
@@ -105,11 +114,12 @@ pub async fn drain(
 ) -> Result<DrainReport, CtlError> {
     let (marker, existing) = marker_of(cluster, node).await?;
     if let Some(existing) = existing {
+        let since = &existing.value.drained;
         return Err(CtlError::failed(format!(
             "{node} is already drained (since {} by {}: {})",
-            time_ms(existing.value.at_ms),
-            existing.value.who,
-            existing.value.reason
+            time_ms(since.at_ms),
+            since.who,
+            since.reason
         )));
     }
     let resp = cluster
@@ -147,10 +157,12 @@ pub async fn drain(
         )));
     }
     let record = DrainRecord {
-        node: node.to_string(),
-        at_ms: now_ms(),
-        who: cluster.who.clone(),
-        reason: reason.to_string(),
+        drained: Drained {
+            node: node.to_string(),
+            at_ms: now_ms(),
+            who: cluster.who.clone(),
+            reason: reason.to_string(),
+        },
         registrations: regs,
     };
     let keys: Vec<String> = record.registrations.iter().map(|r| r.key.clone()).collect();

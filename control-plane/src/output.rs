@@ -109,6 +109,15 @@ impl Table {
         self.rows.len() <= 1
     }
 
+    /// The rendered table, or `none` when it has no rows.
+    pub fn render_or(&self, none: &str) -> String {
+        if self.is_empty() {
+            none.to_string()
+        } else {
+            self.render()
+        }
+    }
+
     /// The rendered table.
     pub fn render(&self) -> String {
         let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);

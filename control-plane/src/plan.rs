@@ -295,6 +295,14 @@ mod tests {
         t
     }
 
+    /// The move of `service` in `plan`.
+    fn move_of<'a>(plan: &'a FailoverPlan, service: &str) -> &'a RouteMove {
+        plan.moves
+            .iter()
+            .find(|m| m.service == service)
+            .expect("the service moves")
+    }
+
     #[test]
     fn apportion_sums_exactly_and_is_proportional() {
         let shares: BTreeMap<String, u64> = [
@@ -318,22 +326,14 @@ mod tests {
         let t = topo();
         let plan = FailoverPlan::build(&t, "m6v", None, &Selection::All).expect("plan");
         assert_eq!(plan.unchanged, vec!["ledger".to_string()]);
-        let pay = plan.moves.iter().find(|m| m.service == "pay").expect("pay");
+        let pay = move_of(&plan, "pay");
         assert_eq!(pay.after, w(&[("m6v", 0), ("wanguo", 10000)]));
         assert_eq!(pay.mod_revision, t.routes["pay"].mod_revision);
         // A route wholly in m6v spreads equally over the other datacenters.
-        let solo = plan
-            .moves
-            .iter()
-            .find(|m| m.service == "solo")
-            .expect("solo");
+        let solo = move_of(&plan, "solo");
         assert_eq!(solo.after, w(&[("hk", 5000), ("m6v", 0), ("wanguo", 5000)]));
         let to_hk = FailoverPlan::build(&t, "m6v", Some("hk"), &Selection::All).expect("plan");
-        let pay = to_hk
-            .moves
-            .iter()
-            .find(|m| m.service == "pay")
-            .expect("pay");
+        let pay = move_of(&to_hk, "pay");
         assert_eq!(pay.after, w(&[("hk", 3000), ("m6v", 0), ("wanguo", 7000)]));
         for m in plan.moves.iter().chain(&to_hk.moves) {
             assert_eq!(m.after.total(), 10_000, "{}", m.service);

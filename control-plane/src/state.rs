@@ -232,7 +232,7 @@ fn audit_record(kv: &KeyValue) -> Result<AuditRecord, StoreError> {
 }
 
 /// The first key after every key that starts with `prefix` (etcd's prefix range end).
-fn prefix_end(prefix: &str) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

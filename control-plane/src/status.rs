@@ -9,7 +9,7 @@ use serde::Serialize;
 use twin_topology::{AuditRecord, FencePhase, Freeze, OnDcDown, Protocol, Topology, Weights};
 
 use crate::deps::{DepGraph, EdgeRecord, Filter};
-use crate::drain::DrainRecord;
+use crate::drain::{DrainRecord, Drained};
 use crate::edge::EdgeRecord as LbRecord;
 use crate::election::{current_leader, Leader};
 use crate::error::CtlError;
@@ -95,15 +95,6 @@ pub struct FenceStatus {
     pub active: bool,
     /// Sidecars that acknowledged it.
     pub acks: usize,
-}
-
-/// A drained node.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Drained {
-    pub node: String,
-    pub at_ms: u64,
-    pub who: String,
-    pub reason: String,
 }
 
 /// What a status report is made of besides the topology, read from etcd.
@@ -222,15 +213,7 @@ impl StatusReport {
                 key: r.key,
             }),
             leader,
-            drained: drains
-                .into_iter()
-                .map(|d| Drained {
-                    node: d.node,
-                    at_ms: d.at_ms,
-                    who: d.who,
-                    reason: d.reason,
-                })
-                .collect(),
+            drained: drains.into_iter().map(|d| d.drained).collect(),
             fences: topo
                 .fences
                 .iter()
@@ -299,11 +282,7 @@ impl Report for StatusReport {
             row.push(svc.revision.to_string());
             s.row(row);
         }
-        out.push(if s.is_empty() {
-            "no routes".to_string()
-        } else {
-            s.render()
-        });
+        out.push(s.render_or("no routes"));
         out.push(match (&self.freeze, self.frozen) {
             (Some(f), true) => format!(
                 "freeze: FROZEN until {} by {} ({})",

@@ -8,7 +8,9 @@ mod cp_support;
 use std::path::Path;
 use std::process::Stdio;
 
-use cp_support::{ok_line, register, route_set, run_line, two_dcs, Out};
+use cp_support::{
+    failover_off_m6v_refused, ok_line, record, register, route_set, run_line, two_dcs, Out,
+};
 use etcd_client::{Client, PutOptions};
 use twin_control_plane::deps::render::PALETTE;
 use twin_lab::Etcd;
@@ -107,19 +109,9 @@ async fn three_apps_map_readiness_and_the_failover_guard_rail() {
     assert_eq!(ledger_edge["from"]["wanguo"], 41, "{map}");
     assert_eq!(ledger_edge["served"]["m6v"], 80, "{map}");
     assert_eq!(ledger_edge["requests"], 82, "{map}");
-    let web = map["apps"]
-        .as_array()
-        .expect("apps")
-        .iter()
-        .find(|a| a["name"] == "web")
-        .expect("web");
+    let web = record(&map["apps"], "name", "web");
     assert_eq!(web["datacenters"], serde_json::json!(["m6v", "wanguo"]));
-    let ledger = map["services"]
-        .as_array()
-        .expect("services")
-        .iter()
-        .find(|s| s["name"] == "ledger")
-        .expect("ledger");
+    let ledger = record(&map["services"], "name", "ledger");
     assert_eq!(ledger["datacenters"], serde_json::json!(["m6v"]));
     let only = ok_line(&etcd, "deps --service ledger -o json").await.json();
     assert_eq!(edge_pairs(&only), [pair("payments", "ledger")]);
@@ -152,18 +144,12 @@ async fn three_apps_map_readiness_and_the_failover_guard_rail() {
     assert_eq!(blockers[1]["kind"], "capacity", "{json}");
 
     // The failover refuses on it (dry run shows it), and --force records it.
-    let dry = run_line(&etcd, "failover --from m6v --all --dry-run --reason drill")
-        .await
-        .expect(3);
+    let dry = failover_off_m6v_refused(&etcd, "payments calls ledger").await;
     assert!(
         dry.stdout
             .contains("guard rail: payments calls ledger, which has no healthy endpoint"),
         "{dry:#?}"
     );
-    let refused = run_line(&etcd, "failover --from m6v --all --yes --reason drill")
-        .await
-        .expect(3);
-    refused.one_line_error("payments calls ledger");
     assert_eq!(
         cp_support::weights(&mut c, "ledger").await["m6v"],
         10000,
@@ -343,18 +329,11 @@ async fn prometheus_adds_requests_per_second_per_edge() {
     let map = ok_line(&etcd, &format!("deps --prometheus {url} -o json"))
         .await
         .json();
-    let rate = |app: &str| {
-        map["edges"]
-            .as_array()
-            .expect("edges")
-            .iter()
-            .find(|e| e["app"] == app)
-            .map(|e| e["rate"].clone())
-    };
-    assert_eq!(rate("web"), Some(serde_json::json!(12.5)), "{map}");
+    let rate = |app: &str| record(&map["edges"], "app", app)["rate"].clone();
+    assert_eq!(rate("web"), serde_json::json!(12.5), "{map}");
     assert_eq!(
         rate("payments"),
-        Some(serde_json::json!(0.0)),
+        serde_json::json!(0.0),
         "no sample: 0 req/s"
     );
     let line = seen.lock().expect("lock")[0].clone();

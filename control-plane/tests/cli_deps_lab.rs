@@ -1,11 +1,13 @@
 //! The dependency map end to end: real sidecars (the lab, `--app web`) publish the edges of
 //! real calls, and `twinctl deps` and `readiness` read them from etcd.
 
+mod cp_support;
 mod lab_support;
 
 use std::time::Duration;
 
-use lab_support::{json, twinctl};
+use cp_support::record;
+use lab_support::{json, payments_50_50, twinctl};
 use twin_lab::{eventually, http, Lab};
 
 /// The `web → payments` edge of `twinctl deps -o json`, if there is one.
@@ -20,9 +22,7 @@ fn web_to_payments(lab: &Lab) -> Option<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_call_shows_up_in_twinctl_deps_and_readiness_judges_it() {
-    let lab = Lab::two_dcs()
-        .sidecars(1)
-        .route("payments", &[("m6v", 50), ("wanguo", 50)])
+    let lab = payments_50_50()
         .sidecar_args(["--app", "web"])
         .start()
         .await
@@ -59,10 +59,7 @@ async fn a_real_call_shows_up_in_twinctl_deps_and_readiness_judges_it() {
         "only the m6v sidecar called: {edge}"
     );
     let map = json(&twinctl(&lab, &["deps", "-o", "json"]));
-    let web = map["apps"]
-        .as_array()
-        .and_then(|a| a.iter().find(|a| a["name"] == "web").cloned())
-        .expect("app web");
+    let web = record(&map["apps"], "name", "web");
     assert_eq!(
         web["datacenters"],
         serde_json::json!(["m6v", "wanguo"]),

@@ -4,8 +4,8 @@
 mod cp_support;
 
 use cp_support::{
-    even_routes, ok, ok_line, register, revision, route_set, run_line, strings, text, twinctl,
-    two_dcs, two_dcs_with_payments, weights,
+    even_routes, failover_off_m6v_refused, ok, ok_line, register, revision, route_set, run_line,
+    strings, text, twinctl, two_dcs, two_dcs_and, two_dcs_with_payments, weights,
 };
 use twin_control_plane::failover::{self, FailoverRequest};
 use twin_control_plane::plan::Selection;
@@ -128,19 +128,15 @@ async fn capacity_guard_refuses_and_force_with_reason_overrides() {
         }
     }
     let before = revision(&mut c).await;
-    let dry = run_line(&etcd, "failover --from m6v --all --dry-run --reason drill")
-        .await
-        .expect(3);
+    let dry = failover_off_m6v_refused(
+        &etcd,
+        "refused: payments in wanguo would carry 4.0 but has capacity 2; add --force to override",
+    )
+    .await;
     assert!(
         dry.stdout
             .contains("payments  m6v=50%,wanguo=50%  m6v=0%,wanguo=100%"),
         "the plan is shown: {dry:#?}"
-    );
-    let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill")
-        .await
-        .expect(3);
-    out.one_line_error(
-        "refused: payments in wanguo would carry 4.0 but has capacity 2; add --force to override",
     );
     assert_eq!(revision(&mut c).await, before);
     // The other way round fits: m6v's 6 carry the assumed peak of 4.
@@ -171,17 +167,14 @@ async fn capacity_guard_refuses_and_force_with_reason_overrides() {
 
 #[tokio::test]
 async fn a_fail_route_keeps_its_home_unless_forced() {
-    let etcd = two_dcs().await;
-    ok_line(
+    let etcd =
+        two_dcs_and("route set ledger --weights m6v=100 --on-dc-down fail --reason create").await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    failover_off_m6v_refused(
         &etcd,
-        "route set ledger --weights m6v=100 --on-dc-down fail --reason create",
+        "ledger is on_dc_down: fail and would lose its home m6v",
     )
     .await;
-    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
-    let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill")
-        .await
-        .expect(3);
-    out.one_line_error("ledger is on_dc_down: fail and would lose its home m6v");
     // Leaving it out of the selection is fine.
     ok_line(
         &etcd,
@@ -201,8 +194,7 @@ async fn a_fail_route_keeps_its_home_unless_forced() {
 
 #[tokio::test]
 async fn failback_restores_exactly_and_only_what_is_unchanged_since() {
-    let etcd = two_dcs().await;
-    ok_line(&etcd, "dc add hk --code 2 --reason seed").await;
+    let etcd = two_dcs_and("dc add hk --code 2 --reason seed").await;
     route_set(&etcd, "a", "m6v=50,wanguo=25,hk=25", "create").await;
     ok_line(
         &etcd,

@@ -2,7 +2,7 @@
 
 mod cp_support;
 
-use cp_support::{ok, twinctl, two_dcs};
+use cp_support::{ok, strings, twinctl, two_dcs};
 use twin_idgen::{Layout, SerialParts, SerialTemplate, SnowflakeParts};
 
 #[tokio::test]
@@ -90,12 +90,7 @@ async fn id_templates_live_in_etcd_and_a_used_one_cannot_change() {
     let audit = ok(&etcd, &["audit", "--limit", "5", "-o", "json"])
         .await
         .json();
-    let actions: Vec<&str> = audit["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .filter_map(|r| r["action"].as_str())
-        .collect();
+    let actions = strings(&audit["records"], "action");
     assert_eq!(
         actions.iter().filter(|a| **a == "id-template-set").count(),
         1,
@@ -103,27 +98,14 @@ async fn id_templates_live_in_etcd_and_a_used_one_cannot_change() {
     );
 
     // Bad input: one line, exit 2, nothing written.
-    twinctl(
-        &etcd,
-        &["id", "template", "set", "pay", "{seq:5}", "--reason", "x"],
-    )
-    .await
-    .expect(2)
-    .one_line_error("template");
-    twinctl(
-        &etcd,
-        &["id", "template", "set", "b!z", pay, "--reason", "x"],
-    )
-    .await
-    .expect(2)
-    .one_line_error("business tag \"b!z\"");
-    twinctl(
-        &etcd,
-        &["id", "template", "set", "pay", pay, "--reason", " "],
-    )
-    .await
-    .expect(2)
-    .one_line_error("--reason");
+    for (tag, template, reason, error) in [
+        ("pay", "{seq:5}", "x", "template"),
+        ("b!z", pay, "x", "business tag \"b!z\""),
+        ("pay", pay, " ", "--reason"),
+    ] {
+        let args = ["id", "template", "set", tag, template, "--reason", reason];
+        twinctl(&etcd, &args).await.expect(2).one_line_error(error);
+    }
 
     // Not used yet: it may change.
     let pay2 = "PY{yyyyMMddHHmmss}{dc:1}{worker:4}{seq:5}{check}";

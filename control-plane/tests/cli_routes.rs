@@ -4,8 +4,8 @@
 mod cp_support;
 
 use cp_support::{
-    ok, ok_line, revision, route_set, run_line, strings, twinctl, two_dcs, two_dcs_with_payments,
-    weights, words,
+    file_in, ok, ok_line, record, refused, revision, route_set, run_line, strings, twinctl,
+    two_dcs, two_dcs_and, two_dcs_with_payments, weights, words,
 };
 use twin_lab::Etcd;
 
@@ -63,9 +63,7 @@ async fn dry_runs_leave_the_etcd_revision_unchanged() {
     let mut c = etcd.client().await.expect("client");
     let before = revision(&mut c).await;
     let dir = tempfile::tempdir().expect("tmp");
-    let file = dir.path().join("routes.yaml");
-    std::fs::write(&file, "routes:\n  ledger:\n    weights: {m6v: 100%}\n  payments:\n    weights: {m6v: 10%, wanguo: 90%}\n").expect("write");
-    let file = file.display().to_string();
+    let file = file_in(dir.path(), "routes.yaml", "routes:\n  ledger:\n    weights: {m6v: 100%}\n  payments:\n    weights: {m6v: 10%, wanguo: 90%}\n");
     let apply = format!("route apply -f '{file}' --reason r --dry-run");
     let runs: Vec<Vec<&str>> = [
         "route set payments --weights m6v=0,wanguo=100 --reason r --dry-run",
@@ -175,20 +173,14 @@ async fn a_route_protocol_is_set_shown_and_read_back() {
     let list = ok_line(&etcd, "route list").await;
     assert!(list.stdout.contains("PROTOCOL"), "{list:#?}");
     let status = ok_line(&etcd, "status -o json").await.json();
-    let services = status["services"].as_array().expect("services");
-    assert!(
-        services
-            .iter()
-            .any(|s| s["name"] == "payments" && s["protocol"] == "grpc"),
-        "{status}"
-    );
+    let payments = record(&status["services"], "name", "payments");
+    assert_eq!(payments["protocol"], "grpc", "{status}");
 }
 
 #[tokio::test]
 async fn route_apply_writes_every_route_in_one_transaction() {
     let etcd = two_dcs().await;
     let dir = tempfile::tempdir().expect("tmp");
-    let file = dir.path().join("routes.yaml");
     let mut yaml =
         String::from("datacenters:\n  hk: {code: 2, display_name: Hong Kong}\nroutes:\n");
     for i in 0..5 {
@@ -196,8 +188,8 @@ async fn route_apply_writes_every_route_in_one_transaction() {
             "  svc{i}:\n    weights: {{m6v: 30%, wanguo: 60%, hk: 10%}}\n    on_dc_down: fail\n"
         ));
     }
-    std::fs::write(&file, &yaml).expect("write");
-    let apply = format!("route apply -f '{}' --reason bulk", file.display());
+    let file = file_in(dir.path(), "routes.yaml", &yaml);
+    let apply = format!("route apply -f '{file}' --reason bulk");
     let j = ok_line(&etcd, &format!("{apply} -o json")).await.json();
     let rev = j["revision"].as_i64().expect("revision");
     assert_eq!(j["diffs"].as_array().map(Vec::len), Some(6), "{j}");
@@ -226,20 +218,18 @@ async fn route_apply_writes_every_route_in_one_transaction() {
 async fn freeze_blocks_route_changes_and_force_with_reason_passes() {
     let etcd = two_dcs_with_payments().await;
     ok_line(&etcd, "freeze --until 2h --reason 'holiday freeze'").await;
-    let out = run_line(
+    let out = refused(
         &etcd,
         "route set payments --weights m6v=0,wanguo=100 --reason try",
+        "refused: change freeze until",
     )
-    .await
-    .expect(3);
-    out.one_line_error("refused: change freeze until");
+    .await;
     assert!(
         out.stderr.contains("holiday freeze") && out.stderr.contains("add --force"),
         "{out:#?}"
     );
-    run_line(&etcd, "failover --from m6v --all --yes --reason try")
-        .await
-        .expect(3);
+    let failover = "failover --from m6v --all --yes --reason try";
+    refused(&etcd, failover, "change freeze until").await;
     let mut c = etcd.client().await.expect("client");
     assert_eq!(weights(&mut c, "payments").await["m6v"], 5000);
     ok_line(
@@ -266,9 +256,7 @@ async fn freeze_blocks_route_changes_and_force_with_reason_passes() {
 
 #[tokio::test]
 async fn json_and_yaml_output_parse_for_every_reading_command() {
-    let etcd = two_dcs().await;
-    ok_line(
-        &etcd,
+    let etcd = two_dcs_and(
         "route set payments --weights m6v=30,wanguo=70 --sticky-header x-user --on-dc-down fail --reason create",
     )
     .await;

@@ -6,7 +6,7 @@ mod cp_support;
 
 use std::time::Duration;
 
-use cp_support::{ok_line, replica, twinctl, two_dcs, wait_until};
+use cp_support::{file_in, ok_line, replica, route_set, twinctl, two_dcs, wait_until};
 
 fn state(path: &std::path::Path) -> Option<serde_json::Value> {
     std::fs::read(path)
@@ -17,11 +17,7 @@ fn state(path: &std::path::Path) -> Option<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_gets_each_new_state_and_a_failing_one_is_retried_and_reported() {
     let etcd = two_dcs().await;
-    ok_line(
-        &etcd,
-        "route set payments --weights m6v=30,wanguo=70 --reason create",
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=30,wanguo=70", "create").await;
     let dir = tempfile::tempdir().expect("tmp");
     let out = dir.path().join("state.json");
     let fail = dir.path().join("fail");
@@ -31,15 +27,14 @@ async fn the_command_gets_each_new_state_and_a_failing_one_is_retried_and_report
         f = fail.display(),
         o = out.display()
     );
-    let edges = dir.path().join("edges.yaml");
-    std::fs::write(
-        &edges,
-        format!(
+    let edges = file_in(
+        dir.path(),
+        "edges.yaml",
+        &format!(
             "edges:\n  payments:\n    driver: exec\n    command: [sh, -c, {script:?}]\n    datacenters:\n      m6v: {{server: pool-m6v}}\n      wanguo: {{server: pool-wanguo}}\n"
         ),
-    )
-    .expect("edges file");
-    let _cp = replica(&etcd, "cp-exec", &["--edges", &edges.display().to_string()]).await;
+    );
+    let _cp = replica(&etcd, "cp-exec", &["--edges", &edges]).await;
 
     let m6v_bp = |want: u64| {
         let out = out.clone();
@@ -92,11 +87,7 @@ async fn the_command_gets_each_new_state_and_a_failing_one_is_retried_and_report
 #[tokio::test]
 async fn gateway_api_routes_carry_the_route_weights_and_bad_names_are_refused() {
     let etcd = two_dcs().await;
-    ok_line(
-        &etcd,
-        "route set payments --weights m6v=30,wanguo=70 --reason create",
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=30,wanguo=70", "create").await;
     let out = twinctl(
         &etcd,
         &[

@@ -6,7 +6,10 @@ mod cp_support;
 
 use std::time::{Duration, Instant};
 
-use cp_support::{ok_line, replica, route_set, twinctl, two_dcs, wait_until, Replica};
+use cp_support::{
+    file_in, ok_line, record, replica, route_set, twinctl, two_dcs, two_dcs_and, wait_until,
+    Replica,
+};
 use twin_lab::{http, Etcd, Haproxy, Upstream};
 use twin_topology::{
     bucket_of_with, haproxy_bucket_expr, BucketRing, Datacenter, RouteHash, Weights,
@@ -29,13 +32,19 @@ async fn edge(weights: &str, extra: &str) -> Edge {
     edge_with(weights, extra, true).await
 }
 
+/// [`edge`] without extra flags, once the leader's first sync has set HAProxy's weights to
+/// `want` (m6v, wanguo).
+async fn synced_edge(weights: &str, want: (u32, u32)) -> Edge {
+    let e = edge(weights, "").await;
+    e.wait_weights(want, Duration::from_secs(15)).await;
+    e
+}
+
 /// [`edge`], with or without the control plane.
 async fn edge_with(weights: &str, extra: &str, leader: bool) -> Edge {
-    let etcd = two_dcs().await;
-    ok_line(
-        &etcd,
-        &format!("route set payments --weights {weights} {extra} --reason create"),
-    )
+    let etcd = two_dcs_and(&format!(
+        "route set payments --weights {weights} {extra} --reason create"
+    ))
     .await;
     let dir = tempfile::tempdir().expect("tmp");
     let m6v = Upstream::builder("m6v")
@@ -70,15 +79,13 @@ async fn edge_with(weights: &str, extra: &str, leader: bool) -> Edge {
     } else {
         String::new()
     };
-    let edges = dir.path().join("edges.yaml");
-    std::fs::write(
-        &edges,
-        format!(
+    let edges = file_in(
+        dir.path(),
+        "edges.yaml",
+        &format!(
             "edges:\n  payments:\n    driver: haproxy\n    datacenters:\n      m6v: {{server: payments/m6v, backend: payments_m6v}}\n      wanguo: {{server: payments/wanguo, backend: payments_wanguo}}\n{units}"
         ),
-    )
-    .expect("edges file");
-    let edges = edges.display().to_string();
+    );
     let socket = lb.socket.display().to_string();
     let cp = match leader {
         true => Some(
@@ -140,8 +147,7 @@ impl Edge {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_30_70_route_splits_haproxy_30_70_and_a_failover_moves_it_to_0_100() {
-    let e = edge("m6v=30,wanguo=70", "").await;
-    e.wait_weights((77, 179), Duration::from_secs(15)).await;
+    let e = synced_edge("m6v=30,wanguo=70", (77, 179)).await;
     let client = http::pooled_client(8);
     let mut to_m6v = 0;
     for _ in 0..3000 {
@@ -175,8 +181,7 @@ async fn a_30_70_route_splits_haproxy_30_70_and_a_failover_moves_it_to_0_100() {
 
 #[tokio::test]
 async fn a_weight_changed_by_hand_is_restored_within_one_sync_and_audited_as_edge_sync() {
-    let e = edge("m6v=50,wanguo=50", "").await;
-    e.wait_weights((128, 128), Duration::from_secs(15)).await;
+    let e = synced_edge("m6v=50,wanguo=50", (128, 128)).await;
     // Let the first sync's record land, so the hand edit below is the only drift.
     wait_until(Duration::from_secs(10), "an edge record", || async {
         e.status_json().await["load_balancers"][0]["ok"] == true
@@ -202,11 +207,7 @@ async fn a_weight_changed_by_hand_is_restored_within_one_sync_and_audited_as_edg
     )
     .await;
     let audit = ok_line(&e.etcd, "audit --limit 5 -o json").await.json();
-    let records = audit["records"].as_array().expect("records");
-    let r = records
-        .iter()
-        .find(|r| r["who"] == "edge-sync")
-        .expect("edge-sync");
+    let r = record(&audit["records"], "who", "edge-sync");
     assert_eq!(r["action"], "edge restore", "{r}");
     let reason = r["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("weight payments/m6v 5 → 128"), "{r}");
@@ -217,8 +218,7 @@ async fn a_weight_changed_by_hand_is_restored_within_one_sync_and_audited_as_edg
 
 #[tokio::test]
 async fn with_haproxy_down_a_failover_commits_status_shows_it_and_haproxy_catches_up() {
-    let e = edge("m6v=50,wanguo=50", "").await;
-    e.wait_weights((128, 128), Duration::from_secs(15)).await;
+    let e = synced_edge("m6v=50,wanguo=50", (128, 128)).await;
     e.lb.stop();
     let t = Instant::now();
     ok_line(
@@ -419,8 +419,7 @@ async fn edge_sync_dry_run_shows_what_would_change_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_new_leader_takes_the_edge_sync_over() {
-    let mut e = edge("m6v=30,wanguo=70", "").await;
-    e.wait_weights((77, 179), Duration::from_secs(15)).await;
+    let mut e = synced_edge("m6v=30,wanguo=70", (77, 179)).await;
     let socket = e.lb.socket.display().to_string();
     let _standby = replica(
         &e.etcd,
@@ -440,11 +439,7 @@ async fn a_new_leader_takes_the_edge_sync_over() {
 #[tokio::test]
 async fn the_runtime_api_over_tcp_works_like_the_unix_socket() {
     let etcd = two_dcs().await;
-    ok_line(
-        &etcd,
-        "route set payments --weights m6v=30,wanguo=70 --reason create",
-    )
-    .await;
+    route_set(&etcd, "payments", "m6v=30,wanguo=70", "create").await;
     let dir = tempfile::tempdir().expect("tmp");
     let port = twin_lab::free_port();
     // A second `global` section adds a TCP admin socket beside the lab's unix one.
@@ -455,15 +450,13 @@ async fn the_runtime_api_over_tcp_works_like_the_unix_socket() {
     let lb = Haproxy::start_with(dir.path(), "  default_backend payments", &rest)
         .await
         .expect("haproxy");
-    let edges = dir.path().join("edges.yaml");
-    std::fs::write(
-        &edges,
-        format!(
+    let edges = file_in(
+        dir.path(),
+        "edges.yaml",
+        &format!(
             "edges:\n  payments:\n    driver: haproxy\n    socket: 127.0.0.1:{port}\n    datacenters:\n      m6v: {{server: payments/m6v}}\n      wanguo: {{server: payments/wanguo}}\n"
         ),
-    )
-    .expect("edges file");
-    let edges = edges.display().to_string();
+    );
     let out = ok_line(&etcd, &format!("edge sync --dry-run --edges {edges}")).await;
     assert!(
         out.stdout.contains("weight payments/m6v 128 → 77"),

@@ -4,7 +4,7 @@
 
 mod cp_support;
 
-use cp_support::{ok_line, two_dcs};
+use cp_support::{ok_line, route_set, two_dcs};
 use twin_lab::{http, Haproxy};
 use twin_topology::{bucket_of_with, haproxy_bucket_expr, RouteHash, XXH64_TEST_VECTOR};
 
@@ -49,11 +49,7 @@ async fn haproxy_computes_the_xxh64_bucket_twin_computes() {
 #[tokio::test]
 async fn route_set_hash_writes_it_and_the_default_stays_out_of_etcd() {
     let etcd = two_dcs().await;
-    let r = ok_line(
-        &etcd,
-        "route set payments --weights m6v=30,wanguo=70 --reason create",
-    )
-    .await;
+    let r = route_set(&etcd, "payments", "m6v=30,wanguo=70", "create").await;
     assert!(!r.stdout.contains("hash"), "{r:?}");
     let get = ok_line(&etcd, "route get payments -o json").await.json();
     assert!(get["route"].get("hash").is_none(), "{get}");

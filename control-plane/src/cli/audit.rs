@@ -165,11 +165,7 @@ impl Report for AuditReport {
                 r.change_id.clone(),
             ]);
         }
-        if t.is_empty() {
-            "no audit records".to_string()
-        } else {
-            t.render()
-        }
+        t.render_or("no audit records")
     }
 }
 

@@ -6,8 +6,8 @@ use clap::Args;
 use serde::Serialize;
 use twin_topology::{now_ms, Route};
 
-use super::{parse_percent, ChangeArgs, Global};
-use crate::cutover::{self, CutoverReport, FenceArgs, Moves};
+use super::{parse_percent, Global, RouteChangeArgs};
+use crate::cutover::{self, CutoverReport, Moves};
 use crate::error::CtlError;
 use crate::failover::{self, FailoverReport, FailoverRequest, Restore};
 use crate::guard;
@@ -17,6 +17,10 @@ use crate::plan::Selection;
 /// `failover`.
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("selection").required(true).args(["services", "all"]))]
+#[command(mut_arg("force", |a| a.help(
+    "Override the guard rails: freeze, target capacity, on_dc_down=fail homes, and the \
+     dependency map's blockers (see twinctl readiness)"
+)))]
 pub struct FailoverArgs {
     /// Datacenter to move traffic off
     #[arg(long)]
@@ -33,17 +37,11 @@ pub struct FailoverArgs {
     /// Do not ask for confirmation (needed when stdin is not a terminal)
     #[arg(long)]
     pub yes: bool,
-    /// Override the guard rails: freeze, target capacity, on_dc_down=fail homes, and the
-    /// dependency map's blockers (see twinctl readiness)
-    #[arg(long)]
-    pub force: bool,
     /// Capacity guard: share of a service's registered capacity assumed used at peak
     #[arg(long, default_value = "50", value_parser = parse_percent)]
     pub peak_utilization: u32,
     #[command(flatten)]
-    pub fence: FenceArgs,
-    #[command(flatten)]
-    pub change: ChangeArgs,
+    pub write: RouteChangeArgs,
 }
 
 /// `failback`.
@@ -52,19 +50,13 @@ pub struct FailbackArgs {
     /// The audit id a failover printed (see twinctl audit)
     #[arg(long)]
     pub audit_id: String,
-    /// Override the change freeze and a route's required fence
-    #[arg(long)]
-    pub force: bool,
     #[command(flatten)]
-    pub fence: FenceArgs,
-    #[command(flatten)]
-    pub change: ChangeArgs,
+    pub write: RouteChangeArgs,
 }
 
 /// Runs `failover`.
 pub async fn run_failover(g: &Global, a: FailoverArgs) -> Result<(), CtlError> {
-    let reason = a.change.reason()?;
-    a.fence.check()?;
+    let reason = a.write.reason()?;
     // `--all` and `--services` exclude each other (clap group): no services means `--all`.
     let selection = Selection::of(&a.services);
     let cluster = g.connect().await?;
@@ -83,24 +75,20 @@ pub async fn run_failover(g: &Global, a: FailoverArgs) -> Result<(), CtlError> {
     }
     let changes = prepared.changes(&cluster.keys)?;
     let moves = Moves::of(&cluster.keys, &prepared.topo, &changes);
-    let fenced = cutover::objections(&prepared.topo, &moves, a.fence.fence, now_ms());
+    let fenced = cutover::objections(&prepared.topo, &moves, a.write.fence.fence, now_ms());
     prepared.objections.extend(fenced);
-    if a.change.dry_run || prepared.plan.moves.is_empty() {
+    let (dry_run, force) = (a.write.dry_run(), a.write.force);
+    if dry_run || prepared.plan.moves.is_empty() {
         // A dry run shows the plan and the objections, then exits as the real run would.
-        let mut report = FailoverReport::new(&prepared, None, a.change.dry_run, a.force);
-        if a.fence.fence && !moves.is_empty() {
-            report.cutover = Some(CutoverReport::preview(&moves, &a.fence));
-        }
+        let mut report = FailoverReport::new(&prepared, None, dry_run, force);
+        report.cutover = a.write.preview(&moves);
         emit(g.output, &report)?;
-        return guard::enforce(prepared.objections.clone(), a.force).map(drop);
+        return a.write.enforce(prepared.objections.clone()).map(drop);
     }
-    guard::enforce(prepared.objections.clone(), a.force)?;
+    a.write.enforce(prepared.objections.clone())?;
     if !a.yes {
         confirm(
-            &render(
-                g.output,
-                &FailoverReport::new(&prepared, None, true, a.force),
-            )?,
+            &render(g.output, &FailoverReport::new(&prepared, None, true, force))?,
             &format!(
                 "move {} route(s) off {}?",
                 prepared.plan.moves.len(),
@@ -108,18 +96,18 @@ pub async fn run_failover(g: &Global, a: FailoverArgs) -> Result<(), CtlError> {
             ),
         )?;
     }
-    let overridden = guard::enforce(prepared.objections.clone(), a.force)?;
+    let overridden = a.write.enforce(prepared.objections.clone())?;
     let audit = cluster.audit("failover", &guard::forced_reason(reason, &overridden));
     let (committed, cut) = cutover::commit(
         &cluster,
         &prepared.topo,
-        &a.fence,
+        &a.write.fence,
         changes,
         &audit,
         Default::default(),
     )
     .await?;
-    let mut report = FailoverReport::new(&prepared, Some(&committed), false, a.force);
+    let mut report = FailoverReport::new(&prepared, Some(&committed), false, force);
     report.cutover = cut;
     emit(g.output, &report)
 }
@@ -198,8 +186,7 @@ impl Report for FailbackReport {
 
 /// Runs `failback`.
 pub async fn run_failback(g: &Global, a: FailbackArgs) -> Result<(), CtlError> {
-    let reason = a.change.reason()?;
-    a.fence.check()?;
+    let reason = a.write.reason()?;
     let cluster = g.connect().await?;
     let loaded = cluster.load().await?;
     let restores = failover::plan_failback(&cluster, &a.audit_id).await?;
@@ -219,35 +206,33 @@ pub async fn run_failback(g: &Global, a: FailbackArgs) -> Result<(), CtlError> {
         &loaded.topo,
         &failover::failback_changes(&restores),
     );
-    let mut objections: Vec<String> = guard::freeze(&loaded.topo, now_ms()).into_iter().collect();
-    objections.extend(cutover::objections(
-        &loaded.topo,
-        &moves,
-        a.fence.fence,
-        now_ms(),
-    ));
+    let objections = a.write.objections(&loaded.topo, &moves);
     let mut report = FailbackReport {
         audit_id: a.audit_id.clone(),
-        dry_run: a.change.dry_run,
+        dry_run: a.write.dry_run(),
         restores,
         overridden: objections.clone(),
         revision: None,
         new_audit_id: None,
-        cutover: (a.change.dry_run && a.fence.fence && !moves.is_empty())
-            .then(|| CutoverReport::preview(&moves, &a.fence)),
+        cutover: a.write.preview(&moves),
     };
-    if a.change.dry_run {
+    if a.write.dry_run() {
         emit(g.output, &report)?;
-        return guard::enforce(objections, a.force).map(drop);
+        return a.write.enforce(objections).map(drop);
     }
-    report.overridden = guard::enforce(objections, a.force)?;
+    report.overridden = a.write.enforce(objections)?;
     let reason = guard::forced_reason(
         &format!("{reason} (failback of {})", a.audit_id),
         &report.overridden,
     );
-    let (c, cut) =
-        failover::commit_failback(&cluster, &report.restores, &reason, &a.fence, &loaded.topo)
-            .await?;
+    let (c, cut) = failover::commit_failback(
+        &cluster,
+        &report.restores,
+        &reason,
+        &a.write.fence,
+        &loaded.topo,
+    )
+    .await?;
     report.revision = Some(c.revision);
     report.new_audit_id = Some(c.change_id);
     report.cutover = cut;

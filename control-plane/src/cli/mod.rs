@@ -6,9 +6,11 @@
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use twin_topology::{EtcdArgs, EtcdSettings, Weights, TOTAL_BASIS_POINTS};
+use twin_topology::{now_ms, EtcdArgs, EtcdSettings, Topology, Weights, TOTAL_BASIS_POINTS};
 
+use crate::cutover::{self, CutoverReport, FenceArgs, Moves};
 use crate::error::CtlError;
+use crate::guard;
 use crate::output::Format;
 use crate::state::Cluster;
 
@@ -162,6 +164,55 @@ impl ChangeArgs {
             ));
         }
         Ok(r)
+    }
+}
+
+/// The flags of every command that changes routes (`route set|apply`, `shift`, `failover`,
+/// `failback`): `--force` past the guard rails, the fence of the cut-over, and
+/// `--reason`/`--dry-run`. A command whose `--force` overrides more than the freeze and a
+/// required fence says so in its own help (`mut_arg("force", …)`).
+#[derive(Debug, Args)]
+pub struct RouteChangeArgs {
+    /// Override the change freeze and a route's required fence
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub fence: FenceArgs,
+    #[command(flatten)]
+    pub change: ChangeArgs,
+}
+
+impl RouteChangeArgs {
+    /// The reason, once `--reason` and the fence flags are checked (exit 2 when not).
+    pub fn reason(&self) -> Result<&str, CtlError> {
+        let reason = self.change.reason()?;
+        self.fence.check()?;
+        Ok(reason)
+    }
+
+    /// `--dry-run`: print the change, write nothing.
+    pub fn dry_run(&self) -> bool {
+        self.change.dry_run
+    }
+
+    /// The objections every route change meets: the change freeze, then a route's required
+    /// fence and another change's fence on a service that `moves` moves.
+    pub fn objections(&self, topo: &Topology, moves: &Moves) -> Vec<String> {
+        let now = now_ms();
+        let mut out: Vec<String> = guard::freeze(topo, now).into_iter().collect();
+        out.extend(cutover::objections(topo, moves, self.fence.fence, now));
+        out
+    }
+
+    /// Refuses on `objections` unless `--force` (exit 3); the objections overridden.
+    pub fn enforce(&self, objections: Vec<String>) -> Result<Vec<String>, CtlError> {
+        guard::enforce(objections, self.force)
+    }
+
+    /// With `--fence --dry-run`: the units `moves` would fence and the phases.
+    pub fn preview(&self, moves: &Moves) -> Option<CutoverReport> {
+        (self.change.dry_run && self.fence.fence && !moves.is_empty())
+            .then(|| CutoverReport::preview(moves, &self.fence))
     }
 }
 

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use twin_topology::{
-    now_ms, Change, Datacenter, FencePolicy, ForceDc, OnDcDown, Protocol, Route, RouteHash,
-    RoutesFile, Versioned, Weights,
+    Change, Datacenter, FencePolicy, ForceDc, OnDcDown, Protocol, Route, RouteHash, RoutesFile,
+    Versioned, Weights,
 };
 
-use super::{parse_weights, ChangeArgs, Global};
-use crate::cutover::{self, CutoverReport, FenceArgs, Moves};
+use super::{parse_weights, Global, RouteChangeArgs};
+use crate::cutover::{self, CutoverReport, Moves};
 use crate::error::CtlError;
 use crate::guard;
 use crate::output::{emit, Report, Table};
@@ -32,42 +32,62 @@ pub enum RouteCommand {
     Apply(ApplyArgs),
 }
 
-/// `on_dc_down` as a flag value.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum OnDcDownArg {
-    /// Spill a down datacenter's share to the others
-    Spill,
-    /// Fail fast (503): writes that must stay in their home datacenter
-    Fail,
-}
-
-/// `hash` as a flag value.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum HashArg {
-    /// FNV-1a 64 + splitmix (Twin's original hash)
-    Fnv1aMix,
-    /// XXH64 seed 0, what HAProxy's xxh64 converter computes
-    Xxh64,
-}
-
-/// `protocol` as a flag value.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum ProtocolArg {
-    /// HTTP/1.1 upstreams (WebSocket upgrades pass as tunnels)
-    Http1,
-    /// HTTP/2 upstreams (h2c, or ALPN h2 with tls)
-    Http2,
-    /// gRPC over HTTP/2: retried only when no upstream processed the call
-    Grpc,
-}
-
-impl From<ProtocolArg> for Protocol {
-    fn from(p: ProtocolArg) -> Protocol {
-        match p {
-            ProtocolArg::Http1 => Protocol::Http1,
-            ProtocolArg::Http2 => Protocol::Http2,
-            ProtocolArg::Grpc => Protocol::Grpc,
+/// Declares flag-value enums, each mirroring one of a route's enums variant for variant (the
+/// route's own enums in twin-topology derive no `clap::ValueEnum`), with the conversion into
+/// the route's enum.
+macro_rules! flag_values {
+    ($($(#[$doc:meta])* $arg:ident => $model:ident { $($(#[$vdoc:meta])* $variant:ident,)+ })+) => {$(
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, clap::ValueEnum)]
+        pub enum $arg {
+            $($(#[$vdoc])* $variant,)+
         }
+
+        impl From<$arg> for $model {
+            fn from(v: $arg) -> $model {
+                match v {
+                    $($arg::$variant => $model::$variant,)+
+                }
+            }
+        }
+    )+};
+}
+
+flag_values! {
+    /// `on_dc_down` as a flag value.
+    OnDcDownArg => OnDcDown {
+        /// Spill a down datacenter's share to the others
+        Spill,
+        /// Fail fast (503): writes that must stay in their home datacenter
+        Fail,
+    }
+    /// `hash` as a flag value.
+    HashArg => RouteHash {
+        /// FNV-1a 64 + splitmix (Twin's original hash)
+        Fnv1aMix,
+        /// XXH64 seed 0, what HAProxy's xxh64 converter computes
+        Xxh64,
+    }
+    /// `protocol` as a flag value.
+    ProtocolArg => Protocol {
+        /// HTTP/1.1 upstreams (WebSocket upgrades pass as tunnels)
+        Http1,
+        /// HTTP/2 upstreams (h2c, or ALPN h2 with tls)
+        Http2,
+        /// gRPC over HTTP/2: retried only when no upstream processed the call
+        Grpc,
+    }
+    /// `fence:` of a route as a flag value.
+    FencePolicyArg => FencePolicy {
+        Optional,
+        Required,
+    }
+    /// `force_dc:` of a route as a flag value.
+    ForceDcArg => ForceDc {
+        /// `x-twin-force-dc` is honoured
+        Allow,
+        /// `x-twin-force-dc` is refused with 403
+        Deny,
     }
 }
 
@@ -102,29 +122,8 @@ pub struct SetArgs {
     /// (default deny)
     #[arg(long, value_enum, value_name = "POLICY")]
     pub force_dc: Option<ForceDcArg>,
-    /// Override the change freeze and a route's required fence
-    #[arg(long)]
-    pub force: bool,
     #[command(flatten)]
-    pub fence: FenceArgs,
-    #[command(flatten)]
-    pub change: ChangeArgs,
-}
-
-/// `fence:` of a route as a flag value.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum FencePolicyArg {
-    Optional,
-    Required,
-}
-
-/// `force_dc:` of a route as a flag value.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum ForceDcArg {
-    /// `x-twin-force-dc` is honoured
-    Allow,
-    /// `x-twin-force-dc` is refused with 403
-    Deny,
+    pub write: RouteChangeArgs,
 }
 
 /// `route apply`.
@@ -133,36 +132,65 @@ pub struct ApplyArgs {
     /// The routes file (YAML: datacenters and routes)
     #[arg(short = 'f', long = "file")]
     pub file: PathBuf,
-    /// Override the change freeze and a route's required fence
-    #[arg(long)]
-    pub force: bool,
     #[command(flatten)]
-    pub fence: FenceArgs,
-    #[command(flatten)]
-    pub change: ChangeArgs,
+    pub write: RouteChangeArgs,
 }
 
 /// One key's change, as printed and as JSON.
 #[derive(Clone, Debug, Serialize)]
-pub struct Diff {
-    pub key: String,
+struct Diff {
+    key: String,
     /// One line per changed field: `weights: m6v=50%,wanguo=50% → m6v=30%,wanguo=70%`.
-    pub changes: Vec<String>,
-    pub before: Option<serde_json::Value>,
-    pub after: Option<serde_json::Value>,
+    changes: Vec<String>,
+    before: Option<serde_json::Value>,
+    after: Option<serde_json::Value>,
 }
 
 /// The result of `route set` / `route apply`.
 #[derive(Clone, Debug, Serialize)]
-pub struct ChangeReport {
-    pub dry_run: bool,
-    pub diffs: Vec<Diff>,
-    pub overridden: Vec<String>,
-    pub revision: Option<i64>,
-    pub audit_id: Option<String>,
+struct ChangeReport {
+    dry_run: bool,
+    diffs: Vec<Diff>,
+    overridden: Vec<String>,
+    revision: Option<i64>,
+    audit_id: Option<String>,
     /// With --fence: the moving units and each phase.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cutover: Option<CutoverReport>,
+    cutover: Option<CutoverReport>,
+}
+
+/// What `route set` / `route apply` writes: each changed key's [`Diff`] for the report and
+/// its compare-and-swap [`Change`].
+#[derive(Default)]
+struct Writes {
+    diffs: Vec<Diff>,
+    changes: Vec<Change>,
+}
+
+impl Writes {
+    /// `key` goes from `before` to `after` if it is still at `expected_revision`; `lines`
+    /// say what changes.
+    fn push(
+        &mut self,
+        key: String,
+        expected_revision: i64,
+        lines: Vec<String>,
+        before: Option<serde_json::Value>,
+        after: serde_json::Value,
+    ) {
+        self.diffs.push(Diff {
+            key: key.clone(),
+            changes: lines,
+            before: before.clone(),
+            after: Some(after.clone()),
+        });
+        self.changes.push(Change {
+            key,
+            expected_revision,
+            value: Some(after),
+            before,
+        });
+    }
 }
 
 impl Report for ChangeReport {
@@ -341,11 +369,7 @@ impl Report for RouteList {
                 r.revision.to_string(),
             ]);
         }
-        if t.is_empty() {
-            "no routes".to_string()
-        } else {
-            t.render()
-        }
+        t.render_or("no routes")
     }
 }
 
@@ -396,8 +420,7 @@ pub async fn run(g: &Global, cmd: RouteCommand) -> Result<(), CtlError> {
 }
 
 async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
-    let reason = a.change.reason()?;
-    a.fence.check()?;
+    let reason = a.write.reason()?;
     twin_topology::validate::service_name(&a.service)
         .map_err(|e| CtlError::usage(e.to_string()))?;
     if let Some(h) = &a.sticky_header {
@@ -429,107 +452,77 @@ async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
         after.sticky_header = h.clone();
     }
     if let Some(h) = a.hash {
-        after.hash = match h {
-            HashArg::Fnv1aMix => RouteHash::Fnv1aMix,
-            HashArg::Xxh64 => RouteHash::Xxh64,
-        };
+        after.hash = h.into();
     }
     if let Some(p) = a.protocol {
         after.protocol = p.into();
     }
     if let Some(o) = a.on_dc_down {
-        after.on_dc_down = match o {
-            OnDcDownArg::Spill => OnDcDown::Spill,
-            OnDcDownArg::Fail => OnDcDown::Fail,
-        };
+        after.on_dc_down = o.into();
     }
     if let Some(p) = a.fence_policy {
-        after.fence = match p {
-            FencePolicyArg::Optional => FencePolicy::Optional,
-            FencePolicyArg::Required => FencePolicy::Required,
-        };
+        after.fence = p.into();
     }
     if let Some(f) = a.force_dc {
-        after.force_dc = match f {
-            ForceDcArg::Allow => ForceDc::Allow,
-            ForceDcArg::Deny => ForceDc::Deny,
-        };
+        after.force_dc = f.into();
     }
     after
         .validate(&loaded.topo.datacenters)
         .map_err(|e| CtlError::failed(format!("route {}: {e}", a.service)))?;
+    let mut writes = Writes::default();
     let fields = field_diffs(before.as_ref(), &after);
-    let mut report = ChangeReport {
-        dry_run: a.change.dry_run,
-        diffs: Vec::new(),
-        overridden: Vec::new(),
-        revision: None,
-        audit_id: None,
-        cutover: None,
-    };
-    if fields.is_empty() {
-        return emit(g.output, &report);
+    if !fields.is_empty() {
+        let before = before.as_ref().map(to_json).transpose()?;
+        let key = cluster.keys.route(&a.service);
+        writes.push(key, expected, fields, before, to_json(&after)?);
     }
-    let key = cluster.keys.route(&a.service);
-    let (before_json, after_json) = (
-        before.as_ref().map(to_json).transpose()?,
-        Some(to_json(&after)?),
-    );
-    report.diffs.push(Diff {
-        key: key.clone(),
-        changes: fields,
-        before: before_json.clone(),
-        after: after_json.clone(),
-    });
-    let changes = vec![Change {
-        key,
-        expected_revision: expected,
-        value: after_json,
-        before: before_json,
-    }];
-    finish(
-        g,
-        &cluster,
-        &loaded.topo,
-        "route set",
-        reason,
-        changes,
-        report,
-        &a.fence,
-        a.force,
-    )
-    .await
+    let topo = &loaded.topo;
+    finish(g, &cluster, topo, "route set", reason, writes, &a.write).await
 }
 
-/// Checks the guard rails (freeze, required and active fences), then commits `changes`
-/// (fenced with --fence) and prints the report. A dry run prints the moves and phases.
-#[allow(clippy::too_many_arguments)]
+/// Prints the report when there is nothing to write; else checks the guard rails (freeze,
+/// required and active fences), commits the changes (fenced with --fence) and prints the
+/// report. A dry run prints the moves and phases.
 async fn finish(
     g: &Global,
     cluster: &crate::state::Cluster,
     topo: &twin_topology::Topology,
     action: &str,
     reason: &str,
-    changes: Vec<Change>,
-    mut report: ChangeReport,
-    fence: &FenceArgs,
-    force: bool,
+    writes: Writes,
+    args: &RouteChangeArgs,
 ) -> Result<(), CtlError> {
+    let Writes { diffs, changes } = writes;
+    let mut report = ChangeReport {
+        dry_run: args.dry_run(),
+        diffs,
+        overridden: Vec::new(),
+        revision: None,
+        audit_id: None,
+        cutover: None,
+    };
+    if changes.is_empty() {
+        return emit(g.output, &report);
+    }
     let moves = Moves::of(&cluster.keys, topo, &changes);
-    let mut objections: Vec<String> = guard::freeze(topo, now_ms()).into_iter().collect();
-    objections.extend(cutover::objections(topo, &moves, fence.fence, now_ms()));
-    if report.dry_run {
-        if fence.fence && !moves.is_empty() {
-            report.cutover = Some(CutoverReport::preview(&moves, fence));
-        }
+    let objections = args.objections(topo, &moves);
+    if args.dry_run() {
+        report.cutover = args.preview(&moves);
         report.overridden = objections.clone();
         emit(g.output, &report)?;
-        return guard::enforce(objections, force).map(drop);
+        return args.enforce(objections).map(drop);
     }
-    report.overridden = guard::enforce(objections, force)?;
+    report.overridden = args.enforce(objections)?;
     let audit = cluster.audit(action, &guard::forced_reason(reason, &report.overridden));
-    let (c, cut) =
-        cutover::commit(cluster, topo, fence, changes, &audit, Default::default()).await?;
+    let (c, cut) = cutover::commit(
+        cluster,
+        topo,
+        &args.fence,
+        changes,
+        &audit,
+        Default::default(),
+    )
+    .await?;
     report.revision = Some(c.revision);
     report.audit_id = Some(c.change_id);
     report.cutover = cut;
@@ -537,8 +530,7 @@ async fn finish(
 }
 
 async fn apply(g: &Global, a: ApplyArgs) -> Result<(), CtlError> {
-    let reason = a.change.reason()?;
-    a.fence.check()?;
+    let reason = a.write.reason()?;
     let name = a.file.display().to_string();
     let text =
         std::fs::read_to_string(&a.file).map_err(|e| CtlError::usage(format!("{name}: {e}")))?;
@@ -547,8 +539,7 @@ async fn apply(g: &Global, a: ApplyArgs) -> Result<(), CtlError> {
     let topo = &loaded.topo;
     let file = RoutesFile::parse(&name, &text, &topo.datacenters)
         .map_err(|e| CtlError::failed(one_line(&e.to_string())))?;
-    let mut diffs = Vec::new();
-    let mut changes = Vec::new();
+    let mut writes = Writes::default();
     let dc_revs = datacenter_revisions(&cluster).await?;
     for (dc, want) in &file.datacenters {
         let have = topo.datacenters.get(dc);
@@ -563,26 +554,20 @@ async fn apply(g: &Global, a: ApplyArgs) -> Result<(), CtlError> {
                 continue;
             }
         }
-        let key = cluster.keys.datacenter(dc);
-        let (before, after) = (have.map(to_json).transpose()?, Some(to_json(want)?));
-        diffs.push(Diff {
-            key: key.clone(),
-            changes: vec![match have {
-                None => format!("create: code {}", want.code),
-                Some(h) => format!(
-                    "display_name: {:?} → {:?}",
-                    h.display_name, want.display_name
-                ),
-            }],
-            before: before.clone(),
-            after: after.clone(),
-        });
-        changes.push(Change {
-            key,
-            expected_revision: dc_revs.get(dc).copied().unwrap_or(0),
-            value: after,
-            before,
-        });
+        let line = match have {
+            None => format!("create: code {}", want.code),
+            Some(h) => format!(
+                "display_name: {:?} → {:?}",
+                h.display_name, want.display_name
+            ),
+        };
+        writes.push(
+            cluster.keys.datacenter(dc),
+            dc_revs.get(dc).copied().unwrap_or(0),
+            vec![line],
+            have.map(to_json).transpose()?,
+            to_json(want)?,
+        );
     }
     for (service, want) in &file.routes {
         let key = cluster.keys.route(service);
@@ -602,43 +587,9 @@ async fn apply(g: &Global, a: ApplyArgs) -> Result<(), CtlError> {
             continue;
         }
         let before = have.map(|v| to_json(&v.value)).transpose()?;
-        let after = Some(to_json(want)?);
-        diffs.push(Diff {
-            key: key.clone(),
-            changes: fields,
-            before: before.clone(),
-            after: after.clone(),
-        });
-        changes.push(Change {
-            key,
-            expected_revision: expected,
-            value: after,
-            before,
-        });
+        writes.push(key, expected, fields, before, to_json(want)?);
     }
-    let report = ChangeReport {
-        dry_run: a.change.dry_run,
-        diffs,
-        overridden: Vec::new(),
-        revision: None,
-        audit_id: None,
-        cutover: None,
-    };
-    if changes.is_empty() {
-        return emit(g.output, &report);
-    }
-    finish(
-        g,
-        &cluster,
-        topo,
-        "route apply",
-        reason,
-        changes,
-        report,
-        &a.fence,
-        a.force,
-    )
-    .await
+    finish(g, &cluster, topo, "route apply", reason, writes, &a.write).await
 }
 
 /// The `mod_revision` of every datacenter key.

@@ -11,7 +11,7 @@ use clap::Args;
 use serde::Serialize;
 use twin_topology::{now_ms, Change, Route, Weights};
 
-use super::{parse_duration, parse_percent, ChangeArgs, Global};
+use super::{parse_duration, parse_percent, Global, RouteChangeArgs};
 use crate::cutover::{self, CutoverReport, FenceArgs, Moves};
 use crate::error::CtlError;
 use crate::guard;
@@ -23,6 +23,9 @@ use crate::state::Cluster;
 
 /// `shift`.
 #[derive(Debug, Args)]
+#[command(mut_arg("force", |a| a.help(
+    "Override the change freeze, the step limit and a route's required fence"
+)))]
 pub struct ShiftArgs {
     /// The service
     pub service: String,
@@ -53,46 +56,41 @@ pub struct ShiftArgs {
     /// PromQL giving the error ratio ($SERVICE and $DC are replaced)
     #[arg(long, default_value = DEFAULT_QUERY)]
     pub error_rate_query: String,
-    /// Override the change freeze, the step limit and a route's required fence
-    #[arg(long)]
-    pub force: bool,
     /// Each step fenced (--fence); --prometheus also gives the error-rate gate
     #[command(flatten)]
-    pub fence: FenceArgs,
-    #[command(flatten)]
-    pub change: ChangeArgs,
+    pub write: RouteChangeArgs,
 }
 
 /// The outcome of a shift.
 #[derive(Clone, Debug, Serialize)]
-pub struct ShiftReport {
-    pub service: String,
-    pub to: String,
-    pub dry_run: bool,
-    pub start: Weights,
+struct ShiftReport {
+    service: String,
+    to: String,
+    dry_run: bool,
+    start: Weights,
     /// Weights of each planned step.
-    pub planned: Vec<Weights>,
+    planned: Vec<Weights>,
     /// Steps written, with their revision and audit id.
-    pub applied: Vec<AppliedStep>,
+    applied: Vec<AppliedStep>,
     /// Guard-rail objections: overridden by --force, or (dry run) what would refuse it.
-    pub overridden: Vec<String>,
-    pub forced: bool,
+    overridden: Vec<String>,
+    forced: bool,
     /// With --fence --dry-run: what the first step would fence, and the phases of each step.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cutover: Option<CutoverReport>,
+    cutover: Option<CutoverReport>,
 }
 
 /// One written step.
 #[derive(Clone, Debug, Serialize)]
-pub struct AppliedStep {
-    pub weights: Weights,
-    pub revision: i64,
-    pub audit_id: String,
+struct AppliedStep {
+    weights: Weights,
+    revision: i64,
+    audit_id: String,
     /// What the gate said after it.
-    pub gate: Vec<String>,
+    gate: Vec<String>,
     /// With --fence: the step's moving units and phases.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cutover: Option<CutoverReport>,
+    cutover: Option<CutoverReport>,
 }
 
 impl Report for ShiftReport {
@@ -168,8 +166,7 @@ impl Gates {
 
 /// Runs `shift`.
 pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
-    let reason = a.change.reason()?.to_string();
-    a.fence.check()?;
+    let reason = a.write.reason()?.to_string();
     if a.step == 0 {
         return Err(CtlError::usage("--step must be above 0%"));
     }
@@ -219,26 +216,31 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
         ),
         None => Moves::default(),
     };
-    objections.extend(cutover::objections(topo, &whole, a.fence.fence, now_ms()));
+    objections.extend(cutover::objections(
+        topo,
+        &whole,
+        a.write.fence.fence,
+        now_ms(),
+    ));
     let first = match planned.first() {
-        Some(w) if a.fence.fence => Moves::of(
+        Some(w) if a.write.fence.fence => Moves::of(
             &cluster.keys,
             topo,
             &[step_change(&start.value, w, start.mod_revision)?],
         ),
         _ => Moves::default(),
     };
-    let overridden = if a.change.dry_run {
+    let overridden = if a.write.dry_run() {
         objections.clone()
     } else {
-        guard::enforce(objections.clone(), a.force)?
+        a.write.enforce(objections.clone())?
     };
     let gates = Gates {
         health: (!a.no_health_gate).then(|| HealthGate {
             min_healthy_percent: f64::from(a.min_healthy) / 100.0,
             max_age_ms: a.max_health_age.as_millis() as u64,
         }),
-        prom: a.fence.prometheus.clone().map(|url| PromGate {
+        prom: a.write.fence.prometheus.clone().map(|url| PromGate {
             url,
             query: a.error_rate_query.clone(),
             max_error_rate: f64::from(a.max_error_rate) / 10_000.0,
@@ -248,18 +250,17 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
     let mut report = ShiftReport {
         service: a.service.clone(),
         to: a.to.clone(),
-        dry_run: a.change.dry_run,
+        dry_run: a.write.dry_run(),
         start: start.value.weights.clone(),
         planned: planned.clone(),
         applied: Vec::new(),
         overridden: overridden.clone(),
-        forced: a.force,
-        cutover: (a.change.dry_run && !first.is_empty())
-            .then(|| CutoverReport::preview(&first, &a.fence)),
+        forced: a.write.force,
+        cutover: a.write.preview(&first),
     };
-    if planned.is_empty() || a.change.dry_run {
+    if planned.is_empty() || a.write.dry_run() {
         emit(g.output, &report)?;
-        return guard::enforce(objections, a.force).map(drop);
+        return a.write.enforce(objections).map(drop);
     }
     if let Err(why) = gates.check(&cluster, &a.service, &a.to, have == 0).await {
         return Err(CtlError::Refused(format!(
@@ -278,7 +279,7 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
         let (c, cut) = cutover::commit(
             &cluster,
             topo,
-            &a.fence,
+            &a.write.fence,
             vec![change],
             &audit,
             Default::default(),
@@ -319,7 +320,7 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
                 };
                 let fenced = Fenced {
                     topo,
-                    args: &a.fence,
+                    args: &a.write.fence,
                 };
                 return Err(rollback(&cluster, &at, &start.value, &reason, &why, &fenced).await);
             }

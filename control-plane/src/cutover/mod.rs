@@ -281,56 +281,56 @@ mod tests {
         Topology::with_datacenters(&[("m6v", 0), ("wanguo", 1)]).expect("dcs")
     }
 
-    fn change(keys: &Keys, before: &str, after: &str, fence: FencePolicy) -> Change {
+    /// The moves of changing route `pay` (with `fence`) from `before` to `after`, percent
+    /// lists, in `t`.
+    fn moves(t: &Topology, before: &str, after: &str, fence: FencePolicy) -> Moves {
+        let keys = Keys::default();
         let route = |w: &str| {
             let mut r = Route::with_weights(Weights::parse_percent_list(w).expect("weights"));
             r.fence = fence;
             serde_json::to_value(r).expect("json")
         };
-        Change {
+        let change = Change {
             key: keys.route("pay"),
             expected_revision: 3,
             value: Some(route(after)),
             before: Some(route(before)),
-        }
+        };
+        Moves::of(&keys, t, &[change])
     }
 
     #[test]
     fn only_buckets_that_change_datacenter_are_fenced() {
-        let keys = Keys::default();
-        let c = change(
-            &keys,
+        let m = moves(
+            &topo(),
             "m6v=50,wanguo=50",
             "m6v=30,wanguo=70",
             FencePolicy::Optional,
         );
-        let m = Moves::of(&keys, &topo(), &[c]);
         assert_eq!(m.services.len(), 1);
         assert_eq!(m.services[0].share, 0.2);
         assert_eq!(
             m.lines(),
             vec!["pay: 20.00% of units move (buckets 3000..5000 m6v→wanguo)"]
         );
-        let same = change(
-            &keys,
+        let same = moves(
+            &topo(),
             "m6v=50,wanguo=50",
             "m6v=50,wanguo=50",
             FencePolicy::Optional,
         );
-        assert!(Moves::of(&keys, &topo(), &[same]).is_empty());
+        assert!(same.is_empty());
     }
 
     #[test]
     fn a_required_fence_objects_without_fence_and_an_active_fence_objects_always() {
-        let keys = Keys::default();
-        let c = change(
-            &keys,
+        let mut t = topo();
+        let m = moves(
+            &t,
             "m6v=50,wanguo=50",
             "m6v=0,wanguo=100",
             FencePolicy::Required,
         );
-        let mut t = topo();
-        let m = Moves::of(&keys, &t, &[c]);
         assert_eq!(objections(&t, &m, true, 0), Vec::<String>::new());
         let o = objections(&t, &m, false, 0);
         assert!(o[0].contains("fence: required"), "{o:?}");

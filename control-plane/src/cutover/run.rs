@@ -110,24 +110,9 @@ impl Cutover<'_> {
             other => other.into(),
         })?;
         self.done("fence", t, format!("units fenced until {}", time_ms(until)));
-        // 2. drain.
-        let t = Instant::now();
-        if let Err(e) = self.phase(FencePhase::Drain, until).await {
-            return Err(self.rollback("drain", &e.to_string()).await);
-        }
-        match self.drain(deadline).await {
-            Ok(note) => self.done("drain", t, note),
-            Err(why) => return Err(self.rollback("drain", &why).await),
-        }
-        // 3. sync.
-        let t = Instant::now();
-        if let Err(e) = self.phase(FencePhase::Sync, until).await {
-            return Err(self.rollback("sync", &e.to_string()).await);
-        }
-        match self.sync(deadline).await {
-            Ok(note) => self.done("sync", t, note),
-            Err(why) => return Err(self.rollback("sync", &why).await),
-        }
+        // 2. drain, 3. sync.
+        self.hold(FencePhase::Drain, until, deadline).await?;
+        self.hold(FencePhase::Sync, until, deadline).await?;
         // 4. switch: the change itself, and the fence now lasts for the confirmation.
         let t = Instant::now();
         let until = now_ms() + max.as_millis() as u64;
@@ -173,6 +158,33 @@ impl Cutover<'_> {
             unconfirmed,
         };
         Ok((committed, Some(report)))
+    }
+
+    /// A phase that waits with the units fenced (drain: the sidecars' acknowledgements;
+    /// sync: the sync gate), until `deadline`; its failure rolls the change back.
+    async fn hold(
+        &mut self,
+        phase: FencePhase,
+        until: u64,
+        deadline: Instant,
+    ) -> Result<(), CtlError> {
+        let name = phase.as_str();
+        let t = Instant::now();
+        if let Err(e) = self.phase(phase, until).await {
+            return Err(self.rollback(name, &e.to_string()).await);
+        }
+        let waited = if phase == FencePhase::Drain {
+            self.drain(deadline).await
+        } else {
+            self.sync(deadline).await
+        };
+        match waited {
+            Ok(note) => {
+                self.done(name, t, note);
+                Ok(())
+            }
+            Err(why) => Err(self.rollback(name, &why).await),
+        }
     }
 
     fn done(&mut self, phase: &str, since: Instant, note: String) {

@@ -229,11 +229,7 @@ pub fn table(g: &DepGraph, now_ms: u64) -> String {
             or_dash(&sidecars.join(",")),
         ]);
     }
-    out.push(if apps.is_empty() {
-        "no apps: no live sidecar and no dependency edge".to_string()
-    } else {
-        apps.render()
-    });
+    out.push(apps.render_or("no apps: no live sidecar and no dependency edge"));
     let mut svcs = Table::new(["SERVICE", "ENDPOINTS", "WEIGHT IN"]);
     for s in &g.services {
         let eps: Vec<String> = s
@@ -288,11 +284,9 @@ pub fn table(g: &DepGraph, now_ms: u64) -> String {
         });
         edges.row(row);
     }
-    out.push(if edges.is_empty() {
-        "no dependency edges (sidecars publish them at {prefix}/v1/deps/ once their app calls a service)".to_string()
-    } else {
-        edges.render()
-    });
+    out.push(edges.render_or(
+        "no dependency edges (sidecars publish them at {prefix}/v1/deps/ once their app calls a service)",
+    ));
     out.push(g.summary(now_ms));
     out.join("\n")
 }

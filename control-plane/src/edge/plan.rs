@@ -174,19 +174,11 @@ mod tests {
     use crate::edge::config::Edges;
     use twin_topology::Weights;
 
-    fn dcs() -> BTreeMap<String, Datacenter> {
-        twin_topology::Topology::with_datacenters(&[("m6v", 0), ("wanguo", 1)])
-            .expect("dcs")
-            .datacenters
-    }
-
     #[test]
     fn weights_map_proportionally_and_units_map_the_ring() {
-        assert_eq!(haproxy_weight(0), 0);
-        assert_eq!(haproxy_weight(1), 1);
-        assert_eq!(haproxy_weight(3000), 77);
-        assert_eq!(haproxy_weight(7000), 179);
-        assert_eq!(haproxy_weight(10000), 256);
+        let dcs = twin_topology::Topology::with_datacenters(&[("m6v", 0), ("wanguo", 1)])
+            .expect("dcs")
+            .datacenters;
         let edges = Edges::parse(
             "edges:\n  pay:\n    driver: haproxy\n    socket: /s\n    datacenters:\n      m6v: {server: pay/m6v, backend: pay_m6v}\n      wanguo: {server: pay/wanguo, backend: pay_wanguo}\n    units: {map: /u.map}\n",
             None,
@@ -196,10 +188,10 @@ mod tests {
         let mut route = Route::with_weights(Weights(
             [("m6v".to_string(), 3000), ("wanguo".to_string(), 7000)].into(),
         ));
-        let err = desired("pay", edge, &route, &dcs()).expect_err("fnv cannot be computed");
+        let err = desired("pay", edge, &route, &dcs).expect_err("fnv cannot be computed");
         assert!(err.contains("--hash xxh64"), "{err}");
         route.hash = RouteHash::Xxh64;
-        let d = desired("pay", edge, &route, &dcs()).expect("desired");
+        let d = desired("pay", edge, &route, &dcs).expect("desired");
         assert_eq!(d.weights["pay/m6v"], 77);
         let units = d.units.clone().expect("units");
         assert_eq!(
@@ -224,7 +216,7 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].line(), "weight pay/wanguo 10 → 179");
         route.weights = Weights([("wanguo".to_string(), 10000)].into());
-        let d = desired("pay", edge, &route, &dcs()).expect("desired");
+        let d = desired("pay", edge, &route, &dcs).expect("desired");
         assert_eq!(d.units.expect("units").len(), 1);
         assert_eq!(d.weights["pay/m6v"], 0);
     }

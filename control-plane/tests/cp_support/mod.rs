@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -99,25 +100,66 @@ pub async fn run_line(etcd: &Etcd, line: &str) -> Out {
     twinctl(etcd, &words(line)).await
 }
 
+/// `twinctl` with the command line `line` (see [`words`]), which a guard rail must refuse:
+/// exit 3, and one line of stderr that contains `why`.
+pub async fn refused(etcd: &Etcd, line: &str, why: &str) -> Out {
+    let out = run_line(etcd, line).await.expect(3);
+    out.one_line_error(why);
+    out
+}
+
+/// `failover --from m6v --all --reason drill`, refused by a guard rail that says `why`: as a
+/// dry run (which shows the plan and exits as the real run would), then for real (`--yes`).
+/// The dry run's output.
+pub async fn failover_off_m6v_refused(etcd: &Etcd, why: &str) -> Out {
+    let dry = refused(
+        etcd,
+        "failover --from m6v --all --dry-run --reason drill",
+        why,
+    )
+    .await;
+    refused(etcd, "failover --from m6v --all --yes --reason drill", why).await;
+    dry
+}
+
+/// Writes `contents` to the file `name` in `dir`; its path, as a command-line argument.
+pub fn file_in(dir: &Path, name: &str, contents: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {name}: {e}"));
+    path.display().to_string()
+}
+
 /// `twinctl route apply -f FILE --reason REASON` of routes `svc00`, `svc01`, … (`n` of
 /// them), each split 50/50 between m6v and wanguo; must succeed.
 pub async fn even_routes(etcd: &Etcd, n: usize, reason: &str) {
     let dir = tempfile::tempdir().expect("tmp");
-    let file = dir.path().join("routes.yaml");
     let mut yaml = String::from("routes:\n");
     for i in 0..n {
         yaml.push_str(&format!(
             "  svc{i:02}:\n    weights: {{m6v: 50%, wanguo: 50%}}\n"
         ));
     }
-    std::fs::write(&file, yaml).expect("write routes");
-    let file = file.display().to_string();
+    let file = file_in(dir.path(), "routes.yaml", &yaml);
     ok(etcd, &["route", "apply", "-f", &file, "--reason", reason]).await;
 }
 
 /// A JSON string's text ("" for anything else).
 pub fn text(v: &serde_json::Value) -> &str {
     v.as_str().unwrap_or_default()
+}
+
+/// The first record in `records` (a JSON array) whose `field` is `value`.
+pub fn record<'a>(
+    records: &'a serde_json::Value,
+    field: &str,
+    value: &str,
+) -> &'a serde_json::Value {
+    records
+        .as_array()
+        .expect("an array of records")
+        .iter()
+        .find(|r| r[field] == value)
+        .unwrap_or_else(|| panic!("no record with {field} {value:?} in {records}"))
 }
 
 /// The `field` of every record in `records` (a JSON array) that has it as a string.
@@ -164,6 +206,14 @@ pub async fn two_dcs() -> Etcd {
 pub async fn two_dcs_with_payments() -> Etcd {
     let etcd = two_dcs().await;
     route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    etcd
+}
+
+/// [`two_dcs`], then the command line `line` (see [`words`]), which must exit 0: the route
+/// (or datacenter) a test starts from.
+pub async fn two_dcs_and(line: &str) -> Etcd {
+    let etcd = two_dcs().await;
+    ok_line(&etcd, line).await;
     etcd
 }
 

@@ -6,9 +6,17 @@
 
 pub mod metrics;
 
-use std::process::Output;
+use std::process::{Child, Output, Stdio};
 
-use twin_lab::Lab;
+use twin_lab::{Lab, LabBuilder};
+
+/// Datacenters m6v and wanguo with one sidecar each, and route `payments` split 50/50 (add to
+/// it, then start it).
+pub fn payments_50_50() -> LabBuilder {
+    Lab::two_dcs()
+        .sidecars(1)
+        .route("payments", &[("m6v", 50), ("wanguo", 50)])
+}
 
 /// Runs `twinctl` with the lab's etcd and `args`.
 pub fn twinctl(lab: &Lab, args: &[&str]) -> Output {
@@ -30,18 +38,26 @@ pub fn json(out: &Output) -> serde_json::Value {
     })
 }
 
+/// Starts `twinctl` with the lab's etcd and `args`; `output` for stdout and stderr (piped to
+/// read them with [`finish`], or null).
+pub fn spawn<S: AsRef<std::ffi::OsStr>>(lab: &Lab, args: &[S], output: fn() -> Stdio) -> Child {
+    lab.twinctl()
+        .expect("twinctl")
+        .args(args)
+        .stdout(output())
+        .stderr(output())
+        .spawn()
+        .expect("twinctl starts")
+}
+
 /// `twinctl ARGS` with the lab's etcd, started with its output piped (see [`finish`]).
-pub fn spawn_twinctl<S: AsRef<std::ffi::OsStr>>(lab: &Lab, args: &[S]) -> std::process::Child {
-    let mut cmd = lab.twinctl().expect("twinctl");
-    cmd.args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    cmd.spawn().expect("twinctl starts")
+pub fn spawn_twinctl<S: AsRef<std::ffi::OsStr>>(lab: &Lab, args: &[S]) -> Child {
+    spawn(lab, args, Stdio::piped)
 }
 
 /// Waits (bounded: 60 s) for a spawned `twinctl`, off the async threads so the test's other
 /// tasks (load, servers) keep going.
-pub async fn finish(child: std::process::Child) -> Output {
+pub async fn finish(child: Child) -> Output {
     tokio::time::timeout(
         std::time::Duration::from_secs(60),
         tokio::task::spawn_blocking(move || child.wait_with_output()),
