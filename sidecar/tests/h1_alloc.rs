@@ -78,14 +78,7 @@ const N: usize = 5_000;
 async fn allocations(access_log: Target) -> (usize, usize) {
     let up = fixed_upstream().await;
     let dir = tempfile::tempdir().expect("tmp");
-    let routes = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes,
-        format!("datacenters: {{m6v: {{code: 0}}}}\nroutes:\n  payments:\n    weights: {{m6v: 10000}}\n    endpoints: {{m6v: ['{up}']}}\n"),
-    )
-    .expect("routes");
-    let mut cfg = config(TableSource::File(routes));
-    cfg.hwm_file = dir.path().join("hwm");
+    let mut cfg = routes_file_config(dir.path(), &m6v_routes_yaml(up));
     cfg.http1_engine = Http1Engine::Twin;
     cfg.observe.access_log = access_log;
     // The routes file is not polled during the measurement.

@@ -46,10 +46,8 @@ fn file_config(
     weights: (u32, u32),
 ) -> (tempfile::TempDir, PathBuf, Config) {
     let dir = tempfile::tempdir().expect("tmp");
+    let cfg = routes_file_config(dir.path(), &routes_yaml(m6v, wanguo, weights));
     let routes = dir.path().join("routes.yaml");
-    write(&routes, &routes_yaml(m6v, wanguo, weights));
-    let mut cfg = config(TableSource::File(routes.clone()));
-    cfg.hwm_file = dir.path().join("hwm");
     (dir, routes, cfg)
 }
 

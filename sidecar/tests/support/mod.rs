@@ -181,6 +181,23 @@ pub fn config(source: TableSource) -> Config {
     cfg
 }
 
+/// A sidecar configuration ([`config`]) that reads its routes from `dir/routes.yaml`,
+/// written from `yaml`, and keeps its high-water-mark file in `dir` too.
+pub fn routes_file_config(dir: &Path, yaml: &str) -> Config {
+    let routes = dir.join("routes.yaml");
+    std::fs::write(&routes, yaml).expect("write routes file");
+    let mut cfg = config(TableSource::File(routes));
+    cfg.hwm_file = dir.join("hwm");
+    cfg
+}
+
+/// A routes file with [`SERVICE`] wholly on `up` in m6v.
+pub fn m6v_routes_yaml(up: SocketAddr) -> String {
+    format!(
+        "datacenters: {{m6v: {{code: 0}}}}\nroutes:\n  payments:\n    weights: {{m6v: 10000}}\n    endpoints: {{m6v: ['{up}']}}\n"
+    )
+}
+
 pub fn etcd_source(etcd: &Etcd) -> TableSource {
     TableSource::Etcd(EtcdSettings::new(&etcd.endpoint(), "/twin"))
 }
