@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use twin_lab::eventually;
 use twin_sidecar::access_log::Target;
 use twin_sidecar::config::Http1Engine;
-use twin_sidecar::{Sidecar, TableSource};
+use twin_sidecar::Sidecar;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;

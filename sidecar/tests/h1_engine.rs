@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use twin_lab::eventually;
 use twin_lab::http::{Behavior, Upstream};
 use twin_sidecar::config::Http1Engine;
-use twin_sidecar::{Sidecar, TableSource};
+use twin_sidecar::Sidecar;
 
 /// A sidecar on Twin's engine routing `payments` to `up` (all in m6v) from a routes file.
 async fn engine_sidecar(up: SocketAddr) -> (tempfile::TempDir, Sidecar) {

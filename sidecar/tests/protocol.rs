@@ -16,7 +16,7 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use twin_lab::eventually;
 use twin_lab::http::{self, Behavior, Upstream};
-use twin_sidecar::{Config, TableSource};
+use twin_sidecar::Config;
 
 fn routes_yaml(m6v: &[SocketAddr], wanguo: &[SocketAddr], weights: (u32, u32)) -> String {
     let list = |a: &[SocketAddr]| {

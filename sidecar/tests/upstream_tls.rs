@@ -10,7 +10,6 @@ use support::*;
 use twin_lab::http;
 use twin_lab::{TestCerts, Upstream};
 use twin_sidecar::upstream_tls::UpstreamTlsArgs;
-use twin_sidecar::TableSource;
 
 async fn tls_upstream(certs: &TestCerts, client_ca: Option<&Path>) -> Upstream {
     Upstream::tls(certs, client_ca).await.expect("TLS upstream")
