@@ -325,15 +325,21 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_of_the_request_and_its_attempts_reach_an_otlp_collector() {
-    let (addr, spans) = collector().await;
+/// A sidecar on a new [`Payments`] with every request on m6v, exporting spans to the OTLP
+/// collector at `collector`.
+async fn tracing_sidecar(collector: SocketAddr) -> (Payments, Sidecar) {
     let mut t = Payments::start().await;
     let rev = t.put(10_000, 0).await;
     let mut cfg = config(etcd_source(&t.etcd));
     cfg.observe.otlp_endpoint =
-        Some(twin_sidecar::otlp::traces_url(&format!("http://{addr}")).expect("url"));
-    let s = sidecar(cfg, rev).await;
+        Some(twin_sidecar::otlp::traces_url(&format!("http://{collector}")).expect("url"));
+    (t, sidecar(cfg, rev).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_the_request_and_its_attempts_reach_an_otlp_collector() {
+    let (addr, spans) = collector().await;
+    let (t, s) = tracing_sidecar(addr).await;
 
     let incoming = format!("00-{TRACE}-{PARENT}-01");
     assert_eq!(
@@ -447,12 +453,7 @@ async fn a_collector_that_never_answers_never_slows_a_request() {
             held.push(io);
         }
     });
-    let mut t = Payments::start().await;
-    let rev = t.put(10_000, 0).await;
-    let mut cfg = config(etcd_source(&t.etcd));
-    cfg.observe.otlp_endpoint =
-        Some(twin_sidecar::otlp::traces_url(&format!("http://{addr}")).expect("url"));
-    let s = sidecar(cfg, rev).await;
+    let (_t, s) = tracing_sidecar(addr).await;
     let client = http::client();
     // Batches leave every second and wait up to 5 s (the export timeout) for the collector:
     // a request that waited for one would take seconds.
