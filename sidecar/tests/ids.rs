@@ -203,16 +203,10 @@ async fn the_id_api_answers_503_with_the_reason_when_uniqueness_cannot_be_guaran
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_etcd_ids_come_from_the_fixed_worker_and_an_unknown_dc_is_a_503_reason() {
     let dir = tempfile::tempdir().expect("tmp");
-    let routes = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes,
-        "datacenters:\n  m6v: {code: 0}\n  wanguo: {code: 1}\nroutes: {}\n",
-    )
-    .expect("write");
-    let mut cfg = config(TableSource::File(routes.clone()));
+    let yaml = "datacenters:\n  m6v: {code: 0}\n  wanguo: {code: 1}\nroutes: {}\n";
+    let mut cfg = routes_file_config(dir.path(), yaml);
     cfg.dc = "wanguo".into();
-    cfg.worker = 7;
-    cfg.hwm_file = dir.path().join("hwm");
+    cfg.fixed_worker.worker = 7;
     let (s, c, a) = issuing_sidecar(cfg).await;
     assert!(s.table().is_loaded());
     let id = id_list(&ids(&c, a, "/v1/ids/pay", None).await).remove(0);
@@ -221,9 +215,9 @@ async fn without_etcd_ids_come_from_the_fixed_worker_and_an_unknown_dc_is_a_503_
     assert_eq!((d.dc_code, d.worker), (Some(1), Some(7)));
     s.stop().await;
 
-    let mut cfg = config(TableSource::File(routes));
+    let mut cfg = config(TableSource::File(dir.path().join("routes.yaml")));
     cfg.dc = "hk".into();
-    cfg.hwm_file = dir.path().join("hwm2");
+    cfg.fixed_worker.hwm_file = dir.path().join("hwm2");
     let s = sidecar_without_route(cfg).await;
     let reason = "ID service not running: datacenter \"hk\" is not in the routes file";
     // The generator starts in the background; its failure replaces "starting".

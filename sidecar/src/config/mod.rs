@@ -89,9 +89,7 @@ pub struct Config {
     /// `--app`; see [`Config::app`] for the default.
     pub app_name: Option<String>,
     pub source: TableSource,
-    pub outbound: SocketAddr,
-    pub ids: SocketAddr,
-    pub admin: SocketAddr,
+    pub listen: Listeners,
     /// Bearer token file for POST /drain.
     pub admin_token_file: Option<PathBuf>,
     pub snapshot: Option<PathBuf>,
@@ -100,8 +98,8 @@ pub struct Config {
     /// The HTTP/1 engine of the outbound listener.
     pub http1_engine: Http1Engine,
     pub drain_timeout: Duration,
-    pub worker: u32,
-    pub hwm_file: PathBuf,
+    /// The ID generator's worker when there is no etcd to lease one from.
+    pub fixed_worker: FixedWorker,
     pub outlier: OutlierSettings,
     pub limits: Limits,
     pub idgen: IdgenSettings,
@@ -113,6 +111,48 @@ pub struct Config {
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
     /// Access log and span export ([`Config::new`]: both off).
     pub observe: ObserveConfig,
+}
+
+/// The sidecar's three listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listeners {
+    /// Where the application sends its outbound HTTP (`--outbound`).
+    pub outbound: SocketAddr,
+    /// The ID API (`--ids`).
+    pub ids: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`, `/config`, `POST /drain` (`--admin`).
+    pub admin: SocketAddr,
+}
+
+impl Default for Listeners {
+    /// On 127.0.0.1: outbound 15001, ids 15002, admin 15000.
+    fn default() -> Self {
+        Listeners {
+            outbound: ([127, 0, 0, 1], 15001).into(),
+            ids: ([127, 0, 0, 1], 15002).into(),
+            admin: ([127, 0, 0, 1], 15000).into(),
+        }
+    }
+}
+
+impl Listeners {
+    /// All three on free loopback ports (`127.0.0.1:0`; the running sidecar says which).
+    pub fn ephemeral() -> Listeners {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        Listeners {
+            outbound: any,
+            ids: any,
+            admin: any,
+        }
+    }
+}
+
+/// The ID generator's worker without etcd (`--worker`, `--hwm-file`): a fixed worker id,
+/// and the file that keeps its high-water mark across restarts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FixedWorker {
+    pub worker: u32,
+    pub hwm_file: PathBuf,
 }
 
 impl Config {
@@ -128,25 +168,26 @@ impl Config {
         }
     }
 
-    /// A configuration for `dc` with every other setting at its default (listeners on
-    /// ephemeral loopback ports are set by the caller). Used by tests and embedders.
+    /// A configuration for `dc` with every other setting at its default (for listeners on
+    /// free loopback ports the caller sets [`Listeners::ephemeral`]). Used by tests and
+    /// embedders.
     pub fn new(dc: &str, source: TableSource) -> Config {
         Config {
             dc: dc.to_string(),
             node_id: default_node_id(),
             app_name: None,
             source,
-            outbound: ([127, 0, 0, 1], 15001).into(),
-            ids: ([127, 0, 0, 1], 15002).into(),
-            admin: ([127, 0, 0, 1], 15000).into(),
+            listen: Listeners::default(),
             admin_token_file: None,
             snapshot: None,
             register: Vec::new(),
             threads: default_threads(),
             http1_engine: Http1Engine::default(),
             drain_timeout: Duration::from_secs(10),
-            worker: 0,
-            hwm_file: std::env::temp_dir().join(format!("twin-idgen-{dc}-0.hwm")),
+            fixed_worker: FixedWorker {
+                worker: 0,
+                hwm_file: std::env::temp_dir().join(format!("twin-idgen-{dc}-0.hwm")),
+            },
             outlier: OutlierSettings::default(),
             limits: Limits::default(),
             idgen: IdgenSettings::default(),
@@ -198,12 +239,19 @@ impl Config {
         let mut cfg = Config::new(&dc, source);
         cfg.node_id = node_id;
         cfg.app_name = app;
-        cfg.outbound = addr("--outbound", flags.outbound.or(file.outbound), cfg.outbound)?;
-        cfg.ids = addr("--ids", flags.ids.or(file.ids), cfg.ids)?;
-        cfg.admin = addr("--admin", flags.admin.or(file.admin), cfg.admin)?;
+        let default = cfg.listen;
+        cfg.listen = Listeners {
+            outbound: addr(
+                "--outbound",
+                flags.outbound.or(file.outbound),
+                default.outbound,
+            )?,
+            ids: addr("--ids", flags.ids.or(file.ids), default.ids)?,
+            admin: addr("--admin", flags.admin.or(file.admin), default.admin)?,
+        };
         cfg.admin_token_file = flags.admin_token_file.or(file.admin_token_file);
-        if !cfg.admin.ip().is_loopback() && cfg.admin_token_file.is_none() {
-            return Err(ConfigError::AdminWithoutToken(cfg.admin));
+        if !cfg.listen.admin.ip().is_loopback() && cfg.admin_token_file.is_none() {
+            return Err(ConfigError::AdminWithoutToken(cfg.listen.admin));
         }
         cfg.snapshot = flags.snapshot.or(file.snapshot);
         let register = if flags.register.is_empty() {
@@ -226,17 +274,16 @@ impl Config {
         if let Some(d) = flags.drain_timeout.or(file.drain_timeout) {
             cfg.drain_timeout = duration("--drain-timeout", &d)?;
         }
-        cfg.worker = flags.worker.or(file.worker).unwrap_or(0);
-        cfg.hwm_file = match flags.hwm_file.or(file.hwm_file) {
+        let worker = flags.worker.or(file.worker).unwrap_or(0);
+        let hwm_file = match flags.hwm_file.or(file.hwm_file) {
             Some(p) => p,
             None => match &cfg.snapshot {
                 Some(s) => s.with_file_name("twin-idgen-hwm"),
                 // Local use only: set --hwm-file where it must survive a reboot.
-                None => {
-                    std::env::temp_dir().join(format!("twin-idgen-{}-{}.hwm", cfg.dc, cfg.worker))
-                }
+                None => std::env::temp_dir().join(format!("twin-idgen-{}-{worker}.hwm", cfg.dc)),
             },
         };
+        cfg.fixed_worker = FixedWorker { worker, hwm_file };
         cfg.outlier = file.outlier.unwrap_or_default();
         if cfg.outlier.consecutive_failures == 0 {
             return Err(ConfigError::Outlier);
@@ -343,7 +390,7 @@ mod tests {
         let cfg = Config::from_flags(f).expect("valid");
         assert_eq!(cfg.dc, "m6v");
         assert_eq!(cfg.node_id, "n1");
-        assert_eq!(cfg.outbound.port(), 9001);
+        assert_eq!(cfg.listen.outbound.port(), 9001);
         assert_eq!(cfg.outlier.consecutive_failures, 5);
         match &cfg.source {
             TableSource::Etcd(s) => {
