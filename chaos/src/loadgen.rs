@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use crate::clock::RunClock;
 use crate::drill::{IdFormat, LoadSpec, Through};
@@ -57,9 +58,6 @@ pub async fn run(
     live: Arc<LiveCounters>,
     seed: u64,
 ) {
-    let clock = lab.clock.clone();
-    let client = http::client(64);
-    let slots = Arc::new(Semaphore::new(spec.max_in_flight));
     let mut rng = StdRng::seed_from_u64(seed);
     let interval_ms = 1e3 / spec.rate.0;
     let end_ms = spec.duration.ms();
@@ -76,23 +74,9 @@ pub async fn run(
             seed,
         ))
     });
-    let admission = Admission {
-        lab: &lab,
-        live: &live,
-        recording: &recording,
-        slots: &slots,
-        what: "requests",
-        max: spec.max_in_flight,
-    };
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut sender = Sender::new(lab.clone(), recording, live, "requests", spec.max_in_flight);
     let mut n: u64 = 0;
-    loop {
-        let due_ms = n as f64 * interval_ms;
-        if due_ms >= end_ms {
-            break;
-        }
-        let due = clock.instant(due_ms);
-        tokio::time::sleep_until(due.into()).await;
+    while let Some(due_ms) = sender.due(n, interval_ms, end_ms).await {
         n += 1;
         let kind = if rng.random::<f64>() < spec.ids.share.0 {
             let f = spec.ids.formats[rng.random_range(0..spec.ids.formats.len())];
@@ -109,49 +93,77 @@ pub async fn run(
         };
         let key = rng.random_range(0..spec.routed.keys);
         let sample = Sample::unsent(n, due_ms, kind, key);
-        let Some((sample, permit)) = admission.admit(sample, |up| (n as usize) % up) else {
+        let Some((sample, permit)) = sender.admit(sample, |up| (n as usize) % up) else {
             continue;
         };
-        let ctx = Ctx {
-            client: client.clone(),
-            lab: lab.clone(),
-            clock: clock.clone(),
-            recording: recording.clone(),
-            live: live.clone(),
-            service: spec.routed.service.clone(),
-            biz: spec.ids.biz.clone(),
-            count: spec.ids.count,
-            timeout: spec.timeout.0,
-            edge: match spec.routed.through {
+        let ctx = sender.ctx(
+            spec.routed.service.clone(),
+            spec.ids.biz.clone(),
+            spec.ids.count,
+            spec.timeout.0,
+            match spec.routed.through {
                 Through::Edge => lab.edge.as_ref().map(|e| e.lb.frontend),
                 Through::Sidecars => None,
             },
-        };
-        tasks.spawn(async move {
+        );
+        sender.spawn(async move {
             ctx.send(sample).await;
             drop(permit);
         });
-        // Reap finished tasks so the set stays small at high rates.
-        while tasks.try_join_next().is_some() {}
     }
-    while tasks.join_next().await.is_some() {}
+    sender.finish().await;
     if let Some(w) = writer {
         let _ = w.await;
     }
 }
 
-/// Where a load generator's requests are admitted: a live sidecar and a free slot.
-pub(crate) struct Admission<'a> {
-    pub lab: &'a Lab,
-    pub live: &'a LiveCounters,
-    pub recording: &'a SharedRecording,
-    pub slots: &'a Arc<Semaphore>,
+/// What a load generator (the main load, the writer) sends its requests with: the lab and its
+/// clock, one HTTP client, where samples are recorded, and the bounded set of requests in
+/// flight.
+pub(crate) struct Sender {
+    lab: Arc<Lab>,
+    client: HttpClient,
+    recording: SharedRecording,
+    live: Arc<LiveCounters>,
+    slots: Arc<Semaphore>,
     /// What the load sends, for the refusal (`requests`, `writes`).
-    pub what: &'static str,
-    pub max: usize,
+    what: &'static str,
+    max: usize,
+    tasks: JoinSet<()>,
 }
 
-impl Admission<'_> {
+impl Sender {
+    /// A sender that lets `max` of its `what` be in flight at once.
+    pub fn new(
+        lab: Arc<Lab>,
+        recording: SharedRecording,
+        live: Arc<LiveCounters>,
+        what: &'static str,
+        max: usize,
+    ) -> Sender {
+        Sender {
+            lab,
+            client: http::client(64),
+            recording,
+            live,
+            slots: Arc::new(Semaphore::new(max)),
+            what,
+            max,
+            tasks: JoinSet::new(),
+        }
+    }
+
+    /// Waits until send `n` (from 0) of an open loop with one send every `interval_ms` is
+    /// due on the run clock, and returns when it was due (ms); `None` from `end_ms` on.
+    pub async fn due(&self, n: u64, interval_ms: f64, end_ms: f64) -> Option<f64> {
+        let due_ms = n as f64 * interval_ms;
+        if due_ms >= end_ms {
+            return None;
+        }
+        tokio::time::sleep_until(self.lab.clock.instant(due_ms).into()).await;
+        Some(due_ms)
+    }
+
     /// Counts `sample` as sent and gives it a live sidecar (`pick(n)` of the `n` up) and a
     /// slot; `None`, with the sample recorded as not sent, when no sidecar is up or `max`
     /// are in flight.
@@ -166,7 +178,7 @@ impl Admission<'_> {
         self.live.sent.fetch_add(1, Ordering::Relaxed);
         if up.is_empty() {
             self.live.errors.fetch_add(1, Ordering::Relaxed);
-            lock(self.recording).samples.push(sample);
+            lock(&self.recording).samples.push(sample);
             return None;
         }
         sample.sidecar = up[pick(up.len()) % up.len()];
@@ -177,10 +189,46 @@ impl Admission<'_> {
                     reason: format!("more than {} {} in flight", self.max, self.what),
                 };
                 self.live.errors.fetch_add(1, Ordering::Relaxed);
-                lock(self.recording).samples.push(sample);
+                lock(&self.recording).samples.push(sample);
                 None
             }
         }
+    }
+}
+
+impl Sender {
+    /// What a request of this load needs to be sent and recorded.
+    pub fn ctx(
+        &self,
+        service: String,
+        biz: String,
+        count: u32,
+        timeout: Duration,
+        edge: Option<SocketAddr>,
+    ) -> Ctx {
+        Ctx {
+            client: self.client.clone(),
+            lab: self.lab.clone(),
+            clock: self.lab.clock.clone(),
+            recording: self.recording.clone(),
+            live: self.live.clone(),
+            service,
+            biz,
+            count,
+            timeout,
+            edge,
+        }
+    }
+
+    /// Runs a request's task; reaps finished ones so the set stays small at high rates.
+    pub fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+        while self.tasks.try_join_next().is_some() {}
+    }
+
+    /// Waits for the requests still in flight (each is bounded by its timeout).
+    pub async fn finish(mut self) {
+        while self.tasks.join_next().await.is_some() {}
     }
 }
 

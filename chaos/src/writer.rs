@@ -17,12 +17,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::sync::Semaphore;
 
 use crate::drill::{LoadSpec, WriteLoad};
-use crate::http;
 use crate::lab::Lab;
-use crate::loadgen::{lock, Admission, Ctx, LiveCounters, SharedRecording};
+use crate::loadgen::{lock, LiveCounters, Sender, SharedRecording};
 use crate::record::{Kind, Outcome, Sample};
 
 /// The header a write asks the upstream's work time with (ms).
@@ -41,37 +39,27 @@ pub async fn run(
     live: Arc<LiveCounters>,
     seed: u64,
 ) {
-    let clock = lab.clock.clone();
-    let client = http::client(64);
-    let slots = Arc::new(Semaphore::new(load.max_in_flight));
     let mut rng = StdRng::seed_from_u64(seed ^ 0x7772_6974_6572); // "writer"
     let interval_ms = 1e3 / (f64::from(w.units) * w.rate_per_unit.0);
     let end_ms = load.duration.ms();
     let header = lab.unit_header.clone();
     let (work_min, work_max) = (w.work.min.ms() as u64, w.work.max.ms() as u64);
-    let admission = Admission {
-        lab: &lab,
-        live: &live,
-        recording: &recording,
-        slots: &slots,
-        what: "writes",
-        max: load.max_in_flight,
-    };
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut sender = Sender::new(
+        lab.clone(),
+        recording.clone(),
+        live,
+        "writes",
+        load.max_in_flight,
+    );
     let mut n: u64 = 0;
-    loop {
-        let due_ms = n as f64 * interval_ms;
-        if due_ms >= end_ms {
-            break;
-        }
-        tokio::time::sleep_until(clock.instant(due_ms).into()).await;
+    while let Some(due_ms) = sender.due(n, interval_ms, end_ms).await {
         let unit = (n % u64::from(w.units)) as u32;
         let seq = n / u64::from(w.units) + 1;
         n += 1;
         let work = rng.random_range(work_min..=work_max);
         let sample = Sample::unsent(FIRST_ID + n, due_ms, Kind::Write, unit);
         let pick = |up: usize| ((u64::from(unit) + seq) % up as u64) as usize;
-        let Some((mut sample, permit)) = admission.admit(sample, pick) else {
+        let Some((mut sample, permit)) = sender.admit(sample, pick) else {
             continue;
         };
         let sc = &lab.sidecars[sample.sidecar];
@@ -92,23 +80,11 @@ pub async fn run(
             lock(&recording).samples.push(sample);
             continue;
         };
-        let ctx = Ctx {
-            client: client.clone(),
-            lab: lab.clone(),
-            clock: clock.clone(),
-            recording: recording.clone(),
-            live: live.clone(),
-            service: w.service.clone(),
-            biz: String::new(),
-            count: 0,
-            timeout: load.timeout.0,
-            edge: None,
-        };
-        tasks.spawn(async move {
+        let ctx = sender.ctx(w.service.clone(), String::new(), 0, load.timeout.0, None);
+        sender.spawn(async move {
             ctx.exchange_and_record(sample, req).await;
             drop(permit);
         });
-        while tasks.try_join_next().is_some() {}
     }
-    while tasks.join_next().await.is_some() {}
+    sender.finish().await;
 }

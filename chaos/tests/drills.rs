@@ -81,6 +81,35 @@ fn passes(drill: &str) -> (Run, serde_json::Value, String) {
     (run, j, report)
 }
 
+/// Runs `tests/{file}`, a drill that must fail on `check` alone: exit 1, the check named
+/// FAIL on stderr and no other check failed. The run, its journal and that check.
+fn fails_only(file: &str, check: &str) -> (Run, serde_json::Value, serde_json::Value) {
+    let drill = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(file);
+    let run = Run::of(drill.to_str().expect("utf-8 path"));
+    let j = run.exited(1);
+    let stderr = String::from_utf8_lossy(&run.output.stderr);
+    assert!(
+        stderr.contains(&format!("FAIL  {check}")),
+        "{}",
+        run.explain()
+    );
+    let checks = j["checks"].as_array().expect("checks");
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c["pass"] == false)
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(failed, vec![check], "{}", run.explain());
+    let found = checks
+        .iter()
+        .find(|c| c["name"] == check)
+        .cloned()
+        .expect("the failed check");
+    (run, j, found)
+}
+
 /// The leading number of the figure of a check, by name ("70, 0 without a reason" → 70).
 fn figure(j: &serde_json::Value, name: &str) -> f64 {
     let figure = j["checks"]
@@ -200,32 +229,8 @@ fn sidecar_kill_clock_back_quick_passes() {
 /// the checks are computed, not decorative.
 #[test]
 fn an_impossible_bound_fails_the_drill() {
-    let drill = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/must-fail-converge.yaml");
-    let run = Run::of(drill.to_str().expect("utf-8 path"));
-    let j = run.exited(1);
-    let stderr = String::from_utf8_lossy(&run.output.stderr);
-    assert!(
-        stderr.contains("FAIL  time to converge after failover"),
-        "{}",
-        run.explain()
-    );
-    let checks = j["checks"].as_array().expect("checks");
-    let failed: Vec<&str> = checks
-        .iter()
-        .filter(|c| c["pass"] == false)
-        .filter_map(|c| c["name"].as_str())
-        .collect();
     // Only the impossible bound fails: the rest of the drill was healthy.
-    assert_eq!(
-        failed,
-        vec!["time to converge after failover"],
-        "{}",
-        run.explain()
-    );
-    let converge = checks
-        .iter()
-        .find(|c| c["name"] == "time to converge after failover")
-        .expect("converge check");
+    let (_, _, converge) = fails_only("must-fail-converge.yaml", "time to converge after failover");
     assert!(
         converge["detail"]
             .as_str()
@@ -241,29 +246,10 @@ fn an_impossible_bound_fails_the_drill() {
 #[test]
 fn a_move_without_the_fence_fails_unit_overlap_with_the_evidence() {
     const NAME: &str = "units written in two datacenters at once";
-    let drill = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/must-fail-unit-overlap.yaml");
-    let run = Run::of(drill.to_str().expect("utf-8 path"));
-    let j = run.exited(1);
-    let stderr = String::from_utf8_lossy(&run.output.stderr);
-    assert!(
-        stderr.contains(&format!("FAIL  {NAME}")),
-        "{}",
-        run.explain()
-    );
-    let checks = j["checks"].as_array().expect("checks");
-    let failed: Vec<&str> = checks
-        .iter()
-        .filter(|c| c["pass"] == false)
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    assert_eq!(failed, vec![NAME], "{}", run.explain());
+    let (run, j, check) = fails_only("must-fail-unit-overlap.yaml", NAME);
     assert!(figure(&j, NAME) >= 1.0);
     // The evidence: a unit, the two writes that overlapped, where and when.
-    let detail = checks
-        .iter()
-        .find(|c| c["name"] == NAME)
-        .and_then(|c| c["detail"].as_str())
-        .unwrap_or("");
+    let detail = check["detail"].as_str().unwrap_or("");
     assert!(detail.starts_with("unit-"), "{detail}");
     assert!(detail.contains("m6v→wanguo"), "{detail}");
     assert!(

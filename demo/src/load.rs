@@ -95,6 +95,28 @@ impl Stats {
     }
 }
 
+/// The tick of one of `workers` tasks that together send `rate` requests per second; a late
+/// tick delays the next ones rather than bursting to catch up.
+fn worker_tick(rate: u32, workers: u32) -> tokio::time::Interval {
+    let every = Duration::from_secs_f64(f64::from(workers) / f64::from(rate.max(1)));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// A random sticky key, so that traffic follows the route's weights.
+fn random_unit() -> String {
+    format!("user-{}", rand::random::<u32>())
+}
+
+/// The row of an answer: the datacenter its `x-twin-dc` names, else the sidecar's own row.
+fn answered_by<E>(x_twin_dc: Option<Result<&str, E>>) -> String {
+    match x_twin_dc {
+        Some(Ok(dc)) => dc.to_string(),
+        _ => SIDECAR_ROW.to_string(),
+    }
+}
+
 /// Starts `workers` tasks that together send `rate` requests per second to `outbound`.
 pub fn start(
     outbound: SocketAddr,
@@ -103,31 +125,23 @@ pub fn start(
     stats: Arc<Stats>,
     tasks: &mut JoinSet<()>,
 ) {
-    let per_worker = Duration::from_secs_f64(f64::from(workers) / f64::from(rate.max(1)));
     for _ in 0..workers {
         let stats = stats.clone();
         tasks.spawn(async move {
             let client: Client<_, Empty<Bytes>> =
                 Client::builder(TokioExecutor::new()).build_http();
-            let mut tick = tokio::time::interval(per_worker);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = worker_tick(rate, workers);
             loop {
                 tick.tick().await;
-                let unit = format!("user-{}", rand::random::<u32>());
                 let req = Request::get(format!("http://{outbound}/pay"))
                     .header("host", "payments")
-                    .header("x-twin-unit", unit)
+                    .header("x-twin-unit", random_unit())
                     .body(Empty::new());
                 let Ok(req) = req else { continue };
                 let started = Instant::now();
                 match client.request(req).await {
                     Ok(resp) => {
-                        let dc = resp
-                            .headers()
-                            .get("x-twin-dc")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or(SIDECAR_ROW)
-                            .to_string();
+                        let dc = answered_by(resp.headers().get("x-twin-dc").map(|v| v.to_str()));
                         let ok = resp.status().is_success();
                         let body_ok = resp.into_body().collect().await.is_ok();
                         stats.record(&dc, ok && body_ok, started.elapsed());
@@ -153,7 +167,6 @@ pub fn start_grpc(
 ) {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let per_worker = Duration::from_secs_f64(f64::from(workers) / f64::from(rate.max(1)));
     for _ in 0..workers {
         let stats = stats.clone();
         tasks.spawn(async move {
@@ -171,35 +184,24 @@ pub fn start_grpc(
                 .timeout(Duration::from_secs(5))
                 .connect_lazy();
             let mut client = HealthClient::new(channel);
-            let mut tick = tokio::time::interval(per_worker);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut tick = worker_tick(rate, workers);
             loop {
                 tick.tick().await;
                 let mut req = tonic::Request::new(HealthCheckRequest {
                     service: String::new(),
                 });
-                let unit = format!("user-{}", rand::random::<u32>());
-                if let Ok(v) = unit.parse() {
+                if let Ok(v) = random_unit().parse() {
                     req.metadata_mut().insert("x-twin-unit", v);
                 }
                 let started = Instant::now();
                 match client.check(req).await {
                     Ok(resp) => {
-                        let dc = resp
-                            .metadata()
-                            .get("x-twin-dc")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or(SIDECAR_ROW)
-                            .to_string();
+                        let dc = answered_by(resp.metadata().get("x-twin-dc").map(|v| v.to_str()));
                         stats.record(&dc, true, started.elapsed());
                     }
                     Err(status) => {
-                        let dc = status
-                            .metadata()
-                            .get("x-twin-dc")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or(SIDECAR_ROW)
-                            .to_string();
+                        let dc =
+                            answered_by(status.metadata().get("x-twin-dc").map(|v| v.to_str()));
                         stats.record(&dc, false, started.elapsed());
                     }
                 }

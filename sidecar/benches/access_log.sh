@@ -13,54 +13,13 @@ DURATION="${1:-10}"
 CONNS="${2:-50}"
 ROUNDS="${3:-2}"
 
-for tool in wrk nginx taskset; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "missing $tool: apt-get install -y wrk nginx util-linux" >&2; exit 1; }
-done
-cargo build --release --quiet -p twin-sidecar
-SIDECAR="$(pwd)/target/release/twin-sidecar"
-
-WORK="$(mktemp -d /tmp/twin-bench-log-XXXXXX)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+# shellcheck source=sidecar/benches/lib.sh
+source sidecar/benches/lib.sh
+bench_setup twin-bench-log wrk nginx
 
 A=$(free_port); B=$(free_port)
-mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx;
-  scgi_temp_path $WORK/nginx;
-  server { listen 127.0.0.1:$A; location / { return 200 "m6v\n"; } }
-  server { listen 127.0.0.1:$B; location / { return 200 "wanguo\n"; } }
-}
-EOF
-taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
-PIDS+=($!)
-
-cat > "$WORK/routes.yaml" <<EOF
-datacenters: {m6v: {code: 0}, wanguo: {code: 1}}
-routes:
-  payments:
-    weights: {m6v: 30%, wanguo: 70%}
-    endpoints: {m6v: ['127.0.0.1:$A'], wanguo: ['127.0.0.1:$B']}
-EOF
+start_nginx "$A" "$B"
+write_routes "$A" "$B"
 
 # sidecar NAME ACCESS_LOG PORT -> starts it; sets PID_<NAME>
 sidecar() {
@@ -78,16 +37,9 @@ sidecar off off "$OFF"
 sidecar on "$WORK/access.log" "$ON"
 wait_port "$A"; wait_port "$B"
 
-cat > "$WORK/unit.lua" <<'EOF'
-math.randomseed(os.time())
-request = function()
-  return wrk.format("GET", "/pay", { ["Host"] = "payments", ["x-twin-unit"] = tostring(math.random(1, 2000000000)) })
-end
-EOF
+write_unit_lua /pay
 
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
-# CPU time (user+system, all threads) a process has used, in microseconds.
-cpu_us() { awk -v t="$(getconf CLK_TCK)" '{printf "%.0f", ($14+$15)*1000000/t}' "/proc/$1/stat"; }
 # run PORT PID -> "req/s cpu_us_per_request" of one measured run (after a 2 s warm-up)
 run() {
   taskset -c 0 wrk -t1 -c"$CONNS" -d2s -s "$WORK/unit.lua" "http://127.0.0.1:$1/" >/dev/null 2>&1

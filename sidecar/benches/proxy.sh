@@ -15,49 +15,15 @@ cd "$(dirname "$0")/../.."
 DURATION="${1:-10}"
 CONNS="${2:-50}"
 
-for tool in wrk haproxy nginx taskset; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "missing $tool: apt-get install -y wrk haproxy nginx util-linux" >&2; exit 1; }
-done
-cargo build --release --quiet -p twin-sidecar
-SIDECAR="$(pwd)/target/release/twin-sidecar"
-
-WORK="$(mktemp -d /tmp/twin-bench-XXXXXX)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
+# shellcheck source=sidecar/benches/lib.sh
+source sidecar/benches/lib.sh
+bench_setup twin-bench wrk haproxy nginx
 
 A=$(free_port); B=$(free_port); H=$(free_port); S=$(free_port); I=$(free_port); M=$(free_port)
 S2=$(free_port); I2=$(free_port); M2=$(free_port)
 
 # --- upstream: nginx, one worker, two ports (the two "datacenters") ---------------------
-mkdir -p "$WORK/nginx"
-cat > "$WORK/nginx/nginx.conf" <<EOF
-worker_processes 1;
-pid $WORK/nginx/nginx.pid;
-error_log $WORK/nginx/error.log warn;
-daemon off;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $WORK/nginx;
-  proxy_temp_path $WORK/nginx;
-  fastcgi_temp_path $WORK/nginx;
-  uwsgi_temp_path $WORK/nginx;
-  scgi_temp_path $WORK/nginx;
-  server { listen 127.0.0.1:$A; location / { return 200 "m6v\n"; } }
-  server { listen 127.0.0.1:$B; location / { return 200 "wanguo\n"; } }
-}
-EOF
-taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" &
-PIDS+=($!)
+start_nginx "$A" "$B"
 
 # --- HAProxy: one thread, 30/70 ---------------------------------------------------------
 cat > "$WORK/haproxy.cfg" <<EOF
@@ -84,13 +50,7 @@ HAPROXY_PID=$!
 PIDS+=($HAPROXY_PID)
 
 # --- twin-sidecar: one worker thread, 30/70 from a routes file --------------------------
-cat > "$WORK/routes.yaml" <<EOF
-datacenters: {m6v: {code: 0}, wanguo: {code: 1}}
-routes:
-  payments:
-    weights: {m6v: 30%, wanguo: 70%}
-    endpoints: {m6v: ['127.0.0.1:$A'], wanguo: ['127.0.0.1:$B']}
-EOF
+write_routes "$A" "$B"
 # Both engines run side by side on CPU 1; only the one under load uses it.
 RUST_LOG=warn taskset -c 1 "$SIDECAR" --dc m6v --routes-file "$WORK/routes.yaml" --threads 1 \
   --http1-engine twin --outbound "127.0.0.1:$S" --ids "127.0.0.1:$I" --admin "127.0.0.1:$M" \
@@ -106,16 +66,9 @@ PIDS+=($HYPER_PID)
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 wait_port "$A"; wait_port "$B"; wait_port "$H"; wait_port "$S"; wait_port "$I"; wait_port "$S2"
 
-cat > "$WORK/unit.lua" <<'EOF'
--- Same request for every target: Host names the service, a random sticky key per request.
-math.randomseed(os.time())
-request = function()
-  return wrk.format("GET", "/", { ["Host"] = "payments", ["x-twin-unit"] = tostring(math.random(1, 2000000000)) })
-end
-EOF
+# Same request for every target: Host names the service, a random sticky key per request.
+write_unit_lua /
 
-# CPU time (user+system) a process has used, in microseconds.
-cpu_us() { [ -z "$1" ] && { echo 0; return; }; awk -v t="$(getconf CLK_TCK)" '{printf "%.0f", ($14+$15)*1000000/t}' "/proc/$1/stat"; }
 # perf stat of a process while wrk runs (software counters: a VM may have no PMU); empty
 # when perf is missing or not allowed.
 PERF=""

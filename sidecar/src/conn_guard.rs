@@ -27,8 +27,10 @@ use std::time::Duration;
 
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use crate::read_filter::{Filtered, ReadFilter};
 
 /// The HTTP/2 client connection preface.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -90,14 +92,16 @@ pub fn guard<T, S>(
 ) -> (Guarded<T>, Tracked<S>) {
     let shared = Arc::new(InFlight::default());
     let io = Guarded {
+        filter: Deadlines {
+            shared: shared.clone(),
+            idle,
+            header,
+            phase: Phase::Idle,
+            seen_started: 0,
+            sniff: Some(Vec::new()),
+            timer: Box::pin(tokio::time::sleep(idle)),
+        },
         io,
-        shared: shared.clone(),
-        idle,
-        header,
-        phase: Phase::Idle,
-        seen_started: 0,
-        sniff: Some(Vec::new()),
-        timer: Box::pin(tokio::time::sleep(idle)),
     };
     (
         io,
@@ -117,8 +121,10 @@ enum Phase {
 }
 
 /// A socket that ends the read side with `TimedOut` when an idle or header deadline passes.
-pub struct Guarded<T> {
-    io: T,
+pub type Guarded<T> = Filtered<Deadlines, T>;
+
+/// The phase of a [`Guarded`] socket's connection and the timer of its deadline.
+pub struct Deadlines {
     shared: Arc<InFlight>,
     idle: Duration,
     header: Duration,
@@ -130,7 +136,7 @@ pub struct Guarded<T> {
     timer: Pin<Box<Sleep>>,
 }
 
-impl<T> Guarded<T> {
+impl Deadlines {
     fn enter(&mut self, phase: Phase, after: Duration) {
         self.phase = phase;
         self.timer.as_mut().reset(Instant::now() + after);
@@ -178,28 +184,28 @@ impl<T> Guarded<T> {
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+impl<T: AsyncRead + Unpin> ReadFilter<T> for Deadlines {
     fn poll_read(
-        self: Pin<&mut Self>,
+        &mut self,
+        socket: &mut T,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.phase == Phase::H2 {
-            return Pin::new(&mut this.io).poll_read(cx, buf);
+        if self.phase == Phase::H2 {
+            return Pin::new(socket).poll_read(cx, buf);
         }
-        this.update_phase();
+        self.update_phase();
         let before = buf.filled().len();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
+        match Pin::new(socket).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    this.on_bytes(&buf.filled()[before..]);
+                    self.on_bytes(&buf.filled()[before..]);
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => match this.phase {
-                Phase::Idle | Phase::Head if this.timer.as_mut().poll(cx).is_ready() => {
-                    let what = if this.phase == Phase::Idle {
+            Poll::Pending => match self.phase {
+                Phase::Idle | Phase::Head if self.timer.as_mut().poll(cx).is_ready() => {
+                    let what = if self.phase == Phase::Idle {
                         "keep-alive connection idle past the idle timeout"
                     } else {
                         "request head not complete within the header timeout"
@@ -208,14 +214,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 }
                 Phase::Busy => {
                     // Be polled again when the last request ends, to start the idle timer.
-                    if let Ok(mut w) = this.shared.idle_waker.lock() {
+                    if let Ok(mut w) = self.shared.idle_waker.lock() {
                         match w.as_ref() {
                             Some(old) if old.will_wake(cx.waker()) => {}
                             _ => *w = Some(cx.waker().clone()),
                         }
                     }
                     // It may have ended between the phase check and the registration.
-                    if this.shared.count.load(Ordering::Acquire) == 0 {
+                    if self.shared.count.load(Ordering::Acquire) == 0 {
                         cx.waker().wake_by_ref();
                     }
                     Poll::Pending
@@ -224,36 +230,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
             },
             other => other,
         }
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 }
 

@@ -89,7 +89,8 @@ fn id_config(cfg: &Config, tables: &Tables) -> Result<IdConfig, String> {
                         cfg.dc
                     )
                 })?;
-            IdConfig::fixed(&cfg.dc, code, cfg.worker, cfg.hwm_file.clone())
+            let fixed = &cfg.fixed_worker;
+            IdConfig::fixed(&cfg.dc, code, fixed.worker, fixed.hwm_file.clone())
         }
     };
     let ttl = std::time::Duration::from_secs(cfg.idgen.lease_ttl_secs.max(2));

@@ -19,6 +19,7 @@ pub mod ids;
 pub mod otlp;
 pub mod outbound;
 pub mod presence;
+pub mod read_filter;
 pub mod register;
 pub mod serve;
 pub mod shutdown;

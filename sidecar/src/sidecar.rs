@@ -66,16 +66,17 @@ impl Sidecar {
         let edges = Arc::new(Edges::default());
         let tables = source::start(&cfg, client.clone(), edges.clone(), &shutdown).await?;
 
-        let outbound_listener = serve::bind("--outbound", cfg.outbound).await?;
-        let ids_listener = serve::bind("--ids", cfg.ids).await?;
-        let admin_listener = serve::bind("--admin", cfg.admin).await?;
+        let listen = cfg.listen;
+        let outbound_listener = serve::bind("--outbound", listen.outbound).await?;
+        let ids_listener = serve::bind("--ids", listen.ids).await?;
+        let admin_listener = serve::bind("--admin", listen.admin).await?;
         let local = |l: &tokio::net::TcpListener, what, addr| {
             l.local_addr()
                 .map_err(|source| StartError::Bind { what, addr, source })
         };
-        let outbound_addr = local(&outbound_listener, "--outbound", cfg.outbound)?;
-        let ids_addr = local(&ids_listener, "--ids", cfg.ids)?;
-        let admin_addr = local(&admin_listener, "--admin", cfg.admin)?;
+        let outbound_addr = local(&outbound_listener, "--outbound", listen.outbound)?;
+        let ids_addr = local(&ids_listener, "--ids", listen.ids)?;
+        let admin_addr = local(&admin_listener, "--admin", listen.admin)?;
 
         let ids = IdApi::start(&cfg, client.clone(), &tables).await?;
 

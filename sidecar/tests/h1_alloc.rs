@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use twin_lab::eventually;
 use twin_sidecar::access_log::Target;
 use twin_sidecar::config::Http1Engine;
-use twin_sidecar::{Sidecar, TableSource};
+use twin_sidecar::Sidecar;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -78,14 +78,7 @@ const N: usize = 5_000;
 async fn allocations(access_log: Target) -> (usize, usize) {
     let up = fixed_upstream().await;
     let dir = tempfile::tempdir().expect("tmp");
-    let routes = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes,
-        format!("datacenters: {{m6v: {{code: 0}}}}\nroutes:\n  payments:\n    weights: {{m6v: 10000}}\n    endpoints: {{m6v: ['{up}']}}\n"),
-    )
-    .expect("routes");
-    let mut cfg = config(TableSource::File(routes));
-    cfg.hwm_file = dir.path().join("hwm");
+    let mut cfg = routes_file_config(dir.path(), &m6v_routes_yaml(up));
     cfg.http1_engine = Http1Engine::Twin;
     cfg.observe.access_log = access_log;
     // The routes file is not polled during the measurement.

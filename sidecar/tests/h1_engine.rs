@@ -16,21 +16,12 @@ use tokio::net::{TcpListener, TcpStream};
 use twin_lab::eventually;
 use twin_lab::http::{Behavior, Upstream};
 use twin_sidecar::config::Http1Engine;
-use twin_sidecar::{Sidecar, TableSource};
+use twin_sidecar::Sidecar;
 
 /// A sidecar on Twin's engine routing `payments` to `up` (all in m6v) from a routes file.
 async fn engine_sidecar(up: SocketAddr) -> (tempfile::TempDir, Sidecar) {
     let dir = tempfile::tempdir().expect("tmp");
-    let routes = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes,
-        format!(
-            "datacenters: {{m6v: {{code: 0}}}}\nroutes:\n  payments:\n    weights: {{m6v: 10000}}\n    endpoints: {{m6v: ['{up}']}}\n"
-        ),
-    )
-    .expect("routes");
-    let mut cfg = config(TableSource::File(routes));
-    cfg.hwm_file = dir.path().join("hwm");
+    let mut cfg = routes_file_config(dir.path(), &m6v_routes_yaml(up));
     cfg.http1_engine = Http1Engine::Twin;
     let s = Sidecar::start(cfg).await.expect("sidecar starts");
     let loaded = eventually(WAIT, || async { s.table().service(SERVICE).is_some() }).await;

@@ -29,6 +29,20 @@ async fn ids(
 }
 
 /// Waits (up to [`WAIT`]) until `GET /v1/ids/pay` answers 200; whether it did.
+/// Starts a sidecar with `cfg` and waits until its ID API issues: the sidecar, a client and
+/// the ID API's address.
+async fn issuing_sidecar(
+    cfg: twin_sidecar::Config,
+) -> (twin_sidecar::Sidecar, http::Client, SocketAddr) {
+    let s = twin_sidecar::Sidecar::start(cfg)
+        .await
+        .expect("sidecar starts");
+    let c = http::client();
+    let a = s.ids_addr;
+    assert!(issuing(&c, a).await, "the generator never became ready");
+    (s, c, a)
+}
+
 async fn issuing(c: &http::Client, addr: SocketAddr) -> bool {
     eventually(WAIT, || async {
         ids(c, addr, "/v1/ids/pay", None).await.status == 200
@@ -56,12 +70,7 @@ async fn the_id_api_issues_every_format_and_refuses_bad_parameters_with_400() {
     cfg.idgen
         .serial_templates
         .insert("pay".into(), PAY_SERIAL.into());
-    let s = twin_sidecar::Sidecar::start(cfg)
-        .await
-        .expect("sidecar starts");
-    let c = http::client();
-    let a = s.ids_addr;
-    assert!(issuing(&c, a).await, "the generator never became ready");
+    let (s, c, a) = issuing_sidecar(cfg).await;
 
     let one = ids(&c, a, "/v1/ids/pay", None).await;
     assert_eq!(one.header("content-type"), "application/json");
@@ -161,12 +170,7 @@ async fn the_id_api_answers_503_with_the_reason_when_uniqueness_cannot_be_guaran
     let (mut etcd, _c) = etcd().await;
     let mut cfg = config(etcd_source(&etcd));
     cfg.idgen.lease_ttl_secs = 2;
-    let s = twin_sidecar::Sidecar::start(cfg)
-        .await
-        .expect("sidecar starts");
-    let c = http::client();
-    let a = s.ids_addr;
-    assert!(issuing(&c, a).await);
+    let (s, c, a) = issuing_sidecar(cfg).await;
 
     // etcd gone: the worker lease cannot be renewed, so issuing stops before it could expire.
     etcd.stop();
@@ -199,29 +203,21 @@ async fn the_id_api_answers_503_with_the_reason_when_uniqueness_cannot_be_guaran
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_etcd_ids_come_from_the_fixed_worker_and_an_unknown_dc_is_a_503_reason() {
     let dir = tempfile::tempdir().expect("tmp");
-    let routes = dir.path().join("routes.yaml");
-    std::fs::write(
-        &routes,
-        "datacenters:\n  m6v: {code: 0}\n  wanguo: {code: 1}\nroutes: {}\n",
-    )
-    .expect("write");
-    let mut cfg = config(TableSource::File(routes.clone()));
+    let yaml = "datacenters:\n  m6v: {code: 0}\n  wanguo: {code: 1}\nroutes: {}\n";
+    let mut cfg = routes_file_config(dir.path(), yaml);
     cfg.dc = "wanguo".into();
-    cfg.worker = 7;
-    cfg.hwm_file = dir.path().join("hwm");
-    let s = sidecar_without_route(cfg).await;
-    let c = http::client();
-    let a = s.ids_addr;
-    assert!(issuing(&c, a).await);
+    cfg.fixed_worker.worker = 7;
+    let (s, c, a) = issuing_sidecar(cfg).await;
+    assert!(s.table().is_loaded());
     let id = id_list(&ids(&c, a, "/v1/ids/pay", None).await).remove(0);
     let codec = Codec::new(Layout::default(), &BTreeMap::new()).expect("codec");
     let d = codec.decode(&id, Some(Format::Snowflake)).expect("decodes");
     assert_eq!((d.dc_code, d.worker), (Some(1), Some(7)));
     s.stop().await;
 
-    let mut cfg = config(TableSource::File(routes));
+    let mut cfg = config(TableSource::File(dir.path().join("routes.yaml")));
     cfg.dc = "hk".into();
-    cfg.hwm_file = dir.path().join("hwm2");
+    cfg.fixed_worker.hwm_file = dir.path().join("hwm2");
     let s = sidecar_without_route(cfg).await;
     let reason = "ID service not running: datacenter \"hk\" is not in the routes file";
     // The generator starts in the background; its failure replaces "starting".
@@ -276,12 +272,7 @@ async fn serial_templates_come_from_etcd_and_a_differing_pinned_one_is_refused()
     ] {
         cfg.idgen.serial_templates.insert(biz.into(), t.into());
     }
-    let s = twin_sidecar::Sidecar::start(cfg)
-        .await
-        .expect("sidecar starts");
-    let c = http::client();
-    let a = s.ids_addr;
-    assert!(issuing(&c, a).await);
+    let (s, c, a) = issuing_sidecar(cfg).await;
     let first_use = |biz: &'static str| {
         let mut kv = kv.clone();
         let key = keys.idgen_template_used(biz);

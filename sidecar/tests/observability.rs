@@ -5,7 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -57,17 +57,19 @@ async fn lines_become(path: &Path, n: usize) -> Vec<Value> {
     lines(path)
 }
 
-/// A sidecar on `t`'s etcd with the route already written at `rev`, logging to `log`.
+/// A sidecar on `t`'s etcd with the route already written at `rev`, logging to
+/// `access.log` in a new temporary directory: the sidecar, the directory and the log's path.
 async fn logging_sidecar(
     t: &Payments,
     rev: i64,
-    log: &Path,
     tune: impl FnOnce(&mut Config),
-) -> Sidecar {
+) -> (Sidecar, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = dir.path().join("access.log");
     let mut cfg = config(etcd_source(&t.etcd));
-    cfg.observe.access_log = Target::File(log.to_path_buf());
+    cfg.observe.access_log = Target::File(log.clone());
     tune(&mut cfg);
-    sidecar(cfg, rev).await
+    (sidecar(cfg, rev).await, dir, log)
 }
 
 async fn get(s: &Sidecar, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -80,9 +82,7 @@ async fn get(s: &Sidecar, path: &str, headers: &[(&str, &str)]) -> Reply {
 async fn each_request_leaves_one_line_without_the_unit_key() {
     let mut t = Payments::start().await;
     let rev = t.put(0, 10_000).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let log = dir.path().join("access.log");
-    let s = logging_sidecar(&t, rev, &log, |c| {
+    let (s, _dir, log) = logging_sidecar(&t, rev, |c| {
         c.observe.unit_hash_key = Some(b"0123456789abcdef-test-key".to_vec());
     })
     .await;
@@ -159,9 +159,7 @@ async fn each_request_leaves_one_line_without_the_unit_key() {
 async fn sampling_zero_writes_no_line() {
     let mut t = Payments::start().await;
     let rev = t.put(10_000, 0).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let log = dir.path().join("access.log");
-    let s = logging_sidecar(&t, rev, &log, |c| c.observe.sample = 0.0).await;
+    let (s, _dir, log) = logging_sidecar(&t, rev, |c| c.observe.sample = 0.0).await;
     for _ in 0..20 {
         assert_eq!(get(&s, "/", &[]).await.status, 200);
     }
@@ -327,15 +325,21 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_of_the_request_and_its_attempts_reach_an_otlp_collector() {
-    let (addr, spans) = collector().await;
+/// A sidecar on a new [`Payments`] with every request on m6v, exporting spans to the OTLP
+/// collector at `collector`.
+async fn tracing_sidecar(collector: SocketAddr) -> (Payments, Sidecar) {
     let mut t = Payments::start().await;
     let rev = t.put(10_000, 0).await;
     let mut cfg = config(etcd_source(&t.etcd));
     cfg.observe.otlp_endpoint =
-        Some(twin_sidecar::otlp::traces_url(&format!("http://{addr}")).expect("url"));
-    let s = sidecar(cfg, rev).await;
+        Some(twin_sidecar::otlp::traces_url(&format!("http://{collector}")).expect("url"));
+    (t, sidecar(cfg, rev).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_the_request_and_its_attempts_reach_an_otlp_collector() {
+    let (addr, spans) = collector().await;
+    let (t, s) = tracing_sidecar(addr).await;
 
     let incoming = format!("00-{TRACE}-{PARENT}-01");
     assert_eq!(
@@ -388,9 +392,7 @@ async fn force_dc_is_honoured_only_where_the_route_allows_it() {
     let mut r = t.route(10_000, 0);
     r.force_dc = ForceDc::Allow;
     let rev = put_route(&mut t.c, &r).await;
-    let dir = tempfile::tempdir().expect("tmp");
-    let log = dir.path().join("access.log");
-    let s = logging_sidecar(&t, rev, &log, |_| {}).await;
+    let (s, _dir, log) = logging_sidecar(&t, rev, |_| {}).await;
 
     let forced = get(&s, "/", &[("x-twin-force-dc", "wanguo")]).await;
     assert_eq!(forced.status, 200);
@@ -451,12 +453,7 @@ async fn a_collector_that_never_answers_never_slows_a_request() {
             held.push(io);
         }
     });
-    let mut t = Payments::start().await;
-    let rev = t.put(10_000, 0).await;
-    let mut cfg = config(etcd_source(&t.etcd));
-    cfg.observe.otlp_endpoint =
-        Some(twin_sidecar::otlp::traces_url(&format!("http://{addr}")).expect("url"));
-    let s = sidecar(cfg, rev).await;
+    let (_t, s) = tracing_sidecar(addr).await;
     let client = http::client();
     // Batches leave every second and wait up to 5 s (the export timeout) for the collector:
     // a request that waited for one would take seconds.

@@ -16,7 +16,7 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use twin_lab::eventually;
 use twin_lab::http::{self, Behavior, Upstream};
-use twin_sidecar::{Config, TableSource};
+use twin_sidecar::Config;
 
 fn routes_yaml(m6v: &[SocketAddr], wanguo: &[SocketAddr], weights: (u32, u32)) -> String {
     let list = |a: &[SocketAddr]| {
@@ -46,10 +46,8 @@ fn file_config(
     weights: (u32, u32),
 ) -> (tempfile::TempDir, PathBuf, Config) {
     let dir = tempfile::tempdir().expect("tmp");
+    let cfg = routes_file_config(dir.path(), &routes_yaml(m6v, wanguo, weights));
     let routes = dir.path().join("routes.yaml");
-    write(&routes, &routes_yaml(m6v, wanguo, weights));
-    let mut cfg = config(TableSource::File(routes.clone()));
-    cfg.hwm_file = dir.path().join("hwm");
     (dir, routes, cfg)
 }
 

@@ -10,7 +10,6 @@ use support::*;
 use twin_lab::http;
 use twin_lab::{TestCerts, Upstream};
 use twin_sidecar::upstream_tls::UpstreamTlsArgs;
-use twin_sidecar::TableSource;
 
 async fn tls_upstream(certs: &TestCerts, client_ca: Option<&Path>) -> Upstream {
     Upstream::tls(certs, client_ca).await.expect("TLS upstream")
@@ -27,16 +26,12 @@ async fn tls_sidecar(
     let name = server_name
         .map(|n| format!("server_name: {n}"))
         .unwrap_or_default();
-    let routes = dir.join("routes.yaml");
-    std::fs::write(
-        &routes,
-        format!(
+    let mut cfg = routes_file_config(
+        dir,
+        &format!(
             "datacenters:\n  m6v: {{code: 0}}\nroutes:\n  payments:\n    weights: {{m6v: 100%}}\n    endpoints: {{m6v: ['{upstream}']}}\n    tls: {{{name}}}\n    retry: {{max_attempts: 1}}\n"
         ),
-    )
-    .expect("routes");
-    let mut cfg = config(TableSource::File(routes));
-    cfg.hwm_file = dir.join("hwm");
+    );
     cfg.upstream_tls = tls.client_config().expect("upstream tls settings");
     sidecar(cfg, 1).await
 }

@@ -316,20 +316,11 @@ pub async fn send(
     limits: &AttemptTimeouts,
 ) -> Result<Response<UpstreamResponseBody>, Failed> {
     let in_flight = endpoint.start_request();
-    let addr = || endpoint.addr.clone();
     let mut stale = 0;
     loop {
         let (conn, reused) = match endpoint.h2.get(endpoint, limits).await {
             Ok(c) => c,
-            Err(reason) => {
-                return Err(Failed {
-                    error: AttemptError::Connect {
-                        addr: addr(),
-                        reason,
-                    },
-                    request: Some(req),
-                })
-            }
+            Err(reason) => return Err(Failed::connect(&endpoint.addr, reason, req)),
         };
         let stream = Stream::start(&conn);
         let mut sender = conn.sender.clone();
@@ -350,48 +341,30 @@ pub async fn send(
                 }
                 Some(back) => {
                     endpoint.h2.forget(&conn);
-                    return Err(Failed {
-                        error: AttemptError::Connect {
-                            addr: addr(),
-                            reason: format!(
-                                "the HTTP/2 connection ended before the request was sent: {}",
-                                e.into_error()
-                            ),
-                        },
-                        request: Some(back),
-                    });
+                    let reason = format!(
+                        "the HTTP/2 connection ended before the request was sent: {}",
+                        e.into_error()
+                    );
+                    return Err(Failed::connect(&endpoint.addr, reason, back));
                 }
                 None => {
                     let e = e.into_error();
                     if conn.sender.is_closed() {
                         endpoint.h2.forget(&conn);
                     }
-                    let error = match unprocessed(&e) {
-                        Some(reason) => AttemptError::Refused {
-                            addr: addr(),
-                            reason: reason.to_string(),
+                    return Err(match unprocessed(&e) {
+                        Some(reason) => Failed {
+                            error: AttemptError::Refused {
+                                addr: endpoint.addr.clone(),
+                                reason: reason.to_string(),
+                            },
+                            request: None,
                         },
-                        None => AttemptError::Dropped {
-                            addr: addr(),
-                            source: Box::new(e),
-                            hint: None,
-                        },
-                    };
-                    return Err(Failed {
-                        error,
-                        request: None,
+                        None => Failed::dropped(&endpoint.addr, e, None),
                     });
                 }
             },
-            Err(elapsed) => {
-                return Err(Failed {
-                    error: AttemptError::Timeout {
-                        addr: addr(),
-                        limit: elapsed.0,
-                    },
-                    request: None,
-                })
-            }
+            Err(elapsed) => return Err(Failed::timeout(&endpoint.addr, elapsed.0)),
         }
     }
 }

@@ -145,12 +145,7 @@ impl<'r> Plan<'r> {
         let next = self
             .attempts
             .after_status(status, can_resend, &self.route.budget);
-        if let Next::Retry(why) = next {
-            metrics::retry(&self.route.name, why);
-            self.tried.push((t.dc, t.idx));
-            self.last_not_sent = false;
-        }
-        next
+        self.note_retry(t, next, false)
     }
 
     /// After `t` declined the call without processing it (gRPC's trailers-only
@@ -161,11 +156,17 @@ impl<'r> Plan<'r> {
         let next = self
             .attempts
             .after_unprocessed(reason, can_resend, &self.route.budget);
+        // Like a call never sent, it goes to an endpoint not tried yet.
+        self.note_retry(t, next, true)
+    }
+
+    /// Returns `next`; when it is a retry, counts it and marks `t` tried, the next attempt
+    /// following a call that was `not_sent` (or not).
+    fn note_retry(&mut self, t: Target, next: Next, not_sent: bool) -> Next {
         if let Next::Retry(why) = next {
             metrics::retry(&self.route.name, why);
             self.tried.push((t.dc, t.idx));
-            // Like a call never sent, it goes to an endpoint not tried yet.
-            self.last_not_sent = true;
+            self.last_not_sent = not_sent;
         }
         next
     }

@@ -37,7 +37,7 @@ use crate::outbound::h2::{dial, Alpn};
 use crate::outbound::headers;
 use crate::outbound::metrics::{TUNNELS, TUNNELS_OPEN};
 use crate::outbound::timeout::AttemptTimeouts;
-use crate::outbound::upstream::{AttemptError, Failed};
+use crate::outbound::upstream::Failed;
 use crate::shutdown::Shutdown;
 use crate::table::{DcPool, ServiceRoute};
 
@@ -146,7 +146,6 @@ pub async fn send(
     limits: &AttemptTimeouts,
 ) -> Result<Response<UpstreamResponseBody>, Failed> {
     let in_flight = endpoint.start_request();
-    let addr = || endpoint.addr.clone();
     let connected = match dial(endpoint, limits, Alpn::Http1).await {
         Ok(io) => http1::handshake(TokioIo::new(io))
             .await
@@ -155,15 +154,7 @@ pub async fn send(
     };
     let (mut sender, conn) = match connected {
         Ok(c) => c,
-        Err(reason) => {
-            return Err(Failed {
-                error: AttemptError::Connect {
-                    addr: addr(),
-                    reason,
-                },
-                request: Some(req),
-            })
-        }
+        Err(reason) => return Err(Failed::connect(&endpoint.addr, reason, req)),
     };
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
@@ -180,21 +171,8 @@ pub async fn send(
                 UpstreamResponseBody::unpooled(body, in_flight),
             ))
         }
-        Ok(Err(e)) => Err(Failed {
-            error: AttemptError::Dropped {
-                addr: addr(),
-                source: Box::new(e),
-                hint: None,
-            },
-            request: None,
-        }),
-        Err(elapsed) => Err(Failed {
-            error: AttemptError::Timeout {
-                addr: addr(),
-                limit: elapsed.0,
-            },
-            request: None,
-        }),
+        Ok(Err(e)) => Err(Failed::dropped(&endpoint.addr, e, None)),
+        Err(elapsed) => Err(Failed::timeout(&endpoint.addr, elapsed.0)),
     }
 }
 

@@ -177,6 +177,48 @@ pub struct Failed {
     pub request: Option<Request<UpstreamBody>>,
 }
 
+impl Failed {
+    /// No connection to `addr` ([`AttemptError::Connect`]): `request` was not sent and comes
+    /// back for another attempt.
+    pub fn connect(addr: &str, reason: String, request: Request<UpstreamBody>) -> Failed {
+        Failed {
+            error: AttemptError::Connect {
+                addr: addr.to_string(),
+                reason,
+            },
+            request: Some(request),
+        }
+    }
+
+    /// The connection to `addr` broke after the request was handed to it
+    /// ([`AttemptError::Dropped`]).
+    pub fn dropped(
+        addr: &str,
+        source: impl std::error::Error + Send + Sync + 'static,
+        hint: Option<&'static str>,
+    ) -> Failed {
+        Failed {
+            error: AttemptError::Dropped {
+                addr: addr.to_string(),
+                source: Box::new(source),
+                hint,
+            },
+            request: None,
+        }
+    }
+
+    /// No response head from `addr` within `limit` ([`AttemptError::Timeout`]).
+    pub fn timeout(addr: &str, limit: Duration) -> Failed {
+        Failed {
+            error: AttemptError::Timeout {
+                addr: addr.to_string(),
+                limit,
+            },
+            request: None,
+        }
+    }
+}
+
 async fn connect(endpoint: &EndpointState, limits: &AttemptTimeouts) -> Result<Sender, String> {
     let tcp = endpoint.tcp_connect();
     match &endpoint.tls {
@@ -229,7 +271,6 @@ pub async fn send(
     limits: &AttemptTimeouts,
 ) -> Result<Response<UpstreamResponseBody>, Failed> {
     let in_flight = endpoint.start_request();
-    let addr = || endpoint.addr.clone();
     let mut stale = 0;
     loop {
         let pooled = if stale < MAX_STALE {
@@ -242,15 +283,7 @@ pub async fn send(
             Some(s) => s,
             None => match connect(endpoint, limits).await {
                 Ok(s) => s,
-                Err(reason) => {
-                    return Err(Failed {
-                        error: AttemptError::Connect {
-                            addr: addr(),
-                            reason,
-                        },
-                        request: Some(req),
-                    })
-                }
+                Err(reason) => return Err(Failed::connect(&endpoint.addr, reason, req)),
             },
         };
         let started = Instant::now();
@@ -282,37 +315,17 @@ pub async fn send(
                     if let Some(tls) = &endpoint.tls {
                         reason = format!("{reason} ({})", tls.closed_after_handshake_hint());
                     }
-                    return Err(Failed {
-                        error: AttemptError::Connect {
-                            addr: addr(),
-                            reason,
-                        },
-                        request: Some(back),
-                    });
+                    return Err(Failed::connect(&endpoint.addr, reason, back));
                 }
                 None => {
-                    return Err(Failed {
-                        error: AttemptError::Dropped {
-                            addr: addr(),
-                            source: Box::new(e.into_error()),
-                            hint: match (&endpoint.tls, reused) {
-                                (Some(tls), false) => Some(tls.closed_after_handshake_hint()),
-                                _ => None,
-                            },
-                        },
-                        request: None,
-                    })
+                    let hint = match (&endpoint.tls, reused) {
+                        (Some(tls), false) => Some(tls.closed_after_handshake_hint()),
+                        _ => None,
+                    };
+                    return Err(Failed::dropped(&endpoint.addr, e.into_error(), hint));
                 }
             },
-            Err(elapsed) => {
-                return Err(Failed {
-                    error: AttemptError::Timeout {
-                        addr: addr(),
-                        limit: elapsed.0,
-                    },
-                    request: None,
-                })
-            }
+            Err(elapsed) => return Err(Failed::timeout(&endpoint.addr, elapsed.0)),
         }
     }
 }

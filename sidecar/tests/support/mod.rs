@@ -13,7 +13,7 @@ use etcd_client::Client;
 use twin_lab::http::{self, Behavior, Reply, Upstream};
 pub use twin_lab::Signal;
 use twin_lab::{eventually, Etcd, Registry, SidecarProc};
-use twin_sidecar::config::{Http1Engine, OutlierSettings};
+use twin_sidecar::config::{Http1Engine, Listeners, OutlierSettings};
 use twin_sidecar::{Config, Flags, Sidecar, TableSource};
 use twin_topology::{Datacenter, EtcdSettings, Keys, OnDcDown, Route, Weights};
 
@@ -162,10 +162,7 @@ pub async fn admin_get(client: &http::Client, admin: SocketAddr, path: &str) -> 
 pub fn config(source: TableSource) -> Config {
     let mut cfg = Config::new("m6v", source);
     cfg.node_id = "test-node".into();
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    cfg.outbound = any;
-    cfg.ids = any;
-    cfg.admin = any;
+    cfg.listen = Listeners::ephemeral();
     cfg.outlier = OutlierSettings {
         consecutive_failures: 2,
         base_ejection_ms: 30_000,
@@ -179,6 +176,23 @@ pub fn config(source: TableSource) -> Config {
             .expect("TWIN_HTTP1_ENGINE is twin or hyper");
     }
     cfg
+}
+
+/// A sidecar configuration ([`config`]) that reads its routes from `dir/routes.yaml`,
+/// written from `yaml`, and keeps its high-water-mark file in `dir` too.
+pub fn routes_file_config(dir: &Path, yaml: &str) -> Config {
+    let routes = dir.join("routes.yaml");
+    std::fs::write(&routes, yaml).expect("write routes file");
+    let mut cfg = config(TableSource::File(routes));
+    cfg.fixed_worker.hwm_file = dir.join("hwm");
+    cfg
+}
+
+/// A routes file with [`SERVICE`] wholly on `up` in m6v.
+pub fn m6v_routes_yaml(up: SocketAddr) -> String {
+    format!(
+        "datacenters: {{m6v: {{code: 0}}}}\nroutes:\n  payments:\n    weights: {{m6v: 10000}}\n    endpoints: {{m6v: ['{up}']}}\n"
+    )
 }
 
 pub fn etcd_source(etcd: &Etcd) -> TableSource {

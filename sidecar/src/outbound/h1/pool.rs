@@ -23,11 +23,22 @@ use crate::outbound::timeout::AttemptTimeouts;
 /// Idle connections kept per endpoint.
 const MAX_IDLE: usize = 512;
 
-/// One upstream connection.
-pub enum Upstream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+/// A plain or a TLS stream (or one half of it): reads and writes go to whichever it is.
+pub enum PlainOrTls<P, T> {
+    Plain(P),
+    Tls(T),
 }
+
+/// One upstream connection.
+pub type Upstream = PlainOrTls<TcpStream, Box<TlsStream<TcpStream>>>;
+
+/// The read half of an [`Upstream`].
+pub type UpRead<'a> =
+    PlainOrTls<tokio::net::tcp::ReadHalf<'a>, tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>>;
+
+/// The write half of an [`Upstream`].
+pub type UpWrite<'a> =
+    PlainOrTls<tokio::net::tcp::WriteHalf<'a>, tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>>;
 
 impl Upstream {
     /// True when the upstream has neither closed the connection nor sent anything while it
@@ -35,10 +46,10 @@ impl Upstream {
     fn is_quiet(&mut self) -> bool {
         let mut probe = [0u8; 1];
         match self {
-            Upstream::Plain(s) => {
+            PlainOrTls::Plain(s) => {
                 matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
-            Upstream::Tls(s) => {
+            PlainOrTls::Tls(s) => {
                 // One poll with a waker that does nothing: Pending means nothing to read.
                 let waker = std::task::Waker::noop();
                 let mut cx = Context::from_waker(waker);
@@ -56,92 +67,40 @@ impl Upstream {
     /// allocation for a plain connection).
     pub fn halves(&mut self) -> (UpRead<'_>, UpWrite<'_>) {
         match self {
-            Upstream::Plain(s) => {
+            PlainOrTls::Plain(s) => {
                 let (r, w) = s.split();
-                (UpRead::Plain(r), UpWrite::Plain(w))
+                (PlainOrTls::Plain(r), PlainOrTls::Plain(w))
             }
-            Upstream::Tls(s) => {
+            PlainOrTls::Tls(s) => {
                 let (r, w) = tokio::io::split(s.as_mut());
-                (UpRead::Tls(r), UpWrite::Tls(w))
+                (PlainOrTls::Tls(r), PlainOrTls::Tls(w))
             }
         }
     }
 }
 
-/// The read half of an [`Upstream`].
-pub enum UpRead<'a> {
-    Plain(tokio::net::tcp::ReadHalf<'a>),
-    Tls(tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>),
-}
-
-/// The write half of an [`Upstream`].
-pub enum UpWrite<'a> {
-    Plain(tokio::net::tcp::WriteHalf<'a>),
-    Tls(tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for UpRead<'_> {
+impl<P: AsyncRead + Unpin, T: AsyncRead + Unpin> AsyncRead for PlainOrTls<P, T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            UpRead::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpRead::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            PlainOrTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            PlainOrTls::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for UpWrite<'_> {
+impl<P: AsyncWrite + Unpin, T: AsyncWrite + Unpin> AsyncWrite for PlainOrTls<P, T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            UpWrite::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpWrite::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpWrite::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpWrite::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            UpWrite::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpWrite::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl AsyncRead for Upstream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Upstream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Upstream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            PlainOrTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            PlainOrTls::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -151,29 +110,29 @@ impl AsyncWrite for Upstream {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Upstream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            PlainOrTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            PlainOrTls::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
-            Upstream::Plain(s) => s.is_write_vectored(),
-            Upstream::Tls(s) => s.is_write_vectored(),
+            PlainOrTls::Plain(s) => s.is_write_vectored(),
+            PlainOrTls::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Upstream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            PlainOrTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            PlainOrTls::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            Upstream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Upstream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            PlainOrTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            PlainOrTls::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -240,6 +199,6 @@ pub async fn connect(
             .connect(async { tls.connect(tcp.await?).await })
             .await
             .map_err(|e| format!("timed out after {:?} (TCP connect and TLS handshake)", e.0))?
-            .map(|s| Upstream::Tls(Box::new(s))),
+            .map(|s| PlainOrTls::Tls(Box::new(s))),
     }
 }

@@ -6,70 +6,50 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
+
+use crate::read_filter::{Filtered, ReadFilter};
 
 /// `io` with `prefix` put back in front of what it reads next.
-pub struct Rewind<T> {
-    prefix: Vec<u8>,
-    /// Bytes of `prefix` already given back.
+pub type Rewind<T> = Filtered<Prefix, T>;
+
+/// The bytes a [`Rewind`] gives back before reading its socket again.
+pub struct Prefix {
+    bytes: Vec<u8>,
+    /// Bytes already given back.
     pos: usize,
-    io: T,
 }
 
 impl<T> Rewind<T> {
     pub fn new(io: T, prefix: Vec<u8>) -> Rewind<T> {
-        Rewind { prefix, pos: 0, io }
+        Filtered {
+            filter: Prefix {
+                bytes: prefix,
+                pos: 0,
+            },
+            io,
+        }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+impl<T: AsyncRead + Unpin> ReadFilter<T> for Prefix {
     fn poll_read(
-        self: Pin<&mut Self>,
+        &mut self,
+        socket: &mut T,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.pos < this.prefix.len() {
-            let n = (this.prefix.len() - this.pos).min(buf.remaining());
-            buf.put_slice(&this.prefix[this.pos..this.pos + n]);
-            this.pos += n;
-            if this.pos == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.pos = 0;
+        if self.pos < self.bytes.len() {
+            let n = (self.bytes.len() - self.pos).min(buf.remaining());
+            buf.put_slice(&self.bytes[self.pos..self.pos + n]);
+            self.pos += n;
+            if self.pos == self.bytes.len() {
+                self.bytes = Vec::new();
+                self.pos = 0;
             }
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        Pin::new(socket).poll_read(cx, buf)
     }
 }
 
