@@ -13,7 +13,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use twin_sidecar::config::OutlierSettings;
 use twin_sidecar::table::TableBuilder;
-use twin_topology::{Endpoint, Keys, Route, Source, Topology, Weights};
+use twin_topology::{Endpoint, Keys, Route, Shared, Source, Topology, Versioned, Weights};
 
 const ROUTES: usize = 200;
 
@@ -73,6 +73,26 @@ fn fleet_topology(keys: &Keys, n: usize) -> Topology {
     t
 }
 
+/// A copy that shares nothing: what every event cost a view before routes and endpoints
+/// were [`Shared`] (the clone of plain maps copied every route and endpoint).
+fn deep_copy(t: &Topology) -> Topology {
+    let routes: std::collections::BTreeMap<_, _> = t
+        .routes
+        .iter()
+        .map(|(k, v)| (k.clone(), Shared::new(Versioned::clone(v))))
+        .collect();
+    let endpoints: std::collections::BTreeMap<_, _> = t
+        .endpoints
+        .iter()
+        .map(|(k, v)| (k.clone(), Shared::new((**v).clone())))
+        .collect();
+    Topology {
+        routes: routes.into(),
+        endpoints: endpoints.into(),
+        ..t.clone()
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let keys = Keys::default();
     let n = endpoints();
@@ -86,6 +106,16 @@ fn bench(c: &mut Criterion) {
             black_box(next)
         })
     });
+    c.bench_function(
+        &format!("full copy + one endpoint put, as before ({n} endpoints)"),
+        |b| {
+            b.iter(|| {
+                let mut next = deep_copy(&topo);
+                let _ = next.apply(&keys, &ep_key, Some(&ep_value), topo.revision + 1);
+                black_box(next)
+            })
+        },
+    );
     let route_key = keys.route("svc07");
     let route_value = route(4000);
     c.bench_function(&format!("copy + one route put ({n} endpoints)"), |b| {
