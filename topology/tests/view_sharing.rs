@@ -11,22 +11,15 @@ use std::time::Duration;
 use etcd_client::{Client, Txn, TxnOp};
 use twin_lab::Etcd;
 use twin_topology::{
-    list_topology, Endpoint, Keys, Route, Shared, Source, Topology, TopologyView, ViewOptions,
-    Weights,
+    list_topology, Endpoint, Keys, Shared, Source, Topology, TopologyView, ViewOptions,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
 const SERVICES: usize = 6;
 
+/// A route's value as an operator writes it (unnamed fields take their defaults).
 fn route_json(m6v: u32) -> String {
-    serde_json::to_string(&Route::with_weights(Weights(
-        [
-            ("m6v".to_string(), m6v),
-            ("wanguo".to_string(), 10_000 - m6v),
-        ]
-        .into(),
-    )))
-    .expect("json")
+    format!(r#"{{"weights":{{"m6v":{m6v},"wanguo":{}}}}}"#, 10_000 - m6v)
 }
 
 fn endpoint_json(port: u64) -> String {
@@ -95,21 +88,29 @@ fn random_txn(rng: &mut Rng, keys: &Keys) -> Txn {
     Txn::new().and_then(ops)
 }
 
+/// Two datacenters and [`SERVICES`] routes at 5000 to m6v, in one transaction (a view
+/// checks routes against the datacenters it already holds).
 async fn seed(client: &mut Client, keys: &Keys) {
-    client
-        .put(keys.datacenter("m6v"), r#"{"code":0}"#, None)
+    let dcs = [("m6v", 0), ("wanguo", 1)]
+        .map(|(dc, code)| TxnOp::put(keys.datacenter(dc), format!(r#"{{"code":{code}}}"#), None));
+    let routes =
+        (0..SERVICES as u64).map(|k| TxnOp::put(keys.route(&svc(k)), route_json(5000), None));
+    let ops: Vec<TxnOp> = dcs.into_iter().chain(routes).collect();
+    client.txn(Txn::new().and_then(ops)).await.expect("seed");
+}
+
+/// Writes `key` and returns the first topology the view publishes with that write.
+async fn put_and_wait(
+    client: &mut Client,
+    view: &TopologyView,
+    key: String,
+    value: String,
+) -> Arc<Topology> {
+    let put = client.put(key, value, None).await.expect("put");
+    let rev = put.header().map_or(0, |h| h.revision());
+    view.wait_for(WAIT, |t| t.revision >= rev)
         .await
-        .expect("dc");
-    client
-        .put(keys.datacenter("wanguo"), r#"{"code":1}"#, None)
-        .await
-        .expect("dc");
-    for k in 0..SERVICES as u64 {
-        client
-            .put(keys.route(&svc(k)), route_json(5000), None)
-            .await
-            .expect("route");
-    }
+        .expect("the view applies the write")
 }
 
 /// The topology a fresh listing gives, in the view's terms (source, revisions as the view
@@ -127,21 +128,17 @@ async fn listed(client: &Client, keys: &Keys, view: &Topology) -> Topology {
     }
 }
 
-fn fast() -> ViewOptions {
-    ViewOptions {
-        backoff: Duration::from_millis(20),
-        max_backoff: Duration::from_millis(200),
-        ..ViewOptions::default()
-    }
-}
-
 #[tokio::test]
 async fn incremental_apply_equals_a_full_listing_and_keeps_transactions_whole() {
     let etcd = Etcd::start().await.expect("etcd");
     let mut client = etcd.client().await.expect("client");
     let keys = Keys::default();
     seed(&mut client, &keys).await;
-    let view = TopologyView::start(etcd.client().await.expect("client"), keys.clone(), fast());
+    let view = TopologyView::start(
+        etcd.client().await.expect("client"),
+        keys.clone(),
+        ViewOptions::default(),
+    );
     let loaded = view
         .wait_for(WAIT, |t| t.routes.len() == SERVICES)
         .await
@@ -198,15 +195,7 @@ async fn incremental_apply_equals_a_full_listing_and_keeps_transactions_whole() 
         }
     }
     // A last write the view must reach, then compare with a listing.
-    let done = client
-        .put(keys.route("done"), route_json(5000), None)
-        .await
-        .expect("put");
-    let rev = done.header().map_or(0, |h| h.revision());
-    let now = view
-        .wait_for(WAIT, |t| t.revision >= rev)
-        .await
-        .expect("the view reaches the last write");
+    let now = put_and_wait(&mut client, &view, keys.route("done"), route_json(5000)).await;
     assert_eq!(*now, listed(&client, &keys, &now).await);
     assert_eq!(torn.load(Ordering::Relaxed), 0, "a transaction was torn");
     assert_eq!(view.stats().invalid_values.load(Ordering::Relaxed), 0);
@@ -214,15 +203,8 @@ async fn incremental_apply_equals_a_full_listing_and_keeps_transactions_whole() 
     // An endpoint write copies one service's endpoints: the routes and the other services'
     // endpoints are the very same values as before.
     let before = view.current();
-    let put = client
-        .put(keys.endpoint("svc3", "m6v", "late"), endpoint_json(3), None)
-        .await
-        .expect("put");
-    let rev = put.header().map_or(0, |h| h.revision());
-    let after = view
-        .wait_for(WAIT, |t| t.revision >= rev)
-        .await
-        .expect("the view applies the endpoint");
+    let late = keys.endpoint("svc3", "m6v", "late");
+    let after = put_and_wait(&mut client, &view, late, endpoint_json(3)).await;
     assert!(after.endpoints_in("svc3", "m6v").any(|(i, _)| i == "late"));
     assert!(Shared::ptr_eq(&before.routes, &after.routes));
     for (name, eps) in after.endpoints.iter().filter(|(n, _)| *n != "svc3") {
