@@ -93,13 +93,18 @@ fn deep_copy(t: &Topology) -> Topology {
     }
 }
 
+/// How a view copies the published topology before applying an event.
+type CopyTopology = fn(&Topology) -> Topology;
+/// One etcd write: key, value.
+type Put = (String, Vec<u8>);
+
 fn bench(c: &mut Criterion) {
     let keys = Keys::default();
     let n = endpoints();
     let topo = Arc::new(fleet_topology(&keys, n));
     let endpoint_put = (keys.endpoint("svc07", "m6v", "node9999"), endpoint(9999));
     let route_put = (keys.route("svc07"), route(4000));
-    let cases: [(&str, fn(&Topology) -> Topology, &(String, Vec<u8>)); 3] = [
+    let cases: [(&str, CopyTopology, &Put); 3] = [
         ("copy + one endpoint put", Topology::clone, &endpoint_put),
         (
             "full copy + one endpoint put, as before",
