@@ -387,14 +387,27 @@ async fn leader_loss(
         .collect();
     let mut client = etcd.settings(&survivors, "/").connect().await?;
     let (mut last_bad, mut prev) = (killed, (r0, c0.grants));
+    // When each sign of the storm was last seen (s after the kill): a watch reopened, a
+    // lease granted, presence or endpoint keys missing.
+    let mut last = [0.0f64; 3];
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = (restarts(), counters(&etcd).await.grants);
         let nodes = count_keys(&mut client, &keys.nodes()).await;
         let eps = count_keys(&mut client, &keys.endpoints()).await;
-        let healthy = now == prev && nodes == Some(n as i64) && eps == Some(n as i64);
+        let at = killed.elapsed().as_secs_f64();
+        let signs = [
+            now.0 != prev.0,
+            now.1 != prev.1,
+            nodes != Some(n as i64) || eps != Some(n as i64),
+        ];
+        for (l, s) in last.iter_mut().zip(signs) {
+            if s {
+                *l = at;
+            }
+        }
         prev = now;
-        if !healthy {
+        if signs.iter().any(|s| *s) {
             last_bad = Instant::now();
         }
         if last_bad.elapsed() >= QUIET || killed.elapsed() > Duration::from_secs(90) {
@@ -402,6 +415,10 @@ async fn leader_loss(
         }
     }
     let settled = last_bad.duration_since(killed).as_secs_f64();
+    eprintln!(
+        "[{n} sidecars] leader loss: last watch reopened at {:.1} s, last lease granted at {:.1} s, keys last missing at {:.1} s",
+        last[0], last[1], last[2]
+    );
     let grants = counters(&etcd).await.grants - c0.grants;
     let (after, miss, _) = weight_change(&etcd, &survivors.join(","), fleet, 30).await?;
     if miss > 0 {
@@ -412,6 +429,14 @@ async fn leader_loss(
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
+    // `RUST_LOG=warn` shows what the simulated sidecars log (keep-alives reopened, leases
+    // given up, watches resumed).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let sizes = env_list("TWIN_BENCH_SIDECARS", "100,500,2000");
     let members = env_list("TWIN_BENCH_MEMBERS", "1,3");
     let changes = env_list("TWIN_BENCH_CHANGES", "10")

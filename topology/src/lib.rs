@@ -24,6 +24,7 @@ pub mod keys;
 pub mod model;
 pub mod ring;
 pub mod routes_file;
+pub mod shared;
 pub mod snapshot;
 pub mod store;
 pub mod templates;
@@ -52,6 +53,7 @@ pub use ring::{
     HAPROXY_MAX_WEIGHT, HAPROXY_XXH64_BUCKET, XXH64_TEST_VECTOR,
 };
 pub use routes_file::{RoutesFile, RoutesFileError};
+pub use shared::Shared;
 pub use snapshot::{ApplyError, SnapshotError, Source, Topology};
 pub use store::{
     list_topology, now_ms, AuditMeta, Change, CommitOptions, Committed, Listing, Store, StoreError,

@@ -18,6 +18,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{Datacenter, Route, Versioned};
+use crate::shared::Shared;
 use crate::snapshot::{Source, Topology};
 use crate::validate::{self, ValidationError};
 
@@ -111,14 +112,15 @@ impl RoutesFile {
                 .map(|(s, r)| {
                     (
                         s.clone(),
-                        Versioned {
+                        Shared::new(Versioned {
                             value: r.clone(),
                             mod_revision: revision,
-                        },
+                        }),
                     )
                 })
-                .collect(),
-            endpoints: BTreeMap::new(),
+                .collect::<BTreeMap<_, _>>()
+                .into(),
+            endpoints: Shared::default(),
             fences: BTreeMap::new(),
             freeze: None,
             ..Topology::default()

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::fence::Fence;
 use crate::keys::{KeyKind, Keys};
 use crate::model::{Datacenter, Endpoint, Freeze, Route, Versioned};
+use crate::shared::Shared;
 use crate::templates::TemplateRecord;
 use crate::validate::{self, ValidationError};
 
@@ -36,6 +37,10 @@ pub enum Source {
 
 /// Everything routing needs, at one etcd revision. Cheap to share (`Arc`), never mutated
 /// after it is published.
+///
+/// Routes and endpoints are held in [`Shared`] parts: a clone shares them, and applying a
+/// change copies only the part it touches (the route map's entries and one route, or the
+/// endpoint map's entries and one service's endpoints), never the whole fleet's endpoints.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Topology {
     /// The etcd revision this picture is complete up to.
@@ -43,8 +48,9 @@ pub struct Topology {
     #[serde(default)]
     pub source: Source,
     pub datacenters: BTreeMap<String, Datacenter>,
-    pub routes: BTreeMap<String, Versioned<Route>>,
-    pub endpoints: BTreeMap<String, ServiceEndpoints>,
+    pub routes: Shared<BTreeMap<String, Shared<Versioned<Route>>>>,
+    /// Registered endpoints by service (a service is present while it has one).
+    pub endpoints: Shared<BTreeMap<String, Shared<ServiceEndpoints>>>,
     #[serde(default)]
     pub freeze: Option<Freeze>,
     /// Fenced cut-overs in progress, by service.
@@ -163,14 +169,17 @@ impl Topology {
                 route.validate(&self.datacenters).map_err(invalid(key))?;
                 self.routes.insert(
                     svc.to_string(),
-                    Versioned {
+                    Shared::new(Versioned {
                         value: route,
                         mod_revision,
-                    },
+                    }),
                 );
             }
             (KeyKind::Route(svc), None) => {
-                self.routes.remove(svc);
+                // Only a present key copies the map (a delete of nothing changes nothing).
+                if self.routes.contains_key(svc) {
+                    self.routes.remove(svc);
+                }
             }
             (
                 KeyKind::Endpoint {
@@ -185,12 +194,7 @@ impl Topology {
                 validate::datacenter_name(dc).map_err(invalid(key))?;
                 validate::instance_name(instance).map_err(invalid(key))?;
                 ep.validate().map_err(invalid(key))?;
-                self.endpoints
-                    .entry(service.to_string())
-                    .or_default()
-                    .entry(dc.to_string())
-                    .or_default()
-                    .insert(instance.to_string(), ep);
+                self.put_endpoint(service, dc, instance, ep);
             }
             (
                 KeyKind::Endpoint {
@@ -200,17 +204,7 @@ impl Topology {
                 },
                 None,
             ) => {
-                if let Some(by_dc) = self.endpoints.get_mut(service) {
-                    if let Some(insts) = by_dc.get_mut(dc) {
-                        insts.remove(instance);
-                        if insts.is_empty() {
-                            by_dc.remove(dc);
-                        }
-                    }
-                    if by_dc.is_empty() {
-                        self.endpoints.remove(service);
-                    }
-                }
+                self.remove_endpoint(service, dc, instance);
             }
             (KeyKind::Freeze, Some(v)) => {
                 let f: Freeze = json(key, v)?;
@@ -283,7 +277,7 @@ impl Topology {
             }
             Some(KeyKind::Route(s)) => {
                 if let Some(r) = prev.routes.get(s) {
-                    self.routes.insert(s.to_string(), r.clone());
+                    self.routes.insert(s.to_string(), Shared::clone(r));
                 }
             }
             Some(KeyKind::Endpoint {
@@ -297,12 +291,7 @@ impl Topology {
                     .and_then(|d| d.get(dc))
                     .and_then(|i| i.get(instance))
                 {
-                    self.endpoints
-                        .entry(service.to_string())
-                        .or_default()
-                        .entry(dc.to_string())
-                        .or_default()
-                        .insert(instance.to_string(), e.clone());
+                    self.put_endpoint(service, dc, instance, e.clone());
                 }
             }
             Some(KeyKind::Freeze) => self.freeze = prev.freeze.clone(),
@@ -317,6 +306,49 @@ impl Topology {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Puts one endpoint, copying only the endpoint map's entries and `service`'s endpoints
+    /// if another topology shares them.
+    fn put_endpoint(&mut self, service: &str, dc: &str, instance: &str, ep: Endpoint) {
+        match self.endpoints.get_mut(service) {
+            Some(by_dc) => {
+                by_dc
+                    .entry(dc.to_string())
+                    .or_default()
+                    .insert(instance.to_string(), ep);
+            }
+            None => {
+                let by_dc: ServiceEndpoints =
+                    [(dc.to_string(), [(instance.to_string(), ep)].into())].into();
+                self.endpoints.insert(service.to_string(), by_dc.into());
+            }
+        }
+    }
+
+    /// Removes one endpoint (and a datacenter or service left without any); removing one
+    /// that is not there copies nothing.
+    fn remove_endpoint(&mut self, service: &str, dc: &str, instance: &str) {
+        let present = self
+            .endpoints
+            .get(service)
+            .and_then(|d| d.get(dc))
+            .is_some_and(|i| i.contains_key(instance));
+        if !present {
+            return;
+        }
+        let now_empty = self.endpoints.get_mut(service).is_some_and(|by_dc| {
+            if let Some(insts) = by_dc.get_mut(dc) {
+                insts.remove(instance);
+                if insts.is_empty() {
+                    by_dc.remove(dc);
+                }
+            }
+            by_dc.is_empty()
+        });
+        if now_empty {
+            self.endpoints.remove(service);
         }
     }
 

@@ -4,7 +4,10 @@
 //! task lists what the topology holds ([`Keys::topology_ranges`]: not the presence keys and
 //! dependency edges every sidecar writes) once, then watches those ranges from the next
 //! revision; each watch response is
-//! applied to a copy and swapped in whole, so a reader never sees half a change. After a
+//! applied to a copy and swapped in whole, so a reader never sees half a change. The copy
+//! shares every part the response does not touch ([`crate::Shared`]): an endpoint event
+//! copies one service's endpoints, not the fleet's, so a view's cost per event does not
+//! grow with the number of sidecars registered. After a
 //! disconnect the watch resumes from the last revision seen; if etcd compacted that revision
 //! away, the task lists again. A value that fails validation is skipped (the last good value
 //! stays) and counted in `twin_topology_invalid_values_total`. With a snapshot path, every
@@ -395,6 +398,7 @@ fn apply(
     }
     // By revision; within one, datacenters first (routes are checked against them).
     batch.sort_by_key(|(k, _, rev)| (*rev, !matches!(keys.parse(k), Some(KeyKind::Datacenter(_)))));
+    // Cheap: the routes and endpoints are shared with `topo` until an event writes them.
     let mut next = topo.clone();
     for (key, value, rev) in &batch {
         next.revision = next.revision.max(*rev);

@@ -118,10 +118,17 @@ pub fn service_name(i: usize) -> String {
     format!("svc{i:02}")
 }
 
-/// Sidecars started per wave (a rollout, not a cold start of the whole fleet at once).
-pub const WAVE: usize = 100;
+/// Sidecars started per wave (a rollout, not a cold start of the whole fleet at once):
+/// `TWIN_BENCH_WAVE`, default 100.
+pub fn wave() -> usize {
+    std::env::var("TWIN_BENCH_WAVE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|w| *w > 0)
+        .unwrap_or(100)
+}
 
-/// Starts `n` sidecars, each with its own client to every member, in waves of [`WAVE`]
+/// Starts `n` sidecars, each with its own client to every member, in waves of [`wave`]
 /// (at most 32 connecting at a time): the next wave starts once etcd holds the presence key
 /// of every sidecar started so far (or after 60 s).
 pub async fn start_fleet(
@@ -132,7 +139,7 @@ pub async fn start_fleet(
     let mut fleet = Vec::with_capacity(n);
     let mut probe = etcd.client().await?;
     let nodes = Keys::default().nodes();
-    for wave in (0..n).collect::<Vec<_>>().chunks(WAVE) {
+    for wave in (0..n).collect::<Vec<_>>().chunks(wave()) {
         let clients: Vec<anyhow::Result<(usize, etcd_client::Client)>> =
             futures::stream::iter(wave.iter().copied())
                 .map(|i| async move {
@@ -149,12 +156,18 @@ pub async fn start_fleet(
             let (i, client) = c?;
             fleet.push(SimSidecar::start(client, i, services));
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while count_keys(&mut probe, &nodes).await != Some(fleet.len() as i64)
-            && tokio::time::Instant::now() < deadline
-        {
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_secs(60);
+        let mut present = None;
+        while present != Some(fleet.len() as i64) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
+            present = count_keys(&mut probe, &nodes).await;
         }
+        eprintln!(
+            "  {} sidecars started, {present:?} present after {:.1} s",
+            fleet.len(),
+            started.elapsed().as_secs_f64()
+        );
     }
     Ok(fleet)
 }

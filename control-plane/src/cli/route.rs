@@ -405,11 +405,11 @@ pub async fn run(g: &Global, cmd: RouteCommand) -> Result<(), CtlError> {
             let routes = loaded
                 .topo
                 .routes
-                .into_iter()
+                .iter()
                 .map(|(service, v)| RouteView {
-                    service,
+                    service: service.clone(),
                     revision: v.mod_revision,
-                    route: v.value,
+                    route: v.value.clone(),
                 })
                 .collect();
             emit(g.output, &RouteList { routes })
