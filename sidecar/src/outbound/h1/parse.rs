@@ -3,8 +3,6 @@
 //! ambiguous, and written on with their header bytes copied as they came, less the
 //! hop-by-hop ones — the same rewriting as [`crate::outbound::headers`] does for hyper.
 
-use std::io::Write;
-
 use crate::outbound::error::ProxyError;
 use crate::outbound::h1::framing::Framing;
 use crate::outbound::headers::{
@@ -279,12 +277,19 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes `n` in decimal (without `write!`, whose formatting machinery costs more than the
+/// rest of a head).
+fn push_number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 fn push_framing(out: &mut Vec<u8>, framing: Framing) {
     match framing {
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(n) => {
-            // Writing a number into a Vec cannot fail.
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            push_number(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Empty | Framing::Close => {}
     }
@@ -408,8 +413,13 @@ pub fn write_client_head(
     names: &Names<'_>,
 ) {
     // An HTTP/1.0 client is answered in its version (as hyper does).
-    let minor = if http10_client { 0 } else { 1 };
-    let _ = write!(out, "HTTP/1.{minor} {} ", info.status);
+    out.extend_from_slice(if http10_client {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    push_number(out, info.status.into());
+    out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
     let upgrade = info.status == 101;
