@@ -200,6 +200,10 @@ fn head_complete(buf: &[u8]) -> bool {
 /// True when `buf` holds a blank line (`\n\n` or `\n\r\n`): one pass over the bytes, from
 /// one line feed to the next.
 fn ends_head(buf: &[u8]) -> bool {
+    // Most often a request arrives whole in one read, and nothing after it.
+    if buf.ends_with(b"\r\n\r\n") {
+        return true;
+    }
     let mut rest = buf;
     while let Some(lf) = rest.iter().position(|&b| b == b'\n') {
         rest = &rest[lf + 1..];

@@ -231,13 +231,14 @@ impl Request<'_, '_> {
             out.extend_from_slice(b" HTTP/1.1\r\n");
         }
         let mut has_host = false;
+        let listed = ConnectionNames::of(self.req.headers);
         for h in self.req.headers.iter() {
             let name = h.name.as_bytes();
             has_host |= name.eq_ignore_ascii_case(b"host");
             let keep_for_upgrade = self.info.upgrade && name.eq_ignore_ascii_case(b"upgrade");
             if !keep_for_upgrade
                 && (is_hop_by_hop(name)
-                    || named_by_connection(self.req.headers, name)
+                    || listed.lists(name)
                     || name.eq_ignore_ascii_case(b"transfer-encoding")
                     || name.eq_ignore_ascii_case(b"content-length")
                     || name.eq_ignore_ascii_case(X_TWIN_FORCE_DC.as_str().as_bytes())
@@ -262,12 +263,40 @@ impl Request<'_, '_> {
     }
 }
 
-/// True when a Connection header of `headers` names `name` (then it is hop-by-hop too).
-fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| has_token(h.value, name))
+/// The header names a head's Connection headers make hop-by-hop (RFC 9110 §7.6.1), read once
+/// per head: nearly every head lists only `keep-alive` or `close`, and then no other header
+/// needs its name looked for among the tokens.
+struct ConnectionNames<'a, 'b> {
+    headers: &'a [httparse::Header<'b>],
+    /// Some Connection header lists a token other than `keep-alive` and `close`.
+    unusual: bool,
+}
+
+impl<'a, 'b> ConnectionNames<'a, 'b> {
+    fn of(headers: &'a [httparse::Header<'b>]) -> Self {
+        let unusual = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && !t.eq_ignore_ascii_case(b"close")
+            });
+        ConnectionNames { headers, unusual }
+    }
+
+    /// True when a Connection header names `name` (then it is hop-by-hop too).
+    fn lists(&self, name: &[u8]) -> bool {
+        let usual = name.eq_ignore_ascii_case(b"keep-alive") || name.eq_ignore_ascii_case(b"close");
+        (self.unusual || usual)
+            && self
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .any(|h| has_token(h.value, name))
+    }
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -423,6 +452,7 @@ pub fn write_client_head(
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
     let upgrade = info.status == 101;
+    let listed = ConnectionNames::of(resp.headers);
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         let kept_for_upgrade = upgrade
@@ -434,7 +464,7 @@ pub fn write_client_head(
         if !kept_for_upgrade
             && !kept_length
             && (is_hop_by_hop(name)
-                || named_by_connection(resp.headers, name)
+                || listed.lists(name)
                 || name.eq_ignore_ascii_case(b"transfer-encoding")
                 || name.eq_ignore_ascii_case(b"content-length")
                 || name.eq_ignore_ascii_case(X_TWIN_DC.as_str().as_bytes())
@@ -466,6 +496,31 @@ mod tests {
     fn parse(raw: &str) -> Result<Option<RequestInfo>, ProxyError> {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
         request(raw.as_bytes(), &mut h, 1024).map(|r| r.map(|r| r.info))
+    }
+
+    #[test]
+    fn connection_tokens_name_hop_by_hop_headers() {
+        let header = |name, value: &'static str| httparse::Header {
+            name,
+            value: value.as_bytes(),
+        };
+        let usual = [
+            header("Connection", "keep-alive, Close"),
+            header("close", "1"),
+        ];
+        let listed = ConnectionNames::of(&usual);
+        assert!(!listed.unusual);
+        assert!(listed.lists(b"close") && listed.lists(b"keep-alive"));
+        assert!(!listed.lists(b"x-secret"));
+        let unusual = [
+            header("connection", "close"),
+            header("CONNECTION", " x-Secret ,"),
+        ];
+        let listed = ConnectionNames::of(&unusual);
+        assert!(listed.unusual);
+        assert!(listed.lists(b"X-secret") && listed.lists(b"close"));
+        assert!(!listed.lists(b"keep-alive") && !listed.lists(b"x-other"));
+        assert!(!ConnectionNames::of(&[header("x-a", "close")]).lists(b"close"));
     }
 
     #[test]
