@@ -24,13 +24,9 @@ if [ -z "${SIDECAR:-}" ]; then
   SIDECAR="$(pwd)/target/release/twin-sidecar"
 fi
 WORK="$(mktemp -d /tmp/twin-cost-XXXXXX)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT INT TERM
+# Every server here is a background job of this script: all of them stop with it.
+trap 'kill $(jobs -p) 2>/dev/null; wait; rm -rf "$WORK"' EXIT
+trap 'exit 1' INT TERM
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; exit 1; }
 A=$(port); B=$(port); H=$(port); S=$(port); I=$(port); M=$(port)
@@ -41,19 +37,19 @@ printf '%s\n' "worker_processes 1; pid $WORK/nginx.pid; error_log $WORK/nginx.er
   "http { access_log off; keepalive_requests 1000000; client_body_temp_path $WORK;" \
   "  server { listen 127.0.0.1:$A; location / { return 200 \"m6v\n\"; } }" \
   "  server { listen 127.0.0.1:$B; location / { return 200 \"wanguo\n\"; } } }" >"$WORK/nginx.conf"
-taskset -c 0 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx.err" & PIDS+=($!)
+taskset -c 0 nginx -c "$WORK/nginx.conf" -e "$WORK/nginx.err" &
 printf '%s\n' 'global' '  nbthread 1' '  maxconn 4000' 'defaults' '  mode http' \
   '  timeout connect 1s' '  timeout client 30s' '  timeout server 30s' \
   '  option http-keep-alive' '  http-reuse always' \
   "frontend fe" "  bind 127.0.0.1:$H" '  default_backend be' 'backend be' '  balance roundrobin' \
   "  server m6v 127.0.0.1:$A weight 3" "  server wanguo 127.0.0.1:$B weight 7" >"$WORK/haproxy.cfg"
-taskset -c 1 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & HAPROXY=$!; PIDS+=($HAPROXY)
+taskset -c 1 haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & HAPROXY=$!
 printf '%s\n' 'datacenters: {m6v: {code: 0}, wanguo: {code: 1}}' 'routes:' '  payments:' \
   '    weights: {m6v: 30%, wanguo: 70%}' \
   "    endpoints: {m6v: ['127.0.0.1:$A'], wanguo: ['127.0.0.1:$B']}" >"$WORK/routes.yaml"
 TWIN_ACCESS_LOG=off RUST_LOG=warn taskset -c 1 "$SIDECAR" --dc m6v --routes-file "$WORK/routes.yaml" \
   --threads 1 --http1-engine twin --outbound "127.0.0.1:$S" --ids "127.0.0.1:$I" \
-  --admin "127.0.0.1:$M" --hwm-file "$WORK/hwm" >"$WORK/sidecar.log" 2>&1 & TWIN=$!; PIDS+=($TWIN)
+  --admin "127.0.0.1:$M" --hwm-file "$WORK/hwm" >"$WORK/sidecar.log" 2>&1 & TWIN=$!
 up "$A"; up "$B"; up "$H"; up "$S"
 cat >"$WORK/unit.lua" <<'EOF'
 math.randomseed(os.time())
@@ -146,9 +142,9 @@ if [ -n "${CALLGRIND:-}" ]; then
   S3=$(port); I3=$(port); M3=$(port); H3=$(port)
   TWIN_ACCESS_LOG=off RUST_LOG=warn taskset -c 1 "${VG[@]}" "$SIDECAR" --dc m6v --routes-file "$WORK/routes.yaml" \
     --threads 1 --http1-engine twin --outbound "127.0.0.1:$S3" --ids "127.0.0.1:$I3" \
-    --admin "127.0.0.1:$M3" --hwm-file "$WORK/hwm3" >"$WORK/sidecar-vg.log" 2>&1 & VT=$!; PIDS+=($VT)
+    --admin "127.0.0.1:$M3" --hwm-file "$WORK/hwm3" >"$WORK/sidecar-vg.log" 2>&1 & VT=$!
   sed "s/127.0.0.1:$H\$/127.0.0.1:$H3/" "$WORK/haproxy.cfg" >"$WORK/haproxy-vg.cfg"
-  taskset -c 1 "${VG[@]}" haproxy -f "$WORK/haproxy-vg.cfg" -db >"$WORK/haproxy-vg.log" 2>&1 & VH=$!; PIDS+=($VH)
+  taskset -c 1 "${VG[@]}" haproxy -f "$WORK/haproxy-vg.cfg" -db >"$WORK/haproxy-vg.log" 2>&1 & VH=$!
   up "$S3"; up "$H3"
   echo "callgrind twin: $(irs "$VT" "$S3")"
   echo "callgrind haproxy: $(irs "$VH" "$H3")"
