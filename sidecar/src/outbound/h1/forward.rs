@@ -272,25 +272,29 @@ impl Engine {
                 return outcome;
             }
             let started = Instant::now();
-            let Client {
-                up_head,
-                ubuf,
-                out,
-                head_timer,
-                ..
-            } = &mut *c;
-            let exchange = async {
-                up.write_all(up_head)
-                    .await
-                    .map_err(|e| dropped(state, e.to_string()))?;
-                self.read_head(&mut up, ubuf, out, info, state, names).await
+            let sent = {
+                let Client {
+                    up_head,
+                    ubuf,
+                    out,
+                    head_timer,
+                    ..
+                } = &mut *c;
+                // Pinned where it is: handing `within` the future itself would copy its
+                // whole state once more per attempt.
+                let exchange = std::pin::pin!(async {
+                    up.write_all(up_head)
+                        .await
+                        .map_err(|e| dropped(state, e.to_string()))?;
+                    self.read_head(&mut up, ubuf, out, info, state, names).await
+                });
+                within(
+                    head_timer.as_mut(),
+                    started + limits.response_head,
+                    exchange,
+                )
+                .await
             };
-            let sent = within(
-                head_timer.as_mut(),
-                started + limits.response_head,
-                exchange,
-            )
-            .await;
             let resp = match sent {
                 Some(Ok(resp)) => resp,
                 Some(Err(error)) => {
@@ -312,13 +316,15 @@ impl Engine {
                 }
             };
             Observation::attempt_done(span, Ok(resp.status));
-            state.observe_latency(started.elapsed());
+            // One clock read for both the endpoint's latency and the plan's.
+            let took = started.elapsed();
+            state.observe_latency(took);
             let status = status_of(&resp);
             if let Retry::Retry(_) = plan.after_status(target, status, true) {
                 c.ubuf.consume(usize::MAX);
                 continue;
             }
-            plan.answered(target, status, started.elapsed());
+            plan.answered(target, status, took);
             if resp.status == 101 {
                 if !info.upgrade {
                     return Err((unasked_upgrade(), false));

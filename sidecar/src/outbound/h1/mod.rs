@@ -187,7 +187,7 @@ impl Engine {
 /// True when `buf` holds a whole head (or enough to refuse it). The blank line that ends a
 /// head is looked for first, so a complete head is parsed once, by the request.
 fn head_complete(buf: &[u8]) -> bool {
-    if buf.windows(2).any(|w| w == b"\n\n") || buf.windows(3).any(|w| w == b"\n\r\n") {
+    if ends_head(buf) {
         return true;
     }
     let mut headers = [httparse::EMPTY_HEADER; parse::MAX_HEADERS];
@@ -195,6 +195,23 @@ fn head_complete(buf: &[u8]) -> bool {
         httparse::Request::new(&mut headers).parse(buf),
         Ok(httparse::Status::Partial)
     )
+}
+
+/// True when `buf` holds a blank line (`\n\n` or `\n\r\n`): one pass over the bytes, from
+/// one line feed to the next.
+fn ends_head(buf: &[u8]) -> bool {
+    // Most often a request arrives whole in one read, and nothing after it.
+    if buf.ends_with(b"\r\n\r\n") {
+        return true;
+    }
+    let mut rest = buf;
+    while let Some(lf) = rest.iter().position(|&b| b == b'\n') {
+        rest = &rest[lf + 1..];
+        if rest.first() == Some(&b'\n') || rest.starts_with(b"\r\n") {
+            return true;
+        }
+    }
+    false
 }
 
 /// Whether a client connection goes on after a request.
@@ -347,4 +364,21 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
         IoSlice::advance_slices(&mut bufs, n);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ends_head;
+
+    #[test]
+    fn a_blank_line_ends_a_head() {
+        assert!(ends_head(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"));
+        assert!(ends_head(b"GET / HTTP/1.1\nhost: a\n\n"));
+        assert!(ends_head(b"GET / HTTP/1.1\r\n\r\nbody"));
+        assert!(!ends_head(b"GET / HTTP/1.1\r\nhost: a\r\n"));
+        assert!(!ends_head(b"GET / HTTP/1.1\r\nhost: a\r\n\r"));
+        assert!(!ends_head(b""));
+        assert!(!ends_head(b"\r\n"));
+        assert!(ends_head(b"\n\n"));
+    }
 }

@@ -3,8 +3,6 @@
 //! ambiguous, and written on with their header bytes copied as they came, less the
 //! hop-by-hop ones — the same rewriting as [`crate::outbound::headers`] does for hyper.
 
-use std::io::Write;
-
 use crate::outbound::error::ProxyError;
 use crate::outbound::h1::framing::Framing;
 use crate::outbound::headers::{
@@ -233,13 +231,14 @@ impl Request<'_, '_> {
             out.extend_from_slice(b" HTTP/1.1\r\n");
         }
         let mut has_host = false;
+        let listed = ConnectionNames::of(self.req.headers);
         for h in self.req.headers.iter() {
             let name = h.name.as_bytes();
             has_host |= name.eq_ignore_ascii_case(b"host");
             let keep_for_upgrade = self.info.upgrade && name.eq_ignore_ascii_case(b"upgrade");
             if !keep_for_upgrade
                 && (is_hop_by_hop(name)
-                    || named_by_connection(self.req.headers, name)
+                    || listed.lists(name)
                     || name.eq_ignore_ascii_case(b"transfer-encoding")
                     || name.eq_ignore_ascii_case(b"content-length")
                     || name.eq_ignore_ascii_case(X_TWIN_FORCE_DC.as_str().as_bytes())
@@ -264,12 +263,40 @@ impl Request<'_, '_> {
     }
 }
 
-/// True when a Connection header of `headers` names `name` (then it is hop-by-hop too).
-fn named_by_connection(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| has_token(h.value, name))
+/// The header names a head's Connection headers make hop-by-hop (RFC 9110 §7.6.1), read once
+/// per head: nearly every head lists only `keep-alive` or `close`, and then no other header
+/// needs its name looked for among the tokens.
+struct ConnectionNames<'a, 'b> {
+    headers: &'a [httparse::Header<'b>],
+    /// Some Connection header lists a token other than `keep-alive` and `close`.
+    unusual: bool,
+}
+
+impl<'a, 'b> ConnectionNames<'a, 'b> {
+    fn of(headers: &'a [httparse::Header<'b>]) -> Self {
+        let unusual = headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|t| {
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && !t.eq_ignore_ascii_case(b"close")
+            });
+        ConnectionNames { headers, unusual }
+    }
+
+    /// True when a Connection header names `name` (then it is hop-by-hop too).
+    fn lists(&self, name: &[u8]) -> bool {
+        let usual = name.eq_ignore_ascii_case(b"keep-alive") || name.eq_ignore_ascii_case(b"close");
+        (self.unusual || usual)
+            && self
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+                .any(|h| has_token(h.value, name))
+    }
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -279,12 +306,19 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes `n` in decimal (without `write!`, whose formatting machinery costs more than the
+/// rest of a head).
+fn push_number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 fn push_framing(out: &mut Vec<u8>, framing: Framing) {
     match framing {
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(n) => {
-            // Writing a number into a Vec cannot fail.
-            let _ = write!(out, "content-length: {n}\r\n");
+            out.extend_from_slice(b"content-length: ");
+            push_number(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         Framing::Empty | Framing::Close => {}
     }
@@ -408,11 +442,17 @@ pub fn write_client_head(
     names: &Names<'_>,
 ) {
     // An HTTP/1.0 client is answered in its version (as hyper does).
-    let minor = if http10_client { 0 } else { 1 };
-    let _ = write!(out, "HTTP/1.{minor} {} ", info.status);
+    out.extend_from_slice(if http10_client {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    push_number(out, info.status.into());
+    out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
     out.extend_from_slice(b"\r\n");
     let upgrade = info.status == 101;
+    let listed = ConnectionNames::of(resp.headers);
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         let kept_for_upgrade = upgrade
@@ -424,7 +464,7 @@ pub fn write_client_head(
         if !kept_for_upgrade
             && !kept_length
             && (is_hop_by_hop(name)
-                || named_by_connection(resp.headers, name)
+                || listed.lists(name)
                 || name.eq_ignore_ascii_case(b"transfer-encoding")
                 || name.eq_ignore_ascii_case(b"content-length")
                 || name.eq_ignore_ascii_case(X_TWIN_DC.as_str().as_bytes())
@@ -456,6 +496,31 @@ mod tests {
     fn parse(raw: &str) -> Result<Option<RequestInfo>, ProxyError> {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
         request(raw.as_bytes(), &mut h, 1024).map(|r| r.map(|r| r.info))
+    }
+
+    #[test]
+    fn connection_tokens_name_hop_by_hop_headers() {
+        let header = |name, value: &'static str| httparse::Header {
+            name,
+            value: value.as_bytes(),
+        };
+        let usual = [
+            header("Connection", "keep-alive, Close"),
+            header("close", "1"),
+        ];
+        let listed = ConnectionNames::of(&usual);
+        assert!(!listed.unusual);
+        assert!(listed.lists(b"close") && listed.lists(b"keep-alive"));
+        assert!(!listed.lists(b"x-secret"));
+        let unusual = [
+            header("connection", "close"),
+            header("CONNECTION", " x-Secret ,"),
+        ];
+        let listed = ConnectionNames::of(&unusual);
+        assert!(listed.unusual);
+        assert!(listed.lists(b"X-secret") && listed.lists(b"close"));
+        assert!(!listed.lists(b"keep-alive") && !listed.lists(b"x-other"));
+        assert!(!ConnectionNames::of(&[header("x-a", "close")]).lists(b"close"));
     }
 
     #[test]
