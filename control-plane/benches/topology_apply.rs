@@ -123,10 +123,33 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // What a sidecar does after each published topology: build its routing table. Two
+    // topologies one endpoint apart, built in turn: the table keeps every service the event
+    // did not touch. The "every service" case starts from a fresh builder (first build, or
+    // new datacenters): what every event cost before.
+    let (key, value) = &endpoint_put;
+    let mut with_one_more = Topology::clone(&topo);
+    let _ = with_one_more.apply(&keys, key, Some(value), topo.revision + 1);
+    let pair = [topo.clone(), Arc::new(with_one_more)];
     let mut builder = TableBuilder::new(OutlierSettings::default(), None);
+    let mut turn = 0;
     c.bench_function(
-        &format!("sidecar routing table build ({n} endpoints)"),
-        |b| b.iter(|| black_box(builder.build(topo.clone()))),
+        &format!("sidecar routing table build after one endpoint event ({n} endpoints)"),
+        |b| {
+            b.iter(|| {
+                turn ^= 1;
+                black_box(builder.build(pair[turn].clone()))
+            })
+        },
+    );
+    c.bench_function(
+        &format!("sidecar routing table build, every service ({n} endpoints)"),
+        |b| {
+            b.iter(|| {
+                let mut fresh = TableBuilder::new(OutlierSettings::default(), None);
+                black_box(fresh.build(topo.clone()))
+            })
+        },
     );
 }
 

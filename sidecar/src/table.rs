@@ -6,12 +6,17 @@
 //! Endpoint health and retry budgets are not part of a table: they live in the
 //! [`TableBuilder`] and are handed to every table that names the same address or service, so a
 //! weight change does not forget that an endpoint is ejected.
+//!
+//! A service whose route and registered endpoints are the very same [`twin_topology::Shared`]
+//! values as in the last topology built (and whose datacenters did not change) keeps its
+//! [`ServiceRoute`] from the last table: an endpoint registered for one service rebuilds that
+//! service only, not every route's ring and pools (O(change), not O(fleet), per event).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use hyper::header::{HeaderName, HeaderValue};
-use twin_topology::{BucketRing, Route, Source, Topology, UpstreamTls};
+use twin_topology::{BucketRing, Route, Shared, Source, Topology, UpstreamTls};
 
 use crate::config::OutlierSettings;
 use crate::deps::{EdgeStats, Edges};
@@ -50,9 +55,10 @@ pub struct DcPool {
 }
 
 /// The routing table: every service at one topology revision.
+#[derive(Clone)]
 pub struct RoutingTable {
     pub topology: Arc<Topology>,
-    services: HashMap<String, Arc<ServiceRoute>>,
+    services: HashMap<Arc<str>, Arc<ServiceRoute>>,
 }
 
 impl RoutingTable {
@@ -89,6 +95,8 @@ pub struct TableBuilder {
     endpoints: HashMap<String, Arc<EndpointState>>,
     budgets: HashMap<String, Arc<RetryBudget>>,
     gates: HashMap<String, Arc<WriteGate>>,
+    /// The last topology built and its services, for the services it left unchanged.
+    last: Option<RoutingTable>,
     /// The application's name in metrics, and its edges.
     app: String,
     edges: Arc<Edges>,
@@ -106,6 +114,7 @@ impl TableBuilder {
             endpoints: HashMap::new(),
             budgets: HashMap::new(),
             gates: HashMap::new(),
+            last: None,
             app: String::new(),
             edges: Arc::new(Edges::default()),
         }
@@ -120,43 +129,67 @@ impl TableBuilder {
 
     /// The state of `addr` reached as `tls` says; TLS and plain use of one address are
     /// separate endpoints (own pool, own health).
-    fn endpoint(
-        &self,
-        next: &mut HashMap<String, Arc<EndpointState>>,
-        addr: &str,
-        tls: Option<&UpstreamTls>,
-    ) -> Arc<EndpointState> {
-        let key = match tls {
-            Some(t) => TlsTarget::pool_key(t, addr),
-            None => addr.to_string(),
-        };
-        if let Some(e) = next.get(&key) {
+    fn endpoint(&mut self, addr: &str, tls: Option<&UpstreamTls>) -> Arc<EndpointState> {
+        let key = endpoint_key(addr, tls);
+        if let Some(e) = self.endpoints.get(&key) {
             return e.clone();
         }
-        let state = self.endpoints.get(&key).cloned().unwrap_or_else(|| {
-            let outlier = self.outlier.clone();
-            Arc::new(match tls {
-                Some(t) => EndpointState::with_tls(
-                    addr,
-                    outlier,
-                    TlsTarget::new(t, addr, self.upstream_tls.as_ref()),
-                ),
-                None => EndpointState::new(addr, outlier),
-            })
+        let outlier = self.outlier.clone();
+        let state = Arc::new(match tls {
+            Some(t) => EndpointState::with_tls(
+                addr,
+                outlier,
+                TlsTarget::new(t, addr, self.upstream_tls.as_ref()),
+            ),
+            None => EndpointState::new(addr, outlier),
         });
-        next.insert(key, state.clone());
+        self.endpoints.insert(key, state.clone());
         state
     }
 
-    /// The table for `topology`. State of endpoints and services it no longer names is
-    /// dropped (in-flight requests keep theirs alive until they finish).
+    /// The service `name` of the last table (and its key there), if `topology` left
+    /// everything it was built from untouched: the same route and endpoints (shared, not
+    /// copied); `same_dcs` says the datacenters did not change.
+    fn unchanged(
+        &self,
+        same_dcs: bool,
+        topology: &Topology,
+        name: &str,
+    ) -> Option<(Arc<str>, Arc<ServiceRoute>)> {
+        let last = self.last.as_ref().filter(|_| same_dcs)?;
+        let prev = &last.topology;
+        let same_route = match (prev.routes.get(name), topology.routes.get(name)) {
+            (Some(a), Some(b)) => Shared::ptr_eq(a, b),
+            _ => false,
+        };
+        let same_endpoints = match (prev.endpoints.get(name), topology.endpoints.get(name)) {
+            (Some(a), Some(b)) => Shared::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        (same_route && same_endpoints)
+            .then(|| last.services.get_key_value(name))
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+    }
+
+    /// The table for `topology`. State of services it no longer names is dropped; state of
+    /// endpoints it no longer names is dropped once no table names them (a table still in use
+    /// by in-flight requests keeps its endpoints' state alive until they finish).
     pub fn build(&mut self, topology: Arc<Topology>) -> RoutingTable {
-        let mut next_endpoints = HashMap::new();
-        let mut next_budgets = HashMap::new();
-        let mut next_gates = HashMap::new();
-        let mut services = HashMap::new();
+        let mut services = HashMap::with_capacity(topology.routes.len());
+        let same_dcs = self
+            .last
+            .as_ref()
+            .is_some_and(|l| l.topology.datacenters == topology.datacenters);
         for (name, versioned) in &topology.routes {
             let route = &versioned.value;
+            if let Some((key, kept)) = self.unchanged(same_dcs, &topology, name) {
+                // A fence is not part of the route: set it whatever else stayed.
+                kept.gate.set(topology.fences.get(name).map(|f| &f.value));
+                services.insert(key, kept);
+                continue;
+            }
             let ring = BucketRing::new(&route.weights, &topology.datacenters);
             let dcs = ring
                 .datacenters()
@@ -177,7 +210,7 @@ impl TableBuilder {
                             continue;
                         }
                         members.push(Member {
-                            state: self.endpoint(&mut next_endpoints, addr, route.tls.as_ref()),
+                            state: self.endpoint(addr, route.tls.as_ref()),
                             capacity,
                         });
                     }
@@ -195,17 +228,16 @@ impl TableBuilder {
                 Some(b) if b.percent() == route.retry.budget_percent => b.clone(),
                 _ => Arc::new(RetryBudget::new(route.retry.budget_percent)),
             };
-            next_budgets.insert(name.clone(), budget.clone());
+            self.budgets.insert(name.clone(), budget.clone());
             let gate = self
                 .gates
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(WriteGate::new(name)));
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(WriteGate::new(name)))
+                .clone();
             gate.set(topology.fences.get(name).map(|f| &f.value));
-            next_gates.insert(name.clone(), gate.clone());
             metrics::route_revision(name, versioned.mod_revision);
             services.insert(
-                name.clone(),
+                Arc::from(name.as_str()),
                 Arc::new(ServiceRoute {
                     name: name.clone(),
                     route: route.clone(),
@@ -224,11 +256,26 @@ impl TableBuilder {
                 }),
             );
         }
-        self.endpoints = next_endpoints;
-        self.budgets = next_budgets;
-        self.gates = next_gates;
+        // Services the topology no longer names lose their budget and write gate.
+        self.budgets
+            .retain(|name, _| topology.routes.contains_key(name));
+        self.gates
+            .retain(|name, _| topology.routes.contains_key(name));
         metrics::table_revision(topology.revision);
-        RoutingTable { topology, services }
+        let table = RoutingTable { topology, services };
+        self.last = Some(table.clone());
+        // Endpoint state no table holds any more (only this map, once the tables that named
+        // it are gone) is dropped; a table still serving requests keeps its endpoints'.
+        self.endpoints.retain(|_, e| Arc::strong_count(e) > 1);
+        table
+    }
+}
+
+/// What endpoint state is kept under: TLS and plain use of one address are separate.
+fn endpoint_key(addr: &str, tls: Option<&UpstreamTls>) -> String {
+    match tls {
+        Some(t) => TlsTarget::pool_key(t, addr),
+        None => addr.to_string(),
     }
 }
 
@@ -341,5 +388,86 @@ mod tests {
             &t1.service("pay").expect("route").budget,
             &t2.service("pay").expect("route").budget
         ));
+    }
+
+    #[test]
+    fn an_event_rebuilds_only_the_service_it_touched() {
+        let keys = Keys::default();
+        let mut t = topology(
+            &[("m6v", 5000), ("wanguo", 5000)],
+            &[("m6v", "127.0.0.1:5")],
+        );
+        let other = serde_json::to_vec(&Route::with_weights(Weights(
+            [("m6v".to_string(), 10_000)].into(),
+        )))
+        .expect("json");
+        t.apply(&keys, &keys.route("other"), Some(&other), 9)
+            .expect("route");
+        let mut b = TableBuilder::new(OutlierSettings::default(), None);
+        let t1 = b.build(Arc::new(t.clone()));
+
+        // A copy (as a view makes) with one endpoint registered for `pay` only.
+        let mut next = t.clone();
+        let e = serde_json::to_vec(&Endpoint {
+            addr: "127.0.0.1:6".into(),
+            capacity: 1,
+            zone: None,
+        })
+        .expect("json");
+        next.apply(&keys, &keys.endpoint("pay", "wanguo", "n9"), Some(&e), 10)
+            .expect("endpoint");
+        let t2 = b.build(Arc::new(next.clone()));
+        let (pay1, pay2) = (
+            t1.service("pay").expect("pay"),
+            t2.service("pay").expect("pay"),
+        );
+        let (other1, other2) = (
+            t1.service("other").expect("other"),
+            t2.service("other").expect("other"),
+        );
+        assert!(Arc::ptr_eq(other1, other2), "other was untouched: kept");
+        assert!(!Arc::ptr_eq(pay1, pay2), "pay got an endpoint: rebuilt");
+        assert_eq!(pay2.dcs[1].members[0].state.addr, "127.0.0.1:6");
+        // Endpoint state still carries over for the rebuilt service and the kept one.
+        assert!(Arc::ptr_eq(
+            &pay1.dcs[0].members[0].state,
+            &pay2.dcs[0].members[0].state
+        ));
+
+        // A fence on the kept service is applied although its route did not change.
+        let fence = twin_topology::Fence {
+            change_id: "c1".into(),
+            ranges: vec![twin_topology::MovingRange {
+                start: 0,
+                end: 100,
+                from: "m6v".into(),
+                to: "wanguo".into(),
+            }],
+            until_ms: u64::MAX,
+            since_ms: 0,
+            phase: Default::default(),
+            who: String::new(),
+        };
+        let mut fenced = next.clone();
+        let f = serde_json::to_vec(&fence).expect("json");
+        fenced
+            .apply(&keys, &keys.fence("other"), Some(&f), 11)
+            .expect("fence");
+        let t3 = b.build(Arc::new(fenced.clone()));
+        let other3 = t3.service("other").expect("other");
+        assert!(Arc::ptr_eq(other2, other3));
+        assert!(
+            other3.gate.fence().is_some(),
+            "the fence reached the kept service"
+        );
+
+        // New datacenters rebuild everything.
+        let mut moved = fenced.clone();
+        if let Some(d) = moved.datacenters.get_mut("wanguo") {
+            d.code = 2;
+        }
+        let t4 = b.build(Arc::new(moved));
+        assert!(!Arc::ptr_eq(other3, t4.service("other").expect("other")));
+        assert_eq!(t4.service("pay").expect("pay").dcs[1].code, 2);
     }
 }
