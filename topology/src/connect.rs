@@ -8,6 +8,14 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 
 use crate::keys::Keys;
 
+/// How long a connection with open streams may go without hearing from etcd before the
+/// client pings it: above etcd's default `--grpc-keepalive-min-time` (5 s), which etcd
+/// enforces by closing the connection.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(6);
+/// A ping unanswered this long closes the connection, so a frozen member is left within
+/// `KEEP_ALIVE_INTERVAL + KEEP_ALIVE_TIMEOUT` (9 s).
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How to reach etcd. Binaries fill it from flags, environment and their YAML config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdSettings {
@@ -144,9 +152,14 @@ impl EtcdSettings {
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout)
             .with_timeout(self.request_timeout)
-            // Keepalive pings find a dead or frozen server so watches reconnect.
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            // Keepalive pings find a dead or frozen server so watches reconnect. etcd answers
+            // a client that pings more often than its `--grpc-keepalive-min-time` (5 s by
+            // default) with GOAWAY "too_many_pings" after three pings without data between
+            // them, cutting every stream on the connection: an idle watch pinged every 2 s
+            // broke every 8 s. So the interval stays above that minimum, and a connection
+            // without streams does not ping (etcd counts every such ping as a strike).
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(false);
         if let Some(user) = &self.user {
             let password = match (&self.password_file, std::env::var("TWIN_ETCD_PASSWORD")) {
                 (Some(path), _) => std::fs::read_to_string(path)

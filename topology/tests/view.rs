@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use twin_lab::faultproxy::{Fault, FaultProxy, Mode};
-use twin_lab::Etcd;
+use twin_lab::{eventually, Etcd};
 use twin_topology::{Keys, Route, Source, Topology, TopologyView, ViewOptions, Weights};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -340,4 +340,29 @@ async fn a_transaction_across_watched_ranges_is_applied_whole() {
         "the route and its datacenter were not applied together"
     );
     assert_eq!(count(&view.stats().invalid_values), 0);
+}
+
+/// etcd closes a connection whose client pings more often than its
+/// `--grpc-keepalive-min-time` (5 s) with nothing sent in between (three strikes): with the
+/// old 2 s pings an idle watch broke after 8 s, and a quiet fleet reopened every watch that
+/// often. An idle view must keep its one watch well past three pings of any interval below
+/// the minimum (a 4.9 s interval would be cut at 19.6 s).
+#[tokio::test]
+async fn an_idle_watch_outlives_etcd_ping_enforcement() {
+    let lab = Seeded::start().await;
+    let view = lab.view(fast()).await;
+    assert!(shows(&view, 5000).await);
+    let quiet_for = Duration::from_secs(21);
+    let broke = eventually(quiet_for, || async {
+        count(&view.stats().watch_restarts) > 0
+    })
+    .await;
+    assert!(
+        !broke,
+        "the idle watch was reopened {} times within {quiet_for:?}",
+        count(&view.stats().watch_restarts)
+    );
+    let mut client = lab.client.clone();
+    put_weight(&mut client, &lab.keys, 7000).await;
+    assert!(shows(&view, 7000).await, "the watch still delivers");
 }
