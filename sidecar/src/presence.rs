@@ -8,6 +8,12 @@
 //! under the same lease. `twinctl` reads both: whose acknowledgement a fenced change waits
 //! for, and when every live sidecar runs the new weights. A lost lease is granted again and
 //! everything is written again; on drain the lease is revoked, so the node leaves at once.
+//!
+//! A newer revision is written after a random wait below [`Identity::spread`], and later
+//! revisions in that wait are written together: one weight change makes every sidecar of the
+//! fleet write its presence, and thousands of writes in the same milliseconds slow etcd
+//! while it is still sending the change to the other sidecars' watches. While a fence is in
+//! force the wait is skipped: a fenced cut-over waits for these writes to lift its fence.
 //! Under the same lease it publishes the application's dependency edges
 //! ([`crate::deps`]).
 
@@ -45,7 +51,15 @@ pub struct Identity {
     pub node: String,
     pub app: String,
     pub ttl: Duration,
+    /// A newer routing revision is written after a random wait below this (none while a
+    /// fence is in force); [`PRESENCE_SPREAD`] in the sidecar.
+    pub spread: Duration,
 }
+
+/// The sidecar's [`Identity::spread`]: 2,000 sidecars write ~2,000 presence keys a second
+/// after a change instead of in the same few milliseconds; `twinctl status` may show a
+/// sidecar behind for this long.
+pub const PRESENCE_SPREAD: Duration = Duration::from_secs(1);
 
 /// The background task that keeps this node's presence and acknowledges fences. It runs
 /// until [`PresenceTask::finished`], which the sidecar calls once its in-flight requests
@@ -205,6 +219,8 @@ async fn session(
     let mut held = std::pin::pin!(held);
     let key = who.keys.node(&who.dc, &who.node);
     let mut written: Option<i64> = None;
+    // When a newer revision is due to be written (see `Identity::spread`).
+    let mut due: Option<tokio::time::Instant> = None;
     // (service, change id) acknowledged, and being acknowledged.
     let mut acked: HashSet<(String, String)> = HashSet::new();
     let mut pending: HashSet<(String, String)> = HashSet::new();
@@ -212,7 +228,27 @@ async fn session(
     loop {
         let table = tables.borrow_and_update().clone();
         let revision = table.topology.routing_revision;
+        let now = now_ms();
+        let in_force: Vec<(String, String)> = table
+            .services()
+            .filter_map(|s| {
+                let f = s.gate.fence()?;
+                f.active_at(now)
+                    .then(|| (s.name.clone(), f.change_id.clone()))
+            })
+            .collect();
         if table.is_loaded() && written != Some(revision) {
+            let at = match written {
+                Some(_) if in_force.is_empty() => {
+                    *due.get_or_insert_with(|| tokio::time::Instant::now() + spread(who.spread))
+                }
+                _ => tokio::time::Instant::now(),
+            };
+            if at <= tokio::time::Instant::now() {
+                due = None;
+            }
+        }
+        if table.is_loaded() && written != Some(revision) && due.is_none() {
             let value = Presence {
                 app: who.app.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -225,15 +261,6 @@ async fn session(
             metrics::gauge!(PRESENT).set(1.0);
             written = Some(revision);
         }
-        let now = now_ms();
-        let in_force: Vec<(String, String)> = table
-            .services()
-            .filter_map(|s| {
-                let f = s.gate.fence()?;
-                f.active_at(now)
-                    .then(|| (s.name.clone(), f.change_id.clone()))
-            })
-            .collect();
         acked.retain(|k| in_force.contains(k));
         for k in in_force {
             if acked.contains(&k) || pending.contains(&k) {
@@ -287,8 +314,24 @@ async fn session(
                     }
                 }
             }
+            () = sleep_until(due) => {}
             () = shutdown.draining() => return true,
         }
+    }
+}
+
+/// A random wait below `spread`.
+fn spread(spread: Duration) -> Duration {
+    use rand::Rng;
+    let nanos = u64::try_from(spread.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rand::rng().random_range(0..=nanos))
+}
+
+/// Waits until `due`, or forever without one.
+async fn sleep_until(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::outbound::h1::Engine;
 use crate::outbound::observe::Observer;
 use crate::outbound::tunnel::Tunnels;
 use crate::outbound::Outbound;
-use crate::presence::{Identity, PresenceTask};
+use crate::presence::{Identity, PresenceTask, PRESENCE_SPREAD};
 use crate::register::Registrar;
 use crate::serve;
 use crate::shutdown::Shutdown;
@@ -167,6 +167,7 @@ impl Sidecar {
                     node: cfg.node_id.clone(),
                     app: cfg.app(),
                     ttl: cfg.lease_ttl,
+                    spread: PRESENCE_SPREAD,
                 },
                 tables.published.clone(),
                 edges.clone(),

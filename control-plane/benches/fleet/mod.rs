@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use twin_lab::Etcd;
 use twin_sidecar::config::RegisterSpec;
 use twin_sidecar::deps::Edges;
-use twin_sidecar::presence::{Identity, PresenceTask};
+use twin_sidecar::presence::{Identity, PresenceTask, PRESENCE_SPREAD};
 use twin_sidecar::register::Registrar;
 use twin_sidecar::table::RoutingTable;
 use twin_sidecar::Shutdown;
@@ -72,6 +72,7 @@ impl SimSidecar {
                 node: node.clone(),
                 app: format!("app{k}"),
                 ttl: LEASE_TTL,
+                spread: PRESENCE_SPREAD,
             },
             tables,
             edges,
