@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use twin_lab::eventually;
+use tokio::net::TcpStream;
 use twin_lab::http::{Behavior, Upstream};
+use twin_lab::{eventually, serve_tcp};
 use twin_sidecar::config::Http1Engine;
 use twin_sidecar::Sidecar;
 
@@ -33,16 +33,14 @@ async fn engine_sidecar(up: SocketAddr) -> (tempfile::TempDir, Sidecar) {
 /// Content-Length body), counts the connections it accepted, and after answering `101` to an
 /// upgrade echoes every byte back.
 async fn raw_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let conns = Arc::new(AtomicUsize::new(0));
     let counted = conns.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve_raw(s));
-        }
-    });
+    let addr = serve_tcp(move |s| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        serve_raw(s)
+    })
+    .await
+    .expect("bind");
     (addr, conns)
 }
 
@@ -420,8 +418,7 @@ async fn an_upgrade_becomes_a_tunnel_and_the_drain_cuts_it() {
             .expect("echo");
         assert_eq!(back, msg);
     }
-    let client = twin_lab::http::client();
-    let metrics = admin_get(&client, s.admin_addr, "/metrics").await.text();
+    let metrics = metrics(&s).await;
     assert!(
         metrics.contains("twin_sidecar_tunnels_open 1"),
         "one tunnel open:\n{metrics}"
