@@ -11,6 +11,7 @@
 //! not OK (the sidecar's own errors arrive as gRPC statuses).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,13 +96,34 @@ impl Stats {
     }
 }
 
-/// The tick of one of `workers` tasks that together send `rate` requests per second; a late
-/// tick delays the next ones rather than bursting to catch up.
-fn worker_tick(rate: u32, workers: u32) -> tokio::time::Interval {
-    let every = Duration::from_secs_f64(f64::from(workers) / f64::from(rate.max(1)));
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick
+/// How a group of load workers is paced: `workers` tasks that together send `rate` requests
+/// per second.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    pub rate: u32,
+    pub workers: u32,
+}
+
+impl Pace {
+    /// The tick of one worker; a late tick delays the next ones rather than bursting to catch
+    /// up.
+    fn tick(self) -> tokio::time::Interval {
+        let every = Duration::from_secs_f64(f64::from(self.workers) / f64::from(self.rate.max(1)));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick
+    }
+
+    /// Starts the workers on `tasks`, each running `worker` with its own handle on `stats`.
+    fn spawn<F, Fut>(self, stats: &Arc<Stats>, tasks: &mut JoinSet<()>, worker: F)
+    where
+        F: Fn(Arc<Stats>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        for _ in 0..self.workers {
+            tasks.spawn(worker(stats.clone()));
+        }
+    }
 }
 
 /// A random sticky key, so that traffic follows the route's weights.
@@ -117,95 +139,73 @@ fn answered_by<E>(x_twin_dc: Option<Result<&str, E>>) -> String {
     }
 }
 
-/// Starts `workers` tasks that together send `rate` requests per second to `outbound`.
-pub fn start(
-    outbound: SocketAddr,
-    rate: u32,
-    workers: u32,
-    stats: Arc<Stats>,
-    tasks: &mut JoinSet<()>,
-) {
-    for _ in 0..workers {
-        let stats = stats.clone();
-        tasks.spawn(async move {
-            let client: Client<_, Empty<Bytes>> =
-                Client::builder(TokioExecutor::new()).build_http();
-            let mut tick = worker_tick(rate, workers);
-            loop {
-                tick.tick().await;
-                let req = Request::get(format!("http://{outbound}/pay"))
-                    .header("host", "payments")
-                    .header("x-twin-unit", random_unit())
-                    .body(Empty::new());
-                let Ok(req) = req else { continue };
-                let started = Instant::now();
-                match client.request(req).await {
-                    Ok(resp) => {
-                        let dc = answered_by(resp.headers().get("x-twin-dc").map(|v| v.to_str()));
-                        let ok = resp.status().is_success();
-                        let body_ok = resp.into_body().collect().await.is_ok();
-                        stats.record(&dc, ok && body_ok, started.elapsed());
-                    }
-                    Err(_) => stats.record(SIDECAR_ROW, false, started.elapsed()),
+/// Starts the workers that send `GET /pay` requests to `outbound` at `pace`.
+pub fn start(outbound: SocketAddr, pace: Pace, stats: &Arc<Stats>, tasks: &mut JoinSet<()>) {
+    pace.spawn(stats, tasks, move |stats| async move {
+        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let mut tick = pace.tick();
+        loop {
+            tick.tick().await;
+            let req = Request::get(format!("http://{outbound}/pay"))
+                .header("host", "payments")
+                .header("x-twin-unit", random_unit())
+                .body(Empty::new());
+            let Ok(req) = req else { continue };
+            let started = Instant::now();
+            match client.request(req).await {
+                Ok(resp) => {
+                    let dc = answered_by(resp.headers().get("x-twin-dc").map(|v| v.to_str()));
+                    let ok = resp.status().is_success();
+                    let body_ok = resp.into_body().collect().await.is_ok();
+                    stats.record(&dc, ok && body_ok, started.elapsed());
                 }
+                Err(_) => stats.record(SIDECAR_ROW, false, started.elapsed()),
             }
-        });
-    }
+        }
+    });
 }
 
 /// The service the gRPC workers call.
 pub const GRPC_SERVICE: &str = "risk";
 
-/// Starts `workers` tasks that together make `rate` gRPC calls per second to
-/// [`GRPC_SERVICE`] through `outbound`.
-pub fn start_grpc(
-    outbound: SocketAddr,
-    rate: u32,
-    workers: u32,
-    stats: Arc<Stats>,
-    tasks: &mut JoinSet<()>,
-) {
+/// Starts the workers that make gRPC calls to [`GRPC_SERVICE`] through `outbound` at `pace`.
+pub fn start_grpc(outbound: SocketAddr, pace: Pace, stats: &Arc<Stats>, tasks: &mut JoinSet<()>) {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    for _ in 0..workers {
-        let stats = stats.clone();
-        tasks.spawn(async move {
-            let Ok(endpoint) =
-                tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
-            else {
-                return;
-            };
-            let Ok(origin) = format!("http://{GRPC_SERVICE}").parse() else {
-                return;
-            };
-            // One HTTP/2 connection per worker; calls are multiplexed on it.
-            let channel = endpoint
-                .origin(origin)
-                .timeout(Duration::from_secs(5))
-                .connect_lazy();
-            let mut client = HealthClient::new(channel);
-            let mut tick = worker_tick(rate, workers);
-            loop {
-                tick.tick().await;
-                let mut req = tonic::Request::new(HealthCheckRequest {
-                    service: String::new(),
-                });
-                if let Ok(v) = random_unit().parse() {
-                    req.metadata_mut().insert("x-twin-unit", v);
+    pace.spawn(stats, tasks, move |stats| async move {
+        let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{outbound}"))
+        else {
+            return;
+        };
+        let Ok(origin) = format!("http://{GRPC_SERVICE}").parse() else {
+            return;
+        };
+        // One HTTP/2 connection per worker; calls are multiplexed on it.
+        let channel = endpoint
+            .origin(origin)
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let mut client = HealthClient::new(channel);
+        let mut tick = pace.tick();
+        loop {
+            tick.tick().await;
+            let mut req = tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            });
+            if let Ok(v) = random_unit().parse() {
+                req.metadata_mut().insert("x-twin-unit", v);
+            }
+            let started = Instant::now();
+            match client.check(req).await {
+                Ok(resp) => {
+                    let dc = answered_by(resp.metadata().get("x-twin-dc").map(|v| v.to_str()));
+                    stats.record(&dc, true, started.elapsed());
                 }
-                let started = Instant::now();
-                match client.check(req).await {
-                    Ok(resp) => {
-                        let dc = answered_by(resp.metadata().get("x-twin-dc").map(|v| v.to_str()));
-                        stats.record(&dc, true, started.elapsed());
-                    }
-                    Err(status) => {
-                        let dc =
-                            answered_by(status.metadata().get("x-twin-dc").map(|v| v.to_str()));
-                        stats.record(&dc, false, started.elapsed());
-                    }
+                Err(status) => {
+                    let dc = answered_by(status.metadata().get("x-twin-dc").map(|v| v.to_str()));
+                    stats.record(&dc, false, started.elapsed());
                 }
             }
-        });
-    }
+        }
+    });
 }

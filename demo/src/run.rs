@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use twin_topology::{AuditMeta, Datacenter, Keys, Protocol, Route, Store, Weights};
 
 use crate::ids::{self, IdStats};
-use crate::load::{self, Stats};
+use crate::load::{self, Pace, Stats};
 use crate::screen::{self, Frame, RouteView};
 use crate::{upstreams, DemoError};
 use twin_lab::{Etcd, Proc, ProcSpec};
@@ -230,15 +230,17 @@ pub async fn run(opts: Options) -> Result<(), DemoError> {
     println!("Shift traffic while it runs:\n  {shift}\n");
 
     let stats = Arc::new(Stats::default());
-    load::start(outbound, opts.rate, 8, stats.clone(), &mut tasks);
+    let pace = Pace {
+        rate: opts.rate,
+        workers: 8,
+    };
+    load::start(outbound, pace, &stats, &mut tasks);
     let grpc_stats = Arc::new(Stats::default());
-    load::start_grpc(
-        outbound,
-        (opts.rate / 4).max(1),
-        2,
-        grpc_stats.clone(),
-        &mut tasks,
-    );
+    let grpc_pace = Pace {
+        rate: (opts.rate / 4).max(1),
+        workers: 2,
+    };
+    load::start_grpc(outbound, grpc_pace, &grpc_stats, &mut tasks);
     let id_stats = Arc::new(Mutex::new(IdStats::default()));
     ids::start(ids_addr, id_stats.clone(), &mut tasks);
 

@@ -191,23 +191,15 @@ mod tests {
             shift_command: "etcdctl put",
             temp_dir: "/tmp/x",
         });
-        assert!(text.contains("01:05"), "{text}");
-        assert!(
-            text.contains("m6v           20.00%     up       40        1      3.25"),
-            "{text}"
-        );
-        assert!(
-            text.contains("wanguo        80.00%   DOWN        0        0      0.00"),
-            "{text}"
-        );
-        assert!(text.contains("IDs (m6v): 30 issued"), "{text}");
-        assert!(
-            text.contains("gRPC service risk (protocol grpc, route rev 4)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("\n  wanguo        50.00%     up       12        0      1.50\n"),
-            "{text}"
-        );
+        for want in [
+            "01:05",
+            "m6v           20.00%     up       40        1      3.25",
+            "wanguo        80.00%   DOWN        0        0      0.00",
+            "IDs (m6v): 30 issued",
+            "gRPC service risk (protocol grpc, route rev 4)",
+            "\n  wanguo        50.00%     up       12        0      1.50\n",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
     }
 }

@@ -25,7 +25,7 @@ pub use etcd::{Etcd, EtcdBuilder, EtcdError, Member, READY_WITHIN};
 pub use faultproxy::FaultProxy;
 pub use haproxy::Haproxy;
 pub use launch::{ControlPlaneProc, SidecarProc};
-pub use net::{free_port, free_ports, try_free_ports};
+pub use net::{free_port, free_ports, serve_tcp, try_free_ports};
 pub use procs::{Proc, ProcError, ProcSpec, Registry, Signal};
 pub use prometheus::{Prometheus, ScrapeJob};
 pub use secure::{Security, Who};

@@ -1,6 +1,8 @@
-//! Free loopback ports for servers started by tests.
+//! Free loopback ports for servers started by tests, and a bare TCP server for the servers
+//! tests write by hand.
 
-use std::net::TcpListener;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago. The OS picks it, so parallel tests do
 /// not collide; the small window between this call and the server's bind is accepted.
@@ -25,4 +27,22 @@ pub fn try_free_ports(n: usize) -> std::io::Result<Vec<u16>> {
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
         .collect()
+}
+
+/// Starts a TCP server on a free loopback port that runs `handle` on every connection it
+/// accepts, each in a task of its own, for as long as the runtime lives; returns its address.
+/// Tests build their hand-made servers on it (raw HTTP/1, h2, WebSocket, echo, middleboxes).
+pub async fn serve_tcp<F, Fut>(handle: F) -> std::io::Result<SocketAddr>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(handle(socket));
+        }
+    });
+    Ok(addr)
 }

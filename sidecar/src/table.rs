@@ -284,6 +284,22 @@ mod tests {
     use super::*;
     use twin_topology::{Datacenter, Endpoint, Keys, Weights};
 
+    /// Applies `value` to `t` as a watch would see it written at `key` in `revision`.
+    fn put(t: &mut Topology, key: &str, value: &impl serde::Serialize, revision: i64) {
+        let v = serde_json::to_vec(value).expect("json");
+        t.apply(&Keys::default(), key, Some(&v), revision)
+            .expect("apply");
+    }
+
+    /// An endpoint registered at `addr`.
+    fn endpoint(addr: &str, capacity: u32) -> Endpoint {
+        Endpoint {
+            addr: addr.to_string(),
+            capacity,
+            zone: None,
+        }
+    }
+
     fn topology(weights: &[(&str, u32)], registered: &[(&str, &str)]) -> Topology {
         let keys = Keys::default();
         let mut t = Topology {
@@ -305,23 +321,10 @@ mod tests {
         route
             .endpoints
             .insert("m6v".into(), vec!["127.0.0.1:1".into()]);
-        let v = serde_json::to_vec(&route).expect("json");
-        t.apply(&keys, &keys.route("pay"), Some(&v), 7)
-            .expect("route");
+        put(&mut t, &keys.route("pay"), &route, 7);
         for (i, (dc, addr)) in registered.iter().enumerate() {
-            let e = serde_json::to_vec(&Endpoint {
-                addr: addr.to_string(),
-                capacity: 2,
-                zone: None,
-            })
-            .expect("json");
-            t.apply(
-                &keys,
-                &keys.endpoint("pay", dc, &format!("n{i}")),
-                Some(&e),
-                8,
-            )
-            .expect("endpoint");
+            let key = keys.endpoint("pay", dc, &format!("n{i}"));
+            put(&mut t, &key, &endpoint(addr, 2), 8);
         }
         t
     }
@@ -397,25 +400,15 @@ mod tests {
             &[("m6v", 5000), ("wanguo", 5000)],
             &[("m6v", "127.0.0.1:5")],
         );
-        let other = serde_json::to_vec(&Route::with_weights(Weights(
-            [("m6v".to_string(), 10_000)].into(),
-        )))
-        .expect("json");
-        t.apply(&keys, &keys.route("other"), Some(&other), 9)
-            .expect("route");
+        let other = Route::with_weights(Weights([("m6v".to_string(), 10_000)].into()));
+        put(&mut t, &keys.route("other"), &other, 9);
         let mut b = TableBuilder::new(OutlierSettings::default(), None);
         let t1 = b.build(Arc::new(t.clone()));
 
         // A copy (as a view makes) with one endpoint registered for `pay` only.
         let mut next = t.clone();
-        let e = serde_json::to_vec(&Endpoint {
-            addr: "127.0.0.1:6".into(),
-            capacity: 1,
-            zone: None,
-        })
-        .expect("json");
-        next.apply(&keys, &keys.endpoint("pay", "wanguo", "n9"), Some(&e), 10)
-            .expect("endpoint");
+        let key = keys.endpoint("pay", "wanguo", "n9");
+        put(&mut next, &key, &endpoint("127.0.0.1:6", 1), 10);
         let t2 = b.build(Arc::new(next.clone()));
         let (pay1, pay2) = (
             t1.service("pay").expect("pay"),
@@ -449,10 +442,7 @@ mod tests {
             who: String::new(),
         };
         let mut fenced = next.clone();
-        let f = serde_json::to_vec(&fence).expect("json");
-        fenced
-            .apply(&keys, &keys.fence("other"), Some(&f), 11)
-            .expect("fence");
+        put(&mut fenced, &keys.fence("other"), &fence, 11);
         let t3 = b.build(Arc::new(fenced.clone()));
         let other3 = t3.service("other").expect("other");
         assert!(Arc::ptr_eq(other2, other3));

@@ -11,9 +11,9 @@ use http_body_util::Full;
 use hyper::Request;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use twin_lab::eventually;
+use tokio::net::TcpStream;
 use twin_lab::http::{self, Behavior, Upstream};
+use twin_lab::{eventually, serve_tcp};
 use twin_topology::{bucket_of, OnDcDown, Route, Weights};
 
 /// Keys whose bucket `wanguo` owns on a 50/50 ring (the upper half).
@@ -219,54 +219,49 @@ async fn a_slow_upstream_gets_upstream_timeout_and_5xx_ejects_it() {
 /// A middlebox that forgets a connection after `forget` of silence, as an SLB VIP or a NAT
 /// does: the next bytes the client sends on it reach nobody and get a reset.
 async fn forgetful_middlebox(upstream: SocketAddr, forget: Duration) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut server) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let mut forgotten = false;
-                {
-                    let (mut cr, mut cw) = client.split();
-                    let (mut sr, mut sw) = server.split();
-                    let (mut up, mut down) = ([0u8; 16384], [0u8; 16384]);
-                    let mut last = Instant::now();
-                    loop {
-                        tokio::select! {
-                            n = cr.read(&mut up) => match n {
-                                Ok(n) if n > 0 => {
-                                    if last.elapsed() > forget {
-                                        forgotten = true;
-                                        break;
-                                    }
-                                    if sw.write_all(&up[..n]).await.is_err() {
-                                        break;
-                                    }
-                                    last = Instant::now();
-                                }
-                                _ => break,
-                            },
-                            n = sr.read(&mut down) => match n {
-                                Ok(n) if n > 0 => {
-                                    if cw.write_all(&down[..n]).await.is_err() {
-                                        break;
-                                    }
-                                    last = Instant::now();
-                                }
-                                _ => break,
-                            },
+    serve_tcp(move |mut client| async move {
+        let Ok(mut server) = TcpStream::connect(upstream).await else {
+            return;
+        };
+        let mut forgotten = false;
+        {
+            let (mut cr, mut cw) = client.split();
+            let (mut sr, mut sw) = server.split();
+            let (mut up, mut down) = ([0u8; 16384], [0u8; 16384]);
+            let mut last = Instant::now();
+            loop {
+                tokio::select! {
+                    n = cr.read(&mut up) => match n {
+                        Ok(n) if n > 0 => {
+                            if last.elapsed() > forget {
+                                forgotten = true;
+                                break;
+                            }
+                            if sw.write_all(&up[..n]).await.is_err() {
+                                break;
+                            }
+                            last = Instant::now();
                         }
-                    }
+                        _ => break,
+                    },
+                    n = sr.read(&mut down) => match n {
+                        Ok(n) if n > 0 => {
+                            if cw.write_all(&down[..n]).await.is_err() {
+                                break;
+                            }
+                            last = Instant::now();
+                        }
+                        _ => break,
+                    },
                 }
-                if forgotten {
-                    let _ = client.set_zero_linger();
-                }
-            });
+            }
         }
-    });
-    addr
+        if forgotten {
+            let _ = client.set_zero_linger();
+        }
+    })
+    .await
+    .expect("bind")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

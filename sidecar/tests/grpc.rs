@@ -23,7 +23,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
-use twin_lab::http;
+use twin_lab::{http, serve_tcp};
 use twin_sidecar::Sidecar;
 use twin_topology::{Protocol, Route, Weights};
 
@@ -132,24 +132,22 @@ impl Grpc {
 
 /// A raw HTTP/2 server that resets every stream with `reason`, counting them.
 async fn resetting_server(reason: h2::Reason) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let refused = Arc::new(AtomicUsize::new(0));
     let count = refused.clone();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(socket).await else {
-                    return;
-                };
-                while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    respond.send_reset(reason);
-                }
-            });
+    let addr = serve_tcp(move |socket| {
+        let count = count.clone();
+        async move {
+            let Ok(mut conn) = h2::server::handshake(socket).await else {
+                return;
+            };
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                respond.send_reset(reason);
+            }
         }
-    });
+    })
+    .await
+    .expect("bind");
     (addr, refused)
 }
 
@@ -208,12 +206,6 @@ fn meta<'a, T>(r: &'a Response<T>, name: &str) -> &'a str {
         .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-}
-
-async fn metrics(s: &Sidecar) -> String {
-    admin_get(&http::client(), s.admin_addr, "/metrics")
-        .await
-        .text()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,41 +380,34 @@ async fn a_call_whose_answer_began_is_never_sent_again() {
 async fn h2c_server() -> SocketAddr {
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let version = req.version();
-                        let n = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes().len())
-                            .unwrap_or(0);
-                        let mut trailers = hyper::HeaderMap::new();
-                        trailers.insert("x-checksum", "42".parse().expect("value"));
-                        let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
-                            Ok(Frame::data(
-                                format!("got {n} bytes over {version:?}").into(),
-                            )),
-                            Ok(Frame::trailers(trailers)),
-                        ];
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(StreamBody::new(
-                            futures::stream::iter(frames),
-                        )))
-                    },
-                );
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
+    serve_tcp(|tcp| async move {
+        let svc =
+            hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let version = req.version();
+                let n = req
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes().len())
+                    .unwrap_or(0);
+                let mut trailers = hyper::HeaderMap::new();
+                trailers.insert("x-checksum", "42".parse().expect("value"));
+                let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                    Ok(Frame::data(
+                        format!("got {n} bytes over {version:?}").into(),
+                    )),
+                    Ok(Frame::trailers(trailers)),
+                ];
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(StreamBody::new(
+                    futures::stream::iter(frames),
+                )))
             });
-        }
-    });
-    addr
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+            .await;
+    })
+    .await
+    .expect("bind")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,8 +18,8 @@ use std::time::Duration;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use twin_lab::eventually;
+use tokio::net::TcpStream;
+use twin_lab::{eventually, serve_tcp};
 use twin_sidecar::access_log::Target;
 use twin_sidecar::config::Http1Engine;
 use twin_sidecar::Sidecar;
@@ -31,30 +31,25 @@ const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 /// An upstream that answers every GET head with [`ANSWER`], allocating nothing per request.
 async fn fixed_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut have = 0;
-                loop {
-                    match s.read(&mut buf[have..]).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => have += n,
-                    }
-                    while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                        if s.write_all(ANSWER).await.is_err() {
-                            return;
-                        }
-                        buf.copy_within(end + 4..have, 0);
-                        have -= end + 4;
-                    }
+    serve_tcp(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        let mut have = 0;
+        loop {
+            match s.read(&mut buf[have..]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => have += n,
+            }
+            while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                if s.write_all(ANSWER).await.is_err() {
+                    return;
                 }
-            });
+                buf.copy_within(end + 4..have, 0);
+                have -= end + 4;
+            }
         }
-    });
-    addr
+    })
+    .await
+    .expect("bind")
 }
 
 /// Sends one request and reads its answer, whose size is fixed, into `answer`.

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use twin_lab::eventually;
+use tokio::net::TcpStream;
 use twin_lab::http::{Behavior, Upstream};
+use twin_lab::{eventually, serve_tcp};
 use twin_sidecar::config::Http1Engine;
 use twin_sidecar::Sidecar;
 
@@ -33,16 +33,14 @@ async fn engine_sidecar(up: SocketAddr) -> (tempfile::TempDir, Sidecar) {
 /// Content-Length body), counts the connections it accepted, and after answering `101` to an
 /// upgrade echoes every byte back.
 async fn raw_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let conns = Arc::new(AtomicUsize::new(0));
     let counted = conns.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve_raw(s));
-        }
-    });
+    let addr = serve_tcp(move |s| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        serve_raw(s)
+    })
+    .await
+    .expect("bind");
     (addr, conns)
 }
 
@@ -111,94 +109,126 @@ impl Answer {
     }
 }
 
-/// Reads one response (Content-Length, chunked, or to EOF) from `s`; `head_request` for an
-/// answer to HEAD (no body whatever the headers say).
-async fn read_answer(s: &mut TcpStream, pending: &mut Vec<u8>, head_request: bool) -> Answer {
-    let end = loop {
-        if let Some(e) = find(pending, b"\r\n\r\n") {
-            break e;
-        }
-        assert!(fill(s, pending).await > 0, "closed before a response head");
-    };
-    let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
-    pending.drain(..end + 4);
-    let status: u16 = head[9..12].parse().expect("status");
-    let mut a = Answer {
-        status,
-        head,
-        body: Vec::new(),
-    };
-    if head_request || status == 204 || status == 304 || status == 101 || status == 100 {
-        return a;
-    }
-    if let Some(n) = a
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        while pending.len() < n {
-            assert!(fill(s, pending).await > 0, "body cut short");
-        }
-        a.body = pending.drain(..n).collect();
-    } else if a.header("transfer-encoding") == Some("chunked") {
-        loop {
-            let line_end = loop {
-                if let Some(e) = find(pending, b"\r\n") {
-                    break e;
-                }
-                assert!(fill(s, pending).await > 0, "chunked body cut short");
-            };
-            let size = usize::from_str_radix(
-                String::from_utf8_lossy(&pending[..line_end])
-                    .split(';')
-                    .next()
-                    .unwrap_or(""),
-                16,
-            )
-            .expect("chunk size");
-            while pending.len() < line_end + 2 + size + 2 {
-                assert!(fill(s, pending).await > 0, "chunk cut short");
-            }
-            a.body
-                .extend_from_slice(&pending[line_end + 2..line_end + 2 + size]);
-            pending.drain(..line_end + 2 + size + 2);
-            if size == 0 {
-                break;
-            }
-        }
-    } else {
-        while fill(s, pending).await > 0 {}
-        a.body = std::mem::take(pending);
-    }
-    a
+/// A client connection to the sidecar's outbound listener, and the bytes it has read past the
+/// last answer.
+struct Conn {
+    stream: TcpStream,
+    pending: Vec<u8>,
 }
 
-/// Reads more of the answer into `pending`; how much (0: closed).
-async fn fill(s: &mut TcpStream, pending: &mut Vec<u8>) -> usize {
-    let mut chunk = [0u8; 8192];
-    let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
-        .await
-        .expect("the sidecar answers in time")
-        .unwrap_or(0);
-    pending.extend_from_slice(&chunk[..n]);
-    n
+impl Conn {
+    async fn open(addr: SocketAddr) -> Conn {
+        Conn {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+            pending: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).await.expect("write");
+    }
+
+    /// Sends `raw` and reads one answer.
+    async fn request(&mut self, raw: &[u8]) -> Answer {
+        self.send(raw).await;
+        self.answer().await
+    }
+
+    /// Reads one response: Content-Length, chunked, or to EOF.
+    async fn answer(&mut self) -> Answer {
+        self.read_answer(false).await
+    }
+
+    /// Reads the answer to a HEAD request: no body, whatever the headers say.
+    async fn answer_to_head(&mut self) -> Answer {
+        self.read_answer(true).await
+    }
+
+    async fn read_answer(&mut self, head_request: bool) -> Answer {
+        let end = loop {
+            if let Some(e) = find(&self.pending, b"\r\n\r\n") {
+                break e;
+            }
+            assert!(self.fill().await > 0, "closed before a response head");
+        };
+        let head = String::from_utf8_lossy(&self.pending[..end]).to_ascii_lowercase();
+        self.pending.drain(..end + 4);
+        let status: u16 = head[9..12].parse().expect("status");
+        let mut a = Answer {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        if head_request || status == 204 || status == 304 || status == 101 || status == 100 {
+            return a;
+        }
+        if let Some(n) = a
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            while self.pending.len() < n {
+                assert!(self.fill().await > 0, "body cut short");
+            }
+            a.body = self.pending.drain(..n).collect();
+        } else if a.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let line_end = loop {
+                    if let Some(e) = find(&self.pending, b"\r\n") {
+                        break e;
+                    }
+                    assert!(self.fill().await > 0, "chunked body cut short");
+                };
+                let size = usize::from_str_radix(
+                    String::from_utf8_lossy(&self.pending[..line_end])
+                        .split(';')
+                        .next()
+                        .unwrap_or(""),
+                    16,
+                )
+                .expect("chunk size");
+                while self.pending.len() < line_end + 2 + size + 2 {
+                    assert!(self.fill().await > 0, "chunk cut short");
+                }
+                a.body
+                    .extend_from_slice(&self.pending[line_end + 2..line_end + 2 + size]);
+                self.pending.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            while self.fill().await > 0 {}
+            a.body = std::mem::take(&mut self.pending);
+        }
+        a
+    }
+
+    /// Reads more of the answer into `pending`; how much (0: closed).
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+            .await
+            .expect("the sidecar answers in time")
+            .unwrap_or(0);
+        self.pending.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// True when the server closes the connection within [`WAIT`] (reads nothing more).
+    async fn closes(&mut self) -> bool {
+        let mut b = [0u8; 64];
+        matches!(
+            tokio::time::timeout(WAIT, self.stream.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
 }
 
 /// Sends `raw` on a new connection and reads one answer.
-async fn once(addr: SocketAddr, raw: &[u8]) -> (TcpStream, Answer) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(raw).await.expect("write");
-    let mut pending = Vec::new();
-    let a = read_answer(&mut s, &mut pending, false).await;
-    (s, a)
-}
-
-/// True when the server closes `s` within [`WAIT`] (reads nothing more).
-async fn closes(s: &mut TcpStream) -> bool {
-    let mut b = [0u8; 64];
-    matches!(
-        tokio::time::timeout(WAIT, s.read(&mut b)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
+async fn once(addr: SocketAddr, raw: &[u8]) -> (Conn, Answer) {
+    let mut c = Conn::open(addr).await;
+    let a = c.request(raw).await;
+    (c, a)
 }
 
 #[tokio::test]
@@ -223,15 +253,14 @@ async fn framing_errors_get_400_and_never_reach_the_upstream() {
             "{what}: {}",
             a.head
         );
-        assert!(closes(&mut conn).await, "{what}: the connection closes");
+        assert!(conn.closes().await, "{what}: the connection closes");
     }
     // A body shorter than its Content-Length, the client done sending.
-    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
-    conn.write_all(b"POST / HTTP/1.1\r\nhost: payments\r\ncontent-length: 10\r\n\r\nabc")
-        .await
-        .expect("write");
-    conn.shutdown().await.expect("half close");
-    let a = read_answer(&mut conn, &mut Vec::new(), false).await;
+    let mut conn = Conn::open(s.outbound_addr).await;
+    conn.send(b"POST / HTTP/1.1\r\nhost: payments\r\ncontent-length: 10\r\n\r\nabc")
+        .await;
+    conn.stream.shutdown().await.expect("half close");
+    let a = conn.answer().await;
     assert_eq!(a.status, 400, "truncated body: {}", a.head);
     assert!(a
         .header("x-twin-error")
@@ -256,13 +285,10 @@ async fn framing_errors_get_400_and_never_reach_the_upstream() {
 async fn chunked_bodies_pass_both_ways_and_http10_gets_them_whole() {
     let up = Upstream::with("m6v", Behavior::Echo).await.expect("up");
     let (_dir, s) = engine_sidecar(up.addr()).await;
-    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
-    let mut pending = Vec::new();
+    let mut conn = Conn::open(s.outbound_addr).await;
     for _ in 0..2 {
-        conn.write_all(b"POST /echo HTTP/1.1\r\nhost: payments\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n")
-            .await
-            .expect("write");
-        let a = read_answer(&mut conn, &mut pending, false).await;
+        conn.send(b"POST /echo HTTP/1.1\r\nhost: payments\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n").await;
+        let a = conn.answer().await;
         assert_eq!(a.status, 200, "{}", a.head);
         assert_eq!(a.header("transfer-encoding"), Some("chunked"), "{}", a.head);
         assert_eq!(a.body, b"hello world");
@@ -278,7 +304,7 @@ async fn chunked_bodies_pass_both_ways_and_http10_gets_them_whole() {
     assert_eq!(a.status, 200);
     assert_eq!(a.header("transfer-encoding"), None, "{}", a.head);
     assert_eq!(a.body, b"hello");
-    assert!(closes(&mut c10).await);
+    assert!(c10.closes().await);
     s.stop().await;
 }
 
@@ -286,51 +312,36 @@ async fn chunked_bodies_pass_both_ways_and_http10_gets_them_whole() {
 async fn head_204_and_http10_keep_the_connection_in_step() {
     let up = Upstream::start("m6v").await.expect("up");
     let (_dir, s) = engine_sidecar(up.addr()).await;
-    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
-    let mut pending = Vec::new();
-    conn.write_all(
-        b"HEAD / HTTP/1.1\r\nhost: payments\r\n\r\nGET / HTTP/1.1\r\nhost: payments\r\n\r\n",
-    )
-    .await
-    .expect("write");
-    let head = read_answer(&mut conn, &mut pending, true).await;
+    let mut conn = Conn::open(s.outbound_addr).await;
+    conn.send(b"HEAD / HTTP/1.1\r\nhost: payments\r\n\r\nGET / HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await;
+    let head = conn.answer_to_head().await;
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some("3"), "{}", head.head);
-    let get = read_answer(&mut conn, &mut pending, false).await;
+    let get = conn.answer().await;
     assert_eq!(get.body, b"m6v", "the HEAD answer carried no body");
 
     up.set(Behavior::Status(204));
-    conn.write_all(b"DELETE /x HTTP/1.1\r\nhost: payments\r\n\r\n")
-        .await
-        .expect("write");
-    let a = read_answer(&mut conn, &mut pending, false).await;
+    conn.send(b"DELETE /x HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await;
+    let a = conn.answer().await;
     assert_eq!(a.status, 204);
     up.set(Behavior::Answer);
-    conn.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n")
-        .await
-        .expect("write");
-    assert_eq!(
-        read_answer(&mut conn, &mut pending, false).await.body,
-        b"m6v"
-    );
+    conn.send(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n").await;
+    assert_eq!(conn.answer().await.body, b"m6v");
 
     // HTTP/1.0: closed after the answer unless it asks for keep-alive.
     let (mut c, a) = once(s.outbound_addr, b"GET / HTTP/1.0\r\nhost: payments\r\n\r\n").await;
     assert_eq!(a.body, b"m6v");
-    assert!(closes(&mut c).await);
+    assert!(c.closes().await);
     let (mut c, a) = once(
         s.outbound_addr,
         b"GET / HTTP/1.0\r\nhost: payments\r\nconnection: keep-alive\r\n\r\n",
     )
     .await;
     assert_eq!(a.header("connection"), Some("keep-alive"));
-    c.write_all(b"GET / HTTP/1.0\r\nhost: payments\r\n\r\n")
-        .await
-        .expect("write");
-    assert_eq!(
-        read_answer(&mut c, &mut Vec::new(), false).await.body,
-        b"m6v"
-    );
+    c.send(b"GET / HTTP/1.0\r\nhost: payments\r\n\r\n").await;
+    assert_eq!(c.answer().await.body, b"m6v");
     s.stop().await;
 }
 
@@ -338,14 +349,13 @@ async fn head_204_and_http10_keep_the_connection_in_step() {
 async fn upstream_connections_are_reused_and_errors_are_the_sidecars() {
     let (addr, conns) = raw_upstream().await;
     let (_dir, s) = engine_sidecar(addr).await;
-    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
-    let mut pending = Vec::new();
+    let mut conn = Conn::open(s.outbound_addr).await;
     for i in 0..50 {
         let req = format!(
             "POST /p HTTP/1.1\r\nhost: Payments:15001\r\nx-twin-unit: u{i}\r\ncontent-length: 3\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\n\r\nabc"
         );
-        conn.write_all(req.as_bytes()).await.expect("write");
-        let a = read_answer(&mut conn, &mut pending, false).await;
+        conn.send(req.as_bytes()).await;
+        let a = conn.answer().await;
         assert_eq!(
             (a.status, a.body.as_slice()),
             (200, &b"ok"[..]),
@@ -359,20 +369,17 @@ async fn upstream_connections_are_reused_and_errors_are_the_sidecars() {
         "one upstream connection served all 50"
     );
     // No route: the sidecar's own 404, and the connection goes on.
-    conn.write_all(b"GET / HTTP/1.1\r\nhost: nowhere\r\nx-request-id: keep-me\r\n\r\n")
-        .await
-        .expect("write");
-    let a = read_answer(&mut conn, &mut pending, false).await;
+    conn.send(b"GET / HTTP/1.1\r\nhost: nowhere\r\nx-request-id: keep-me\r\n\r\n")
+        .await;
+    let a = conn.answer().await;
     assert_eq!(a.status, 404);
     assert_eq!(a.header("x-request-id"), Some("keep-me"), "{}", a.head);
     assert_eq!(
         a.header("x-twin-error"),
         Some("no route for host \"nowhere\"")
     );
-    conn.write_all(b"GET / HTTP/1.1\r\n\r\n")
-        .await
-        .expect("write");
-    let a = read_answer(&mut conn, &mut pending, false).await;
+    conn.send(b"GET / HTTP/1.1\r\n\r\n").await;
+    let a = conn.answer().await;
     assert_eq!(a.status, 400, "no Host: {}", a.head);
     s.stop().await;
 }
@@ -381,17 +388,15 @@ async fn upstream_connections_are_reused_and_errors_are_the_sidecars() {
 async fn expect_100_continue_is_answered_before_the_body() {
     let up = Upstream::with("m6v", Behavior::Echo).await.expect("up");
     let (_dir, s) = engine_sidecar(up.addr()).await;
-    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
-    conn.write_all(
+    let mut conn = Conn::open(s.outbound_addr).await;
+    conn.send(
         b"PUT /x HTTP/1.1\r\nhost: payments\r\nexpect: 100-continue\r\ncontent-length: 4\r\n\r\n",
     )
-    .await
-    .expect("write");
-    let mut pending = Vec::new();
-    let cont = read_answer(&mut conn, &mut pending, false).await;
+    .await;
+    let cont = conn.answer().await;
     assert_eq!(cont.status, 100);
-    conn.write_all(b"data").await.expect("body");
-    let a = read_answer(&mut conn, &mut pending, false).await;
+    conn.send(b"data").await;
+    let a = conn.answer().await;
     assert_eq!((a.status, a.body.as_slice()), (200, &b"data"[..]));
     s.stop().await;
 }
@@ -400,43 +405,38 @@ async fn expect_100_continue_is_answered_before_the_body() {
 async fn an_upgrade_becomes_a_tunnel_and_the_drain_cuts_it() {
     let (addr, _) = raw_upstream().await;
     let (_dir, s) = engine_sidecar(addr).await;
-    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
-    conn.write_all(
+    let mut conn = Conn::open(s.outbound_addr).await;
+    conn.send(
         b"GET /ws HTTP/1.1\r\nhost: payments\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n",
     )
-    .await
-    .expect("write");
-    let mut pending = Vec::new();
-    let a = read_answer(&mut conn, &mut pending, false).await;
+    .await;
+    let a = conn.answer().await;
     assert_eq!(a.status, 101, "{}", a.head);
     assert_eq!(a.header("upgrade"), Some("websocket"));
     assert_eq!(a.header("x-twin-dc"), Some("m6v"));
     for msg in [&b"ping"[..], b"second message"] {
-        conn.write_all(msg).await.expect("write");
+        conn.send(msg).await;
         let mut back = vec![0u8; msg.len()];
-        tokio::time::timeout(WAIT, conn.read_exact(&mut back))
+        tokio::time::timeout(WAIT, conn.stream.read_exact(&mut back))
             .await
             .expect("echo in time")
             .expect("echo");
         assert_eq!(back, msg);
     }
-    let client = twin_lab::http::client();
-    let metrics = admin_get(&client, s.admin_addr, "/metrics").await.text();
+    let metrics = metrics(&s).await;
     assert!(
         metrics.contains("twin_sidecar_tunnels_open 1"),
         "one tunnel open:\n{metrics}"
     );
     // An idle keep-alive client closes at once on stop; the tunnel at the drain deadline.
-    let mut idle = TcpStream::connect(s.outbound_addr).await.expect("connect");
-    idle.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n")
-        .await
-        .expect("write");
-    let _ = read_answer(&mut idle, &mut Vec::new(), false).await;
+    let mut idle = Conn::open(s.outbound_addr).await;
+    idle.send(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n").await;
+    let _ = idle.answer().await;
     let stopped = tokio::time::Instant::now();
     let stop = tokio::spawn(s.stop());
-    assert!(closes(&mut idle).await, "the idle connection closes");
+    assert!(idle.closes().await, "the idle connection closes");
     assert!(stopped.elapsed() < Duration::from_secs(2), "at once");
-    assert!(closes(&mut conn).await, "the tunnel is cut at the deadline");
+    assert!(conn.closes().await, "the tunnel is cut at the deadline");
     stop.await.expect("stopped");
 }
 
@@ -446,17 +446,15 @@ async fn a_request_in_flight_at_stop_is_answered_then_the_connection_closes() {
         .await
         .expect("up");
     let (_dir, s) = engine_sidecar(up.addr()).await;
-    let mut conn = TcpStream::connect(s.outbound_addr).await.expect("connect");
-    conn.write_all(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n")
-        .await
-        .expect("write");
+    let mut conn = Conn::open(s.outbound_addr).await;
+    conn.send(b"GET / HTTP/1.1\r\nhost: payments\r\n\r\n").await;
     // The request is with the upstream when the sidecar is told to stop.
     assert!(eventually(WAIT, || async { up.hits() == 1 }).await);
     let stop = tokio::spawn(s.stop());
-    let a = read_answer(&mut conn, &mut Vec::new(), false).await;
+    let a = conn.answer().await;
     assert_eq!((a.status, a.body.as_slice()), (200, &b"m6v"[..]));
     assert_eq!(a.header("connection"), Some("close"), "{}", a.head);
-    assert!(closes(&mut conn).await);
+    assert!(conn.closes().await);
     stop.await.expect("stopped");
 }
 
@@ -480,6 +478,6 @@ async fn a_failed_request_whose_body_was_read_is_answered_at_once() {
     .expect("answered without waiting for a body already read");
     assert_eq!(a.status, 502, "{}", a.head);
     assert!(a.header("x-twin-error").is_some(), "{}", a.head);
-    assert!(closes(&mut conn).await);
+    assert!(conn.closes().await);
     s.stop().await;
 }

@@ -159,7 +159,7 @@ async fn the_id_api_issues_every_format_and_refuses_bad_parameters_with_400() {
     .expect("answer");
     assert_eq!(post.status, 405);
 
-    let metrics = admin_get(&c, s.admin_addr, "/metrics").await.text();
+    let metrics = metrics(&s).await;
     assert!(metrics.contains("twin_idgen_issued_total"), "{metrics}");
     assert!(metrics.contains("twin_sidecar_idgen_ready 1"), "{metrics}");
     s.stop().await;

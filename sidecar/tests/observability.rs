@@ -410,9 +410,7 @@ async fn force_dc_is_honoured_only_where_the_route_allows_it() {
     assert_eq!(line_of(&l, &forced)["forced"], true);
     assert_eq!(line_of(&l, &forced)["dc"], "wanguo");
     assert_eq!(line_of(&l, &unknown)["error"], "unknown_dc");
-    let metrics = admin_get(&http::client(), s.admin_addr, "/metrics")
-        .await
-        .text();
+    let metrics = metrics(&s).await;
     assert!(
         metrics
             .lines()

@@ -11,41 +11,36 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use support::*;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
-use twin_lab::{eventually, http, Upstream};
+use twin_lab::{eventually, http, serve_tcp, Upstream};
 use twin_sidecar::Sidecar;
 use twin_topology::{Route, Weights};
 
 /// An echo server that first sends `hello from {name}`.
 async fn echo_server(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                if ws
-                    .send(Message::text(format!("hello from {name}")))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                while let Some(Ok(msg)) = ws.next().await {
-                    let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
-                    if msg.is_close() || (echo && ws.send(msg).await.is_err()) {
-                        return;
-                    }
-                }
-            });
+    serve_tcp(move |tcp| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        if ws
+            .send(Message::text(format!("hello from {name}")))
+            .await
+            .is_err()
+        {
+            return;
         }
-    });
-    addr
+        while let Some(Ok(msg)) = ws.next().await {
+            let echo = matches!(msg, Message::Text(_) | Message::Binary(_));
+            if msg.is_close() || (echo && ws.send(msg).await.is_err()) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("bind")
 }
 
 fn ws_route(weights: (u32, u32), m6v: SocketAddr, wanguo: SocketAddr) -> Route {
@@ -110,12 +105,6 @@ fn value(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or(0.0)
-}
-
-async fn metrics(s: &Sidecar) -> String {
-    admin_get(&http::client(), s.admin_addr, "/metrics")
-        .await
-        .text()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -388,28 +388,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert!(e.is_available(), "re-admitted after the backoff");
 
-        // Probation: one failure ejects again, for twice as long.
-        assert_eq!(
-            e.record(Outcome::Failure),
-            Ejection::Ejected(Duration::from_secs(2))
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(
-            e.record(Outcome::Failure),
-            Ejection::Ejected(Duration::from_secs(4))
-        );
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        assert_eq!(
-            e.record(Outcome::Failure),
-            Ejection::Ejected(Duration::from_secs(8))
-        );
-        tokio::time::sleep(Duration::from_secs(8)).await;
-        // Capped at max_ejection_ms.
-        assert_eq!(
-            e.record(Outcome::Failure),
-            Ejection::Ejected(Duration::from_secs(8))
-        );
-        tokio::time::sleep(Duration::from_secs(8)).await;
+        // Probation: one failure ejects again, each time for twice as long, capped at
+        // max_ejection_ms (8 s).
+        for secs in [2, 4, 8, 8] {
+            let backoff = Duration::from_secs(secs);
+            assert_eq!(e.record(Outcome::Failure), Ejection::Ejected(backoff));
+            tokio::time::sleep(backoff).await;
+        }
 
         // A success in probation forgets the streak: the next ejection is short again.
         assert_eq!(e.record(Outcome::Success), Ejection::None);

@@ -133,24 +133,20 @@ mod tests {
 
     #[test]
     fn the_service_comes_from_the_authority_or_host() {
-        assert_eq!(
-            service_host(&req("/", Some("payments"))).as_deref(),
-            Some("payments")
-        );
-        assert_eq!(
-            service_host(&req("/", Some("Payments:8080"))).as_deref(),
-            Some("payments")
-        );
-        assert_eq!(
-            service_host(&req("http://ledger.svc:80/x", Some("other"))).as_deref(),
-            Some("ledger.svc")
-        );
-        assert_eq!(
-            service_host(&req("/", Some("[::1]:80"))).as_deref(),
-            Some("[::1]")
-        );
-        assert_eq!(service_host(&req("/", None)), None);
-        assert_eq!(service_host(&req("/", Some(""))), None);
+        for (uri, host, want) in [
+            ("/", Some("payments"), Some("payments")),
+            ("/", Some("Payments:8080"), Some("payments")),
+            ("http://ledger.svc:80/x", Some("other"), Some("ledger.svc")),
+            ("/", Some("[::1]:80"), Some("[::1]")),
+            ("/", None, None),
+            ("/", Some(""), None),
+        ] {
+            assert_eq!(
+                service_host(&req(uri, host)).as_deref(),
+                want,
+                "{uri} with host {host:?}"
+            );
+        }
     }
 
     #[test]

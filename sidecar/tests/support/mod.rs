@@ -157,6 +157,13 @@ pub async fn admin_get(client: &http::Client, admin: SocketAddr, path: &str) -> 
         .expect("the admin listener answers")
 }
 
+/// The `/metrics` text of a sidecar's admin listener.
+pub async fn metrics(s: &Sidecar) -> String {
+    admin_get(&http::client(), s.admin_addr, "/metrics")
+        .await
+        .text()
+}
+
 /// A sidecar configuration for tests: listeners on free loopback ports, fast ejection.
 /// Without etcd, set `hwm_file` inside the test's temporary directory.
 pub fn config(source: TableSource) -> Config {
