@@ -162,20 +162,39 @@ pub(crate) struct CountFile {
     min: u64,
 }
 
-const CHECKS: &[&str] = &[
-    "duplicate_ids",
-    "lost",
-    "double_served",
-    "sticky_moved",
-    "error_rate",
-    "converge",
-    "issued",
-    "refusals",
-    "served",
-    "unit_overlap",
-    "unmoved_fenced",
-    "fence_window",
-];
+/// The checks by the name a drill file gives them, each with the variant it reads into: the
+/// one list both [`CHECKS`] (the names, in this order) and [`read_check`] are made from.
+macro_rules! checks_by_name {
+    ($($name:literal => $variant:ident,)*) => {
+        const CHECKS: &[&str] = &[$($name),*];
+
+        /// Reads the value of the check named `kind` from `map`.
+        fn read_check<'de, A: MapAccess<'de>>(
+            kind: &str,
+            map: &mut A,
+        ) -> Result<CheckFile, A::Error> {
+            match kind {
+                $($name => Ok(CheckFile::$variant(map.next_value()?)),)*
+                other => Err(de::Error::unknown_variant(other, CHECKS)),
+            }
+        }
+    };
+}
+
+checks_by_name! {
+    "duplicate_ids" => DuplicateIds,
+    "lost" => Lost,
+    "double_served" => DoubleServed,
+    "sticky_moved" => StickyMoved,
+    "error_rate" => ErrorRate,
+    "converge" => Converge,
+    "issued" => Issued,
+    "refusals" => Refusals,
+    "served" => Served,
+    "unit_overlap" => UnitOverlap,
+    "unmoved_fenced" => UnmovedFenced,
+    "fence_window" => FenceWindow,
+}
 
 /// serde_yaml reads enums from YAML tags only (`!lost 0`); a check is written as a map with
 /// one key, so it is read by hand, with messages that name the check.
@@ -201,21 +220,7 @@ impl<'de> Visitor<'de> for CheckVisitor {
                 CHECKS.join(", ")
             )));
         };
-        let check = match kind.0 {
-            "duplicate_ids" => CheckFile::DuplicateIds(map.next_value()?),
-            "lost" => CheckFile::Lost(map.next_value()?),
-            "double_served" => CheckFile::DoubleServed(map.next_value()?),
-            "sticky_moved" => CheckFile::StickyMoved(map.next_value()?),
-            "error_rate" => CheckFile::ErrorRate(map.next_value()?),
-            "converge" => CheckFile::Converge(map.next_value()?),
-            "issued" => CheckFile::Issued(map.next_value()?),
-            "refusals" => CheckFile::Refusals(map.next_value()?),
-            "served" => CheckFile::Served(map.next_value()?),
-            "unit_overlap" => CheckFile::UnitOverlap(map.next_value()?),
-            "unmoved_fenced" => CheckFile::UnmovedFenced(map.next_value()?),
-            "fence_window" => CheckFile::FenceWindow(map.next_value()?),
-            other => return Err(de::Error::unknown_variant(other, CHECKS)),
-        };
+        let check = read_check(kind.0, &mut map)?;
         if let Some(other) = map.next_key::<CheckKind>()? {
             return Err(de::Error::custom(format!(
                 "one check per entry: start a new `- {}:` entry after `{}`",
@@ -305,15 +310,12 @@ impl Check<CountFile, CountFile> {
             Check::UnmovedFenced(max) => Check::UnmovedFenced(max),
             Check::FenceWindow(f) => {
                 writer("fence_window")?;
-                if !steps.contains(&f.after) {
-                    return Err(bad(
-                        at("fence_window.after"),
-                        format!(
-                            "unknown step {:?}: name the twinctl step that runs the fenced cut-over",
-                            f.after
-                        ),
-                    ));
-                }
+                known_step(
+                    steps,
+                    &f.after,
+                    at("fence_window.after"),
+                    "name the twinctl step that runs the fenced cut-over",
+                )?;
                 Check::FenceWindow(f)
             }
         })
@@ -333,6 +335,19 @@ fn known_phase(steps: &BTreeSet<String>, p: &str, path: String) -> Result<(), In
     ))
 }
 
+/// `step` is a step of the method; else it is refused at `path`, with `hint`.
+fn known_step(
+    steps: &BTreeSet<String>,
+    step: &str,
+    path: String,
+    hint: &str,
+) -> Result<(), Invalid> {
+    if steps.contains(step) {
+        return Ok(());
+    }
+    Err(bad(path, format!("unknown step {step:?}: {hint}")))
+}
+
 fn converge(
     t: &TopologySpec,
     steps: &BTreeSet<String>,
@@ -340,15 +355,12 @@ fn converge(
     path: &str,
 ) -> Result<(), Invalid> {
     let at = |field: &str| format!("{path}.{field}");
-    if !steps.contains(&c.after) {
-        return Err(bad(
-            at("after"),
-            format!(
-                "unknown step {:?}: converge is measured after a step of the method",
-                c.after
-            ),
-        ));
-    }
+    known_step(
+        steps,
+        &c.after,
+        at("after"),
+        "converge is measured after a step of the method",
+    )?;
     if !t.routes.contains_key(&c.route) {
         return Err(bad(at("route"), format!("unknown route {:?}", c.route)));
     }

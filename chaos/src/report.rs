@@ -231,8 +231,8 @@ fn markdown(o: &Outputs, passed: bool) -> String {
     let steps = o.run.steps.iter().map(|st| {
         [
             st.label.clone(),
-            format!("{:.2}s", st.started_ms / 1e3),
-            format!("{:.2}s", st.ended_ms / 1e3),
+            secs(st.started_ms),
+            secs(st.ended_ms),
             (if st.ok { "done" } else { "**failed**" }).to_string(),
             st.detail.replace('|', "\\|"),
         ]
@@ -258,16 +258,19 @@ fn markdown(o: &Outputs, passed: bool) -> String {
         &["check", "figure", "bound", "result", "detail"],
         checks,
     );
-    let phases = o.run.phases.iter().map(|p| {
-        [
-            p.name.clone(),
-            format!("{:.2}s", p.start_ms / 1e3),
-            format!("{:.2}s", p.end_ms / 1e3),
-        ]
-    });
+    let phases = o
+        .run
+        .phases
+        .iter()
+        .map(|p| [p.name.clone(), secs(p.start_ms), secs(p.end_ms)]);
     table(&mut s, "Phases", &["phase", "from", "to"], phases);
     let _ = writeln!(s, "\n![traffic](traffic.svg)");
     s
+}
+
+/// A time on the run's clock (ms) as the tables write it: seconds with two decimals.
+fn secs(ms: f64) -> String {
+    format!("{:.2}s", ms / 1e3)
 }
 
 /// Appends the markdown section `## title` (after a blank line) holding a table with

@@ -85,58 +85,60 @@ fn etcd_err(step: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> AuthE
     }
 }
 
-async fn users(client: &mut Client) -> Result<Vec<String>, AuthError> {
-    let resp = client
-        .user_list()
-        .await
-        .map_err(etcd_err("listing users"))?;
-    Ok(resp.users().to_vec())
+/// A user (with the password it is created with) or a role, as [`ensure`] adds it.
+#[derive(Clone, Copy)]
+enum Principal<'a> {
+    User { name: &'a str, password: &'a str },
+    Role { name: &'a str },
 }
 
-async fn role_names(client: &mut Client) -> Result<Vec<String>, AuthError> {
-    let resp = client
-        .role_list()
-        .await
-        .map_err(etcd_err("listing roles"))?;
-    Ok(resp.roles().to_vec())
+impl Principal<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Principal::User { name, .. } | Principal::Role { name } => name,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Principal::User { .. } => "user",
+            Principal::Role { .. } => "role",
+        }
+    }
+
+    /// Whether etcd lists it among the users (roles).
+    async fn exists(&self, client: &mut Client) -> Result<bool, AuthError> {
+        let names = match self {
+            Principal::User { .. } => client.user_list().await.map(|r| r.users().to_vec()),
+            Principal::Role { .. } => client.role_list().await.map(|r| r.roles().to_vec()),
+        }
+        .map_err(etcd_err(format!("listing {}s", self.kind())))?;
+        Ok(names.iter().any(|n| n == self.name()))
+    }
 }
 
-/// Adds user `name` unless it exists. Returns whether this call created it. A
+/// Adds the user or role unless it exists. Returns whether this call created it. A
 /// `FailedPrecondition` answer (etcd's "user name already exists", but the code is shared)
 /// is confirmed by listing again: a concurrent bootstrap may have created it.
-async fn ensure_user(client: &mut Client, name: &str, password: &str) -> Result<bool, AuthError> {
-    if users(client).await?.iter().any(|u| u == name) {
+async fn ensure(client: &mut Client, p: Principal<'_>) -> Result<bool, AuthError> {
+    if p.exists(client).await? {
         return Ok(false);
     }
-    match client.user_add(name, password, None).await {
-        Ok(_) => Ok(true),
+    let added = match p {
+        Principal::User { name, password } => client.user_add(name, password, None).await.map(drop),
+        Principal::Role { name } => client.role_add(name).await.map(drop),
+    };
+    let failed = etcd_err(format!("adding {} {}", p.kind(), p.name()));
+    match added {
+        Ok(()) => Ok(true),
         Err(e) if EtcdFailure::of(&e) == EtcdFailure::Precondition => {
-            if users(client).await?.iter().any(|u| u == name) {
+            if p.exists(client).await? {
                 Ok(false)
             } else {
-                Err(etcd_err(format!("adding user {name}"))(e))
+                Err(failed(e))
             }
         }
-        Err(e) => Err(etcd_err(format!("adding user {name}"))(e)),
-    }
-}
-
-/// Adds role `name` unless it exists, confirming a `FailedPrecondition` answer by listing
-/// again (as [`ensure_user`]).
-async fn ensure_role(client: &mut Client, name: &str) -> Result<(), AuthError> {
-    if role_names(client).await?.iter().any(|r| r == name) {
-        return Ok(());
-    }
-    match client.role_add(name).await {
-        Ok(_) => Ok(()),
-        Err(e) if EtcdFailure::of(&e) == EtcdFailure::Precondition => {
-            if role_names(client).await?.iter().any(|r| r == name) {
-                Ok(())
-            } else {
-                Err(etcd_err(format!("adding role {name}"))(e))
-            }
-        }
-        Err(e) => Err(etcd_err(format!("adding role {name}"))(e)),
+        Err(e) => Err(failed(e)),
     }
 }
 
@@ -167,10 +169,14 @@ pub async fn bootstrap(
     keys: &Keys,
     root_password: &str,
 ) -> Result<(), AuthError> {
-    ensure_user(client, "root", root_password).await?;
+    let root = Principal::User {
+        name: "root",
+        password: root_password,
+    };
+    ensure(client, root).await?;
     ensure_user_role(client, "root", "root").await?;
     for role in roles(keys) {
-        ensure_role(client, role.name).await?;
+        ensure(client, Principal::Role { name: role.name }).await?;
         for p in &role.read_prefixes {
             let write = role.write_prefixes.contains(p);
             let perm = if write {
@@ -213,7 +219,7 @@ pub async fn add_user(
     if !roles(keys).iter().any(|r| r.name == role) {
         return Err(AuthError::UnknownRole(role.to_string()));
     }
-    if !ensure_user(client, name, password).await? {
+    if !ensure(client, Principal::User { name, password }).await? {
         client
             .user_change_password(name, password)
             .await

@@ -35,6 +35,19 @@ impl Default for Keys {
     }
 }
 
+/// Writes the builders of [`Keys`]: `name(args) => "path"` becomes `pub fn name(&self, args)
+/// -> String`, the path (a format string over the arguments) under [`Keys::root`].
+macro_rules! key_builders {
+    ($($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) => $path:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(&self, $($arg: $ty),*) -> String {
+                format!("{}{}", self.root, format_args!($path))
+            }
+        )*
+    };
+}
+
 impl Keys {
     /// Keys under `prefix` (trailing slashes are ignored, so `/twin` and `/twin/` agree).
     pub fn new(prefix: &str) -> Keys {
@@ -62,103 +75,49 @@ impl Keys {
             (self.idgen_templates(), true),
         ]
     }
-    pub fn datacenters(&self) -> String {
-        format!("{}datacenters/", self.root)
-    }
-    pub fn datacenter(&self, dc: &str) -> String {
-        format!("{}datacenters/{dc}", self.root)
-    }
-    pub fn routes(&self) -> String {
-        format!("{}routes/", self.root)
-    }
-    pub fn route(&self, service: &str) -> String {
-        format!("{}routes/{service}", self.root)
-    }
-    pub fn endpoints(&self) -> String {
-        format!("{}endpoints/", self.root)
-    }
-    pub fn endpoint(&self, service: &str, dc: &str, instance: &str) -> String {
-        format!("{}endpoints/{service}/{dc}/{instance}", self.root)
-    }
-    pub fn idgen_workers(&self, dc: &str) -> String {
-        format!("{}idgen/workers/{dc}/", self.root)
-    }
-    pub fn idgen_worker(&self, dc: &str, worker: u32) -> String {
-        format!("{}idgen/workers/{dc}/{worker}", self.root)
-    }
-    pub fn idgen_hwm(&self, dc: &str, worker: u32) -> String {
-        format!("{}idgen/hwm/{dc}/{worker}", self.root)
-    }
-    /// Serial templates: `idgen/templates/{biz}` (and `…/{biz}/used` once issued with).
-    pub fn idgen_templates(&self) -> String {
-        format!("{}idgen/templates/", self.root)
-    }
-    pub fn idgen_template(&self, biz: &str) -> String {
-        format!("{}idgen/templates/{biz}", self.root)
-    }
-    pub fn idgen_template_used(&self, biz: &str) -> String {
-        format!("{}idgen/templates/{biz}/used", self.root)
-    }
-    /// The Snowflake layout a datacenter issues with, stored by its first generator.
-    pub fn idgen_layout(&self, dc: &str) -> String {
-        format!("{}idgen/layouts/{dc}", self.root)
-    }
-    pub fn idgen_segment(&self, biz: &str) -> String {
-        format!("{}idgen/segments/{biz}", self.root)
-    }
-    pub fn audit(&self) -> String {
-        format!("{}audit/", self.root)
-    }
-    pub fn audit_record(&self, change_id: &str, n: usize) -> String {
-        format!("{}audit/{change_id}/{n:03}", self.root)
-    }
-    pub fn freeze(&self) -> String {
-        format!("{}control/freeze", self.root)
-    }
-    pub fn leader(&self) -> String {
-        format!("{}control/leader", self.root)
-    }
-    pub fn health(&self, dc: &str) -> String {
-        format!("{}control/health/{dc}", self.root)
-    }
-    /// What the control-plane leader last saw and did at the load balancers in front of
-    /// `service` (`twinctl edge status`).
-    pub fn edge(&self, service: &str) -> String {
-        format!("{}control/edges/{service}", self.root)
-    }
-    /// Where `twinctl drain NODE` keeps the registrations it removed, for `undrain`.
-    pub fn drain(&self, node: &str) -> String {
-        format!("{}control/drain/{node}", self.root)
+
+    key_builders! {
+        datacenters() => "datacenters/";
+        datacenter(dc: &str) => "datacenters/{dc}";
+        routes() => "routes/";
+        route(service: &str) => "routes/{service}";
+        endpoints() => "endpoints/";
+        endpoint(service: &str, dc: &str, instance: &str) => "endpoints/{service}/{dc}/{instance}";
+        idgen_workers(dc: &str) => "idgen/workers/{dc}/";
+        idgen_worker(dc: &str, worker: u32) => "idgen/workers/{dc}/{worker}";
+        idgen_hwm(dc: &str, worker: u32) => "idgen/hwm/{dc}/{worker}";
+        /// Serial templates: `idgen/templates/{biz}` (and `…/{biz}/used` once issued with).
+        idgen_templates() => "idgen/templates/";
+        idgen_template(biz: &str) => "idgen/templates/{biz}";
+        idgen_template_used(biz: &str) => "idgen/templates/{biz}/used";
+        /// The Snowflake layout a datacenter issues with, stored by its first generator.
+        idgen_layout(dc: &str) => "idgen/layouts/{dc}";
+        idgen_segment(biz: &str) => "idgen/segments/{biz}";
+        audit() => "audit/";
+        audit_record(change_id: &str, n: usize) => "audit/{change_id}/{n:03}";
+        freeze() => "control/freeze";
+        leader() => "control/leader";
+        health(dc: &str) => "control/health/{dc}";
+        /// What the control-plane leader last saw and did at the load balancers in front of
+        /// `service` (`twinctl edge status`).
+        edge(service: &str) => "control/edges/{service}";
+        /// Where `twinctl drain NODE` keeps the registrations it removed, for `undrain`.
+        drain(node: &str) => "control/drain/{node}";
+
+        fences() => "control/fences/";
+        fence(service: &str) => "control/fences/{service}";
+        /// Where sidecars acknowledge the fence of `service`.
+        fence_acks(service: &str) => "control/fences/{service}/acks/";
+        fence_ack(service: &str, node: &str) => "control/fences/{service}/acks/{node}";
+        /// Presence keys of live sidecars.
+        nodes() => "nodes/";
+        node(dc: &str, node: &str) => "nodes/{dc}/{node}";
+
+        /// The dependency map: `deps/{app}/{service}/{node}`.
+        deps() => "deps/";
+        dep(app: &str, service: &str, node: &str) => "deps/{app}/{service}/{node}";
     }
 
-    pub fn fences(&self) -> String {
-        format!("{}control/fences/", self.root)
-    }
-    pub fn fence(&self, service: &str) -> String {
-        format!("{}control/fences/{service}", self.root)
-    }
-    /// Where sidecars acknowledge the fence of `service`.
-    pub fn fence_acks(&self, service: &str) -> String {
-        format!("{}control/fences/{service}/acks/", self.root)
-    }
-    pub fn fence_ack(&self, service: &str, node: &str) -> String {
-        format!("{}control/fences/{service}/acks/{node}", self.root)
-    }
-    /// Presence keys of live sidecars.
-    pub fn nodes(&self) -> String {
-        format!("{}nodes/", self.root)
-    }
-    pub fn node(&self, dc: &str, node: &str) -> String {
-        format!("{}nodes/{dc}/{node}", self.root)
-    }
-
-    /// The dependency map: `deps/{app}/{service}/{node}`.
-    pub fn deps(&self) -> String {
-        format!("{}deps/", self.root)
-    }
-    pub fn dep(&self, app: &str, service: &str, node: &str) -> String {
-        format!("{}deps/{app}/{service}/{node}", self.root)
-    }
     /// Splits a key under [`Keys::deps`] into `(app, service, node)`.
     pub fn parse_dep<'a>(&self, key: &'a str) -> Option<(&'a str, &'a str, &'a str)> {
         let rest = key

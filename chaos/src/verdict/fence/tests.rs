@@ -140,6 +140,13 @@ fn check<'a>(results: &'a [CheckResult], prefix: &str) -> &'a CheckResult {
         .unwrap_or_else(|| panic!("no check {prefix:?} in {results:?}"))
 }
 
+/// Check `prefix` of the verdict on `rec` with a fenced cut-over, asserted to fail.
+fn failing(rec: &Recording, prefix: &str) -> CheckResult {
+    let c = check(&judge(rec, cut_step(true)), prefix).clone();
+    assert!(!c.pass, "{c:?}");
+    c
+}
+
 #[test]
 fn a_clean_fenced_cutover_passes_every_fence_check() {
     let r = judge(&clean(), cut_step(true));
@@ -161,9 +168,7 @@ fn a_write_in_wanguo_while_m6v_still_works_on_one_fails_unit_overlap() {
     let mut rec = clean();
     rec.hits.push(hit(m, 2, 0, 9_990.0, 10_060.0));
     rec.hits.push(hit(m, 3, 1, 10_020.0, 10_090.0));
-    let r = judge(&rec, cut_step(true));
-    let c = check(&r, "units written in two datacenters at once");
-    assert!(!c.pass, "{c:?}");
+    let c = failing(&rec, "units written in two datacenters at once");
     assert!(c.figure.starts_with("1 of 2 units"), "{c:?}");
     assert!(
         c.detail
@@ -177,9 +182,7 @@ fn a_fence_on_a_unit_that_stays_fails_unmoved_fenced() {
     let (_, s) = units();
     let mut rec = clean();
     rec.samples.push(write(s, 10_200.0, true));
-    let r = judge(&rec, cut_step(true));
-    let c = check(&r, "units fenced that do not move");
-    assert!(!c.pass, "{c:?}");
+    let c = failing(&rec, "units fenced that do not move");
     assert!(c.detail.contains(&format!("unit-{s} ×1")), "{c:?}");
 }
 
@@ -188,9 +191,7 @@ fn a_fence_longer_than_drain_and_sync_fails_the_fence_window() {
     let (m, _) = units();
     let mut rec = clean();
     rec.samples.push(write(m, 10_800.0, true));
-    let r = judge(&rec, cut_step(true));
-    let c = check(&r, "time each moving unit was fenced");
-    assert!(!c.pass, "{c:?}");
+    let c = failing(&rec, "time each moving unit was fenced");
     assert!(c.figure.starts_with("750.0ms"), "{c:?}");
     assert!(c.detail.starts_with("over the bound: unit-"), "{c:?}");
 }
@@ -203,8 +204,6 @@ fn without_a_cutover_or_any_fenced_answer_the_fence_window_fails() {
     // A cut-over that fenced nothing did not do its job either.
     let mut rec = clean();
     rec.samples.retain(|s| !s.is_fenced());
-    let r = judge(&rec, cut_step(true));
-    let c = check(&r, "time each moving unit was fenced");
-    assert!(!c.pass, "{c:?}");
+    let c = failing(&rec, "time each moving unit was fenced");
     assert!(c.figure.starts_with("0 of"), "{c:?}");
 }
