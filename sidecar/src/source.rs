@@ -2,8 +2,10 @@
 //!
 //! With etcd, the [`TopologyView`] watches the prefix (starting from the snapshot file while
 //! etcd is unreachable, and saving each new topology to it). Without etcd, a routes file is
-//! read at start and read again whenever its modification time or size changes; a file that
-//! no longer parses is reported and the last good table stays. Either way every new topology
+//! read at start and read again whenever its modification time or size changes and then
+//! holds still for one more poll (a file rewritten in place is empty or cut short while it is
+//! written, and a cut-short file can parse: with fewer routes); a file that no longer parses
+//! is reported and the last good table stays. Either way every new topology
 //! becomes a new [`RoutingTable`] swapped into the shared cell.
 
 use std::path::{Path, PathBuf};
@@ -168,7 +170,9 @@ async fn poll_file(
     tx: watch::Sender<Arc<Topology>>,
     shutdown: Shutdown,
 ) {
+    // The version read last, and the one the previous poll saw.
     let mut last = stamp(&path);
+    let mut seen = last;
     let mut revision = 1;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -178,7 +182,9 @@ async fn poll_file(
             () = shutdown.stopped() => return,
         }
         let now = stamp(&path);
-        if now == last {
+        let settled = now == seen;
+        seen = now;
+        if now == last || !settled {
             continue;
         }
         last = now;
@@ -192,5 +198,48 @@ async fn poll_file(
                 metrics::counter!(ROUTES_FILE_ERRORS).increment(1);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "datacenters:\n  m6v: {code: 0}\n  wanguo: {code: 1}\nroutes:\n  payments:\n    weights: {m6v: 5000, wanguo: 5000}\n    endpoints: {m6v: ['127.0.0.1:1'], wanguo: ['127.0.0.1:2']}\n";
+
+    /// A file caught while it is rewritten in place: the part written so far parses (no
+    /// routes yet), and must never become the table.
+    #[tokio::test(start_paused = true)]
+    async fn a_file_is_read_only_once_it_holds_still() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, GOOD).expect("write");
+        let (tx, mut rx) = watch::channel(Arc::new(Topology::default()));
+        let shutdown = Shutdown::new();
+        let every = Duration::from_millis(20);
+        let poller = tokio::spawn(poll_file(path.clone(), every, tx, shutdown.clone()));
+        tokio::time::sleep(every / 2).await;
+
+        let cut = GOOD.find("  payments:").expect("routes");
+        std::fs::write(&path, &GOOD[..cut]).expect("write");
+        assert!(RoutesFile::read(&path).is_ok(), "the cut-short file parses");
+        tokio::time::sleep(every).await;
+        std::fs::write(
+            &path,
+            GOOD.replace("5000, wanguo: 5000", "500, wanguo: 9500"),
+        )
+        .expect("write");
+        tokio::time::sleep(every * 4).await;
+
+        assert!(
+            rx.has_changed().expect("open"),
+            "the finished file was read"
+        );
+        let t = rx.borrow_and_update().clone();
+        assert_eq!(t.routing_revision, 2, "one new version, the finished one");
+        let weight = t.routes.get("payments").map(|r| r.value.weights.get("m6v"));
+        assert_eq!(weight, Some(500));
+        shutdown.drain();
+        poller.abort();
     }
 }
