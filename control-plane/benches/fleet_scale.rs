@@ -155,7 +155,7 @@ async fn views_behind(
             t.routes.len() != want.len()
                 || want
                     .iter()
-                    .any(|(k, rev)| t.routes.get(k).map(|r| r.mod_revision) != Some(*rev))
+                    .any(|(k, rev)| t.routes.get(k.as_str()).map(|r| r.mod_revision) != Some(*rev))
         })
         .count())
 }
@@ -283,6 +283,9 @@ async fn run(members: usize, n: usize, changes: usize, failovers: usize) -> anyh
     for k in 0..changes {
         let m6v = if k % 2 == 1 { 60 } else { 40 };
         let (ms, miss, cmd) = weight_change(&etcd, &all, &fleet, m6v).await?;
+        eprintln!(
+            "[{members} member(s), {n} sidecars] change {k}: {ms:.1} ms (twinctl {cmd:.1} ms)"
+        );
         change.push(ms);
         change_cmd.push(cmd);
         missing += miss;

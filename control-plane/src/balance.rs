@@ -88,12 +88,17 @@ impl BalanceReport {
         only: Option<&str>,
         utilization: f64,
     ) -> BalanceReport {
-        let mut names: Vec<&String> = topo.routes.keys().chain(topo.endpoints.keys()).collect();
+        let mut names: Vec<&str> = topo
+            .routes
+            .keys()
+            .chain(topo.endpoints.keys())
+            .map(|k| &**k)
+            .collect();
         names.sort();
         names.dedup();
         let services = names
             .into_iter()
-            .filter(|s| only.is_none_or(|o| o == s.as_str()))
+            .filter(|s| only.is_none_or(|o| o == *s))
             .map(|s| service_balance(topo, health, s, utilization))
             .collect();
         BalanceReport {

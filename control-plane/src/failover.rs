@@ -123,12 +123,16 @@ pub async fn prepare(
     let unchecked = plan
         .moves
         .iter()
-        .filter(|m| topo.endpoints.get(&m.service).is_none_or(|e| e.is_empty()))
+        .filter(|m| {
+            topo.endpoints
+                .get(m.service.as_str())
+                .is_none_or(|e| e.is_empty())
+        })
         .map(|m| m.service.clone())
         .collect();
     let mut routes = Vec::with_capacity(plan.moves.len());
     for m in &plan.moves {
-        let Some(read) = topo.routes.get(&m.service) else {
+        let Some(read) = topo.routes.get(m.service.as_str()) else {
             return Err(CtlError::failed(format!(
                 "route {} is not in the topology read",
                 m.service

@@ -149,10 +149,10 @@ impl FailoverPlan {
             return Err(PlanError::NoTarget);
         }
         let services: Vec<String> = match selection {
-            Selection::All => topo.routes.keys().cloned().collect(),
+            Selection::All => topo.routes.keys().map(|k| k.to_string()).collect(),
             Selection::Services(list) => {
                 for s in list {
-                    if !topo.routes.contains_key(s) {
+                    if !topo.routes.contains_key(s.as_str()) {
                         return Err(PlanError::UnknownService(s.clone()));
                     }
                 }
@@ -166,7 +166,7 @@ impl FailoverPlan {
             unchanged: Vec::new(),
         };
         for service in services {
-            let Some(route) = topo.routes.get(&service) else {
+            let Some(route) = topo.routes.get(service.as_str()) else {
                 continue;
             };
             if route.value.weights.get(from) == 0 {

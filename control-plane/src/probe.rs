@@ -141,12 +141,15 @@ impl Prober {
             .iter()
             .flat_map(|(svc, by_dc)| {
                 by_dc.get(dc).into_iter().flatten().map(move |(inst, ep)| {
-                    (svc.clone(), inst.clone(), ep.addr.clone(), ep.capacity)
+                    (svc.to_string(), inst.clone(), ep.addr.clone(), ep.capacity)
                 })
             })
             .collect();
         let results = futures::future::join_all(targets.iter().map(|(svc, _, addr, _)| {
-            let tls = topo.routes.get(svc).and_then(|r| r.value.tls.as_ref());
+            let tls = topo
+                .routes
+                .get(svc.as_str())
+                .and_then(|r| r.value.tls.as_ref());
             async move { self.probe_endpoint(addr, tls).await }
         }))
         .await;

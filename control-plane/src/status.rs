@@ -178,7 +178,7 @@ impl StatusReport {
             .routes
             .iter()
             .map(|(name, r)| ServiceStatus {
-                name: name.clone(),
+                name: name.to_string(),
                 weights: r.value.weights.clone(),
                 on_dc_down: r.value.on_dc_down,
                 protocol: r.value.protocol,
@@ -190,7 +190,7 @@ impl StatusReport {
                         let registered = topo.endpoints_in(name, dc).count() as u32;
                         let up = health
                             .get(dc)
-                            .map(|h| h.services.get(name).map(|s| s.up).unwrap_or(0));
+                            .map(|h| h.services.get(&**name).map(|s| s.up).unwrap_or(0));
                         (dc.clone(), (up, registered))
                     })
                     .collect(),

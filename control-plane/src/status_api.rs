@@ -59,7 +59,7 @@ fn fence_gauges(topo: &Topology, now_ms: u64) {
     for service in topo.routes.keys() {
         let fence = topo
             .fences
-            .get(service)
+            .get(&**service)
             .map(|f| &f.value)
             .filter(|f| f.active_at(now_ms));
         for p in PHASES {

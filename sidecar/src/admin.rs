@@ -210,7 +210,7 @@ impl Admin {
     pub fn config(&self) -> Value {
         let t = self.table.load_full();
         let mut services = serde_json::Map::new();
-        let mut names: Vec<&String> = t.topology.routes.keys().collect();
+        let mut names: Vec<&str> = t.topology.routes.keys().map(|k| &**k).collect();
         names.sort();
         for name in names {
             let Some(s) = t.service(name) else { continue };
@@ -245,7 +245,7 @@ impl Admin {
                 })
                 .collect();
             services.insert(
-                name.clone(),
+                name.to_string(),
                 json!({
                     "route_revision": s.revision,
                     "protocol": s.route.protocol,

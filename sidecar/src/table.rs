@@ -182,7 +182,8 @@ impl TableBuilder {
             .last
             .as_ref()
             .is_some_and(|l| l.topology.datacenters == topology.datacenters);
-        for (name, versioned) in &topology.routes {
+        for (service, versioned) in &topology.routes {
+            let name: &str = service;
             let route = &versioned.value;
             if let Some((key, kept)) = self.unchanged(same_dcs, &topology, name) {
                 // A fence is not part of the route: set it whatever else stayed.
@@ -228,18 +229,18 @@ impl TableBuilder {
                 Some(b) if b.percent() == route.retry.budget_percent => b.clone(),
                 _ => Arc::new(RetryBudget::new(route.retry.budget_percent)),
             };
-            self.budgets.insert(name.clone(), budget.clone());
+            self.budgets.insert(name.to_string(), budget.clone());
             let gate = self
                 .gates
-                .entry(name.clone())
+                .entry(name.to_string())
                 .or_insert_with(|| Arc::new(WriteGate::new(name)))
                 .clone();
             gate.set(topology.fences.get(name).map(|f| &f.value));
             metrics::route_revision(name, versioned.mod_revision);
             services.insert(
-                Arc::from(name.as_str()),
+                service.clone(),
                 Arc::new(ServiceRoute {
-                    name: name.clone(),
+                    name: name.to_string(),
                     route: route.clone(),
                     revision: versioned.mod_revision,
                     revision_header: HeaderValue::from(versioned.mod_revision),
@@ -258,9 +259,9 @@ impl TableBuilder {
         }
         // Services the topology no longer names lose their budget and write gate.
         self.budgets
-            .retain(|name, _| topology.routes.contains_key(name));
+            .retain(|name, _| topology.routes.contains_key(name.as_str()));
         self.gates
-            .retain(|name, _| topology.routes.contains_key(name));
+            .retain(|name, _| topology.routes.contains_key(name.as_str()));
         metrics::table_revision(topology.revision);
         let table = RoutingTable { topology, services };
         self.last = Some(table.clone());

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -111,7 +112,7 @@ impl RoutesFile {
                 .iter()
                 .map(|(s, r)| {
                     (
-                        s.clone(),
+                        Arc::from(s.as_str()),
                         Shared::new(Versioned {
                             value: r.clone(),
                             mod_revision: revision,

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -48,9 +49,9 @@ pub struct Topology {
     #[serde(default)]
     pub source: Source,
     pub datacenters: BTreeMap<String, Datacenter>,
-    pub routes: Shared<BTreeMap<String, Shared<Versioned<Route>>>>,
+    pub routes: Shared<BTreeMap<Arc<str>, Shared<Versioned<Route>>>>,
     /// Registered endpoints by service (a service is present while it has one).
-    pub endpoints: Shared<BTreeMap<String, Shared<ServiceEndpoints>>>,
+    pub endpoints: Shared<BTreeMap<Arc<str>, Shared<ServiceEndpoints>>>,
     #[serde(default)]
     pub freeze: Option<Freeze>,
     /// Fenced cut-overs in progress, by service.
@@ -168,7 +169,7 @@ impl Topology {
                 validate::service_name(svc).map_err(invalid(key))?;
                 route.validate(&self.datacenters).map_err(invalid(key))?;
                 self.routes.insert(
-                    svc.to_string(),
+                    svc.into(),
                     Shared::new(Versioned {
                         value: route,
                         mod_revision,
@@ -277,7 +278,7 @@ impl Topology {
             }
             Some(KeyKind::Route(s)) => {
                 if let Some(r) = prev.routes.get(s) {
-                    self.routes.insert(s.to_string(), Shared::clone(r));
+                    self.routes.insert(s.into(), Shared::clone(r));
                 }
             }
             Some(KeyKind::Endpoint {
@@ -322,7 +323,7 @@ impl Topology {
             None => {
                 let by_dc: ServiceEndpoints =
                     [(dc.to_string(), [(instance.to_string(), ep)].into())].into();
-                self.endpoints.insert(service.to_string(), by_dc.into());
+                self.endpoints.insert(service.into(), by_dc.into());
             }
         }
     }

@@ -207,7 +207,7 @@ async fn incremental_apply_equals_a_full_listing_and_keeps_transactions_whole() 
     let after = put_and_wait(&mut client, &view, late, endpoint_json(3)).await;
     assert!(after.endpoints_in("svc3", "m6v").any(|(i, _)| i == "late"));
     assert!(Shared::ptr_eq(&before.routes, &after.routes));
-    for (name, eps) in after.endpoints.iter().filter(|(n, _)| *n != "svc3") {
+    for (name, eps) in after.endpoints.iter().filter(|(n, _)| &***n != "svc3") {
         assert!(Shared::ptr_eq(eps, &before.endpoints[name]), "{name}");
     }
     assert!(!before.endpoints_in("svc3", "m6v").any(|(i, _)| i == "late"));

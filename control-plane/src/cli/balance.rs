@@ -33,7 +33,9 @@ pub async fn run_balance(g: &Global, a: BalanceArgs) -> Result<(), CtlError> {
     let cluster = g.connect().await?;
     let loaded = cluster.load().await?;
     if let Some(s) = &a.service {
-        if !loaded.topo.routes.contains_key(s) && !loaded.topo.endpoints.contains_key(s) {
+        if !loaded.topo.routes.contains_key(s.as_str())
+            && !loaded.topo.endpoints.contains_key(s.as_str())
+        {
             return Err(CtlError::failed(format!(
                 "no route or endpoints for service \"{s}\""
             )));

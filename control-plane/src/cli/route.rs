@@ -407,7 +407,7 @@ pub async fn run(g: &Global, cmd: RouteCommand) -> Result<(), CtlError> {
                 .routes
                 .iter()
                 .map(|(service, v)| RouteView {
-                    service: service.clone(),
+                    service: service.to_string(),
                     revision: v.mod_revision,
                     route: v.value.clone(),
                 })
@@ -571,7 +571,7 @@ async fn apply(g: &Global, a: ApplyArgs) -> Result<(), CtlError> {
     }
     for (service, want) in &file.routes {
         let key = cluster.keys.route(service);
-        let have = topo.routes.get(service);
+        let have = topo.routes.get(service.as_str());
         let expected = match have {
             Some(v) => v.mod_revision,
             // An invalid value in etcd is not in the topology: overwrite it at its revision.

@@ -176,7 +176,7 @@ pub async fn run(g: &Global, a: ShiftArgs) -> Result<(), CtlError> {
     if !topo.datacenters.contains_key(&a.to) {
         return Err(CtlError::failed(format!("unknown datacenter \"{}\"", a.to)));
     }
-    let Some(start) = topo.routes.get(&a.service).cloned() else {
+    let Some(start) = topo.routes.get(a.service.as_str()).cloned() else {
         return Err(CtlError::failed(
             match loaded.invalid_for(&cluster.keys.route(&a.service)) {
                 Some(why) => format!("{why}; fix it with route set first"),

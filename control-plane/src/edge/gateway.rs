@@ -142,13 +142,13 @@ pub fn render(topo: &Topology, services: &[String], o: &RenderOptions) -> Result
         return Err("--port must be 1..65535".into());
     }
     for s in services {
-        if !topo.routes.contains_key(s) {
+        if !topo.routes.contains_key(s.as_str()) {
             return Err(format!("no route for service \"{s}\""));
         }
     }
     let mut docs = Vec::new();
     for (service, r) in &topo.routes {
-        if !services.is_empty() && !services.contains(service) {
+        if !services.is_empty() && !services.iter().any(|s| **s == **service) {
             continue;
         }
         let doc = one(service, &r.value, r.mod_revision, o)?;

@@ -102,7 +102,7 @@ pub async fn run(
         let topo = topology.borrow_and_update().clone();
         let now = Instant::now();
         for (service, slot) in slots.iter_mut() {
-            let rev = topo.routes.get(service).map(|r| r.mod_revision);
+            let rev = topo.routes.get(service.as_str()).map(|r| r.mod_revision);
             if rev != slot.route_revision {
                 slot.route_revision = rev;
                 slot.due = now;
