@@ -12,9 +12,10 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::outbound::h1::pool::{PlainOrTls, UpRead, Upstream};
@@ -62,17 +63,29 @@ pub trait Source: AsyncRead + Unpin {
     /// Ready once a read may find bytes or the end (at once for a source that cannot tell:
     /// a TLS stream may hold decrypted bytes its socket no longer shows).
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Reads what is there without waiting, after [`Source::poll_ready`] said ready (then
+    /// `WouldBlock` forgets the readiness); None when the source is read only by polling it.
+    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>>;
 }
 
 impl Source for TcpStream {
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
     }
+
+    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        Some(self.try_read(buf))
+    }
 }
 
 impl Source for tokio::net::tcp::ReadHalf<'_> {
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.as_ref().poll_read_ready(cx)
+    }
+
+    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        Some(self.try_read(buf))
     }
 }
 
@@ -83,6 +96,13 @@ impl Source for Upstream {
             PlainOrTls::Tls(_) => Poll::Ready(Ok(())),
         }
     }
+
+    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        match self {
+            PlainOrTls::Plain(s) => Some(s.try_read(buf)),
+            PlainOrTls::Tls(_) => None,
+        }
+    }
 }
 
 impl Source for UpRead<'_> {
@@ -90,6 +110,13 @@ impl Source for UpRead<'_> {
         match self {
             PlainOrTls::Plain(s) => s.as_ref().poll_read_ready(cx),
             PlainOrTls::Tls(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        match self {
+            PlainOrTls::Plain(s) => Some(s.try_read(buf)),
+            PlainOrTls::Tls(_) => None,
         }
     }
 }
@@ -141,10 +168,7 @@ impl Buf {
     /// full. An empty buffer takes storage only once `r` is readable. Ok(0): the peer closed,
     /// or the buffer holds `max` bytes already.
     pub async fn fill<R: Source>(&mut self, r: &mut R, max: usize) -> io::Result<usize> {
-        if self.data.is_empty() {
-            poll_fn(|cx| r.poll_ready(cx)).await?;
-            self.data = take();
-        } else if self.end == self.data.len() {
+        if !self.data.is_empty() && self.end == self.data.len() {
             if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
@@ -156,13 +180,37 @@ impl Buf {
                 return Ok(0);
             }
         }
-        let n = r.read(&mut self.data[self.end..]).await?;
+        let n = poll_fn(|cx| self.poll_fill(r, cx)).await?;
         self.end += n;
         if n == 0 {
             // Nothing read: the storage goes back if nothing else is held.
             self.consume(0);
         }
         Ok(n)
+    }
+
+    /// One read after the buffered bytes once `r` is ready: the readiness is polled once
+    /// (a plain `read` would poll it again).
+    fn poll_fill<R: Source>(&mut self, r: &mut R, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(r.poll_ready(cx))?;
+            if self.data.is_empty() {
+                self.data = take();
+            }
+            let space = &mut self.data[self.end..];
+            match r.try_read_now(space) {
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The readiness was stale and is forgotten: wait again, holding nothing.
+                    self.consume(0);
+                }
+                Some(read) => return Poll::Ready(read),
+                None => {
+                    let mut space = ReadBuf::new(space);
+                    ready!(Pin::new(&mut *r).poll_read(cx, &mut space))?;
+                    return Poll::Ready(Ok(space.filled().len()));
+                }
+            }
+        }
     }
 
     /// Takes the buffered bytes out (for a tunnel), leaving the buffer empty.

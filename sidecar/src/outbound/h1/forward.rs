@@ -229,7 +229,10 @@ impl Engine {
                 rev: route.revision_header.as_bytes(),
                 request_id: obs.request_id.as_bytes(),
             };
-            let (mut up, fresh) = match self.connection(state, &limits).await {
+            // One clock read for the pool's idle check and, with a pooled connection, the
+            // start of the attempt's latency.
+            let now = Instant::now();
+            let (mut up, fresh) = match self.connection(state, &limits, now).await {
                 Ok(got) => got,
                 // Nothing was sent: another endpoint may have it whatever the body.
                 Err(error) => {
@@ -259,7 +262,7 @@ impl Engine {
                 Observation::attempt_done(span, status);
                 return outcome;
             }
-            let started = Instant::now();
+            let started = if fresh { Instant::now() } else { now };
             let sent = {
                 let Client {
                     up_head,
@@ -337,7 +340,8 @@ impl Engine {
             c.sent.bytes = bytes;
             if reusable {
                 // A complete exchange with nothing left over: the connection can serve again.
-                state.idle.put(up);
+                // Idle since the answer's head came back (no new clock read).
+                state.idle.put(up, started + took);
             }
             drop(in_flight);
             return Ok(next);
@@ -358,8 +362,9 @@ impl Engine {
         &self,
         state: &EndpointState,
         limits: &AttemptTimeouts,
+        now: Instant,
     ) -> Result<(Upstream, bool), AttemptError> {
-        if let Some(up) = state.idle.take(limits.idle) {
+        if let Some(up) = state.idle.take(now, limits.idle) {
             return Ok((up, false));
         }
         // Boxed: a new connection (with its TLS handshake) is the rare case, and its future

@@ -173,12 +173,18 @@ impl Engine {
     async fn next_head(&self, c: &mut Client) -> Result<bool, ProxyError> {
         let mut started = !c.buf.is_empty();
         let mut deadline = Instant::now() + if started { self.header } else { self.idle };
+        // The header deadline is read from the clock only when a head did not come whole.
+        let mut header_from_now = false;
         loop {
             if started && head_complete(c.buf.filled()) {
                 return Ok(true);
             }
             if c.buf.filled().len() >= self.max_head {
                 return Err(ProxyError::HeadTooLarge(self.max_head));
+            }
+            if header_from_now {
+                header_from_now = false;
+                deadline = Instant::now() + self.header;
             }
             c.wait_timer.as_mut().reset(deadline);
             let read = tokio::select! {
@@ -192,7 +198,7 @@ impl Engine {
                 Ok(n) if n > 0 => {
                     if !started {
                         started = true;
-                        deadline = Instant::now() + self.header;
+                        header_from_now = true;
                     }
                 }
                 // Closed or reset: nothing to answer.
