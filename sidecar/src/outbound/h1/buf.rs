@@ -4,7 +4,7 @@
 //! upstream's answer. A buffer kept for the whole connection would sit empty through those
 //! waits, 4 KiB per side and per connection (8 MiB for a thousand clients). So a [`Buf`]
 //! that becomes empty gives its storage back to a free list of the thread, and takes one
-//! again only once its source is readable ([`Source::poll_ready`]): a thousand waiting
+//! again only for bytes a read brought (read first into the stack): a thousand waiting
 //! connections hold no read buffer at all, and the storage moves from connection to
 //! connection without touching the allocator (a steady state allocates nothing). A buffer
 //! that grew past the standard size for a large head keeps its storage, as before.
@@ -12,13 +12,11 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::TcpStream;
-
-use crate::outbound::h1::pool::{PlainOrTls, UpRead, Upstream};
 
 /// The standard size of a buffer's storage: what the free list holds.
 pub const STANDARD: usize = 4 * 1024;
@@ -56,69 +54,6 @@ fn give(data: Vec<u8>) {
 /// Spare buffers on this thread's free list (for tests and benches).
 pub fn spare() -> usize {
     SPARE.try_with(|s| s.borrow().len()).unwrap_or(0)
-}
-
-/// A source of bytes whose readiness can be awaited without a buffer.
-pub trait Source: AsyncRead + Unpin {
-    /// Ready once a read may find bytes or the end (at once for a source that cannot tell:
-    /// a TLS stream may hold decrypted bytes its socket no longer shows).
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
-
-    /// Reads what is there without waiting, after [`Source::poll_ready`] said ready (then
-    /// `WouldBlock` forgets the readiness); None when the source is read only by polling it.
-    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>>;
-}
-
-impl Source for TcpStream {
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_read_ready(cx)
-    }
-
-    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
-        Some(self.try_read(buf))
-    }
-}
-
-impl Source for tokio::net::tcp::ReadHalf<'_> {
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.as_ref().poll_read_ready(cx)
-    }
-
-    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
-        Some(self.try_read(buf))
-    }
-}
-
-impl Source for Upstream {
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            PlainOrTls::Plain(s) => s.poll_read_ready(cx),
-            PlainOrTls::Tls(_) => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
-        match self {
-            PlainOrTls::Plain(s) => Some(s.try_read(buf)),
-            PlainOrTls::Tls(_) => None,
-        }
-    }
-}
-
-impl Source for UpRead<'_> {
-    fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self {
-            PlainOrTls::Plain(s) => s.as_ref().poll_read_ready(cx),
-            PlainOrTls::Tls(_) => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn try_read_now(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
-        match self {
-            PlainOrTls::Plain(s) => Some(s.try_read(buf)),
-            PlainOrTls::Tls(_) => None,
-        }
-    }
 }
 
 /// A read buffer of a connection: bytes `start..end` are read and not yet used. Empty, it
@@ -167,7 +102,7 @@ impl Buf {
     /// Reads more after what is buffered, growing the buffer up to `max` bytes when it is
     /// full. An empty buffer takes storage only once `r` is readable. Ok(0): the peer closed,
     /// or the buffer holds `max` bytes already.
-    pub async fn fill<R: Source>(&mut self, r: &mut R, max: usize) -> io::Result<usize> {
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R, max: usize) -> io::Result<usize> {
         if !self.data.is_empty() && self.end == self.data.len() {
             if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
@@ -189,28 +124,28 @@ impl Buf {
         Ok(n)
     }
 
-    /// One read after the buffered bytes once `r` is ready: the readiness is polled once
-    /// (a plain `read` would poll it again).
-    fn poll_fill<R: Source>(&mut self, r: &mut R, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(r.poll_ready(cx))?;
-            if self.data.is_empty() {
+    /// One read after the buffered bytes. An empty buffer holds no storage while it waits:
+    /// it reads into the stack and takes storage only for bytes that came (a copy of a few
+    /// hundred bytes costs less than polling the socket's readiness twice).
+    fn poll_fill<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        if self.data.is_empty() {
+            let mut scratch = [const { MaybeUninit::<u8>::uninit() }; STANDARD];
+            let mut space = ReadBuf::uninit(&mut scratch);
+            ready!(Pin::new(&mut *r).poll_read(cx, &mut space))?;
+            let got = space.filled();
+            if !got.is_empty() {
                 self.data = take();
+                self.data[..got.len()].copy_from_slice(got);
             }
-            let space = &mut self.data[self.end..];
-            match r.try_read_now(space) {
-                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The readiness was stale and is forgotten: wait again, holding nothing.
-                    self.consume(0);
-                }
-                Some(read) => return Poll::Ready(read),
-                None => {
-                    let mut space = ReadBuf::new(space);
-                    ready!(Pin::new(&mut *r).poll_read(cx, &mut space))?;
-                    return Poll::Ready(Ok(space.filled().len()));
-                }
-            }
+            return Poll::Ready(Ok(got.len()));
         }
+        let mut space = ReadBuf::new(&mut self.data[self.end..]);
+        ready!(Pin::new(&mut *r).poll_read(cx, &mut space))?;
+        Poll::Ready(Ok(space.filled().len()))
     }
 
     /// Takes the buffered bytes out (for a tunnel), leaving the buffer empty.
@@ -237,6 +172,7 @@ impl Drop for Buf {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
 
     #[tokio::test]
     async fn storage_is_held_only_while_bytes_are() {

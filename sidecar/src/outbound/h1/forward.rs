@@ -5,12 +5,12 @@
 use std::sync::Arc;
 
 use hyper::Method;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::outbound::endpoint::EndpointState;
 use crate::outbound::error::ProxyError;
-use crate::outbound::h1::framing::{self, Body, Buf, Framing, PumpError, Source};
+use crate::outbound::h1::framing::{self, Body, Buf, Framing, PumpError};
 pub(super) use crate::outbound::h1::parse::Names;
 use crate::outbound::h1::parse::{self, ClientConn, RequestInfo};
 use crate::outbound::h1::pool::{self, Upstream};
@@ -380,7 +380,7 @@ impl Engine {
 
     /// Reads the upstream's response head into `ubuf` (skipping interim 1xx answers but 101)
     /// and writes the client's head into `out`.
-    pub(super) async fn read_head<R: Source>(
+    pub(super) async fn read_head<R: AsyncRead + Unpin>(
         &self,
         up: &mut R,
         ubuf: &mut Buf,

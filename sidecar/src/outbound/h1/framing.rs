@@ -5,9 +5,9 @@
 use std::io;
 use std::ops::Range;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-pub use crate::outbound::h1::buf::{Buf, Source};
+pub use crate::outbound::h1::buf::Buf;
 
 /// Longest chunk-size line and trailer section accepted.
 const MAX_CHUNK_LINE: u32 = 4096;
@@ -223,7 +223,7 @@ pub async fn pump<R, W>(
     dechunk: bool,
 ) -> Result<(), PumpError>
 where
-    R: Source,
+    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     loop {

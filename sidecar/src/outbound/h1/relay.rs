@@ -5,9 +5,9 @@
 
 use std::io::IoSlice;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::outbound::h1::framing::{self, Body, Buf, Framing, Source};
+use crate::outbound::h1::framing::{self, Body, Buf, Framing};
 use crate::outbound::h1::parse::{RequestInfo, ResponseInfo};
 use crate::outbound::h1::pool::Upstream;
 use crate::outbound::h1::{write_all_vectored, Client, Next};
@@ -27,7 +27,7 @@ pub(super) async fn relay<R, W>(
     stopping: bool,
 ) -> (Next, bool, u64)
 where
-    R: Source,
+    R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let dechunk = resp.framing == Framing::Chunked && req.http10;
