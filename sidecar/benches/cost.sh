@@ -51,12 +51,11 @@ TWIN_ACCESS_LOG=off RUST_LOG=warn taskset -c 1 "$SIDECAR" --dc m6v --routes-file
   --threads 1 --http1-engine twin --outbound "127.0.0.1:$S" --ids "127.0.0.1:$I" \
   --admin "127.0.0.1:$M" --hwm-file "$WORK/hwm" >"$WORK/sidecar.log" 2>&1 & TWIN=$!
 up "$A"; up "$B"; up "$H"; up "$S"
-# The very wrk script proxy.sh sends (taken from it, or from lib.sh once the benches share one).
-for f in sidecar/benches/lib.sh sidecar/benches/proxy.sh; do
-  [ -f "$f" ] && awk '/unit.lua" <<.EOF.$/ {on=1; next} on && /^EOF$/ {exit} on' "$f" >"$WORK/unit.lua"
-  [ -s "$WORK/unit.lua" ] && break
-done
-[ -s "$WORK/unit.lua" ] || { echo "no wrk script found in sidecar/benches/proxy.sh" >&2; exit 1; }
+# The very wrk script proxy.sh sends (lib.sh writes it).
+# shellcheck source=sidecar/benches/lib.sh
+source sidecar/benches/lib.sh
+write_unit_lua /
+[ -s "$WORK/unit.lua" ] || { echo "no wrk script written by sidecar/benches/lib.sh" >&2; exit 1; }
 
 # User and system CPU time of a process, in clock ticks, as "utime stime".
 ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }

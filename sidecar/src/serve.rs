@@ -80,6 +80,8 @@ where
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     let header = Duration::from_millis(limits.header_read_timeout_ms);
     tokio::spawn(async move {
+        // Shared, not copied into every connection's task.
+        let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         let stopped = shutdown.stopped();
         tokio::pin!(stopped);
@@ -105,7 +107,7 @@ where
                 (stream, peer) = backoff.accept(&listener, what) => {
                     let _ = stream.set_nodelay(true);
                     let service = new_service(peer);
-                    let builder = builder.clone();
+                    let builder = Arc::clone(&builder);
                     let watcher = graceful.watcher();
                     let Some(engine) = h1.clone() else {
                         let io = Rewind::new(stream, Vec::new());
@@ -118,24 +120,10 @@ where
                     let open = open.clone();
                     let mut cut = cut_rx.clone();
                     tokio::spawn(async move {
-                        let work = async {
-                            match engine.sniff(stream).await {
-                                Sniffed::H2(io) => {
-                                    hyper_connection(io, service, &builder, watcher, idle, header)
-                                        .await
-                                }
-                                Sniffed::H1(io, buf) => {
-                                    if let Some((io, rest)) = engine.serve(io, buf, peer).await {
-                                        let io = Rewind::new(io, rest);
-                                        hyper_connection(io, service, &builder, watcher, idle, header)
-                                            .await
-                                    }
-                                }
-                                Sniffed::Gone => {}
-                            }
-                        };
+                        // Built in place: a future first bound to a name and then raced was
+                        // stored twice in the task.
                         tokio::select! {
-                            () = work => {}
+                            () = engine_connection(&engine, stream, peer, service, &builder, watcher, idle, header) => {}
                             _ = cut.wait_for(|c| *c) => {}
                         }
                         drop(open);
@@ -165,6 +153,41 @@ where
         }
         cut.send_replace(true);
     })
+}
+
+/// Serves one connection with Twin's engine, or with hyper when it speaks HTTP/2 or one of
+/// its requests goes to an HTTP/2 or gRPC route. hyper's connection is boxed: it is the rare
+/// case, and inline it would make every connection's task several KiB larger.
+#[allow(clippy::too_many_arguments)]
+async fn engine_connection<S, B>(
+    engine: &Engine,
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    idle: Duration,
+    header: Duration,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = match engine.sniff(stream).await {
+        Sniffed::H2(io) => io,
+        Sniffed::H1(io, buf) => match engine.serve(io, buf, peer).await {
+            Some((io, rest)) => Rewind::new(io, rest),
+            None => return,
+        },
+        Sniffed::Gone => return,
+    };
+    Box::pin(hyper_connection(
+        io, service, builder, watcher, idle, header,
+    ))
+    .await;
 }
 
 /// Serves one connection with hyper (HTTP/1.1, or HTTP/2 by its preface), under the idle and

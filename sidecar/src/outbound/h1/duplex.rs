@@ -113,7 +113,7 @@ impl Engine {
             }
         };
         if reusable {
-            x.state.idle.put(up);
+            x.state.idle.put(up, Instant::now());
         }
         let head_sent = answered.load(Ordering::Relaxed);
         match outcome {

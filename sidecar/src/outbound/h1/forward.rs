@@ -20,13 +20,13 @@ use crate::outbound::observe::Observation;
 use crate::outbound::plan::{self, Plan, Target};
 use crate::outbound::retry::Next as Retry;
 use crate::outbound::timeout::AttemptTimeouts;
-use crate::outbound::trace::{new_request_id, RequestId};
+use crate::outbound::trace::RequestId;
 use crate::outbound::upstream::AttemptError;
-use crate::outbound::{dc, metrics, route, InFlight};
+use crate::outbound::{dc, metrics, route};
 use crate::table::ServiceRoute;
 
 /// What the head of a request decided before any byte of its body is read.
-struct Routed {
+pub(super) struct Routed {
     info: RequestInfo,
     route: Result<Arc<ServiceRoute>, ProxyError>,
     bucket: u32,
@@ -35,36 +35,21 @@ struct Routed {
     write: Option<crate::outbound::fence::WriteGuard>,
     /// Refused by the route: a fenced write, or a `x-twin-force-dc` it does not allow.
     refused: Option<ProxyError>,
-    obs: Observation,
+    pub(super) obs: Observation,
 }
 
+/// How a request ended, for its observation: the route it had, if any, and the label of the
+/// sidecar's own error answer.
+pub(super) type Ended = (Next, Option<Arc<ServiceRoute>>, Option<&'static str>);
+
 impl Engine {
-    /// Serves the request whose head is complete in `c.buf`; its access log line is written
-    /// (and its span ended) once the answer has been sent.
-    pub(super) async fn request(&self, c: &mut Client) -> Next {
-        let _in_flight = InFlight::start(&self.outbound.in_flight);
+    /// Serves the request [`Engine::route`] read into `routed` (its fields are taken as they
+    /// are used; the observation stays for [`Engine::close`]). `routed` lives in the
+    /// connection's task rather than in this future, so it is stored once.
+    pub(super) async fn request(&self, c: &mut Client, routed: &mut Routed) -> Ended {
         c.sent = Sent::default();
-        let routed = match self.route(c) {
-            Ok(Some(r)) => r,
-            // An HTTP/2 or gRPC route: hyper's path speaks HTTP/2 to its upstreams.
-            Ok(None) => return Next::Handoff,
-            Err(e) => {
-                metrics::error("", e.label());
-                let id = new_request_id();
-                let _ = c.write_error(e, true, false, false, &id).await;
-                return Next::Close;
-            }
-        };
-        let Routed {
-            info,
-            route,
-            bucket,
-            forced,
-            write,
-            refused,
-            mut obs,
-        } = routed;
-        let (next, route, error) = match route {
+        let info = routed.info;
+        match std::mem::replace(&mut routed.route, Err(ProxyError::NoTable)) {
             Err(e) => {
                 if matches!(e, ProxyError::NoRoute(_) | ProxyError::MissingHost) {
                     self.outbound.unknown.request();
@@ -72,51 +57,52 @@ impl Engine {
                 }
                 metrics::error("", e.label());
                 let label = e.label();
-                (
-                    self.refuse(c, &info, e, &obs.request_id).await,
-                    None,
-                    Some(label),
-                )
+                let next = self.refuse(c, &info, e, &routed.obs.request_id).await;
+                (next, None, Some(label))
             }
             Ok(route) => {
                 route.edge.request();
-                let outcome = match refused {
+                let outcome = match routed.refused.take() {
                     Some(e) => Err((e, false)),
                     None => {
-                        self.forward(c, &route, &info, (bucket, forced), &mut obs)
-                            .await
+                        let key = (routed.bucket, routed.forced);
+                        self.forward(c, &route, &info, key, &mut routed.obs).await
                     }
                 };
-                drop(write);
+                drop(routed.write.take());
                 match outcome {
                     Ok(next) => (next, Some(route), None),
                     Err((e, body_started)) => {
                         route.edge.failed();
                         metrics::error(&route.name, e.label());
                         let label = e.label();
+                        let id = &routed.obs.request_id;
                         let next = if body_started {
-                            let id = &obs.request_id;
                             let _ = c.write_error(e, true, info.is_head, info.http10, id).await;
                             Next::Close
                         } else {
-                            self.refuse(c, &info, e, &obs.request_id).await
+                            self.refuse(c, &info, e, id).await
                         };
                         (next, Some(route), Some(label))
                     }
                 }
             }
-        };
-        if let Some(mut line) = obs.close(c.sent.status, route.as_deref(), error) {
-            line.bytes = c.sent.bytes;
         }
-        next
+    }
+
+    /// Ends a request's observation once its answer has been sent: the access log line is
+    /// written and the span ended.
+    pub(super) fn close(obs: Observation, sent: Sent, ended: &Ended) {
+        if let Some(mut line) = obs.close(sent.status, ended.1.as_deref(), ended.2) {
+            line.bytes = sent.bytes;
+        }
     }
 
     /// Parses the head in `c.buf`, opens its observation, looks up its route, and writes the
     /// upstream head into `c.up_head`; the head leaves the buffer. `None`, with the head left
     /// in the buffer, when the route's protocol is HTTP/2 or gRPC: hyper's path serves the
     /// connection from this request on.
-    fn route(&self, c: &mut Client) -> Result<Option<Routed>, ProxyError> {
+    pub(super) fn route(&self, c: &mut Client) -> Result<Option<Routed>, ProxyError> {
         let mut headers = [httparse::EMPTY_HEADER; parse::MAX_HEADERS];
         let Some(req) = parse::request(c.buf.filled(), &mut headers, self.max_head)? else {
             return Err(ProxyError::BadRequest("incomplete request head".into()));
@@ -243,7 +229,10 @@ impl Engine {
                 rev: route.revision_header.as_bytes(),
                 request_id: obs.request_id.as_bytes(),
             };
-            let (mut up, fresh) = match self.connection(state, &limits).await {
+            // One clock read for the pool's idle check and, with a pooled connection, the
+            // start of the attempt's latency.
+            let now = Instant::now();
+            let (mut up, fresh) = match self.connection(state, &limits, now).await {
                 Ok(got) => got,
                 // Nothing was sent: another endpoint may have it whatever the body.
                 Err(error) => {
@@ -263,7 +252,9 @@ impl Engine {
                     names,
                     req: info,
                 };
-                let outcome = self.duplex(c, up, &mut plan, exchange).await;
+                // Boxed: a streamed body is rarer than the requests every connection's task
+                // must have room for.
+                let outcome = Box::pin(self.duplex(c, up, &mut plan, exchange)).await;
                 let status = match &outcome {
                     Err((e, _)) if c.sent.status == 0 => Err(e.to_string()),
                     _ => Ok(c.sent.status),
@@ -271,7 +262,7 @@ impl Engine {
                 Observation::attempt_done(span, status);
                 return outcome;
             }
-            let started = Instant::now();
+            let started = if fresh { Instant::now() } else { now };
             let sent = {
                 let Client {
                     up_head,
@@ -330,7 +321,8 @@ impl Engine {
                     return Err((unasked_upgrade(), false));
                 }
                 c.sent.status = resp.status;
-                c.tunnel(up, &route.name, &route.dcs[target.dc].name).await;
+                // Boxed, as rare as a streamed body.
+                Box::pin(c.tunnel(up, &route.name, &route.dcs[target.dc].name)).await;
                 return Ok(Next::Close);
             }
             let stopping = self.shutdown.is_stopping();
@@ -348,7 +340,8 @@ impl Engine {
             c.sent.bytes = bytes;
             if reusable {
                 // A complete exchange with nothing left over: the connection can serve again.
-                state.idle.put(up);
+                // Idle since the answer's head came back (no new clock read).
+                state.idle.put(up, started + took);
             }
             drop(in_flight);
             return Ok(next);
@@ -369,11 +362,14 @@ impl Engine {
         &self,
         state: &EndpointState,
         limits: &AttemptTimeouts,
+        now: Instant,
     ) -> Result<(Upstream, bool), AttemptError> {
-        if let Some(up) = state.idle.take(limits.idle) {
+        if let Some(up) = state.idle.take(now, limits.idle) {
             return Ok((up, false));
         }
-        pool::connect(state, limits)
+        // Boxed: a new connection (with its TLS handshake) is the rare case, and its future
+        // is the largest of an exchange.
+        Box::pin(pool::connect(state, limits))
             .await
             .map(|up| (up, true))
             .map_err(|reason| AttemptError::Connect {

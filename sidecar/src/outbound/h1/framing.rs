@@ -5,7 +5,9 @@
 use std::io;
 use std::ops::Range;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+pub use crate::outbound::h1::buf::Buf;
 
 /// Longest chunk-size line and trailer section accepted.
 const MAX_CHUNK_LINE: u32 = 4096;
@@ -38,68 +40,6 @@ pub enum PumpError {
     Framing(FramingError),
     #[error("writing the body: {0}")]
     Write(io::Error),
-}
-
-/// A read buffer kept for the life of a connection: bytes `start..end` are read and not yet
-/// used.
-pub struct Buf {
-    data: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl Buf {
-    pub fn with_capacity(n: usize) -> Buf {
-        Buf {
-            data: vec![0; n],
-            start: 0,
-            end: 0,
-        }
-    }
-
-    /// The bytes read and not yet used.
-    pub fn filled(&self) -> &[u8] {
-        &self.data[self.start..self.end]
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.start == self.end
-    }
-
-    pub fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.end);
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
-    /// Reads more after what is buffered, growing the buffer up to `max` bytes when it is
-    /// full. Ok(0): the peer closed, or the buffer holds `max` bytes already.
-    pub async fn fill<R: AsyncRead + Unpin>(&mut self, r: &mut R, max: usize) -> io::Result<usize> {
-        if self.end == self.data.len() {
-            if self.start > 0 {
-                self.data.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else if self.data.len() < max {
-                let grown = (self.data.len() * 2).clamp(1024, max);
-                self.data.resize(grown, 0);
-            } else {
-                return Ok(0);
-            }
-        }
-        let n = r.read(&mut self.data[self.end..]).await?;
-        self.end += n;
-        Ok(n)
-    }
-
-    /// Takes the buffered bytes out (for a tunnel), leaving the buffer empty.
-    pub fn take_filled(&mut self) -> Vec<u8> {
-        let out = self.filled().to_vec();
-        self.consume(out.len());
-        out
-    }
 }
 
 /// Where the chunked checker is.

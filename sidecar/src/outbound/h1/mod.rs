@@ -17,6 +17,7 @@
 //! close, the idle or header timeout passes (the same limits as [`crate::conn_guard`]), or the
 //! sidecar stops: then an idle connection closes at once and a busy one after its response.
 
+pub mod buf;
 pub mod duplex;
 pub mod forward;
 pub mod framing;
@@ -40,11 +41,9 @@ use crate::config::Limits;
 use crate::outbound::error::ProxyError;
 use crate::outbound::h1::framing::{Body, Buf, Framing};
 use crate::outbound::trace::{new_request_id, RequestId, X_REQUEST_ID};
-use crate::outbound::Outbound;
+use crate::outbound::{InFlight, Outbound};
 use crate::shutdown::Shutdown;
 
-/// Read buffers start this small (so a thousand idle clients stay cheap) and grow to fit.
-const INITIAL_BUF: usize = 4 * 1024;
 /// The HTTP/2 client connection preface.
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -81,7 +80,7 @@ impl Engine {
     /// Reads the first bytes of a new connection: the HTTP/2 preface, or anything else
     /// (HTTP/1). Waits up to the idle timeout for the first byte.
     pub async fn sniff(&self, mut io: TcpStream) -> Sniffed {
-        let mut buf = Buf::with_capacity(INITIAL_BUF);
+        let mut buf = Buf::new();
         let deadline = Instant::now() + self.idle;
         loop {
             let got = buf.filled();
@@ -119,7 +118,7 @@ impl Engine {
             buf,
             up_head: Vec::with_capacity(512),
             out: Vec::with_capacity(512),
-            ubuf: Buf::with_capacity(INITIAL_BUF),
+            ubuf: Buf::new(),
             host: String::new(),
             bucket: twin_topology::bucket_of(&rand::random::<u64>().to_le_bytes()),
             parent_at: 0,
@@ -128,23 +127,42 @@ impl Engine {
             head_timer: Box::pin(tokio::time::sleep(self.idle)),
         };
         loop {
-            match self.next_head(&mut client).await {
-                Ok(true) => {}
+            let head = match self.next_head(&mut client).await {
+                Ok(true) => Ok(()),
                 Ok(false) => return None,
-                Err(e) => {
+                Err(e) => Err(e),
+            };
+            let in_flight = head
+                .is_ok()
+                .then(|| InFlight::start(&self.outbound.in_flight));
+            // The routed request is served by reference and its error answered only after
+            // the match: the task then keeps one slot for it, not one per use.
+            let mut step = head.and_then(|()| self.route(&mut client));
+            let ended = match &mut step {
+                Ok(Some(routed)) => Some(self.request(&mut client, routed).await),
+                _ => None,
+            };
+            match (step, ended) {
+                (Ok(Some(routed)), Some(ended)) => {
+                    Engine::close(routed.obs, client.sent, &ended);
+                    drop(in_flight);
+                    if ended.0 != Next::KeepAlive || self.shutdown.is_stopping() {
+                        return None;
+                    }
+                }
+                // An HTTP/2 or gRPC route: hyper's path speaks HTTP/2 to its upstreams, and
+                // serves the connection from this request (still in the buffer) on.
+                (Ok(None), _) => {
+                    let rest = client.buf.take_filled();
+                    return Some((client.io, rest));
+                }
+                (Err(e), _) => {
                     crate::outbound::metrics::error("", e.label());
                     let id = new_request_id();
                     let _ = client.write_error(e, true, false, false, &id).await;
                     return None;
                 }
-            }
-            match self.request(&mut client).await {
-                Next::KeepAlive if !self.shutdown.is_stopping() => {}
-                Next::Handoff => {
-                    let rest = client.buf.take_filled();
-                    return Some((client.io, rest));
-                }
-                _ => return None,
+                (Ok(Some(_)), None) => return None,
             }
         }
     }
@@ -155,12 +173,18 @@ impl Engine {
     async fn next_head(&self, c: &mut Client) -> Result<bool, ProxyError> {
         let mut started = !c.buf.is_empty();
         let mut deadline = Instant::now() + if started { self.header } else { self.idle };
+        // The header deadline is read from the clock only when a head did not come whole.
+        let mut header_from_now = false;
         loop {
             if started && head_complete(c.buf.filled()) {
                 return Ok(true);
             }
             if c.buf.filled().len() >= self.max_head {
                 return Err(ProxyError::HeadTooLarge(self.max_head));
+            }
+            if header_from_now {
+                header_from_now = false;
+                deadline = Instant::now() + self.header;
             }
             c.wait_timer.as_mut().reset(deadline);
             let read = tokio::select! {
@@ -174,7 +198,7 @@ impl Engine {
                 Ok(n) if n > 0 => {
                     if !started {
                         started = true;
-                        deadline = Instant::now() + self.header;
+                        header_from_now = true;
                     }
                 }
                 // Closed or reset: nothing to answer.
@@ -219,9 +243,6 @@ fn ends_head(buf: &[u8]) -> bool {
 pub enum Next {
     KeepAlive,
     Close,
-    /// The request's route speaks HTTP/2 or gRPC to its upstreams: hyper's path serves the
-    /// connection from this request (still in the buffer) on.
-    Handoff,
 }
 
 /// One client connection and the buffers it reuses for every request.

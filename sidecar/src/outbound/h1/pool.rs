@@ -145,9 +145,8 @@ pub struct IdlePool {
 
 impl IdlePool {
     /// The most recently used idle connection that is still quiet and has been idle for less
-    /// than `max_idle` (the route's `timeouts.idle_ms`). Others are closed.
-    pub fn take(&self, max_idle: Duration) -> Option<Upstream> {
-        let now = Instant::now();
+    /// than `max_idle` (the route's `timeouts.idle_ms`) at `now`. Others are closed.
+    pub fn take(&self, now: Instant, max_idle: Duration) -> Option<Upstream> {
         loop {
             let (mut conn, since) = self.idle.lock().ok()?.pop()?;
             if now.saturating_duration_since(since) < max_idle && conn.is_quiet() {
@@ -156,11 +155,12 @@ impl IdlePool {
         }
     }
 
-    /// Keeps a connection whose exchange ended cleanly.
-    pub fn put(&self, conn: Upstream) {
+    /// Keeps a connection whose exchange ended cleanly, idle since `since` (a time the caller
+    /// read already; an earlier one only makes the connection look idle for longer).
+    pub fn put(&self, conn: Upstream, since: Instant) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < MAX_IDLE {
-                idle.push((conn, Instant::now()));
+                idle.push((conn, since));
             }
         }
     }
