@@ -174,14 +174,20 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
 
-    #[tokio::test]
-    async fn storage_is_held_only_while_bytes_are() {
+    /// Both ends of a loopback TCP connection: (client, server).
+    async fn pair() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut client = TcpStream::connect(addr).await.expect("connect");
-        let (mut server, _) = listener.accept().await.expect("accept");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn storage_is_held_only_while_bytes_are() {
+        let (mut client, mut server) = pair().await;
         let mut buf = Buf::new();
         assert!(!buf.holds_storage());
         client.write_all(b"hello world").await.expect("write");
@@ -211,12 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_grown_buffer_keeps_its_storage() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mut client = TcpStream::connect(addr).await.expect("connect");
-        let (mut server, _) = listener.accept().await.expect("accept");
+        let (mut client, mut server) = pair().await;
         let big = vec![b'x'; STANDARD + 100];
         client.write_all(&big).await.expect("write");
         let mut buf = Buf::new();
