@@ -18,7 +18,7 @@ twin_need_packages() {
       # A real HAProxy for the edge load balancer tests (control-plane/tests/edge_*.rs).
       haproxy) command -v haproxy >/dev/null 2>&1 || missing+=(haproxy) ;;
       # promtool checks the alerting rules and dashboard queries (k8s/observability), and a
-      # real Prometheus scrapes lab sidecars for the shift gate test: Debian's prometheus.
+      # real Prometheus scrapes lab sidecars and exporters for the shift and sync gate tests.
       prometheus) { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus) ;;
       *) command -v "$extra" >/dev/null 2>&1 || missing+=("$extra") ;;
     esac

@@ -80,7 +80,8 @@ impl Prometheus {
 
 /// A `/metrics` endpoint on a free loopback port that answers whatever exposition text the
 /// test last [`set`](Exporter::set) (any path; the text as Prometheus' text format), as a
-/// database's exporter would publish its replication lag. Stops when dropped.
+/// database's exporter would publish its replication lag. Stops when dropped, closing the
+/// connections it has open (a scraper sees the exporter gone, not a stale answer).
 pub struct Exporter {
     pub addr: SocketAddr,
     text: Arc<Mutex<String>>,
@@ -95,7 +96,10 @@ impl Exporter {
         let text = Arc::new(Mutex::new(text.to_string()));
         let shared = text.clone();
         let accept = tokio::spawn(async move {
+            // Owned here, so ending this task (on drop) closes the open connections too.
+            let mut conns = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
+                while conns.try_join_next().is_some() {}
                 let shared = shared.clone();
                 let svc = hyper::service::service_fn(move |_req| {
                     let body = shared.lock().map(|t| t.clone()).unwrap_or_default();
@@ -106,7 +110,7 @@ impl Exporter {
                             .body(Full::new(Bytes::from(body)))
                     }
                 });
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;

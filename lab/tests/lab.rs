@@ -68,3 +68,28 @@ async fn two_sidecars_split_by_weight_and_follow_a_twinctl_shift() {
     let before = lab.recorder.len();
     assert_eq!(spread(&lab, 100, before).await, [100, 0]);
 }
+
+/// A dropped exporter closes the connections it had open, not only its listener: a
+/// scraper's kept-alive connection must see it gone.
+#[tokio::test]
+async fn a_dropped_exporter_closes_its_open_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exporter = twin_lab::prometheus::Exporter::start("lag 0\n")
+        .await
+        .expect("exporter");
+    let mut conn = tokio::net::TcpStream::connect(exporter.addr)
+        .await
+        .expect("connect");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = conn.read(&mut buf).await.expect("answer");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("lag 0"));
+    drop(exporter);
+    let end = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf)).await;
+    assert!(
+        matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection stayed open after the drop: {end:?}"
+    );
+}
