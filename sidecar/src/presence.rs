@@ -8,14 +8,14 @@
 //! under the same lease. `twinctl` reads both: whose acknowledgement a fenced change waits
 //! for, and when every live sidecar runs the new weights. A lost lease is granted again and
 //! everything is written again; on drain the lease is revoked, so the node leaves at once.
+//! Under the same lease it publishes the application's dependency edges
+//! ([`crate::deps`]).
 //!
 //! A newer revision is written after a random wait below [`Identity::spread`], and later
 //! revisions in that wait are written together: one weight change makes every sidecar of the
 //! fleet write its presence, and thousands of writes in the same milliseconds slow etcd
 //! while it is still sending the change to the other sidecars' watches. While a fence is in
 //! force the wait is skipped: a fenced cut-over waits for these writes to lift its fence.
-//! Under the same lease it publishes the application's dependency edges
-//! ([`crate::deps`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
