@@ -4,7 +4,7 @@
 //! traffic and must honour fences), the task writes `{prefix}/v1/nodes/{dc}/{node}` with the
 //! routing revision its table holds, again whenever a new table holds a newer one. For every
 //! fence in force in the current table it waits until none of this sidecar's writes to the
-//! moving units is in flight, then writes `{prefix}/v1/control/fences/{svc}/acks/{node}`
+//! moving units is in flight, then writes `{prefix}/v1/control/acks/{svc}/{node}`
 //! under the same lease. `twinctl` reads both: whose acknowledgement a fenced change waits
 //! for, and when every live sidecar runs the new weights. A lost lease is granted again and
 //! everything is written again; on drain the lease is revoked, so the node leaves at once.

@@ -5,7 +5,7 @@
 mod support;
 
 use support::*;
-use twin_lab::eventually;
+use twin_lab::{eventually, Etcd};
 use twin_lab::http;
 use twin_topology::{auth, AuditMeta, Keys, Route, Store, Weights};
 
@@ -76,10 +76,7 @@ async fn a_sidecar_with_its_role_registers_and_issues_ids_but_cannot_write_route
     }
 
     // A route write with the sidecar's credentials: refused, nothing changes.
-    let sc_opts = etcd_client::ConnectOptions::new().with_user("sc", "scpw");
-    let sc = etcd_client::Client::connect([etcd.endpoint()], Some(sc_opts))
-        .await
-        .expect("sc");
+    let sc = sc_client(&etcd).await;
     let audit = AuditMeta {
         who: "sc".into(),
         action: "route set".into(),
@@ -95,4 +92,22 @@ async fn a_sidecar_with_its_role_registers_and_issues_ids_but_cannot_write_route
     // key itself.)
     let route = root.get(keys.route("other"), None).await.expect("get");
     assert_eq!(route.count(), 0, "the refused route write changed nothing");
+
+    // Its fence acknowledgements it may write; a fence itself it may not.
+    let mut sc = sc_client(&etcd).await;
+    sc.put(keys.fence_ack("pay", "n1"), "{}", None)
+        .await
+        .expect("the sidecar writes its fence acknowledgement");
+    let err = sc
+        .put(keys.fence("pay"), "{}", None)
+        .await
+        .expect_err("a sidecar may not write a fence");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+}
+
+async fn sc_client(etcd: &Etcd) -> etcd_client::Client {
+    let opts = etcd_client::ConnectOptions::new().with_user("sc", "scpw");
+    etcd_client::Client::connect([etcd.endpoint()], Some(opts))
+        .await
+        .expect("sc")
 }

@@ -3,7 +3,7 @@
 //!
 //! | role | reads | writes |
 //! |---|---|---|
-//! | `twin-sidecar` | everything under `{prefix}/v1/` | `endpoints/`, `idgen/`, `nodes/`, `deps/`, `control/fences/` (its fence acknowledgements) |
+//! | `twin-sidecar` | everything under `{prefix}/v1/` | `endpoints/`, `idgen/`, `nodes/`, `deps/`, `control/acks/` (its fence acknowledgements) |
 //! | `twin-operator` | everything under `{prefix}/v1/` | also `routes/`, `datacenters/`, `audit/`, `control/` |
 //! | `twin-reader` | everything under `{prefix}/v1/` | nothing |
 
@@ -24,14 +24,12 @@ pub struct RoleSpec {
 /// The roles Twin defines over `keys`' prefix.
 pub fn roles(keys: &Keys) -> Vec<RoleSpec> {
     let all = vec![keys.root().to_string()];
-    // etcd grants by prefix: acknowledgements live below the fences they answer, so a
-    // sidecar could write a fence too. A fence only refuses writes until its `until_ms`,
-    // which is less than what writing `endpoints/` already allows.
+    // Fence acknowledgements live under their own prefix, so a sidecar cannot write a fence.
     let sidecar_writes = vec![
         keys.endpoints(),
         format!("{}idgen/", keys.root()),
         keys.nodes(),
-        keys.fences(),
+        keys.acks(),
         keys.deps(),
     ];
     let mut operator_writes = sidecar_writes.clone();

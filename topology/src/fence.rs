@@ -154,7 +154,7 @@ impl Fence {
     }
 }
 
-/// `{prefix}/v1/control/fences/{service}/acks/{node}` (under the sidecar's lease): the
+/// `{prefix}/v1/control/acks/{service}/{node}` (under the sidecar's lease): the
 /// sidecar refuses the fenced writes and none of its writes to those units is in flight.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,7 +18,7 @@ pub enum KeyKind<'a> {
         instance: &'a str,
     },
     Freeze,
-    /// `control/fences/{service}` (its acknowledgements below it are [`KeyKind::Other`]).
+    /// `control/fences/{service}`.
     Fence(&'a str),
     /// `idgen/templates/{biz}`: the serial template of a business tag.
     Template(&'a str),
@@ -106,9 +106,13 @@ impl Keys {
 
         fences() => "control/fences/";
         fence(service: &str) => "control/fences/{service}";
+        /// Where sidecars acknowledge fences: outside `fences()`, so that no topology view
+        /// is sent one event per sidecar per acknowledgement (N² events per fence), and a
+        /// sidecar needs no write permission on the fences themselves.
+        acks() => "control/acks/";
         /// Where sidecars acknowledge the fence of `service`.
-        fence_acks(service: &str) => "control/fences/{service}/acks/";
-        fence_ack(service: &str, node: &str) => "control/fences/{service}/acks/{node}";
+        fence_acks(service: &str) => "control/acks/{service}/";
+        fence_ack(service: &str, node: &str) => "control/acks/{service}/{node}";
         /// Presence keys of live sidecars.
         nodes() => "nodes/";
         node(dc: &str, node: &str) => "nodes/{dc}/{node}";
@@ -167,6 +171,30 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    /// With N sidecars, a key each of them writes inside a watched range costs N² watch
+    /// events (each write goes to every view): none may be.
+    fn no_key_a_sidecar_writes_reaches_a_view() {
+        let k = Keys::new("/twin/");
+        let written = [
+            k.fence_ack("pay", "n1"),
+            k.node("m6v", "n1"),
+            k.dep("web", "pay", "n1"),
+            k.idgen_worker("m6v", 3),
+            k.idgen_hwm("m6v", 3),
+        ];
+        for key in &written {
+            for (range, prefix) in k.topology_ranges() {
+                let watched = if prefix {
+                    key.starts_with(&range)
+                } else {
+                    *key == range
+                };
+                assert!(!watched, "{key} is inside the watched range {range}");
+            }
+        }
+    }
 
     #[test]
     fn builds_and_parses_every_topology_key() {
