@@ -5,8 +5,8 @@
 mod support;
 
 use support::*;
-use twin_lab::{eventually, Etcd};
 use twin_lab::http;
+use twin_lab::{eventually, Etcd};
 use twin_topology::{auth, AuditMeta, Keys, Route, Store, Weights};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
