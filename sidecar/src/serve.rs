@@ -123,7 +123,14 @@ where
                         // Built in place: a future first bound to a name and then raced was
                         // stored twice in the task.
                         tokio::select! {
-                            () = engine_connection(&engine, stream, peer, service, &builder, watcher, idle, header) => {}
+                            () = async {
+                                // hyper's connection is boxed: it is the rare case, and
+                                // inline it would make every connection's task several KiB
+                                // larger.
+                                if let Some(io) = engine_connection(&engine, stream, peer).await {
+                                    Box::pin(hyper_connection(io, service, &builder, watcher, idle, header)).await;
+                                }
+                            } => {}
                             _ = cut.wait_for(|c| *c) => {}
                         }
                         drop(open);
@@ -155,39 +162,22 @@ where
     })
 }
 
-/// Serves one connection with Twin's engine, or with hyper when it speaks HTTP/2 or one of
-/// its requests goes to an HTTP/2 or gRPC route. hyper's connection is boxed: it is the rare
-/// case, and inline it would make every connection's task several KiB larger.
-#[allow(clippy::too_many_arguments)]
-async fn engine_connection<S, B>(
+/// Serves one connection with Twin's engine; the connection, with what was read of it,
+/// when hyper must take it over (it speaks HTTP/2, or one of its requests goes to an HTTP/2
+/// or gRPC route).
+async fn engine_connection(
     engine: &Engine,
     stream: TcpStream,
     peer: SocketAddr,
-    service: S,
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
-    idle: Duration,
-    header: Duration,
-) where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let io = match engine.sniff(stream).await {
-        Sniffed::H2(io) => io,
-        Sniffed::H1(io, buf) => match engine.serve(io, buf, peer).await {
-            Some((io, rest)) => Rewind::new(io, rest),
-            None => return,
-        },
-        Sniffed::Gone => return,
-    };
-    Box::pin(hyper_connection(
-        io, service, builder, watcher, idle, header,
-    ))
-    .await;
+) -> Option<Rewind<TcpStream>> {
+    match engine.sniff(stream).await {
+        Sniffed::H2(io) => Some(io),
+        Sniffed::H1(io, buf) => engine
+            .serve(io, buf, peer)
+            .await
+            .map(|(io, rest)| Rewind::new(io, rest)),
+        Sniffed::Gone => None,
+    }
 }
 
 /// Serves one connection with hyper (HTTP/1.1, or HTTP/2 by its preface), under the idle and
