@@ -16,6 +16,7 @@ pub mod deps;
 pub mod id_templates;
 pub mod idgen_settings;
 pub mod ids;
+pub mod node_lease;
 pub mod otlp;
 pub mod outbound;
 pub mod presence;

@@ -1,15 +1,15 @@
 //! This sidecar's presence in etcd and its acknowledgements of fences.
 //!
-//! Under a lease of its own (kept while the node is drained: a drained node still sends
-//! traffic and must honour fences), the task writes `{prefix}/v1/nodes/{dc}/{node}` with the
-//! routing revision its table holds, again whenever a new table holds a newer one. For every
-//! fence in force in the current table it waits until none of this sidecar's writes to the
-//! moving units is in flight, then writes `{prefix}/v1/control/acks/{svc}/{node}`
-//! under the same lease. `twinctl` reads both: whose acknowledgement a fenced change waits
-//! for, and when every live sidecar runs the new weights. A lost lease is granted again and
-//! everything is written again; on drain the lease is revoked, so the node leaves at once.
-//! Under the same lease it publishes the application's dependency edges
-//! ([`crate::deps`]).
+//! Under the sidecar's lease ([`crate::node_lease`], kept while the node is drained: a
+//! drained node still sends traffic and must honour fences), the task writes
+//! `{prefix}/v1/nodes/{dc}/{node}` with the routing revision its table holds, again whenever
+//! a new table holds a newer one. For every fence in force in the current table it waits
+//! until none of this sidecar's writes to the moving units is in flight, then writes
+//! `{prefix}/v1/control/acks/{svc}/{node}` under the same lease. `twinctl` reads both: whose
+//! acknowledgement a fenced change waits for, and when every live sidecar runs the new
+//! weights. Under a new lease (the old one was lost) everything is written again; the lease
+//! is revoked after this task finished, so the node leaves at once. Under the same lease it
+//! publishes the application's dependency edges ([`crate::deps`]).
 //!
 //! A newer revision is written after a random wait below [`Identity::spread`], and later
 //! revisions in that wait are written together: one weight change makes every sidecar of the
@@ -27,7 +27,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use twin_topology::{now_ms, Backoff, FenceAck, Keys, Presence};
 
 use crate::deps::{dc_names, edge_value, Edges, Publisher};
-use crate::register::keep_alive;
+use crate::node_lease::{held, lost, LeaseId};
 use crate::shutdown::Shutdown;
 use crate::table::RoutingTable;
 
@@ -50,7 +50,6 @@ pub struct Identity {
     pub dc: String,
     pub node: String,
     pub app: String,
-    pub ttl: Duration,
     /// A newer routing revision is written after a random wait below this (none while a
     /// fence is in force); [`PRESENCE_SPREAD`] in the sidecar.
     pub spread: Duration,
@@ -73,28 +72,31 @@ impl PresenceTask {
     pub fn start(
         client: Client,
         who: Identity,
+        lease: LeaseId,
         tables: watch::Receiver<Arc<RoutingTable>>,
         edges: Arc<Edges>,
     ) -> PresenceTask {
         let stop = Shutdown::new();
         PresenceTask {
-            task: tokio::spawn(run(client, who, tables, edges, stop.clone())),
+            task: tokio::spawn(run(client, who, lease, tables, edges, stop.clone())),
             stop,
         }
     }
 
-    /// Revokes the presence lease; waits (bounded) until that is done.
+    /// Stops writing (the keys leave when the sidecar's lease is revoked next); waits
+    /// (bounded) until an acknowledgement being written is done.
     pub async fn finished(self, within: Duration) {
         self.stop.drain();
         if tokio::time::timeout(within, self.task).await.is_err() {
-            tracing::warn!("could not revoke the presence lease in time; it will expire");
+            tracing::warn!("the presence task did not stop in time");
         }
     }
 }
 
 async fn run(
-    mut client: Client,
+    client: Client,
     who: Identity,
+    mut lease: LeaseId,
     mut tables: watch::Receiver<Arc<RoutingTable>>,
     edges: Arc<Edges>,
     shutdown: Shutdown,
@@ -103,42 +105,35 @@ async fn run(
         edges,
         publisher: Publisher::default(),
     };
-    let ttl_secs = who.ttl.as_secs().max(2) as i64;
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
-    while !shutdown.is_draining() {
-        let lease = tokio::select! {
-            r = client.lease_grant(ttl_secs, None) => r,
-            () = shutdown.draining() => break,
-        };
-        match lease {
-            Ok(l) => {
-                let id = l.id();
-                deps.publisher.reset();
-                let lease = Lease { id, ttl_secs };
-                if session(&client, &who, lease, &mut tables, &mut deps, &shutdown).await {
-                    backoff.reset();
-                }
-                metrics::gauge!(PRESENT).set(0.0);
-                // Whatever ended the session, nothing may stay under its lease: revoking a
-                // lease etcd already dropped is harmless.
-                let revoked =
-                    tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(id)).await;
-                if shutdown.is_draining() {
-                    match revoked {
-                        Ok(Ok(_)) => tracing::info!(lease = id, "presence revoked"),
-                        _ => {
-                            tracing::warn!(lease = id, "could not revoke presence; it will expire")
-                        }
-                    }
-                    return;
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot write presence: lease grant failed"),
+    let mut last: Option<i64> = None;
+    while let Some(id) = held(&mut lease, &shutdown).await {
+        if last != Some(id) {
+            // A new lease holds none of what was written under the old one.
+            deps.publisher.reset();
+            last = Some(id);
         }
-        let retry_in = backoff.next_delay();
-        tokio::select! {
-            () = tokio::time::sleep(retry_in) => {}
-            () = shutdown.draining() => {}
+        let ended = session(
+            &client,
+            &who,
+            id,
+            &mut lease,
+            &mut tables,
+            &mut deps,
+            &shutdown,
+        )
+        .await;
+        metrics::gauge!(PRESENT).set(0.0);
+        if ended == Ended::WriteFailed {
+            // etcd may be unreachable, or the lease gone (the lease task sees that at its
+            // next keep-alive): write everything again after a jittered delay.
+            deps.publisher.reset();
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                () = shutdown.draining() => {}
+            }
+        } else {
+            backoff.reset();
         }
     }
 }
@@ -146,11 +141,13 @@ async fn run(
 /// How often the dependency edges are looked at (a new edge is written at the next look).
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
-/// The lease a session writes under.
-#[derive(Clone, Copy)]
-struct Lease {
-    id: i64,
-    ttl_secs: i64,
+/// Why a session ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The lease was lost, or the task stops.
+    Lease,
+    /// A write failed.
+    WriteFailed,
 }
 
 /// The application's edges and what was published of them.
@@ -201,22 +198,19 @@ enum Acked {
 }
 
 /// Keeps presence and acknowledgements under lease `id` until the lease is lost, a write
-/// fails or the sidecar drains. Returns whether the presence key was written.
+/// fails or the task stops.
 async fn session(
     client: &Client,
     who: &Identity,
-    lease: Lease,
+    id: i64,
+    lease: &mut LeaseId,
     tables: &mut watch::Receiver<Arc<RoutingTable>>,
     deps: &mut Deps,
     shutdown: &Shutdown,
-) -> bool {
-    let Lease { id, ttl_secs } = lease;
+) -> Ended {
     let mut tables_open = true;
     let mut tick = tokio::time::interval(PUBLISH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut keeper = client.clone();
-    let held = keep_alive(&mut keeper, id, ttl_secs, shutdown, "presence");
-    let mut held = std::pin::pin!(held);
     let key = who.keys.node(&who.dc, &who.node);
     let mut written: Option<i64> = None;
     // When a newer revision is due to be written (see `Identity::spread`).
@@ -256,7 +250,7 @@ async fn session(
                 at_ms: now_ms(),
             };
             if !put(client, &key, &value, id).await {
-                return written.is_some();
+                return Ended::WriteFailed;
             }
             metrics::gauge!(PRESENT).set(1.0);
             written = Some(revision);
@@ -294,10 +288,10 @@ async fn session(
             });
         }
         tokio::select! {
-            _ = &mut held => return true,
+            () = lost(lease, id) => return Ended::Lease,
             _ = tick.tick() => {
                 if !deps.publish(client, who, &table, id).await {
-                    return true;
+                    return Ended::WriteFailed;
                 }
             }
             // Closed when the sidecar stops: presence stays until `finished`.
@@ -309,13 +303,13 @@ async fn session(
                         Acked::Yes | Acked::Expired => {
                             acked.insert(k);
                         }
-                        // The lease may be gone: start over with a fresh one.
-                        Acked::WriteFailed => return true,
+                        // The lease may be gone: start over.
+                        Acked::WriteFailed => return Ended::WriteFailed,
                     }
                 }
             }
             () = sleep_until(due) => {}
-            () = shutdown.draining() => return true,
+            () = shutdown.draining() => return Ended::Lease,
         }
     }
 }

@@ -1,9 +1,11 @@
-//! Registration of the local application as an endpoint, under this node's etcd lease.
+//! Registration of the local application as an endpoint, under the sidecar's lease
+//! ([`crate::node_lease`]).
 //!
-//! The registrar grants a lease, writes `{prefix}/v1/endpoints/{service}/{dc}/{node}` for each
-//! `--register`, and keeps the lease alive. If the lease is lost (etcd was unreachable for
-//! longer than its TTL) it grants a new one and writes the keys again. When the sidecar
-//! drains it revokes the lease, so the keys disappear at once rather than after the TTL.
+//! The registrar writes `{prefix}/v1/endpoints/{service}/{dc}/{node}` for each `--register`
+//! under the lease in force. If the lease is lost (etcd was unreachable for longer than its
+//! TTL) it writes the keys again under the next one. When the sidecar starts draining it
+//! deletes them, so other sidecars stop sending here at once rather than after the TTL,
+//! while the lease (and the presence under it) stays until the in-flight requests are done.
 //!
 //! A node an operator drained (`twinctl drain NODE`, which leaves a marker at
 //! `{prefix}/v1/control/drain/{NODE}`) stays drained across sidecar restarts and lease loss:
@@ -19,6 +21,7 @@ use tokio::task::JoinHandle;
 use twin_topology::{Backoff, Endpoint, Keys};
 
 use crate::config::RegisterSpec;
+use crate::node_lease::{held, lost, LeaseId};
 use crate::shutdown::Shutdown;
 
 /// 1 while this node's endpoints are registered.
@@ -38,7 +41,7 @@ impl Registrar {
         dc: String,
         node_id: String,
         specs: Vec<RegisterSpec>,
-        ttl: Duration,
+        lease: LeaseId,
         shutdown: Shutdown,
     ) -> Registrar {
         let entries: Vec<(String, String)> = specs
@@ -56,14 +59,14 @@ impl Registrar {
             })
             .collect();
         let marker = keys.drain(&node_id);
-        let task = tokio::spawn(run(client, marker, entries, ttl, shutdown));
+        let task = tokio::spawn(run(client, marker, entries, lease, shutdown));
         Registrar { task }
     }
 
-    /// Waits (bounded) until the registrar has revoked its lease after a drain.
+    /// Waits (bounded) until the registrar has deleted its endpoints after a drain.
     pub async fn finished(self, within: Duration) {
         if tokio::time::timeout(within, self.task).await.is_err() {
-            tracing::warn!("could not revoke the registration lease in time; it will expire");
+            tracing::warn!("could not withdraw the endpoints in time; they leave with the lease");
         }
     }
 }
@@ -175,6 +178,8 @@ async fn until_undrained(
 const RETRY_BASE: Duration = Duration::from_millis(100);
 /// The longest wait between two registration attempts.
 const RETRY_CAP: Duration = Duration::from_secs(2);
+/// How long deleting the endpoints on drain may take.
+const WITHDRAW_WITHIN: Duration = Duration::from_secs(2);
 
 /// Waits the policy's next delay, or until the sidecar drains.
 async fn pause(backoff: &mut Backoff, shutdown: &Shutdown) {
@@ -189,169 +194,53 @@ async fn run(
     mut client: Client,
     marker: String,
     entries: Vec<(String, String)>,
-    ttl: Duration,
+    mut lease: LeaseId,
     shutdown: Shutdown,
 ) {
-    let ttl_secs = ttl.as_secs().max(2) as i64;
     let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
-    while !shutdown.is_draining() {
-        let lease = tokio::select! {
-            r = client.lease_grant(ttl_secs, None) => r,
-            () = shutdown.draining() => break,
-        };
-        let id = match lease {
-            Ok(l) => l.id(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register: lease grant failed");
-                pause(&mut backoff, &shutdown).await;
-                continue;
-            }
-        };
+    while let Some(id) = held(&mut lease, &shutdown).await {
         match write_entries(&mut client, &marker, &entries, id).await {
             Written::Registered => {
                 tracing::info!(lease = id, endpoints = entries.len(), "registered");
                 metrics::gauge!(DRAINED).set(0.0);
                 metrics::gauge!(REGISTERED).set(1.0);
-                if keep_alive(&mut client, id, ttl_secs, &shutdown, "registration").await {
-                    backoff.reset();
+                backoff.reset();
+                tokio::select! {
+                    // The next lease comes after the lease task's own backoff.
+                    () = lost(&mut lease, id) => {}
+                    () = shutdown.draining() => {}
                 }
                 metrics::gauge!(REGISTERED).set(0.0);
             }
             Written::Drained { revision } => {
                 metrics::gauge!(DRAINED).set(1.0);
-                // Nothing is held under this lease while drained; a fresh one is granted later.
-                let _ = tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(id)).await;
                 if until_undrained(&mut client, &marker, revision, &shutdown).await {
                     backoff.reset();
                 }
                 pause(&mut backoff, &shutdown).await;
-                continue;
             }
-            Written::Failed => {}
+            // A failed write (the lease may be gone): again after a jittered delay, so a
+            // fleet that lost etcd together does not come back in lockstep.
+            Written::Failed => pause(&mut backoff, &shutdown).await,
         }
-        if shutdown.is_draining() {
-            // Revoking deletes the keys now; other sidecars stop sending here at once.
-            match tokio::time::timeout(Duration::from_secs(2), client.lease_revoke(id)).await {
-                Ok(Ok(_)) => tracing::info!(lease = id, "registration revoked"),
-                _ => tracing::warn!(
-                    lease = id,
-                    "could not revoke the registration lease; it will expire"
-                ),
-            }
-            return;
-        }
-        // A lost lease or a failed write: register again after a jittered delay, so a fleet
-        // that lost etcd together does not come back in lockstep.
-        pause(&mut backoff, &shutdown).await;
+    }
+    if shutdown.is_draining() {
+        withdraw(&mut client, &entries).await;
     }
 }
 
-/// How one keep-alive stream ended.
-enum Ended {
-    /// The sidecar drains.
-    Draining,
-    /// etcd answered that the lease is gone.
-    Gone,
-    /// The stream broke or did not answer; the lease may still be alive.
-    Broke,
-}
-
-/// Refreshes the lease every third of its TTL until it is lost or the sidecar drains.
-/// Returns whether at least one refresh succeeded (what `what` names held). Shared by the
-/// registration and the presence lease.
-///
-/// A keep-alive stream that breaks (its etcd member died, a leader election) is opened
-/// again on the same lease after the policy's jittered delay, for as long as the lease can
-/// still be alive (less than its TTL since the last refresh). The keys under it stay as
-/// they are, so a fleet that loses one etcd member writes nothing again and wakes no
-/// topology view. Only a lease etcd says is gone, or one not refreshed for a whole TTL, is
-/// given up (the caller grants a new one and writes its keys again).
-pub(crate) async fn keep_alive(
-    client: &mut Client,
-    id: i64,
-    ttl_secs: i64,
-    shutdown: &Shutdown,
-    what: &'static str,
-) -> bool {
-    let ttl = Duration::from_secs(ttl_secs.max(1) as u64);
-    let mut held = false;
-    // Granted (or last refreshed) just before this call.
-    let mut refreshed = tokio::time::Instant::now();
-    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
-    loop {
-        let before = refreshed;
-        let ended = keep_stream(client, id, ttl / 3, shutdown, what, &mut refreshed).await;
-        if refreshed > before {
-            // This stream refreshed the lease at least once.
-            held = true;
-            backoff.reset();
+/// Deletes the endpoints (the sidecar drains): other sidecars stop sending here at once.
+async fn withdraw(client: &mut Client, entries: &[(String, String)]) {
+    let deletes: Vec<TxnOp> = entries
+        .iter()
+        .map(|(k, _)| TxnOp::delete(k.as_str(), None))
+        .collect();
+    let txn = Txn::new().and_then(deletes);
+    match tokio::time::timeout(WITHDRAW_WITHIN, client.txn(txn)).await {
+        Ok(Ok(_)) => tracing::info!(endpoints = entries.len(), "endpoints withdrawn"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not withdraw the endpoints; they leave with the lease")
         }
-        match ended {
-            Ended::Draining => return held,
-            Ended::Gone => {
-                tracing::warn!(lease = id, what, "lease expired; writing it again");
-                return held;
-            }
-            Ended::Broke => {}
-        }
-        let retry_in = backoff.next_delay();
-        if refreshed.elapsed() + retry_in >= ttl {
-            tracing::warn!(
-                lease = id,
-                what,
-                "lease not refreshed for its TTL; writing it again"
-            );
-            return held;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(retry_in) => {}
-            () = shutdown.draining() => return held,
-        }
-    }
-}
-
-/// One keep-alive stream on lease `id`, refreshed `every`; `refreshed` is set at each answer.
-async fn keep_stream(
-    client: &mut Client,
-    id: i64,
-    every: Duration,
-    shutdown: &Shutdown,
-    what: &'static str,
-    refreshed: &mut tokio::time::Instant,
-) -> Ended {
-    let (mut keeper, mut stream) = match client.lease_keep_alive(id).await {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::warn!(lease = id, what, error = %e, "lease keep-alive could not start");
-            return Ended::Broke;
-        }
-    };
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shutdown.draining() => return Ended::Draining,
-        }
-        if keeper.keep_alive().await.is_err() {
-            tracing::warn!(
-                lease = id,
-                what,
-                "lease keep-alive failed; opening it again"
-            );
-            return Ended::Broke;
-        }
-        match tokio::time::timeout(every, stream.message()).await {
-            Ok(Ok(Some(resp))) if resp.ttl() > 0 => *refreshed = tokio::time::Instant::now(),
-            Ok(Ok(Some(_))) => return Ended::Gone,
-            other => {
-                tracing::warn!(
-                    lease = id,
-                    what,
-                    ?other,
-                    "lease keep-alive got no answer; opening it again"
-                );
-                return Ended::Broke;
-            }
-        }
+        Err(_) => tracing::warn!("withdrawing the endpoints timed out; they leave with the lease"),
     }
 }

@@ -13,6 +13,7 @@ use crate::admin::{self, Admin};
 use crate::config::{Config, Http1Engine, TableSource};
 use crate::deps::Edges;
 use crate::ids::IdApi;
+use crate::node_lease::NodeLease;
 use crate::otlp::Spans;
 use crate::outbound::h1::Engine;
 use crate::outbound::observe::Observer;
@@ -40,6 +41,7 @@ pub struct Sidecar {
     servers: Vec<JoinHandle<()>>,
     registrar: Option<Registrar>,
     presence: Option<PresenceTask>,
+    lease: Option<NodeLease>,
     ids: IdApi,
     upkeep: JoinHandle<()>,
     spans: Option<Spans>,
@@ -158,31 +160,39 @@ impl Sidecar {
             ),
         ];
 
-        let presence = match (&cfg.source, &client) {
-            (TableSource::Etcd(settings), Some(client)) => Some(PresenceTask::start(
+        let lease = match (&cfg.source, &client) {
+            (TableSource::Etcd(_), Some(client)) => {
+                Some(NodeLease::start(client.clone(), cfg.lease_ttl))
+            }
+            _ => None,
+        };
+        let presence = match (&cfg.source, &client, &lease) {
+            (TableSource::Etcd(settings), Some(client), Some(lease)) => Some(PresenceTask::start(
                 client.clone(),
                 Identity {
                     keys: settings.keys(),
                     dc: cfg.dc.clone(),
                     node: cfg.node_id.clone(),
                     app: cfg.app(),
-                    ttl: cfg.lease_ttl,
                     spread: PRESENCE_SPREAD,
                 },
+                lease.subscribe(),
                 tables.published.clone(),
                 edges.clone(),
             )),
             _ => None,
         };
-        let registrar = match (&cfg.source, client) {
-            (TableSource::Etcd(settings), Some(client)) if !cfg.register.is_empty() => {
+        let registrar = match (&cfg.source, client, &lease) {
+            (TableSource::Etcd(settings), Some(client), Some(lease))
+                if !cfg.register.is_empty() =>
+            {
                 Some(Registrar::start(
                     client,
                     settings.keys(),
                     cfg.dc.clone(),
                     cfg.node_id.clone(),
                     cfg.register.clone(),
-                    cfg.lease_ttl,
+                    lease.subscribe(),
                     shutdown.clone(),
                 ))
             }
@@ -205,6 +215,7 @@ impl Sidecar {
             servers,
             registrar,
             presence,
+            lease,
             ids,
             upkeep,
             spans,
@@ -225,8 +236,8 @@ impl Sidecar {
     }
 
     /// Stops: withdraws the node, closes the listeners, lets in-flight requests finish
-    /// (each listener waits up to the drain timeout; open tunnels are cut then), revokes the registration and idgen
-    /// leases. Returns when all of that is done.
+    /// (each listener waits up to the drain timeout; open tunnels are cut then), revokes the sidecar's
+    /// lease and the idgen lease. Returns when all of that is done.
     pub async fn stop(self) {
         self.shutdown.stop();
         for s in self.servers {
@@ -249,6 +260,10 @@ impl Sidecar {
         // After the listeners finished their requests: until then fences still count us.
         if let Some(p) = self.presence {
             p.finished(Duration::from_secs(3)).await;
+        }
+        // Last: whatever is still under the lease (presence, acks, edges) leaves now.
+        if let Some(l) = self.lease {
+            l.finished(Duration::from_secs(3)).await;
         }
         self.ids.shutdown().await;
         self.upkeep.abort();

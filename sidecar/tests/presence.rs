@@ -1,7 +1,9 @@
 //! The presence task against a real etcd: a newer routing revision is written after a
 //! random wait below the spread (so a fleet does not write all at once after a change), at
 //! once while a fence is in force (a fenced cut-over waits for it), and revisions that come
-//! during the wait are written together.
+//! during the wait are written together. The sidecar's one lease (`NodeLease`) carries the
+//! presence and the endpoint registration: both are written again under a new lease when it
+//! is lost, and a draining sidecar withdraws its endpoints before its presence.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +11,13 @@ use std::time::Duration;
 use etcd_client::Client;
 use tokio::sync::watch;
 use twin_lab::{eventually, Etcd};
-use twin_sidecar::config::OutlierSettings;
+use twin_sidecar::config::{OutlierSettings, RegisterSpec};
 use twin_sidecar::deps::Edges;
+use twin_sidecar::node_lease::NodeLease;
 use twin_sidecar::presence::{Identity, PresenceTask};
+use twin_sidecar::register::Registrar;
 use twin_sidecar::table::{RoutingTable, TableBuilder};
+use twin_sidecar::Shutdown;
 use twin_topology::{
     now_ms, Fence, FencePhase, Keys, MovingRange, Presence, Route, Source, Topology, Weights,
 };
@@ -73,20 +78,39 @@ async fn presence(client: &mut Client) -> Option<(i64, i64)> {
     Some((p.routes_revision, kv.version()))
 }
 
+/// A presence task and the lease it writes under.
+struct Node {
+    lease: NodeLease,
+    task: PresenceTask,
+}
+
+impl Node {
+    async fn finished(self) {
+        self.task.finished(Duration::from_secs(5)).await;
+        self.lease.finished(Duration::from_secs(5)).await;
+    }
+}
+
 /// Starts a presence task with `spread` on `etcd`, its table at revision 10 and unfenced.
-async fn start(etcd: &Etcd, spread: Duration) -> (PresenceTask, watch::Sender<Arc<RoutingTable>>) {
+async fn start(etcd: &Etcd, spread: Duration) -> (Node, watch::Sender<Arc<RoutingTable>>) {
     let (tx, rx) = watch::channel(table(10, false));
     let who = Identity {
         keys: Keys::default(),
         dc: "m6v".into(),
         node: "n1".into(),
         app: "checkout".into(),
-        ttl: Duration::from_secs(10),
         spread,
     };
     let client = etcd.client().await.expect("client");
-    let task = PresenceTask::start(client, who, rx, Arc::new(Edges::default()));
-    (task, tx)
+    let lease = NodeLease::start(client.clone(), Duration::from_secs(10));
+    let task = PresenceTask::start(
+        client,
+        who,
+        lease.subscribe(),
+        rx,
+        Arc::new(Edges::default()),
+    );
+    (Node { lease, task }, tx)
 }
 
 async fn shows(client: &mut Client, revision: i64) -> bool {
@@ -132,7 +156,7 @@ async fn a_newer_revision_waits_for_its_turn_unless_a_fence_is_in_force() {
         writes, 2,
         "revisions 11 and 12 are never written on their own"
     );
-    task.finished(Duration::from_secs(5)).await;
+    task.finished().await;
 }
 
 #[tokio::test]
@@ -149,5 +173,129 @@ async fn a_newer_revision_is_written_within_the_spread() {
             presence(&mut client).await
         );
     }
-    task.finished(Duration::from_secs(5)).await;
+    task.finished().await;
+}
+
+/// The lease of `key`, if `key` exists.
+async fn lease_of(client: &mut Client, key: &str) -> Option<i64> {
+    let resp = client.get(key, None).await.ok()?;
+    resp.kvs().first().map(|kv| kv.lease())
+}
+
+/// A presence task and a registrar under one [`NodeLease`] (TTL 2 s), as the sidecar runs them.
+async fn start_registered(
+    etcd: &Etcd,
+) -> (Node, Registrar, Shutdown, watch::Sender<Arc<RoutingTable>>) {
+    let (tables, rx) = watch::channel(table(10, false));
+    let client = etcd.client().await.expect("client");
+    let lease = NodeLease::start(client.clone(), Duration::from_secs(2));
+    let who = Identity {
+        keys: Keys::default(),
+        dc: "m6v".into(),
+        node: "n1".into(),
+        app: "checkout".into(),
+        spread: Duration::from_millis(100),
+    };
+    let task = PresenceTask::start(
+        client.clone(),
+        who,
+        lease.subscribe(),
+        rx,
+        Arc::new(Edges::default()),
+    );
+    let shutdown = Shutdown::new();
+    let spec = RegisterSpec {
+        service: "pay".into(),
+        addr: "127.0.0.1:18080".into(),
+        capacity: 1,
+    };
+    let registrar = Registrar::start(
+        client,
+        Keys::default(),
+        "m6v".into(),
+        "n1".into(),
+        vec![spec],
+        lease.subscribe(),
+        shutdown.clone(),
+    );
+    (Node { lease, task }, registrar, shutdown, tables)
+}
+
+/// The lease both keys are under, once they are under the same one and it is not `old`.
+async fn one_lease(client: &Client, old: Option<i64>) -> Option<i64> {
+    let keys = Keys::default();
+    let (node, endpoint) = (keys.node("m6v", "n1"), keys.endpoint("pay", "m6v", "n1"));
+    let found = std::sync::Mutex::new(None);
+    let same = eventually(WAIT, || {
+        let mut c = client.clone();
+        let (node, endpoint, found) = (node.clone(), endpoint.clone(), &found);
+        async move {
+            let a = lease_of(&mut c, &node).await;
+            let b = lease_of(&mut c, &endpoint).await;
+            *found.lock().expect("lock") = a;
+            a.is_some() && a == b && a != old
+        }
+    })
+    .await;
+    let found = *found.lock().expect("lock");
+    same.then_some(found).flatten()
+}
+
+#[tokio::test]
+async fn presence_and_endpoints_share_one_lease_and_come_back_under_a_new_one() {
+    let etcd = Etcd::start().await.expect("etcd");
+    let mut client = etcd.client().await.expect("client");
+    let (node, registrar, shutdown, _tables) = start_registered(&etcd).await;
+    let first = one_lease(&client, None)
+        .await
+        .expect("presence and endpoint were not written under one lease");
+
+    // Kept alive past its 2 s TTL.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        lease_of(&mut client, &Keys::default().endpoint("pay", "m6v", "n1")).await,
+        Some(first),
+        "the lease was not kept alive"
+    );
+
+    // The lease is lost (revoked here, as etcd drops an expired one): both keys are written
+    // again, together under one new lease.
+    client.lease_revoke(first).await.expect("revoke");
+    let second = one_lease(&client, Some(first))
+        .await
+        .expect("presence and endpoint were not written again under one new lease");
+    assert_ne!(first, second);
+
+    shutdown.drain();
+    registrar.finished(Duration::from_secs(5)).await;
+    node.finished().await;
+}
+
+#[tokio::test]
+async fn a_draining_sidecar_withdraws_its_endpoints_before_its_presence() {
+    let etcd = Etcd::start().await.expect("etcd");
+    let mut client = etcd.client().await.expect("client");
+    let keys = Keys::default();
+    let (node, registrar, shutdown, _tables) = start_registered(&etcd).await;
+    assert!(one_lease(&client, None).await.is_some());
+
+    shutdown.drain();
+    registrar.finished(Duration::from_secs(5)).await;
+    assert_eq!(
+        lease_of(&mut client, &keys.endpoint("pay", "m6v", "n1")).await,
+        None,
+        "a draining sidecar still offered its endpoint"
+    );
+    assert!(
+        lease_of(&mut client, &keys.node("m6v", "n1"))
+            .await
+            .is_some(),
+        "presence left before the in-flight requests were done (fences still count it)"
+    );
+    node.finished().await;
+    assert_eq!(
+        lease_of(&mut client, &keys.node("m6v", "n1")).await,
+        None,
+        "the lease was not revoked when the sidecar stopped"
+    );
 }

@@ -1,6 +1,6 @@
 //! The simulated fleet of the `fleet_scale` bench: sidecars that hold etcd exactly as
-//! `twin-sidecar` does (the sidecar's own `TopologyView`, `PresenceTask` and `Registrar`,
-//! each sidecar with its own etcd client), and what the bench reads about the etcd members
+//! `twin-sidecar` does (the sidecar's own `TopologyView`, `NodeLease`, `PresenceTask` and
+//! `Registrar`, each sidecar with its own etcd client), and what the bench reads about the etcd members
 //! (`/proc` CPU and RSS, counters from etcd's `/metrics`).
 //!
 //! One thing is simpler than in a sidecar: the routing table handed to the presence task
@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use twin_lab::Etcd;
 use twin_sidecar::config::RegisterSpec;
 use twin_sidecar::deps::Edges;
+use twin_sidecar::node_lease::NodeLease;
 use twin_sidecar::presence::{Identity, PresenceTask, PRESENCE_SPREAD};
 use twin_sidecar::register::Registrar;
 use twin_sidecar::table::RoutingTable;
@@ -31,6 +32,7 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// One simulated sidecar.
 pub struct SimSidecar {
     pub view: TopologyView,
+    lease: NodeLease,
     presence: PresenceTask,
     registrar: Registrar,
     shutdown: Shutdown,
@@ -64,6 +66,7 @@ impl SimSidecar {
         for s in [(k + 1) % services, (k + 7) % services] {
             edges.edge(&service_name(s)).request();
         }
+        let lease = NodeLease::start(client.clone(), LEASE_TTL);
         let presence = PresenceTask::start(
             client.clone(),
             Identity {
@@ -71,9 +74,9 @@ impl SimSidecar {
                 dc: dc.to_string(),
                 node: node.clone(),
                 app: format!("app{k}"),
-                ttl: LEASE_TTL,
                 spread: PRESENCE_SPREAD,
             },
+            lease.subscribe(),
             tables,
             edges,
         );
@@ -89,11 +92,12 @@ impl SimSidecar {
             dc.to_string(),
             node,
             vec![spec],
-            LEASE_TTL,
+            lease.subscribe(),
             shutdown.clone(),
         );
         SimSidecar {
             view,
+            lease,
             presence,
             registrar,
             shutdown,
@@ -101,7 +105,7 @@ impl SimSidecar {
         }
     }
 
-    /// Stops watching, then revokes both leases (bounded).
+    /// Stops watching, withdraws the endpoint, then revokes the lease (bounded).
     pub async fn stop(self) {
         drop(self.view);
         self.table.abort();
@@ -111,6 +115,7 @@ impl SimSidecar {
             self.presence.finished(within),
             self.registrar.finished(within)
         );
+        self.lease.finished(within).await;
     }
 }
 
