@@ -3,7 +3,8 @@
 //! sidecar's outbound port with the service name as authority. Unary and server-streaming
 //! calls, stickiness by unit across the two datacenters, and gRPC's retry rules: a call no
 //! upstream processed (connection refused, REFUSED_STREAM, trailers-only UNAVAILABLE) goes to
-//! another endpoint; one whose answer had begun is never sent again.
+//! another endpoint; one whose answer had begun is never sent again. A pooled upstream
+//! connection is not pinged while idle (gRPC servers close a connection pinged that way).
 
 mod support;
 
@@ -449,5 +450,91 @@ async fn an_http2_route_serves_http11_and_h2c_clients_with_trailers() {
         Some("42".parse().expect("value"))
     );
     assert_eq!(collected.to_bytes(), "got 3 bytes over HTTP/2.0");
+    s.stop().await;
+}
+
+/// A relay in front of `upstream` that counts the PING frames (not their acknowledgements)
+/// the client side sends, by reading the HTTP/2 frame headers as they pass.
+async fn ping_counting_relay(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    let pings = Arc::new(AtomicUsize::new(0));
+    let count = pings.clone();
+    let addr = serve_tcp(move |client| {
+        let count = count.clone();
+        async move {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                return;
+            };
+            let (mut from_client, mut to_client) = client.into_split();
+            let (mut from_server, mut to_server) = server.into_split();
+            let down = tokio::io::copy(&mut from_server, &mut to_client);
+            let up = async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                // The client preface, then frames: 3 bytes length, type, flags, stream id.
+                let mut pending = Vec::new();
+                let mut skip = 24usize;
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = match from_client.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    if to_server.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                    loop {
+                        if skip > 0 {
+                            let s = skip.min(pending.len());
+                            pending.drain(..s);
+                            skip -= s;
+                            if skip > 0 {
+                                break;
+                            }
+                        }
+                        if pending.len() < 9 {
+                            break;
+                        }
+                        let len = usize::from(pending[0]) << 16
+                            | usize::from(pending[1]) << 8
+                            | usize::from(pending[2]);
+                        let (kind, flags) = (pending[3], pending[4]);
+                        if kind == 0x6 && flags & 0x1 == 0 {
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        pending.drain(..9);
+                        skip = len;
+                    }
+                }
+            };
+            let _ = tokio::join!(down, up);
+        }
+    })
+    .await
+    .expect("bind");
+    (addr, pings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_is_not_pinged_while_idle() {
+    // gRPC servers close a connection pinged with no stream open (GOAWAY too_many_pings),
+    // and count pings closer than 5 minutes against the client.
+    let up = Grpc::start("m6v-0", Mode::Serve).await;
+    let (relay, pings) = ping_counting_relay(up.addr).await;
+    let (_etcd, s) = routed(&grpc_route((10_000, 0), &[relay], &[])).await;
+    let mut c = client(&s).await;
+    for _ in 0..3 {
+        c.check(check(None)).await.expect("Check succeeds");
+    }
+    assert_eq!(up.calls(), 3);
+    // Longer than the 10 s interval at which the sidecar used to ping idle connections.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        pings.load(Ordering::SeqCst),
+        0,
+        "the sidecar pinged an idle upstream connection"
+    );
+    c.check(check(None))
+        .await
+        .expect("the pooled connection still serves");
     s.stop().await;
 }

@@ -33,6 +33,14 @@ use crate::upstream_tls::TlsTarget;
 const EWMA_ALPHA: f64 = 0.3;
 /// Latency assumed for an endpoint that has not answered yet (1 ms).
 const INITIAL_EWMA_US: u64 = 1_000;
+/// TCP keep-alive on every upstream socket: after 30 s without a packet the kernel probes
+/// every 10 s and gives the connection up after 3 unanswered probes, so an upstream that
+/// vanished under a pooled connection is found within about a minute without an HTTP/2 ping
+/// (which gRPC servers punish, see [`crate::outbound::h2`]).
+const TCP_KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(30))
+    .with_interval(Duration::from_secs(10))
+    .with_retries(3);
 
 /// Load and health of one upstream address.
 pub struct EndpointState {
@@ -94,6 +102,7 @@ impl EndpointState {
         }
         .map_err(|e| e.to_string())?;
         let _ = stream.set_nodelay(true);
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&TCP_KEEPALIVE);
         Ok(stream)
     }
 
@@ -331,6 +340,29 @@ mod tests {
             state: Arc::new(EndpointState::new(addr, settings())),
             capacity,
         }
+    }
+
+    #[tokio::test]
+    async fn every_upstream_socket_has_tcp_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let stream = EndpointState::new(&addr, settings())
+            .tcp_connect()
+            .await
+            .expect("connect");
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(
+            sock.keepalive_time().expect("idle"),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            sock.keepalive_interval().expect("interval"),
+            Duration::from_secs(10)
+        );
+        assert_eq!(sock.keepalive_retries().expect("retries"), 3);
     }
 
     #[tokio::test(start_paused = true)]

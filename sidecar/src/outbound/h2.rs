@@ -6,9 +6,17 @@
 //! [`STREAMS_PER_CONNECTION`] streams (up to [`MAX_CONNECTIONS`]), or none is open. Requests
 //! that need a new connection at the same moment wait for one connect instead of opening one
 //! each; when that connect fails they fail with its reason (and go elsewhere: nothing was
-//! sent). Connections are kept alive with HTTP/2 pings (hyper's keep-alive, on the Tokio
-//! timer), so an upstream that vanished without a word is noticed; one idle longer than the
-//! route's `timeouts.idle_ms` is closed. TLS routes offer only `h2` by ALPN.
+//! sent). A connection idle longer than the route's `timeouts.idle_ms` is closed. TLS routes
+//! offer only `h2` by ALPN.
+//!
+//! Pings follow what gRPC servers accept. gRPC-Go, gRPC-Java and gRPC core servers answer a
+//! client that pings more often than every 5 minutes, or pings with no stream open, with
+//! GOAWAY `ENHANCE_YOUR_CALM` ("too_many_pings") and close the connection, streams and all.
+//! So a connection is pinged only while a stream is open, and only after
+//! [`KEEP_ALIVE_INTERVAL`] (over 5 minutes) without a frame from the upstream: a long silent
+//! stream (a watch that waits for events) is checked without being cut. An upstream that
+//! vanished without a word under an idle connection is found by TCP keep-alive on every
+//! upstream socket ([`crate::outbound::endpoint`]), which the server never sees.
 //!
 //! What may be sent again, as for HTTP/1.1: a request given back by a connection that
 //! closed before it was written, and a request the upstream refused unprocessed
@@ -37,10 +45,11 @@ use crate::outbound::upstream::{AttemptError, Failed};
 pub const STREAMS_PER_CONNECTION: usize = 100;
 /// Connections per endpoint at most; past that, streams share the least busy one.
 pub const MAX_CONNECTIONS: usize = 4;
-/// How often an HTTP/2 connection is pinged, busy or idle.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// A ping unanswered this long closes the connection.
-pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection with open streams may hear nothing from the upstream before it is
+/// pinged: more than the 5 minutes gRPC servers require between pings by default.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(330);
+/// A ping unanswered this long closes the connection (gRPC's default).
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pooled connections found closed before a request is dispatched, tried per attempt.
 const MAX_STALE: usize = 4;
 
@@ -221,7 +230,8 @@ async fn connect(endpoint: &EndpointState, limits: &AttemptTimeouts) -> Result<A
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true);
+        // No pings without a stream: gRPC servers close a connection pinged while idle.
+        .keep_alive_while_idle(false);
     let (sender, conn) = limits
         .connect(builder.handshake(TokioIo::new(io)))
         .await
