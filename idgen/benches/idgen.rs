@@ -92,17 +92,7 @@ fn etcd_twin() -> EtcdTwin {
         let etcd = twin_lab::Etcd::start().await.expect("etcd");
         let client = etcd.client().await.expect("client");
         let keys = twin_topology::Keys::default();
-        let dc = twin_topology::Datacenter {
-            code: 1,
-            display_name: String::new(),
-        };
-        client
-            .kv_client()
-            .put(
-                keys.datacenter("m6v"),
-                serde_json::to_string(&dc).expect("json"),
-                None,
-            )
+        twin_lab::seed_datacenters(&client, &keys, &[("m6v", 1)])
             .await
             .expect("datacenter");
         let svc = IdService::start(IdConfig::etcd("m6v", "bench"), Some((client, keys)))

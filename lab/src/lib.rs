@@ -30,7 +30,7 @@ pub use procs::{Proc, ProcError, ProcSpec, Registry, Signal};
 pub use prometheus::{Prometheus, ScrapeJob};
 pub use secure::{Security, Who};
 pub use tls::TestCerts;
-pub use topology::{Lab, LabBuilder, LabError, LabSidecar};
+pub use topology::{seed_datacenters, Lab, LabBuilder, LabError, LabSidecar};
 pub use upstream::{Behavior, Hit, Recorder, Upstream};
 
 /// Polls `cond` every few milliseconds until it returns true or `deadline` passes; returns

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use etcd_client::{Txn, TxnOp};
 use twin_sidecar::Flags;
 use twin_topology::{AuditMeta, Datacenter, Keys, Route, Store, Weights};
 
@@ -30,6 +31,34 @@ pub enum LabError {
     Seed(String),
     #[error("sidecar flags: {0}")]
     Flags(String),
+}
+
+/// Writes each `(name, code)` datacenter under `keys` in one transaction, as a plain write
+/// (no audit record, no revision check): the seed of a test that drives etcd itself, where
+/// [`Lab`] writes its datacenters through the audited [`Store`]. The values are those of
+/// [`Datacenter`] with no display name, `{"code":0}`. For example
+/// `seed_datacenters(&client, &keys, &[("m6v", 0), ("wanguo", 1)])`, the datacenters of
+/// [`Lab::two_dcs`].
+pub async fn seed_datacenters(
+    client: &etcd_client::Client,
+    keys: &Keys,
+    dcs: &[(&str, u8)],
+) -> Result<(), LabError> {
+    let mut ops = Vec::with_capacity(dcs.len());
+    for &(name, code) in dcs {
+        let value = serde_json::to_string(&Datacenter {
+            code,
+            display_name: String::new(),
+        })
+        .map_err(|e| LabError::Seed(e.to_string()))?;
+        ops.push(TxnOp::put(keys.datacenter(name), value, None));
+    }
+    client
+        .kv_client()
+        .txn(Txn::new().and_then(ops))
+        .await
+        .map_err(|e| LabError::Seed(e.to_string()))?;
+    Ok(())
 }
 
 /// What to start; see the module documentation.

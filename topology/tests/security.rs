@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use twin_lab::Etcd;
-use twin_topology::{auth, AuditMeta, Datacenter, EtcdSettings, Route, Store, Weights};
+use twin_topology::{auth, AuditMeta, EtcdSettings, Route, Store, Weights};
 
 fn settings(endpoint: &str) -> EtcdSettings {
     EtcdSettings {
@@ -110,14 +110,9 @@ async fn roles_limit_each_component_to_its_keys() {
     let mut root = etcd.client().await.expect("client");
     let keys = twin_topology::Keys::default();
     // Seed a datacenter pair before auth is on.
-    for (n, code) in [("m6v", 0u8), ("wanguo", 1)] {
-        let v = serde_json::to_string(&Datacenter {
-            code,
-            display_name: String::new(),
-        })
-        .expect("json");
-        root.put(keys.datacenter(n), v, None).await.expect("seed");
-    }
+    twin_lab::seed_datacenters(&root, &keys, &[("m6v", 0), ("wanguo", 1)])
+        .await
+        .expect("seed");
     auth::bootstrap(&mut root, &keys, "rootpw")
         .await
         .expect("bootstrap");

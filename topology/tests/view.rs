@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use etcd_client::Client;
 use twin_lab::faultproxy::{Fault, FaultProxy, Mode};
-use twin_lab::{eventually, Etcd};
+use twin_lab::{eventually, seed_datacenters, Etcd};
 use twin_topology::{Keys, Route, Source, Topology, TopologyView, ViewOptions, Weights};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -36,12 +36,7 @@ impl Seeded {
         let etcd = Etcd::start().await.expect("etcd");
         let mut client = etcd.client().await.expect("client");
         let keys = Keys::default();
-        client
-            .put(keys.datacenter("m6v"), r#"{"code":0}"#, None)
-            .await
-            .expect("dc");
-        client
-            .put(keys.datacenter("wanguo"), r#"{"code":1}"#, None)
+        seed_datacenters(&client, &keys, &[("m6v", 0), ("wanguo", 1)])
             .await
             .expect("dc");
         put_weight(&mut client, &keys, 5000).await;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, Txn, TxnOp};
-use twin_lab::Etcd;
+use twin_lab::{seed_datacenters, Etcd};
 use twin_topology::{
     list_topology, Endpoint, Keys, Shared, Source, Topology, TopologyView, ViewOptions,
 };
@@ -88,15 +88,16 @@ fn random_txn(rng: &mut Rng, keys: &Keys) -> Txn {
     Txn::new().and_then(ops)
 }
 
-/// Two datacenters and [`SERVICES`] routes at 5000 to m6v, in one transaction (a view
-/// checks routes against the datacenters it already holds).
+/// Two datacenters, then [`SERVICES`] routes at 5000 to m6v in one transaction (the
+/// datacenters come first: a view checks routes against the datacenters it already holds).
 async fn seed(client: &mut Client, keys: &Keys) {
-    let dcs = [("m6v", 0), ("wanguo", 1)]
-        .map(|(dc, code)| TxnOp::put(keys.datacenter(dc), format!(r#"{{"code":{code}}}"#), None));
-    let routes =
-        (0..SERVICES as u64).map(|k| TxnOp::put(keys.route(&svc(k)), route_json(5000), None));
-    let ops: Vec<TxnOp> = dcs.into_iter().chain(routes).collect();
-    client.txn(Txn::new().and_then(ops)).await.expect("seed");
+    seed_datacenters(client, keys, &[("m6v", 0), ("wanguo", 1)])
+        .await
+        .expect("seed datacenters");
+    let routes: Vec<TxnOp> = (0..SERVICES as u64)
+        .map(|k| TxnOp::put(keys.route(&svc(k)), route_json(5000), None))
+        .collect();
+    client.txn(Txn::new().and_then(routes)).await.expect("seed");
 }
 
 /// Writes `key` and returns the first topology the view publishes with that write.

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use crate::outbound::body::{UpstreamBody, UpstreamResponseBody};
 use crate::outbound::endpoint::EndpointState;
+use crate::outbound::h2::{dial, Alpn};
 use crate::outbound::timeout::AttemptTimeouts;
 
 /// The client half of one upstream connection, with why the connection ended once it has.
@@ -219,27 +220,11 @@ impl Failed {
     }
 }
 
+/// A new HTTP/1.1 connection to `endpoint`: [`dial`] (the connect timeout covers the TCP
+/// connect and the TLS handshake together), then the HTTP/1.1 handshake.
 async fn connect(endpoint: &EndpointState, limits: &AttemptTimeouts) -> Result<Sender, String> {
-    let tcp = endpoint.tcp_connect();
-    match &endpoint.tls {
-        None => {
-            let stream = limits
-                .connect(tcp)
-                .await
-                .map_err(|e| format!("timed out after {:?}", e.0))??;
-            http1_over(stream).await
-        }
-        Some(tls) => {
-            // The connect timeout covers the TCP connect and the TLS handshake together.
-            let stream = limits
-                .connect(async { tls.connect(tcp.await?).await })
-                .await
-                .map_err(|e| {
-                    format!("timed out after {:?} (TCP connect and TLS handshake)", e.0)
-                })??;
-            http1_over(stream).await
-        }
-    }
+    let io = dial(endpoint, limits, Alpn::Http1).await?;
+    http1_over(io).await
 }
 
 /// HTTP/1.1 over a connected (and, for TLS routes, handshaken) stream.

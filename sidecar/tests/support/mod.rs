@@ -12,10 +12,10 @@ use std::time::Duration;
 use etcd_client::Client;
 use twin_lab::http::{self, Behavior, Reply, Upstream};
 pub use twin_lab::Signal;
-use twin_lab::{eventually, Etcd, Registry, SidecarProc};
+use twin_lab::{eventually, seed_datacenters, Etcd, Registry, SidecarProc};
 use twin_sidecar::config::{Http1Engine, Listeners, OutlierSettings};
 use twin_sidecar::{Config, Flags, Sidecar, TableSource};
-use twin_topology::{Datacenter, EtcdSettings, Keys, OnDcDown, Route, Weights};
+use twin_topology::{EtcdSettings, Keys, OnDcDown, Route, Weights};
 
 pub const SERVICE: &str = "payments";
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -23,16 +23,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// A real etcd with `m6v` (code 0) and `wanguo` (code 1).
 pub async fn etcd() -> (Etcd, Client) {
     let etcd = Etcd::start().await.expect("etcd starts");
-    let mut c = etcd.client().await.expect("client");
-    let keys = Keys::default();
-    for (dc, code) in [("m6v", 0u8), ("wanguo", 1)] {
-        let v = serde_json::to_string(&Datacenter {
-            code,
-            display_name: String::new(),
-        })
-        .expect("json");
-        c.put(keys.datacenter(dc), v, None).await.expect("put dc");
-    }
+    let c = etcd.client().await.expect("client");
+    seed_datacenters(&c, &Keys::default(), &[("m6v", 0), ("wanguo", 1)])
+        .await
+        .expect("seed datacenters");
     (etcd, c)
 }
 
