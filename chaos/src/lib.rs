@@ -7,6 +7,8 @@
 //! crates (only the shared `twin-topology` model, for the etcd schema and the bucket ring),
 //! so a drill tests what ships.
 
+#![forbid(unsafe_code)]
+
 pub mod catalog;
 pub mod chart;
 pub mod checks;

@@ -1,6 +1,8 @@
 //! `twin-chaos`: run, validate, list and export chaos drills. The logic lives in the library;
 //! this file parses flags, maps results to exit codes and tears everything down on Ctrl-C.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

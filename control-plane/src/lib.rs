@@ -17,6 +17,8 @@
 //! [`audit_archive`]: exported as JSON lines, or moved by the leader's retention into an
 //! append-only archive file (written and fsynced before anything is deleted).
 
+#![forbid(unsafe_code)]
+
 pub mod audit_archive;
 pub mod autofail;
 pub mod balance;

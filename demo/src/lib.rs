@@ -6,6 +6,8 @@
 //! Twin only from the outside (etcd keys via `twin-topology`, the sidecar's HTTP interfaces)
 //! and must not be depended on by any other crate.
 
+#![forbid(unsafe_code)]
+
 pub mod ids;
 pub mod load;
 pub mod run;

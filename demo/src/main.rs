@@ -1,5 +1,7 @@
 //! `twin-demo`: parse flags, run the local demo, exit 0 after a clean stop.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

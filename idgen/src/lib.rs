@@ -12,6 +12,8 @@
 //! key), and its time never goes back because it advances with the monotonic clock only.
 //! See `idgen/README.md` for the faults this covers.
 
+#![forbid(unsafe_code)]
+
 mod claim;
 pub mod clock;
 mod codec;

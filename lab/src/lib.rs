@@ -7,6 +7,8 @@
 //! blackhole, refuse), a real Prometheus ([`Prometheus`], scraping 1 s), certificates for TLS tests, free loopback ports and polling helpers. It
 //! owns nothing of Twin's routing or ID logic: it starts Twin's binaries as a user would.
 
+#![forbid(unsafe_code)]
+
 mod etcd;
 pub mod faultproxy;
 pub mod fuzz;

@@ -8,6 +8,8 @@
 //! snapshot while etcd is down. It must not know about the control plane or `twinctl`: it
 //! only reads what they write to etcd, so the data plane keeps working when they are gone.
 
+#![forbid(unsafe_code)]
+
 pub mod access_log;
 pub mod admin;
 pub mod config;

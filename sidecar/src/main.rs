@@ -1,5 +1,7 @@
 //! `twin-sidecar`: parse flags, start the sidecar, drain on SIGTERM/SIGINT.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};

@@ -12,6 +12,8 @@
 //! the modules that do I/O (`store`, `view`, `connect`). It knows nothing of HTTP proxying,
 //! ID generation or the control plane.
 
+#![forbid(unsafe_code)]
+
 pub mod argv;
 pub mod auth;
 pub mod backoff;

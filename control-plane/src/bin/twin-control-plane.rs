@@ -1,6 +1,8 @@
 //! `twin-control-plane`: one replica of the leader-elected controller. Flags in, library
 //! [`daemon::run`] out; SIGTERM or Ctrl-C resigns leadership and exits 0.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! `twinctl`: parse the command line, run the command, exit with its code. Every bad input
 //! is one line on stderr.
 
+#![forbid(unsafe_code)]
+
 use clap::error::ErrorKind;
 use twin_control_plane::cli::{self, Cli};
 use twin_control_plane::error::{EXIT_ERROR, EXIT_OK, EXIT_USAGE};

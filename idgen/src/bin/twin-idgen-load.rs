@@ -4,6 +4,8 @@
 //! `s <snowflake>`, `r <serial>`, `e <reason>` for a refused batch. SIGTERM shuts down
 //! cleanly (gives the worker back).
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
