@@ -1,7 +1,7 @@
 //! The `checks:` entries of a drill file: which property, and its bound. Each entry is a map
 //! with one key naming the check (`lost: 0`, `converge: {...}`); [`Check`] is one variant per
 //! check with exactly its fields, its targets parsed and its phase and step names known to
-//! exist (see [`CheckFile::resolve`]).
+//! exist (see `CheckFile::resolve`).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -19,7 +19,7 @@ use crate::validate::{bad, datacenter_map, Invalid};
 pub const FIXED_PHASES: &[&str] = &["before", "during", "after", "all"];
 
 /// One check with its bound. `issued` and `served` name targets, which are text in the
-/// file's form ([`CheckFile`]) and resolved in a validated drill (the default parameters).
+/// file's form (`CheckFile`) and resolved in a validated drill (the default parameters).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Check<Issued = IssuedCheck, Served = ServedCheck> {

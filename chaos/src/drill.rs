@@ -1,6 +1,6 @@
 //! The drill file: a steady-state hypothesis, a topology, a load, a method (a timeline of
 //! faults, process actions and `twinctl` commands) and the checks with their bounds.
-//! This module holds the types and parsing: serde reads the file's form ([`DrillFile`]), then
+//! This module holds the types and parsing: serde reads the file's form (`DrillFile`), then
 //! [`crate::validate`] checks the rules that need the whole document (names that must exist,
 //! order of steps) and resolves every step and check into its typed form, once.
 

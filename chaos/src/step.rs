@@ -1,7 +1,7 @@
 //! One step of a drill's method: when it runs (`at` an offset from the start of the load, or
 //! `wait_until` a condition after the previous step) and the one action it performs, each
 //! action with exactly its fields (only a `twinctl` step has `expect_exit` or `background`).
-//! [`StepFile`] is a step as the file writes it; [`StepFile::resolve`] turns it into a
+//! `StepFile` is a step as the file writes it; `StepFile::resolve` turns it into a
 //! [`Step`] against the drill's topology, once, so the runner never parses a target again.
 
 use std::fmt;

@@ -1,6 +1,6 @@
 //! The rules a drill obeys beyond its file's types: a sound topology and load, names that
 //! must exist (datacenters, processes, steps, routes), steps in time order, a timeline that
-//! fits the load and leaves room for the steady-state windows. [`drill`] turns the file's
+//! fits the load and leaves room for the steady-state windows. `drill` turns the file's
 //! form into the typed [`Drill`] (each step and check resolving itself: [`crate::step`],
 //! [`crate::checkspec`]). Each broken rule is one message with the path of the value it is
 //! about, which [`crate::drill`] turns into a line number.

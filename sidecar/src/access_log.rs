@@ -29,7 +29,7 @@ pub const DROPPED: &str = "twin_sidecar_access_log_dropped_total";
 /// Lines waiting for the writer; more are dropped.
 const QUEUE: usize = 16 * 1024;
 /// How long the writer lets lines queue up between batches while they keep coming. At
-/// 100,000 requests/s a batch is 2,000 lines, well within [`QUEUE`].
+/// 100,000 requests/s a batch is 2,000 lines, well within `QUEUE`.
 pub const BATCH_EVERY: Duration = Duration::from_millis(20);
 /// Output buffer of the writer.
 const BUFFER: usize = 256 * 1024;

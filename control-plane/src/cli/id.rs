@@ -31,7 +31,7 @@ pub struct DecodeArgs {
     /// Its format (default: a serial when a --serial-template matches, else a Snowflake)
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
-    /// Snowflake layout time:dc:worker:seq[@epoch_ms] (default: the one stored in etcd when
+    /// Snowflake layout `time:dc:worker:seq[@epoch_ms]` (default: the one stored in etcd when
     /// every datacenter stores the same, else 41:3:10:9)
     #[arg(long, value_parser = parse_layout)]
     pub layout: Option<Layout>,

@@ -5,7 +5,7 @@
 //! back to it, which is how the Kubernetes injector and the test lab launch sidecars.
 //!
 //! - [`flags`]: the command line ([`Flags`]) and its argv round trip;
-//! - [`file`]: the YAML file ([`FileConfig`]) and the sections only it has (outlier
+//! - [`file`](mod@file): the YAML file ([`FileConfig`]) and the sections only it has (outlier
 //!   ejection, limits);
 //! - [`error`]: why a configuration is refused;
 //! - here: the merge of flags over the file into the checked [`Config`].

@@ -1,7 +1,7 @@
 //! One attempt on one upstream endpoint over HTTP/2, for routes with `protocol: http2` or
 //! `grpc`.
 //!
-//! Each endpoint keeps a few multiplexed connections ([`H2Pool`]): a request takes the least
+//! Each endpoint keeps a few multiplexed connections (`H2Pool`): a request takes the least
 //! busy one, and a new connection is opened only when every open one carries
 //! [`STREAMS_PER_CONNECTION`] streams (up to [`MAX_CONNECTIONS`]), or none is open. Requests
 //! that need a new connection at the same moment wait for one connect instead of opening one
