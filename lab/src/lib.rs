@@ -4,7 +4,8 @@
 //! one member or an N-member cluster, plain, mutual TLS or secured with Twin's roles, with
 //! stop/pause/resume/kill/restart of any member and compaction), recording HTTP upstreams
 //! ([`upstream`]), a TCP fault proxy for any link ([`faultproxy`]: latency, bandwidth, reset,
-//! blackhole, refuse), a real Prometheus ([`Prometheus`], scraping 1 s), certificates for TLS tests, free loopback ports and polling helpers. It
+//! blackhole, refuse), a real Prometheus ([`Prometheus`], scraping 1 s), certificates for TLS tests, an HTTP/2-over-TLS server ([`h2tls`]),
+//! free loopback ports and polling helpers. It
 //! owns nothing of Twin's routing or ID logic: it starts Twin's binaries as a user would.
 
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@
 mod etcd;
 pub mod faultproxy;
 pub mod fuzz;
+pub mod h2tls;
 pub mod haproxy;
 pub mod http;
 pub mod launch;
@@ -25,6 +27,7 @@ pub mod upstream;
 
 pub use etcd::{Etcd, EtcdBuilder, EtcdError, Member, READY_WITHIN};
 pub use faultproxy::FaultProxy;
+pub use h2tls::{H2Request, H2TlsServer};
 pub use haproxy::Haproxy;
 pub use launch::{ControlPlaneProc, SidecarProc};
 pub use net::{free_port, free_ports, serve_tcp, try_free_ports};

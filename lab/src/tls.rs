@@ -1,8 +1,14 @@
 //! Certificates for tests of etcd over TLS, made fresh in each test with rcgen: a CA, a
 //! server certificate for 127.0.0.1/localhost, a client certificate, and an unrelated CA
-//! (for the "wrong CA" case).
+//! (for the "wrong CA" case); and the TLS acceptor of the lab's servers that use them.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -102,5 +108,47 @@ impl TestCerts {
             key: Some(self.client_key.clone()),
             ..twin_topology::EtcdArgs::default()
         }
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl TestCerts {
+    /// A TLS acceptor with the server certificate (valid for 127.0.0.1 and localhost),
+    /// offering `alpn` by ALPN (none when empty; a client that offers none of them is refused
+    /// with the `no_application_protocol` alert); with `client_ca`, only clients presenting
+    /// a certificate signed by it are accepted (mutual TLS).
+    pub fn acceptor(
+        &self,
+        client_ca: Option<&Path>,
+        alpn: &[&str],
+    ) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.server_cert)
+            .map_err(io_err)?
+            .collect::<Result<_, _>>()
+            .map_err(io_err)?;
+        let key = PrivateKeyDer::from_pem_file(&self.server_key).map_err(io_err)?;
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(io_err)?;
+        let builder = match client_ca {
+            Some(ca) => {
+                let mut roots = RootCertStore::empty();
+                for c in CertificateDer::pem_file_iter(ca).map_err(io_err)? {
+                    roots.add(c.map_err(io_err)?).map_err(io_err)?;
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .map_err(io_err)?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_single_cert(chain, key).map_err(io_err)?;
+        config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
     }
 }

@@ -2,7 +2,9 @@
 //! request it receives and behaves as a test or drill sets it, changeable while it runs.
 //!
 //! It speaks HTTP/1.1 and h2c on the same port (hyper's auto server), so an h2 or gRPC
-//! upstream is a behaviour away, optionally behind TLS or mutual TLS. Every request is counted ([`Upstream::hits`]) and, once
+//! upstream is a behaviour away, optionally behind TLS or mutual TLS (offering no ALPN, or
+//! the protocols given to [`UpstreamBuilder::tls_alpn`]; for a server that insists on `h2`
+//! by ALPN, see [`crate::h2tls`]). Every request is counted ([`Upstream::hits`]) and, once
 //! its body has been read, recorded in the [`Recorder`] as a [`Hit`]: when, which upstream
 //! of which datacenter, method, path, headers, body length and digest, and later when its
 //! answer was ready ([`Hit::answered`]), so a check can tell which requests were being
@@ -25,10 +27,6 @@ use hyper::body::Incoming;
 use hyper::{HeaderMap, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -168,8 +166,22 @@ impl UpstreamBuilder {
     /// Serve TLS only, with `certs`' server certificate (valid for 127.0.0.1 and
     /// localhost); with `client_ca`, only clients presenting a certificate signed by it are
     /// accepted (mutual TLS).
-    pub fn tls(mut self, certs: &TestCerts, client_ca: Option<&Path>) -> std::io::Result<Self> {
-        self.tls = Some(tls_acceptor(certs, client_ca)?);
+    /// No protocol is offered by ALPN: a client that asks for one gets no answer to it and
+    /// the handshake goes on (see [`UpstreamBuilder::tls_alpn`]).
+    pub fn tls(self, certs: &TestCerts, client_ca: Option<&Path>) -> std::io::Result<Self> {
+        self.tls_alpn(certs, client_ca, &[])
+    }
+
+    /// [`UpstreamBuilder::tls`], offering `alpn` by ALPN (e.g. `&["http/1.1"]` for a server
+    /// that speaks only HTTP/1.1 over TLS). A client that offers none of them is refused
+    /// with the `no_application_protocol` alert, as rustls and Go servers do.
+    pub fn tls_alpn(
+        mut self,
+        certs: &TestCerts,
+        client_ca: Option<&Path>,
+        alpn: &[&str],
+    ) -> std::io::Result<Self> {
+        self.tls = Some(certs.acceptor(client_ca, alpn)?);
         Ok(self)
     }
 
@@ -250,42 +262,6 @@ where
     let _ = auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), svc)
         .await;
-}
-
-fn io_err(e: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::other(e.to_string())
-}
-
-/// A TLS acceptor with `certs`' server certificate; with `client_ca`, a verifier that
-/// requires a client certificate signed by it.
-fn tls_acceptor(
-    certs: &TestCerts,
-    client_ca: Option<&Path>,
-) -> std::io::Result<tokio_rustls::TlsAcceptor> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&certs.server_cert)
-        .map_err(io_err)?
-        .collect::<Result<_, _>>()
-        .map_err(io_err)?;
-    let key = PrivateKeyDer::from_pem_file(&certs.server_key).map_err(io_err)?;
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(io_err)?;
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(ca).map_err(io_err)? {
-                roots.add(c.map_err(io_err)?).map_err(io_err)?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                .build()
-                .map_err(io_err)?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let config = builder.with_single_cert(chain, key).map_err(io_err)?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// A recording HTTP server on a free loopback port.

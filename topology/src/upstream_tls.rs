@@ -161,7 +161,9 @@ impl TlsTarget {
         }
     }
 
-    /// The TLS handshake over a connected socket; errors are one line naming the fix.
+    /// The TLS handshake over a connected socket, offering HTTP/1.1 by ALPN; errors are one
+    /// line naming the fix (an upstream that refuses `http/1.1` by ALPN is likely HTTP/2-only:
+    /// the line says to set the route's protocol).
     pub async fn connect(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
         let Some(connector) = &self.connector else {
             return Err(
@@ -170,16 +172,21 @@ impl TlsTarget {
             );
         };
         let name = self.name.clone()?;
-        connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| tls_check::explain(&e, FLAGS))
+        connector.connect(name, tcp).await.map_err(|e| {
+            if refused_alpn(&e) {
+                NO_HTTP1.to_string()
+            } else {
+                tls_check::explain(&e, FLAGS)
+            }
+        })
     }
 }
 
 impl TlsTarget {
-    /// The TLS handshake offering only `h2` by ALPN; an upstream that does not choose it is
-    /// refused with a line saying so.
+    /// The TLS handshake offering only `h2` by ALPN; an upstream that does not choose it (it
+    /// chooses nothing, or another protocol, or refuses the handshake with the
+    /// `no_application_protocol` alert) fails with one line saying so and naming the fix. Such
+    /// a connection is never used as HTTP/1.1 instead: h2 over TLS needs ALPN (RFC 9113 §3.2).
     pub async fn connect_h2(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
         let connector = self.h2.get_or_init(|| {
             self.config.as_ref().map(|c| {
@@ -195,15 +202,41 @@ impl TlsTarget {
             );
         };
         let name = self.name.clone()?;
-        let stream = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| tls_check::explain(&e, FLAGS))?;
+        let stream = connector.connect(name, tcp).await.map_err(|e| {
+            if refused_alpn(&e) {
+                format!("TLS: the upstream refused ALPN h2 (no_application_protocol): {NO_H2}")
+            } else {
+                tls_check::explain(&e, FLAGS)
+            }
+        })?;
         match stream.get_ref().1.alpn_protocol() {
             Some(b"h2") => Ok(stream),
-            _ => Err("the upstream did not accept HTTP/2 (ALPN h2): its route says protocol http2 or grpc".into()),
+            Some(other) => Err(format!(
+                "TLS: the upstream chose ALPN {:?}, not h2: {NO_H2}",
+                String::from_utf8_lossy(other)
+            )),
+            None => Err(format!(
+                "TLS: the upstream chose no protocol by ALPN, not h2: {NO_H2}"
+            )),
         }
     }
+}
+
+/// The second half of every "no h2" line: what it means and the fix.
+const NO_H2: &str = "it does not speak HTTP/2 over TLS, which the route's protocol (http2 or grpc) needs; enable h2 on the upstream or set the route's protocol to http1";
+
+/// An HTTP/1.1 route's handshake refused for ALPN: most likely an HTTP/2-only upstream.
+const NO_HTTP1: &str = "TLS: the upstream refused ALPN http/1.1 (no_application_protocol): if it speaks only HTTP/2, set the route's protocol to http2 or grpc";
+
+/// True when the server ended the handshake with the `no_application_protocol` alert: it
+/// shares no protocol with the ones offered by ALPN.
+fn refused_alpn(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::NoApplicationProtocol
+        ))
+    )
 }
 
 /// The host of `host:port` (brackets of an IPv6 literal removed).
