@@ -9,127 +9,18 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use support::health::{check, client, meta, watch_to_the_end, Grpc, Mode};
 use support::*;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status};
+use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::health_server::{Health, HealthServer};
-use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use twin_lab::{http, serve_tcp};
 use twin_sidecar::Sidecar;
 use twin_topology::{Protocol, Route, Weights};
-
-/// How a test server answers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// `Check` answers SERVING; `Watch` streams SERVING, NOT_SERVING, SERVING.
-    Serve,
-    /// Every call ends at once with UNAVAILABLE (trailers-only).
-    Unavailable,
-    /// `Watch` answers its headers, then fails with UNAVAILABLE.
-    HeadersThenFail,
-}
-
-/// A tonic health server that counts its calls and names itself in the `x-served-by`
-/// response metadata.
-struct Server {
-    name: &'static str,
-    mode: Mode,
-    calls: Arc<AtomicUsize>,
-}
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
-
-fn answer(status: ServingStatus) -> HealthCheckResponse {
-    HealthCheckResponse {
-        status: status as i32,
-    }
-}
-
-#[tonic::async_trait]
-impl Health for Server {
-    async fn check(
-        &self,
-        _req: Request<HealthCheckRequest>,
-    ) -> Result<Response<HealthCheckResponse>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.mode == Mode::Unavailable {
-            return Err(Status::unavailable("busy, try another"));
-        }
-        let mut resp = Response::new(answer(ServingStatus::Serving));
-        resp.metadata_mut()
-            .insert("x-served-by", self.name.parse().expect("ascii"));
-        Ok(resp)
-    }
-
-    type WatchStream = WatchStream;
-
-    async fn watch(
-        &self,
-        _req: Request<HealthCheckRequest>,
-    ) -> Result<Response<WatchStream>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let stream: WatchStream = match self.mode {
-            Mode::Unavailable => return Err(Status::unavailable("busy, try another")),
-            Mode::HeadersThenFail => Box::pin(futures::stream::once(async {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Err(Status::unavailable("went away mid-call"))
-            })),
-            Mode::Serve => Box::pin(futures::stream::unfold(0u32, |i| async move {
-                let status = match i {
-                    0 | 2 => ServingStatus::Serving,
-                    1 => ServingStatus::NotServing,
-                    _ => return None,
-                };
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Some((Ok(answer(status)), i + 1))
-            })),
-        };
-        let mut resp = Response::new(stream);
-        resp.metadata_mut()
-            .insert("x-served-by", self.name.parse().expect("ascii"));
-        Ok(resp)
-    }
-}
-
-/// A running test server: its address and call count.
-struct Grpc {
-    addr: SocketAddr,
-    calls: Arc<AtomicUsize>,
-}
-
-impl Grpc {
-    async fn start(name: &'static str, mode: Mode) -> Grpc {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let calls = Arc::new(AtomicUsize::new(0));
-        let svc = HealthServer::new(Server {
-            name,
-            mode,
-            calls: calls.clone(),
-        });
-        tokio::spawn(async move {
-            let _ = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true)))
-                .await;
-        });
-        Grpc { addr, calls }
-    }
-
-    fn calls(&self) -> usize {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
 
 /// A raw HTTP/2 server that resets every stream with `reason`, counting them.
 async fn resetting_server(reason: h2::Reason) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -179,36 +70,6 @@ async fn routed(r: &Route) -> (twin_lab::Etcd, Sidecar) {
     (etcd, s)
 }
 
-/// A health client speaking h2c to the sidecar's outbound port, calling `payments`.
-async fn client(s: &Sidecar) -> HealthClient<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{}", s.outbound_addr))
-        .expect("endpoint")
-        .origin(format!("http://{SERVICE}").parse().expect("origin"))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("the sidecar accepts h2c");
-    HealthClient::new(channel)
-}
-
-fn check(unit: Option<&str>) -> Request<HealthCheckRequest> {
-    let mut req = Request::new(HealthCheckRequest {
-        service: String::new(),
-    });
-    if let Some(u) = unit {
-        req.metadata_mut()
-            .insert("x-twin-unit", u.parse().expect("ascii"));
-    }
-    req
-}
-
-fn meta<'a, T>(r: &'a Response<T>, name: &str) -> &'a str {
-    r.metadata()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unary_and_server_streaming_calls_pass_through_the_sidecar() {
     let up = Grpc::start("m6v-0", Mode::Serve).await;
@@ -217,8 +78,8 @@ async fn unary_and_server_streaming_calls_pass_through_the_sidecar() {
 
     let resp = c.check(check(None)).await.expect("Check succeeds");
     assert_eq!(resp.get_ref().status, ServingStatus::Serving as i32);
-    assert_eq!(meta(&resp, "x-served-by"), "m6v-0");
-    assert_eq!(meta(&resp, "x-twin-dc"), "m6v");
+    assert_eq!(meta(resp.metadata(), "x-served-by"), "m6v-0");
+    assert_eq!(meta(resp.metadata(), "x-twin-dc"), "m6v");
 
     // Many calls in a row on one upstream connection: the sidecar must not forward the empty
     // DATA frame that ends each request as a frame of its own (an HTTP/2 server closes a
@@ -252,21 +113,8 @@ async fn unary_and_server_streaming_calls_pass_through_the_sidecar() {
     );
 
     let resp = c.watch(check(None)).await.expect("Watch starts");
-    assert_eq!(meta(&resp, "x-twin-dc"), "m6v");
-    let mut stream = resp.into_inner();
-    let mut seen = Vec::new();
-    while let Some(update) = stream.message().await.expect("stream") {
-        seen.push(update.status);
-    }
-    assert_eq!(
-        seen,
-        [
-            ServingStatus::Serving as i32,
-            ServingStatus::NotServing as i32,
-            ServingStatus::Serving as i32
-        ],
-        "every update arrives, then the OK status in the trailers ends the stream"
-    );
+    assert_eq!(meta(resp.metadata(), "x-twin-dc"), "m6v");
+    watch_to_the_end(resp.into_inner()).await;
     assert_eq!(up.calls(), 172);
     s.stop().await;
 }
@@ -281,11 +129,11 @@ async fn a_unit_stays_in_one_datacenter_and_units_spread_over_both() {
     for i in 0..40 {
         let unit = format!("user-{i}");
         let first = c.check(check(Some(&unit))).await.expect("Check");
-        let dc = meta(&first, "x-twin-dc").to_string();
-        assert_eq!(meta(&first, "x-served-by"), format!("{dc}-0"));
+        let dc = meta(first.metadata(), "x-twin-dc").to_string();
+        assert_eq!(meta(first.metadata(), "x-served-by"), format!("{dc}-0"));
         for _ in 0..2 {
             let again = c.check(check(Some(&unit))).await.expect("Check");
-            assert_eq!(meta(&again, "x-twin-dc"), dc, "{unit} moved");
+            assert_eq!(meta(again.metadata(), "x-twin-dc"), dc, "{unit} moved");
         }
         *per_dc.entry(dc).or_default() += 1;
     }
@@ -302,7 +150,7 @@ async fn a_call_no_upstream_processed_goes_to_another_endpoint() {
     let (_etcd, s) = routed(&grpc_route((10_000, 0), &[busy.addr], &[fine.addr])).await;
     let mut c = client(&s).await;
     let resp = c.check(check(None)).await.expect("retried elsewhere");
-    assert_eq!(meta(&resp, "x-served-by"), "wanguo-0");
+    assert_eq!(meta(resp.metadata(), "x-served-by"), "wanguo-0");
     assert_eq!((busy.calls(), fine.calls()), (1, 1));
     let text = metrics(&s).await;
     assert!(
@@ -323,7 +171,7 @@ async fn a_call_no_upstream_processed_goes_to_another_endpoint() {
         let (_etcd, s) = routed(&grpc_route((10_000, 0), &[dead], &[fine.addr])).await;
         let mut c = client(&s).await;
         let resp = c.check(check(None)).await.expect("retried elsewhere");
-        assert_eq!(meta(&resp, "x-served-by"), "wanguo-0", "{dead}");
+        assert_eq!(meta(resp.metadata(), "x-served-by"), "wanguo-0", "{dead}");
         assert_eq!(fine.calls(), 1);
         s.stop().await;
     }
@@ -337,7 +185,7 @@ async fn a_call_whose_answer_began_is_never_sent_again() {
     let (_etcd, s) = routed(&grpc_route((10_000, 0), &[failing.addr], &[other.addr])).await;
     let mut c = client(&s).await;
     let resp = c.watch(check(None)).await.expect("headers arrive");
-    assert_eq!(meta(&resp, "x-served-by"), "m6v-0");
+    assert_eq!(meta(resp.metadata(), "x-served-by"), "m6v-0");
     let err = resp
         .into_inner()
         .message()

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::path::Path;
 
 use support::*;
@@ -13,34 +12,6 @@ use twin_sidecar::upstream_tls::UpstreamTlsArgs;
 
 async fn tls_upstream(certs: &TestCerts, client_ca: Option<&Path>) -> Upstream {
     Upstream::tls(certs, client_ca).await.expect("TLS upstream")
-}
-
-/// A sidecar whose route `payments` goes to `upstream` with `tls:` (and the given server
-/// name), trusting `ca` and presenting the client certificate when `mutual`.
-async fn tls_sidecar(
-    dir: &Path,
-    upstream: SocketAddr,
-    server_name: Option<&str>,
-    tls: UpstreamTlsArgs,
-) -> twin_sidecar::Sidecar {
-    let name = server_name
-        .map(|n| format!("server_name: {n}"))
-        .unwrap_or_default();
-    let mut cfg = routes_file_config(
-        dir,
-        &format!(
-            "datacenters:\n  m6v: {{code: 0}}\nroutes:\n  payments:\n    weights: {{m6v: 100%}}\n    endpoints: {{m6v: ['{upstream}']}}\n    tls: {{{name}}}\n    retry: {{max_attempts: 1}}\n"
-        ),
-    );
-    cfg.upstream_tls = tls.client_config().expect("upstream tls settings");
-    sidecar(cfg, 1).await
-}
-
-fn trust(ca: &Path) -> UpstreamTlsArgs {
-    UpstreamTlsArgs {
-        ca: Some(ca.to_path_buf()),
-        ..UpstreamTlsArgs::default()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,7 +24,7 @@ async fn a_tls_route_reaches_its_upstream_with_mutual_tls() {
         cert: Some(certs.client_cert.clone()),
         key: Some(certs.client_key.clone()),
     };
-    let s = tls_sidecar(dir.path(), up.addr(), None, tls).await;
+    let s = tls_sidecar(dir.path(), up.addr(), "http1", None, tls).await;
     let c = http::client();
     for _ in 0..3 {
         let r = call(&c, s.outbound_addr, Some("u1")).await;
@@ -95,7 +66,7 @@ async fn each_tls_mistake_is_answered_with_a_reason_that_names_the_fix() {
     for (what, name, tls, want) in cases {
         let sub = dir.path().join(what.replace(' ', "-"));
         std::fs::create_dir_all(&sub).expect("dir");
-        let s = tls_sidecar(&sub, up.addr(), name, tls).await;
+        let s = tls_sidecar(&sub, up.addr(), "http1", name, tls).await;
         let r = call(&c, s.outbound_addr, Some("u1")).await;
         if want.is_empty() {
             assert_eq!(r.status, 200, "{what}: {}", r.header("x-twin-error"));
@@ -126,7 +97,7 @@ async fn an_upstream_that_wants_a_client_certificate_the_sidecar_lacks_fails_cle
     let certs = TestCerts::generate(dir.path(), "twin-sidecar").expect("certs");
     let up = tls_upstream(&certs, Some(&certs.ca)).await;
     // The server asks for a client certificate the sidecar does not have.
-    let s = tls_sidecar(dir.path(), up.addr(), None, trust(&certs.ca)).await;
+    let s = tls_sidecar(dir.path(), up.addr(), "http1", None, trust(&certs.ca)).await;
     let r = call(&http::client(), s.outbound_addr, Some("u1")).await;
     assert_eq!(r.status, 502);
     let why = r.header("x-twin-error");

@@ -17,68 +17,20 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::pin::Pin;
-use std::time::Duration;
-
 use bytes::Bytes;
-use futures::Stream;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::health::{check, client, meta, watch_to_the_end, Mode, Server};
 use support::*;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Response, Status};
+use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::health_server::{Health, HealthServer};
-use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 use twin_lab::{h2tls, http, H2TlsServer, TestCerts, Upstream};
 use twin_sidecar::upstream_tls::UpstreamTlsArgs;
-use twin_sidecar::Sidecar;
-
-/// `Check` answers SERVING; `Watch` streams SERVING, NOT_SERVING, SERVING and ends (OK).
-struct Server;
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
-
-fn answer(status: ServingStatus) -> HealthCheckResponse {
-    HealthCheckResponse {
-        status: status as i32,
-    }
-}
-
-#[tonic::async_trait]
-impl Health for Server {
-    async fn check(
-        &self,
-        _req: Request<HealthCheckRequest>,
-    ) -> Result<Response<HealthCheckResponse>, Status> {
-        Ok(Response::new(answer(ServingStatus::Serving)))
-    }
-
-    type WatchStream = WatchStream;
-
-    async fn watch(
-        &self,
-        _req: Request<HealthCheckRequest>,
-    ) -> Result<Response<WatchStream>, Status> {
-        let updates = [
-            ServingStatus::Serving,
-            ServingStatus::NotServing,
-            ServingStatus::Serving,
-        ];
-        let stream: WatchStream = Box::pin(futures::stream::iter(
-            updates.into_iter().map(|s| Ok(answer(s))),
-        ));
-        Ok(Response::new(stream))
-    }
-}
 
 /// The tonic health server behind the lab's HTTP/2-over-TLS server.
 async fn grpc_tls_upstream(certs: &TestCerts) -> H2TlsServer {
-    let routes = tonic::service::Routes::new(HealthServer::new(Server));
+    let routes = tonic::service::Routes::new(Server::new("tls", Mode::Serve).0);
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
         tower::ServiceExt::oneshot(routes.clone(), req)
     });
@@ -87,62 +39,15 @@ async fn grpc_tls_upstream(certs: &TestCerts) -> H2TlsServer {
         .expect("gRPC TLS upstream")
 }
 
-/// A sidecar whose route `payments` (`protocol`, `tls: {}`) goes to `upstream`, with these
-/// upstream TLS settings.
-async fn tls_sidecar(
-    dir: &Path,
-    upstream: SocketAddr,
-    protocol: &str,
-    tls: UpstreamTlsArgs,
-) -> Sidecar {
-    let mut cfg = routes_file_config(
-        dir,
-        &format!(
-            "datacenters:\n  m6v: {{code: 0}}\nroutes:\n  payments:\n    protocol: {protocol}\n    weights: {{m6v: 100%}}\n    endpoints: {{m6v: ['{upstream}']}}\n    tls: {{}}\n    retry: {{max_attempts: 1}}\n"
-        ),
-    );
-    cfg.upstream_tls = tls.client_config().expect("upstream tls settings");
-    sidecar(cfg, 1).await
-}
-
-fn trust(certs: &TestCerts) -> UpstreamTlsArgs {
-    UpstreamTlsArgs {
-        ca: Some(certs.ca.clone()),
-        ..UpstreamTlsArgs::default()
-    }
-}
-
-/// A health client speaking h2c to the sidecar's outbound port, calling `payments`.
-async fn grpc_client(s: &Sidecar) -> HealthClient<Channel> {
-    let channel = Endpoint::from_shared(format!("http://{}", s.outbound_addr))
-        .expect("endpoint")
-        .origin(format!("http://{SERVICE}").parse().expect("origin"))
-        .timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .expect("the sidecar accepts h2c");
-    HealthClient::new(channel)
-}
-
-fn check() -> Request<HealthCheckRequest> {
-    Request::new(HealthCheckRequest {
-        service: String::new(),
-    })
-}
-
-fn meta<'a>(m: &'a tonic::metadata::MetadataMap, name: &str) -> &'a str {
-    m.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_route_with_tls_reaches_its_upstream_over_h2() {
     let dir = tempfile::tempdir().expect("tmp");
     let certs = TestCerts::generate(dir.path(), "twin-sidecar").expect("certs");
     let up = grpc_tls_upstream(&certs).await;
-    let s = tls_sidecar(dir.path(), up.addr(), "grpc", trust(&certs)).await;
-    let mut c = grpc_client(&s).await;
+    let s = tls_sidecar(dir.path(), up.addr(), "grpc", None, trust(&certs.ca)).await;
+    let mut c = client(&s).await;
 
-    let resp = c.check(check()).await.expect("Check succeeds");
+    let resp = c.check(check(None)).await.expect("Check succeeds");
     assert_eq!(resp.get_ref().status, ServingStatus::Serving as i32);
     assert_eq!(meta(resp.metadata(), "x-twin-dc"), "m6v");
     // tonic merges a unary call's trailers into its metadata: the OK status came in them.
@@ -152,26 +57,8 @@ async fn a_grpc_route_with_tls_reaches_its_upstream_over_h2() {
         "trailers arrived"
     );
 
-    let resp = c.watch(check()).await.expect("Watch starts");
-    let mut stream = resp.into_inner();
-    let mut seen = Vec::new();
-    while let Some(update) = stream.message().await.expect("stream") {
-        seen.push(update.status);
-    }
-    assert_eq!(
-        seen,
-        [
-            ServingStatus::Serving as i32,
-            ServingStatus::NotServing as i32,
-            ServingStatus::Serving as i32
-        ]
-    );
-    let trailers = stream
-        .trailers()
-        .await
-        .expect("trailers")
-        .expect("the stream ended with trailers");
-    assert_eq!(meta(&trailers, "grpc-status"), "0");
+    let resp = c.watch(check(None)).await.expect("Watch starts");
+    watch_to_the_end(resp.into_inner()).await;
 
     let hits = up.seen();
     let paths: Vec<&str> = hits.iter().map(|h| h.path.as_str()).collect();
@@ -201,7 +88,7 @@ async fn an_http2_route_with_mutual_tls_carries_trailers_back() {
         cert: Some(certs.client_cert.clone()),
         key: Some(certs.client_key.clone()),
     };
-    let s = tls_sidecar(dir.path(), up.addr(), "http2", tls).await;
+    let s = tls_sidecar(dir.path(), up.addr(), "http2", None, tls).await;
 
     // The application speaks h2c to the sidecar, so trailers can come back to it.
     let tcp = tokio::net::TcpStream::connect(s.outbound_addr)
@@ -267,12 +154,12 @@ async fn an_upstream_that_does_not_choose_h2_fails_the_connect_with_a_reason_nam
     for (i, (up, want)) in cases.into_iter().enumerate() {
         let sub = dir.path().join(i.to_string());
         std::fs::create_dir_all(&sub).expect("dir");
-        let s = tls_sidecar(&sub, up.addr(), "grpc", trust(&certs)).await;
+        let s = tls_sidecar(&sub, up.addr(), "grpc", None, trust(&certs.ca)).await;
         let prefix = format!("upstream connect failed: connect to {}: ", up.addr());
 
-        let status = grpc_client(&s)
+        let status = client(&s)
             .await
-            .check(check())
+            .check(check(None))
             .await
             .expect_err("no h2, no call");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -294,7 +181,7 @@ async fn an_http1_route_to_an_h2_only_upstream_is_told_to_set_its_protocol() {
     let up = H2TlsServer::start(&certs, None)
         .await
         .expect("h2 TLS upstream");
-    let s = tls_sidecar(dir.path(), up.addr(), "http1", trust(&certs)).await;
+    let s = tls_sidecar(dir.path(), up.addr(), "http1", None, trust(&certs.ca)).await;
     let r = call(&http::client(), s.outbound_addr, Some("u1")).await;
     assert_eq!(r.status, 502, "{}", r.header("x-twin-error"));
     assert_eq!(

@@ -3,6 +3,8 @@
 //! (or as the real binary) on free loopback ports.
 #![allow(dead_code)]
 
+pub mod health;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -14,6 +16,7 @@ use twin_lab::http::{self, Behavior, Reply, Upstream};
 pub use twin_lab::Signal;
 use twin_lab::{eventually, seed_datacenters, Etcd, Registry, SidecarProc};
 use twin_sidecar::config::{Http1Engine, Listeners, OutlierSettings};
+use twin_sidecar::upstream_tls::UpstreamTlsArgs;
 use twin_sidecar::{Config, Flags, Sidecar, TableSource};
 use twin_topology::{EtcdSettings, Keys, OnDcDown, Route, Weights};
 
@@ -290,5 +293,36 @@ impl Process {
         })
         .await;
         exited.and_then(|status| status.code())
+    }
+}
+
+/// A sidecar (routes file) whose route `payments` (`protocol`, `tls:` with `server_name`
+/// when given) goes to `upstream` alone, one attempt per request, with these upstream TLS
+/// settings.
+pub async fn tls_sidecar(
+    dir: &Path,
+    upstream: SocketAddr,
+    protocol: &str,
+    server_name: Option<&str>,
+    tls: UpstreamTlsArgs,
+) -> Sidecar {
+    let name = server_name
+        .map(|n| format!("server_name: {n}"))
+        .unwrap_or_default();
+    let mut cfg = routes_file_config(
+        dir,
+        &format!(
+            "datacenters:\n  m6v: {{code: 0}}\nroutes:\n  payments:\n    protocol: {protocol}\n    weights: {{m6v: 100%}}\n    endpoints: {{m6v: ['{upstream}']}}\n    tls: {{{name}}}\n    retry: {{max_attempts: 1}}\n"
+        ),
+    );
+    cfg.upstream_tls = tls.client_config().expect("upstream tls settings");
+    sidecar(cfg, 1).await
+}
+
+/// Upstream TLS settings that trust `ca` and present no client certificate.
+pub fn trust(ca: &Path) -> UpstreamTlsArgs {
+    UpstreamTlsArgs {
+        ca: Some(ca.to_path_buf()),
+        ..UpstreamTlsArgs::default()
     }
 }
