@@ -1,6 +1,6 @@
 //! Benchmark: a fleet of N simulated sidecars on one etcd (issue 18). Each sidecar holds
 //! its own etcd client, the sidecar's own topology view (`TopologyView`), presence task and
-//! registrar (two leases kept alive, an endpoint, a presence key rewritten at every new
+//! registrar (one lease kept alive, an endpoint, a presence key rewritten at every new
 //! routing revision, dependency edges); see `fleet/mod.rs`. Against one etcd member and a
 //! 3-member loopback cluster (twin-lab), for each N it measures:
 //!

@@ -1,5 +1,5 @@
 //! The dependency map from real calls: a sidecar started with `--app web` publishes an edge
-//! `deps/web/payments/{node}` under its presence lease soon after its first call to
+//! `deps/web/payments/{node}` under its lease soon after its first call to
 //! `payments`, and the edge leaves etcd with the sidecar: at once when it stops, within its
 //! lease's TTL when it is killed.
 

@@ -226,7 +226,7 @@ async fn sigterm_finishes_in_flight_requests_revokes_the_lease_and_exits_0() {
     assert_eq!(r.text(), "m6v");
     assert_eq!(p.wait_exit(WAIT).await, Some(0));
     let gone = c.get(key, None).await.expect("get");
-    assert_eq!(gone.count(), 0, "the registration lease was revoked");
+    assert_eq!(gone.count(), 0, "the endpoint was withdrawn");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

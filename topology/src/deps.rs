@@ -2,7 +2,7 @@
 //! sidecar saw it. Pure data, no I/O.
 //!
 //! Each sidecar publishes one [`DepEdge`] per service its application called, at
-//! `{prefix}/v1/deps/{app}/{service}/{node}` under its presence lease (so a dead sidecar's
+//! `{prefix}/v1/deps/{app}/{service}/{node}` under its lease (so a dead sidecar's
 //! edges vanish with it). A new edge is written within seconds of its first call; after that
 //! at most once a minute while the counts change, and every few minutes regardless, so
 //! etcd's load does not grow with traffic and a silent map is a stale one.
