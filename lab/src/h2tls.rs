@@ -131,10 +131,9 @@ impl H2TlsServer {
         let task = tokio::spawn(async move {
             // Dropped with the task, which aborts every connection.
             let mut conns = JoinSet::new();
+            let mut retry = crate::net::accept_policy();
             loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
+                let (tcp, _) = retry.accept(&listener, "lab h2 TLS server").await;
                 let _ = tcp.set_nodelay(true);
                 while conns.try_join_next().is_some() {}
                 let (acceptor, service, seen) = (acceptor.clone(), service.clone(), log.clone());
@@ -239,8 +238,16 @@ mod tests {
         let refused = dial(&certs, &server, b"http/1.1")
             .await
             .expect_err("no common protocol");
+        let alert = refused
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>());
         assert!(
-            refused.to_string().contains("NoApplicationProtocol"),
+            matches!(
+                alert,
+                Some(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::NoApplicationProtocol
+                ))
+            ),
             "{refused}"
         );
     }

@@ -29,6 +29,16 @@ pub fn try_free_ports(n: usize) -> std::io::Result<Vec<u16>> {
         .collect()
 }
 
+/// The policy of the lab's servers that keep accepting after an accept error (out of file
+/// descriptors and the like): [`twin_topology::Backoff::accept`] waits it out instead of
+/// spinning.
+pub(crate) fn accept_policy() -> twin_topology::Backoff {
+    twin_topology::Backoff::new(
+        std::time::Duration::from_millis(10),
+        std::time::Duration::from_secs(1),
+    )
+}
+
 /// Starts a TCP server on a free loopback port that runs `handle` on every connection it
 /// accepts, each in a task of its own, for as long as the runtime lives; returns its address.
 /// Tests build their hand-made servers on it (raw HTTP/1, h2, WebSocket, echo, middleboxes).

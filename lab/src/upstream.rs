@@ -218,10 +218,9 @@ impl UpstreamBuilder {
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         let (st, ts, tls) = (state.clone(), tasks.clone(), self.tls);
         let accept = async move {
+            let mut retry = crate::net::accept_policy();
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
+                let (stream, _) = retry.accept(&listener, "lab upstream").await;
                 let _ = stream.set_nodelay(true);
                 let (st, tls) = (st.clone(), tls.clone());
                 let conn = async move {

@@ -25,10 +25,12 @@ use twin_topology::Backoff;
 
 use crate::shutdown::Shutdown;
 
-/// Bound of the first delay before granting again after a failure; it doubles per failure
-/// in a row up to [`RETRY_CAP`], with full jitter ([`Backoff`]).
+/// Bound of the first delay before trying again after a failure (a grant, a keep-alive
+/// stream, a write under the lease); it doubles per failure in a row up to [`RETRY_CAP`],
+/// with full jitter ([`Backoff`]), so a fleet that lost etcd together does not come back in
+/// lockstep.
 const RETRY_BASE: Duration = Duration::from_millis(100);
-/// The longest wait between two grants.
+/// The longest wait between two tries.
 const RETRY_CAP: Duration = Duration::from_secs(2);
 /// How long revoking the lease may take.
 const REVOKE_WITHIN: Duration = Duration::from_secs(2);
@@ -73,7 +75,7 @@ impl NodeLease {
 
 async fn run(mut client: Client, ttl: Duration, tx: watch::Sender<Option<i64>>, stop: Shutdown) {
     let ttl_secs = ttl.as_secs().max(2) as i64;
-    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+    let mut backoff = retry_policy();
     while !stop.is_draining() {
         let granted = tokio::select! {
             r = client.lease_grant(ttl_secs, None) => r,
@@ -103,10 +105,20 @@ async fn run(mut client: Client, ttl: Duration, tx: watch::Sender<Option<i64>>, 
             }
             Err(e) => tracing::warn!(error = %e, "cannot write to etcd: lease grant failed"),
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-            () = stop.draining() => {}
-        }
+        pause(&mut backoff, &stop).await;
+    }
+}
+
+/// The retry policy of the lease and of every writer under it.
+pub(crate) fn retry_policy() -> Backoff {
+    Backoff::new(RETRY_BASE, RETRY_CAP)
+}
+
+/// Waits `backoff`'s next delay, or until `stop` drains.
+pub(crate) async fn pause(backoff: &mut Backoff, stop: &Shutdown) {
+    tokio::select! {
+        () = tokio::time::sleep(backoff.next_delay()) => {}
+        () = stop.draining() => {}
     }
 }
 
@@ -134,7 +146,7 @@ async fn keep_alive(client: &mut Client, id: i64, ttl_secs: i64, stop: &Shutdown
     let mut held = false;
     // Granted (or last refreshed) just before this call.
     let mut refreshed = tokio::time::Instant::now();
-    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+    let mut backoff = retry_policy();
     loop {
         let before = refreshed;
         let ended = keep_stream(client, id, ttl / 3, stop, &mut refreshed).await;

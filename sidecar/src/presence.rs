@@ -25,10 +25,10 @@ use std::time::Duration;
 use etcd_client::{Client, PutOptions};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
-use twin_topology::{now_ms, Backoff, FenceAck, Keys, Presence};
+use twin_topology::{now_ms, FenceAck, Keys, Presence};
 
 use crate::deps::{dc_names, edge_value, Edges, Publisher};
-use crate::node_lease::{held, lost, LeaseId};
+use crate::node_lease::{held, lost, pause, retry_policy, LeaseId};
 use crate::shutdown::Shutdown;
 use crate::table::RoutingTable;
 
@@ -41,8 +41,6 @@ pub const PRESENT: &str = "twin_sidecar_present";
 
 /// How often an acknowledgement checks for writes still in flight.
 const DRAIN_POLL: Duration = Duration::from_millis(5);
-const RETRY_BASE: Duration = Duration::from_millis(100);
-const RETRY_CAP: Duration = Duration::from_secs(2);
 
 /// Who this sidecar is, for its presence key.
 #[derive(Clone, Debug)]
@@ -106,14 +104,11 @@ async fn run(
         edges,
         publisher: Publisher::default(),
     };
-    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
-    let mut last: Option<i64> = None;
+    let mut backoff = retry_policy();
     while let Some(id) = held(&mut lease, &shutdown).await {
-        if last != Some(id) {
-            // A new lease holds none of what was written under the old one.
-            deps.publisher.reset();
-            last = Some(id);
-        }
+        // A new session writes everything again: under a new lease (the old one was lost)
+        // nothing of the old is left, and after a failed write the lease may be gone.
+        deps.publisher.reset();
         let ended = session(
             &client,
             &who,
@@ -127,12 +122,8 @@ async fn run(
         metrics::gauge!(PRESENT).set(0.0);
         if ended == Ended::WriteFailed {
             // etcd may be unreachable, or the lease gone (the lease task sees that at its
-            // next keep-alive): write everything again after a jittered delay.
-            deps.publisher.reset();
-            tokio::select! {
-                () = tokio::time::sleep(backoff.next_delay()) => {}
-                () = shutdown.draining() => {}
-            }
+            // next keep-alive): again after a jittered delay.
+            pause(&mut backoff, &shutdown).await;
         } else {
             backoff.reset();
         }

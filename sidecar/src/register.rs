@@ -18,10 +18,10 @@ use etcd_client::{
     Client, Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::task::JoinHandle;
-use twin_topology::{Backoff, Endpoint, Keys};
+use twin_topology::{Endpoint, Keys};
 
 use crate::config::RegisterSpec;
-use crate::node_lease::{held, lost, LeaseId};
+use crate::node_lease::{held, lost, pause, retry_policy, LeaseId};
 use crate::shutdown::Shutdown;
 
 /// 1 while this node's endpoints are registered.
@@ -173,22 +173,8 @@ async fn until_undrained(
     }
 }
 
-/// Bound of the first delay before registering again after a failure; it doubles per
-/// failure in a row up to [`RETRY_CAP`], with full jitter ([`Backoff`]).
-const RETRY_BASE: Duration = Duration::from_millis(100);
-/// The longest wait between two registration attempts.
-const RETRY_CAP: Duration = Duration::from_secs(2);
 /// How long deleting the endpoints on drain may take.
 const WITHDRAW_WITHIN: Duration = Duration::from_secs(2);
-
-/// Waits the policy's next delay, or until the sidecar drains.
-async fn pause(backoff: &mut Backoff, shutdown: &Shutdown) {
-    let retry_in = backoff.next_delay();
-    tokio::select! {
-        () = tokio::time::sleep(retry_in) => {}
-        () = shutdown.draining() => {}
-    }
-}
 
 async fn run(
     mut client: Client,
@@ -197,7 +183,7 @@ async fn run(
     mut lease: LeaseId,
     shutdown: Shutdown,
 ) {
-    let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP);
+    let mut backoff = retry_policy();
     while let Some(id) = held(&mut lease, &shutdown).await {
         match write_entries(&mut client, &marker, &entries, id).await {
             Written::Registered => {

@@ -160,43 +160,37 @@ impl Sidecar {
             ),
         ];
 
-        let lease = match (&cfg.source, &client) {
-            (TableSource::Etcd(_), Some(client)) => {
-                Some(NodeLease::start(client.clone(), cfg.lease_ttl))
-            }
-            _ => None,
-        };
-        let presence = match (&cfg.source, &client, &lease) {
-            (TableSource::Etcd(settings), Some(client), Some(lease)) => Some(PresenceTask::start(
-                client.clone(),
-                Identity {
-                    keys: settings.keys(),
-                    dc: cfg.dc.clone(),
-                    node: cfg.node_id.clone(),
-                    app: cfg.app(),
-                    spread: PRESENCE_SPREAD,
-                },
-                lease.subscribe(),
-                tables.published.clone(),
-                edges.clone(),
-            )),
-            _ => None,
-        };
-        let registrar = match (&cfg.source, client, &lease) {
-            (TableSource::Etcd(settings), Some(client), Some(lease))
-                if !cfg.register.is_empty() =>
-            {
-                Some(Registrar::start(
-                    client,
-                    settings.keys(),
-                    cfg.dc.clone(),
-                    cfg.node_id.clone(),
-                    cfg.register.clone(),
+        // With etcd: the sidecar's one lease, and the presence and registration under it.
+        let (lease, presence, registrar) = match (&cfg.source, client) {
+            (TableSource::Etcd(settings), Some(client)) => {
+                let lease = NodeLease::start(client.clone(), cfg.lease_ttl);
+                let presence = PresenceTask::start(
+                    client.clone(),
+                    Identity {
+                        keys: settings.keys(),
+                        dc: cfg.dc.clone(),
+                        node: cfg.node_id.clone(),
+                        app: cfg.app(),
+                        spread: PRESENCE_SPREAD,
+                    },
                     lease.subscribe(),
-                    shutdown.clone(),
-                ))
+                    tables.published.clone(),
+                    edges.clone(),
+                );
+                let registrar = (!cfg.register.is_empty()).then(|| {
+                    Registrar::start(
+                        client,
+                        settings.keys(),
+                        cfg.dc.clone(),
+                        cfg.node_id.clone(),
+                        cfg.register.clone(),
+                        lease.subscribe(),
+                        shutdown.clone(),
+                    )
+                });
+                (Some(lease), Some(presence), registrar)
             }
-            _ => None,
+            _ => (None, None, None),
         };
         let upkeep = tokio::spawn(async move {
             let mut tick = tokio::time::interval(UPKEEP_EVERY);

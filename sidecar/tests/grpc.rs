@@ -18,7 +18,7 @@ use support::*;
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use twin_lab::{http, serve_tcp};
+use twin_lab::{eventually, http, serve_tcp};
 use twin_sidecar::Sidecar;
 use twin_topology::{Protocol, Route, Weights};
 
@@ -374,8 +374,12 @@ async fn a_pooled_connection_is_not_pinged_while_idle() {
         c.check(check(None)).await.expect("Check succeeds");
     }
     assert_eq!(up.calls(), 3);
-    // Longer than the 10 s interval at which the sidecar used to ping idle connections.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    // Watched for longer than the 10 s interval at which the sidecar used to ping idle
+    // connections; a ping ends the watch at once.
+    eventually(Duration::from_secs(11), || async {
+        pings.load(Ordering::SeqCst) > 0
+    })
+    .await;
     assert_eq!(
         pings.load(Ordering::SeqCst),
         0,

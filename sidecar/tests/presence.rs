@@ -250,8 +250,13 @@ async fn presence_and_endpoints_share_one_lease_and_come_back_under_a_new_one() 
         .await
         .expect("presence and endpoint were not written under one lease");
 
-    // Kept alive past its 2 s TTL.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Kept alive past its 2 s TTL: watched for 2.5 s, a lost lease ends the watch at once.
+    let endpoint = Keys::default().endpoint("pay", "m6v", "n1");
+    eventually(Duration::from_millis(2500), || {
+        let (mut c, endpoint) = (client.clone(), endpoint.clone());
+        async move { lease_of(&mut c, &endpoint).await != Some(first) }
+    })
+    .await;
     assert_eq!(
         lease_of(&mut client, &Keys::default().endpoint("pay", "m6v", "n1")).await,
         Some(first),
