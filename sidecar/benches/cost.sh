@@ -5,10 +5,13 @@
 # perf counts the proxy's syscalls and context switches, and /proc its user and system CPU
 # time, divided by the requests wrk completed. With STRACE=1, one short extra run per proxy
 # under `strace -c -f` gives the syscall mix per request (strace slows the proxy: its times
-# mean nothing, its counts do).
+# mean nothing, its counts do). With SEGMENTS=1, one short extra run each of direct nginx and
+# both proxies under `nstat` (iproute2) gives the TCP segments per request on the loopback,
+# pure ACKs and delayed ACKs included: the kernel work a proxy can still save by sending less.
+# nstat counts the whole machine, so run it with nothing else talking TCP.
 #
 # Usage: sidecar/benches/cost.sh [SECONDS] [CONNECTIONS] [ROUNDS]   (defaults 5, 64, 3)
-#        env STRACE=1, PROFILE=1 (CALLGRAPH=dwarf, PERF_DATA=PATH), CALLGRIND=1, SIDECAR=PATH
+#        env STRACE=1, SEGMENTS=1, PROFILE=1 (CALLGRAPH=dwarf, PERF_DATA=PATH), CALLGRIND=1, SIDECAR=PATH
 # Prints one Markdown table on stdout; wrk's output and the strace tables go to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -98,7 +101,23 @@ mix() {
     "$WORK/strace" >&2
 }
 
+# TCP segments per request over a short run against port $1 (the whole machine's counters).
+segments() {
+  local name=$1 port=$2 n
+  taskset -c 0 wrk -t1 -c"$CONNS" -d1s -s "$WORK/unit.lua" "http://127.0.0.1:$port/" >/dev/null
+  nstat -n
+  n=$(DURATION=3 load "$port")
+  nstat | awk -v n="$n" -v who="$name" '
+    $1 == "TcpOutSegs" { out = $2 } $1 == "TcpExtTCPPureAcks" { pure = $2 } $1 == "TcpExtDelayedACKs" { dack = $2 }
+    END { printf "%s: %d requests, %.3f TCP segments sent/request, %.3f pure ACKs/request, %.3f delayed ACKs/request\n",
+          who, n, out/n, pure/n, dack/n }' >&2
+}
+
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ -n "${SEGMENTS:-}" ]; then
+  command -v nstat >/dev/null || { echo "missing nstat: apt-get install -y iproute2" >&2; exit 1; }
+  segments "direct nginx" "$A"; segments twin "$S"; segments haproxy "$H"
+fi
 declare -A SUM
 for r in $(seq "$ROUNDS"); do
   for who in twin haproxy; do
