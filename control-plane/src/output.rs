@@ -79,8 +79,26 @@ pub fn render<R: Report>(format: Format, report: &R) -> Result<String, CtlError>
 
 /// Prints `report` on stdout in `format`.
 pub fn emit<R: Report>(format: Format, report: &R) -> Result<(), CtlError> {
-    println!("{}", render(format, report)?);
-    Ok(())
+    let mut text = render(format, report)?;
+    text.push('\n');
+    print_out(&text)
+}
+
+/// Writes `text` to stdout as it is. A reader that went away (`twinctl … | head`) is not an
+/// error: the command's result stands and its exit code says so (Rust ignores SIGPIPE, so
+/// `print!` would panic with exit 101 after a change was already committed). Any other
+/// failure to write is one line.
+pub fn print_out(text: &str) -> Result<(), CtlError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CtlError::failed(format!("writing to stdout: {e}"))),
+    }
 }
 
 /// A text table with left-aligned columns separated by two spaces.

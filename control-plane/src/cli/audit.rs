@@ -11,7 +11,7 @@ use twin_topology::{AuditRecord, KeyKind, Keys, Route};
 use super::Global;
 use crate::audit_archive::{self, ArchivedRecord};
 use crate::error::CtlError;
-use crate::output::{emit, time_ms, Format, Report, Table};
+use crate::output::{emit, print_out, time_ms, Format, Report, Table};
 
 /// `audit`.
 #[derive(Debug, Args)]
@@ -97,8 +97,7 @@ async fn export(g: &Global, a: ExportArgs) -> Result<(), CtlError> {
                 out.push_str(&line);
                 out.push('\n');
             }
-            print!("{out}");
-            Ok(())
+            print_out(&out)
         }
     }
 }

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::Global;
 use crate::error::CtlError;
+use crate::output::print_out;
 
 /// `twinctl auth ...`
 #[derive(Debug, Subcommand)]
@@ -74,10 +75,10 @@ pub async fn run(g: &Global, c: AuthCommand) -> Result<(), CtlError> {
                 }
                 other => other.map_err(auth_err)?,
             }
-            println!(
-                "etcd auth enabled; roles twin-sidecar, twin-operator, twin-reader granted over {}",
+            print_out(&format!(
+                "etcd auth enabled; roles twin-sidecar, twin-operator, twin-reader granted over {}\n",
                 keys.root()
-            );
+            ))?;
         }
         AuthCommand::AddUser(a) => {
             let password = read_secret(&a.new_password_file)?;
@@ -85,7 +86,7 @@ pub async fn run(g: &Global, c: AuthCommand) -> Result<(), CtlError> {
             twin_topology::auth::add_user(&mut client, &keys, &a.name, &password, &a.role)
                 .await
                 .map_err(auth_err)?;
-            println!("user {} has role {}", a.name, a.role);
+            print_out(&format!("user {} has role {}\n", a.name, a.role))?;
         }
     }
     Ok(())

@@ -12,7 +12,7 @@ use crate::deps::svg::{self, Engine};
 use crate::deps::{self, render, DepGraph, Filter};
 use crate::error::CtlError;
 use crate::failover::{self, FailoverRequest};
-use crate::output::{emit, Format, Report, Table};
+use crate::output::{emit, print_out, Format, Report, Table};
 use crate::plan::Selection;
 use crate::readiness::{verdict, Blocker};
 
@@ -126,8 +126,8 @@ pub async fn run_deps(g: &Global, a: DepsArgs) -> Result<(), CtlError> {
         None => None,
     };
     match g.output {
-        Format::Dot => println!("{}", render::dot(&graph, &dcs)),
-        Format::Mermaid => println!("{}", render::mermaid(&graph, &dcs)),
+        Format::Dot => print_out(&format!("{}\n", render::dot(&graph, &dcs))),
+        Format::Mermaid => print_out(&format!("{}\n", render::mermaid(&graph, &dcs))),
         other => emit(
             other,
             &DepsReport {
@@ -135,9 +135,8 @@ pub async fn run_deps(g: &Global, a: DepsArgs) -> Result<(), CtlError> {
                 svg,
                 now_ms: now_ms(),
             },
-        )?,
+        ),
     }
-    Ok(())
 }
 
 /// What `readiness` prints.

@@ -17,7 +17,7 @@ use crate::edge::plan::EdgeState;
 use crate::edge::sync::{self, EdgeRecord, Preview};
 use crate::edge::Edges;
 use crate::error::CtlError;
-use crate::output::{emit, time_ms, Report, Table};
+use crate::output::{emit, print_out, time_ms, Report, Table};
 
 /// `twinctl edge ...`.
 #[derive(Debug, Subcommand)]
@@ -97,8 +97,7 @@ pub async fn run(g: &Global, c: EdgeCommand) -> Result<(), CtlError> {
                 hostname: a.hostname,
             };
             let yaml = render(&topo, &a.services, &opts).map_err(CtlError::usage)?;
-            print!("{yaml}");
-            Ok(())
+            print_out(&yaml)
         }
         EdgeCommand::Sync(a) => {
             if !a.dry_run {

@@ -9,6 +9,7 @@ use clap::Args;
 use crate::cli::Global;
 use crate::error::CtlError;
 use crate::inject::{inject_stream, InjectConfig};
+use crate::output::print_out;
 
 /// Flags of `twinctl inject`.
 #[derive(Debug, Args)]
@@ -81,7 +82,7 @@ pub fn run(g: &Global, a: InjectArgs) -> Result<(), CtlError> {
             if a.file == "-" { "stdin" } else { &a.file }
         ))
     })?;
-    print!("{out}");
+    print_out(&out)?;
     for o in outcomes {
         eprintln!("{} {}: {}", o.kind, o.name, o.result);
     }
