@@ -481,3 +481,39 @@ async fn a_failed_request_whose_body_was_read_is_answered_at_once() {
     assert!(conn.closes().await);
     s.stop().await;
 }
+
+/// A 503 that is retried leaves its body behind with its connection: the body is never read
+/// as the head of the next attempt's answer (here a body that is itself a whole `200`
+/// answer, which such a mix-up would hand to the client as the upstream's).
+#[tokio::test]
+async fn a_retried_5xx_body_is_never_read_as_the_next_answer() {
+    let forged = "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged";
+    let up = Upstream::builder("m6v")
+        .body(forged)
+        .behavior(Behavior::Status(503))
+        .start()
+        .await
+        .expect("up");
+    let (_dir, s) = engine_sidecar(up.addr()).await;
+    let mut conn = Conn::open(s.outbound_addr).await;
+    let a = conn
+        .request(b"GET /a HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await;
+    assert_eq!(up.hits(), 2, "the GET is retried once");
+    assert_eq!(a.status, 503, "{}", a.head);
+    assert_eq!(
+        a.header("x-twin-error"),
+        None,
+        "the upstream's answer: {}",
+        a.head
+    );
+    assert_eq!(a.body, forged.as_bytes());
+    // The connection stays in step: the next answer is whole and is not the forged one
+    // (the endpoint may be ejected by now, and the sidecar answers itself).
+    let b = conn
+        .request(b"GET /b HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await;
+    assert_eq!(b.status, 503, "{}", b.head);
+    assert_ne!(b.body, b"forged");
+    s.stop().await;
+}

@@ -88,8 +88,9 @@ impl Buf {
         !self.data.is_empty()
     }
 
+    /// Drops the first `n` buffered bytes (all of them when `n` is larger).
     pub fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.end);
+        self.start = self.start.saturating_add(n).min(self.end);
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -97,6 +98,11 @@ impl Buf {
                 give(std::mem::take(&mut self.data));
             }
         }
+    }
+
+    /// Drops everything buffered: what is left of an answer that will not be relayed.
+    pub fn clear(&mut self) {
+        self.consume(self.end - self.start);
     }
 
     /// Reads more after what is buffered, growing the buffer up to `max` bytes when it is
@@ -209,7 +215,7 @@ mod tests {
         assert_eq!(spare(), before);
         assert!(buf.filled().starts_with(b"a"));
         // An end read with nothing held gives the storage back too.
-        buf.consume(usize::MAX);
+        buf.clear();
         drop(client);
         assert_eq!(buf.fill(&mut server, STANDARD).await.expect("eof"), 0);
         assert!(!buf.holds_storage());
@@ -224,7 +230,27 @@ mod tests {
         while buf.filled().len() < big.len() {
             buf.fill(&mut server, 64 * 1024).await.expect("read");
         }
-        buf.consume(usize::MAX);
+        buf.clear();
         assert!(buf.holds_storage());
+    }
+
+    /// A retried 5xx's head was consumed and its body is still buffered: clearing must drop
+    /// the body, or it is parsed as the head of the next attempt's answer. (A wrapping
+    /// `start + usize::MAX` moved `start` one byte back instead, in release builds.)
+    #[tokio::test]
+    async fn clear_after_a_partial_consume_drops_everything() {
+        let (mut client, mut server) = pair().await;
+        let answer = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy";
+        client.write_all(answer).await.expect("write");
+        let mut buf = Buf::new();
+        while buf.filled().len() < answer.len() {
+            buf.fill(&mut server, STANDARD).await.expect("read");
+        }
+        buf.consume(answer.len() - 4);
+        assert_eq!(buf.filled(), b"busy");
+        buf.clear();
+        assert!(buf.is_empty());
+        buf.consume(usize::MAX);
+        assert!(buf.is_empty());
     }
 }

@@ -312,7 +312,7 @@ impl Engine {
             state.observe_latency(took);
             let status = status_of(&resp);
             if let Retry::Retry(_) = plan.after_status(target, status, true) {
-                c.ubuf.consume(usize::MAX);
+                c.ubuf.clear();
                 continue;
             }
             plan.answered(target, status, took);
@@ -389,7 +389,7 @@ impl Engine {
         state: &EndpointState,
         names: Names<'_>,
     ) -> Result<parse::ResponseInfo, AttemptError> {
-        ubuf.consume(usize::MAX);
+        ubuf.clear();
         loop {
             {
                 let mut headers = [httparse::EMPTY_HEADER; parse::MAX_HEADERS];
