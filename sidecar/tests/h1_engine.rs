@@ -517,3 +517,24 @@ async fn a_retried_5xx_body_is_never_read_as_the_next_answer() {
     assert_ne!(b.body, b"forged");
     s.stop().await;
 }
+
+/// An upgrade the upstream read and then dropped is not sent again (README: "never sent
+/// twice once written"), though its method, GET, would be.
+#[tokio::test]
+async fn an_upgrade_that_reached_the_upstream_is_not_sent_again() {
+    let up = Upstream::builder("m6v")
+        .behavior(Behavior::DropConnection(1))
+        .start()
+        .await
+        .expect("up");
+    let (_dir, s) = engine_sidecar(up.addr()).await;
+    let (_c, a) = once(
+        s.outbound_addr,
+        b"GET /chat HTTP/1.1\r\nhost: payments\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert_eq!(a.status, 502, "{}", a.head);
+    assert!(a.header("x-twin-error").is_some(), "{}", a.head);
+    assert_eq!(up.hits(), 1, "the upgrade was sent again");
+    s.stop().await;
+}

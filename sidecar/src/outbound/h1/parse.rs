@@ -131,8 +131,10 @@ pub fn request<'h, 'b>(
         return Err(bad("more than one Host header"));
     }
     info.upgrade = conn_upgrade && has_upgrade && !http10;
-    info.repeatable =
-        crate::outbound::retry::may_repeat_name(req.method.unwrap_or_default(), idempotency_key);
+    // An upgrade is never sent twice once written, whatever its method: the upstream may
+    // have opened the session already.
+    info.repeatable = !info.upgrade
+        && crate::outbound::retry::may_repeat_name(req.method.unwrap_or_default(), idempotency_key);
     Ok(Some(Request { req, info }))
 }
 
