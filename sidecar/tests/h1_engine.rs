@@ -538,3 +538,56 @@ async fn an_upgrade_that_reached_the_upstream_is_not_sent_again() {
     assert_eq!(up.hits(), 1, "the upgrade was sent again");
     s.stop().await;
 }
+
+/// An upstream answer whose body breaks: before anything reached the client it is a 502
+/// naming the upstream (not an empty reply); after the head went out the client sees the
+/// connection end early, and the sidecar counts an `upstream_dropped` error either way.
+#[tokio::test]
+async fn a_broken_upstream_body_is_a_502_or_a_counted_cut() {
+    let addr = serve_tcp(|mut s: TcpStream| async move {
+        let mut buf = vec![0u8; 4096];
+        let mut have = 0;
+        while find(&buf[..have], b"\r\n\r\n").is_none() {
+            match s.read(&mut buf[have..]).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => have += n,
+            }
+        }
+        let answer: &[u8] = if buf[..have].starts_with(b"GET /badchunk") {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial"
+        };
+        let _ = s.write_all(answer).await;
+    })
+    .await
+    .expect("bind");
+    let (_dir, s) = engine_sidecar(addr).await;
+    let (_c, a) = once(
+        s.outbound_addr,
+        b"GET /badchunk HTTP/1.1\r\nhost: payments\r\n\r\n",
+    )
+    .await;
+    assert_eq!(a.status, 502, "{}", a.head);
+    let why = a.header("x-twin-error").unwrap_or_default();
+    assert!(why.contains("sent a broken body"), "{why}");
+
+    let mut c = Conn::open(s.outbound_addr).await;
+    c.send(b"GET /short HTTP/1.1\r\nhost: payments\r\n\r\n")
+        .await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, c.stream.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("partial"),
+        "{got}"
+    );
+    let m = metrics(&s).await;
+    let dropped = m
+        .lines()
+        .filter(|l| l.starts_with("twin_sidecar_errors_total") && l.contains("upstream_dropped"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>();
+    assert_eq!(dropped, 2.0, "{m}");
+    s.stop().await;
+}

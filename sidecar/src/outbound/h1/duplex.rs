@@ -93,10 +93,12 @@ impl Engine {
                 }
                 answered.store(true, Ordering::Relaxed);
                 sent.status = resp.status;
-                let (next, reusable, bytes) =
-                    relay(&mut cw, out, ubuf, &mut ur, &resp, x.req, stopping).await;
-                sent.bytes = bytes;
-                Ok((next, reusable))
+                let relayed = relay(&mut cw, out, ubuf, &mut ur, &resp, x.req, stopping).await;
+                sent.bytes = relayed.bytes;
+                // A streamed exchange has no second chance: whatever broke, the client sees
+                // the connection end (before or after the head), and the log says so.
+                sent.cut_short = relayed.fault.is_some();
+                Ok((relayed.next, relayed.reusable))
             };
             tokio::pin!(upload, download);
             loop {

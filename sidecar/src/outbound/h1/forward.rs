@@ -14,7 +14,7 @@ use crate::outbound::h1::framing::{self, Body, Buf, Framing, PumpError};
 pub(super) use crate::outbound::h1::parse::Names;
 use crate::outbound::h1::parse::{self, ClientConn, RequestInfo};
 use crate::outbound::h1::pool::{self, Upstream};
-use crate::outbound::h1::relay::relay;
+use crate::outbound::h1::relay::{relay, Fault};
 use crate::outbound::h1::{within, Client, Engine, Next, Sent};
 use crate::outbound::observe::Observation;
 use crate::outbound::plan::{self, Plan, Target};
@@ -71,6 +71,13 @@ impl Engine {
                 };
                 drop(routed.write.take());
                 match outcome {
+                    // The answer's head went out, then the upstream's body broke.
+                    Ok(next) if c.sent.cut_short => {
+                        route.edge.failed();
+                        let label = ProxyError::UpstreamDropped(String::new()).label();
+                        metrics::error(&route.name, label);
+                        (next, Some(route), Some(label))
+                    }
                     Ok(next) => (next, Some(route), None),
                     Err((e, body_started)) => {
                         route.edge.failed();
@@ -327,7 +334,7 @@ impl Engine {
             }
             let stopping = self.shutdown.is_stopping();
             c.sent.status = resp.status;
-            let (next, reusable, bytes) = relay(
+            let relayed = relay(
                 &mut c.io,
                 &mut c.out,
                 &mut c.ubuf,
@@ -337,7 +344,18 @@ impl Engine {
                 stopping,
             )
             .await;
-            c.sent.bytes = bytes;
+            c.sent.bytes = relayed.bytes;
+            match relayed.fault {
+                // Nothing reached the client yet: it gets a 502 naming the upstream, not an
+                // empty reply.
+                Some(Fault::Unsent(why)) => {
+                    let why = format!("upstream {} sent a broken body: {why}", state.addr);
+                    return Err((ProxyError::UpstreamDropped(why), body_read));
+                }
+                Some(Fault::CutShort) => c.sent.cut_short = true,
+                None => {}
+            }
+            let (next, reusable) = (relayed.next, relayed.reusable);
             if reusable {
                 // A complete exchange with nothing left over: the connection can serve again.
                 // Idle since the answer's head came back (no new clock read).

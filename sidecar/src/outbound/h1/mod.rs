@@ -276,6 +276,9 @@ pub struct Client {
 pub struct Sent {
     pub status: u16,
     pub bytes: u64,
+    /// The upstream's body broke after the head went out: the client saw the connection end
+    /// early.
+    pub cut_short: bool,
 }
 
 /// Runs `fut` unless `timer` reaches `deadline` first (then None).
@@ -341,6 +344,7 @@ impl Client {
         self.sent = Sent {
             status: status.as_u16(),
             bytes: body.len() as u64,
+            cut_short: false,
         };
         write_all_vectored(
             &mut self.io,

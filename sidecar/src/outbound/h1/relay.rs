@@ -7,16 +7,36 @@ use std::io::IoSlice;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::outbound::h1::framing::{self, Body, Buf, Framing};
+use crate::outbound::h1::framing::{self, Body, Buf, Framing, PumpError};
 use crate::outbound::h1::parse::{RequestInfo, ResponseInfo};
 use crate::outbound::h1::pool::Upstream;
 use crate::outbound::h1::{write_all_vectored, Client, Next};
 use crate::outbound::metrics;
 
+/// How a relayed answer ended.
+pub(super) struct Relayed {
+    /// How the client connection goes on.
+    pub next: Next,
+    /// The upstream connection ended the exchange cleanly: it may serve again.
+    pub reusable: bool,
+    /// Body bytes the client was sent.
+    pub bytes: u64,
+    /// The upstream's answer broke (its body's framing, or the connection before the body's
+    /// end); the client's own failures are not the upstream's fault.
+    pub fault: Option<Fault>,
+}
+
+/// An upstream answer that broke while it was relayed.
+#[derive(Debug)]
+pub(super) enum Fault {
+    /// Before anything reached the client: the caller can still answer 502 in its place.
+    Unsent(String),
+    /// After the head went out: the client sees the connection end early.
+    CutShort,
+}
+
 /// Sends the response whose client head is `head` and whose body starts in `ubuf`, the rest
-/// read from `up`. Returns how the client connection goes on, whether the upstream
-/// connection ended the exchange cleanly (then it may serve again), and how many body bytes
-/// the client was sent.
+/// read from `up`.
 pub(super) async fn relay<R, W>(
     client: &mut W,
     head: &mut Vec<u8>,
@@ -25,7 +45,7 @@ pub(super) async fn relay<R, W>(
     resp: &ResponseInfo,
     req: &RequestInfo,
     stopping: bool,
-) -> (Next, bool, u64)
+) -> Relayed
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -38,7 +58,7 @@ where
     } else {
         match body.advance(ubuf.filled()) {
             Ok(n) => n,
-            Err(_) => return (Next::Close, false, 0),
+            Err(e) => return Relayed::ended(0, Some(Fault::Unsent(e.to_string()))),
         }
     };
     // A small body joins the head in one buffer: one plain write, no iovec.
@@ -54,20 +74,42 @@ where
     };
     ubuf.consume(prefix);
     if wrote.is_err() {
-        return (Next::Close, false, 0);
+        return Relayed::ended(0, None);
     }
     if let Err(e) = framing::pump(up, ubuf, client, &mut body, dechunk).await {
         // Too late for an error response: the client sees the connection end early.
         tracing::debug!(error = %e, "response body cut short");
-        return (Next::Close, false, body.seen);
+        let fault = match e {
+            PumpError::Write(_) => None,
+            _ => Some(Fault::CutShort),
+        };
+        return Relayed::ended(body.seen, fault);
     }
     let reusable = resp.keep_alive && body.is_done() && ubuf.is_empty();
     let client_closes = !req.keep_alive || matches!(resp.framing, Framing::Close) || dechunk;
-    if client_closes || stopping {
+    let next = if client_closes || stopping {
         let _ = client.shutdown().await;
-        (Next::Close, reusable, body.seen)
+        Next::Close
     } else {
-        (Next::KeepAlive, reusable, body.seen)
+        Next::KeepAlive
+    };
+    Relayed {
+        next,
+        reusable,
+        bytes: body.seen,
+        fault: None,
+    }
+}
+
+impl Relayed {
+    /// An answer that ended early: the client connection closes, the upstream's is not kept.
+    fn ended(bytes: u64, fault: Option<Fault>) -> Relayed {
+        Relayed {
+            next: Next::Close,
+            reusable: false,
+            bytes,
+            fault,
+        }
     }
 }
 
