@@ -105,7 +105,7 @@ async fn export_writes_json_lines_since_a_time() {
     assert_eq!(last["reason"], "create", "oldest first: {recent:#?}");
     assert!(last["revision"].as_i64().unwrap_or(0) > 0, "{last}");
 
-    for since in ["30d", "2000-01-01T00:00:00Z"] {
+    for since in ["30d", "2000-01-01T00:00:00Z", "2000-01-01T08:00:00+08:00"] {
         let all = twinctl(&etcd, &["audit", "export", "--since", since, "-o", "jsonl"])
             .await
             .expect(0);
@@ -124,6 +124,24 @@ async fn export_writes_json_lines_since_a_time() {
     bad.one_line_error("--since \"yesterday\" is neither an RFC 3339 time");
     let missing = twinctl(&etcd, &["audit", "export"]).await.expect(2);
     assert!(missing.stderr.contains("--since"), "{missing:#?}");
+    // A time without its zone would be read as UTC: eight hours off in Beijing.
+    let local = twinctl(
+        &etcd,
+        &["audit", "export", "--since", "2000-01-01T08:00:00"],
+    )
+    .await;
+    local.expect(2).one_line_error("has no time zone");
+    // An archive that is not there would make the export look complete without it.
+    let args = [
+        "audit",
+        "export",
+        "--since",
+        "30d",
+        "--archive",
+        "/nonexistent/audit.jsonl",
+    ];
+    let no_archive = twinctl(&etcd, &args).await.expect(2);
+    no_archive.one_line_error("--archive /nonexistent/audit.jsonl: no such file");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

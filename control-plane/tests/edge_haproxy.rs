@@ -7,8 +7,8 @@ mod cp_support;
 use std::time::{Duration, Instant};
 
 use cp_support::{
-    file_in, ok_line, record, replica, route_set, twinctl, two_dcs, two_dcs_and, wait_until,
-    Replica,
+    file_in, ok_line, record, replica, route_set, run_line, twinctl, two_dcs, two_dcs_and,
+    wait_until, Replica,
 };
 use twin_lab::{http, Etcd, Haproxy, Upstream};
 use twin_topology::{
@@ -408,11 +408,13 @@ async fn edge_sync_dry_run_shows_what_would_change_and_writes_nothing() {
     .expect(2);
     no_dry.one_line_error("only previews (--dry-run)");
     e.lb.stop();
-    let down = ok_line(&e.etcd, &line).await;
+    // The runbook checks the load balancers with this: one it cannot read fails the check.
+    let down = run_line(&e.etcd, &line).await.expect(1);
     assert!(
         down.stdout.contains("cannot sync: haproxy runtime API"),
         "{down:?}"
     );
+    down.one_line_error("cannot read the load balancer of payments");
     let status = ok_line(&e.etcd, "edge status").await;
     assert!(status.stdout.contains("no edges published"), "{status:?}");
 }

@@ -50,7 +50,8 @@ pub struct ExportArgs {
 /// `--since`: an RFC 3339 time or a duration before `now_ms`, as Unix milliseconds.
 pub fn parse_since(s: &str, now_ms: u64) -> Result<u64, CtlError> {
     let t = s.trim();
-    if let Ok(at) = humantime::parse_rfc3339_weak(t) {
+    if t.contains(':') {
+        let at = super::when::parse_time(t).map_err(|e| CtlError::usage(format!("--since {e}")))?;
         let ms = at
             .duration_since(std::time::UNIX_EPOCH)
             .map_err(|_| CtlError::usage(format!("--since {s:?} is before 1970")))?
@@ -60,7 +61,7 @@ pub fn parse_since(s: &str, now_ms: u64) -> Result<u64, CtlError> {
     match humantime::parse_duration(t) {
         Ok(d) => Ok(now_ms.saturating_sub(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
         Err(_) => Err(CtlError::usage(format!(
-            "--since {s:?} is neither an RFC 3339 time (2026-01-31T00:00:00Z) nor a duration (24h)"
+            "--since {s:?} is neither an RFC 3339 time (2026-01-31T08:00:00+08:00) nor a duration (24h)"
         ))),
     }
 }
@@ -69,6 +70,14 @@ pub fn parse_since(s: &str, now_ms: u64) -> Result<u64, CtlError> {
 async fn export(g: &Global, a: ExportArgs) -> Result<(), CtlError> {
     let since = parse_since(&a.since, twin_topology::now_ms())?;
     let (archived, torn) = match &a.archive {
+        // The daemon starts an archive that is not there yet; an export asked to read one
+        // that is not there would look complete without it.
+        Some(p) if !p.exists() => {
+            return Err(CtlError::usage(format!(
+                "--archive {}: no such file (the control plane's --audit-archive)",
+                p.display()
+            )))
+        }
         Some(p) => audit_archive::read_archive(p).map_err(CtlError::failed)?,
         None => (Vec::new(), 0),
     };

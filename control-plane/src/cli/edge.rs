@@ -120,7 +120,22 @@ pub async fn run(g: &Global, c: EdgeCommand) -> Result<(), CtlError> {
                     error: preview.err(),
                 });
             }
-            emit(g.output, &DryRun { services })
+            let unreachable: Vec<String> = services
+                .iter()
+                .filter(|s| s.error.is_some())
+                .map(|s| s.service.clone())
+                .collect();
+            emit(g.output, &DryRun { services })?;
+            // The runbook checks the load balancers with this: one it cannot read is a
+            // failure, not a preview.
+            if unreachable.is_empty() {
+                Ok(())
+            } else {
+                Err(CtlError::failed(format!(
+                    "cannot read the load balancer of {}: see above",
+                    unreachable.join(", ")
+                )))
+            }
         }
     }
 }

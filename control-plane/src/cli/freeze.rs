@@ -13,7 +13,7 @@ use crate::output::{emit, time_ms, Report};
 /// `freeze`.
 #[derive(Debug, Args)]
 pub struct FreezeArgs {
-    /// End of the freeze: a time (2025-12-31T23:00:00Z, 2025-12-31 23:00:00 UTC) or a duration from now (8h, 3d)
+    /// End of the freeze: an RFC 3339 time with its zone (2025-12-31T23:00:00Z, 2026-01-01T07:00:00+08:00) or a duration from now (8h, 3d)
     #[arg(long, value_parser = parse_until)]
     pub until: u64,
     #[command(flatten)]
@@ -32,10 +32,12 @@ pub fn parse_until(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let at = if let Ok(d) = humantime::parse_duration(t) {
         SystemTime::now() + d
+    } else if t.contains(':') {
+        super::when::parse_time(t)?
     } else {
-        humantime::parse_rfc3339_weak(t).map_err(|_| {
-            format!("{s:?} is neither a time like 2025-12-31T23:00:00Z nor a duration like 8h")
-        })?
+        return Err(format!(
+            "{s:?} is neither a time like 2025-12-31T23:00:00+08:00 nor a duration like 8h"
+        ));
     };
     let ms = at
         .duration_since(UNIX_EPOCH)

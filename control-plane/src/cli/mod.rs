@@ -28,6 +28,7 @@ pub mod inject;
 pub mod route;
 pub mod shift;
 pub mod status;
+pub mod when;
 
 /// The exit codes, shown at the end of `twinctl --help`.
 pub const EXIT_CODES_HELP: &str = "\
