@@ -23,6 +23,7 @@ VERSION = "1.30.0"
 CUSTOM = {
     ("cert-manager.io/v1", "Certificate"): ["spec.secretName", "spec.issuerRef.name"],
     ("cert-manager.io/v1", "Issuer"): ["spec"],
+    ("cert-manager.io/v1", "ClusterIssuer"): ["spec"],
     ("monitoring.coreos.com/v1", "PodMonitor"): ["spec.selector"],
 }
 
