@@ -10,6 +10,10 @@ writes, strictly, with their required fields, bounds and formats; PrometheusRule
 operator's v1 schema of spec.groups (PromQL itself is checked by promtool, see
 control-plane/tests/observability.rs). Reads YAML streams from files or stdin ("-").
 Exits 1 naming each invalid document, 0 when all are valid.
+
+With --refs FILE... it checks instead that what the objects refer to is among them (Secrets
+that pods mount come from cert-manager Certificates, ConfigMaps, issuers): the set that
+README's Kubernetes steps apply must not leave a pod waiting for a Secret nobody makes.
 """
 import re
 import sys
@@ -23,6 +27,7 @@ VERSION = "1.30.0"
 CUSTOM = {
     ("cert-manager.io/v1", "Certificate"): ["spec.secretName", "spec.issuerRef.name"],
     ("cert-manager.io/v1", "Issuer"): ["spec"],
+    ("cert-manager.io/v1", "ClusterIssuer"): ["spec"],
     ("monitoring.coreos.com/v1", "PodMonitor"): ["spec.selector"],
 }
 
@@ -166,7 +171,59 @@ def check_prometheusrule(doc, label):
     return errs
 
 
+def pod_specs(doc):
+    """The pod spec of a Pod or of a workload's pod template, if the document has one."""
+    kind = doc.get("kind")
+    path = {"Pod": [], "CronJob": ["spec", "jobTemplate", "spec", "template"]}.get(
+        kind, ["spec", "template"] if kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job") else None
+    )
+    if path is None:
+        return None
+    return lookup(doc, ".".join(path + ["spec"]))
+
+
+def check_refs(docs):
+    """What the objects refer to exists among them: every Secret a pod mounts is written by a
+    cert-manager Certificate, every ConfigMap a pod mounts without optional: true is there,
+    and every issuerRef names an Issuer of its namespace or a ClusterIssuer."""
+    ns = lambda d: lookup(d, "metadata.namespace") or "default"
+    certs = {(ns(d), lookup(d, "spec.secretName")) for d in docs if d.get("kind") == "Certificate"}
+    maps = {(ns(d), lookup(d, "metadata.name")) for d in docs if d.get("kind") == "ConfigMap"}
+    issuers = {(ns(d), lookup(d, "metadata.name")) for d in docs if d.get("kind") == "Issuer"}
+    cluster_issuers = {lookup(d, "metadata.name") for d in docs if d.get("kind") == "ClusterIssuer"}
+    errors = []
+    for d in docs:
+        label = f"{d.get('kind')}/{lookup(d, 'metadata.name')}"
+        spec = pod_specs(d)
+        for v in (spec or {}).get("volumes") or []:
+            secret = lookup(v, "secret.secretName")
+            if secret and (ns(d), secret) not in certs:
+                errors.append(f"{label}: mounts Secret {secret}, which no Certificate here writes")
+            cm = v.get("configMap") or {}
+            if cm and not cm.get("optional") and (ns(d), cm.get("name")) not in maps:
+                errors.append(f"{label}: mounts ConfigMap {cm.get('name')}, which is not here")
+        if d.get("kind") == "Certificate":
+            ref = lookup(d, "spec.issuerRef") or {}
+            if ref.get("kind") == "ClusterIssuer":
+                ok = ref.get("name") in cluster_issuers
+            else:
+                ok = (ns(d), ref.get("name")) in issuers
+            if not ok:
+                errors.append(f"{label}: issuer {ref.get('kind', 'Issuer')}/{ref.get('name')} is not here")
+    return errors
+
+
 def main(paths):
+    if paths and paths[0] == "--refs":
+        docs = []
+        for path in paths[1:]:
+            text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+            docs += [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
+        errors = check_refs(docs)
+        for e in errors:
+            print(e)
+        print(f"{len(docs)} objects, {len(errors)} dangling references")
+        return 1 if errors or not docs else 0
     errors, count = [], 0
     for path in paths:
         text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()

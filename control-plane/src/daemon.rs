@@ -21,6 +21,7 @@ use crate::autofail::{AutoFailover, AutoFailoverPolicy};
 use crate::edge::Edges;
 use crate::election::{Candidacy, Candidate, Leadership};
 use crate::error::CtlError;
+use crate::etcd_health::{watch_etcd, EtcdHealth};
 use crate::failover::{self, FailoverRequest};
 use crate::health::DcHealth;
 use crate::plan::Selection;
@@ -82,14 +83,24 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| CtlError::failed(format!("status API address: {e}")))?;
-    tracing::info!(%addr, id = %cfg.id, "serving /v1/status, /metrics, /healthz");
+    tracing::info!(%addr, id = %cfg.id, "serving /v1/status, /metrics, /healthz, /healthz/etcd");
     let leading = Arc::new(AtomicBool::new(false));
+    let etcd = Arc::new(EtcdHealth::default());
+    tokio::spawn(watch_etcd(
+        etcd.clone(),
+        cluster.client(),
+        cluster.keys.clone(),
+        cfg.probe_interval,
+        cfg.probe_timeout.max(Duration::from_secs(2)),
+        shutdown.clone(),
+    ));
     let state = Arc::new(StatusState {
         cluster: cluster.clone(),
         topology: view.cell(),
         metrics,
         leading: leading.clone(),
         id: cfg.id.clone(),
+        etcd,
     });
     let server = tokio::spawn(status_api::serve(listener, state, shutdown.clone()));
     let me = Candidacy {

@@ -1,6 +1,8 @@
 //! The daemon's HTTP endpoints: `/v1/status` (the [`StatusReport`] as JSON), `/metrics`
-//! (Prometheus text) and `/healthz` (`ok` while the process serves; it says whether this
-//! replica leads but never fails for being a follower).
+//! (Prometheus text), `/healthz` (`ok` while the process serves; it says whether this
+//! replica leads but never fails for being a follower, and says when etcd is unreachable
+//! without failing for it: the injection webhook works without etcd) and `/healthz/etcd`
+//! (503 while etcd is unreachable).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +22,7 @@ use tokio::sync::watch;
 use twin_topology::{now_ms, Backoff, FencePhase, Topology};
 
 use crate::error::CtlError;
+use crate::etcd_health::EtcdHealth;
 use crate::state::Cluster;
 use crate::status::{Extras, StatusReport};
 
@@ -34,6 +37,8 @@ pub struct StatusState {
     pub leading: Arc<AtomicBool>,
     /// This replica's `--id`.
     pub id: String,
+    /// Whether etcd answers this replica.
+    pub etcd: Arc<EtcdHealth>,
 }
 
 impl StatusState {
@@ -118,16 +123,29 @@ async fn handle(
             } else {
                 "follower"
             };
+            let etcd = state
+                .etcd
+                .problem()
+                .map(|p| format!(", {p}"))
+                .unwrap_or_default();
             text(
                 StatusCode::OK,
                 "text/plain",
-                format!("ok {} {role}\n", state.id),
+                format!("ok {} {role}{etcd}\n", state.id),
             )
         }
+        (&http::Method::GET, "/healthz/etcd") => match state.etcd.problem() {
+            Some(p) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{p}\n"),
+            ),
+            None => text(StatusCode::OK, "text/plain", "etcd ok\n".into()),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /v1/status, /metrics, /healthz\n".into(),
+            "not found: try /v1/status, /metrics, /healthz, /healthz/etcd\n".into(),
         ),
     };
     Ok(resp)

@@ -352,3 +352,50 @@ async fn automatic_failover_acts_once_and_does_not_flap() {
         "no second automatic change"
     );
 }
+
+#[tokio::test]
+async fn healthz_says_when_etcd_is_unreachable_without_failing() {
+    let mut etcd = Etcd::start().await.expect("etcd");
+    let r = replica(&etcd, "cp-e", &[]).await;
+    wait_until(Duration::from_secs(20), "etcd checked and up", || async {
+        http_get(&r.status_addr, "/healthz/etcd")
+            .await
+            .is_some_and(|(code, body)| code == 200 && body == "etcd ok\n")
+    })
+    .await;
+    etcd.stop();
+    // Liveness and readiness stay 200 (the webhook needs no etcd); the body says why the
+    // replica cannot do its etcd work, and /healthz/etcd fails.
+    wait_until(
+        Duration::from_secs(20),
+        "/healthz to say etcd is unreachable",
+        || async {
+            http_get(&r.status_addr, "/healthz")
+                .await
+                .is_some_and(|(code, body)| {
+                    code == 200
+                        && body.starts_with("ok cp-e ")
+                        && body.contains(", etcd unreachable for ")
+                })
+        },
+    )
+    .await;
+    let (code, body) = http_get(&r.status_addr, "/healthz/etcd")
+        .await
+        .expect("healthz/etcd");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("etcd unreachable for "), "{body}");
+    assert_eq!(body.lines().count(), 1, "{body}");
+    let (_, metrics) = http_get(&r.status_addr, "/metrics").await.expect("metrics");
+    assert!(
+        metrics.contains("twin_control_plane_etcd_up 0"),
+        "{metrics}"
+    );
+    etcd.restart().await.expect("etcd back");
+    wait_until(Duration::from_secs(20), "etcd up again", || async {
+        http_get(&r.status_addr, "/healthz")
+            .await
+            .is_some_and(|(code, body)| code == 200 && !body.contains("etcd"))
+    })
+    .await;
+}

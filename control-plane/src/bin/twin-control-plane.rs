@@ -29,7 +29,7 @@ struct Args {
     /// This replica's name (default: hostname-pid)
     #[arg(long)]
     id: Option<String>,
-    /// Address of /v1/status, /metrics and /healthz
+    /// Address of /v1/status, /metrics, /healthz and /healthz/etcd
     #[arg(long, default_value = "127.0.0.1:15010")]
     listen: SocketAddr,
     /// Election lease TTL: how long a dead leader keeps the role

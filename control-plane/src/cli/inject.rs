@@ -75,6 +75,11 @@ fn config(g: &Global, a: &InjectArgs) -> Result<InjectConfig, CtlError> {
 /// Runs `twinctl inject`.
 pub fn run(g: &Global, a: InjectArgs) -> Result<(), CtlError> {
     let cfg = config(g, &a)?;
+    if cfg.etcd_client_secret.is_none() && cfg.etcd_endpoints.contains("https://") {
+        eprintln!(
+            "warning: no etcd_client_secret: the sidecars get no etcd client certificate, which an etcd with mutual TLS refuses (pass --config with the injector settings, e.g. k8s/overlays/m6v/inject.yaml)"
+        );
+    }
     let input = read_input(&a.file)?;
     let (out, outcomes) = inject_stream(&input, &cfg).map_err(|e| {
         CtlError::failed(format!(

@@ -2,6 +2,7 @@
 //! doors — the admission webhook served by `twin-control-plane` ([`webhook`]) and
 //! `twinctl inject` for manifests in CI ([`manifests`]).
 
+pub mod annotations;
 pub mod credentials;
 pub mod manifests;
 pub mod mutate;

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use twin_sidecar::config::{Command, Flags};
 use twin_topology::EtcdArgs;
 
-use super::credentials;
+use super::{annotations, credentials};
 
 /// Name of the injected container (also how an injected pod is recognised).
 pub const SIDECAR_NAME: &str = "twin-sidecar";
@@ -83,7 +83,21 @@ pub struct InjectConfig {
 impl InjectConfig {
     /// Settings that cannot work, named in one line.
     pub fn check(&self) -> Result<(), String> {
-        credentials::check(self)
+        credentials::check(self)?;
+        let r = &self.resources;
+        for (field, v) in [
+            ("cpu_request", &r.cpu_request),
+            ("memory_request", &r.memory_request),
+            ("cpu_limit", &r.cpu_limit),
+            ("memory_limit", &r.memory_limit),
+        ] {
+            if !annotations::is_quantity(v) {
+                return Err(format!(
+                    "resources.{field}: {v:?} is not a Kubernetes quantity (e.g. 100m, 64Mi)"
+                ));
+            }
+        }
+        annotations::check_requests(r, &BTreeMap::new())
     }
 }
 
@@ -209,6 +223,7 @@ pub(super) struct Plan {
 }
 
 pub(super) fn plan(ann: &BTreeMap<String, String>, cfg: &InjectConfig) -> Result<Plan, String> {
+    annotations::check_known(ann)?;
     let dc = match (ann.get(DC_ANNOTATION), &cfg.datacenter) {
         (Some(dc), _) => dc.clone(),
         (None, Some(dc)) => dc.clone(),
@@ -256,7 +271,7 @@ pub(super) fn plan(ann: &BTreeMap<String, String>, cfg: &InjectConfig) -> Result
     ] {
         let key = format!("{RESOURCE_ANNOTATION_PREFIX}{suffix}");
         if let Some(v) = ann.get(&key) {
-            if !is_quantity(v) {
+            if !annotations::is_quantity(v) {
                 return Err(format!(
                     "{key}: {v:?} is not a Kubernetes quantity (e.g. 100m, 64Mi)"
                 ));
@@ -264,6 +279,7 @@ pub(super) fn plan(ann: &BTreeMap<String, String>, cfg: &InjectConfig) -> Result
             *slot = v.clone();
         }
     }
+    annotations::check_requests(&resources, ann)?;
     Ok(Plan {
         dc,
         app: None,
@@ -271,22 +287,6 @@ pub(super) fn plan(ann: &BTreeMap<String, String>, cfg: &InjectConfig) -> Result
         register,
         resources,
     })
-}
-
-/// A Kubernetes resource quantity: a decimal number with an optional SI/binary suffix.
-fn is_quantity(s: &str) -> bool {
-    const SUFFIXES: [&str; 14] = [
-        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P",
-    ];
-    let num = SUFFIXES
-        .iter()
-        .find_map(|suf| s.strip_suffix(suf))
-        .unwrap_or(s);
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    !num.is_empty()
-        && int.bytes().all(|b| b.is_ascii_digit())
-        && frac.bytes().all(|b| b.is_ascii_digit())
-        && !(int.is_empty() && frac.is_empty())
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {

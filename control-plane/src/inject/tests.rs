@@ -223,6 +223,18 @@ fn unsafe_or_wrong_pods_are_refused_with_a_reason() {
             pod(json!({"twin.io/proxy-cpu-limit": "lots"}), json!({})),
             "twin sidecar injection: twin.io/proxy-cpu-limit: \"lots\" is not a Kubernetes quantity (e.g. 100m, 64Mi)",
         ),
+        (
+            pod(json!({"twin.io/datacentre": "wanguo"}), json!({})),
+            "twin sidecar injection: unknown annotation twin.io/datacentre (did you mean twin.io/datacenter?)",
+        ),
+        (
+            pod(json!({"twin.io/proxy-memory-request": "1Gi"}), json!({})),
+            "twin sidecar injection: sidecar memory request is above its limit: twin.io/proxy-memory-request 1Gi > the injector's resources.memory_limit 128Mi (the API server would refuse the pod)",
+        ),
+        (
+            pod(json!({"twin.io/proxy-cpu-request": "2", "twin.io/proxy-cpu-limit": "1500m"}), json!({})),
+            "twin sidecar injection: sidecar cpu request is above its limit: twin.io/proxy-cpu-request 2 > twin.io/proxy-cpu-limit 1500m (the API server would refuse the pod)",
+        ),
     ];
     for (input, want) in cases {
         let (allowed, reason, after) = run(&input);
@@ -257,6 +269,37 @@ fn malformed_bodies_are_400_reasons_not_panics() {
     assert!(
         err.starts_with("request object is not a valid Pod"),
         "{err}"
+    );
+}
+
+#[test]
+fn known_annotations_and_requests_up_to_their_limit_are_accepted() {
+    let input = pod(
+        json!({
+            "twin.io/inject": "true",
+            "twin.io/injected-datacenter": "m6v",
+            "twin.io/proxy-memory-request": "128Mi",
+            "twin.io/proxy-cpu-request": "0.5",
+            "twin.io/proxy-cpu-limit": "500m",
+            "example.com/twin.io-datacentre": "x",
+        }),
+        json!({}),
+    );
+    let (allowed, reason, after) = run(&input);
+    assert!(allowed, "{reason}");
+    let sc = sidecar_of(&after, "initContainers").expect("sidecar");
+    assert_eq!(sc["resources"]["requests"]["memory"], "128Mi");
+    // The injector's own settings are checked the same way.
+    let c = InjectConfig {
+        resources: super::mutate::Resources {
+            memory_request: "1Gi".into(),
+            ..Default::default()
+        },
+        ..cfg()
+    };
+    assert_eq!(
+        c.check(),
+        Err("sidecar memory request is above its limit: the injector's resources.memory_request 1Gi > the injector's resources.memory_limit 128Mi (the API server would refuse the pod)".into())
     );
 }
 
