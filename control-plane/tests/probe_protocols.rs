@@ -1,6 +1,7 @@
 //! Health probes follow the route's protocol: `http2` endpoints are probed over HTTP/2 (h2c,
 //! or ALPN h2 with `tls:`), `grpc` endpoints with the standard gRPC health check against a
-//! real tonic-health server.
+//! real tonic-health server; and `twinctl readiness` refuses a move onto a datacenter the
+//! leader's probes call unhealthy.
 
 mod cp_support;
 
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cp_support::{ok, register, replica, two_dcs, wait_until};
+use cp_support::{ok, register, replica, twinctl, two_dcs, wait_until};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::{Request, Response, Version};
@@ -218,7 +219,7 @@ async fn wait_service_health(etcd: &Etcd, dc: &str, service: &str, up: u64, tota
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_leader_probes_grpc_endpoints_and_publishes_why_one_is_down() {
+async fn the_leader_probes_grpc_endpoints_and_readiness_refuses_an_unhealthy_target() {
     let etcd = two_dcs().await;
     ok(
         &etcd,
@@ -236,7 +237,7 @@ async fn the_leader_probes_grpc_endpoints_and_publishes_why_one_is_down() {
     )
     .await;
     let (m6v, _r1) = grpc_server(ServingStatus::Serving).await;
-    let (wanguo, _r2) = grpc_server(ServingStatus::NotServing).await;
+    let (wanguo, reporter) = grpc_server(ServingStatus::NotServing).await;
     let mut c = etcd.client().await.expect("client");
     register(&mut c, "risk", "m6v", "m6v-1", &m6v, 1).await;
     register(&mut c, "risk", "wanguo", "wanguo-1", &wanguo, 1).await;
@@ -253,4 +254,23 @@ async fn the_leader_probes_grpc_endpoints_and_publishes_why_one_is_down() {
         h["services"]["risk"]["down"]["wanguo-1"],
         "gRPC health: NOT_SERVING"
     );
+
+    // Failing m6v over would put all of risk on wanguo, which is 0% healthy.
+    let out = twinctl(&etcd, &["readiness", "--from", "m6v"]).await;
+    assert_eq!(out.code, 3, "{out:#?}");
+    assert!(
+        out.stdout.contains("unhealthy target")
+            && out.stdout.contains(
+                "risk in wanguo: 0% of endpoints healthy (0/1), gate needs 90%, yet it would get 100% of risk"
+            ),
+        "{out:#?}"
+    );
+
+    // Once wanguo serves, nothing stands in the way.
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    wait_service_health(&etcd, "wanguo", "risk", 1, 1).await;
+    let out = twinctl(&etcd, &["readiness", "--from", "m6v"]).await;
+    assert_eq!(out.code, 0, "{out:#?}");
 }
