@@ -42,7 +42,8 @@ pub struct DaemonConfig {
     pub probe_interval: Duration,
     /// Deadline of one probe.
     pub probe_timeout: Duration,
-    /// HTTP path probed on every endpoint.
+    /// HTTP path probed on every `http1` and `http2` endpoint (`grpc` ones get the gRPC
+    /// health check).
     pub probe_path: String,
     /// TLS client settings for probing endpoints of routes with `tls:` (`--upstream-ca` …).
     pub probe_tls: Option<std::sync::Arc<rustls::ClientConfig>>,

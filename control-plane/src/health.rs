@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 pub struct ServiceHealth {
     /// Registered endpoints probed.
     pub total: u32,
-    /// Of those, how many answered the health path with 2xx or 3xx in time.
+    /// Of those, how many were up: 2xx or 3xx on the health path in time (gRPC: `SERVING`).
     pub up: u32,
     /// Sum of the registered capacity of all endpoints.
     pub capacity_total: u64,

@@ -38,6 +38,7 @@ pub mod inject;
 pub mod output;
 pub mod plan;
 pub mod probe;
+pub mod probe_h2;
 pub mod prometheus;
 pub mod readiness;
 pub mod state;

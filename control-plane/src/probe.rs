@@ -1,12 +1,19 @@
-//! HTTP health probes of registered endpoints. A probe is `GET http://{addr}{path}` on a
-//! fresh connection with a deadline. An endpoint is **up** when it answers 2xx or 3xx in
-//! time; 4xx counts as down too (the application answered but not as healthy: a wrong
-//! `--probe-path` shows up as a whole datacenter down, which is loud rather than silent),
-//! as do 5xx, refused connections and timeouts.
+//! Health probes of registered endpoints, as their route's `protocol` says:
+//!
+//! - `http1` (default): `GET http://{addr}{path}` over HTTP/1.1;
+//! - `http2`: the same `GET` over HTTP/2 (h2c with prior knowledge; ALPN `h2` with `tls:`);
+//! - `grpc`: the standard gRPC health check (`grpc.health.v1.Health/Check` for the empty
+//!   service name, the whole server) over HTTP/2; see [`crate::probe_h2`].
+//!
+//! Every probe uses a fresh connection and one deadline (connect included). An HTTP endpoint
+//! is **up** when it answers 2xx or 3xx in time; 4xx counts as down too (the application
+//! answered but not as healthy: a wrong `--probe-path` shows up as a whole datacenter down,
+//! which is loud rather than silent), as do 5xx, refused connections and timeouts. A gRPC
+//! endpoint is up only when it answers `SERVING`.
 //!
 //! Endpoints of a route with `tls:` are probed over TLS with the same settings the sidecars
 //! use (`--upstream-ca`, `--upstream-cert`, `--upstream-key`; the route's server name). A
-//! plain HTTP probe of a TLS port would fail and mark a healthy datacenter down. Without
+//! plain probe of a TLS port would fail and mark a healthy datacenter down. Without
 //! `--upstream-ca` the control plane cannot check such an endpoint's certificate, so it falls
 //! back to a TCP connect. That is weaker, but never a false alarm.
 
@@ -23,11 +30,12 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use twin_topology::etcd_error::io_error_in;
 use twin_topology::upstream_tls::TlsTarget;
-use twin_topology::{now_ms, Topology, UpstreamTls};
+use twin_topology::{now_ms, Protocol, Topology, UpstreamTls};
 
 use crate::health::{DcHealth, ServiceHealth};
+use crate::probe_h2::{self, Transport};
 
-/// Probes endpoints over HTTP/1.1.
+/// Probes endpoints over HTTP/1.1, HTTP/2 or gRPC health, as their route says.
 #[derive(Clone)]
 pub struct Prober {
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -67,29 +75,40 @@ impl Prober {
         self
     }
 
-    /// Probes `addr` as its route says: plain HTTP, HTTP over TLS, or (TLS without a CA to
-    /// check it with) a TCP connect.
+    /// Probes `addr` as its route says: its `protocol` (HTTP/1.1, HTTP/2, gRPC health),
+    /// plain or over TLS, or (TLS without a CA to check it with) a TCP connect.
     pub async fn probe_endpoint(
         &self,
         addr: &str,
+        protocol: Protocol,
         tls: Option<&UpstreamTls>,
     ) -> Result<(), String> {
-        match (tls, &self.tls) {
-            (None, _) => self.probe(addr).await,
-            (Some(t), Some(cfg)) => {
-                let target = TlsTarget::new(t, addr, Some(cfg));
-                match tokio::time::timeout(self.timeout, self.probe_tls(addr, &target)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(format!("no answer within {:?}", self.timeout)),
-                }
-            }
+        let target = match (tls, &self.tls) {
+            (None, _) => None,
+            (Some(t), Some(cfg)) => Some(TlsTarget::new(t, addr, Some(cfg))),
             (Some(_), None) => {
-                match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
+                return match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(format!("TCP connect: {e}")),
                     Err(_) => Err(format!("no TCP connect within {:?}", self.timeout)),
-                }
+                };
             }
+        };
+        let transport = match &target {
+            None => Transport::Plain,
+            Some(t) => Transport::Tls(t),
+        };
+        let probe = async {
+            match (protocol, &transport) {
+                (Protocol::Http1, Transport::Plain) => self.probe(addr).await,
+                (Protocol::Http1, Transport::Tls(t)) => self.probe_tls(addr, t).await,
+                (Protocol::Http2, t) => probe_h2::get(addr, &self.path, t).await,
+                (Protocol::Grpc, t) => probe_h2::grpc_check(addr, t).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, probe).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
         }
     }
 
@@ -146,11 +165,10 @@ impl Prober {
             })
             .collect();
         let results = futures::future::join_all(targets.iter().map(|(svc, _, addr, _)| {
-            let tls = topo
-                .routes
-                .get(svc.as_str())
-                .and_then(|r| r.value.tls.as_ref());
-            async move { self.probe_endpoint(addr, tls).await }
+            let route = topo.routes.get(svc.as_str()).map(|r| &r.value);
+            let protocol = route.map(|r| r.protocol).unwrap_or_default();
+            let tls = route.and_then(|r| r.tls.as_ref());
+            async move { self.probe_endpoint(addr, protocol, tls).await }
         }))
         .await;
         let mut services: BTreeMap<String, ServiceHealth> = BTreeMap::new();

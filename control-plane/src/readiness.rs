@@ -7,17 +7,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
+use twin_topology::model::bp_to_percent;
 use twin_topology::{Topology, UNKNOWN_SERVICE};
 
 use crate::deps::graph::ago;
 use crate::deps::EdgeRecord;
 use crate::guard;
-use crate::health::DcHealth;
+use crate::health::{DcHealth, HealthGate};
 use crate::plan::{FailoverPlan, Selection};
 use crate::state::LiveNode;
 
 /// A health record younger than this is trusted over the registrations (ms).
 pub const HEALTH_FRESH_MS: u64 = 30_000;
+/// The health gate a datacenter that gains traffic must pass: `twinctl shift`'s defaults
+/// (`--min-healthy 90`), judged on a health record younger than [`HEALTH_FRESH_MS`] (its
+/// `--max-health-age 30s`).
+pub const TARGET_MIN_HEALTHY_PERCENT: f64 = 90.0;
 /// An app's newest edge older than this makes its part of the map stale (ms); sidecars
 /// rewrite every edge at least every 5 minutes.
 pub const STALE_MAP_MS: u64 = 10 * 60_000;
@@ -34,6 +39,8 @@ pub enum BlockerKind {
     FailRoute,
     /// A target datacenter would carry more than its capacity.
     Capacity,
+    /// A datacenter that would gain a service's traffic is below the health gate.
+    UnhealthyTarget,
     /// The map cannot be trusted for an app: its edges are old, or it has none.
     StaleMap,
 }
@@ -46,11 +53,14 @@ impl BlockerKind {
             BlockerKind::AppSingleDc => "app in one dc",
             BlockerKind::FailRoute => "fail route",
             BlockerKind::Capacity => "capacity",
+            BlockerKind::UnhealthyTarget => "unhealthy target",
             BlockerKind::StaleMap => "stale map",
         }
     }
 
-    /// Judged from the dependency map (not one of the failover's older guard rails).
+    /// Not one of the failover's older guard rails (fail route, capacity): judged from the
+    /// dependency map, or the target's health. `twinctl failover` refuses on them too; the
+    /// daemon's automatic failover only logs them.
     pub fn from_map(self) -> bool {
         !matches!(self, BlockerKind::FailRoute | BlockerKind::Capacity)
     }
@@ -191,6 +201,9 @@ pub fn assess(inp: &Inputs) -> Vec<Blocker> {
         });
     }
 
+    // A datacenter that gains a service's traffic while below the health gate.
+    out.extend(unhealthy_targets(inp));
+
     // A stale map: the verdict above rests on edges that may be missing.
     for (app, nodes) in &apps {
         if !in_scope(app) {
@@ -229,6 +242,48 @@ pub fn assess(inp: &Inputs) -> Vec<Blocker> {
             app: Some(app.to_string()),
             reason,
         });
+    }
+    out
+}
+
+/// One blocker per (service, datacenter) whose weight the plan raises while the datacenter's
+/// fresh health record puts the service below [`TARGET_MIN_HEALTHY_PERCENT`], with the reason
+/// `twinctl shift` would refuse it with. Without a fresh record (no control plane) or
+/// without a share to judge (no endpoint probed there) nothing is claimed.
+fn unhealthy_targets(inp: &Inputs) -> Vec<Blocker> {
+    let gate = HealthGate {
+        min_healthy_percent: TARGET_MIN_HEALTHY_PERCENT,
+        max_age_ms: HEALTH_FRESH_MS,
+    };
+    let mut out = Vec::new();
+    for m in &inp.plan.moves {
+        for (dc, &after) in &m.after.0 {
+            if after <= m.before.get(dc) {
+                continue;
+            }
+            let Some(h) = inp
+                .health
+                .get(dc)
+                .filter(|h| h.age_ms(inp.now_ms) <= HEALTH_FRESH_MS)
+            else {
+                continue;
+            };
+            if h.service_percent(&m.service).is_none() {
+                continue;
+            }
+            if let Err(why) = gate.check(dc, &m.service, Some(h), inp.now_ms) {
+                out.push(Blocker {
+                    kind: BlockerKind::UnhealthyTarget,
+                    service: Some(m.service.clone()),
+                    app: None,
+                    reason: format!(
+                        "{why}, yet it would get {} of {} (twinctl shift refuses such a move)",
+                        bp_to_percent(after),
+                        m.service
+                    ),
+                });
+            }
+        }
     }
     out
 }

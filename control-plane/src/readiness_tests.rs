@@ -185,8 +185,21 @@ fn fresh_health_overrules_registrations_and_stale_health_does_not() {
         [("wanguo".to_string(), h)].into()
     };
     let down = assess_with(&t, Selection::All, &nodes, &edges, &health(2_000, 0));
-    assert_eq!(down.len(), 1, "{down:#?}");
-    assert_eq!(down[0].kind, BlockerKind::SingleDcDependency);
+    // wanguo, 0% healthy, would also get ledger and payments (the latter judged by the
+    // whole datacenter, as twinctl shift judges it).
+    assert_eq!(
+        kinds(&down),
+        vec![
+            (
+                BlockerKind::SingleDcDependency,
+                Some("payments"),
+                Some("ledger")
+            ),
+            (BlockerKind::UnhealthyTarget, None, Some("ledger")),
+            (BlockerKind::UnhealthyTarget, None, Some("payments")),
+        ],
+        "{down:#?}"
+    );
     assert!(
         down[0].reason.contains("(wanguo: 0 of 1 up 2s ago)"),
         "{}",
@@ -337,4 +350,49 @@ fn services_scope_follows_what_the_selected_services_call() {
     let t = topo(&[]);
     let b = assess_with(&t, Selection::All, &nodes[..2], &unknown, &BTreeMap::new());
     assert_eq!(b, vec![]);
+}
+
+#[test]
+fn a_move_onto_a_datacenter_below_the_health_gate_is_a_blocker() {
+    let t = topo(&[("payments", "m6v", 1), ("payments", "wanguo", 2)]);
+    let health = |dc: &str, up: u32, age: u64| -> BTreeMap<String, DcHealth> {
+        let h = DcHealth {
+            dc: dc.into(),
+            at_ms: NOW - age,
+            publisher: "cp".into(),
+            services: [(
+                "payments".to_string(),
+                ServiceHealth {
+                    total: 2,
+                    up,
+                    ..ServiceHealth::default()
+                },
+            )]
+            .into(),
+        };
+        [(dc.to_string(), h)].into()
+    };
+    let sel = || Selection::Services(vec!["payments".into()]);
+    // wanguo would get all of payments with 1 of 2 endpoints up: below the gate of 90%.
+    let b = assess_with(&t, sel(), &[], &[], &health("wanguo", 1, 2_000));
+    assert_eq!(
+        kinds(&b),
+        vec![(BlockerKind::UnhealthyTarget, None, Some("payments"))],
+        "{b:#?}"
+    );
+    assert_eq!(
+        b[0].reason,
+        "payments in wanguo: 50% of endpoints healthy (1/2), gate needs 90%, yet it would get 100% of payments (twinctl shift refuses such a move)"
+    );
+    assert_eq!(b[0].kind.label(), "unhealthy target");
+    assert!(b[0].kind.from_map(), "twinctl failover refuses it too");
+    // Healthy enough, a record too old to judge by, or the unhealthy side being the one
+    // left: no blocker.
+    for h in [
+        health("wanguo", 2, 2_000),
+        health("wanguo", 0, HEALTH_FRESH_MS + 1),
+        health("m6v", 0, 2_000),
+    ] {
+        assert_eq!(assess_with(&t, sel(), &[], &[], &h), vec![]);
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use twin_control_plane::probe::Prober;
 use twin_lab::{free_port, TestCerts, Upstream};
 use twin_topology::upstream_tls::UpstreamTlsArgs;
-use twin_topology::UpstreamTls;
+use twin_topology::{Protocol, UpstreamTls};
 
 fn prober() -> Prober {
     Prober::new("/healthz", Duration::from_secs(2))
@@ -23,7 +23,10 @@ async fn tls_endpoints_are_probed_over_tls_with_the_sidecars_settings() {
     let tls = UpstreamTls::default();
 
     // The hazard: a plain HTTP probe of a TLS port says "down".
-    assert!(prober().probe_endpoint(&addr, None).await.is_err());
+    assert!(prober()
+        .probe_endpoint(&addr, Protocol::Http1, None)
+        .await
+        .is_err());
 
     // With the CA and the client certificate (mutual TLS) the probe goes over TLS.
     let mutual = UpstreamTlsArgs {
@@ -32,7 +35,10 @@ async fn tls_endpoints_are_probed_over_tls_with_the_sidecars_settings() {
         key: Some(certs.client_key.clone()),
     };
     let p = prober().with_tls(mutual.client_config().expect("settings"));
-    assert_eq!(p.probe_endpoint(&addr, Some(&tls)).await, Ok(()));
+    assert_eq!(
+        p.probe_endpoint(&addr, Protocol::Http1, Some(&tls)).await,
+        Ok(())
+    );
     assert_eq!(up.hits(), 1, "the probe made an HTTP request over TLS");
 
     // The wrong CA is a failed probe that says why.
@@ -42,7 +48,7 @@ async fn tls_endpoints_are_probed_over_tls_with_the_sidecars_settings() {
     };
     let p = prober().with_tls(wrong.client_config().expect("settings"));
     let why = p
-        .probe_endpoint(&addr, Some(&tls))
+        .probe_endpoint(&addr, Protocol::Http1, Some(&tls))
         .await
         .expect_err("wrong CA");
     assert!(
@@ -51,11 +57,16 @@ async fn tls_endpoints_are_probed_over_tls_with_the_sidecars_settings() {
     );
 
     // Without --upstream-ca: a TCP connect, so a live TLS endpoint is not called down...
-    assert_eq!(prober().probe_endpoint(&addr, Some(&tls)).await, Ok(()));
+    assert_eq!(
+        prober()
+            .probe_endpoint(&addr, Protocol::Http1, Some(&tls))
+            .await,
+        Ok(())
+    );
     // ...and a dead one is.
     let dead = format!("127.0.0.1:{}", free_port());
     let why = prober()
-        .probe_endpoint(&dead, Some(&tls))
+        .probe_endpoint(&dead, Protocol::Http1, Some(&tls))
         .await
         .expect_err("nothing listens");
     assert!(why.starts_with("TCP connect"), "{why}");

@@ -41,7 +41,8 @@ struct Args {
     /// Deadline of one probe
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     probe_timeout: Duration,
-    /// HTTP path probed on every endpoint (2xx/3xx = up)
+    /// HTTP path probed on every http1 and http2 endpoint (2xx/3xx = up); grpc endpoints get
+    /// the gRPC health check (SERVING = up)
     #[arg(long, default_value = "/healthz")]
     probe_path: String,
     /// TLS for probing endpoints of routes with `tls:` (the sidecars' flags; without
