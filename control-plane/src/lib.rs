@@ -30,6 +30,7 @@ pub mod drain;
 pub mod edge;
 pub mod election;
 pub mod error;
+pub mod failback;
 pub mod failover;
 pub mod guard;
 pub mod health;
