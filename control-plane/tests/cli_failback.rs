@@ -1,9 +1,13 @@
 //! `twinctl failback` as a process against a real etcd: it undoes traffic changes only, a dry
-//! run fails exactly as the real run would, and a second failback names the first.
+//! run fails exactly as the real run would, a second failback names the first, and a fenced
+//! change's audit trail shows its fence come and go.
 
 mod cp_support;
 
-use cp_support::{ok, ok_line, revision, route_set, run_line, two_dcs_with_payments, weights, Out};
+use cp_support::{
+    ok, ok_line, revision, route_set, run_line, strings, twinctl, two_dcs, two_dcs_with_payments,
+    weights, Out,
+};
 use twin_lab::Etcd;
 use twin_topology::Keys;
 
@@ -118,4 +122,63 @@ async fn a_dry_run_fails_as_the_failback_would_and_a_second_failback_names_the_f
         .await
         .expect(1)
         .one_line_error(&line);
+}
+
+#[tokio::test]
+async fn a_fenced_change_audits_its_fence_from_written_to_lifted() {
+    let etcd = two_dcs().await;
+    route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    // No sidecar is live, so the drain has nobody to wait for.
+    let out = ok_line(
+        &etcd,
+        "route set payments --weights m6v=0,wanguo=100 --fence --fence-max 5s --reason planned -o json",
+    )
+    .await
+    .json();
+    let id = out["cutover"]["change_id"]
+        .as_str()
+        .expect("change id")
+        .to_string();
+    let audit = ok_line(&etcd, "audit --limit 20 -o json").await.json();
+    let fence_key = Keys::default().fence("payments");
+    let mut trail: Vec<&serde_json::Value> = audit["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|r| r["change_id"] == id.as_str() && r["key"] == fence_key.as_str())
+        .collect();
+    trail.reverse(); // oldest first
+    let phase = |v: &serde_json::Value| v["phase"].as_str().map(str::to_string);
+    let seen: Vec<(String, Option<String>, Option<String>)> = trail
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap_or("").to_string(),
+                phase(&r["before"]),
+                phase(&r["after"]),
+            )
+        })
+        .collect();
+    let s = |x: &str| Some(x.to_string());
+    assert_eq!(
+        seen,
+        vec![
+            ("route set [fence]".into(), None, s("fence")),
+            ("route set [drain]".into(), s("fence"), s("drain")),
+            ("route set [sync]".into(), s("drain"), s("sync")),
+            ("route set".into(), s("sync"), s("switch")),
+            ("route set [lift]".into(), s("switch"), None),
+        ],
+        "{audit}"
+    );
+    // The table says so too.
+    let table = ok_line(&etcd, "audit --limit 20").await.stdout;
+    assert!(table.contains("fence: switch → -"), "{table}");
+    let actions = strings(&audit["records"], "action");
+    assert!(actions.contains(&"route set [lift]"), "{actions:?}");
+    // And the failback of that change restores the route only.
+    let back = twinctl(&etcd, &["failback", "--audit-id", &id, "--reason", "back"])
+        .await
+        .expect(0);
+    assert!(back.stdout.contains("restored what"), "{back:#?}");
 }
