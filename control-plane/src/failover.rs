@@ -334,3 +334,44 @@ impl Report for FailoverReport {
         out.join("\n")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(dry_run: bool, confirming: bool) -> FailoverReport {
+        FailoverReport {
+            dry_run,
+            from: "m6v".into(),
+            services: vec![ServiceWeights {
+                service: "payments".into(),
+                before: Weights::parse_percent_list("m6v=50,wanguo=50").expect("weights"),
+                after: Weights::parse_percent_list("m6v=0,wanguo=100").expect("weights"),
+            }],
+            unchanged: Vec::new(),
+            objections: Vec::new(),
+            blockers: Vec::new(),
+            forced: false,
+            capacity_unchecked: Vec::new(),
+            audit_id: None,
+            revision: None,
+            cutover: None,
+            confirming,
+        }
+    }
+
+    #[test]
+    fn the_plan_before_the_question_is_a_plan_not_a_dry_run() {
+        let asked = report(true, true).text();
+        assert!(
+            asked.ends_with("this will change: 1 route(s) move off m6v to the weights above"),
+            "{asked}"
+        );
+        assert!(!asked.contains("dry run"), "{asked}");
+        let dry = report(true, false).text();
+        assert!(
+            dry.ends_with("dry run: 1 route(s) would move off m6v; nothing written"),
+            "{dry}"
+        );
+    }
+}

@@ -306,3 +306,19 @@ async fn without_to_a_route_held_only_by_the_failing_dc_goes_only_where_it_runs(
     .await;
     assert_eq!(weights(&mut c, "ledger3").await["mars"], 10000);
 }
+
+#[tokio::test]
+async fn failover_help_names_everything_force_overrides() {
+    let etcd = two_dcs().await;
+    let help = ok_line(&etcd, "failover --help").await.stdout;
+    let force = help.split("--force").nth(1).expect("--force is documented");
+    for what in [
+        "freeze",
+        "capacity",
+        "homes",
+        "readiness",
+        "fence: required",
+    ] {
+        assert!(force.contains(what), "--force help lacks {what:?}: {help}");
+    }
+}
