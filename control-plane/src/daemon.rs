@@ -276,7 +276,7 @@ async fn auto_failover(
         for b in &noted {
             tracing::warn!(%dc, blocker = %b, "automatic failover: dependency blocker (not enforced)");
         }
-        let reason = if noted.is_empty() {
+        let mut reason = if noted.is_empty() {
             format!("auto: {dc} {pct:.0}% healthy")
         } else {
             format!(
@@ -284,6 +284,14 @@ async fn auto_failover(
                 noted.join("; ")
             )
         };
+        // Routes with weight only in `dc` and no other datacenter running them stay put.
+        let unplaced: Vec<String> = prepared.unplaced().map(|b| b.reason.clone()).collect();
+        for b in &unplaced {
+            tracing::warn!(%dc, blocker = %b, "automatic failover: route left in place");
+        }
+        if !unplaced.is_empty() {
+            reason.push_str(&format!(" [left in place: {}]", unplaced.join("; ")));
+        }
         failover::commit(
             cluster,
             &prepared,

@@ -1,20 +1,18 @@
-//! Failover and failback as operations on etcd, shared by `twinctl failover|failback` and
-//! the daemon's automatic policy: read, plan ([`crate::plan`]), check the guard rails
+//! Failover as an operation on etcd, shared by `twinctl failover` and the daemon's automatic
+//! policy: read, plan ([`crate::plan`], placed by [`readiness::place`]), check the guard rails
 //! ([`crate::guard`]), then commit every route change in one audited transaction,
-//! compare-and-swap on the revisions read.
+//! compare-and-swap on the revisions read. Failback: [`crate::failback`].
 
 use serde::Serialize;
-use twin_topology::{
-    now_ms, Change, CommitOptions, Committed, KeyKind, Route, StoreError, Topology, Weights,
-};
+use twin_topology::{now_ms, Change, CommitOptions, Committed, KeyKind, Route, Topology, Weights};
 
-use crate::cutover::{self, CutoverReport, FenceArgs};
+use crate::cutover::CutoverReport;
 use crate::deps;
 use crate::error::CtlError;
 use crate::guard;
 use crate::output::{Report, Table};
 use crate::plan::{FailoverPlan, Selection};
-use crate::readiness::{self, Blocker};
+use crate::readiness::{self, Blocker, BlockerKind};
 use crate::state::Cluster;
 
 /// What an SRE (or the automatic policy) asks for.
@@ -52,6 +50,24 @@ impl PreparedFailover {
     /// The blockers found in the dependency map (not already among the objections).
     pub fn map_blockers(&self) -> impl Iterator<Item = &Blocker> {
         self.blockers.iter().filter(|b| b.kind.from_map())
+    }
+
+    /// Routes left out of the plan because, without `--to`, no datacenter that runs them
+    /// could take their traffic ([`readiness::place`]).
+    pub fn unplaced(&self) -> impl Iterator<Item = &Blocker> {
+        self.blockers
+            .iter()
+            .filter(|b| b.kind == BlockerKind::NoTarget)
+    }
+
+    /// Refuses (exit 3, even with `--force`) when a selected route has nowhere to go.
+    pub fn refuse_unplaced(&self) -> Result<(), CtlError> {
+        let reasons: Vec<&str> = self.unplaced().map(|b| b.reason.as_str()).collect();
+        if reasons.is_empty() {
+            Ok(())
+        } else {
+            Err(CtlError::Refused(reasons.join("; ")))
+        }
     }
 
     /// One compare-and-swap change per moved route.
@@ -96,13 +112,15 @@ pub async fn prepare(
         )));
     }
     let topo = &loaded.topo;
-    let plan = FailoverPlan::build(topo, &req.from, req.to.as_deref(), &req.selection)
+    let mut plan = FailoverPlan::build(topo, &req.from, req.to.as_deref(), &req.selection)
         .map_err(|e| CtlError::failed(e.to_string()))?;
     let edges = deps::read_edges(cluster).await?;
     let nodes = cluster.live_nodes().await?;
     let health = cluster.health_all().await?;
     let now = now_ms();
-    let blockers = readiness::assess(&readiness::Inputs {
+    // Without --to, a route with weight only in `from` goes where it runs, or nowhere.
+    let unplaced = readiness::place(&mut plan, topo, &health, now);
+    let mut blockers = readiness::assess(&readiness::Inputs {
         topo,
         plan: &plan,
         selection: &req.selection,
@@ -112,12 +130,16 @@ pub async fn prepare(
         now_ms: now,
         peak_utilization: req.peak_utilization,
     });
+    blockers.extend(unplaced);
+    // In kind order; a stable sort keeps each kind's own order.
+    blockers.sort_by_key(|b| b.kind);
     let mut objections: Vec<String> = guard::freeze(topo, now).into_iter().collect();
-    // The fail-route and capacity guard rails, in that order, as readiness found them.
+    // The fail-route and capacity guard rails, in that order, as readiness found them. A
+    // route with no target is no objection: `--force` cannot choose one for it.
     objections.extend(
         blockers
             .iter()
-            .filter(|b| !b.kind.from_map())
+            .filter(|b| !b.kind.from_map() && b.kind != BlockerKind::NoTarget)
             .map(|b| b.reason.clone()),
     );
     let unchecked = plan
@@ -205,6 +227,9 @@ pub struct FailoverReport {
     /// With --fence: the moving units and each phase.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cutover: Option<CutoverReport>,
+    /// The plan shown before asking for confirmation (not a dry run's result).
+    #[serde(skip)]
+    pub confirming: bool,
 }
 
 /// One service's weights before and after.
@@ -244,6 +269,7 @@ impl FailoverReport {
             audit_id: committed.map(|c| c.change_id.clone()),
             revision: committed.map(|c| c.revision),
             cutover: None,
+            confirming: false,
         }
     }
 }
@@ -282,6 +308,11 @@ impl Report for FailoverReport {
             ));
         }
         out.push(match (&self.audit_id, self.dry_run) {
+            (_, true) if self.confirming => format!(
+                "this will change: {} route(s) move off {} to the weights above",
+                self.services.len(),
+                self.from
+            ),
             (_, true) if !self.objections.is_empty() && !self.forced => format!(
                 "dry run: {} route(s) would move off {}, but the guard rails refuse it without --force; nothing written",
                 self.services.len(),
@@ -304,73 +335,43 @@ impl Report for FailoverReport {
     }
 }
 
-/// One key a failback restores.
-#[derive(Clone, Debug, Serialize)]
-pub struct Restore {
-    pub key: String,
-    /// The value now (what the change wrote).
-    pub now: Option<serde_json::Value>,
-    /// The value restored (what the change replaced).
-    pub restored: Option<serde_json::Value>,
-    /// The revision the change was committed at; the restore is compare-and-swap on it.
-    pub revision: i64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Reads the audit records of `change_id` and plans restoring every key it changed.
-pub async fn plan_failback(cluster: &Cluster, change_id: &str) -> Result<Vec<Restore>, CtlError> {
-    let records = cluster.audit_change(change_id).await?;
-    if records.is_empty() {
-        return Err(CtlError::failed(format!(
-            "no audit records with id {change_id} (see twinctl audit)"
-        )));
+    fn report(dry_run: bool, confirming: bool) -> FailoverReport {
+        FailoverReport {
+            dry_run,
+            from: "m6v".into(),
+            services: vec![ServiceWeights {
+                service: "payments".into(),
+                before: Weights::parse_percent_list("m6v=50,wanguo=50").expect("weights"),
+                after: Weights::parse_percent_list("m6v=0,wanguo=100").expect("weights"),
+            }],
+            unchanged: Vec::new(),
+            objections: Vec::new(),
+            blockers: Vec::new(),
+            forced: false,
+            capacity_unchecked: Vec::new(),
+            audit_id: None,
+            revision: None,
+            cutover: None,
+            confirming,
+        }
     }
-    // A fenced change's fence records are its bookkeeping, lifted with it: not restored.
-    Ok(records
-        .into_iter()
-        .filter(|(_, r)| !matches!(cluster.keys.parse(&r.key), Some(KeyKind::Fence(_))))
-        .map(|(rev, r)| Restore {
-            key: r.key,
-            now: r.after,
-            restored: r.before,
-            revision: rev,
-        })
-        .collect())
-}
 
-/// Restores the planned keys in one transaction; each must still be exactly as the change
-/// left it (its `mod_revision` is the change's revision), else nothing is written.
-pub async fn commit_failback(
-    cluster: &Cluster,
-    restores: &[Restore],
-    reason: &str,
-    fence: &FenceArgs,
-    topo: &Topology,
-) -> Result<(Committed, Option<CutoverReport>), CtlError> {
-    let changes = failback_changes(restores);
-    let audit = cluster.audit("failback", reason);
-    cutover::commit(cluster, topo, fence, changes, &audit, CommitOptions::default())
-        .await
-        .map_err(|e| match e {
-            CtlError::Store(StoreError::Conflict {
-                what,
-                expected,
-                current,
-            }) => CtlError::failed(format!(
-                "{what} changed since that change (rev {expected} → {current}); nothing restored: look at twinctl audit and decide by hand"
-            )),
-            other => other,
-        })
-}
-
-/// The compare-and-swap changes that restore `restores`.
-pub fn failback_changes(restores: &[Restore]) -> Vec<Change> {
-    restores
-        .iter()
-        .map(|r| Change {
-            key: r.key.clone(),
-            expected_revision: r.revision,
-            value: r.restored.clone(),
-            before: r.now.clone(),
-        })
-        .collect()
+    #[test]
+    fn the_plan_before_the_question_is_a_plan_not_a_dry_run() {
+        let asked = report(true, true).text();
+        assert!(
+            asked.ends_with("this will change: 1 route(s) move off m6v to the weights above"),
+            "{asked}"
+        );
+        assert!(!asked.contains("dry run"), "{asked}");
+        let dry = report(true, false).text();
+        assert!(
+            dry.ends_with("dry run: 1 route(s) would move off m6v; nothing written"),
+            "{dry}"
+        );
+    }
 }

@@ -31,6 +31,7 @@ pub mod edge;
 pub mod election;
 pub mod error;
 pub mod etcd_health;
+pub mod failback;
 pub mod failover;
 pub mod guard;
 pub mod health;

@@ -14,7 +14,7 @@ use crate::deps::graph::ago;
 use crate::deps::EdgeRecord;
 use crate::guard;
 use crate::health::{DcHealth, HealthGate};
-use crate::plan::{FailoverPlan, Selection};
+use crate::plan::{move_off, FailoverPlan, Selection};
 use crate::state::LiveNode;
 
 /// A health record younger than this is trusted over the registrations (ms).
@@ -37,6 +37,9 @@ pub enum BlockerKind {
     AppSingleDc,
     /// An `on_dc_down: fail` route would lose its home.
     FailRoute,
+    /// Traffic would go to datacenters where the service does not run: it has weight only
+    /// in the datacenter and no other one has an endpoint for it (pass `--to`).
+    NoTarget,
     /// A target datacenter would carry more than its capacity.
     Capacity,
     /// A datacenter that would gain a service's traffic is below the health gate.
@@ -52,6 +55,7 @@ impl BlockerKind {
             BlockerKind::SingleDcDependency => "single-dc dependency",
             BlockerKind::AppSingleDc => "app in one dc",
             BlockerKind::FailRoute => "fail route",
+            BlockerKind::NoTarget => "no target",
             BlockerKind::Capacity => "capacity",
             BlockerKind::UnhealthyTarget => "unhealthy target",
             BlockerKind::StaleMap => "stale map",
@@ -62,7 +66,10 @@ impl BlockerKind {
     /// dependency map, or the target's health. `twinctl failover` refuses on them too; the
     /// daemon's automatic failover only logs them.
     pub fn from_map(self) -> bool {
-        !matches!(self, BlockerKind::FailRoute | BlockerKind::Capacity)
+        !matches!(
+            self,
+            BlockerKind::FailRoute | BlockerKind::NoTarget | BlockerKind::Capacity
+        )
     }
 }
 
@@ -291,39 +298,102 @@ fn unhealthy_targets(inp: &Inputs) -> Vec<Blocker> {
 /// `None` when `service` has a healthy endpoint in some datacenter other than the plan's
 /// `from`; else what was looked at, e.g. `wanguo: 0 of 2 up 3s ago`.
 fn unavailable_outside(inp: &Inputs, service: &str) -> Option<String> {
-    let route = inp.topo.routes.get(service).map(|r| &r.value);
     let mut evidence = Vec::new();
     for dc in inp.topo.datacenters.keys().filter(|d| *d != &inp.plan.from) {
-        let statics = route.and_then(|r| r.endpoints.get(dc)).map_or(0, Vec::len);
-        if statics > 0 {
-            return None;
-        }
-        let registered = inp.topo.endpoints_in(service, dc).count();
-        let fresh = inp
-            .health
-            .get(dc)
-            .filter(|h| h.age_ms(inp.now_ms) <= HEALTH_FRESH_MS);
-        match fresh.and_then(|h| h.services.get(service).map(|s| (h, s))) {
-            Some((h, s)) if s.total > 0 => {
-                if s.up > 0 {
-                    return None;
-                }
-                evidence.push(format!(
-                    "{dc}: 0 of {} up {} ago",
-                    s.total,
-                    ago(h.age_ms(inp.now_ms))
-                ));
-            }
-            // Not probed yet (registered after the last round) or no fresh health: the
-            // registrations decide.
-            _ if registered > 0 => return None,
-            _ => evidence.push(format!("{dc}: no endpoint registered or static")),
+        match serves(inp.topo, inp.health, inp.now_ms, service, dc) {
+            Ok(()) => return None,
+            Err(e) => evidence.push(e),
         }
     }
     if evidence.is_empty() {
         evidence.push("no other datacenter".to_string());
     }
     Some(evidence.join(", "))
+}
+
+/// `Ok` when `service` has a healthy endpoint in `dc`: a static one; else, by a fresh health
+/// record that probed it, one up; else (not probed yet, or no fresh health) a registered
+/// one. Otherwise what was looked at, e.g. `wanguo: 0 of 2 up 3s ago`.
+pub fn serves(
+    topo: &Topology,
+    health: &BTreeMap<String, DcHealth>,
+    now_ms: u64,
+    service: &str,
+    dc: &str,
+) -> Result<(), String> {
+    let route = topo.routes.get(service).map(|r| &r.value);
+    let statics = route.and_then(|r| r.endpoints.get(dc)).map_or(0, Vec::len);
+    if statics > 0 {
+        return Ok(());
+    }
+    let registered = topo.endpoints_in(service, dc).count();
+    let fresh = health
+        .get(dc)
+        .filter(|h| h.age_ms(now_ms) <= HEALTH_FRESH_MS);
+    match fresh.and_then(|h| h.services.get(service).map(|s| (h, s))) {
+        Some((h, s)) if s.total > 0 => {
+            if s.up > 0 {
+                return Ok(());
+            }
+            Err(format!(
+                "{dc}: 0 of {} up {} ago",
+                s.total,
+                ago(h.age_ms(now_ms))
+            ))
+        }
+        // Not probed yet (registered after the last round) or no fresh health: the
+        // registrations decide.
+        _ if registered > 0 => Ok(()),
+        _ => Err(format!("{dc}: no endpoint registered or static")),
+    }
+}
+
+/// Without `--to`, a route whose every other datacenter holds weight 0 would have its share
+/// of `from` spread equally over all of them, staged ones with nothing running included.
+/// Spreads it instead only over the datacenters that [`serves`] the service; a route with
+/// none is taken out of the plan and returned as a [`BlockerKind::NoTarget`] blocker (the
+/// command must name `--to`). Routes with weight elsewhere keep their proportional split.
+pub fn place(
+    plan: &mut FailoverPlan,
+    topo: &Topology,
+    health: &BTreeMap<String, DcHealth>,
+    now_ms: u64,
+) -> Vec<Blocker> {
+    if plan.to.is_some() {
+        return Vec::new();
+    }
+    let from = plan.from.clone();
+    let others: Vec<&String> = topo.datacenters.keys().filter(|d| **d != from).collect();
+    let mut out = Vec::new();
+    plan.moves.retain_mut(|m| {
+        if others.iter().any(|d| m.before.get(d) > 0) {
+            return true;
+        }
+        let mut serving = Vec::new();
+        let mut evidence = Vec::new();
+        for dc in &others {
+            match serves(topo, health, now_ms, &m.service, dc) {
+                Ok(()) => serving.push((*dc).clone()),
+                Err(e) => evidence.push(e),
+            }
+        }
+        if serving.is_empty() {
+            out.push(Blocker {
+                kind: BlockerKind::NoTarget,
+                service: Some(m.service.clone()),
+                app: None,
+                reason: format!(
+                    "{} has weight only in {from} and no other datacenter serves it ({}): pass --to DC to say where its traffic goes",
+                    m.service,
+                    evidence.join(", ")
+                ),
+            });
+            return false;
+        }
+        m.after = move_off(&m.before, &from, None, &serving);
+        true
+    });
+    out
 }
 
 /// `ready` or `not ready`, and why, in one line.

@@ -396,3 +396,57 @@ fn a_move_onto_a_datacenter_below_the_health_gate_is_a_blocker() {
         assert_eq!(assess_with(&t, sel(), &[], &[], &h), vec![]);
     }
 }
+
+#[test]
+fn a_route_only_in_the_failing_dc_goes_only_where_it_runs() {
+    // m6v, wanguo and a staged mars; ledger is all m6v, registered in wanguo only.
+    let mut t = Topology::with_datacenters(&[("m6v", 0), ("wanguo", 1), ("mars", 2)]).expect("dcs");
+    t.set_route("ledger", &Route::with_weights(w(&[("m6v", 10000)])))
+        .expect("route");
+    let ep = Endpoint {
+        addr: "10.0.0.1:80".into(),
+        capacity: 1,
+        zone: None,
+    };
+    t.set_endpoint("ledger", "wanguo", "i1", &ep)
+        .expect("endpoint");
+    let placed = |health: &BTreeMap<String, DcHealth>| {
+        let mut plan = FailoverPlan::build(&t, "m6v", None, &Selection::All).expect("plan");
+        let blockers = place(&mut plan, &t, health, NOW);
+        (plan, blockers)
+    };
+    let (plan, blockers) = placed(&BTreeMap::new());
+    assert!(blockers.is_empty(), "{blockers:#?}");
+    assert_eq!(plan.moves[0].after, w(&[("m6v", 0), ("wanguo", 10000)]));
+
+    // Fresh health says wanguo's endpoint is down: nowhere to go.
+    let down = DcHealth {
+        dc: "wanguo".into(),
+        at_ms: NOW - 1000,
+        publisher: "cp".into(),
+        services: [(
+            "ledger".to_string(),
+            ServiceHealth {
+                total: 1,
+                up: 0,
+                ..ServiceHealth::default()
+            },
+        )]
+        .into(),
+    };
+    let (plan, blockers) = placed(&[("wanguo".to_string(), down)].into());
+    assert!(plan.moves.is_empty(), "{plan:#?}");
+    assert_eq!(
+        kinds(&blockers),
+        vec![(BlockerKind::NoTarget, None, Some("ledger"))]
+    );
+    assert_eq!(
+        blockers[0].reason,
+        "ledger has weight only in m6v and no other datacenter serves it (mars: no endpoint registered or static, wanguo: 0 of 1 up 1s ago): pass --to DC to say where its traffic goes"
+    );
+
+    // With --to, the SRE has chosen: nothing to place.
+    let mut to = FailoverPlan::build(&t, "m6v", Some("mars"), &Selection::All).expect("plan");
+    assert!(place(&mut to, &t, &BTreeMap::new(), NOW).is_empty());
+    assert_eq!(to.moves[0].after, w(&[("m6v", 0), ("mars", 10000)]));
+}

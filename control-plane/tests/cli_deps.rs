@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use cp_support::{
-    failover_off_m6v_refused, ok_line, record, register, route_set, run_line, two_dcs, Out,
+    failover_off_m6v_refused, ok_line, record, refused, register, route_set, run_line, two_dcs, Out,
 };
 use etcd_client::{Client, PutOptions};
 use twin_control_plane::deps::render::PALETTE;
@@ -141,10 +141,24 @@ async fn three_apps_map_readiness_and_the_failover_guard_rail() {
     assert_eq!(blockers[0]["kind"], "single_dc_dependency", "{json}");
     assert_eq!(blockers[0]["service"], "ledger");
     assert_eq!(blockers[0]["app"], "payments");
-    assert_eq!(blockers[1]["kind"], "capacity", "{json}");
+    // ledger runs nowhere but m6v, so a failover without --to has nowhere to send it.
+    assert_eq!(blockers[1]["kind"], "no_target", "{json}");
+    assert_eq!(blockers[1]["service"], "ledger", "{json}");
+    failover_off_m6v_refused(&etcd, "ledger has weight only in m6v and no other datacenter serves it (wanguo: no endpoint registered or static): pass --to DC").await;
 
-    // The failover refuses on it (dry run shows it), and --force records it.
-    let dry = failover_off_m6v_refused(&etcd, "payments calls ledger").await;
+    // With --to the failover refuses on the dependency (dry run shows it), and --force records it.
+    refused(
+        &etcd,
+        "failover --from m6v --all --to wanguo --yes --reason drill",
+        "payments calls ledger",
+    )
+    .await;
+    let dry = refused(
+        &etcd,
+        "failover --from m6v --all --to wanguo --dry-run --reason drill",
+        "payments calls ledger",
+    )
+    .await;
     assert!(
         dry.stdout
             .contains("guard rail: payments calls ledger, which has no healthy endpoint"),
@@ -157,7 +171,7 @@ async fn three_apps_map_readiness_and_the_failover_guard_rail() {
     );
     let forced = ok_line(
         &etcd,
-        "failover --from m6v --all --yes --force --reason 'INC-9 drill' -o json",
+        "failover --from m6v --all --to wanguo --yes --force --reason 'INC-9 drill' -o json",
     )
     .await
     .json();

@@ -170,6 +170,9 @@ async fn a_fail_route_keeps_its_home_unless_forced() {
     let etcd =
         two_dcs_and("route set ledger --weights m6v=100 --on-dc-down fail --reason create").await;
     route_set(&etcd, "payments", "m6v=50,wanguo=50", "create").await;
+    // ledger runs in wanguo too (a standby), so a forced failover has somewhere to send it.
+    let mut c = etcd.client().await.expect("client");
+    register(&mut c, "ledger", "wanguo", "l-w", "127.0.0.1:9300", 1).await;
     failover_off_m6v_refused(
         &etcd,
         "ledger is on_dc_down: fail and would lose its home m6v",
@@ -181,7 +184,6 @@ async fn a_fail_route_keeps_its_home_unless_forced() {
         "failover --from m6v --services payments --yes --reason drill",
     )
     .await;
-    let mut c = etcd.client().await.expect("client");
     assert_eq!(weights(&mut c, "ledger").await["m6v"], 10000);
     assert_eq!(weights(&mut c, "payments").await["m6v"], 0);
     ok_line(
@@ -241,10 +243,82 @@ async fn failback_restores_exactly_and_only_what_is_unchanged_since() {
     assert_eq!(get("a").await, a0);
     assert_eq!(get("b").await, b0);
     assert_eq!(get("c").await, c0);
-    // Failing back the same change again: the routes moved since, so nothing is written.
+    // Failing back the same change again: it was failed back, so nothing is written.
     let again = twinctl(&etcd, &["failback", "--audit-id", &id, "--reason", "twice"])
         .await
         .expect(1);
-    again.one_line_error("changed since that change");
+    again.one_line_error(&format!(
+        "audit id {id} was already failed back by audit id {}",
+        text(&back["new_audit_id"])
+    ));
     assert_eq!(get("a").await, a0);
+}
+
+#[tokio::test]
+async fn without_to_a_route_held_only_by_the_failing_dc_goes_only_where_it_runs() {
+    // mars is staged: a datacenter with no endpoint of anything yet.
+    let etcd = two_dcs_and("dc add mars --code 2 --reason staged").await;
+    route_set(&etcd, "ledger2", "m6v=100", "create").await;
+    route_set(&etcd, "ledger3", "m6v=100", "create").await;
+    let mut c = etcd.client().await.expect("client");
+    register(&mut c, "ledger2", "m6v", "l2-m", "127.0.0.1:9200", 1).await;
+    register(&mut c, "ledger2", "wanguo", "l2-w", "127.0.0.1:9201", 1).await;
+
+    // ledger2 runs in wanguo: all of it goes there, none to mars; readiness agrees.
+    ok_line(&etcd, "readiness --from m6v --services ledger2").await;
+    let dry = ok_line(
+        &etcd,
+        "failover --from m6v --services ledger2 --dry-run --reason drill",
+    )
+    .await;
+    assert!(dry.stdout.contains("m6v=0%,wanguo=100%"), "{dry:#?}");
+    ok_line(
+        &etcd,
+        "failover --from m6v --services ledger2 --yes --reason drill",
+    )
+    .await;
+    assert_eq!(
+        weights(&mut c, "ledger2").await,
+        serde_json::json!({"m6v": 0, "wanguo": 10000})
+    );
+
+    // ledger3 runs nowhere else: refused, even forced; readiness names it; --to decides.
+    let why = "refused: ledger3 has weight only in m6v and no other datacenter serves it (mars: no endpoint registered or static, wanguo: no endpoint registered or static): pass --to DC";
+    let before = revision(&mut c).await;
+    for line in [
+        "failover --from m6v --services ledger3 --dry-run --reason drill",
+        "failover --from m6v --services ledger3 --yes --reason drill",
+        "failover --from m6v --all --yes --force --reason drill",
+    ] {
+        run_line(&etcd, line).await.expect(3).one_line_error(why);
+    }
+    assert_eq!(revision(&mut c).await, before, "a refused failover wrote");
+    let ready = run_line(&etcd, "readiness --from m6v -o json")
+        .await
+        .expect(3)
+        .json();
+    assert_eq!(ready["blockers"][0]["kind"], "no_target", "{ready}");
+    assert_eq!(ready["blockers"][0]["service"], "ledger3", "{ready}");
+    ok_line(
+        &etcd,
+        "failover --from m6v --services ledger3 --to mars --yes --reason 'mars is ready'",
+    )
+    .await;
+    assert_eq!(weights(&mut c, "ledger3").await["mars"], 10000);
+}
+
+#[tokio::test]
+async fn failover_help_names_everything_force_overrides() {
+    let etcd = two_dcs().await;
+    let help = ok_line(&etcd, "failover --help").await.stdout;
+    let force = help.split("--force").nth(1).expect("--force is documented");
+    for what in [
+        "freeze",
+        "capacity",
+        "homes",
+        "readiness",
+        "fence: required",
+    ] {
+        assert!(force.contains(what), "--force help lacks {what:?}: {help}");
+    }
 }

@@ -136,12 +136,18 @@ struct AuditReport {
     keys: Keys,
 }
 
+/// A record's value in short: a route's weights, a fence's phase (`fence: drain`), else
+/// `set`; `-` when absent.
 fn weights_of(v: &Option<serde_json::Value>) -> String {
-    match v {
-        None => "-".to_string(),
-        Some(j) => serde_json::from_value::<Route>(j.clone())
-            .map(|r| r.weights.to_string())
-            .unwrap_or_else(|_| "set".to_string()),
+    let Some(j) = v else {
+        return "-".to_string();
+    };
+    if let Ok(r) = serde_json::from_value::<Route>(j.clone()) {
+        return r.weights.to_string();
+    }
+    match serde_json::from_value::<twin_topology::Fence>(j.clone()) {
+        Ok(f) => format!("fence: {}", f.phase.as_str()),
+        Err(_) => "set".to_string(),
     }
 }
 

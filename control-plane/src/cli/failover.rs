@@ -9,7 +9,8 @@ use twin_topology::{now_ms, Route};
 use super::{parse_percent, Global, RouteChangeArgs};
 use crate::cutover::{self, CutoverReport, Moves};
 use crate::error::CtlError;
-use crate::failover::{self, FailoverReport, FailoverRequest, Restore};
+use crate::failback::{self, Restore};
+use crate::failover::{self, FailoverReport, FailoverRequest};
 use crate::guard;
 use crate::output::{emit, render, Report, Table};
 use crate::plan::Selection;
@@ -18,14 +19,17 @@ use crate::plan::Selection;
 #[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("selection").required(true).args(["services", "all"]))]
 #[command(mut_arg("force", |a| a.help(
-    "Override the guard rails: freeze, target capacity, on_dc_down=fail homes, and the \
-     dependency map's blockers (see twinctl readiness)"
+    "Override the guard rails: freeze, target capacity, on_dc_down=fail homes, the \
+     dependency map's blockers (see twinctl readiness) and a route's fence: required (then \
+     the change runs unfenced). Not a route with nowhere to go: that needs --to"
 )))]
 pub struct FailoverArgs {
     /// Datacenter to move traffic off
     #[arg(long)]
     pub from: String,
-    /// Datacenter to move it to (default: the others, in proportion to their weights)
+    /// Datacenter to move it to (default: the others, in proportion to their weights; a
+    /// route whose others all hold 0 goes only to those where it has endpoints, and is
+    /// refused when it has none)
     #[arg(long)]
     pub to: Option<String>,
     /// Only these services, comma-separated
@@ -67,6 +71,8 @@ pub async fn run_failover(g: &Global, a: FailoverArgs) -> Result<(), CtlError> {
         peak_utilization: f64::from(a.peak_utilization) / 100.0,
     };
     let mut prepared = failover::prepare(&cluster, &req).await?;
+    // A route with weight only in --from and no other datacenter running it: --to decides.
+    prepared.refuse_unplaced()?;
     // The dependency map's blockers (twinctl readiness) are guard rails of a failover that
     // moves something.
     if !prepared.plan.moves.is_empty() {
@@ -87,8 +93,12 @@ pub async fn run_failover(g: &Global, a: FailoverArgs) -> Result<(), CtlError> {
     }
     a.write.enforce(prepared.objections.clone())?;
     if !a.yes {
+        let mut plan = FailoverReport::new(&prepared, None, true, force);
+        plan.confirming = true;
+        plan.cutover = (a.write.fence.fence && !moves.is_empty())
+            .then(|| CutoverReport::preview(&moves, &a.write.fence));
         confirm(
-            &render(g.output, &FailoverReport::new(&prepared, None, true, force))?,
+            &render(g.output, &plan)?,
             &format!(
                 "move {} route(s) off {}?",
                 prepared.plan.moves.len(),
@@ -140,6 +150,8 @@ struct FailbackReport {
     audit_id: String,
     dry_run: bool,
     restores: Vec<Restore>,
+    /// Keys the change wrote that are not routes: left as they are.
+    kept: Vec<String>,
     overridden: Vec<String>,
     revision: Option<i64>,
     new_audit_id: Option<String>,
@@ -167,6 +179,12 @@ impl Report for FailbackReport {
         if let Some(c) = &self.cutover {
             out.extend(c.lines());
         }
+        if !self.kept.is_empty() {
+            out.push(format!(
+                "left as they are (failback restores routes only): {}",
+                self.kept.join(", ")
+            ));
+        }
         out.extend(self.overridden.iter().map(|o| format!("forced past: {o}")));
         out.push(match (&self.new_audit_id, self.dry_run) {
             (_, true) => format!(
@@ -189,8 +207,10 @@ pub async fn run_failback(g: &Global, a: FailbackArgs) -> Result<(), CtlError> {
     let reason = a.write.reason()?;
     let cluster = g.connect().await?;
     let loaded = cluster.load().await?;
-    let restores = failover::plan_failback(&cluster, &a.audit_id).await?;
-    for r in &restores {
+    // Every check of the real run, for --dry-run too: a traffic change, its routes unchanged
+    // since, valid against today's datacenters, and the guard rails.
+    let plan = failback::plan(&cluster, &a.audit_id).await?;
+    for r in &plan.restores {
         if let (Some(twin_topology::KeyKind::Route(s)), Some(v)) =
             (cluster.keys.parse(&r.key), &r.restored)
         {
@@ -204,13 +224,14 @@ pub async fn run_failback(g: &Global, a: FailbackArgs) -> Result<(), CtlError> {
     let moves = Moves::of(
         &cluster.keys,
         &loaded.topo,
-        &failover::failback_changes(&restores),
+        &failback::changes(&plan.restores),
     );
     let objections = a.write.objections(&loaded.topo, &moves);
     let mut report = FailbackReport {
         audit_id: a.audit_id.clone(),
         dry_run: a.write.dry_run(),
-        restores,
+        restores: plan.restores,
+        kept: plan.kept,
         overridden: objections.clone(),
         revision: None,
         new_audit_id: None,
@@ -225,8 +246,9 @@ pub async fn run_failback(g: &Global, a: FailbackArgs) -> Result<(), CtlError> {
         &format!("{reason} (failback of {})", a.audit_id),
         &report.overridden,
     );
-    let (c, cut) = failover::commit_failback(
+    let (c, cut) = failback::commit(
         &cluster,
+        &a.audit_id,
         &report.restores,
         &reason,
         &a.write.fence,

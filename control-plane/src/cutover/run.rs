@@ -52,7 +52,14 @@ pub async fn commit(
         let found = cluster.store.get_json::<Fence>(&key).await?;
         // An expired fence (its twinctl died) is replaced; an active one was refused by the
         // guard rails, and a race with another change fails the compare below.
-        fences.insert(m.service.clone(), found.map_or(0, |v| v.mod_revision));
+        let state = match found {
+            Some(v) => FenceKey {
+                revision: v.mod_revision,
+                value: Some(serde_json::to_value(v.value).map_err(StoreError::Encode)?),
+            },
+            None => FenceKey::default(),
+        };
+        fences.insert(m.service.clone(), state);
     }
     let cut = Cutover {
         cluster,
@@ -69,6 +76,15 @@ pub async fn commit(
     cut.run(changes, options).await
 }
 
+/// One fence key as last written or read: for the next write's compare and audit record.
+#[derive(Default)]
+struct FenceKey {
+    /// Its `mod_revision` (0: absent).
+    revision: i64,
+    /// Its value (the audit record's `before` of the next write).
+    value: Option<serde_json::Value>,
+}
+
 struct Cutover<'a> {
     cluster: &'a Cluster,
     args: &'a FenceArgs,
@@ -76,8 +92,9 @@ struct Cutover<'a> {
     change_id: String,
     /// Audit records written so far under `change_id`.
     records: usize,
-    /// Service → the fence key's revision as this change last wrote it (0: absent).
-    fences: BTreeMap<String, i64>,
+    /// Service → its fence key as this change last wrote it (or found it, before the first
+    /// write).
+    fences: BTreeMap<String, FenceKey>,
     moves: Moves,
     started: Instant,
     /// Unix milliseconds of the start (the fences' `since_ms`).
@@ -228,17 +245,19 @@ impl Cutover<'_> {
         options: &CommitOptions,
     ) -> Result<Committed, StoreError> {
         let mut changes = extra;
-        for (service, &rev) in &self.fences {
+        let mut written = BTreeMap::new();
+        for (service, key) in &self.fences {
             let value = self
                 .fence_value(service, phase, until_ms)
                 .map(|f| serde_json::to_value(f).map_err(StoreError::Encode))
                 .transpose()?;
             changes.push(Change {
                 key: self.cluster.keys.fence(service),
-                expected_revision: rev,
-                value,
-                before: None,
+                expected_revision: key.revision,
+                value: value.clone(),
+                before: key.value.clone(),
             });
+            written.insert(service.clone(), value);
         }
         let n = changes.len();
         let options = CommitOptions {
@@ -257,8 +276,9 @@ impl Cutover<'_> {
             .commit_with(changes, &audit, &options)
             .await?;
         self.records += n;
-        for rev in self.fences.values_mut() {
-            *rev = c.revision;
+        for (service, key) in &mut self.fences {
+            key.revision = c.revision;
+            key.value = written.remove(service).flatten();
         }
         Ok(c)
     }
@@ -274,12 +294,12 @@ impl Cutover<'_> {
     async fn lift(&mut self, phase: &str, why: &str) -> Result<(), StoreError> {
         let mut changes = Vec::new();
         let mut delete_also = Vec::new();
-        for (service, &rev) in &self.fences {
+        for (service, key) in &self.fences {
             changes.push(Change {
                 key: self.cluster.keys.fence(service),
-                expected_revision: rev,
+                expected_revision: key.revision,
                 value: None,
-                before: None,
+                before: key.value.clone(),
             });
             delete_also.push((self.cluster.keys.fence_acks(service), true));
         }
