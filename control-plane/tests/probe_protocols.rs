@@ -228,7 +228,9 @@ async fn the_leader_probes_grpc_endpoints_and_readiness_refuses_an_unhealthy_tar
             "set",
             "risk",
             "--weights",
-            "m6v=100",
+            // Weight in wanguo already: a route held only by m6v with no healthy endpoint
+            // elsewhere is a "no target" blocker instead (tested in cli_failover).
+            "m6v=50,wanguo=50",
             "--protocol",
             "grpc",
             "--reason",
