@@ -1,14 +1,20 @@
 //! `twin-chaos export --format chaos-mesh`: the drill's method as a Chaos Mesh `Workflow`, so
 //! the same drill runs on a real cluster. Each step becomes a `Serial` branch of one
 //! `Parallel` entry: a `Suspend` until the step's offset, then the chaos (NetworkChaos,
-//! PodChaos, TimeChaos) or a `Task` that runs `twinctl`. Pods are selected by the labels
-//! `app.kubernetes.io/name` and `twin.io/dc` in namespace `twin`. Steps with no Chaos Mesh
-//! equivalent are exported as a `Suspend` whose name says so, and listed in `unsupported`.
+//! PodChaos, TimeChaos) or a `Task` that runs `twinctl` from Twin's image with the control
+//! plane's etcd settings (k8s/base). etcd and the control plane are selected in
+//! `twin-system` as k8s/ deploys them; application pods and upstreams by the labels
+//! `app.kubernetes.io/name` (`twin-app`, `twin-upstream`) and `twin.io/dc` in namespace
+//! `twin`, which the header says to adapt. Steps with no Chaos Mesh equivalent are exported
+//! as a `Suspend` whose name says so, and listed in `unsupported`; approximations are listed
+//! in `approximate`. A drill whose `twinctl` step needs an earlier step's output (a failback
+//! of the failover's audit id) is refused: a Task cannot pass it, and a workflow that fails
+//! over without failing back must not be handed out.
 
 use serde_json::{json, Value};
 
 use crate::drill::{Action, Direction, Drill, Fault, Step};
-use crate::target::{EtcdSelector, LinkTarget, ProcTarget};
+use crate::target::{EtcdSelector, LinkTarget, ProcTarget, UpstreamTarget};
 use crate::units::format_duration;
 
 /// The workflow and the steps that could not be expressed.
@@ -17,7 +23,13 @@ pub struct Export {
     pub unsupported: Vec<String>,
 }
 
+/// Where the application pods and upstreams are looked for, and the workflow lives.
 const NAMESPACE: &str = "twin";
+/// Where k8s/ deploys etcd and the control plane.
+const SYSTEM_NAMESPACE: &str = "twin-system";
+/// Twin's image (k8s/base) and its `twinctl`.
+const IMAGE: &str = "ghcr.io/twin/twin:0.1.0";
+const TWINCTL: &str = "/usr/local/bin/twinctl";
 
 fn selector(app: &str, dc: Option<&str>) -> Value {
     let mut labels = serde_json::Map::new();
@@ -25,7 +37,52 @@ fn selector(app: &str, dc: Option<&str>) -> Value {
     if let Some(dc) = dc {
         labels.insert("twin.io/dc".into(), json!(dc));
     }
-    json!({"namespaces": [NAMESPACE], "labelSelectors": labels})
+    let ns = match app {
+        "etcd" | "twin-control-plane" => SYSTEM_NAMESPACE,
+        _ => NAMESPACE,
+    };
+    json!({"namespaces": [ns], "labelSelectors": labels})
+}
+
+/// A `twinctl` Task: Twin's image, the etcd endpoints of the injector's ConfigMap and the
+/// control plane's etcd client certificate (k8s/base/control-plane.yaml), in `twin-system`.
+fn twinctl_task(name: &str, words: &[String]) -> Value {
+    let mut command = vec![
+        TWINCTL.to_string(),
+        "--etcd-ca=/etc/twin/etcd/ca.crt".into(),
+        "--etcd-cert=/etc/twin/etcd/tls.crt".into(),
+        "--etcd-key=/etc/twin/etcd/tls.key".into(),
+    ];
+    command.extend(words.iter().cloned());
+    json!({
+        "name": name, "templateType": "Task",
+        "task": {
+            "container": {
+                "name": name, "image": IMAGE, "command": command,
+                "env": [{"name": "TWIN_ETCD", "valueFrom": {"configMapKeyRef": {
+                    "name": "twin-sidecar-config", "key": "etcd-endpoints"}}}],
+                "volumeMounts": [{"name": "etcd-client", "mountPath": "/etc/twin/etcd", "readOnly": true}],
+            },
+            "volumes": [{"name": "etcd-client", "secret": {"secretName": "twin-control-plane-etcd"}}],
+        }
+    })
+}
+
+/// Why a drill cannot be exported: a `twinctl` step that reads an earlier step's output.
+pub fn refusal(d: &Drill) -> Option<String> {
+    d.method.iter().find_map(|step| match &step.action {
+        Action::Twinctl(t) => t
+            .words
+            .iter()
+            .find(|w| w.contains('{') && w.contains('}'))
+            .map(|w| {
+                format!(
+                    "cannot export drill {}: step {:?} uses {w}, an earlier step's output, which a Chaos Mesh Task cannot pass (a workflow that fails over and never fails back must not run); run it with twin-chaos run",
+                    d.name, step.name
+                )
+            }),
+        _ => None,
+    })
 }
 
 /// A pod selector for a process target (`sidecar/m6v/0` selects one pod of m6v).
@@ -97,14 +154,7 @@ fn template(step: &Step, name: &str) -> Option<Value> {
                 json!({"name": name, "templateType": "TimeChaos", "deadline": "60s", "timeChaos": spec}),
             )
         }
-        Action::Twinctl(t) => {
-            let mut args = vec!["twinctl".to_string()];
-            args.extend(t.words.iter().cloned());
-            Some(json!({
-                "name": name, "templateType": "Task",
-                "task": {"container": {"name": name, "image": "twin/twinctl:latest", "command": args}}
-            }))
-        }
+        Action::Twinctl(t) => Some(twinctl_task(name, &t.words)),
         // SIGSTOP has no Chaos Mesh equivalent.
         Action::Pause(_) => None,
     }
@@ -194,9 +244,14 @@ pub fn chaos_mesh(d: &Drill) -> Export {
         "spec": {"entry": "drill", "templates": templates},
     });
     let mut yaml = format!(
-        "# Chaos Mesh Workflow exported by twin-chaos from drill {:?}.\n# The load generator and the checks do not run in the cluster.\n",
+        "# Chaos Mesh Workflow exported by twin-chaos from drill {:?}.\n# The load generator and the checks do not run in the cluster.\n\
+         # Application pods and upstreams are selected in namespace {NAMESPACE} by the labels\n\
+         # app.kubernetes.io/name (twin-app, twin-upstream) and twin.io/dc: adapt the selectors to your pods.\n",
         d.name
     );
+    for a in approximations(d) {
+        yaml.push_str(&format!("# approximated: {a}\n"));
+    }
     for u in &unsupported {
         yaml.push_str(&format!(
             "# no Chaos Mesh equivalent, exported as a Suspend: {u}\n"
@@ -204,6 +259,30 @@ pub fn chaos_mesh(d: &Drill) -> Export {
     }
     yaml.push_str(&serde_yaml::to_string(&workflow).unwrap_or_default());
     Export { yaml, unsupported }
+}
+
+/// Steps whose Chaos Mesh form hits more, or other, pods than the drill's fault.
+fn approximations(d: &Drill) -> Vec<String> {
+    d.method
+        .iter()
+        .filter_map(|step| {
+            let why = match &step.action {
+                Action::Kill(ProcTarget::Etcd(EtcdSelector::Leader)) => {
+                    "kills one etcd pod, not necessarily the leader"
+                }
+                Action::Kill(ProcTarget::Etcd(EtcdSelector::Member(_))) => {
+                    "kills one etcd pod, not necessarily that member"
+                }
+                Action::Network(n)
+                    if matches!(n.target, LinkTarget::Upstream(UpstreamTarget::One { .. })) =>
+                {
+                    "faults every upstream pod of the datacenter, not one endpoint"
+                }
+                _ => return None,
+            };
+            Some(format!("{}: {why}", step.name))
+        })
+        .collect()
 }
 
 fn why_unsupported(step: &Step) -> &'static str {
@@ -240,5 +319,35 @@ mod tests {
         assert!(kinds.contains(&"PodChaos".to_string()), "{kinds:?}");
         assert!(kinds.contains(&"TimeChaos".to_string()), "{kinds:?}");
         assert!(e.yaml.contains("timeOffset: -10s"), "{}", e.yaml);
+    }
+
+    #[test]
+    fn twinctl_tasks_run_twins_image_against_its_etcd_and_outputs_are_refused() {
+        let d =
+            Drill::parse("t.yaml", include_str!("../drills/planned-failover.yaml")).expect("drill");
+        let v: Value = serde_yaml::from_str(&chaos_mesh(&d).yaml).expect("yaml");
+        let task = v["spec"]["templates"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["templateType"] == "Task"))
+            .expect("a twinctl task");
+        let c = &task["task"]["container"];
+        assert_eq!(c["image"], IMAGE);
+        assert_eq!(c["command"][0], TWINCTL);
+        assert_eq!(
+            c["env"][0]["valueFrom"]["configMapKeyRef"]["key"],
+            "etcd-endpoints"
+        );
+        assert_eq!(
+            task["task"]["volumes"][0]["secret"]["secretName"],
+            "twin-control-plane-etcd"
+        );
+        assert_eq!(refusal(&d), None);
+        let back = Drill::parse(
+            "t.yaml",
+            include_str!("../drills/failover-and-failback.yaml"),
+        )
+        .expect("drill");
+        let why = refusal(&back).expect("refused");
+        assert!(why.contains("{failover.audit_id}"), "{why}");
     }
 }

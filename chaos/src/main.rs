@@ -94,10 +94,16 @@ fn main() -> ExitCode {
             drill,
             format: Format::ChaosMesh,
         } => match drill_of(&drill) {
-            Ok(d) => {
-                print!("{}", export::chaos_mesh(&d).yaml);
-                ExitCode::SUCCESS
-            }
+            Ok(d) => match export::refusal(&d) {
+                Some(why) => {
+                    eprintln!("error: {why}");
+                    ExitCode::from(2)
+                }
+                None => {
+                    print!("{}", export::chaos_mesh(&d).yaml);
+                    ExitCode::SUCCESS
+                }
+            },
             Err(()) => ExitCode::from(2),
         },
         Cmd::Run {

@@ -81,7 +81,10 @@ pub async fn twinctl(
     let code = out.status.code().unwrap_or(-1);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // JSON output (`-o json`, pretty) is summed up on one line, not by its opening `{`.
+    let mut said = stdout.clone();
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&stdout) {
+        said = serde_json::to_string(&v).unwrap_or(said);
         outputs.insert(label.to_string(), v);
     }
     let log = lab.dir.join(format!("twinctl-{label}.log"));
@@ -105,7 +108,7 @@ pub async fn twinctl(
     let last_line = |s: &str| first_line(s.lines().last().unwrap_or(""));
     let detail = format!(
         "exit {code} (expected {expect}){}",
-        match (first_line(&stderr), first_line(&stdout)) {
+        match (first_line(&stderr), first_line(&said)) {
             (e, _) if !e.is_empty() && code != expect => format!(": {e}"),
             (_, o) if !o.is_empty() => format!(": {o}"),
             (e, _) if !e.is_empty() => format!(": {}", last_line(&stderr)),
