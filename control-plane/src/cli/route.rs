@@ -505,7 +505,8 @@ async fn finish(
         return emit(g.output, &report);
     }
     let moves = Moves::of(&cluster.keys, topo, &changes);
-    let objections = args.objections(topo, &moves);
+    let mut objections = args.objections(topo, &moves);
+    objections.extend(required_fence_objections(&cluster.keys, &changes));
     if args.dry_run() {
         report.cutover = args.preview(&moves);
         report.overridden = objections.clone();
@@ -527,6 +528,25 @@ async fn finish(
     report.audit_id = Some(c.change_id);
     report.cutover = cut;
     emit(g.output, &report)
+}
+
+/// [`guard::required_fence`] of every route `changes` change (a route created or overwriting
+/// an invalid value has no stored policy).
+fn required_fence_objections(keys: &twin_topology::Keys, changes: &[Change]) -> Vec<String> {
+    let route = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .and_then(|v| serde_json::from_value::<Route>(v.clone()).ok())
+    };
+    changes
+        .iter()
+        .filter_map(|c| match keys.parse(&c.key) {
+            Some(twin_topology::KeyKind::Route(service)) => {
+                Some((service.to_string(), route(&c.before)?, route(&c.value)?))
+            }
+            _ => None,
+        })
+        .flat_map(|(service, before, after)| guard::required_fence(&service, &before, &after))
+        .collect()
 }
 
 async fn apply(g: &Global, a: ApplyArgs) -> Result<(), CtlError> {

@@ -1,0 +1,81 @@
+//! `twinctl route set|apply|get` as a process against a real etcd: what a `fence: required`
+//! route refuses, route files with duplicate keys, dry runs that check what the real command
+//! checks, conflict advice, invalid stored routes and misspelt service names.
+
+mod cp_support;
+
+use cp_support::{file_in, ok, ok_line, refused, revision, two_dcs_and, weights};
+
+/// The stored route of `service` as `route get -o json` shows it.
+async fn stored(etcd: &twin_lab::Etcd, service: &str) -> serde_json::Value {
+    ok(etcd, &["route", "get", service, "-o", "json"])
+        .await
+        .json()["route"]
+        .clone()
+}
+
+#[tokio::test]
+async fn a_required_fence_cannot_be_bypassed_by_hash_policy_or_apply() {
+    let etcd = two_dcs_and(
+        "route set payments --weights m6v=50,wanguo=50 --hash xxh64 --fence-policy required --reason create",
+    )
+    .await;
+    let mut c = etcd.client().await.expect("client");
+    let before = revision(&mut c).await;
+    let hash = "a hash change cannot be fenced: use --force in a maintenance window";
+    for line in [
+        "route set payments --hash fnv1a-mix --reason x",
+        "route set payments --hash fnv1a-mix --reason x --dry-run",
+        "route set payments --hash fnv1a-mix --fence --reason x",
+    ] {
+        refused(&etcd, line, hash).await;
+    }
+    let lower = "payments has fence: required: lowering it to optional needs --force";
+    refused(
+        &etcd,
+        "route set payments --fence-policy optional --reason x",
+        lower,
+    )
+    .await;
+    refused(
+        &etcd,
+        "route set payments --fence-policy optional --fence --reason x",
+        lower,
+    )
+    .await;
+    // A file without fence: or hash: means the defaults: apply would lower both.
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = file_in(
+        dir.path(),
+        "routes.yaml",
+        "routes:\n  payments:\n    weights: {m6v: 50%, wanguo: 50%}\n",
+    );
+    for dry in ["", " --dry-run"] {
+        let out = refused(
+            &etcd,
+            &format!("route apply -f '{file}' --reason x{dry}"),
+            hash,
+        )
+        .await;
+        assert!(out.stderr.contains(lower), "{out:#?}");
+    }
+    assert_eq!(revision(&mut c).await, before, "a refused change wrote");
+    let r = stored(&etcd, "payments").await;
+    assert_eq!(
+        (r["hash"].as_str(), r["fence"].as_str()),
+        (Some("xxh64"), Some("required"))
+    );
+    // --force with --reason passes, and the override is in the audit reason.
+    ok_line(
+        &etcd,
+        "route set payments --hash fnv1a-mix --force --reason 'CHG-9 maintenance window'",
+    )
+    .await;
+    let audit = ok_line(&etcd, "audit --limit 1 -o json").await.json();
+    let reason = audit["records"][0]["reason"].as_str().expect("reason");
+    assert!(
+        reason.starts_with("CHG-9 maintenance window [forced past: payments has fence: required and its hash xxh64 → fnv1a-mix"),
+        "{reason}"
+    );
+    assert_eq!(weights(&mut c, "payments").await["m6v"], 5000);
+}
