@@ -4,7 +4,9 @@
 
 mod cp_support;
 
-use cp_support::{file_in, ok, ok_line, refused, revision, two_dcs_and, weights};
+use cp_support::{
+    file_in, ok, ok_line, refused, revision, run_line, two_dcs_and, two_dcs_with_payments, weights,
+};
 
 /// The stored route of `service` as `route get -o json` shows it.
 async fn stored(etcd: &twin_lab::Etcd, service: &str) -> serde_json::Value {
@@ -77,5 +79,24 @@ async fn a_required_fence_cannot_be_bypassed_by_hash_policy_or_apply() {
         reason.starts_with("CHG-9 maintenance window [forced past: payments has fence: required and its hash xxh64 → fnv1a-mix"),
         "{reason}"
     );
+    assert_eq!(weights(&mut c, "payments").await["m6v"], 5000);
+}
+
+#[tokio::test]
+async fn a_routes_file_with_a_key_twice_is_refused_naming_the_key_and_its_line() {
+    let etcd = two_dcs_with_payments().await;
+    let mut c = etcd.client().await.expect("client");
+    let before = revision(&mut c).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = file_in(
+        dir.path(),
+        "routes.yaml",
+        "routes:\n  payments: {weights: {m6v: 50%, wanguo: 50%}}\n  payments: {weights: {wanguo: 100%}}\n",
+    );
+    let out = run_line(&etcd, &format!("route apply -f '{file}' --reason x"))
+        .await
+        .expect(2);
+    out.one_line_error("routes: duplicate key \"payments\" at line 3 column 3");
+    assert_eq!(revision(&mut c).await, before, "a refused file wrote");
     assert_eq!(weights(&mut c, "payments").await["m6v"], 5000);
 }

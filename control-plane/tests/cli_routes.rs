@@ -204,13 +204,13 @@ async fn route_apply_writes_every_route_in_one_transaction() {
     // Applying the same file again changes nothing.
     let again = ok_line(&etcd, &apply).await;
     assert!(again.stdout.contains("no change"), "{again:#?}");
-    // A broken file is one line, exit 1, nothing written.
+    // A broken file is one line, exit 2, nothing written.
     std::fs::write(
         &file,
         "routes:\n  svc0:\n    weights: {m6v: 30%, wanguo: 60%}\n",
     )
     .expect("write");
-    let out = run_line(&etcd, &apply).await.expect(1);
+    let out = run_line(&etcd, &apply).await.expect(2);
     out.one_line_error("route svc0: weights must sum to 10000 basis points, got 9000");
 }
 

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use twin_topology::{
     Change, Datacenter, FencePolicy, ForceDc, OnDcDown, Protocol, Route, RouteHash, RoutesFile,
-    Versioned, Weights,
+    RoutesFileError, Versioned, Weights,
 };
 
 use super::{parse_weights, Global, RouteChangeArgs};
@@ -557,8 +557,7 @@ async fn apply(g: &Global, a: ApplyArgs) -> Result<(), CtlError> {
     let cluster = g.connect().await?;
     let loaded = cluster.load().await?;
     let topo = &loaded.topo;
-    let file = RoutesFile::parse(&name, &text, &topo.datacenters)
-        .map_err(|e| CtlError::failed(one_line(&e.to_string())))?;
+    let file = RoutesFile::parse(&name, &text, &topo.datacenters).map_err(file_error)?;
     let mut writes = Writes::default();
     let dc_revs = datacenter_revisions(&cluster).await?;
     for (dc, want) in &file.datacenters {
@@ -628,6 +627,25 @@ async fn datacenter_revisions(
         }
     }
     Ok(out)
+}
+
+/// A routes file refused: exit 2 for what the file gets wrong by itself (YAML, a duplicate
+/// key, an unknown field, a weight sum, a malformed name), exit 1 for what only the state in
+/// etcd rejects (a well-formed datacenter etcd does not know, a code another one holds).
+fn file_error(e: RoutesFileError) -> CtlError {
+    use twin_topology::validate::ValidationError as V;
+    let line = one_line(&e.to_string());
+    match &e {
+        RoutesFileError::Route {
+            source: V::UnknownDatacenter(_),
+            ..
+        }
+        | RoutesFileError::Invalid {
+            source: V::DcCodeTaken { .. },
+            ..
+        } => CtlError::failed(line),
+        _ => CtlError::usage(line),
+    }
 }
 
 /// Collapses a multi-line message (serde_yaml's) into one line.
