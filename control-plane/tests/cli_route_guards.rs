@@ -100,3 +100,45 @@ async fn a_routes_file_with_a_key_twice_is_refused_naming_the_key_and_its_line()
     assert_eq!(revision(&mut c).await, before, "a refused file wrote");
     assert_eq!(weights(&mut c, "payments").await["m6v"], 5000);
 }
+
+#[tokio::test]
+async fn a_dry_run_checks_if_revision_as_the_real_command_and_says_which_revision() {
+    let etcd = two_dcs_with_payments().await;
+    let rev = ok(&etcd, &["route", "get", "payments", "-o", "json"])
+        .await
+        .json()["revision"]
+        .as_i64()
+        .expect("revision");
+    let stale = rev - 1;
+    let want = format!(
+        "route payments is at revision {rev}, not {stale}: read it again (twinctl route get payments) and pass --if-revision {rev}"
+    );
+    for dry in [" --dry-run", ""] {
+        let line = format!(
+            "route set payments --weights m6v=10,wanguo=90 --if-revision {stale} --reason x{dry}"
+        );
+        let out = run_line(&etcd, &line).await.expect(1);
+        out.one_line_error(&want);
+        assert!(out.stdout.is_empty(), "{out:#?}");
+    }
+    let out = run_line(
+        &etcd,
+        "route set nosuch --weights m6v=100 --if-revision 5 --reason x --dry-run",
+    )
+    .await
+    .expect(1);
+    out.one_line_error("route nosuch does not exist (--if-revision 5)");
+    let out = run_line(
+        &etcd,
+        "route set payments --weights m6v=100 --if-revision 0 --reason x",
+    )
+    .await
+    .expect(1);
+    out.one_line_error(&format!("route payments already exists at revision {rev}"));
+    // The revision it names works.
+    ok_line(
+        &etcd,
+        &format!("route set payments --weights m6v=10,wanguo=90 --if-revision {rev} --reason x"),
+    )
+    .await;
+}

@@ -433,7 +433,11 @@ async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
         Some(v) => (Some(v.value.clone()), v.mod_revision),
         None => (None, 0),
     };
-    // With --if-revision the compare is on the revision the SRE saw, not the one read now.
+    // With --if-revision the compare is on the revision the SRE saw, not the one read now;
+    // checked here too, so a dry run fails as the real command would.
+    if let Some(want) = a.if_revision {
+        stale_revision(&a.service, want, current.as_ref().map(|v| v.mod_revision))?;
+    }
     let expected = a.if_revision.unwrap_or(rev);
     let mut after = match (&before, &a.weights) {
         (Some(b), _) => b.clone(),
@@ -478,6 +482,26 @@ async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
     }
     let topo = &loaded.topo;
     finish(g, &cluster, topo, "route set", reason, writes, &a.write).await
+}
+
+/// `--if-revision want` against the route's revision now (`None`: it does not exist): the
+/// conflict, with what to do, when they differ (exit 1). Re-running the same command would
+/// fail the same way, so the advice names the revision to pass.
+fn stale_revision(service: &str, want: i64, now: Option<i64>) -> Result<(), CtlError> {
+    let line = match now {
+        Some(rev) if rev == want => return Ok(()),
+        None if want == 0 => return Ok(()),
+        Some(rev) if want == 0 => format!(
+            "route {service} already exists at revision {rev} (--if-revision 0 means it must not): read it (twinctl route get {service}) and pass --if-revision {rev}"
+        ),
+        Some(rev) => format!(
+            "route {service} is at revision {rev}, not {want}: read it again (twinctl route get {service}) and pass --if-revision {rev}"
+        ),
+        None => format!(
+            "route {service} does not exist (--if-revision {want}): check the name (twinctl route list), or pass --if-revision 0 to create it"
+        ),
+    };
+    Err(CtlError::failed(line))
 }
 
 /// Prints the report when there is nothing to write; else checks the guard rails (freeze,
