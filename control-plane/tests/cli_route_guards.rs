@@ -142,3 +142,37 @@ async fn a_dry_run_checks_if_revision_as_the_real_command_and_says_which_revisio
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_dry_run_in_a_freeze_says_refused_not_forced() {
+    let etcd = two_dcs_with_payments().await;
+    ok_line(&etcd, "freeze --until 2h --reason 'holiday freeze'").await;
+    let line = "route set payments --weights m6v=0,wanguo=100 --reason x --dry-run";
+    let out = run_line(&etcd, line).await.expect(3);
+    assert!(!out.stdout.contains("forced past"), "{out:#?}");
+    assert!(
+        out.stdout.contains("guard rail: change freeze until")
+            && out
+                .stdout
+                .contains("the guard rails refuse this without --force"),
+        "{out:#?}"
+    );
+    out.one_line_error("refused: change freeze until");
+    let j = run_line(&etcd, &format!("{line} -o json"))
+        .await
+        .expect(3)
+        .json();
+    assert_eq!(j["forced"], false, "{j}");
+    assert!(j.get("overridden").is_none(), "{j}");
+    let o = j["objections"][0].as_str().expect("an objection");
+    assert!(o.starts_with("change freeze until"), "{j}");
+    let forced = ok_line(&etcd, &format!("{line} --force -o json"))
+        .await
+        .json();
+    assert_eq!(forced["forced"], true, "{forced}");
+    let text = ok_line(&etcd, &format!("{line} --force")).await;
+    assert!(
+        text.stdout.contains("forced past: change freeze"),
+        "{text:#?}"
+    );
+}

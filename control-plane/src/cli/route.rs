@@ -151,7 +151,10 @@ struct Diff {
 struct ChangeReport {
     dry_run: bool,
     diffs: Vec<Diff>,
-    overridden: Vec<String>,
+    /// Guard-rail objections: refused, or (with --force) overridden.
+    objections: Vec<String>,
+    /// `--force`: the objections are overridden and written into the audit reason.
+    forced: bool,
     revision: Option<i64>,
     audit_id: Option<String>,
     /// With --fence: the moving units and each phase.
@@ -203,10 +206,21 @@ impl Report for ChangeReport {
         if let Some(c) = &self.cutover {
             out.extend(c.lines());
         }
-        out.extend(self.overridden.iter().map(|o| format!("forced past: {o}")));
+        for o in &self.objections {
+            out.push(if self.forced {
+                format!("forced past: {o}")
+            } else {
+                format!("guard rail: {o}")
+            });
+        }
+        let refused = !self.objections.is_empty() && !self.forced;
         out.push(
             match (&self.audit_id, self.dry_run, self.diffs.is_empty()) {
                 (_, _, true) => "no change: etcd already holds this".to_string(),
+                (_, true, false) if refused => {
+                    "dry run: the guard rails refuse this without --force; nothing written"
+                        .to_string()
+                }
                 (_, true, false) => "dry run: nothing written".to_string(),
                 (Some(id), false, false) => format!(
                     "written at revision {}; audit id {id}",
@@ -520,7 +534,8 @@ async fn finish(
     let mut report = ChangeReport {
         dry_run: args.dry_run(),
         diffs,
-        overridden: Vec::new(),
+        objections: Vec::new(),
+        forced: args.force,
         revision: None,
         audit_id: None,
         cutover: None,
@@ -533,12 +548,12 @@ async fn finish(
     objections.extend(required_fence_objections(&cluster.keys, &changes));
     if args.dry_run() {
         report.cutover = args.preview(&moves);
-        report.overridden = objections.clone();
+        report.objections = objections.clone();
         emit(g.output, &report)?;
         return args.enforce(objections).map(drop);
     }
-    report.overridden = args.enforce(objections)?;
-    let audit = cluster.audit(action, &guard::forced_reason(reason, &report.overridden));
+    report.objections = args.enforce(objections)?;
+    let audit = cluster.audit(action, &guard::forced_reason(reason, &report.objections));
     let (c, cut) = cutover::commit(
         cluster,
         topo,
