@@ -200,7 +200,7 @@ routes:
             ("routes:\n  p:\n    weights: {m6v: 10000}\n", "r.yaml: route p: unknown datacenter \"m6v\""),
             (
                 "datacenters: {m6v: {code: 0}}\nroutes:\n  p:\n    weights: {m6v: 9000}\n",
-                "r.yaml: route p: weights must sum to 10000 basis points, got 9000",
+                "r.yaml: route p: weights must sum to 100%, got 90%",
             ),
             ("datacenters: {m6v: {code: 9}}", "r.yaml: datacenter code 9 out of range 0..=7"),
             ("routez: {}", "r.yaml: malformed YAML: unknown field `routez`"),
