@@ -176,3 +176,90 @@ async fn a_dry_run_in_a_freeze_says_refused_not_forced() {
         "{text:#?}"
     );
 }
+
+#[tokio::test]
+async fn route_get_of_an_invalid_stored_route_says_why_and_exits_1() {
+    let etcd = two_dcs_with_payments().await;
+    let mut c = etcd.client().await.expect("client");
+    let key = twin_topology::Keys::default().route("payments");
+    c.put(key, r#"{"weights":{"m6v":5000,"wanguo":4000}}"#, None)
+        .await
+        .expect("put");
+    let out = run_line(&etcd, "route get payments").await.expect(1);
+    assert!(
+        out.stdout.contains(r#""wanguo":4000"#) && out.stdout.contains("INVALID:"),
+        "{out:#?}"
+    );
+    out.one_line_error("route payments in etcd is invalid (weights must sum to 100%");
+    assert!(out.stderr.contains("sidecars ignore it"), "{out:#?}");
+    let j = run_line(&etcd, "route get payments -o json")
+        .await
+        .expect(1)
+        .json();
+    assert!(
+        j["invalid"].as_str().is_some_and(|s| s.contains("got 90%")),
+        "{j}"
+    );
+}
+
+#[tokio::test]
+async fn route_apply_file_errors_exit_2_and_unknown_state_exits_1() {
+    let etcd = two_dcs_with_payments().await;
+    let mut c = etcd.client().await.expect("client");
+    let before = revision(&mut c).await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let w = "weights: {m6v: 50%, wanguo: 50%}";
+    // exit code | file contents | what the one line of stderr contains
+    let cases = [
+        (2, String::new(), "has no routes".to_string()),
+        (2, "# nothing yet\n".into(), "has no routes".into()),
+        (
+            2,
+            "datacenters: {hk: {code: 2}}\n".into(),
+            "has no routes".into(),
+        ),
+        (2, "routes: {}\n".into(), "has no routes".into()),
+        (2, "routes: [".into(), "malformed YAML".into()),
+        (
+            2,
+            "routes:\n  payments:\n    weigths: {m6v: 100%}\n".into(),
+            "unknown field `weigths`".into(),
+        ),
+        (
+            2,
+            "routes:\n  payments:\n    weights: {m6v: 60%, wanguo: 50%}\n".into(),
+            "route payments: weights must sum to 100%, got 110%".into(),
+        ),
+        (
+            2,
+            "routes:\n  payments:\n    weights: {M6V: 50%, wanguo: 50%}\n".into(),
+            "datacenter name \"M6V\" is invalid".into(),
+        ),
+        (
+            1,
+            "routes:\n  payments:\n    weights: {m7v: 50%, wanguo: 50%}\n".into(),
+            "unknown datacenter \"m7v\"".into(),
+        ),
+        (
+            1,
+            format!("datacenters: {{hk: {{code: 1}}}}\nroutes:\n  payments: {{{w}}}\n"),
+            "datacenter code 1 is used by both".into(),
+        ),
+    ];
+    for (code, yaml, needle) in cases {
+        let file = file_in(dir.path(), "routes.yaml", &yaml);
+        let out = run_line(&etcd, &format!("route apply -f '{file}' --reason x"))
+            .await
+            .expect(code);
+        out.one_line_error(&needle);
+        assert!(out.stdout.is_empty(), "{yaml:?}: {out:#?}");
+    }
+    let out = run_line(
+        &etcd,
+        "route set payments --weights M6V=50,wanguo=50 --reason x",
+    )
+    .await
+    .expect(2);
+    out.one_line_error("datacenter name \"M6V\" is invalid");
+    assert_eq!(revision(&mut c).await, before, "bad input wrote something");
+}

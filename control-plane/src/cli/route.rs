@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use twin_topology::{
     Change, Datacenter, FencePolicy, ForceDc, OnDcDown, Protocol, Route, RouteHash, RoutesFile,
-    RoutesFileError, Versioned, Weights,
+    RoutesFileError, StoreError, Versioned, Weights,
 };
 
 use super::{parse_weights, Global, RouteChangeArgs};
@@ -358,6 +358,61 @@ impl Report for RouteView {
     }
 }
 
+/// A route whose stored value fails validation: shown as stored, with why.
+#[derive(Serialize)]
+struct InvalidRouteView {
+    service: String,
+    revision: i64,
+    /// The stored value as text (it may not even be JSON).
+    value: String,
+    invalid: String,
+}
+
+impl Report for InvalidRouteView {
+    fn text(&self) -> String {
+        [
+            format!("service:       {}", self.service),
+            format!("revision:      {}", self.revision),
+            format!("value:         {}", self.value),
+            format!(
+                "INVALID:       {} (sidecars ignore this value)",
+                self.invalid
+            ),
+        ]
+        .join("\n")
+    }
+}
+
+/// `route get` of a route whose stored value is invalid: prints it and why, then fails
+/// (exit 1): sidecars ignore the value and keep their last valid route.
+async fn invalid_route(
+    g: &Global,
+    cluster: &crate::state::Cluster,
+    service: String,
+    key: &str,
+    why: String,
+) -> Result<(), CtlError> {
+    let resp = cluster.client().get(key, None).await?;
+    let (value, revision) = resp.kvs().first().map_or((String::new(), 0), |kv| {
+        (
+            String::from_utf8_lossy(kv.value()).into_owned(),
+            kv.mod_revision(),
+        )
+    });
+    emit(
+        g.output,
+        &InvalidRouteView {
+            service: service.clone(),
+            revision,
+            value,
+            invalid: why.clone(),
+        },
+    )?;
+    Err(CtlError::failed(format!(
+        "route {service} in etcd is invalid ({why}): sidecars ignore it and keep their last valid route; fix it with twinctl route set or route apply"
+    )))
+}
+
 #[derive(Serialize)]
 struct RouteList {
     routes: Vec<RouteView>,
@@ -392,6 +447,12 @@ pub async fn run(g: &Global, cmd: RouteCommand) -> Result<(), CtlError> {
     match cmd {
         RouteCommand::Get { service } => {
             let cluster = g.connect().await?;
+            let key = cluster.keys.route(&service);
+            let loaded = cluster.load().await?;
+            if let Some(line) = loaded.invalid_for(&key) {
+                let why = line.get(key.len() + 1..).unwrap_or(line).trim().to_string();
+                return invalid_route(g, &cluster, service, &key, why).await;
+            }
             let Some(Versioned {
                 value,
                 mod_revision,
@@ -495,7 +556,20 @@ async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
         writes.push(key, expected, fields, before, to_json(&after)?);
     }
     let topo = &loaded.topo;
-    finish(g, &cluster, topo, "route set", reason, writes, &a.write).await
+    let done = finish(g, &cluster, topo, "route set", reason, writes, &a.write).await;
+    match (done, a.if_revision) {
+        // Another writer came between our read and the commit: with --if-revision a re-run
+        // fails the same way, so say which revision to pass.
+        (
+            Err(CtlError::Store(StoreError::Conflict {
+                expected, current, ..
+            })),
+            Some(want),
+        ) if expected == want => {
+            stale_revision(&a.service, want, (current != 0).then_some(current))
+        }
+        (done, _) => done,
+    }
 }
 
 /// `--if-revision want` against the route's revision now (`None`: it does not exist): the
@@ -593,10 +667,20 @@ async fn apply(g: &Global, a: ApplyArgs) -> Result<(), CtlError> {
     let name = a.file.display().to_string();
     let text =
         std::fs::read_to_string(&a.file).map_err(|e| CtlError::usage(format!("{name}: {e}")))?;
+    let blank = |l: &str| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---"
+    };
+    if text.lines().all(blank) {
+        return Err(CtlError::usage(format!("{name} has no routes")));
+    }
     let cluster = g.connect().await?;
     let loaded = cluster.load().await?;
     let topo = &loaded.topo;
     let file = RoutesFile::parse(&name, &text, &topo.datacenters).map_err(file_error)?;
+    if file.routes.is_empty() {
+        return Err(CtlError::usage(format!("{name} has no routes")));
+    }
     let mut writes = Writes::default();
     let dc_revs = datacenter_revisions(&cluster).await?;
     for (dc, want) in &file.datacenters {
