@@ -263,3 +263,31 @@ async fn route_apply_file_errors_exit_2_and_unknown_state_exits_1() {
     out.one_line_error("datacenter name \"M6V\" is invalid");
     assert_eq!(revision(&mut c).await, before, "bad input wrote something");
 }
+
+#[tokio::test]
+async fn a_new_route_named_like_an_existing_one_needs_create() {
+    let etcd = two_dcs_with_payments().await;
+    let mut c = etcd.client().await.expect("client");
+    let before = revision(&mut c).await;
+    for dry in ["", " --dry-run"] {
+        let out = run_line(
+            &etcd,
+            &format!("route set paymnets --weights m6v=0,wanguo=100 --reason x{dry}"),
+        )
+        .await
+        .expect(2);
+        out.one_line_error(
+            "no route paymnets (did you mean payments?); add --create to make a new route named paymnets",
+        );
+    }
+    assert_eq!(revision(&mut c).await, before, "a misspelling wrote");
+    ok_line(
+        &etcd,
+        "route set paymnets --weights m6v=0,wanguo=100 --create --reason 'really a new one'",
+    )
+    .await;
+    assert_eq!(weights(&mut c, "paymnets").await["wanguo"], 10_000);
+    // A name far from every route is created as before.
+    ok_line(&etcd, "route set ledger --weights m6v=100 --reason create").await;
+    assert_eq!(weights(&mut c, "payments").await["m6v"], 5000);
+}

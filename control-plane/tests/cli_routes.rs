@@ -35,7 +35,9 @@ async fn racing_route_sets_one_wins_and_the_loser_gets_the_conflict_line() {
     // to read again, whether it lost at the commit or read after the winner.
     loser.one_line_error("route payments is at revision ");
     assert!(
-        loser.stderr.contains(&format!(", not {rev}: read it again")),
+        loser
+            .stderr
+            .contains(&format!(", not {rev}: read it again")),
         "{loser:?}"
     );
     let mut c = etcd.client().await.expect("client");

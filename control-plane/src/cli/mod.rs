@@ -35,8 +35,9 @@ Exit codes:
   0  done
   1  error: etcd unreachable, another writer changed it first (re-run), or a value the
      current state rejects (unknown datacenter, invalid route in etcd)
-  2  usage: a bad flag or value (weights, percent, time, missing --reason); nothing was read
-     or written
+  2  usage: a bad flag or value (weights, percent, time, missing --reason, a malformed
+     routes file, a new route named like an existing one without --create); nothing was
+     written
   3  refused by a guard rail: change freeze, target capacity, an on_dc_down=fail route's
      home, shift step limit, a failed health gate, or a blocker of the dependency map
      (readiness exits 3 when it finds any); nothing changed (a shift that fails its gate

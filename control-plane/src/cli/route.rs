@@ -122,6 +122,10 @@ pub struct SetArgs {
     /// (default deny)
     #[arg(long, value_enum, value_name = "POLICY")]
     pub force_dc: Option<ForceDcArg>,
+    /// Create the route even though its name is within 2 edits of an existing route's
+    /// (without it such a new name is refused as a likely misspelling)
+    #[arg(long)]
+    pub create: bool,
     #[command(flatten)]
     pub write: RouteChangeArgs,
 }
@@ -512,6 +516,14 @@ async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
     // checked here too, so a dry run fails as the real command would.
     if let Some(want) = a.if_revision {
         stale_revision(&a.service, want, current.as_ref().map(|v| v.mod_revision))?;
+    }
+    if current.is_none() && !a.create {
+        if let Some(near) = crate::names::nearest(&a.service, loaded.topo.routes.keys()) {
+            return Err(CtlError::usage(format!(
+                "no route {s} (did you mean {near}?); add --create to make a new route named {s}",
+                s = a.service
+            )));
+        }
     }
     let expected = a.if_revision.unwrap_or(rev);
     let mut after = match (&before, &a.weights) {
