@@ -59,11 +59,10 @@ pub enum ValidationError {
 
 /// Basis points as a percentage: 11000 → `110%`, 3333 → `33.33%`.
 fn percent(bp: u64) -> String {
-    if bp % 100 == 0 {
-        format!("{}%", bp / 100)
-    } else {
-        format!("{}.{:02}%", bp / 100, bp % 100)
-    }
+    u32::try_from(bp).map_or_else(
+        |_| format!("{bp} basis points"),
+        crate::model::bp_to_percent,
+    )
 }
 
 /// Longest datacenter name.
