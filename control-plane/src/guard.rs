@@ -2,7 +2,7 @@
 //! `--force`. Each check returns the one-line reason it objects, or nothing; [`enforce`]
 //! turns the objections into a refusal or, when forced, into a note for the audit trail.
 
-use twin_topology::{OnDcDown, Topology};
+use twin_topology::{FencePolicy, OnDcDown, Route, Topology};
 
 use crate::error::CtlError;
 use crate::output::time_ms;
@@ -94,6 +94,29 @@ pub fn shift_step(step_bp: u32) -> Option<String> {
     })
 }
 
+/// Objects to what no fence can cover on a route whose stored policy is `fence: required`:
+/// a hash change (it moves units to other buckets, while a fence holds bucket ranges whose
+/// owner changes: `moving_ranges` sees none, so every unit would move unfenced) and lowering
+/// the policy. A weight move is judged by [`crate::cutover::objections`] (a fence covers it).
+pub fn required_fence(service: &str, before: &Route, after: &Route) -> Vec<String> {
+    if before.fence != FencePolicy::Required {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if before.hash != after.hash {
+        out.push(format!(
+            "{service} has fence: required and its hash {} → {} moves most of its units; a hash change cannot be fenced: use --force in a maintenance window",
+            before.hash, after.hash
+        ));
+    }
+    if after.fence != FencePolicy::Required {
+        out.push(format!(
+            "{service} has fence: required: lowering it to optional needs --force"
+        ));
+    }
+    out
+}
+
 /// No objections: `Ok(empty)`. Objections without `force`: a refusal naming them all.
 /// With `force`: `Ok(objections)`, to be printed and written into the audit reason.
 pub fn enforce(objections: Vec<String>, force: bool) -> Result<Vec<String>, CtlError> {
@@ -145,5 +168,29 @@ mod tests {
         assert_eq!(forced_reason("drill", &ok), "drill [forced past: a]");
         assert_eq!(shift_step(5000), None);
         assert!(shift_step(6000).is_some());
+    }
+
+    #[test]
+    fn a_required_fence_objects_to_a_hash_change_and_to_lowering_it() {
+        let mut before =
+            Route::with_weights(twin_topology::Weights([("m6v".into(), 10_000)].into()));
+        let mut after = before.clone();
+        after.hash = twin_topology::RouteHash::Xxh64;
+        after.fence = FencePolicy::Optional;
+        assert!(
+            required_fence("p", &before, &after).is_empty(),
+            "optional route"
+        );
+        before.fence = FencePolicy::Required;
+        let o = required_fence("p", &before, &after);
+        assert_eq!(o.len(), 2, "{o:?}");
+        assert!(o[0].contains("a hash change cannot be fenced"), "{o:?}");
+        assert!(
+            o[1].contains("lowering it to optional needs --force"),
+            "{o:?}"
+        );
+        after = before.clone();
+        after.sticky_header = "x-user".into();
+        assert!(required_fence("p", &before, &after).is_empty());
     }
 }

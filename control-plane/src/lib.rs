@@ -36,6 +36,7 @@ pub mod failover;
 pub mod guard;
 pub mod health;
 pub mod inject;
+pub mod names;
 pub mod output;
 pub mod plan;
 pub mod probe;

@@ -29,9 +29,7 @@ async fn failover_over_20_routes_is_all_or_nothing_with_one_audit_record_each() 
     let out = run_line(&etcd, "failover --from m6v --all --yes --reason drill")
         .await
         .expect(1);
-    out.one_line_error(
-        "routes/svc10: weights must sum to 10000 basis points, got 9000; nothing changed",
-    );
+    out.one_line_error("routes/svc10: weights must sum to 100%, got 90%; nothing changed");
     assert_eq!(
         revision(&mut c).await,
         before,

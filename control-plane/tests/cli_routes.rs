@@ -31,10 +31,15 @@ async fn racing_route_sets_one_wins_and_the_loser_gets_the_conflict_line() {
         (1, 0) => (b, a),
         _ => panic!("exactly one must win: {a:#?} {b:#?}"),
     };
-    loser.one_line_error(&format!(
-        "route payments changed since you read it (rev {rev} → "
-    ));
-    assert!(loser.stderr.trim_end().ends_with("; re-run"), "{loser:?}");
+    // With --if-revision a re-run would fail the same way: the loser is told the revision
+    // to read again, whether it lost at the commit or read after the winner.
+    loser.one_line_error("route payments is at revision ");
+    assert!(
+        loser
+            .stderr
+            .contains(&format!(", not {rev}: read it again")),
+        "{loser:?}"
+    );
     let mut c = etcd.client().await.expect("client");
     let w = weights(&mut c, "payments").await;
     let want_m6v = if winner.stdout.contains("m6v=30%") {
@@ -204,14 +209,14 @@ async fn route_apply_writes_every_route_in_one_transaction() {
     // Applying the same file again changes nothing.
     let again = ok_line(&etcd, &apply).await;
     assert!(again.stdout.contains("no change"), "{again:#?}");
-    // A broken file is one line, exit 1, nothing written.
+    // A broken file is one line, exit 2, nothing written.
     std::fs::write(
         &file,
         "routes:\n  svc0:\n    weights: {m6v: 30%, wanguo: 60%}\n",
     )
     .expect("write");
-    let out = run_line(&etcd, &apply).await.expect(1);
-    out.one_line_error("route svc0: weights must sum to 10000 basis points, got 9000");
+    let out = run_line(&etcd, &apply).await.expect(2);
+    out.one_line_error("route svc0: weights must sum to 100%, got 90%");
 }
 
 #[tokio::test]

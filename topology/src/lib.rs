@@ -31,6 +31,7 @@ pub mod snapshot;
 pub mod store;
 pub mod templates;
 pub mod tls_check;
+pub mod unique_keys;
 pub mod upstream_tls;
 pub mod validate;
 pub mod view;

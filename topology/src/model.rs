@@ -103,7 +103,7 @@ impl<'de> Deserialize<'de> for Weights {
             BasisPoints(u32),
             Text(String),
         }
-        let raw: BTreeMap<String, W> = BTreeMap::deserialize(d)?;
+        let raw: BTreeMap<String, W> = crate::unique_keys::map(d)?;
         let mut out = BTreeMap::new();
         for (dc, w) in raw {
             let bp = match w {
@@ -298,7 +298,11 @@ pub struct Route {
     pub retry: RetryPolicy,
     /// Static upstream addresses (`host:port`, e.g. an SLB VIP) per datacenter, used together
     /// with endpoints registered in etcd.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "crate::unique_keys::map"
+    )]
     pub endpoints: BTreeMap<String, Vec<String>>,
     /// TLS to this route's upstreams (absent: plain HTTP/1.1, or h2c for `http2`/`grpc`). The CA that signs upstream
     /// certificates, and the sidecar's own client certificate for mutual TLS, are the

@@ -27,9 +27,9 @@ use crate::validate::{self, ValidationError};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutesFile {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::unique_keys::map")]
     pub datacenters: BTreeMap<String, Datacenter>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::unique_keys::map")]
     pub routes: BTreeMap<String, Route>,
 }
 
@@ -200,13 +200,29 @@ routes:
             ("routes:\n  p:\n    weights: {m6v: 10000}\n", "r.yaml: route p: unknown datacenter \"m6v\""),
             (
                 "datacenters: {m6v: {code: 0}}\nroutes:\n  p:\n    weights: {m6v: 9000}\n",
-                "r.yaml: route p: weights must sum to 10000 basis points, got 9000",
+                "r.yaml: route p: weights must sum to 100%, got 90%",
             ),
             ("datacenters: {m6v: {code: 9}}", "r.yaml: datacenter code 9 out of range 0..=7"),
             ("routez: {}", "r.yaml: malformed YAML: unknown field `routez`"),
             (
                 "datacenters: {m6v: {code: 0}}\nroutes:\n  p:\n    weights: {m6v: 100%}\n    on_dc_down: maybe\n",
                 "r.yaml: malformed YAML: routes.p.on_dc_down: unknown variant `maybe`",
+            ),
+            (
+                "datacenters: {m6v: {code: 0}}\nroutes:\n  p:\n    weights: {m6v: 100%}\n  p:\n    weights: {m6v: 100%}\n",
+                "r.yaml: malformed YAML: routes: duplicate key \"p\" at line 5 column 3",
+            ),
+            (
+                "datacenters:\n  m6v: {code: 0}\n  m6v: {code: 1}\n",
+                "r.yaml: malformed YAML: datacenters: duplicate key \"m6v\" at line 3 column 3",
+            ),
+            (
+                "datacenters: {m6v: {code: 0}}\nroutes:\n  p:\n    weights: {m6v: 100%, m6v: 0}\n",
+                "r.yaml: malformed YAML: routes.p.weights: duplicate key \"m6v\"",
+            ),
+            (
+                "datacenters: {m6v: {code: 0}}\nroutes:\n  p:\n    weights: {m6v: 100%}\n    endpoints: {m6v: ['a:1'], m6v: ['b:1']}\n",
+                "r.yaml: malformed YAML: routes.p.endpoints: duplicate key \"m6v\"",
             ),
             (
                 "datacenters: {m6v: {code: 0}}\nroutes:\n  p:\n    weights: {m6v: 100%}\n    hash: md5\n",

@@ -548,7 +548,7 @@ mod tests {
         let err = Topology::load(&path).expect_err("invalid");
         assert!(
             err.to_string()
-                .contains("weights must sum to 10000 basis points, got 7001"),
+                .contains("weights must sum to 100%, got 70.01%"),
             "{err}"
         );
     }
@@ -568,7 +568,7 @@ mod tests {
             .expect_err("bad sum");
         assert_eq!(
             err.to_string(),
-            "/twin/v1/routes/pay: weights must sum to 10000 basis points, got 1"
+            "/twin/v1/routes/pay: weights must sum to 100%, got 0.01%"
         );
         let err = t
             .apply(&keys, &keys.route("pay"), Some(b"not json"), 9)

@@ -9,7 +9,8 @@ use crate::model::{Datacenter, Endpoint, Freeze, Route, MAX_DC_CODE, TOTAL_BASIS
 /// A broken rule, as one line a person can act on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
-    #[error("weights must sum to {TOTAL_BASIS_POINTS} basis points, got {0}")]
+    /// The sum in basis points; shown in percent (`got 110%`), as SREs write weights.
+    #[error("weights must sum to 100%, got {}", percent(*.0))]
     WeightSum(u64),
     #[error("route has no weights: give at least one datacenter a weight")]
     NoWeights,
@@ -54,6 +55,14 @@ pub enum ValidationError {
     Template(String),
     #[error("read_only_methods: {0:?} is not an HTTP method (an upper-case token like PROPFIND)")]
     BadMethod(String),
+}
+
+/// Basis points as a percentage: 11000 → `110%`, 3333 → `33.33%`.
+fn percent(bp: u64) -> String {
+    u32::try_from(bp).map_or_else(
+        |_| format!("{bp} basis points"),
+        crate::model::bp_to_percent,
+    )
 }
 
 /// Longest datacenter name.
@@ -274,7 +283,7 @@ mod tests {
         let mut cases: Vec<(Route, &str)> = vec![
             (
                 route(&[("m6v", 2000), ("wanguo", 7000)]),
-                "weights must sum to 10000 basis points, got 9000",
+                "weights must sum to 100%, got 90%",
             ),
             (route(&[]), "route has no weights: give at least one datacenter a weight"),
             (

@@ -147,7 +147,7 @@ async fn invalid_writes_are_refused_and_change_nothing() {
     };
     assert_eq!(
         refused("m6v", 2000).await,
-        "weights must sum to 10000 basis points, got 7000"
+        "weights must sum to 100%, got 70%"
     );
     assert_eq!(refused("m7v", 0).await, "unknown datacenter \"m7v\"");
 

@@ -36,8 +36,9 @@ Exit codes:
   0  done
   1  error: etcd unreachable, another writer changed it first (re-run), or a value the
      current state rejects (unknown datacenter, invalid route in etcd)
-  2  usage: a bad flag or value (weights, percent, time, missing --reason); nothing was read
-     or written
+  2  usage: a bad flag or value (weights, percent, time, missing --reason, a malformed
+     routes file, a new route named like an existing one without --create); nothing was
+     written
   3  refused by a guard rail: change freeze, target capacity, an on_dc_down=fail route's
      home, shift step limit, a failed health gate, or a blocker of the dependency map
      (readiness exits 3 when it finds any); nothing changed (a shift that fails its gate
@@ -319,6 +320,11 @@ pub fn parse_weights(s: &str) -> Result<Weights, String> {
     if w.0.is_empty() {
         return Err("give at least one DC=PERCENT".to_string());
     }
+    // A malformed name is a bad value (exit 2); a well-formed one etcd does not know is the
+    // state's to reject (exit 1).
+    for dc in w.0.keys() {
+        twin_topology::validate::datacenter_name(dc).map_err(|e| e.to_string())?;
+    }
     if w.total() != u64::from(TOTAL_BASIS_POINTS) {
         return Err(format!(
             "weights must sum to 100%, got {}",
@@ -346,6 +352,8 @@ mod tests {
             parse_weights("m6v=30,wanguo=60"),
             Err("weights must sum to 100%, got 90%".to_string())
         );
+        assert!(parse_weights("M6V=30,wanguo=70")
+            .is_err_and(|e| e.starts_with("datacenter name \"M6V\" is invalid")));
         assert_eq!(
             parse_weights("m6v=30,wanguo=70").map(|w| w.get("wanguo")),
             Ok(7000)

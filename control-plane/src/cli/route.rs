@@ -7,14 +7,17 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 use twin_topology::{
     Change, Datacenter, FencePolicy, ForceDc, OnDcDown, Protocol, Route, RouteHash, RoutesFile,
-    Versioned, Weights,
+    RoutesFileError, StoreError, Versioned, Weights,
 };
 
 use super::{parse_weights, Global, RouteChangeArgs};
-use crate::cutover::{self, CutoverReport, Moves};
+use crate::cutover::{self, Moves};
 use crate::error::CtlError;
 use crate::guard;
-use crate::output::{emit, Report, Table};
+use crate::output::emit;
+
+mod view;
+use view::{field_diffs, ChangeReport, Diff, InvalidRouteView, RouteList, RouteView};
 
 /// Route commands.
 #[derive(Debug, Subcommand)]
@@ -122,6 +125,10 @@ pub struct SetArgs {
     /// (default deny)
     #[arg(long, value_enum, value_name = "POLICY")]
     pub force_dc: Option<ForceDcArg>,
+    /// Create the route even though its name is within 2 edits of an existing route's
+    /// (without it such a new name is refused as a likely misspelling)
+    #[arg(long)]
+    pub create: bool,
     #[command(flatten)]
     pub write: RouteChangeArgs,
 }
@@ -134,29 +141,6 @@ pub struct ApplyArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub write: RouteChangeArgs,
-}
-
-/// One key's change, as printed and as JSON.
-#[derive(Clone, Debug, Serialize)]
-struct Diff {
-    key: String,
-    /// One line per changed field: `weights: m6v=50%,wanguo=50% → m6v=30%,wanguo=70%`.
-    changes: Vec<String>,
-    before: Option<serde_json::Value>,
-    after: Option<serde_json::Value>,
-}
-
-/// The result of `route set` / `route apply`.
-#[derive(Clone, Debug, Serialize)]
-struct ChangeReport {
-    dry_run: bool,
-    diffs: Vec<Diff>,
-    overridden: Vec<String>,
-    revision: Option<i64>,
-    audit_id: Option<String>,
-    /// With --fence: the moving units and each phase.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cutover: Option<CutoverReport>,
 }
 
 /// What `route set` / `route apply` writes: each changed key's [`Diff`] for the report and
@@ -193,184 +177,38 @@ impl Writes {
     }
 }
 
-impl Report for ChangeReport {
-    fn text(&self) -> String {
-        let mut out = Vec::new();
-        for d in &self.diffs {
-            out.push(format!("{}:", d.key));
-            out.extend(d.changes.iter().map(|c| format!("  {c}")));
-        }
-        if let Some(c) = &self.cutover {
-            out.extend(c.lines());
-        }
-        out.extend(self.overridden.iter().map(|o| format!("forced past: {o}")));
-        out.push(
-            match (&self.audit_id, self.dry_run, self.diffs.is_empty()) {
-                (_, _, true) => "no change: etcd already holds this".to_string(),
-                (_, true, false) => "dry run: nothing written".to_string(),
-                (Some(id), false, false) => format!(
-                    "written at revision {}; audit id {id}",
-                    self.revision.unwrap_or(0)
-                ),
-                (None, false, false) => "nothing written".to_string(),
-            },
-        );
-        out.join("\n")
-    }
-}
-
-fn field_diffs(before: Option<&Route>, after: &Route) -> Vec<String> {
-    let Some(b) = before else {
-        return vec![format!(
-            "create: weights {}, on_dc_down {}, sticky_header {}",
-            after.weights,
-            on_dc_down_str(after.on_dc_down),
-            after.sticky_header
-        )];
-    };
-    let mut out = Vec::new();
-    if b.weights != after.weights {
-        out.push(format!("weights: {} → {}", b.weights, after.weights));
-    }
-    if b.on_dc_down != after.on_dc_down {
-        out.push(format!(
-            "on_dc_down: {} → {}",
-            on_dc_down_str(b.on_dc_down),
-            on_dc_down_str(after.on_dc_down)
-        ));
-    }
-    if b.fence != after.fence {
-        out.push(format!("fence: {:?} → {:?}", b.fence, after.fence).to_lowercase());
-    }
-    if b.force_dc != after.force_dc {
-        out.push(format!("force_dc: {:?} → {:?}", b.force_dc, after.force_dc).to_lowercase());
-    }
-    if b.hash != after.hash {
-        out.push(format!(
-            "hash: {} → {} (most units move to another bucket)",
-            b.hash, after.hash
-        ));
-    }
-    if b.protocol != after.protocol {
-        out.push(format!("protocol: {} → {}", b.protocol, after.protocol));
-    }
-    if b.sticky_header != after.sticky_header {
-        out.push(format!(
-            "sticky_header: {} → {}",
-            b.sticky_header, after.sticky_header
-        ));
-    }
-    let (bj, aj) = (
-        serde_json::to_value(b).ok(),
-        serde_json::to_value(after).ok(),
-    );
-    if out.is_empty() && bj != aj {
-        out.push(format!(
-            "{} → {}",
-            bj.map(|v| v.to_string()).unwrap_or_default(),
-            aj.map(|v| v.to_string()).unwrap_or_default()
-        ));
-    }
-    out
-}
-
-fn on_dc_down_str(o: OnDcDown) -> &'static str {
-    match o {
-        OnDcDown::Spill => "spill",
-        OnDcDown::Fail => "fail",
-    }
-}
-
 fn to_json<T: Serialize>(v: &T) -> Result<serde_json::Value, CtlError> {
     serde_json::to_value(v).map_err(|e| CtlError::failed(format!("encoding: {e}")))
 }
 
-#[derive(Serialize)]
-struct RouteView {
+/// `route get` of a route whose stored value is invalid: prints it and why, then fails
+/// (exit 1): sidecars ignore the value and keep their last valid route.
+async fn invalid_route(
+    g: &Global,
+    cluster: &crate::state::Cluster,
     service: String,
-    revision: i64,
-    route: Route,
-}
-
-impl Report for RouteView {
-    fn text(&self) -> String {
-        let r = &self.route;
-        let mut lines = vec![
-            format!("service:       {}", self.service),
-            format!("revision:      {}", self.revision),
-            format!("weights:       {}", r.weights),
-            format!("on_dc_down:    {}", on_dc_down_str(r.on_dc_down)),
-            format!("sticky_header: {}", r.sticky_header),
-            format!("hash:          {}", r.hash),
-            format!("protocol:      {}", r.protocol),
-            format!(
-                "fence:         {}",
-                match r.fence {
-                    FencePolicy::Optional => "optional",
-                    FencePolicy::Required => "required (planned changes need --fence)",
-                }
-            ),
-            format!(
-                "force_dc:      {}",
-                match r.force_dc {
-                    ForceDc::Deny => "deny",
-                    ForceDc::Allow => "allow (x-twin-force-dc is honoured)",
-                }
-            ),
-            format!("min_healthy:   {}%", r.min_healthy_percent),
-            format!(
-                "timeouts:      connect {} ms, request {} ms, upstream idle {} ms",
-                r.timeouts.connect_ms, r.timeouts.request_ms, r.timeouts.idle_ms
-            ),
-            format!(
-                "retry:         {} attempts, budget {}%",
-                r.retry.max_attempts, r.retry.budget_percent
-            ),
-            format!(
-                "tls:           {}",
-                match &r.tls {
-                    None => "off".to_string(),
-                    Some(t) => format!(
-                        "on, server name {}",
-                        t.server_name.as_deref().unwrap_or("of each endpoint")
-                    ),
-                }
-            ),
-        ];
-        for (dc, addrs) in &r.endpoints {
-            lines.push(format!("static {dc}:    {}", addrs.join(", ")));
-        }
-        lines.join("\n")
-    }
-}
-
-#[derive(Serialize)]
-struct RouteList {
-    routes: Vec<RouteView>,
-}
-
-impl Report for RouteList {
-    fn text(&self) -> String {
-        let mut t = Table::new([
-            "SERVICE",
-            "WEIGHTS",
-            "ON DC DOWN",
-            "PROTOCOL",
-            "STICKY HEADER",
-            "REV",
-        ]);
-        for r in &self.routes {
-            t.row([
-                r.service.clone(),
-                r.route.weights.to_string(),
-                on_dc_down_str(r.route.on_dc_down).to_string(),
-                r.route.protocol.to_string(),
-                r.route.sticky_header.clone(),
-                r.revision.to_string(),
-            ]);
-        }
-        t.render_or("no routes")
-    }
+    key: &str,
+    why: String,
+) -> Result<(), CtlError> {
+    let resp = cluster.client().get(key, None).await?;
+    let (value, revision) = resp.kvs().first().map_or((String::new(), 0), |kv| {
+        (
+            String::from_utf8_lossy(kv.value()).into_owned(),
+            kv.mod_revision(),
+        )
+    });
+    emit(
+        g.output,
+        &InvalidRouteView {
+            service: service.clone(),
+            revision,
+            value,
+            invalid: why.clone(),
+        },
+    )?;
+    Err(CtlError::failed(format!(
+        "route {service} in etcd is invalid ({why}): sidecars ignore it and keep their last valid route; fix it with twinctl route set or route apply"
+    )))
 }
 
 /// Runs a `route` command.
@@ -378,6 +216,12 @@ pub async fn run(g: &Global, cmd: RouteCommand) -> Result<(), CtlError> {
     match cmd {
         RouteCommand::Get { service } => {
             let cluster = g.connect().await?;
+            let key = cluster.keys.route(&service);
+            let loaded = cluster.load().await?;
+            if let Some(line) = loaded.invalid_for(&key) {
+                let why = line.get(key.len() + 1..).unwrap_or(line).trim().to_string();
+                return invalid_route(g, &cluster, service, &key, why).await;
+            }
             let Some(Versioned {
                 value,
                 mod_revision,
@@ -433,7 +277,19 @@ async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
         Some(v) => (Some(v.value.clone()), v.mod_revision),
         None => (None, 0),
     };
-    // With --if-revision the compare is on the revision the SRE saw, not the one read now.
+    // With --if-revision the compare is on the revision the SRE saw, not the one read now;
+    // checked here too, so a dry run fails as the real command would.
+    if let Some(want) = a.if_revision {
+        stale_revision(&a.service, want, current.as_ref().map(|v| v.mod_revision))?;
+    }
+    if current.is_none() && !a.create {
+        if let Some(near) = crate::names::nearest(&a.service, loaded.topo.routes.keys()) {
+            return Err(CtlError::usage(format!(
+                "no route {s} (did you mean {near}?); add --create to make a new route named {s}",
+                s = a.service
+            )));
+        }
+    }
     let expected = a.if_revision.unwrap_or(rev);
     let mut after = match (&before, &a.weights) {
         (Some(b), _) => b.clone(),
@@ -477,7 +333,40 @@ async fn set(g: &Global, a: SetArgs) -> Result<(), CtlError> {
         writes.push(key, expected, fields, before, to_json(&after)?);
     }
     let topo = &loaded.topo;
-    finish(g, &cluster, topo, "route set", reason, writes, &a.write).await
+    let done = finish(g, &cluster, topo, "route set", reason, writes, &a.write).await;
+    match (done, a.if_revision) {
+        // Another writer came between our read and the commit: with --if-revision a re-run
+        // fails the same way, so say which revision to pass.
+        (
+            Err(CtlError::Store(StoreError::Conflict {
+                expected, current, ..
+            })),
+            Some(want),
+        ) if expected == want => {
+            stale_revision(&a.service, want, (current != 0).then_some(current))
+        }
+        (done, _) => done,
+    }
+}
+
+/// `--if-revision want` against the route's revision now (`None`: it does not exist): the
+/// conflict, with what to do, when they differ (exit 1). Re-running the same command would
+/// fail the same way, so the advice names the revision to pass.
+fn stale_revision(service: &str, want: i64, now: Option<i64>) -> Result<(), CtlError> {
+    let line = match now {
+        Some(rev) if rev == want => return Ok(()),
+        None if want == 0 => return Ok(()),
+        Some(rev) if want == 0 => format!(
+            "route {service} already exists at revision {rev} (--if-revision 0 means it must not): read it (twinctl route get {service}) and pass --if-revision {rev}"
+        ),
+        Some(rev) => format!(
+            "route {service} is at revision {rev}, not {want}: read it again (twinctl route get {service}) and pass --if-revision {rev}"
+        ),
+        None => format!(
+            "route {service} does not exist (--if-revision {want}): check the name (twinctl route list), or pass --if-revision 0 to create it"
+        ),
+    };
+    Err(CtlError::failed(line))
 }
 
 /// Prints the report when there is nothing to write; else checks the guard rails (freeze,
@@ -496,7 +385,8 @@ async fn finish(
     let mut report = ChangeReport {
         dry_run: args.dry_run(),
         diffs,
-        overridden: Vec::new(),
+        objections: Vec::new(),
+        forced: args.force,
         revision: None,
         audit_id: None,
         cutover: None,
@@ -505,15 +395,16 @@ async fn finish(
         return emit(g.output, &report);
     }
     let moves = Moves::of(&cluster.keys, topo, &changes);
-    let objections = args.objections(topo, &moves);
+    let mut objections = args.objections(topo, &moves);
+    objections.extend(required_fence_objections(&cluster.keys, &changes));
     if args.dry_run() {
         report.cutover = args.preview(&moves);
-        report.overridden = objections.clone();
+        report.objections = objections.clone();
         emit(g.output, &report)?;
         return args.enforce(objections).map(drop);
     }
-    report.overridden = args.enforce(objections)?;
-    let audit = cluster.audit(action, &guard::forced_reason(reason, &report.overridden));
+    report.objections = args.enforce(objections)?;
+    let audit = cluster.audit(action, &guard::forced_reason(reason, &report.objections));
     let (c, cut) = cutover::commit(
         cluster,
         topo,
@@ -529,16 +420,44 @@ async fn finish(
     emit(g.output, &report)
 }
 
+/// [`guard::required_fence`] of every route `changes` change (a route created or overwriting
+/// an invalid value has no stored policy).
+fn required_fence_objections(keys: &twin_topology::Keys, changes: &[Change]) -> Vec<String> {
+    let route = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .and_then(|v| serde_json::from_value::<Route>(v.clone()).ok())
+    };
+    changes
+        .iter()
+        .filter_map(|c| match keys.parse(&c.key) {
+            Some(twin_topology::KeyKind::Route(service)) => {
+                Some((service.to_string(), route(&c.before)?, route(&c.value)?))
+            }
+            _ => None,
+        })
+        .flat_map(|(service, before, after)| guard::required_fence(&service, &before, &after))
+        .collect()
+}
+
 async fn apply(g: &Global, a: ApplyArgs) -> Result<(), CtlError> {
     let reason = a.write.reason()?;
     let name = a.file.display().to_string();
     let text =
         std::fs::read_to_string(&a.file).map_err(|e| CtlError::usage(format!("{name}: {e}")))?;
+    let blank = |l: &str| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---"
+    };
+    if text.lines().all(blank) {
+        return Err(CtlError::usage(format!("{name} has no routes")));
+    }
     let cluster = g.connect().await?;
     let loaded = cluster.load().await?;
     let topo = &loaded.topo;
-    let file = RoutesFile::parse(&name, &text, &topo.datacenters)
-        .map_err(|e| CtlError::failed(one_line(&e.to_string())))?;
+    let file = RoutesFile::parse(&name, &text, &topo.datacenters).map_err(file_error)?;
+    if file.routes.is_empty() {
+        return Err(CtlError::usage(format!("{name} has no routes")));
+    }
     let mut writes = Writes::default();
     let dc_revs = datacenter_revisions(&cluster).await?;
     for (dc, want) in &file.datacenters {
@@ -608,6 +527,25 @@ async fn datacenter_revisions(
         }
     }
     Ok(out)
+}
+
+/// A routes file refused: exit 2 for what the file gets wrong by itself (YAML, a duplicate
+/// key, an unknown field, a weight sum, a malformed name), exit 1 for what only the state in
+/// etcd rejects (a well-formed datacenter etcd does not know, a code another one holds).
+fn file_error(e: RoutesFileError) -> CtlError {
+    use twin_topology::validate::ValidationError as V;
+    let line = one_line(&e.to_string());
+    match &e {
+        RoutesFileError::Route {
+            source: V::UnknownDatacenter(_),
+            ..
+        }
+        | RoutesFileError::Invalid {
+            source: V::DcCodeTaken { .. },
+            ..
+        } => CtlError::failed(line),
+        _ => CtlError::usage(line),
+    }
 }
 
 /// Collapses a multi-line message (serde_yaml's) into one line.

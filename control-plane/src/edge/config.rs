@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct Edges {
     /// Service → its edge.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "twin_topology::unique_keys::map")]
     pub edges: BTreeMap<String, EdgeConfig>,
 }
 
@@ -65,6 +65,7 @@ pub struct EdgeConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
     /// Datacenter → the objects that carry its traffic.
+    #[serde(deserialize_with = "twin_topology::unique_keys::map")]
     pub datacenters: BTreeMap<String, DcEdge>,
     /// Unit mode: the bucket → backend map HAProxy looks units up in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
