@@ -257,7 +257,11 @@ async fn without_to_a_route_held_only_by_the_failing_dc_goes_only_where_it_runs(
     // mars is staged: a datacenter with no endpoint of anything yet.
     let etcd = two_dcs_and("dc add mars --code 2 --reason staged").await;
     route_set(&etcd, "ledger2", "m6v=100", "create").await;
-    ok_line(&etcd, "route set ledger3 --weights m6v=100 --create --reason create").await;
+    ok_line(
+        &etcd,
+        "route set ledger3 --weights m6v=100 --create --reason create",
+    )
+    .await;
     let mut c = etcd.client().await.expect("client");
     register(&mut c, "ledger2", "m6v", "l2-m", "127.0.0.1:9200", 1).await;
     register(&mut c, "ledger2", "wanguo", "l2-w", "127.0.0.1:9201", 1).await;

@@ -58,3 +58,16 @@ async fn a_closed_stdout_after_a_committed_change_is_not_a_failure() {
     assert_eq!(status.status.code(), Some(0));
     ok(&etcd, &["route", "get", "payments"]).await;
 }
+
+/// A mistyped `--prefix` looks like an empty installation: `status` says so on stderr.
+#[tokio::test]
+async fn status_under_an_empty_prefix_says_nothing_is_there() {
+    let etcd = two_dcs_with_payments().await;
+    let out = ok(&etcd, &["status", "--prefix", "/tw1n"]).await;
+    assert!(
+        out.stderr.contains("nothing under /tw1n") && out.stderr.contains("is --prefix right?"),
+        "{out:#?}"
+    );
+    let out = ok(&etcd, &["status"]).await;
+    assert!(out.stderr.is_empty(), "{out:#?}");
+}
