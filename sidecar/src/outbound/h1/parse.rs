@@ -121,7 +121,7 @@ pub fn request<'h, 'b>(
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
         } else if name.eq_ignore_ascii_case(IDEMPOTENCY_KEY.as_bytes()) {
-            idempotency_key = true;
+            idempotency_key |= crate::outbound::retry::is_usable_key(h.value);
         }
     }
     if te && info.framing_len.is_some() {
