@@ -29,9 +29,11 @@ pub fn bucket(route: &ServiceRoute, headers: &HeaderMap, connection_bucket: u32)
     )
 }
 
-/// [`bucket`] from the sticky header's value, when the request has one.
+/// [`bucket`] from the sticky header's value, when the request has one. An empty or
+/// whitespace-only value names no unit: it falls back like a missing header (otherwise every
+/// such caller would share one bucket, whatever the weights).
 pub fn bucket_of_key(route: &ServiceRoute, sticky: Option<&[u8]>, connection_bucket: u32) -> u32 {
-    match sticky {
+    match sticky.filter(|v| !v.trim_ascii().is_empty()) {
         Some(v) => bucket_of_with(route.route.hash, v),
         None => connection_bucket,
     }
