@@ -33,7 +33,12 @@ async fn closed_port() -> SocketAddr {
     l.local_addr().expect("addr")
 }
 
-async fn get(client: &http::Client, s: &twin_sidecar::Sidecar, host: &str, h: &[(&str, &str)]) -> http::Reply {
+async fn get(
+    client: &http::Client,
+    s: &twin_sidecar::Sidecar,
+    host: &str,
+    h: &[(&str, &str)],
+) -> http::Reply {
     http::get(client, s.outbound_addr, host, "/", h)
         .await
         .expect("the sidecar answers")
@@ -65,7 +70,9 @@ async fn counters_count_what_each_request_did() {
     let mut cfg = routes_file_config(dir.path(), &yaml);
     // One failure ejects an endpoint: a retry then finds nowhere to go.
     cfg.outlier.consecutive_failures = 1;
-    let s = twin_sidecar::Sidecar::start(cfg).await.expect("sidecar starts");
+    let s = twin_sidecar::Sidecar::start(cfg)
+        .await
+        .expect("sidecar starts");
     let loaded = eventually(WAIT, || async { s.table().service("forcedown").is_some() }).await;
     assert!(loaded, "the routes file was not loaded");
     let client = http::client();
@@ -84,7 +91,12 @@ async fn counters_count_what_each_request_did() {
     // down and is answered 503 without an attempt.
     let forced = [("x-twin-force-dc", "m6v")];
     let r = get(&client, &s, "forcedown", &forced).await;
-    assert!(r.status.is_server_error(), "{}: {}", r.status, r.header("x-twin-error"));
+    assert!(
+        r.status.is_server_error(),
+        "{}: {}",
+        r.status,
+        r.header("x-twin-error")
+    );
     let r = get(&client, &s, "forcedown", &forced).await;
     assert_eq!(r.status, 503, "{}", r.header("x-twin-error"));
     assert_eq!(get(&client, &s, "payments", &[]).await.status, 200);
@@ -103,8 +115,16 @@ async fn counters_count_what_each_request_did() {
     assert_eq!(req("forcedown", "m6v", "5xx"), 1.0, "{m}");
     assert_eq!(req("payments", "m6v", "2xx"), 1.0, "{m}");
     let retries = |service| value(&m, "twin_sidecar_retries_total", &[("service", service)]);
-    assert_eq!(retries("dropper"), 0.0, "a retry never sent was counted: {m}");
-    assert_eq!(retries("spiller"), 1.0, "the spill after a refused connect: {m}");
+    assert_eq!(
+        retries("dropper"),
+        0.0,
+        "a retry never sent was counted: {m}"
+    );
+    assert_eq!(
+        retries("spiller"),
+        1.0,
+        "the spill after a refused connect: {m}"
+    );
     let spills = value(
         &m,
         "twin_sidecar_spills_total",

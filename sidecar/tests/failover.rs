@@ -327,7 +327,9 @@ async fn a_post_with_an_empty_idempotency_key_reaches_one_upstream_once() {
         let mut cfg = routes_file_config(dir.path(), &yaml);
         cfg.http1_engine = engine;
         cfg.outlier.consecutive_failures = 50;
-        let s = twin_sidecar::Sidecar::start(cfg).await.expect("sidecar starts");
+        let s = twin_sidecar::Sidecar::start(cfg)
+            .await
+            .expect("sidecar starts");
         let loaded = eventually(WAIT, || async { s.table().service(SERVICE).is_some() }).await;
         assert!(loaded, "the routes file was not loaded");
         for key in ["", " \t "] {

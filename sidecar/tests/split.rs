@@ -115,7 +115,11 @@ async fn an_empty_sticky_value_falls_back_like_a_missing_header() {
         assert_eq!(r.status, 200, "{}", r.text());
         *dcs.entry(r.header("x-twin-dc").to_string()).or_default() += 1;
     }
-    assert_eq!(dcs.len(), 2, "40 callers with an empty key all went to {dcs:?}");
+    assert_eq!(
+        dcs.len(),
+        2,
+        "40 callers with an empty key all went to {dcs:?}"
+    );
     s.stop().await;
 }
 

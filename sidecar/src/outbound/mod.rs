@@ -170,7 +170,8 @@ impl Outbound {
             true => grpc::error_response,
             false => ProxyError::into_response,
         };
-        let (resp, route, error) = match route::lookup(&table, &req) {
+        let found = headers::check_request(&req).and_then(|()| route::lookup(&table, &req));
+        let (resp, route, error) = match found {
             Ok(route) => {
                 obs.routed(&route, req.headers());
                 route.edge.request();
