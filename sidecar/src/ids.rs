@@ -158,7 +158,23 @@ impl IdApi {
                     }
                 }
                 let cfg = base.clone().serial_templates(eff.templates.clone());
-                let started = IdService::start(cfg, etcd.clone()).await;
+                // Another process holding the hwm file (a sidecar on its way out) lets go
+                // eventually: take the lock as soon as it is free, with the sidecar's backoff.
+                let mut backoff = crate::node_lease::retry_policy();
+                let started = loop {
+                    match IdService::start(cfg.clone(), etcd.clone()).await {
+                        Err(e @ IdError::WorkerBusy { .. }) => {
+                            let Some(inner) = weak.upgrade() else { return };
+                            tracing::warn!(error = %e, "ID service waits for its hwm file; the ID API answers 503 until then");
+                            inner.not_running.store(Some(Arc::new(format!(
+                                "ID service not running: {e}; retrying until it is free"
+                            ))));
+                            drop(inner);
+                            backoff.wait().await;
+                        }
+                        other => break other,
+                    }
+                };
                 let Some(inner) = weak.upgrade() else { return };
                 inner.templates.store(Arc::new(eff.clone()));
                 let old = match started {
