@@ -89,6 +89,14 @@ pub fn forced(
     if route.route.force_dc != ForceDc::Allow {
         return Err(ProxyError::ForceDcDenied(route.name.clone()));
     }
+    if headers
+        .values(name.as_str())
+        .any(|other| other.trim_ascii() != v.trim_ascii())
+    {
+        return Err(ProxyError::BadRequest(
+            "x-twin-force-dc given more than once with different datacenters".into(),
+        ));
+    }
     let name = std::str::from_utf8(v).unwrap_or("").trim();
     match route.dcs.iter().position(|p| p.name == name) {
         Some(i) => Ok(Some(i)),
