@@ -121,7 +121,7 @@ async fn a_missing_routes_file_exits_2_and_a_busy_port_is_said_once() {
     let hwm = hwm.to_str().expect("utf-8 path");
     let registry = Registry::new();
 
-    let flags = Flags::parse_argv(&["--dc", "m6v", "--routes-file", missing, "--hwm-file", hwm])
+    let flags = Flags::parse_argv(["--dc", "m6v", "--routes-file", missing, "--hwm-file", hwm])
         .expect("flags");
     let sc = SidecarProc::new("missing", dir.path(), flags, &registry).expect("twin-sidecar");
     sc.proc.start(None).expect("spawn");
@@ -144,7 +144,7 @@ async fn a_missing_routes_file_exits_2_and_a_busy_port_is_said_once() {
         .into_iter()
         .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], p)))
         .collect();
-    let flags = Flags::parse_argv(&["--dc", "m6v", "--hwm-file", hwm]).expect("flags");
+    let flags = Flags::parse_argv(["--dc", "m6v", "--hwm-file", hwm]).expect("flags");
     let sc = SidecarProc::with_addrs(
         "busy",
         dir.path(),
