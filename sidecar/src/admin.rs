@@ -119,8 +119,18 @@ impl Admin {
                 }
                 Some(refused) => refused,
             },
-            (_, "/metrics" | "/healthz" | "/readyz" | "/config" | "/drain" | "/v1/deps") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            (
+                _,
+                path @ ("/metrics" | "/healthz" | "/readyz" | "/config" | "/drain" | "/v1/deps"),
+            ) => {
+                let allow = if path == "/drain" { "POST" } else { "GET" };
+                let mut r = text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("method not allowed: use {allow}\n"),
+                );
+                r.headers_mut()
+                    .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+                r
             }
             _ => text(
                 StatusCode::NOT_FOUND,
@@ -174,7 +184,10 @@ impl Admin {
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            // The auth scheme is case-insensitive (RFC 9110 §11.1): `bearer` is as good.
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token);
         if given.is_some_and(|g| g.trim() == want) {
             return None;
         }

@@ -158,7 +158,23 @@ impl IdApi {
                     }
                 }
                 let cfg = base.clone().serial_templates(eff.templates.clone());
-                let started = IdService::start(cfg, etcd.clone()).await;
+                // Another process holding the hwm file (a sidecar on its way out) lets go
+                // eventually: take the lock as soon as it is free, with the sidecar's backoff.
+                let mut backoff = crate::node_lease::retry_policy();
+                let started = loop {
+                    match IdService::start(cfg.clone(), etcd.clone()).await {
+                        Err(e @ IdError::WorkerBusy { .. }) => {
+                            let Some(inner) = weak.upgrade() else { return };
+                            tracing::warn!(error = %e, "ID service waits for its hwm file; the ID API answers 503 until then");
+                            inner.not_running.store(Some(Arc::new(format!(
+                                "ID service not running: {e}; retrying until it is free"
+                            ))));
+                            drop(inner);
+                            backoff.wait().await;
+                        }
+                        other => break other,
+                    }
+                };
                 let Some(inner) = weak.upgrade() else { return };
                 inner.templates.store(Arc::new(eff.clone()));
                 let old = match started {
@@ -280,10 +296,13 @@ impl IdApi {
             );
         }
         if req.method() != Method::GET {
-            return error(
+            let mut r = error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method not allowed: use GET",
             );
+            r.headers_mut()
+                .insert(hyper::header::ALLOW, HeaderValue::from_static("GET"));
+            return r;
         }
         let query = match IdQuery::parse(req.uri().query().unwrap_or("")) {
             Ok(q) => q,
@@ -318,20 +337,38 @@ pub struct IdQuery {
 }
 
 impl IdQuery {
-    /// Parses `count=N&format=F` (both optional: 1 and snowflake); anything else is refused
-    /// with one line that says what was expected.
+    /// Parses `count=N&format=F` (both optional: 1 and snowflake; names and values
+    /// percent-decoded); anything else, or a parameter given twice, is refused with one line
+    /// that says what was expected.
     pub fn parse(query: &str) -> Result<IdQuery, String> {
         let mut q = IdQuery {
             count: 1,
             format: Format::Snowflake,
         };
+        let (mut seen_count, mut seen_format) = (false, false);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            match k {
+            let decode = |s: &str| -> Result<String, String> {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .map(|d| d.into_owned())
+                    .map_err(|_| format!("parameter {pair:?} is not UTF-8 once percent-decoded"))
+            };
+            let (k, v) = (decode(k)?, decode(v)?);
+            let seen = match k.as_str() {
+                "count" => &mut seen_count,
+                "format" => &mut seen_format,
+                _ => &mut false,
+            };
+            if std::mem::replace(seen, true) {
+                return Err(format!("parameter {k:?} given more than once"));
+            }
+            let v = v.as_str();
+            match k.as_str() {
                 "count" => {
-                    q.count = v
-                        .parse()
-                        .ok()
+                    q.count = Some(v)
+                        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                        .and_then(|v| v.parse().ok())
                         .filter(|n| (1..=MAX_COUNT).contains(n))
                         .ok_or_else(|| {
                             format!("count {v:?} must be a whole number from 1 to {MAX_COUNT}")
@@ -403,6 +440,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            IdQuery::parse("count=%31%32&%66ormat=seg%6Dent"),
+            Ok(IdQuery {
+                count: 12,
+                format: Format::Segment
+            })
+        );
+    }
+
+    #[test]
     fn query_defaults_and_each_bad_parameter_is_named() {
         assert_eq!(
             IdQuery::parse(""),
@@ -428,6 +476,15 @@ mod tests {
             ("count=", "count \"\""),
             ("format=uuid", "unknown ID format \"uuid\""),
             ("size=3", "unknown parameter \"size\""),
+            ("count=+5", "count \"+5\""),
+            (
+                "count=2&count=3",
+                "parameter \"count\" given more than once",
+            ),
+            (
+                "format=segment&format=serial",
+                "\"format\" given more than once",
+            ),
         ] {
             let err = IdQuery::parse(q).expect_err(q);
             assert!(err.contains(want), "{q}: {err}");

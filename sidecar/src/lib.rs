@@ -41,14 +41,20 @@ pub use sidecar::Sidecar;
 /// Why a sidecar could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{what} {addr}: cannot listen: {source}")]
+    /// (The I/O error is in the message, not a `source`: a chain printed with `{:#}` would
+    /// say it twice.)
+    #[error("{what} {addr}: cannot listen: {error}")]
     Bind {
         what: &'static str,
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Routes(String),
+    /// The routes file given by `--routes-file` cannot be read or parsed at start: a bad
+    /// configuration (exit 2).
+    #[error("--routes-file {0}")]
+    RoutesFile(String),
     #[error("{0}")]
     Etcd(twin_topology::ConnectError),
     #[error("ID service: {0}")]

@@ -35,7 +35,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("twin-sidecar: {e:#}");
-            std::process::ExitCode::FAILURE
+            // A routes file that cannot be read is a bad configuration, like a bad flag.
+            match e.downcast_ref::<twin_sidecar::StartError>() {
+                Some(twin_sidecar::StartError::RoutesFile(_)) => std::process::ExitCode::from(2),
+                _ => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }

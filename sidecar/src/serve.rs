@@ -32,7 +32,7 @@ const MIN_BUF: usize = 8 * 1024;
 pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, crate::StartError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| crate::StartError::Bind { what, addr, source })
+        .map_err(|error| crate::StartError::Bind { what, addr, error })
 }
 
 /// The connection builder: HTTP/1.1 or HTTP/2 prior knowledge (h2c), chosen per connection

@@ -74,7 +74,7 @@ impl Sidecar {
         let admin_listener = serve::bind("--admin", listen.admin).await?;
         let local = |l: &tokio::net::TcpListener, what, addr| {
             l.local_addr()
-                .map_err(|source| StartError::Bind { what, addr, source })
+                .map_err(|error| StartError::Bind { what, addr, error })
         };
         let outbound_addr = local(&outbound_listener, "--outbound", listen.outbound)?;
         let ids_addr = local(&ids_listener, "--ids", listen.ids)?;

@@ -155,7 +155,7 @@ async fn rebuild(
 fn read_routes(path: &Path, revision: i64) -> Result<Topology, StartError> {
     RoutesFile::read(path)
         .map(|f| f.to_topology(revision))
-        .map_err(|e| StartError::Routes(e.to_string()))
+        .map_err(|e| StartError::RoutesFile(e.to_string()))
 }
 
 /// What identifies a version of the file without reading it.

@@ -378,6 +378,12 @@ mod tests {
             crate::outbound::dc::bucket(s, &hyper::HeaderMap::new(), 17),
             17
         );
+        // An empty or blank sticky value names no unit: the connection's key, as if missing.
+        for blank in ["", " ", " \t "] {
+            let mut h = hyper::HeaderMap::new();
+            h.insert("x-twin-unit", HeaderValue::from_str(blank).expect("header"));
+            assert_eq!(crate::outbound::dc::bucket(s, &h, 17), 17, "{blank:?}");
+        }
     }
 
     #[test]

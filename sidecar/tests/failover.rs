@@ -297,3 +297,61 @@ async fn a_pooled_connection_idle_past_idle_ms_never_carries_a_post() {
     assert_eq!(r2.status, 200, "{}", r2.header("x-twin-error"));
     s.stop().await;
 }
+
+/// Sends `head` (a whole request) on a new connection and returns the status line's code.
+async fn raw_status(outbound: SocketAddr, head: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(outbound).await.expect("connect");
+    s.write_all(head).await.expect("write");
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.expect("read");
+    let text = String::from_utf8_lossy(&answer);
+    text.get(9..12)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_with_an_empty_idempotency_key_reaches_one_upstream_once() {
+    use twin_sidecar::config::Http1Engine;
+    let a = m6v_upstream(Behavior::DropConnection(100)).await;
+    let b = Upstream::with("b", Behavior::DropConnection(100))
+        .await
+        .expect("upstream");
+    let yaml = format!(
+        "datacenters: {{m6v: {{code: 0}}}}\nroutes:\n  payments:\n    weights: {{m6v: 10000}}\n    retry: {{max_attempts: 3, budget_percent: 100}}\n    endpoints: {{m6v: ['{}', '{}']}}\n",
+        a.addr(),
+        b.addr()
+    );
+    for engine in [Http1Engine::Twin, Http1Engine::Hyper] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut cfg = routes_file_config(dir.path(), &yaml);
+        cfg.http1_engine = engine;
+        cfg.outlier.consecutive_failures = 50;
+        let s = twin_sidecar::Sidecar::start(cfg)
+            .await
+            .expect("sidecar starts");
+        let loaded = eventually(WAIT, || async { s.table().service(SERVICE).is_some() }).await;
+        assert!(loaded, "the routes file was not loaded");
+        for key in ["", " \t "] {
+            let before = a.hits() + b.hits();
+            let head = format!(
+                "POST /charge HTTP/1.1\r\nHost: payments\r\nx-twin-unit: u1\r\n\
+                 Idempotency-Key:{key}\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
+            );
+            let status = raw_status(s.outbound_addr, head.as_bytes()).await;
+            assert_eq!(status, 502, "{engine:?} key {key:?}");
+            assert_eq!(
+                a.hits() + b.hits() - before,
+                1,
+                "{engine:?}: a POST whose Idempotency-Key is {key:?} was sent more than once"
+            );
+        }
+        // A real key still makes it retryable: every attempt reaches an upstream.
+        let before = a.hits() + b.hits();
+        let head = "POST /charge HTTP/1.1\r\nHost: payments\r\nx-twin-unit: u1\r\n\
+                    Idempotency-Key: k-1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc";
+        assert_eq!(raw_status(s.outbound_addr, head.as_bytes()).await, 502);
+        assert!(a.hits() + b.hits() - before > 1, "{engine:?}");
+        s.stop().await;
+    }
+}

@@ -20,9 +20,14 @@ use twin_sidecar::Sidecar;
 
 /// A sidecar on Twin's engine routing `payments` to `up` (all in m6v) from a routes file.
 async fn engine_sidecar(up: SocketAddr) -> (tempfile::TempDir, Sidecar) {
+    engine_sidecar_on(up, Http1Engine::Twin).await
+}
+
+/// [`engine_sidecar`] on either engine.
+async fn engine_sidecar_on(up: SocketAddr, engine: Http1Engine) -> (tempfile::TempDir, Sidecar) {
     let dir = tempfile::tempdir().expect("tmp");
     let mut cfg = routes_file_config(dir.path(), &m6v_routes_yaml(up));
-    cfg.http1_engine = Http1Engine::Twin;
+    cfg.http1_engine = engine;
     let s = Sidecar::start(cfg).await.expect("sidecar starts");
     let loaded = eventually(WAIT, || async { s.table().service(SERVICE).is_some() }).await;
     assert!(loaded, "the routes file was not loaded");
@@ -590,4 +595,72 @@ async fn a_broken_upstream_body_is_a_502_or_a_counted_cut() {
         .sum::<f64>();
     assert_eq!(dropped, 2.0, "{m}");
     s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_hosts_and_targets_get_400_connect_is_refused_and_absolute_targets_set_host() {
+    let up = Upstream::start("m6v").await.expect("up");
+    for engine in [Http1Engine::Twin, Http1Engine::Hyper] {
+        let (_dir, s) = engine_sidecar_on(up.addr(), engine).await;
+        let before = up.recorder().len();
+        let cases: [(&[u8], u16, &str); 6] = [
+            (
+                b"GET /c HTTP/1.1\r\nHost: pay ments\r\n\r\n",
+                400,
+                "invalid Host",
+            ),
+            (
+                b"GET /c HTTP/1.1\r\nHost: pay\tments\r\n\r\n",
+                400,
+                "invalid Host",
+            ),
+            (
+                b"GET /c HTTP/1.1\r\nHost: u@payments\r\n\r\n",
+                400,
+                "invalid Host",
+            ),
+            (
+                b"GET c HTTP/1.1\r\nHost: payments\r\n\r\n",
+                400,
+                "request target",
+            ),
+            (
+                b"GET * HTTP/1.1\r\nHost: payments\r\n\r\n",
+                400,
+                "request target",
+            ),
+            (
+                b"CONNECT payments:443 HTTP/1.1\r\nHost: payments:443\r\n\r\n",
+                501,
+                "CONNECT is not supported",
+            ),
+        ];
+        for (raw, status, says) in cases {
+            let what = String::from_utf8_lossy(raw);
+            let (_, a) = once(s.outbound_addr, raw).await;
+            assert_eq!(a.status, status, "{engine:?} {what}: {}", a.head);
+            let error = a.header("x-twin-error").unwrap_or_default();
+            // (The test's reader lowers the head.)
+            assert!(
+                error.contains(&says.to_lowercase()),
+                "{engine:?} {what}: {error}"
+            );
+            assert!(!error.contains("no route"), "{engine:?} {what}: {error}");
+        }
+        assert_eq!(
+            up.recorder().len(),
+            before,
+            "{engine:?}: a bad request reached the upstream"
+        );
+        // Absolute form: routed by its authority, which replaces the client's Host upstream.
+        let raw = b"GET http://payments/a HTTP/1.1\r\nHost: garbage\r\nConnection: close\r\n\r\n";
+        let (_, a) = once(s.outbound_addr, raw).await;
+        assert_eq!(a.status, 200, "{engine:?}: {}", a.head);
+        let hits = up.recorder().hits();
+        let hit = hits.last().expect("the request reached the upstream");
+        assert_eq!(hit.path, "/a");
+        let hosts: Vec<_> = hit.headers.get_all("host").iter().collect();
+        assert_eq!(hosts, ["payments"], "{engine:?}");
+        s.stop().await;
+    }
 }

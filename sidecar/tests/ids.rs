@@ -320,3 +320,51 @@ async fn serial_templates_come_from_etcd_and_a_differing_pinned_one_is_refused()
     assert!(served, "a template set in etcd is used without a restart");
     s.stop().await;
 }
+
+/// Two sidecars on one `--hwm-file`: the second waits for the lock (503 saying so, while
+/// `/readyz` stays 200: the ID API is not part of readiness) and issues once the first is
+/// gone, above every ID the first issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_waiting_for_a_locked_hwm_file_starts_its_ids_once_it_is_free() {
+    let yaml = "datacenters:\n  m6v: {code: 0}\nroutes: {}\n";
+    let first_dir = tempfile::tempdir().expect("tmp");
+    let first_cfg = routes_file_config(first_dir.path(), yaml);
+    let hwm = first_cfg.fixed_worker.hwm_file.clone();
+    let (first, c, a) = issuing_sidecar(first_cfg).await;
+    let issued = id_list(&ids(&c, a, "/v1/ids/pay?count=5", None).await);
+
+    let second_dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = routes_file_config(second_dir.path(), yaml);
+    cfg.fixed_worker.hwm_file = hwm;
+    let second = sidecar_without_route(cfg).await;
+    let waiting = eventually(WAIT, || async {
+        let r = ids(&c, second.ids_addr, "/v1/ids/pay", None).await;
+        r.status == 503
+            && r.header("x-twin-error")
+                .contains("retrying until it is free")
+    })
+    .await;
+    assert!(
+        waiting,
+        "the second sidecar did not say it waits for the hwm file"
+    );
+    let ready = admin_get(&c, second.admin_addr, "/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+
+    first.stop().await;
+    assert!(
+        issuing(&c, second.ids_addr).await,
+        "the second sidecar never took the freed hwm file"
+    );
+    let next = id_list(&ids(&c, second.ids_addr, "/v1/ids/pay", None).await).remove(0);
+    let last: u64 = issued
+        .iter()
+        .filter_map(|i| i.parse().ok())
+        .max()
+        .expect("ids");
+    assert!(
+        next.parse::<u64>().expect("snowflake") > last,
+        "{next} <= {last}"
+    );
+    second.stop().await;
+}

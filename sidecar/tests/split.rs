@@ -104,6 +104,26 @@ async fn a_sticky_key_always_lands_in_the_same_datacenter() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_sticky_value_falls_back_like_a_missing_header() {
+    let (_t, s) = Payments::with_sidecar(5000, 5000).await;
+    // Each caller on its own connection: an empty or blank key must not put them all in one
+    // bucket (it did: every one went to wanguo), but draw the connection's key as if absent.
+    let mut dcs = HashMap::<String, usize>::new();
+    for i in 0..40 {
+        let unit = if i % 2 == 0 { "" } else { " " };
+        let r = call(&http::client(), s.outbound_addr, Some(unit)).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        *dcs.entry(r.header("x-twin-dc").to_string()).or_default() += 1;
+    }
+    assert_eq!(
+        dcs.len(),
+        2,
+        "40 callers with an empty key all went to {dcs:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_weight_50_to_40_moves_ten_percent_of_keys_and_no_others() {
     let (mut t, s) = Payments::with_sidecar(5000, 5000).await;
     let client = http::client();

@@ -29,9 +29,11 @@ pub fn bucket(route: &ServiceRoute, headers: &HeaderMap, connection_bucket: u32)
     )
 }
 
-/// [`bucket`] from the sticky header's value, when the request has one.
+/// [`bucket`] from the sticky header's value, when the request has one. An empty or
+/// whitespace-only value names no unit: it falls back like a missing header (otherwise every
+/// such caller would share one bucket, whatever the weights).
 pub fn bucket_of_key(route: &ServiceRoute, sticky: Option<&[u8]>, connection_bucket: u32) -> u32 {
-    match sticky {
+    match sticky.filter(|v| !v.trim_ascii().is_empty()) {
         Some(v) => bucket_of_with(route.route.hash, v),
         None => connection_bucket,
     }
@@ -86,6 +88,14 @@ pub fn forced(
     };
     if route.route.force_dc != ForceDc::Allow {
         return Err(ProxyError::ForceDcDenied(route.name.clone()));
+    }
+    if headers
+        .values(name.as_str())
+        .any(|other| other.trim_ascii() != v.trim_ascii())
+    {
+        return Err(ProxyError::BadRequest(
+            "x-twin-force-dc given more than once with different datacenters".into(),
+        ));
     }
     let name = std::str::from_utf8(v).unwrap_or("").trim();
     match route.dcs.iter().position(|p| p.name == name) {

@@ -35,6 +35,9 @@ pub enum ProxyError {
     /// A request head HTTP/1.1 cannot read safely (Twin's HTTP/1 engine).
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// `CONNECT`: the sidecar routes requests by service, it does not open tunnels.
+    #[error("CONNECT is not supported: twin-sidecar is not a tunnel proxy; send the request itself with Host naming the service")]
+    Connect,
     /// A request head over `limits.max_header_bytes` (or with too many headers).
     #[error("request head too large: over {0} bytes or 100 headers")]
     HeadTooLarge(usize),
@@ -64,6 +67,7 @@ impl ProxyError {
             | ProxyError::UnknownDc { .. } => StatusCode::BAD_REQUEST,
             ProxyError::ForceDcDenied(_) => StatusCode::FORBIDDEN,
             ProxyError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::Connect => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
             ProxyError::NoTable
             | ProxyError::DcDown(_)
@@ -90,6 +94,7 @@ impl ProxyError {
             ProxyError::BadBody(_) => "bad_body",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::HeadTooLarge(_) => "head_too_large",
+            ProxyError::Connect => "connect_refused",
             ProxyError::UnitFenced { .. } => "unit_fenced",
             ProxyError::ForceDcDenied(_) => "force_dc_denied",
             ProxyError::UnknownDc { .. } => "unknown_dc",

@@ -73,7 +73,7 @@ pub fn status_of(e: &ProxyError) -> u8 {
         }
         ProxyError::HeadTooLarge(_) => code::RESOURCE_EXHAUSTED,
         ProxyError::ForceDcDenied(_) => code::PERMISSION_DENIED,
-        ProxyError::NoRoute(_) => code::UNIMPLEMENTED,
+        ProxyError::NoRoute(_) | ProxyError::Connect => code::UNIMPLEMENTED,
         ProxyError::BadBody(_) => code::INTERNAL,
         ProxyError::UpstreamTimeout => code::DEADLINE_EXCEEDED,
         ProxyError::NoTable

@@ -47,6 +47,89 @@ pub fn service_host<B>(req: &Request<B>) -> Option<Cow<'_, str>> {
     }
 }
 
+/// True for a valid Host value or absolute-form authority (RFC 9110 §7.2, RFC 3986 §3.2):
+/// `uri-host [":" port]`, a reg-name (unreserved, sub-delims, pct-encoded) or an IP literal,
+/// with no userinfo (`u@host`), space or other character a host cannot have.
+pub fn valid_authority(a: &[u8]) -> bool {
+    let (host, port) = match a.strip_prefix(b"[") {
+        Some(rest) => match rest.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &rest[..end];
+                let ok = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                if !ok {
+                    return false;
+                }
+                (&[][..], &rest[end + 1..])
+            }
+            None => return false,
+        },
+        None => match a.iter().rposition(|&b| b == b':') {
+            Some(i) => (&a[..i], &a[i..]),
+            None => (a, &[][..]),
+        },
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    let host_ok = host
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+    port_ok && host_ok && !(a.first() != Some(&b'[') && host.is_empty())
+}
+
+/// Checks what hyper's engine parsed (Twin's engine checks the raw head in `h1::parse`):
+/// `CONNECT` is refused (no tunnels), a Host value must be a valid authority, and the target
+/// must be origin-form (`/path`, or `*` for OPTIONS) or absolute-form, with no userinfo.
+pub fn check_request<B>(req: &Request<B>) -> Result<(), crate::outbound::error::ProxyError> {
+    use crate::outbound::error::ProxyError;
+    if req.method() == hyper::Method::CONNECT {
+        return Err(ProxyError::Connect);
+    }
+    for h in req.headers().get_all(HOST) {
+        if !valid_authority(h.as_bytes()) && !h.as_bytes().trim_ascii().is_empty() {
+            return Err(invalid_host(h.as_bytes()));
+        }
+    }
+    let uri = req.uri();
+    match (uri.scheme(), uri.authority()) {
+        (Some(_), Some(a)) if valid_authority(a.as_str().as_bytes()) => Ok(()),
+        (Some(_), Some(a)) => Err(ProxyError::BadRequest(format!(
+            "invalid authority in the request target: {:?}",
+            echo(a.as_str().as_bytes())
+        ))),
+        (None, None) if uri.path().starts_with('/') => Ok(()),
+        (None, None) if uri.path() == "*" && req.method() == hyper::Method::OPTIONS => Ok(()),
+        _ => Err(bad_target(uri.to_string().as_bytes())),
+    }
+}
+
+/// 400 for a Host header that is no valid `host[:port]`.
+pub fn invalid_host(value: &[u8]) -> crate::outbound::error::ProxyError {
+    crate::outbound::error::ProxyError::BadRequest(format!(
+        "invalid Host header {:?}: not a host[:port]",
+        echo(value)
+    ))
+}
+
+/// 400 for a request target that is neither origin-form nor absolute-form.
+pub fn bad_target(target: &[u8]) -> crate::outbound::error::ProxyError {
+    crate::outbound::error::ProxyError::BadRequest(format!(
+        "request target {:?} is neither origin-form (/path) nor absolute-form (http://service/path)",
+        echo(target)
+    ))
+}
+
+/// Up to 100 characters of a client's value, for an error message (escaped by `{:?}`, so
+/// the header stays valid).
+fn echo(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).chars().take(100).collect()
+}
+
 /// `host` of `host:port` or `[v6]` of `[v6]:port`.
 pub fn without_port(host: &str) -> &str {
     if host.starts_with('[') {
@@ -88,11 +171,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// header (from the HTTP/2 authority when needed), no hop-by-hop headers.
 pub fn to_upstream(parts: &mut Parts) {
     if parts.uri.authority().is_some() {
-        if !parts.headers.contains_key(HOST) {
-            if let Some(a) = parts.uri.authority() {
-                if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                    parts.headers.insert(HOST, v);
-                }
+        // RFC 9112 §3.2.2: the target's authority replaces any Host the client sent.
+        if let Some(a) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(HOST, v);
             }
         }
         let pq = parts
@@ -171,5 +253,45 @@ mod tests {
         assert!(!parts.headers.contains_key("te"));
         assert!(!parts.headers.contains_key(X_TWIN_FORCE_DC));
         assert_eq!(parts.headers["x-twin-unit"], "u1");
+    }
+
+    #[test]
+    fn an_absolute_target_replaces_the_clients_host() {
+        let r = Request::builder()
+            .uri("http://payments/a")
+            .header(HOST, "garbage")
+            .body(())
+            .expect("request");
+        let (mut parts, ()) = r.into_parts();
+        to_upstream(&mut parts);
+        assert_eq!(parts.headers[HOST], "payments");
+    }
+
+    #[test]
+    fn authorities_are_host_and_port_only() {
+        for good in [
+            "payments",
+            "payments:8080",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:15001",
+            "a-b.c_d~e",
+            "pay%20x",
+        ] {
+            assert!(valid_authority(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "pay ments",
+            "pay\tments",
+            "u@payments",
+            "pay/ments",
+            ":80",
+            "payments:8x",
+            "[::1",
+            "[zz]",
+            "a:b:c",
+        ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
     }
 }

@@ -39,12 +39,12 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
 pub fn describe() {
     describe_counter!(
         REQUESTS,
-        "Requests answered by an upstream, by calling app, service, datacenter and status class"
+        "Requests answered, by calling app, service, datacenter of the last attempt and status class (the sidecar's own 5xx after an attempt included)"
     );
     describe_histogram!(
         DURATION,
         Unit::Seconds,
-        "Time from sending a request to the upstream's response head"
+        "Time from sending a request to the upstream's response head (answers the upstream gave)"
     );
     describe_counter!(
         ERRORS,
@@ -53,7 +53,7 @@ pub fn describe() {
     describe_counter!(EJECTIONS, "Endpoints ejected after consecutive failures");
     describe_counter!(
         SPILLS,
-        "Requests whose datacenter was down and that went to another one"
+        "Requests whose datacenter was down and that went to another one (counted when answered, errors included)"
     );
     describe_counter!(RETRIES, "Attempts sent again, by reason");
     describe_counter!(
@@ -68,7 +68,7 @@ pub fn describe() {
     describe_gauge!(IN_FLIGHT, "Outbound requests being served");
     describe_counter!(
         FORCED,
-        "Requests sent to the datacenter x-twin-force-dc named, by service and datacenter"
+        "Requests sent to the datacenter x-twin-force-dc named (an attempt went out), by service and datacenter"
     );
     describe_counter!(
         TUNNELS,
@@ -104,6 +104,12 @@ impl DcMetrics {
         let i = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.by_class[i].increment(1);
         self.latency.record(latency.as_secs_f64());
+    }
+
+    /// The sidecar's own 502/503/504 after the last attempt went to this datacenter (no
+    /// response head came, so no latency is recorded).
+    pub fn failed(&self) {
+        self.by_class[4].increment(1);
     }
 }
 

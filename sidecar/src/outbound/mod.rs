@@ -170,7 +170,8 @@ impl Outbound {
             true => grpc::error_response,
             false => ProxyError::into_response,
         };
-        let (resp, route, error) = match route::lookup(&table, &req) {
+        let found = headers::check_request(&req).and_then(|()| route::lookup(&table, &req));
+        let (resp, route, error) = match found {
             Ok(route) => {
                 obs.routed(&route, req.headers());
                 route.edge.request();
@@ -207,10 +208,8 @@ impl Outbound {
         let bucket = dc::bucket(route, req.headers(), connection_bucket);
         obs.trail.bucket = Some(bucket);
         let forced = dc::forced(route, req.headers())?;
-        if let Some(f) = forced {
-            obs.trail.forced = true;
-            metrics::forced(&route.name, &route.dcs[f].name);
-        }
+        // Counted in `forced_requests_total` by the plan once an attempt goes out.
+        obs.trail.forced = forced.is_some();
         // Counted until the answer's head is back (or the request fails).
         let _write = plan::enter_fence(route, bucket, req.method().as_str())?;
         // Protocols: an upgrade is never sent twice; a gRPC call keeps its body for a replay.

@@ -158,6 +158,7 @@ impl Observation {
             log.service.clone_from(&route.name);
             log.unit_hash = headers
                 .first(route.sticky_header.as_str())
+                .filter(|u| !u.trim_ascii().is_empty())
                 .and_then(|u| self.observer.access.unit_hash(u));
         }
         if let Some(span) = &mut self.span {

@@ -63,6 +63,11 @@ pub struct Plan<'r> {
     /// The last failed attempt: when nothing is left to try, it says more than "no
     /// datacenter has healthy endpoints" (a TLS verdict, a refused connection).
     last_failure: Option<ProxyError>,
+    /// The target of the last attempt, once one was chosen.
+    last: Option<Target>,
+    /// The reason of a retry decided but not yet sent: counted in `retries_total` only when
+    /// [`Plan::next_target`] finds somewhere to send it.
+    pending_retry: Option<&'static str>,
 }
 
 impl<'r> Plan<'r> {
@@ -78,6 +83,8 @@ impl<'r> Plan<'r> {
             tried: Vec::new(),
             last_not_sent: false,
             last_failure: None,
+            last: None,
+            pending_retry: None,
         }
     }
 
@@ -88,8 +95,33 @@ impl<'r> Plan<'r> {
         self
     }
 
-    /// The next endpoint to try, or why there is none.
+    /// The next endpoint to try, or why there is none. The attempt it returns is sent (or
+    /// its connect tried), so a retry decided before is counted here; when nothing is left
+    /// after an attempt, the answer is counted as the last attempt's datacenter's 5xx.
     pub fn next_target(&mut self) -> Result<Target, ProxyError> {
+        match self.pick_target() {
+            Ok(t) => {
+                let route = self.route;
+                if let Some(why) = self.pending_retry.take() {
+                    metrics::retry(&route.name, why);
+                }
+                if let (None, Some(f)) = (self.last, self.forced) {
+                    metrics::forced(&route.name, &route.dcs[f].name);
+                }
+                self.last = Some(t);
+                Ok(t)
+            }
+            Err(e) => {
+                self.pending_retry = None;
+                if let Some(t) = self.last {
+                    self.gave_up(t);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn pick_target(&mut self) -> Result<Target, ProxyError> {
         let route = self.route;
         loop {
             let picked = match self.forced {
@@ -164,7 +196,7 @@ impl<'r> Plan<'r> {
     /// following a call that was `not_sent` (or not).
     fn note_retry(&mut self, t: Target, next: Next, not_sent: bool) -> Next {
         if let Next::Retry(why) = next {
-            metrics::retry(&self.route.name, why);
+            self.pending_retry = Some(why);
             self.tried.push((t.dc, t.idx));
             self.last_not_sent = not_sent;
         }
@@ -177,8 +209,22 @@ impl<'r> Plan<'r> {
         let pool = &route.dcs[t.dc];
         pool.metrics.answered(status, latency);
         route.edge.answered(pool.code, status.is_server_error());
+        self.count_spill(t);
+    }
+
+    /// The request ends in the sidecar's own 5xx after its last attempt went to `t` (a
+    /// timeout, a refused or dropped connection): the application got an answer from that
+    /// datacenter's side, so it counts in `requests_total` there (class `5xx`), and as a
+    /// spill when `t` was one.
+    fn gave_up(&self, t: Target) {
+        self.route.dcs[t.dc].metrics.failed();
+        self.count_spill(t);
+    }
+
+    fn count_spill(&self, t: Target) {
         if let Some(from) = t.spilled_from {
-            metrics::spill(&route.name, &route.dcs[from].name, &pool.name);
+            let route = self.route;
+            metrics::spill(&route.name, &route.dcs[from].name, &route.dcs[t.dc].name);
         }
     }
 
@@ -196,7 +242,7 @@ impl<'r> Plan<'r> {
         match self.attempts.after_error(&error, can_resend, &route.budget) {
             Next::Retry(why) => {
                 tracing::debug!(service = %route.name, error = %error, "retrying");
-                metrics::retry(&route.name, why);
+                self.pending_retry = Some(why);
                 self.last_failure = Some(proxy_error(error));
                 Ok(())
             }
@@ -205,6 +251,7 @@ impl<'r> Plan<'r> {
                 if !error.not_sent() && self.attempts.budget_refused(can_resend) {
                     metrics::budget_exhausted(&route.name);
                 }
+                self.gave_up(t);
                 Err(proxy_error(error))
             }
         }

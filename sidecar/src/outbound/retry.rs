@@ -58,7 +58,17 @@ impl RetryBudget {
 
 /// True when repeating the request cannot do the work twice.
 pub fn may_repeat(method: &Method, headers: &HeaderMap) -> bool {
-    may_repeat_name(method.as_str(), headers.contains_key(IDEMPOTENCY_KEY))
+    let has_key = headers
+        .get_all(IDEMPOTENCY_KEY)
+        .iter()
+        .any(|v| is_usable_key(v.as_bytes()));
+    may_repeat_name(method.as_str(), has_key)
+}
+
+/// True for an `Idempotency-Key` value that can deduplicate anything: an empty or
+/// whitespace-only key names no operation, so it counts as no key at all.
+pub fn is_usable_key(value: &[u8]) -> bool {
+    !value.trim_ascii().is_empty()
 }
 
 /// [`may_repeat`] of a method by its name, and whether the request has an `Idempotency-Key`.

@@ -146,10 +146,8 @@ impl Engine {
             );
             obs.trail.bucket = Some(routed.bucket);
             let decided = dc::forced(r, &*req.req.headers).and_then(|forced| {
-                if let Some(f) = forced {
-                    obs.trail.forced = true;
-                    metrics::forced(&r.name, &r.dcs[f].name);
-                }
+                // Counted in `forced_requests_total` by the plan once an attempt goes out.
+                obs.trail.forced = forced.is_some();
                 // Counted until the answer's head is back (or the request fails).
                 plan::enter_fence(r, routed.bucket, raw_method).map(|w| (forced, w))
             });

@@ -6,7 +6,8 @@
 use crate::outbound::error::ProxyError;
 use crate::outbound::h1::framing::Framing;
 use crate::outbound::headers::{
-    is_hop_by_hop, without_port, X_TWIN_DC, X_TWIN_FORCE_DC, X_TWIN_ROUTE_REV,
+    bad_target, invalid_host, is_hop_by_hop, valid_authority, without_port, X_TWIN_DC,
+    X_TWIN_FORCE_DC, X_TWIN_ROUTE_REV,
 };
 use crate::outbound::observe::Observation;
 use crate::outbound::retry::IDEMPOTENCY_KEY;
@@ -89,6 +90,7 @@ pub fn request<'h, 'b>(
     let mut conn_upgrade = false;
     let mut idempotency_key = false;
     let mut hosts = 0;
+    let mut host: &[u8] = b"";
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -120,8 +122,9 @@ pub fn request<'h, 'b>(
             has_upgrade = true;
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
+            host = h.value;
         } else if name.eq_ignore_ascii_case(IDEMPOTENCY_KEY.as_bytes()) {
-            idempotency_key = true;
+            idempotency_key |= crate::outbound::retry::is_usable_key(h.value);
         }
     }
     if te && info.framing_len.is_some() {
@@ -130,12 +133,43 @@ pub fn request<'h, 'b>(
     if hosts > 1 {
         return Err(bad("more than one Host header"));
     }
+    check_target(&req, host)?;
     info.upgrade = conn_upgrade && has_upgrade && !http10;
     // An upgrade is never sent twice once written, whatever its method: the upstream may
     // have opened the session already.
     info.repeatable = !info.upgrade
         && crate::outbound::retry::may_repeat_name(req.method.unwrap_or_default(), idempotency_key);
     Ok(Some(Request { req, info }))
+}
+
+/// RFC 9112 §3.2: `CONNECT` is refused (the sidecar opens no tunnels); a Host value must be
+/// `host[:port]`; the target must be origin-form (`/path`, `*` for OPTIONS) or absolute-form
+/// with a valid authority (no userinfo).
+fn check_target(req: &httparse::Request<'_, '_>, host: &[u8]) -> Result<(), ProxyError> {
+    let method = req.method.unwrap_or_default();
+    if method == "CONNECT" {
+        return Err(ProxyError::Connect);
+    }
+    if !host.trim_ascii().is_empty() && !valid_authority(host.trim_ascii()) {
+        return Err(invalid_host(host));
+    }
+    let target = req.path.unwrap_or_default();
+    if target.starts_with('/') || (target == "*" && method == "OPTIONS") {
+        return Ok(());
+    }
+    match absolute_authority(target) {
+        Some(a) if valid_authority(a.as_bytes()) => Ok(()),
+        _ => Err(bad_target(target.as_bytes())),
+    }
+}
+
+/// The authority of an absolute-form target (`scheme://authority[/path][?query]`).
+fn absolute_authority(target: &str) -> Option<&str> {
+    let (scheme, rest) = target.split_once("://")?;
+    let mut s = scheme.bytes();
+    let scheme_ok = s.next().is_some_and(|b| b.is_ascii_alphabetic())
+        && s.all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+    scheme_ok.then(|| rest.split(['/', '?', '#']).next().unwrap_or_default())
 }
 
 /// A Content-Length value: digits only.
@@ -232,11 +266,13 @@ impl Request<'_, '_> {
             out.extend_from_slice(target.as_bytes());
             out.extend_from_slice(b" HTTP/1.1\r\n");
         }
-        let mut has_host = false;
         let listed = ConnectionNames::of(self.req.headers);
         for h in self.req.headers.iter() {
             let name = h.name.as_bytes();
-            has_host |= name.eq_ignore_ascii_case(b"host");
+            // RFC 9112 §3.2.2: an absolute-form target's authority replaces the client's Host.
+            if authority.is_some() && name.eq_ignore_ascii_case(b"host") {
+                continue;
+            }
             let keep_for_upgrade = self.info.upgrade && name.eq_ignore_ascii_case(b"upgrade");
             if !keep_for_upgrade
                 && (is_hop_by_hop(name)
@@ -251,8 +287,7 @@ impl Request<'_, '_> {
             }
             push_header(out, name, h.value);
         }
-        if let (false, Some(a)) = (has_host, authority) {
-            let a = a.rsplit_once('@').map_or(a, |(_, h)| h);
+        if let Some(a) = authority {
             push_header(out, b"host", a.as_bytes());
         }
         if self.info.upgrade {
