@@ -8,7 +8,9 @@
 //! routes with `tls:`), with their flags and the way to write them back as a command line
 //! ([`argv`]). It also holds what every etcd client in Twin shares: the one classification of
 //! etcd failures by type and gRPC code ([`EtcdFailure`]; no decision reads an error's text)
-//! and the one retry policy with full jitter ([`Backoff`]). Pure types and math sit apart from
+//! and the one retry policy with full jitter ([`Backoff`]), and the channel under every etcd
+//! client, which sends requests only to the members that answer ([`etcd_channel`]: a dead or
+//! hung member in the endpoint list is harmless while one answers). Pure types and math sit apart from
 //! the modules that do I/O (`store`, `view`, `connect`). It knows nothing of HTTP proxying,
 //! ID generation or the control plane.
 
@@ -20,6 +22,7 @@ pub mod backoff;
 pub mod connect;
 pub mod deps;
 pub mod etcd_args;
+pub mod etcd_channel;
 pub mod etcd_error;
 pub mod fence;
 pub mod keys;

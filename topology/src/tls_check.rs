@@ -116,7 +116,8 @@ pub struct Flags {
     pub identity: &'static str,
 }
 
-const ETCD_FLAGS: Flags = Flags {
+/// The flags of the etcd connection (`--etcd-ca`, `--etcd`, `--etcd-cert/--etcd-key`).
+pub(crate) const ETCD_FLAGS: Flags = Flags {
     ca: "--etcd-ca",
     host: "--etcd",
     identity: "--etcd-cert/--etcd-key",
@@ -128,9 +129,14 @@ fn explain_io(e: &std::io::Error) -> String {
 
 /// One line saying why a TLS handshake failed, naming the flags that fix it.
 pub fn explain(e: &std::io::Error, flags: Flags) -> String {
-    let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return format!("TLS: {e}");
-    };
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(err) => explain_rustls(err, flags),
+        None => format!("TLS: {e}"),
+    }
+}
+
+/// [`explain`] for the rustls error itself.
+pub fn explain_rustls(err: &rustls::Error, flags: Flags) -> String {
     match err {
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)
         | rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {

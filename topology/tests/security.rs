@@ -34,6 +34,19 @@ async fn mutual_tls_connects_and_each_mistake_has_its_own_line() {
     c.put("/twin/v1/x", "1", None)
         .await
         .expect("write over mTLS");
+    // A dead member listed first is skipped over TLS as well.
+    let dead = format!("https://127.0.0.1:{}", twin_lab::free_port());
+    let with_dead = EtcdSettings {
+        endpoints: vec![dead, etcd.endpoint()],
+        ..good.clone()
+    };
+    let mut c = with_dead
+        .connect_checked()
+        .await
+        .expect("a dead member listed first is skipped");
+    c.put("/twin/v1/x", "2", None)
+        .await
+        .expect("write over mTLS past a dead member");
 
     let wrong_ca = EtcdSettings {
         ca_file: Some(certs.other_ca.clone()),
@@ -216,6 +229,21 @@ async fn roles_limit_each_component_to_its_keys() {
         twin_topology::connect::explain(&e),
         "permission denied: this etcd user's role may not do that"
     );
+
+    // Logging in goes through the members that answer: a dead one listed first is skipped.
+    let dead = format!("http://127.0.0.1:{}", twin_lab::free_port());
+    let mut op = login(
+        &format!("{dead},{}", etcd.endpoint()),
+        dir.path(),
+        "op",
+        "oppw",
+    )
+    .connect_checked()
+    .await
+    .expect("operator connects past a dead member");
+    op.get(keys.route("pay"), None)
+        .await
+        .expect("operator reads past a dead member");
 
     // A wrong password is its own line.
     let wrong = EtcdSettings {

@@ -68,8 +68,8 @@ pub struct Global {
     /// the dependency map (twinctl deps only)
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub output: Format,
-    /// Per-request etcd timeout, e.g. 5s
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// Per-request etcd timeout, e.g. 5s (more than 0)
+    #[arg(long, default_value = "5s", value_parser = parse_timeout)]
     pub timeout: Duration,
 }
 
@@ -296,6 +296,15 @@ pub fn one_line(err: &clap::Error) -> String {
     format!("{line} (see twinctl --help)")
 }
 
+/// `--timeout`: a duration more than 0 (a zero timeout fails every request at once, and
+/// tonic reports that as "Timeout expired").
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("--timeout must be more than 0".to_string()),
+        d => Ok(d),
+    }
+}
+
 /// `30s`, `5m`, `1h30m`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
@@ -367,5 +376,18 @@ mod tests {
         let line = one_line(&err);
         assert!(!line.contains('\n'), "{line}");
         assert!(line.contains("--reason"), "{line}");
+    }
+
+    #[test]
+    fn a_zero_timeout_is_refused() {
+        for zero in ["0s", "0ms", "0"] {
+            let err = Cli::try_parse_args(["twinctl", "--timeout", zero, "status"])
+                .expect_err("zero timeout");
+            let line = one_line(&err);
+            assert!(line.contains("--timeout must be more than 0"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+        let ok = Cli::try_parse_args(["twinctl", "--timeout", "1ms", "status"]).expect("1ms");
+        assert_eq!(ok.global.timeout, Duration::from_millis(1));
     }
 }
