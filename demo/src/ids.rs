@@ -27,6 +27,11 @@ pub fn start(ids: SocketAddr, stats: Arc<Mutex<IdStats>>, tasks: &mut JoinSet<()
     tasks.spawn(async move {
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        // The ID service starts beside the routing table and can answer 503 "ID service
+        // starting" for a moment after /readyz: until its first ID (or 10 s), a refusal is
+        // the sidecar starting, not an error of the demo's traffic.
+        let warming_until = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut warm = false;
         for round in 0u64.. {
             tick.tick().await;
             let format = if round % 2 == 0 {
@@ -62,6 +67,7 @@ pub fn start(ids: SocketAddr, stats: Arc<Mutex<IdStats>>, tasks: &mut JoinSet<()
             let Ok(mut s) = stats.lock() else { return };
             match answer {
                 (status, v) if status.is_success() => {
+                    warm = true;
                     let list = v["ids"].as_array().cloned().unwrap_or_default();
                     s.issued += list.len() as u64;
                     let last = list
@@ -77,8 +83,10 @@ pub fn start(ids: SocketAddr, stats: Arc<Mutex<IdStats>>, tasks: &mut JoinSet<()
                     s.dc = v["dc"].as_str().unwrap_or_default().to_string();
                 }
                 (_, v) => {
-                    s.errors += 1;
-                    s.last_error = v["error"].as_str().unwrap_or("no answer").to_string();
+                    if warm || tokio::time::Instant::now() >= warming_until {
+                        s.errors += 1;
+                        s.last_error = v["error"].as_str().unwrap_or("no answer").to_string();
+                    }
                 }
             }
         }
