@@ -148,8 +148,10 @@ async fn each_request_leaves_one_line_without_the_unit_key() {
     assert_eq!(l["spilled"], true);
     assert_eq!(l["spilled_from"], "wanguo");
     assert_eq!(l["upstream"], t.m6v.addr().to_string());
-    assert_eq!(
-        l["attempts"], 2,
+    // The refused attempt on wanguo counts. A pooled wanguo connection whose close the
+    // sidecar has not seen yet is one more attempt (found closed, nothing sent), so 2 or 3.
+    assert!(
+        matches!(l["attempts"].as_u64(), Some(2 | 3)),
         "the refused attempt on wanguo counts: {l}"
     );
     s.stop().await;
